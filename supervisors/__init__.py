@@ -1,0 +1,1 @@
+"""Generic OTP supervision trees on Pykka."""

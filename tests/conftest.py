@@ -1,0 +1,70 @@
+"""Shared fixtures: every test must leave no actor, thread or child process behind."""
+
+from __future__ import annotations
+
+import threading
+import time
+from collections.abc import Iterator
+
+import psutil
+import pykka
+import pytest
+
+LEAK_GRACE = 5.0
+"""How long a test's threads and processes get to finish after it returns."""
+
+
+def _live_threads() -> set[threading.Thread]:
+    return {t for t in threading.enumerate() if t.is_alive()}
+
+
+def _children() -> set[int]:
+    try:
+        return {p.pid for p in psutil.Process().children(recursive=True)
+                if p.status() != psutil.STATUS_ZOMBIE}
+    except psutil.Error:
+        return set()
+
+
+def _settle(check: callable, grace: float) -> object:  # type: ignore[valid-type]
+    # Threads and processes take a moment to exit after their stop is
+    # confirmed; poll briefly, this is the one place no event exists.
+    deadline = time.monotonic() + grace
+    while True:
+        left = check()
+        if not left or time.monotonic() >= deadline:
+            return left
+        time.sleep(0.01)
+
+
+@pytest.fixture(autouse=True)
+def no_leaks() -> Iterator[None]:
+    """Fail a test that leaves actors, threads or child processes running."""
+    threads_before = _live_threads()
+    children_before = _children()
+    yield
+    actors = _settle(pykka.ActorRegistry.get_all, LEAK_GRACE)
+    threads = _settle(lambda: {t for t in _live_threads() - threads_before
+                               if not t.daemon or t.name.startswith(("Actor", "zixir"))},
+                      LEAK_GRACE)
+    children = _settle(lambda: _children() - children_before, LEAK_GRACE)
+    problems = []
+    if actors:
+        problems.append(f"actors left running: {actors}")
+        pykka.ActorRegistry.stop_all(block=True, timeout=5)
+    if threads:
+        problems.append(f"threads left running: {sorted(t.name for t in threads)}")  # type: ignore[union-attr]
+    if children:
+        problems.append(f"child processes left running: {sorted(children)}")  # type: ignore[arg-type]
+        for pid in children:  # type: ignore[union-attr]
+            try:
+                psutil.Process(pid).kill()
+            except psutil.Error:
+                pass
+    try:
+        from supervisors import _registry
+        _registry.reset()
+    except ImportError:
+        pass
+    if problems:
+        pytest.fail("; ".join(problems), pytrace=False)

@@ -1,0 +1,1 @@
+"""zixir-actors: OTP-style supervised services for Python AI automation."""
