@@ -13,6 +13,11 @@ import pytest
 LEAK_GRACE = 5.0
 """How long a test's threads and processes get to finish after it returns."""
 
+PROCESS_WIDE_THREADS: tuple[str, ...] = ("asyncio_",)
+"""Name prefixes of threads that live for the whole process by design (the
+default executor of asyncio.run is shut down by it, but its idle workers may
+linger a moment)."""
+
 
 def _live_threads() -> set[threading.Thread]:
     return {t for t in threading.enumerate() if t.is_alive()}
@@ -45,7 +50,7 @@ def no_leaks() -> Iterator[None]:
     yield
     actors = _settle(pykka.ActorRegistry.get_all, LEAK_GRACE)
     threads = _settle(lambda: {t for t in _live_threads() - threads_before
-                               if not t.daemon or t.name.startswith(("Actor", "zixir"))},
+                               if not t.name.startswith(PROCESS_WIDE_THREADS)},
                       LEAK_GRACE)
     children = _settle(lambda: _children() - children_before, LEAK_GRACE)
     problems = []

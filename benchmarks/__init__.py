@@ -1,0 +1,1 @@
+"""The benchmark harness: every figure printed beside a baseline measured in the same run."""

@@ -1,0 +1,159 @@
+"""Figures, timing helpers, the results table and the JSON report."""
+
+from __future__ import annotations
+
+import argparse
+import gc
+import json
+import os
+import platform
+import statistics
+import sys
+import time
+from collections.abc import Callable, Sequence
+from dataclasses import asdict, dataclass, field
+from pathlib import Path
+from typing import Literal
+
+__all__ = ["Figure", "main", "measure", "percentile", "print_table", "run_modules", "write_json"]
+
+RESULTS = Path(__file__).parent / "results"
+
+
+@dataclass(frozen=True, slots=True)
+class Figure:
+    """One measured figure beside its baseline from the same run."""
+
+    subject: str
+    name: str
+    ours: float
+    baseline: float | None
+    unit: str
+    baseline_name: str = ""
+    better: Literal["lower", "higher"] = "lower"
+    target: float | None = None
+    note: str = ""
+    extra: dict[str, float] = field(default_factory=dict)
+
+    @property
+    def ratio(self) -> float | None:
+        if self.baseline in (None, 0):
+            return None
+        return self.ours / self.baseline  # type: ignore[operator]
+
+    @property
+    def verdict(self) -> str:
+        ratio = self.ratio
+        if self.target is None or ratio is None:
+            return "report"
+        ok = ratio <= self.target if self.better == "lower" else ratio >= self.target
+        return "pass" if ok else "short"
+
+    def as_dict(self) -> dict[str, object]:
+        data = asdict(self)
+        data["ratio"] = self.ratio
+        data["verdict"] = self.verdict
+        return data
+
+
+def measure(fn: Callable[[], object], n: int, *, warmup: int | None = None,
+            repeat: int = 3) -> float:
+    """Seconds per call of `fn`: best of `repeat` runs of `n` calls after a warm-up."""
+    for _ in range(warmup if warmup is not None else max(1, n // 10)):
+        fn()
+    best = float("inf")
+    for _ in range(repeat):
+        gc.collect()
+        start = time.perf_counter()
+        for _ in range(n):
+            fn()
+        best = min(best, (time.perf_counter() - start) / n)
+    return best
+
+
+def percentile(samples: Sequence[float], q: float) -> float:
+    """The `q`-th percentile (0-100) of `samples`, by linear interpolation."""
+    if not samples:
+        raise ValueError("no samples")
+    if len(samples) == 1:
+        return float(samples[0])
+    return statistics.quantiles(samples, n=100, method="inclusive")[max(0, min(98, int(q) - 1))] \
+        if 0 < q < 100 else float(min(samples) if q <= 0 else max(samples))
+
+
+def _fmt(value: float | None) -> str:
+    if value is None:
+        return "-"
+    if value == 0 or 0.01 <= abs(value) < 100_000:
+        return f"{value:,.3g}" if abs(value) < 100 else f"{value:,.0f}"
+    return f"{value:.3g}"
+
+
+def print_table(figures: Sequence[Figure], out: object = None) -> None:
+    """Print figure, baseline, ratio, target and verdict, one row per figure."""
+    stream = out or sys.stdout
+    header = ("subject", "figure", "ours", "baseline", "unit", "ratio", "target", "verdict")
+    rows = [header]
+    for f in figures:
+        target = "-" if f.target is None else ("<=" if f.better == "lower" else ">=") + f"{f.target}x"
+        base = _fmt(f.baseline) + (f" ({f.baseline_name})" if f.baseline_name else "")
+        ratio = "-" if f.ratio is None else f"{f.ratio:.2f}x"
+        rows.append((f.subject, f.name, _fmt(f.ours), base, f.unit, ratio, target, f.verdict))
+    widths = [max(len(str(r[i])) for r in rows) for i in range(len(header))]
+    for i, row in enumerate(rows):
+        print(" | ".join(str(c).ljust(w) for c, w in zip(row, widths)), file=stream)  # type: ignore[arg-type]
+        if i == 0:
+            print("-+-".join("-" * w for w in widths), file=stream)  # type: ignore[arg-type]
+
+
+def machine() -> dict[str, object]:
+    return {"python": platform.python_version(), "platform": platform.platform(),
+            "cpus": os.cpu_count(), "processor": platform.machine()}
+
+
+def write_json(figures: Sequence[Figure], path: Path | None = None) -> Path:
+    target = path or RESULTS / "latest.json"
+    target.parent.mkdir(parents=True, exist_ok=True)
+    payload = {"machine": machine(), "time": time.strftime("%Y-%m-%dT%H:%M:%SZ", time.gmtime()),
+               "figures": [f.as_dict() for f in figures]}
+    target.write_text(json.dumps(payload, indent=2))
+    return target
+
+
+def run_modules(names: Sequence[str], *, quick: bool) -> list[Figure]:
+    """Import `benchmarks.bench_<name>` for each name and collect its figures."""
+    import importlib
+
+    figures: list[Figure] = []
+    for name in names:
+        module = importlib.import_module(f"benchmarks.bench_{name}")
+        print(f"# running {name}{' (quick)' if quick else ''}...", file=sys.stderr, flush=True)
+        figures.extend(module.run(quick=quick))
+    return figures
+
+
+def available() -> list[str]:
+    return sorted(p.stem[len("bench_"):] for p in Path(__file__).parent.glob("bench_*.py"))
+
+
+def main(run: Callable[..., list[Figure]] | None = None, argv: Sequence[str] | None = None) -> int:
+    """Command line: one module's `run`, or every `bench_*` module when `run` is None."""
+    parser = argparse.ArgumentParser(prog="python -m benchmarks")
+    parser.add_argument("--quick", action="store_true", help="small counts, under 2 minutes in all")
+    parser.add_argument("--json", type=Path, default=None, help="where to write the JSON report")
+    if run is None:
+        parser.add_argument("subjects", nargs="*", help=f"subjects to run (default all: {available()})")
+    args = parser.parse_args(argv)
+    if run is None:
+        subjects = args.subjects or available()
+        unknown = sorted(set(subjects) - set(available()))
+        if unknown:
+            parser.error(f"unknown benchmark subject(s): {', '.join(unknown)}")
+        figures = run_modules(subjects, quick=args.quick)
+    else:
+        figures = run(quick=args.quick)
+    print_table(figures)
+    path = write_json(figures, args.json if args.json or run is None else
+                      RESULTS / f"{figures[0].subject if figures else 'empty'}.json")
+    print(f"\nJSON written to {path}")
+    return 0
