@@ -33,9 +33,11 @@ __all__ = [
     "CorruptBlobError",
     "InvalidSpecError",
     "MaxChildrenError",
+    "MetricConflictError",
     "NameNotFoundError",
     "NotAnActorError",
     "NotStartedError",
+    "ObservabilityError",
     "RestartIntensityError",
     "ShutdownTimeoutError",
     "StoreError",
@@ -135,4 +137,29 @@ class UnserializableError(StoreError, TypeError):
         self.cause = cause
         super().__init__(
             f"cannot serialize a {self.type_name}: {type(cause).__name__}: {cause}"
+        )
+
+
+# --- observability ----------------------------------------------------------
+
+
+class ObservabilityError(ZixirError):
+    """Base class for errors raised by `zixir_actors.observability`."""
+
+
+class MetricConflictError(ObservabilityError, ValueError):
+    """A metric name is already registered with another type, label set or buckets.
+
+    Attributes:
+        name: the metric name.
+        existing: what is registered (``"counter(labels=('a',))"``).
+        requested: what was asked for.
+    """
+
+    def __init__(self, name: str, existing: str, requested: str) -> None:
+        self.name = name
+        self.existing = existing
+        self.requested = requested
+        super().__init__(
+            f"metric {name!r} is already registered as {existing}, cannot register it as {requested}"
         )
