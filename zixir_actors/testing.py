@@ -12,13 +12,19 @@ Example:
 
 from __future__ import annotations
 
+import contextlib
+import json
 import threading
 import time
-from collections.abc import Callable
+from collections.abc import Callable, Iterator
+from typing import TYPE_CHECKING, Any
 
 from zixir_actors.errors import ZixirTimeoutError
 
-__all__ = ["FakeClock", "wait_for"]
+if TYPE_CHECKING:
+    from zixir_actors.observability import InMemorySpanExporter
+
+__all__ = ["CapturedLogs", "FakeClock", "capture_logs", "capture_spans", "wait_for"]
 
 
 class FakeClock:
@@ -74,3 +80,86 @@ def wait_for(predicate: Callable[[], object], *, timeout: float = 5.0,
             raise ZixirTimeoutError(what or f"wait_for({getattr(predicate, '__name__', predicate)})",
                                     timeout)
         time.sleep(interval)
+
+
+# --- observability helpers -------------------------------------------------
+
+
+class CapturedLogs:
+    """The log records `capture_logs` collected, each the parsed JSON line as a dict.
+
+    Example:
+        >>> from zixir_actors.observability import logger
+        >>> with capture_logs() as logs:
+        ...     logger.bind(step="fetch").info("done")
+        >>> logs.records[0]["step"], logs.messages
+        ('fetch', ['done'])
+    """
+
+    def __init__(self) -> None:
+        self._lock = threading.Lock()
+        self._records: list[dict[str, Any]] = []
+
+    def _write(self, message: Any) -> None:
+        from zixir_actors.observability import format_json
+
+        record = json.loads(format_json(message.record))
+        with self._lock:
+            self._records.append(record)
+
+    @property
+    def records(self) -> list[dict[str, Any]]:
+        """The captured records, oldest first (a copy)."""
+        with self._lock:
+            return list(self._records)
+
+    @property
+    def messages(self) -> list[str]:
+        return [r["message"] for r in self.records]
+
+    def find(self, message: str) -> list[dict[str, Any]]:
+        """The records whose message contains `message`."""
+        return [r for r in self.records if message in r["message"]]
+
+    def clear(self) -> None:
+        with self._lock:
+            self._records.clear()
+
+
+@contextlib.contextmanager
+def capture_logs(level: str | int = "DEBUG") -> Iterator[CapturedLogs]:
+    """Collect the log records emitted inside the block, whatever the configured sinks.
+
+    Records are the dicts JSON logging would write (see
+    `zixir_actors.observability.format_json`): message, level, trace and span
+    ids, bound fields, exception.
+    """
+    from zixir_actors.observability import logger
+
+    captured = CapturedLogs()
+    handler = logger.add(captured._write, level=level, format="{message}", catch=False)
+    try:
+        yield captured
+    finally:
+        logger.remove(handler)
+
+
+@contextlib.contextmanager
+def capture_spans(max_spans: int | None = None) -> Iterator[InMemorySpanExporter]:
+    """Collect the spans finished inside the block in an `InMemorySpanExporter`.
+
+    Example:
+        >>> from zixir_actors.observability import span
+        >>> with capture_spans() as spans:
+        ...     with span("step"):
+        ...         pass
+        >>> [s.name for s in spans.spans]
+        ['step']
+    """
+    from zixir_actors.observability import InMemorySpanExporter, add_exporter, remove_exporter
+
+    exporter = add_exporter(InMemorySpanExporter(max_spans))
+    try:
+        yield exporter
+    finally:
+        remove_exporter(exporter)

@@ -1,0 +1,96 @@
+"""Observability: JSON logs, trace spans across actors, Prometheus metrics.
+
+Example:
+    >>> from zixir_actors.observability import logger, metrics, span
+    >>> calls = metrics.counter("zixir_doc_llm_calls_total", "LLM calls.", labels=("model",))
+    >>> small = calls.labels("small")                 # bind label children once
+    >>> with span("llm.call", model="small") as s:
+    ...     small.inc()
+    ...     logger.bind(model="small").debug("calling")   # no sink unless configured
+    >>> s.status
+    'ok'
+
+Everything here works whether or not the runtime is started, and importing
+it has no side effects: no log sink, no thread, no server. The application
+calls `configure_logging(...)`, `serve_metrics(...)` or starts the
+`MetricsRegistry` actor (`zixir.metrics`, part of `zixir_actors.start()`),
+which adds runtime metrics from the supervision tree.
+
+Trace context crosses actors by itself: the current span lives in a
+`ContextVar`, and `supervisors.SupervisedActor` runs each message in the
+sender's context, so a span opened in a receiving actor's handler (for a
+`tell` or an `ask`) is a child of the sender's current span.
+"""
+
+from __future__ import annotations
+
+from zixir_actors.observability._exporters import (
+    InMemorySpanExporter,
+    JsonLinesSpanExporter,
+    LogSpanExporter,
+    OpenTelemetryBridge,
+    SpanExporter,
+    add_exporter,
+    exporters,
+    remove_exporter,
+)
+from zixir_actors.observability._logging import (
+    JSON_FIELDS,
+    configure_logging,
+    format_json,
+    logger,
+    reset_logging,
+)
+from zixir_actors.observability._metrics import DEFAULT_BUCKETS, MetricKind, Metrics, metrics
+from zixir_actors.observability._server import MetricsServer, serve_metrics, stop_metrics_server
+from zixir_actors.observability._tracing import (
+    ABANDONED,
+    ErrorInfo,
+    Span,
+    SpanEvent,
+    SpanRecord,
+    SpanStatus,
+    close_open_spans,
+    current_span,
+    current_trace_ids,
+    open_spans,
+    span,
+    start_span,
+    sweep_orphan_spans,
+)
+
+__all__ = [
+    "ABANDONED",
+    "DEFAULT_BUCKETS",
+    "ErrorInfo",
+    "InMemorySpanExporter",
+    "JSON_FIELDS",
+    "JsonLinesSpanExporter",
+    "LogSpanExporter",
+    "MetricKind",
+    "Metrics",
+    "MetricsServer",
+    "OpenTelemetryBridge",
+    "Span",
+    "SpanEvent",
+    "SpanExporter",
+    "SpanRecord",
+    "SpanStatus",
+    "add_exporter",
+    "close_open_spans",
+    "configure_logging",
+    "current_span",
+    "current_trace_ids",
+    "exporters",
+    "format_json",
+    "logger",
+    "metrics",
+    "open_spans",
+    "remove_exporter",
+    "reset_logging",
+    "serve_metrics",
+    "span",
+    "start_span",
+    "stop_metrics_server",
+    "sweep_orphan_spans",
+]

@@ -1,0 +1,415 @@
+"""Trace spans: `span(...)`, the current span in a `ContextVar`, open-span bookkeeping.
+
+The current span lives in a `ContextVar`. `supervisors.SupervisedActor` copies
+the sender's context into every message it delivers, so a span opened inside
+a receiving actor's handler is a child of the span that was current where
+`tell`/`ask` was called: propagation across actors needs no extra code.
+
+Every started span is kept in a process-wide table of open spans until it
+ends, owned by the thread that started it. `close_open_spans(...)` ends the
+spans of a thread (an actor that crashed or stopped) with status ``"error"``,
+and `sweep_orphan_spans()` ends those whose thread is gone, so a span that is
+never ended neither leaks nor raises later.
+"""
+
+from __future__ import annotations
+
+import functools
+import inspect
+import random
+import threading
+import time
+import traceback
+from collections.abc import Callable, Mapping
+from contextvars import ContextVar, Token
+from dataclasses import dataclass, field
+from types import TracebackType
+from typing import Any, Literal, TypeVar, cast
+
+__all__ = [
+    "ABANDONED",
+    "ErrorInfo",
+    "Span",
+    "SpanEvent",
+    "SpanRecord",
+    "SpanStatus",
+    "close_open_spans",
+    "current_span",
+    "current_trace_ids",
+    "open_spans",
+    "span",
+    "start_span",
+    "sweep_orphan_spans",
+]
+
+SpanStatus = Literal["unset", "ok", "error"]
+"""`"ok"` when the span's block returned, `"error"` when it raised (or was never ended)."""
+
+F = TypeVar("F", bound=Callable[..., Any])
+
+_CURRENT: ContextVar[Span | None] = ContextVar("zixir_current_span", default=None)
+_OPEN: dict[str, Span] = {}
+_getrandbits = random.getrandbits
+_EXPORTERS: tuple[Any, ...] = ()
+"""Where finished spans go: replaced (copy on write) by `_exporters.add_exporter`."""
+
+
+def _new_id(bits: int) -> str:
+    # An all-zero id is invalid in W3C trace context; retry is astronomically rare.
+    value = _getrandbits(bits)
+    while not value:
+        value = _getrandbits(bits)
+    return f"{value:0{bits // 4}x}"
+
+
+@dataclass(frozen=True, slots=True)
+class ErrorInfo:
+    """The exception a span (or a log line) recorded.
+
+    Example:
+        >>> ErrorInfo.from_exception(ValueError("bad")).type
+        'ValueError'
+    """
+
+    type: str
+    message: str
+    traceback: str = ""
+
+    @classmethod
+    def from_exception(cls, exc: BaseException) -> ErrorInfo:
+        tb = "".join(traceback.format_exception(type(exc), exc, exc.__traceback__))
+        return cls(type=type(exc).__qualname__, message=str(exc), traceback=tb)
+
+    def to_dict(self) -> dict[str, str]:
+        return {"type": self.type, "message": self.message, "traceback": self.traceback}
+
+
+@dataclass(frozen=True, slots=True)
+class SpanEvent:
+    """A point in time inside a span (`Span.add_event`)."""
+
+    name: str
+    time: float
+    attributes: Mapping[str, Any] = field(default_factory=dict)
+
+    def to_dict(self) -> dict[str, Any]:
+        return {"name": self.name, "time": self.time, "attributes": dict(self.attributes)}
+
+
+@dataclass(frozen=True, slots=True)
+class SpanRecord:
+    """A finished span, as exporters receive it.
+
+    Times: `start_time`/`end_time` are wall clock (`time.time()`), `duration`
+    is measured with `time.monotonic()` so clock steps never make it negative.
+    """
+
+    name: str
+    trace_id: str
+    span_id: str
+    parent_id: str | None
+    start_time: float
+    end_time: float
+    duration: float
+    status: SpanStatus
+    attributes: Mapping[str, Any]
+    events: tuple[SpanEvent, ...]
+    error: ErrorInfo | None
+    thread: str
+
+    def to_dict(self) -> dict[str, Any]:
+        """A JSON-ready dict (attribute values are kept as given)."""
+        return {
+            "name": self.name, "trace_id": self.trace_id, "span_id": self.span_id,
+            "parent_id": self.parent_id, "start_time": self.start_time,
+            "end_time": self.end_time, "duration": self.duration, "status": self.status,
+            "attributes": dict(self.attributes),
+            "events": [e.to_dict() for e in self.events],
+            "error": self.error.to_dict() if self.error else None, "thread": self.thread,
+        }
+
+
+class Span:
+    """An open span. Use `span(...)`; `start_span(...)` when you must end it yourself.
+
+    Example:
+        >>> with span("llm.call", model="small") as s:
+        ...     s.set_attribute("tokens", 12)
+        ...     s.add_event("first_token")
+        >>> s.status, s.is_recording
+        ('ok', False)
+
+    Ending is idempotent and thread-safe: the first `end` wins, later ones do
+    nothing (a span closed by `close_open_spans` stays closed).
+    """
+
+    __slots__ = ("_mono", "_owner", "_token", "attributes", "end_time", "error",
+                 "events", "name", "parent_id", "span_id", "start_time", "status",
+                 "trace_id", "__weakref__")
+
+    def __init__(self, name: str, attributes: dict[str, Any], parent: Span | None) -> None:
+        self.name = name
+        self.attributes = attributes
+        if parent is None:
+            self.trace_id = _new_id(128)
+            self.parent_id: str | None = None
+        else:
+            self.trace_id = parent.trace_id
+            self.parent_id = parent.span_id
+        self.span_id = _new_id(64)
+        self.events: list[SpanEvent] = []
+        self.status: SpanStatus = "unset"
+        self.error: ErrorInfo | None = None
+        self.end_time: float | None = None
+        self.start_time = time.time()
+        self._mono = time.monotonic()
+        self._owner = threading.get_ident()
+        self._token: Token[Span | None] | None = None
+        _OPEN[self.span_id] = self
+
+    def __repr__(self) -> str:
+        return (f"Span({self.name!r}, trace_id={self.trace_id}, span_id={self.span_id}, "
+                f"parent_id={self.parent_id}, status={self.status!r})")
+
+    @property
+    def is_recording(self) -> bool:
+        """True until the span ends."""
+        return self.end_time is None
+
+    def set_attribute(self, key: str, value: Any) -> None:
+        self.attributes[key] = value
+
+    def set_attributes(self, **attributes: Any) -> None:
+        self.attributes.update(attributes)
+
+    def add_event(self, name: str, **attributes: Any) -> None:
+        """Record a point in time (`"retry"`, `"first_token"`) with attributes."""
+        self.events.append(SpanEvent(name, time.time(), attributes))
+
+    def record_exception(self, exc: BaseException) -> None:
+        """Mark the span as failed with `exc` (type, message and traceback)."""
+        self.error = ErrorInfo.from_exception(exc)
+        self.status = "error"
+
+    def end(self, *, status: SpanStatus | None = None,
+            error: BaseException | None = None) -> SpanRecord | None:
+        """End the span and export it; returns its record, or None if it had already ended.
+
+        Args:
+            status: the final status; default ``"error"`` if an error was
+                recorded, else ``"ok"``.
+            error: an exception to record before ending.
+        """
+        if _OPEN.pop(self.span_id, None) is None:  # atomic: the first end wins
+            return None
+        mono_end = time.monotonic()
+        self.end_time = time.time()
+        if error is not None:
+            self.record_exception(error)
+        if status is not None:
+            self.status = status
+        elif self.status == "unset":
+            self.status = "error" if self.error is not None else "ok"
+        record = SpanRecord(
+            self.name, self.trace_id, self.span_id, self.parent_id, self.start_time,
+            self.end_time, mono_end - self._mono, self.status, self.attributes,
+            tuple(self.events), self.error, _thread_name(self._owner))
+        for exporter in _EXPORTERS:
+            try:
+                exporter.export(record)
+            except Exception as exc:  # an exporter must never break the traced code
+                _export_failed(exporter, exc)
+        return record
+
+
+def _export_failed(exporter: Any, exc: Exception) -> None:
+    from loguru import logger
+
+    logger.opt(exception=exc).warning("span exporter {!r} failed", exporter)
+
+
+def _thread_name(ident: int) -> str:
+    current = threading.current_thread()
+    if current.ident == ident:
+        return current.name
+    for thread in threading.enumerate():
+        if thread.ident == ident:
+            return thread.name
+    return f"thread-{ident}"
+
+
+def current_span() -> Span | None:
+    """The span open in this context (this thread, task, or the message being handled)."""
+    return _CURRENT.get()
+
+
+def current_trace_ids() -> tuple[str | None, str | None]:
+    """`(trace_id, span_id)` of the current span, or `(None, None)`."""
+    current = _CURRENT.get()
+    if current is None:
+        return None, None
+    return current.trace_id, current.span_id
+
+
+def start_span(name: str, *, parent: Span | None | Literal["current"] = "current",
+               **attributes: Any) -> Span:
+    """Start a span without making it current; you must call `end()` on it.
+
+    Example:
+        >>> s = start_span("upload", size=3)
+        >>> record = s.end()
+        >>> record.status
+        'ok'
+
+    A span started in an actor and never ended is closed with status
+    ``"error"`` when the actor stops (see `TracedActor`) or by the metrics
+    actor's periodic sweep once its thread is gone.
+    """
+    return Span(name, attributes, _CURRENT.get() if parent == "current" else
+                cast("Span | None", parent))
+
+
+class _SpanScope:
+    """What `span(...)` returns: a (sync or async) context manager and a decorator."""
+
+    __slots__ = ("_attributes", "_name", "_spans")
+
+    def __init__(self, name: str, attributes: dict[str, Any]) -> None:
+        self._name = name
+        self._attributes = attributes
+        self._spans: list[Span] = []
+
+    def __enter__(self) -> Span:
+        opened = Span(self._name, dict(self._attributes), _CURRENT.get())
+        opened._token = _CURRENT.set(opened)
+        self._spans.append(opened)
+        return opened
+
+    def __exit__(self, exc_type: type[BaseException] | None, exc: BaseException | None,
+                 tb: TracebackType | None) -> None:
+        closing = self._spans.pop()
+        _exit(closing, exc)
+
+    async def __aenter__(self) -> Span:
+        return self.__enter__()
+
+    async def __aexit__(self, exc_type: type[BaseException] | None,
+                        exc: BaseException | None, tb: TracebackType | None) -> None:
+        self.__exit__(exc_type, exc, tb)
+
+    def __call__(self, fn: F) -> F:
+        name, attributes = self._name, self._attributes
+        if inspect.iscoroutinefunction(fn):
+            @functools.wraps(fn)
+            async def async_wrapper(*args: Any, **kwargs: Any) -> Any:
+                opened = Span(name, dict(attributes), _CURRENT.get())
+                opened._token = _CURRENT.set(opened)
+                try:
+                    result = await fn(*args, **kwargs)
+                except BaseException as exc:
+                    _exit(opened, exc)
+                    raise
+                _exit(opened, None)
+                return result
+            return cast(F, async_wrapper)
+
+        @functools.wraps(fn)
+        def wrapper(*args: Any, **kwargs: Any) -> Any:
+            opened = Span(name, dict(attributes), _CURRENT.get())
+            opened._token = _CURRENT.set(opened)
+            try:
+                result = fn(*args, **kwargs)
+            except BaseException as exc:
+                _exit(opened, exc)
+                raise
+            _exit(opened, None)
+            return result
+        return cast(F, wrapper)
+
+
+def _exit(closing: Span, exc: BaseException | None) -> None:
+    token, closing._token = closing._token, None
+    if token is not None:
+        try:
+            _CURRENT.reset(token)
+        except ValueError:
+            # Exited in another context than it was entered in (a generator
+            # resumed elsewhere): restore the parent by hand instead.
+            if _CURRENT.get() is closing:
+                parent = _OPEN.get(closing.parent_id) if closing.parent_id else None
+                _CURRENT.set(parent)
+    closing.end(error=exc)
+
+
+def span(name: str, **attributes: Any) -> _SpanScope:
+    """Trace a block or a function (sync or async) as a span, child of the current one.
+
+    Example:
+        >>> with span("workflow.step", step="fetch") as outer:
+        ...     with span("http.get", url="https://example.org") as inner:
+        ...         pass
+        >>> inner.parent_id == outer.span_id and inner.trace_id == outer.trace_id
+        True
+        >>> @span("summarize")
+        ... def summarize(text: str) -> str:
+        ...     return text[:10]
+
+    The span ends with status ``"ok"`` when the block returns and ``"error"``
+    (exception type, message and traceback recorded) when it raises; the
+    exception propagates unchanged. Finished spans go to the exporters added
+    with `add_exporter`.
+
+    Args:
+        name: the span name, dotted by convention (``"cache.get"``).
+        **attributes: initial attributes.
+
+    Returns:
+        A context manager (`with`/`async with`, yielding the `Span`) that is
+        also a decorator. Use one `span(...)` object per `with` block; as a
+        decorator it opens a fresh span on every call.
+    """
+    return _SpanScope(name, attributes)
+
+
+def open_spans() -> list[Span]:
+    """Spans started and not yet ended, in this process."""
+    return list(_OPEN.values())
+
+
+def close_open_spans(thread_ident: int | None = None, *,
+                     reason: str = "owner stopped") -> list[SpanRecord]:
+    """End, with status ``"error"``, the open spans started by a thread (default: this one).
+
+    Called by `TracedActor` when its actor stops or crashes, so a span its
+    handler never ended does not leak. Returns the records of the spans closed.
+    """
+    owner = threading.get_ident() if thread_ident is None else thread_ident
+    closed = []
+    for opened in list(_OPEN.values()):
+        if opened._owner == owner:
+            record = _abandon(opened, reason)
+            if record is not None:
+                closed.append(record)
+    return closed
+
+
+def sweep_orphan_spans(*, reason: str = "owner thread exited") -> list[SpanRecord]:
+    """End, with status ``"error"``, open spans whose starting thread no longer runs."""
+    alive = {t.ident for t in threading.enumerate()}
+    closed = []
+    for opened in list(_OPEN.values()):
+        if opened._owner not in alive:
+            record = _abandon(opened, reason)
+            if record is not None:
+                closed.append(record)
+    return closed
+
+ABANDONED = "SpanAbandoned"
+"""The `ErrorInfo.type` recorded on a span that was still open when its owner stopped."""
+
+
+def _abandon(opened: Span, reason: str) -> SpanRecord | None:
+    if opened.error is None:
+        opened.error = ErrorInfo(ABANDONED,
+                                 f"span {opened.name!r} was not ended: {reason}")
+    return opened.end(status="error")
