@@ -27,10 +27,16 @@ from supervisors.errors import (
 __all__ = [
     "AlreadyStartedError",
     "CacheError",
+    "CacheNotFoundError",
     "ChildNotFoundError",
     "ChildStartError",
     "ConfigError",
     "CorruptBlobError",
+    "DuplicateKeyError",
+    "EntryTooLargeError",
+    "InvalidKeyError",
+    "InvalidQueryError",
+    "InvalidRecordError",
     "InvalidSpecError",
     "MaxChildrenError",
     "MetricConflictError",
@@ -38,11 +44,14 @@ __all__ = [
     "NotAnActorError",
     "NotStartedError",
     "ObservabilityError",
+    "RecordNotFoundError",
     "RestartIntensityError",
     "ShutdownTimeoutError",
     "StoreError",
     "SupervisorError",
     "SupervisorTimeoutError",
+    "TableExistsError",
+    "UnknownTableError",
     "UnserializableError",
     "UnwrapError",
     "ZixirError",
@@ -122,6 +131,143 @@ class CorruptBlobError(StoreError):
 
 class CacheError(ZixirError):
     """Base class for cache errors."""
+
+
+class CacheNotFoundError(CacheError, LookupError):
+    """No cache of this name is running (never started, or stopped).
+
+    Attributes:
+        cache: the cache name.
+    """
+
+    def __init__(self, cache: str) -> None:
+        self.cache = cache
+        super().__init__(f"no running cache named {cache!r}: start it with Cache.start()")
+
+
+class InvalidKeyError(CacheError, TypeError):
+    """A cache key or record key is unhashable or cannot be encoded for storage.
+
+    Attributes:
+        key: the key given.
+        reason: what is wrong with it.
+    """
+
+    def __init__(self, key: Any, reason: str) -> None:
+        self.key = key
+        self.reason = reason
+        super().__init__(f"invalid cache key {key!r}: {reason}")
+
+
+class EntryTooLargeError(CacheError, ValueError):
+    """One entry is larger than the cache's whole `max_bytes` budget.
+
+    Attributes:
+        cache: the cache name.
+        key: the key of the entry.
+        size: the entry's encoded size in bytes.
+        max_bytes: the cache's budget.
+    """
+
+    def __init__(self, cache: str, key: Any, size: int, max_bytes: int) -> None:
+        self.cache = cache
+        self.key = key
+        self.size = size
+        self.max_bytes = max_bytes
+        super().__init__(f"entry {key!r} of {size} bytes does not fit cache {cache!r} "
+                         f"(max_bytes={max_bytes})")
+
+
+class UnknownTableError(CacheError, LookupError):
+    """A table operation named a table that was never created (or was dropped).
+
+    Attributes:
+        cache: the cache name.
+        table: the table name.
+    """
+
+    def __init__(self, cache: str, table: str) -> None:
+        self.cache = cache
+        self.table = table
+        super().__init__(f"cache {cache!r} has no table {table!r}: "
+                         "create it with create_table()")
+
+
+class TableExistsError(CacheError):
+    """`create_table` named an existing table with a different key field.
+
+    Attributes:
+        cache: the cache name.
+        table: the table name.
+        key_field: the key field the table already has.
+    """
+
+    def __init__(self, cache: str, table: str, key_field: str) -> None:
+        self.cache = cache
+        self.table = table
+        self.key_field = key_field
+        super().__init__(f"table {table!r} of cache {cache!r} already exists "
+                         f"with key field {key_field!r}")
+
+
+class DuplicateKeyError(CacheError):
+    """`insert` found a record with the same key already in the table.
+
+    Attributes:
+        table: the table name.
+        key: the duplicate key.
+    """
+
+    def __init__(self, table: str, key: Any) -> None:
+        self.table = table
+        self.key = key
+        super().__init__(f"table {table!r} already has a record with key {key!r}")
+
+
+class RecordNotFoundError(CacheError, LookupError):
+    """`update` named a key that is not in the table.
+
+    Attributes:
+        table: the table name.
+        key: the missing key.
+    """
+
+    def __init__(self, table: str, key: Any) -> None:
+        self.table = table
+        self.key = key
+        super().__init__(f"table {table!r} has no record with key {key!r}")
+
+
+class InvalidRecordError(CacheError, ValueError):
+    """A record or a change set is not a mapping, lacks its key, or changes its key.
+
+    Attributes:
+        table: the table name.
+        reason: what is wrong.
+    """
+
+    def __init__(self, table: str, reason: str) -> None:
+        self.table = table
+        self.reason = reason
+        super().__init__(f"invalid record for table {table!r}: {reason}")
+
+
+class InvalidQueryError(CacheError, ValueError):
+    """A `query`/`count` argument (`where`, `order_by`, `limit`) is invalid or failed.
+
+    Attributes:
+        table: the table name.
+        argument: ``"where"``, ``"order_by"`` or ``"limit"``.
+        value: the value given.
+        reason: what is wrong (or the error it raised).
+    """
+
+    def __init__(self, table: str, argument: str, value: Any, reason: str) -> None:
+        self.table = table
+        self.argument = argument
+        self.value = value
+        self.reason = reason
+        super().__init__(f"invalid {argument} for table {table!r}: {value!r} ({reason})")
 
 
 class UnserializableError(StoreError, TypeError):
