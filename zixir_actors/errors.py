@@ -32,28 +32,43 @@ __all__ = [
     "ChildStartError",
     "ConfigError",
     "CorruptBlobError",
+    "CycleError",
+    "DeadLetterNotFoundError",
     "DuplicateKeyError",
+    "DuplicateStepError",
     "EntryTooLargeError",
     "InvalidKeyError",
     "InvalidQueryError",
     "InvalidRecordError",
     "InvalidSpecError",
+    "InvalidStepError",
     "MaxChildrenError",
     "MetricConflictError",
+    "MissingInputError",
     "NameNotFoundError",
     "NotAnActorError",
     "NotStartedError",
     "ObservabilityError",
     "RecordNotFoundError",
     "RestartIntensityError",
+    "RunActiveError",
+    "RunFailedError",
+    "RunInterruptedError",
+    "RunNotFoundError",
     "ShutdownTimeoutError",
+    "StepTimeoutError",
     "StoreError",
     "SupervisorError",
     "SupervisorTimeoutError",
     "TableExistsError",
+    "UnknownDependencyError",
+    "UnknownStepError",
     "UnknownTableError",
     "UnserializableError",
     "UnwrapError",
+    "WorkflowDefinitionError",
+    "WorkflowError",
+    "WorkflowNotFoundError",
     "ZixirError",
     "ZixirTimeoutError",
 ]
@@ -309,3 +324,172 @@ class MetricConflictError(ObservabilityError, ValueError):
         super().__init__(
             f"metric {name!r} is already registered as {existing}, cannot register it as {requested}"
         )
+
+
+# --- workflow ---------------------------------------------------------------
+
+
+class WorkflowError(ZixirError):
+    """Base class for errors raised by `zixir_actors.workflow`."""
+
+
+class WorkflowDefinitionError(WorkflowError, ValueError):
+    """A workflow is badly built; raised before anything runs.
+
+    Attributes:
+        workflow: the workflow's name.
+        step: the step at fault, if one is.
+    """
+
+    def __init__(self, message: str, *, workflow: str, step: str | None = None) -> None:
+        self.workflow = workflow
+        self.step = step
+        super().__init__(f"workflow {workflow!r}: {message}")
+
+
+class CycleError(WorkflowDefinitionError):
+    """The dependencies form a cycle.
+
+    Attributes:
+        cycle: the steps of the cycle in order, first step repeated at the end.
+    """
+
+    def __init__(self, workflow: str, cycle: tuple[str, ...]) -> None:
+        self.cycle = cycle
+        super().__init__(f"dependency cycle {' -> '.join(cycle)}", workflow=workflow,
+                         step=cycle[0] if cycle else None)
+
+
+class UnknownDependencyError(WorkflowDefinitionError, LookupError):
+    """A step depends on a step that does not exist.
+
+    Attributes:
+        dependency: the missing step's name.
+    """
+
+    def __init__(self, workflow: str, step: str, dependency: str) -> None:
+        self.dependency = dependency
+        super().__init__(f"step {step!r} depends on unknown step {dependency!r}",
+                         workflow=workflow, step=step)
+
+
+class DuplicateStepError(WorkflowDefinitionError):
+    """Two steps have the same name."""
+
+    def __init__(self, workflow: str, step: str) -> None:
+        super().__init__(f"duplicate step name {step!r}", workflow=workflow, step=step)
+
+
+class InvalidStepError(WorkflowDefinitionError):
+    """A step option or a retry policy field is invalid.
+
+    Attributes:
+        field: the option that is wrong (``"retry.max_attempts"``, ``"timeout"``...).
+        value: the value given.
+        reason: why it is wrong.
+    """
+
+    def __init__(self, field: str, value: Any, reason: str, *, workflow: str = "?",
+                 step: str | None = None) -> None:
+        self.field = field
+        self.value = value
+        self.reason = reason
+        where = f"step {step!r}: " if step is not None else ""
+        super().__init__(f"{where}invalid {field}: {value!r} ({reason})",
+                         workflow=workflow, step=step)
+
+
+class MissingInputError(WorkflowError, ValueError):
+    """A step parameter matches no dependency, workflow input or default.
+
+    Attributes:
+        workflow: the workflow's name.
+        step: the step whose parameter is unfilled.
+        parameter: the parameter's name.
+    """
+
+    def __init__(self, workflow: str, step: str, parameter: str) -> None:
+        self.workflow = workflow
+        self.step = step
+        self.parameter = parameter
+        super().__init__(
+            f"workflow {workflow!r}: step {step!r} needs {parameter!r}, which is neither a "
+            "dependency, a workflow input nor a parameter with a default"
+        )
+
+
+class UnknownStepError(WorkflowError, LookupError):
+    """A step name given to `resume`/`plan` is not a step of the workflow."""
+
+    def __init__(self, workflow: str, step: str) -> None:
+        self.workflow = workflow
+        self.step = step
+        super().__init__(f"workflow {workflow!r} has no step {step!r}")
+
+
+class RunNotFoundError(WorkflowError, LookupError):
+    """No run with this id is stored."""
+
+    def __init__(self, run_id: str) -> None:
+        self.run_id = run_id
+        super().__init__(f"no stored run {run_id!r}")
+
+
+class RunActiveError(WorkflowError):
+    """The run is already executing in this process (resume or retry it later)."""
+
+    def __init__(self, run_id: str) -> None:
+        self.run_id = run_id
+        super().__init__(f"run {run_id!r} is already running in this process")
+
+
+class RunInterruptedError(WorkflowError):
+    """The run's actor was stopped (shutdown) or crashed too often before it finished.
+
+    The checkpoints are kept: `Workflow.resume(run_id)` continues the run.
+    """
+
+    def __init__(self, run_id: str, reason: Any) -> None:
+        self.run_id = run_id
+        self.reason = reason
+        super().__init__(f"run {run_id!r} was interrupted before it finished: {reason}")
+
+
+class StepTimeoutError(WorkflowError, TimeoutError):
+    """A step attempt did not finish within the step's `timeout`."""
+
+    def __init__(self, step: str, timeout: float) -> None:
+        self.step = step
+        self.timeout = timeout
+        super().__init__(f"step {step!r} did not finish within {timeout}s")
+
+
+class RunFailedError(WorkflowError):
+    """`RunResult.raise_for_status()` on a run that did not succeed.
+
+    Attributes:
+        result: the `RunResult`.
+    """
+
+    def __init__(self, result: Any) -> None:
+        self.result = result
+        failed = ", ".join(f"{n}: {s.error}" for n, s in result.steps.items() if s.error)
+        super().__init__(f"run {result.run_id!r} ended {result.status}"
+                         + (f" ({failed})" if failed else ""))
+
+
+class DeadLetterNotFoundError(WorkflowError, LookupError):
+    """No dead letter with this id is stored."""
+
+    def __init__(self, letter_id: str) -> None:
+        self.letter_id = letter_id
+        super().__init__(f"no dead letter {letter_id!r}")
+
+
+class WorkflowNotFoundError(WorkflowError, LookupError):
+    """No `Workflow` with this name is defined in this process (needed to re-drive a run)."""
+
+    def __init__(self, name: str) -> None:
+        self.name = name
+        super().__init__(f"no workflow named {name!r} is defined in this process; "
+                         "pass workflow= explicitly")
