@@ -55,7 +55,10 @@ __all__ = [
     "RunFailedError",
     "RunInterruptedError",
     "RunNotFoundError",
+    "SandboxClosedError",
+    "SandboxError",
     "ShutdownTimeoutError",
+    "SoftTimeoutError",
     "StepTimeoutError",
     "StoreError",
     "SupervisorError",
@@ -493,3 +496,79 @@ class WorkflowNotFoundError(WorkflowError, LookupError):
         self.name = name
         super().__init__(f"no workflow named {name!r} is defined in this process; "
                          "pass workflow= explicitly")
+
+
+# --- sandbox ----------------------------------------------------------------
+
+
+class SandboxError(ZixirError):
+    """Why a sandboxed call failed; sandboxes return it inside `Err`, they do not raise it.
+
+    Example:
+        >>> err = SandboxError("memory", "used 412 MiB of 256 MiB", limit=2**28, measured=432013312)
+        >>> err.kind, err.limit
+        ('memory', 268435456)
+
+    Attributes:
+        kind: ``"timeout"``, ``"memory"``, ``"cpu"``, ``"depth"``, ``"exception"``,
+            ``"crashed"`` or ``"unpicklable"``.
+        message: what happened, in words.
+        limit: the limit that was broken (bytes, seconds, percent, frames), if any.
+        measured: the value measured when it was broken, if any.
+        remote_type: qualified type name of the exception raised in the worker.
+        remote_traceback: its formatted traceback, from the worker.
+        cause: the remote exception itself when it could be carried back, else None.
+        peak_memory: highest resident memory of the worker during the call, bytes.
+        cpu_time: CPU seconds the call used.
+        cpu_percent: highest sampled CPU use, percent of one core, if sampled.
+        duration: wall-clock seconds from sending the call to its end.
+    """
+
+    def __init__(self, kind: str, message: str, *, limit: float | None = None,
+                 measured: float | None = None, remote_type: str | None = None,
+                 remote_traceback: str | None = None, cause: BaseException | None = None,
+                 peak_memory: int | None = None, cpu_time: float | None = None,
+                 cpu_percent: float | None = None, duration: float | None = None) -> None:
+        self.kind = kind
+        self.message = message
+        self.limit = limit
+        self.measured = measured
+        self.remote_type = remote_type
+        self.remote_traceback = remote_traceback
+        self.cause = cause
+        self.peak_memory = peak_memory
+        self.cpu_time = cpu_time
+        self.cpu_percent = cpu_percent
+        self.duration = duration
+        super().__init__(f"sandboxed call failed ({kind}): {message}")
+
+    def __reduce__(self) -> Any:
+        fields = {name: getattr(self, name) for name in (
+            "limit", "measured", "remote_type", "remote_traceback", "cause", "peak_memory",
+            "cpu_time", "cpu_percent", "duration")}
+        return (_rebuild_sandbox_error, (self.kind, self.message, fields))
+
+
+def _rebuild_sandbox_error(kind: str, message: str, fields: dict[str, Any]) -> SandboxError:
+    return SandboxError(kind, message, **fields)
+
+
+class SoftTimeoutError(ZixirError, TimeoutError):
+    """Raised inside a sandboxed call when its `soft_timeout` passes, so it can clean up.
+
+    Catch it in the sandboxed code to release resources; the call still ends
+    as ``Err(kind="timeout")``, and the hard `timeout` kills the worker if the
+    call goes on.
+    """
+
+
+class SandboxClosedError(ZixirError, RuntimeError):
+    """A `Sandbox` or `SandboxPool` was used after `close()`.
+
+    Attributes:
+        name: the sandbox or pool.
+    """
+
+    def __init__(self, name: str) -> None:
+        self.name = name
+        super().__init__(f"sandbox {name!r} is closed")
