@@ -1,0 +1,183 @@
+"""`monitor(target)`: be told when an actor stops, for any reason.
+
+Example:
+    >>> import pykka
+    >>> from supervisors import monitor, spawn
+    >>> class Worker(pykka.ThreadingActor):
+    ...     def on_receive(self, message):
+    ...         raise ValueError(message)
+    >>> worker = spawn(Worker).ref
+    >>> m = monitor(worker)
+    >>> worker.tell("boom")
+    >>> m.wait(timeout=1.0).reason
+    ValueError('boom')
+"""
+
+from __future__ import annotations
+
+import threading
+from collections.abc import Callable
+from dataclasses import dataclass
+from typing import Any
+
+import pykka
+
+from supervisors.errors import NameNotFoundError, SupervisorTimeoutError
+
+__all__ = ["NORMAL_REASONS", "Down", "Monitor", "monitor"]
+
+NORMAL_REASONS = frozenset({"normal", "shutdown"})
+"""Exit reasons that are not crashes: a `transient` child is not restarted after them."""
+
+
+@dataclass(frozen=True, slots=True)
+class Down:
+    """The notice a watcher gets when a monitored actor stops.
+
+    `reason` is ``"normal"`` (it stopped itself or was stopped by a caller),
+    ``"shutdown"`` (stopped by its supervisor), ``"killed"`` (did not stop in
+    time), ``"noproc"`` (was already dead when monitored), ``"unknown"`` (an
+    actor without supervised semantics stopped), or the exception that crashed it.
+    """
+
+    ref: pykka.ActorRef[Any]
+    reason: Any
+
+    @property
+    def abnormal(self) -> bool:
+        """True for a crash, a kill or noproc: what a `transient` child restarts after."""
+        return not (isinstance(self.reason, str) and self.reason in NORMAL_REASONS)
+
+
+Watcher = "pykka.ActorRef[Any] | Callable[[Down], object] | None"
+
+
+class Monitor:
+    """One monitor: `wait()` for the `Down`, or `cancel()` it."""
+
+    __slots__ = ("target", "_watcher", "_event", "_down", "_detach")
+
+    def __init__(self, target: pykka.ActorRef[Any],
+                 watcher: pykka.ActorRef[Any] | Callable[[Down], object] | None) -> None:
+        self.target = target
+        self._watcher = watcher
+        self._event = threading.Event()
+        self._down: Down | None = None
+        self._detach: Callable[[], None] | None = None
+
+    def _fire(self, down: Down) -> None:
+        if self._event.is_set():
+            return
+        self._down = down
+        self._event.set()
+        watcher = self._watcher
+        if watcher is None:
+            return
+        if isinstance(watcher, pykka.ActorRef):
+            try:
+                watcher.tell(down)
+            except pykka.ActorDeadError:
+                pass
+        else:
+            watcher(down)
+
+    @property
+    def down(self) -> Down | None:
+        """The `Down`, once the target has stopped."""
+        return self._down
+
+    def wait(self, *, timeout: float | None = None) -> Down:
+        """Block until the target stops and return the `Down`.
+
+        Raises:
+            SupervisorTimeoutError: the target is still running after `timeout`.
+        """
+        if not self._event.wait(timeout):
+            raise SupervisorTimeoutError(f"monitor of {self.target}", timeout)
+        assert self._down is not None
+        return self._down
+
+    def cancel(self) -> None:
+        """Stop monitoring (demonitor); no `Down` is delivered afterwards."""
+        self._event.set()
+        if self._detach is not None:
+            self._detach()
+
+
+class _NotifyingEvent(threading.Event):
+    """A stop event that runs callbacks when set, for actors we did not start."""
+
+    def __init__(self) -> None:
+        super().__init__()
+        self.callbacks: list[Callable[[], None]] = []
+
+    def set(self) -> None:
+        was_set = self.is_set()
+        super().set()
+        if not was_set:
+            for callback in list(self.callbacks):
+                callback()
+
+
+_foreign_lock = threading.Lock()
+
+
+def _watch_foreign(actor: pykka.Actor, m: Monitor) -> bool:
+    """Hook a plain Pykka actor's stop event; False if it has already stopped."""
+    with _foreign_lock:
+        event = actor.actor_stopped
+        if not isinstance(event, _NotifyingEvent):
+            if event.is_set():
+                return False
+            new = _NotifyingEvent()
+            actor.actor_stopped = new
+            actor.actor_ref.actor_stopped = new
+            if event.is_set():  # it stopped while we swapped
+                new.set()
+                return False
+            event = new
+        callback = lambda: m._fire(Down(actor.actor_ref, "unknown"))  # noqa: E731
+        event.callbacks.append(callback)
+        m._detach = lambda: event.callbacks.remove(callback) if callback in event.callbacks else None
+        return not event.is_set()
+
+
+def monitor(target: Any,
+            watcher: pykka.ActorRef[Any] | Callable[[Down], object] | None = None) -> Monitor:
+    """Watch `target` (an ActorRef, a registered name, or a `NamedRef`).
+
+    When it stops, for any reason, a `Down(ref, reason)` is delivered once:
+    told to `watcher` if it is an ActorRef, passed to it if it is a callable,
+    and always available through the returned `Monitor`'s `wait()`. A target
+    that is already dead gives ``Down(ref, "noproc")`` at once. Names are
+    resolved now: the monitor watches the current incarnation.
+
+    Raises:
+        NameNotFoundError: `target` is a name that nothing holds.
+        TypeError: `target` is not an actor reference or a name.
+    """
+    from supervisors._actor import SupervisedActor
+    from supervisors.registry import NamedRef, whereis
+
+    if isinstance(target, NamedRef):
+        target = target.whereis(timeout=0)
+    elif isinstance(target, str):
+        found = whereis(target)
+        if found is None:
+            raise NameNotFoundError(target)
+        target = found
+    if not isinstance(target, pykka.ActorRef):
+        raise TypeError(f"cannot monitor {type(target).__name__}: expected an ActorRef or a name")
+    m = Monitor(target, watcher)
+    actor = target._actor_weakref()  # noqa: SLF001
+    if actor is None:
+        attached = False
+    elif isinstance(actor, SupervisedActor):
+        attached = actor._zx_add_monitor(m)
+        if attached:
+            m._detach = lambda: actor._zx_remove_monitor(m)
+    else:
+        attached = _watch_foreign(actor, m)
+    if not attached:
+        m._fire(Down(target, "noproc"))
+    return m

@@ -1,0 +1,633 @@
+"""`Supervisor`: OTP supervision of an ordered list of children.
+
+Example:
+    >>> import pykka
+    >>> from supervisors import ChildSpec, Supervisor, ref
+    >>> class Greeter(pykka.ThreadingActor):
+    ...     def on_receive(self, message):
+    ...         return f"hello {message}"
+    >>> sup = Supervisor.start_link([ChildSpec("greeter", Greeter, name="doc.greeter")],
+    ...                             strategy="one_for_one", name="doc.sup")
+    >>> ref("doc.greeter").ask("ada", timeout=1.0)
+    'hello ada'
+    >>> [c.id for c in sup.which_children()]
+    ['greeter']
+    >>> sup.stop()
+
+Semantics follow Erlang/OTP's `supervisor` and Elixir's `Supervisor`:
+children start in order, each after the previous one's `on_start` finished;
+if one fails, those already started are stopped in reverse order and
+`start_link` raises `ChildStartError`. They stop in reverse order, each within
+its `shutdown` time, after which it is killed (see `supervisors._actor.kill`
+for what killing a thread can and cannot do). More than `max_restarts`
+restarts within `max_seconds` make the supervisor stop all children and exit
+with `RestartIntensityError`, which its own supervisor treats as a crash.
+"""
+
+from __future__ import annotations
+
+import collections
+import time
+from collections.abc import Callable, Iterable, Sequence
+from dataclasses import dataclass
+from typing import Any
+
+import pykka
+from loguru import logger
+
+from supervisors import events
+from supervisors._actor import SupervisedActor, kill, mark_shutdown, supervised_class, wait_started
+from supervisors.errors import (
+    AlreadyStartedError,
+    ChildNotFoundError,
+    ChildStartError,
+    InvalidSpecError,
+    MaxChildrenError,
+    NotAnActorError,
+    RestartIntensityError,
+    SupervisorError,
+    SupervisorTimeoutError,
+)
+from supervisors.monitor import Down, Monitor, monitor
+from supervisors.registry import NameTakenError, name_of, register, whereis
+from supervisors.spec import (
+    DEFAULT_MAX_RESTARTS,
+    DEFAULT_MAX_SECONDS,
+    ChildSpec,
+    Strategy,
+    check_intensity,
+    check_strategy,
+)
+
+__all__ = [
+    "DEFAULT_CALL_TIMEOUT",
+    "DEFAULT_START_TIMEOUT",
+    "Child",
+    "ChildCounts",
+    "Supervisor",
+    "SupervisorRef",
+    "is_supervisor_class",
+]
+
+DEFAULT_CALL_TIMEOUT = 30.0
+"""Default timeout of calls to a supervisor (start_child, which_children...)."""
+DEFAULT_START_TIMEOUT = 60.0
+"""How long a child's `on_start` may take before its start counts as failed."""
+
+
+@dataclass(frozen=True, slots=True)
+class Child:
+    """One row of `which_children()`: ``ref`` is None when the child is not running."""
+
+    id: Any
+    ref: pykka.ActorRef[Any] | None
+    type: str
+    restart: str
+    name: str | None
+    actor_class: str
+
+
+@dataclass(frozen=True, slots=True)
+class ChildCounts:
+    """`count_children()`: specs, running children, and specs by type."""
+
+    specs: int
+    active: int
+    supervisors: int
+    workers: int
+
+
+@dataclass(frozen=True, slots=True)
+class _Call:
+    op: str
+    args: tuple[Any, ...] = ()
+
+
+@dataclass(frozen=True, slots=True)
+class _Reply:
+    value: Any = None
+    error: BaseException | None = None
+
+
+class _Child:
+    __slots__ = ("spec", "ref", "monitor", "restarts")
+
+    def __init__(self, spec: ChildSpec) -> None:
+        self.spec = spec
+        self.ref: pykka.ActorRef[Any] | None = None
+        self.monitor: Monitor | None = None
+        self.restarts = 0
+
+
+def _class_name(spec: ChildSpec) -> str:
+    return getattr(spec.start, "__name__", type(spec.start).__name__)
+
+
+def start_actor(spec: ChildSpec, *, start_timeout: float | None) -> tuple[pykka.ActorRef[Any], bool]:
+    """Start one child (or adopt a live actor holding its name). Returns (ref, adopted).
+
+    Raises:
+        ChildStartError: the constructor or `on_start` raised, or timed out.
+        NotAnActorError: a factory returned something that is not an ActorRef.
+    """
+    from supervisors import _registry
+
+    if spec.name is not None:
+        existing = whereis(spec.name)
+        if existing is not None:
+            return existing, True
+    lock = _registry.start_lock(spec.name) if spec.name is not None else None
+    if lock is not None:
+        lock.acquire()
+    try:
+        if spec.name is not None:
+            existing = whereis(spec.name)
+            if existing is not None:
+                return existing, True
+        try:
+            if isinstance(spec.start, type):
+                new = supervised_class(spec.start).start(*spec.args, **spec.start_kwargs)
+            else:
+                new = spec.start(*spec.args, **spec.start_kwargs)
+        except Exception as exc:
+            raise ChildStartError(spec.id, exc) from exc
+        if not isinstance(new, pykka.ActorRef):
+            stop = getattr(new, "stop", None)
+            if callable(stop):
+                try:
+                    stop()
+                except Exception:  # noqa: BLE001 - best effort on something that is no actor
+                    pass
+            raise NotAnActorError(spec.id, new)
+        if spec.name is not None:
+            try:
+                register(spec.name, new)
+            except NameTakenError as exc:
+                new.stop(block=False)
+                raise ChildStartError(spec.id, exc) from exc
+        try:
+            error = wait_started(new, timeout=start_timeout)
+        except TimeoutError as exc:
+            kill(new)
+            raise ChildStartError(spec.id, exc) from exc
+        if error is not None:
+            raise ChildStartError(spec.id, error)
+        return new, False
+    finally:
+        if lock is not None:
+            lock.release()
+
+
+class _SupervisorCore(SupervisedActor):
+    """What `Supervisor` and `DynamicSupervisor` share: starting, watching,
+    restarting and stopping children."""
+
+    _dynamic = False
+    kind = "Supervisor"
+
+    def __init__(self, children: Iterable[ChildSpec] = (), strategy: Strategy = "one_for_one",
+                 max_restarts: int = DEFAULT_MAX_RESTARTS,
+                 max_seconds: float = DEFAULT_MAX_SECONDS, *,
+                 max_children: int | None = None,
+                 clock: Callable[[], float] | None = None,
+                 start_timeout: float | None = DEFAULT_START_TIMEOUT) -> None:
+        super().__init__()
+        self._strategy = check_strategy(strategy)
+        check_intensity(max_restarts, max_seconds)
+        if max_children is not None and (isinstance(max_children, bool) or
+                                         not isinstance(max_children, int) or max_children < 0):
+            raise InvalidSpecError("max_children", max_children, "must be an integer >= 0 or None")
+        self._specs = validate_children(children)
+        self._max_restarts = max_restarts
+        self._max_seconds = float(max_seconds)
+        self._max_children = max_children
+        self._clock = clock or time.monotonic
+        self._start_timeout = start_timeout
+        self._children: list[_Child] = []
+        self._by_id: dict[Any, _Child] = {}
+        self._by_urn: dict[str, _Child] = {}
+        self._restart_times: collections.deque[float] = collections.deque()
+
+    @property
+    def label(self) -> str:
+        return name_of(self.actor_ref) or f"{self.kind}<{self.actor_urn[-8:]}>"
+
+    # -- lifecycle ------------------------------------------------------------
+
+    def on_start(self) -> None:
+        for spec in self._specs:
+            child = _Child(spec)
+            try:
+                self._start(child)
+            except SupervisorError:
+                self._terminate_all()
+                raise
+            self._add(child)
+
+    def on_stop(self) -> None:
+        self._terminate_all()
+
+    def on_failure(self, *exc_info: Any) -> None:
+        self._terminate_all()
+
+    def on_receive(self, message: Any) -> Any:
+        if isinstance(message, Down):
+            self._on_down(message)
+            return None
+        if isinstance(message, _Call):
+            try:
+                return _Reply(value=getattr(self, f"_op_{message.op}")(*message.args))
+            except RestartIntensityError:
+                raise
+            except Exception as exc:  # noqa: BLE001 - bad requests are the caller's error
+                return _Reply(error=exc)
+        return super().on_receive(message)
+
+    # -- children -------------------------------------------------------------
+
+    def _add(self, child: _Child) -> None:
+        self._children.append(child)
+        if not self._dynamic:
+            self._by_id[child.spec.id] = child
+
+    def _remove(self, child: _Child) -> None:
+        self._children.remove(child)
+        if not self._dynamic:
+            self._by_id.pop(child.spec.id, None)
+
+    def _start(self, child: _Child) -> pykka.ActorRef[Any]:
+        ref, adopted = start_actor(child.spec, start_timeout=self._start_timeout)
+        child.ref = ref
+        self._by_urn[ref.actor_urn] = child
+        child.monitor = monitor(ref, self.actor_ref)
+        events.emit(events.ChildStarted(self.label, child.spec.id, ref, adopted))
+        return ref
+
+    def _terminate(self, child: _Child) -> None:
+        ref = child.ref
+        if ref is None:
+            return
+        if child.monitor is not None:
+            child.monitor.cancel()
+            child.monitor = None
+        self._by_urn.pop(ref.actor_urn, None)
+        child.ref = None
+        reason: Any = "shutdown"
+        mark_shutdown(ref)
+        shutdown = child.spec.shutdown
+        if shutdown == "brutal_kill":
+            kill(ref)
+            reason = "killed"
+        else:
+            try:
+                ref.stop(block=True, timeout=shutdown)  # type: ignore[arg-type]
+            except pykka.Timeout:
+                kill(ref)
+                reason = "killed"
+                logger.bind(supervisor=self.label, child=str(child.spec.id)).warning(
+                    "child {} did not stop within {}s and was killed", child.spec.id, shutdown)
+        events.emit(events.ChildExited(self.label, child.spec.id, ref, reason))
+
+    def _terminate_all(self) -> None:
+        for child in reversed(self._children):
+            try:
+                self._terminate(child)
+            except Exception:  # noqa: BLE001 - keep stopping the others
+                logger.opt(exception=True).error("stopping child {} failed", child.spec.id)
+
+    def _on_down(self, down: Down) -> None:
+        child = self._by_urn.pop(down.ref.actor_urn, None)
+        if child is None or child.ref is not down.ref:
+            return  # a child we stopped ourselves, or a stale notice
+        child.ref = None
+        child.monitor = None
+        reason = down.reason
+        events.emit(events.ChildExited(self.label, child.spec.id, down.ref, reason))
+        restart = child.spec.restart
+        if restart == "temporary" or (restart == "transient" and not down.abnormal):
+            if restart == "temporary" or self._dynamic:
+                self._remove(child)
+            return
+        if not self._note_restart():
+            self._give_up(child, reason)
+        self._restart_group(child, reason)
+
+    def _note_restart(self) -> bool:
+        now = self._clock()
+        times = self._restart_times
+        times.append(now)
+        while times and times[0] <= now - self._max_seconds:
+            times.popleft()
+        return len(times) <= self._max_restarts
+
+    def _give_up(self, child: _Child, reason: Any) -> None:
+        logger.bind(supervisor=self.label, child=str(child.spec.id), reason=repr(reason)).error(
+            "supervisor {} reached max restart intensity ({} in {}s); stopping all children",
+            self.label, self._max_restarts, self._max_seconds)
+        events.emit(events.IntensityExceeded(self.label, child.spec.id, reason,
+                                             self._max_restarts, self._max_seconds))
+        self._terminate_all()
+        raise RestartIntensityError(self.label, child.spec.id, self._max_restarts,
+                                    self._max_seconds, reason)
+
+    def _restart_group(self, crashed: _Child, reason: Any) -> None:
+        if self._strategy == "one_for_one" or self._dynamic:
+            group = [crashed]
+        else:
+            index = self._children.index(crashed)
+            group = self._children[:] if self._strategy == "one_for_all" \
+                else self._children[index:]
+            group = [c for c in group if c is crashed or c.ref is not None]
+            for other in reversed(group):
+                if other is not crashed:
+                    self._terminate(other)
+            for other in [c for c in group if c is not crashed and c.spec.restart == "temporary"]:
+                self._remove(other)
+                group.remove(other)
+        for child in group:
+            self._restart_one(child, reason)
+
+    def _restart_one(self, child: _Child, reason: Any) -> None:
+        while True:
+            child.restarts += 1
+            try:
+                self._start(child)
+            except SupervisorError as exc:
+                logger.bind(supervisor=self.label, child=str(child.spec.id)).warning(
+                    "restart of child {} failed: {}", child.spec.id, exc)
+                if not self._note_restart():
+                    self._give_up(child, exc)
+                continue
+            crash = reason if isinstance(reason, BaseException) else None
+            logger.bind(supervisor=self.label, child=str(child.spec.id),
+                        restart_count=child.restarts, reason=repr(reason)).opt(
+                exception=crash).warning(
+                "restarted child {} after {!r} (restart #{})", child.spec.id, reason,
+                child.restarts)
+            events.emit(events.ChildRestarted(self.label, child.spec.id, reason, child.restarts))
+            return
+
+    def _find(self, key: Any) -> _Child:
+        if isinstance(key, pykka.ActorRef):
+            child = self._by_urn.get(key.actor_urn)
+        else:
+            child = None if self._dynamic else self._by_id.get(key)
+        if child is None:
+            raise ChildNotFoundError(key)
+        return child
+
+    # -- requests ---------------------------------------------------------------
+
+    def _op_which_children(self) -> list[Child]:
+        return [Child(c.spec.id, c.ref, c.spec.type, c.spec.restart, c.spec.name,
+                      _class_name(c.spec)) for c in self._children]
+
+    def _op_count_children(self) -> ChildCounts:
+        sups = sum(1 for c in self._children if c.spec.type == "supervisor")
+        return ChildCounts(len(self._children), sum(1 for c in self._children if c.ref),
+                           sups, len(self._children) - sups)
+
+    def _op_start_child(self, spec: ChildSpec) -> pykka.ActorRef[Any]:
+        if not isinstance(spec, ChildSpec):
+            raise InvalidSpecError("spec", spec, "expected a ChildSpec")
+        if self._dynamic:
+            if self._max_children is not None and len(self._children) >= self._max_children:
+                raise MaxChildrenError(self._max_children)
+        else:
+            existing = self._by_id.get(spec.id)
+            if existing is not None:
+                if existing.ref is not None:
+                    raise AlreadyStartedError(spec.id)
+                raise InvalidSpecError("id", spec.id, "a child with this id is already present;"
+                                       " restart_child or delete_child it", child_id=spec.id)
+        child = _Child(spec)
+        ref = self._start(child)
+        self._add(child)
+        return ref
+
+    def _op_terminate_child(self, key: Any) -> None:
+        child = self._find(key)
+        self._terminate(child)
+        if self._dynamic or child.spec.restart == "temporary":
+            self._remove(child)
+
+    def _op_restart_child(self, key: Any) -> pykka.ActorRef[Any]:
+        child = self._find(key)
+        if child.ref is not None:
+            raise AlreadyStartedError(child.spec.id)
+        return self._start(child)
+
+    def _op_delete_child(self, key: Any) -> None:
+        child = self._find(key)
+        if child.ref is not None:
+            raise AlreadyStartedError(child.spec.id)
+        self._remove(child)
+
+    def _op_describe(self) -> dict[str, Any]:
+        return {"label": self.label, "kind": self.kind,
+                "strategy": "dynamic" if self._dynamic else self._strategy,
+                "children": self._op_which_children()}
+
+
+def validate_children(children: Iterable[ChildSpec]) -> list[ChildSpec]:
+    """Check a child list before anything starts: types and unique ids."""
+    if isinstance(children, (ChildSpec, str, bytes)):
+        raise InvalidSpecError("children", children, "expected a list of ChildSpec")
+    specs = list(children)
+    seen: set[Any] = set()
+    for spec in specs:
+        if not isinstance(spec, ChildSpec):
+            raise InvalidSpecError("children", spec, "every child must be a ChildSpec")
+        if spec.id in seen:
+            raise InvalidSpecError("id", spec.id, "duplicate child id", child_id=spec.id)
+        seen.add(spec.id)
+    return specs
+
+
+def is_supervisor_class(cls: Any) -> bool:
+    return isinstance(cls, type) and issubclass(cls, _SupervisorCore)
+
+
+class SupervisorRef:
+    """A handle on a running supervisor; every call takes a keyword `timeout`.
+
+    Wrap any supervisor's ActorRef: ``SupervisorRef(whereis("zixir.caches"))``.
+    """
+
+    __slots__ = ("actor_ref", "already_started")
+
+    def __init__(self, actor_ref: pykka.ActorRef[Any], *, already_started: bool = False) -> None:
+        if not isinstance(actor_ref, pykka.ActorRef) or not is_supervisor_class(actor_ref.actor_class):
+            raise TypeError(f"not a supervisor's ActorRef: {actor_ref!r}")
+        self.actor_ref = actor_ref
+        self.already_started = already_started
+
+    def __repr__(self) -> str:
+        return f"<SupervisorRef {name_of(self.actor_ref) or self.actor_ref.actor_urn}>"
+
+    def __eq__(self, other: object) -> bool:
+        return isinstance(other, SupervisorRef) and other.actor_ref is self.actor_ref
+
+    def __hash__(self) -> int:
+        return hash(self.actor_ref.actor_urn)
+
+    @property
+    def name(self) -> str | None:
+        return name_of(self.actor_ref)
+
+    def is_alive(self) -> bool:
+        return self.actor_ref.is_alive()
+
+    def _call(self, op: str, *args: Any, timeout: float | None) -> Any:
+        try:
+            reply = self.actor_ref.ask(_Call(op, args), timeout=timeout)
+        except pykka.Timeout:
+            raise SupervisorTimeoutError(f"supervisor {self!r} {op}", timeout) from None
+        except pykka.ActorDeadError:
+            raise SupervisorError(f"supervisor {self!r} is not running") from None
+        if reply.error is not None:
+            raise reply.error
+        return reply.value
+
+    def which_children(self, *, timeout: float | None = DEFAULT_CALL_TIMEOUT) -> list[Child]:
+        """Every child in start order, with its current ref (None if not running)."""
+        return self._call("which_children", timeout=timeout)  # type: ignore[no-any-return]
+
+    def count_children(self, *, timeout: float | None = DEFAULT_CALL_TIMEOUT) -> ChildCounts:
+        return self._call("count_children", timeout=timeout)  # type: ignore[no-any-return]
+
+    def start_child(self, spec: ChildSpec, *,
+                    timeout: float | None = DEFAULT_CALL_TIMEOUT) -> pykka.ActorRef[Any]:
+        """Start and supervise one more child; returns its ref.
+
+        Raises:
+            AlreadyStartedError: a child with this id is running (Supervisor).
+            InvalidSpecError: the id is present but stopped, or `spec` is bad.
+            MaxChildrenError: a DynamicSupervisor is full.
+            ChildStartError / NotAnActorError: the child failed to start.
+        """
+        return self._call("start_child", spec, timeout=timeout)  # type: ignore[no-any-return]
+
+    def terminate_child(self, key: Any, *, timeout: float | None = DEFAULT_CALL_TIMEOUT) -> None:
+        """Stop a child (by id, or by ref); its spec stays unless it is temporary
+        or the supervisor is dynamic.
+
+        Raises:
+            ChildNotFoundError: no such child.
+        """
+        self._call("terminate_child", key, timeout=timeout)
+
+    def restart_child(self, key: Any, *,
+                      timeout: float | None = DEFAULT_CALL_TIMEOUT) -> pykka.ActorRef[Any]:
+        """Start a terminated child again from its spec.
+
+        Raises:
+            ChildNotFoundError: no such child. AlreadyStartedError: it is running.
+        """
+        return self._call("restart_child", key, timeout=timeout)  # type: ignore[no-any-return]
+
+    def delete_child(self, key: Any, *, timeout: float | None = DEFAULT_CALL_TIMEOUT) -> None:
+        """Forget a terminated child's spec.
+
+        Raises:
+            ChildNotFoundError: no such child. AlreadyStartedError: it is running.
+        """
+        self._call("delete_child", key, timeout=timeout)
+
+    def stop(self, *, timeout: float | None = None) -> None:
+        """Stop the supervisor: its children stop first, in reverse start order."""
+        mark_shutdown(self.actor_ref)
+        try:
+            self.actor_ref.stop(block=True, timeout=timeout)
+        except pykka.Timeout:
+            raise SupervisorTimeoutError(f"stop of supervisor {self!r}", timeout) from None
+
+    def tree(self, *, timeout: float | None = DEFAULT_CALL_TIMEOUT) -> str:
+        """A readable rendering of the running tree, for logs and the CLI."""
+        lines: list[str] = []
+        self._render(lines, "", "", timeout)
+        return "\n".join(lines)
+
+    def _render(self, lines: list[str], first: str, rest: str, timeout: float | None) -> None:
+        info = self._call("describe", timeout=timeout)
+        running = sum(1 for c in info["children"] if c.ref is not None)
+        lines.append(f"{first}{info['label']}  {info['kind']}, {info['strategy']}, "
+                     f"{running}/{len(info['children'])} running")
+        children: Sequence[Child] = info["children"]
+        for i, child in enumerate(children):
+            last = i == len(children) - 1
+            branch, cont = ("└── ", "    ") if last else ("├── ", "│   ")
+            if child.ref is not None and is_supervisor_class(child.ref.actor_class):
+                try:
+                    SupervisorRef(child.ref)._render(lines, rest + branch + f"{child.id}: ",
+                                                     rest + cont, timeout)
+                    continue
+                except SupervisorError:
+                    pass
+            state = "running" if child.ref is not None else "stopped"
+            name = f" ({child.name})" if child.name else ""
+            lines.append(f"{rest}{branch}{child.id}{name}  {child.actor_class}  {state}")
+
+
+class Supervisor(_SupervisorCore):
+    """A supervisor of an ordered, mostly static list of children (see the module docstring)."""
+
+    @classmethod
+    def start_link(cls, children: Iterable[ChildSpec] = (), strategy: Strategy = "one_for_one",
+                   max_restarts: int = DEFAULT_MAX_RESTARTS,
+                   max_seconds: float = DEFAULT_MAX_SECONDS, name: str | None = None, *,
+                   clock: Callable[[], float] | None = None,
+                   start_timeout: float | None = DEFAULT_START_TIMEOUT) -> SupervisorRef:
+        """Start a supervisor and its children, in order; return its `SupervisorRef`.
+
+        Args:
+            children: the child specs, started in this order.
+            strategy: ``"one_for_one"`` (default), ``"one_for_all"`` or ``"rest_for_one"``.
+            max_restarts: restarts allowed within `max_seconds` (default 3).
+            max_seconds: the intensity window in seconds (default 5.0).
+            name: register the supervisor under this name; if a live supervisor
+                already holds it, that one is returned with ``already_started=True``.
+            clock: monotonic clock for the intensity window (tests inject one).
+            start_timeout: how long each child's `on_start` may take.
+
+        Raises:
+            InvalidSpecError: bad strategy, intensity or child list; nothing started.
+            ChildStartError: a child failed to start; the others were stopped.
+        """
+        return _start_supervisor(cls, name, children=children, strategy=strategy,
+                                 max_restarts=max_restarts, max_seconds=max_seconds,
+                                 clock=clock, start_timeout=start_timeout)
+
+    @classmethod
+    def child_spec(cls, id: Any, children: Iterable[ChildSpec] = (),
+                   strategy: Strategy = "one_for_one", max_restarts: int = DEFAULT_MAX_RESTARTS,
+                   max_seconds: float = DEFAULT_MAX_SECONDS, *, name: str | None = None,
+                   restart: str = "permanent", shutdown: Any = None,
+                   clock: Callable[[], float] | None = None) -> ChildSpec:
+        """A `ChildSpec` that nests this supervisor under another one."""
+        check_strategy(strategy)
+        check_intensity(max_restarts, max_seconds)
+        specs = validate_children(children)
+        return ChildSpec(id, cls, kwargs={"children": specs, "strategy": strategy,
+                                          "max_restarts": max_restarts,
+                                          "max_seconds": max_seconds, "clock": clock},
+                         restart=restart, shutdown=shutdown, type="supervisor",  # type: ignore[arg-type]
+                         name=name)
+
+
+def _start_supervisor(cls: type[_SupervisorCore], name: str | None,
+                      **kwargs: Any) -> SupervisorRef:
+    # Validate in the caller's thread so bad input starts nothing.
+    check_strategy(kwargs.get("strategy", "one_for_one"))
+    check_intensity(kwargs.get("max_restarts", DEFAULT_MAX_RESTARTS),
+                    kwargs.get("max_seconds", DEFAULT_MAX_SECONDS))
+    if "children" in kwargs:
+        kwargs["children"] = validate_children(kwargs["children"])
+    spec = ChildSpec(name or cls.__name__, cls, kwargs=kwargs, name=name, type="supervisor")
+    try:
+        ref, adopted = start_actor(spec, start_timeout=None)
+    except ChildStartError as exc:
+        if isinstance(exc.cause, SupervisorError):
+            raise exc.cause from None
+        raise
+    return SupervisorRef(ref, already_started=adopted)
