@@ -42,7 +42,15 @@ from zixir_actors.observability._logging import (
     reset_logging,
 )
 from zixir_actors.observability._metrics import DEFAULT_BUCKETS, MetricKind, Metrics, metrics
+from zixir_actors.observability._runtime import (
+    DEFAULT_SAMPLE_INTERVAL,
+    METRICS_NAME,
+    MetricsRegistry,
+    Sample,
+    child_spec,
+)
 from zixir_actors.observability._server import MetricsServer, serve_metrics, stop_metrics_server
+from zixir_actors.observability._traced import TracedActor
 from zixir_actors.observability._tracing import (
     ABANDONED,
     ErrorInfo,
@@ -62,21 +70,27 @@ from zixir_actors.observability._tracing import (
 __all__ = [
     "ABANDONED",
     "DEFAULT_BUCKETS",
+    "DEFAULT_SAMPLE_INTERVAL",
     "ErrorInfo",
     "InMemorySpanExporter",
     "JSON_FIELDS",
     "JsonLinesSpanExporter",
     "LogSpanExporter",
+    "METRICS_NAME",
     "MetricKind",
     "Metrics",
+    "MetricsRegistry",
     "MetricsServer",
     "OpenTelemetryBridge",
+    "Sample",
     "Span",
     "SpanEvent",
     "SpanExporter",
     "SpanRecord",
     "SpanStatus",
+    "TracedActor",
     "add_exporter",
+    "child_spec",
     "close_open_spans",
     "configure_logging",
     "current_span",

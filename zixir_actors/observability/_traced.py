@@ -1,0 +1,92 @@
+"""`TracedActor`: a supervised actor that opens a span for every message it handles.
+
+Example:
+    >>> from zixir_actors.observability import TracedActor, span
+    >>> from zixir_actors.testing import capture_spans
+    >>> class Summarizer(TracedActor):
+    ...     def summarize(self, text: str) -> str:
+    ...         return text[:5]
+    >>> actor = Summarizer.start()
+    >>> with capture_spans() as spans, span("request") as request:
+    ...     actor.proxy().summarize("hello world").get(timeout=1.0)
+    'hello'
+    >>> actor.stop()
+    True
+    >>> handled = spans.named("Summarizer.summarize")[0]
+    >>> handled.parent_id == request.span_id
+    True
+
+Propagation itself needs no base class: `supervisors.SupervisedActor` runs
+each message in the sender's `contextvars` context, so any span a handler
+opens is a child of the sender's current span. `TracedActor` adds a span per
+message (named ``"<Class>.<method>"``, or ``"<Class>.on_receive"`` for plain
+messages) and closes the spans its thread left open when the actor stops or
+crashes, with status ``"error"``.
+"""
+
+from __future__ import annotations
+
+from types import TracebackType
+from typing import Any, ClassVar
+
+from pykka.messages import ProxyCall, ProxyGetAttr, _ActorStop
+from supervisors import SupervisedActor
+
+from zixir_actors.observability._tracing import _CURRENT, Span, _exit, close_open_spans
+
+__all__ = ["TracedActor"]
+
+
+class TracedActor(SupervisedActor):
+    """A `SupervisedActor` that traces each message as a child span of the sender's.
+
+    Class attributes:
+        trace_messages: False turns the per-message span off (the stop/crash
+            clean-up of open spans stays on).
+    """
+
+    trace_messages: ClassVar[bool] = True
+    _span_names: ClassVar[dict[tuple[str, ...], str]]
+
+    def __init_subclass__(cls, **kwargs: Any) -> None:
+        super().__init_subclass__(**kwargs)
+        cls._span_names = {}
+
+    def _handle_receive(self, message: Any) -> Any:
+        if not self.trace_messages or isinstance(message, (_ActorStop, ProxyGetAttr)):
+            return super()._handle_receive(message)
+        if isinstance(message, ProxyCall):
+            path = message.attr_path
+        else:
+            path = ("on_receive",)
+        names = type(self)._span_names
+        name = names.get(path)
+        if name is None:
+            name = names[path] = f"{type(self).__name__}.{'.'.join(path)}"
+        opened = Span(name, {"actor": self.actor_urn[9:]}, _CURRENT.get())
+        opened._token = _CURRENT.set(opened)
+        try:
+            result = super()._handle_receive(message)
+        except BaseException as exc:
+            _exit(opened, exc)
+            raise
+        _exit(opened, None)
+        return result
+
+    def on_stop(self) -> None:
+        close_open_spans(reason=f"{self} stopped")
+        super().on_stop()
+
+    def on_failure(self, exception_type: type[BaseException] | None,
+                   exception_value: BaseException | None,
+                   traceback: TracebackType | None) -> None:
+        close_open_spans(reason=f"{self} crashed: {exception_value!r}")
+        super().on_failure(exception_type, exception_value, traceback)
+
+    def _actor_loop(self) -> None:
+        # The backstop for every other exit (a kill, an on_stop override that
+        # skips super()): still in the actor's thread, so its spans are found.
+        try:
+            super()._actor_loop()
+        finally:
+            close_open_spans(reason=f"{self} exited")
