@@ -124,6 +124,7 @@ def registered() -> dict[str, pykka.ActorRef[Any]]:
 
 
 def _await_name(name: str, deadline: float | None) -> pykka.ActorRef[Any]:
+    began = time.monotonic()
     found = _registry.names.get(name)
     if _registry.alive(found):
         return found  # type: ignore[return-value]
@@ -134,7 +135,7 @@ def _await_name(name: str, deadline: float | None) -> pykka.ActorRef[Any]:
                 return found  # type: ignore[return-value]
             remaining = None if deadline is None else deadline - time.monotonic()
             if remaining is not None and remaining <= 0:
-                raise NameNotFoundError(name, None if deadline is None else remaining)
+                raise NameNotFoundError(name, time.monotonic() - began)
             # Woken by `register` (the restart) or `forget` (the old holder's exit).
             _registry.changed.wait(remaining)
 

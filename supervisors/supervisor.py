@@ -345,7 +345,7 @@ class _SupervisorCore(SupervisedActor):
                 self._remove(other)
                 group.remove(other)
         for child in group:
-            self._restart_one(child, reason)
+            self._restart_one(child, reason if child is crashed else "sibling_restart")
 
     def _restart_one(self, child: _Child, reason: Any) -> None:
         while True:

@@ -44,10 +44,11 @@ from supervisors import (
     IntensityExceeded,
     SupervisedActor,
     add_listener,
+    name_of,
+    registered,
     remove_listener,
     set_message_hook,
 )
-from supervisors.registry import name_of, registered
 
 from zixir_actors._clock import SYSTEM_CLOCK, Clock
 from zixir_actors.errors import ConfigError
@@ -206,6 +207,14 @@ class MetricsRegistry(SupervisedActor):
     # -- lifecycle -----------------------------------------------------------
 
     def on_start(self) -> None:
+        try:
+            self._install()
+        except BaseException:
+            # Pykka calls neither on_stop nor on_failure when on_start raises.
+            self._teardown()
+            raise
+
+    def _install(self) -> None:
         self._rt = _RuntimeMetrics(self._metrics)
         self._process.cpu_percent(None)  # the first call only starts the measurement
         if self._runtime:
