@@ -32,6 +32,8 @@ __all__ = [
     "ChildStartError",
     "ConfigError",
     "CorruptBlobError",
+    "DataDirError",
+    "DataDirLockedError",
     "CycleError",
     "DeadLetterNotFoundError",
     "DuplicateKeyError",
@@ -51,6 +53,7 @@ __all__ = [
     "ObservabilityError",
     "RecordNotFoundError",
     "RestartIntensityError",
+    "RuntimeConflictError",
     "RunActiveError",
     "RunFailedError",
     "RunInterruptedError",
@@ -572,3 +575,42 @@ class SandboxClosedError(ZixirError, RuntimeError):
     def __init__(self, name: str) -> None:
         self.name = name
         super().__init__(f"sandbox {name!r} is closed")
+
+
+# --- runtime ----------------------------------------------------------------
+
+
+class DataDirError(ZixirError):
+    """The data directory cannot be used (unwritable, not a directory, corrupt store).
+
+    Attributes:
+        path: the directory.
+    """
+
+    def __init__(self, path: str, reason: str) -> None:
+        self.path = path
+        self.reason = reason
+        super().__init__(f"data directory {path}: {reason}")
+
+
+class DataDirLockedError(DataDirError):
+    """Another process runs a zixir runtime on this data directory.
+
+    Attributes:
+        pid: the process holding the lock, if it could be read.
+    """
+
+    def __init__(self, path: str, pid: int | None) -> None:
+        self.pid = pid
+        holder = f"process {pid}" if pid else "another process"
+        super().__init__(path, f"in use by {holder}; stop it or use another data_dir")
+
+
+class RuntimeConflictError(ZixirError, RuntimeError):
+    """`start()` was called with a different data directory while a runtime runs."""
+
+    def __init__(self, running: str, requested: str) -> None:
+        self.running = running
+        self.requested = requested
+        super().__init__(f"a runtime is already running on {running}; "
+                         f"stop it before starting one on {requested}")
