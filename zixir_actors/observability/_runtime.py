@@ -199,6 +199,7 @@ class MetricsRegistry(SupervisedActor):
             if port is not None else None
         self._rt: _RuntimeMetrics | None = None
         self._hook: _MessageHook | None = None
+        self._listener: Any = None
         self._previous_hook: Any = None
         self._ticker: _Ticker | None = None
         self._process = psutil.Process()
@@ -218,7 +219,7 @@ class MetricsRegistry(SupervisedActor):
         self._rt = _RuntimeMetrics(self._metrics)
         self._process.cpu_percent(None)  # the first call only starts the measurement
         if self._runtime:
-            add_listener(self._on_event)
+            self._listener = add_listener(self._on_event)
             self._hook = _MessageHook(self._rt)
             self._previous_hook = set_message_hook(self._hook)
         self.sample()
@@ -235,7 +236,10 @@ class MetricsRegistry(SupervisedActor):
         self._teardown()
 
     def _teardown(self) -> None:
-        remove_listener(self._on_event)
+        if self._listener is not None:
+            # The bound method stored at start: remove_listener compares identity.
+            remove_listener(self._listener)
+            self._listener = None
         if self._hook is not None:
             # Put back what was there, unless someone replaced our hook since.
             current = set_message_hook(self._previous_hook)

@@ -163,7 +163,7 @@ class Span:
         self.end_time: float | None = None
         self.start_time = time.time()
         self._mono = time.monotonic()
-        self._owner = threading.get_ident()
+        self._owner = threading.current_thread()
         self._token: Token[Span | None] | None = None
         _OPEN[self.span_id] = self
 
@@ -213,7 +213,7 @@ class Span:
         record = SpanRecord(
             self.name, self.trace_id, self.span_id, self.parent_id, self.start_time,
             self.end_time, mono_end - self._mono, self.status, self.attributes,
-            tuple(self.events), self.error, _thread_name(self._owner))
+            tuple(self.events), self.error, self._owner.name)
         for exporter in _EXPORTERS:
             try:
                 exporter.export(record)
@@ -226,16 +226,6 @@ def _export_failed(exporter: Any, exc: Exception) -> None:
     from loguru import logger
 
     logger.opt(exception=exc).warning("span exporter {!r} failed", exporter)
-
-
-def _thread_name(ident: int) -> str:
-    current = threading.current_thread()
-    if current.ident == ident:
-        return current.name
-    for thread in threading.enumerate():
-        if thread.ident == ident:
-            return thread.name
-    return f"thread-{ident}"
 
 
 def current_span() -> Span | None:
@@ -376,17 +366,17 @@ def open_spans() -> list[Span]:
     return list(_OPEN.values())
 
 
-def close_open_spans(thread_ident: int | None = None, *,
+def close_open_spans(thread: threading.Thread | None = None, *,
                      reason: str = "owner stopped") -> list[SpanRecord]:
-    """End, with status ``"error"``, the open spans started by a thread (default: this one).
+    """End, with status ``"error"``, the open spans started by `thread` (default: this one).
 
     Called by `TracedActor` when its actor stops or crashes, so a span its
     handler never ended does not leak. Returns the records of the spans closed.
     """
-    owner = threading.get_ident() if thread_ident is None else thread_ident
+    owner = threading.current_thread() if thread is None else thread
     closed = []
     for opened in list(_OPEN.values()):
-        if opened._owner == owner:
+        if opened._owner is owner:
             record = _abandon(opened, reason)
             if record is not None:
                 closed.append(record)
@@ -395,14 +385,14 @@ def close_open_spans(thread_ident: int | None = None, *,
 
 def sweep_orphan_spans(*, reason: str = "owner thread exited") -> list[SpanRecord]:
     """End, with status ``"error"``, open spans whose starting thread no longer runs."""
-    alive = {t.ident for t in threading.enumerate()}
     closed = []
     for opened in list(_OPEN.values()):
-        if opened._owner not in alive:
+        if not opened._owner.is_alive():
             record = _abandon(opened, reason)
             if record is not None:
                 closed.append(record)
     return closed
+
 
 ABANDONED = "SpanAbandoned"
 """The `ErrorInfo.type` recorded on a span that was still open when its owner stopped."""
