@@ -26,6 +26,7 @@ from supervisors.errors import (
 
 __all__ = [
     "AlreadyStartedError",
+    "BufferOverflowError",
     "CacheError",
     "CacheNotFoundError",
     "ChildNotFoundError",
@@ -62,8 +63,12 @@ __all__ = [
     "SandboxError",
     "ShutdownTimeoutError",
     "SoftTimeoutError",
+    "StageCrashedError",
     "StepTimeoutError",
     "StoreError",
+    "StreamConsumedError",
+    "StreamError",
+    "StreamTimeoutError",
     "SupervisorError",
     "SupervisorTimeoutError",
     "TableExistsError",
@@ -614,3 +619,60 @@ class RuntimeConflictError(ZixirError, RuntimeError):
         self.requested = requested
         super().__init__(f"a runtime is already running on {running}; "
                          f"stop it before starting one on {requested}")
+
+
+# --- stream -----------------------------------------------------------------
+
+
+class StreamError(ZixirError):
+    """Base class for stream pipeline errors.
+
+    A stage whose own function raises fails the pipeline with *that*
+    exception, not a `StreamError`: its type is kept, and its `stage`
+    attribute and a note name the stage.
+    """
+
+
+class BufferOverflowError(StreamError):
+    """A `buffer(n, overflow="fail")` stage received more than `n` items ahead of demand.
+
+    Attributes:
+        stage: the buffer stage's name.
+        capacity: its size `n`.
+    """
+
+    def __init__(self, stage: str, capacity: int) -> None:
+        self.stage = stage
+        self.capacity = capacity
+        super().__init__(f"stream buffer {stage!r} overflowed its capacity of {capacity} items")
+
+
+class StageCrashedError(StreamError):
+    """A stage actor stopped abnormally (killed, or a crash outside user code).
+
+    Attributes:
+        stage: the stage's name.
+        reason: the exit reason from its `Down`.
+    """
+
+    def __init__(self, stage: str, reason: object) -> None:
+        self.stage = stage
+        self.reason = reason
+        super().__init__(f"stream stage {stage!r} stopped abnormally: {reason!r}")
+
+
+class StreamConsumedError(StreamError):
+    """A single-use source (`from_iterator`, `from_async_iterator`) was run a second time.
+
+    Attributes:
+        source: the source's name.
+    """
+
+    def __init__(self, source: str) -> None:
+        self.source = source
+        super().__init__(f"stream source {source!r} was already consumed by an earlier run; "
+                         "build a new stream from a fresh iterator")
+
+
+class StreamTimeoutError(StreamError, ZixirTimeoutError):
+    """A stream terminal (`to_list`, iteration, `await_`...) did not finish within `timeout`."""
