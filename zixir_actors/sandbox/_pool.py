@@ -1,0 +1,599 @@
+"""`WorkerPool`: warm worker processes, the helper that forks them, and the limit monitor.
+
+The pool is thread-safe and does its work in the calling thread: a call takes
+an idle worker, sends the pickled call over a Unix socket and waits for the
+answer with the hard timeout. One monitor thread per pool samples the RSS and
+CPU of the calls that have memory or CPU limits (every `SAMPLE_INTERVAL`
+seconds, only while such calls run) and kills a worker that breaks them.
+Workers are forked by a small helper process started from a fresh
+interpreter, so the cost of a new process does not grow with the size of the
+application process.
+"""
+
+from __future__ import annotations
+
+import contextlib
+import os
+import select
+import signal
+import socket
+import subprocess
+import sys
+import threading
+from collections.abc import Callable
+from concurrent.futures import ThreadPoolExecutor
+from dataclasses import dataclass
+from typing import Any
+
+import dill
+import psutil
+
+from zixir_actors._clock import SYSTEM_CLOCK, Clock
+from zixir_actors.errors import ConfigError, SandboxClosedError, SandboxError
+from zixir_actors.result import Err, Ok, Result
+from zixir_actors.sandbox import _worker
+from zixir_actors.sandbox._limits import Limits
+from zixir_actors.sandbox._telemetry import telemetry
+
+__all__ = [
+    "DEFAULT_POOL_SIZE",
+    "SAMPLE_INTERVAL",
+    "PoolStats",
+    "WorkerPool",
+    "nesting_level",
+]
+
+DEFAULT_POOL_SIZE = max(1, os.cpu_count() or 1)
+"""Warm workers a pool keeps when none is given (one per core)."""
+
+SAMPLE_INTERVAL = 0.01
+"""Seconds between two RSS/CPU samples of a monitored call."""
+
+CPU_TIME_GRACE = 0.05
+"""Seconds of CPU over `cpu_time` before the monitor kills (the worker's own timer fires first)."""
+
+_SCRIPT = _worker.__file__
+
+
+def nesting_level() -> tuple[int, int | None]:
+    """How many sandboxes deep this process runs, and the deepest level allowed from outside."""
+    level = int(os.environ.get(_worker.LEVEL_ENV, "0") or 0)
+    ceiling = os.environ.get(_worker.MAX_LEVEL_ENV)
+    return level, int(ceiling) if ceiling else None
+
+
+@dataclass(frozen=True, slots=True)
+class PoolStats:
+    """A snapshot of a pool: warm idle workers, workers in use, restarts so far."""
+
+    name: str
+    idle: int
+    busy: int
+    restarts: int
+    calls: int
+
+
+class _Worker:
+    """The parent's handle on one worker process."""
+
+    __slots__ = ("calls", "dead", "fresh", "pid", "proc", "sock")
+
+    def __init__(self, pid: int, sock: socket.socket, fresh: bool) -> None:
+        self.pid = pid
+        self.sock = sock
+        self.fresh = fresh
+        self.calls = 0
+        self.dead = False
+        self.proc: psutil.Process | None = None
+
+    def process(self) -> psutil.Process:
+        if self.proc is None:
+            self.proc = psutil.Process(self.pid)
+        return self.proc
+
+    def idle_ok(self) -> bool:
+        """True if the idle worker still listens (a dead one makes its socket readable: EOF)."""
+        try:
+            readable = select.select([self.sock], [], [], 0)[0]
+        except (OSError, ValueError):
+            return False
+        return not readable
+
+    def kill_tree(self) -> None:
+        """SIGKILL the worker and every process under it; safe from any thread."""
+        if self.dead:
+            return
+        self.dead = True
+        try:
+            procs = self.process().children(recursive=True)
+        except psutil.Error:
+            procs = []
+        with contextlib.suppress(OSError):
+            os.killpg(self.pid, signal.SIGKILL)
+        with contextlib.suppress(OSError):
+            os.kill(self.pid, signal.SIGKILL)
+        for proc in procs:
+            with contextlib.suppress(psutil.Error):
+                proc.kill()
+
+    def retire(self) -> None:
+        """End a healthy worker (its process group) without the tree walk."""
+        if not self.dead:
+            self.dead = True
+            with contextlib.suppress(OSError):
+                os.killpg(self.pid, signal.SIGKILL)
+        self.sock.close()
+
+
+class _Zygote:
+    """The small helper process that forks workers."""
+
+    def __init__(self, name: str, spares: int) -> None:
+        self._name = name
+        self._spares = spares
+        self._lock = threading.Lock()
+        self._proc: subprocess.Popen[bytes] | None = None
+        self._ctl: socket.socket | None = None
+        self.starts = 0
+
+    def _start(self) -> None:
+        ours, theirs = socket.socketpair(socket.AF_UNIX, socket.SOCK_STREAM)
+        level, ceiling = nesting_level()
+        env = dict(os.environ)
+        env[_worker.PATH_ENV] = os.pathsep.join(p or os.getcwd() for p in sys.path)
+        env[_worker.LEVEL_ENV] = str(level + 1)
+        env[_worker.SPARES_ENV] = str(self._spares)
+        if ceiling is not None:
+            env[_worker.MAX_LEVEL_ENV] = str(ceiling)
+        try:
+            self._proc = subprocess.Popen(
+                [sys.executable, _SCRIPT, str(theirs.fileno())], pass_fds=(theirs.fileno(),),
+                env=env, stdin=subprocess.DEVNULL, close_fds=True)
+        finally:
+            theirs.close()
+        self._ctl = ours
+        self.starts += 1
+
+    def spawn(self, *, fresh: bool) -> _Worker:
+        with self._lock:
+            for attempt in (1, 2):
+                if self._proc is None or self._proc.poll() is not None:
+                    self._stop_locked(timeout=1.0)
+                    self._start()
+                assert self._ctl is not None
+                try:
+                    self._ctl.sendall(b"s")
+                    pid, sock = _worker.recv_worker(self._ctl)
+                    return _Worker(pid, sock, fresh)
+                except (OSError, EOFError):
+                    if attempt == 2:
+                        raise
+                    self._stop_locked(timeout=1.0)
+        raise AssertionError("unreachable")
+
+    def _stop_locked(self, *, timeout: float | None) -> None:
+        if self._ctl is not None:
+            self._ctl.close()
+            self._ctl = None
+        proc, self._proc = self._proc, None
+        if proc is not None:
+            try:
+                proc.wait(timeout=timeout)
+            except subprocess.TimeoutExpired:
+                proc.kill()
+                proc.wait()
+
+    def stop(self, *, timeout: float | None = 5.0) -> None:
+        with self._lock:
+            self._stop_locked(timeout=timeout)
+
+
+class _Call:
+    """One call in flight: what the monitor samples and what it decided."""
+
+    __slots__ = ("cpu0", "cpu_mark", "cpu_peak", "limits", "peak", "started", "verdict", "worker")
+
+    def __init__(self, worker: _Worker, limits: Limits, started: float) -> None:
+        self.worker = worker
+        self.limits = limits
+        self.started = started
+        self.verdict: tuple[str, str, float | None, float | None] | None = None
+        self.peak = 0
+        self.cpu0 = 0.0
+        self.cpu_mark: tuple[float, float] | None = None
+        self.cpu_peak: float | None = None
+
+
+def _monitored(limits: Limits) -> bool:
+    return limits.memory is not None or limits.cpu_time is not None \
+        or limits.max_cpu_percent is not None
+
+
+class WorkerPool:
+    """Thread-safe pool of sandbox worker processes (the engine behind `Sandbox`).
+
+    Example:
+        >>> pool = WorkerPool(size=1)
+        >>> pool.call(pow, (2, 10), {}, Limits(timeout=10))
+        Ok(value=1024)
+        >>> pool.close()
+
+    Args:
+        size: warm workers kept idle between calls (`DEFAULT_POOL_SIZE`).
+        spares: workers the helper process keeps forked in advance, so a new
+            or fresh process is a hand-over instead of a fork.
+        name: used in logs, metrics and errors.
+        sample_interval: seconds between RSS/CPU samples of monitored calls.
+        clock: monotonic clock for durations and the CPU-percent windows.
+
+    Raises:
+        ConfigError: `size`, `spares` or `sample_interval` out of range.
+    """
+
+    def __init__(self, *, size: int = DEFAULT_POOL_SIZE, spares: int = 1,
+                 name: str = "sandbox", sample_interval: float = SAMPLE_INTERVAL,
+                 clock: Clock = SYSTEM_CLOCK) -> None:
+        if isinstance(size, bool) or not isinstance(size, int) or size < 0:
+            raise ConfigError("size", size, "expected a non-negative number of warm workers")
+        if isinstance(spares, bool) or not isinstance(spares, int) or spares < 0:
+            raise ConfigError("spares", spares, "expected a non-negative number of spare workers")
+        if not sample_interval > 0:
+            raise ConfigError("sample_interval", sample_interval, "expected positive seconds")
+        self.name = name
+        self.size = size
+        self._interval = sample_interval
+        self._clock = clock
+        self._zygote = _Zygote(name, spares)
+        self._lock = threading.Lock()
+        self._cond = threading.Condition(self._lock)
+        self._idle: list[_Worker] = []
+        self._busy: set[_Worker] = set()
+        self._watched: set[_Call] = set()
+        self._monitor: threading.Thread | None = None
+        self._executor: ThreadPoolExecutor | None = None
+        self._closed = False
+        self.restarts = 0
+        self.calls = 0
+
+    # --- lifecycle ------------------------------------------------------------
+
+    @property
+    def closed(self) -> bool:
+        return self._closed
+
+    def start(self, *, prewarm: bool = True) -> None:
+        """Start the helper process and, with `prewarm`, fill the pool with `size` workers.
+
+        Raises:
+            SandboxClosedError: the pool was closed.
+        """
+        self._check_open()
+        while prewarm:
+            with self._lock:
+                if len(self._idle) + len(self._busy) >= self.size:
+                    return
+            worker = self._zygote.spawn(fresh=False)
+            self._checkin(worker)
+
+    def close(self, *, timeout: float | None = 5.0) -> None:
+        """Kill every worker and the helper process; wait for in-flight async calls.
+
+        Idempotent. Calls still running end as ``Err(kind="crashed")``.
+        """
+        with self._cond:
+            if self._closed:
+                return
+            self._closed = True
+            idle, busy = list(self._idle), list(self._busy)
+            self._idle.clear()
+            self._cond.notify_all()
+        for worker in idle:
+            worker.kill_tree()
+            worker.sock.close()
+        # Busy callers wake up with EOF and close their sockets themselves.
+        for worker in busy:
+            worker.kill_tree()
+        if self._monitor is not None:
+            self._monitor.join(timeout)
+        if self._executor is not None:
+            self._executor.shutdown(wait=True)
+        self._zygote.stop(timeout=timeout)
+
+    def stats(self) -> PoolStats:
+        """A snapshot of idle and busy workers, restarts and calls so far."""
+        with self._lock:
+            return PoolStats(self.name, len(self._idle), len(self._busy), self.restarts,
+                             self.calls)
+
+    def worker_pids(self) -> list[int]:
+        """Process ids of the pool's current workers (idle and busy)."""
+        with self._lock:
+            return [w.pid for w in (*self._idle, *self._busy)]
+
+    def _check_open(self) -> None:
+        if self._closed:
+            raise SandboxClosedError(self.name)
+
+    # --- workers --------------------------------------------------------------
+
+    def _checkout(self, fresh: bool) -> _Worker:
+        self._check_open()
+        if not fresh:
+            with self._lock:
+                while self._idle:
+                    worker = self._idle.pop()
+                    if worker.idle_ok():
+                        self._busy.add(worker)
+                        return worker
+                    dead = worker
+                    break
+                else:
+                    dead = None
+            if dead is not None:
+                self._replace(dead, "died while idle", None, None, refill=False)
+        worker = self._zygote.spawn(fresh=fresh)
+        with self._lock:
+            if self._closed:
+                worker.retire()
+                raise SandboxClosedError(self.name)
+            self._busy.add(worker)
+        return worker
+
+    def _checkin(self, worker: _Worker) -> None:
+        with self._lock:
+            self._busy.discard(worker)
+            if self._closed or worker.fresh or worker.dead or len(self._idle) >= self.size:
+                retire = True
+            else:
+                self._idle.append(worker)
+                retire = False
+        if retire:
+            worker.retire()
+
+    def _replace(self, worker: _Worker, reason: str, limit: Any, measured: Any, *,
+                 refill: bool = True) -> None:
+        worker.kill_tree()
+        worker.sock.close()
+        with self._lock:
+            self._busy.discard(worker)
+            if worker.fresh or self._closed:
+                return
+            self.restarts += 1
+            count = self.restarts
+            closed = self._closed
+        telemetry.kill(self.name, reason, worker.pid, limit, measured)
+        telemetry.restart(self.name, reason, count)
+        if refill and not closed:
+            with contextlib.suppress(OSError, EOFError, SandboxClosedError):
+                self._checkin(self._zygote.spawn(fresh=False))
+
+    # --- monitor --------------------------------------------------------------
+
+    def _watch(self, call: _Call) -> None:
+        if call.limits.cpu_time is not None or call.limits.max_cpu_percent is not None:
+            with contextlib.suppress(psutil.Error):
+                times = call.worker.process().cpu_times()
+                call.cpu0 = times.user + times.system
+                call.cpu_mark = (self._clock.monotonic(), call.cpu0)
+        with self._cond:
+            self._watched.add(call)
+            if self._monitor is None:
+                self._monitor = threading.Thread(target=self._monitor_loop,
+                                                 name=f"zixir-sandbox-monitor-{self.name}",
+                                                 daemon=True)
+                self._monitor.start()
+            self._cond.notify_all()
+
+    def _unwatch(self, call: _Call) -> None:
+        with self._lock:
+            self._watched.discard(call)
+
+    def _monitor_loop(self) -> None:
+        while True:
+            with self._cond:
+                while not self._watched and not self._closed:
+                    self._cond.wait()
+                if self._closed:
+                    return
+                calls = list(self._watched)
+            for call in calls:
+                if call.verdict is None:
+                    self._sample(call)
+            with self._cond:
+                if self._closed:
+                    return
+                self._cond.wait(self._interval)
+
+    def _sample(self, call: _Call) -> None:
+        limits = call.limits
+        try:
+            proc = call.worker.process()
+            with proc.oneshot():
+                rss = proc.memory_info().rss
+                times = proc.cpu_times() if call.cpu_mark is not None else None
+        except psutil.Error:
+            return
+        call.peak = max(call.peak, rss)
+        memory = limits.memory_bytes
+        if memory is not None and rss > memory:
+            self._breach(call, "memory", f"resident memory {rss} B over the {memory} B limit",
+                         memory, rss)
+            return
+        if times is None or call.cpu_mark is None:
+            return
+        used = times.user + times.system
+        if limits.cpu_time is not None and used - call.cpu0 > limits.cpu_time + CPU_TIME_GRACE:
+            self._breach(call, "cpu", f"used {used - call.cpu0:.3f} CPU s of {limits.cpu_time}",
+                         limits.cpu_time, used - call.cpu0)
+            return
+        now = self._clock.monotonic()
+        mark_time, mark_cpu = call.cpu_mark
+        if now - mark_time >= limits.cpu_window:
+            percent = 100.0 * (used - mark_cpu) / (now - mark_time)
+            call.cpu_mark = (now, used)
+            call.cpu_peak = max(call.cpu_peak or 0.0, percent)
+            telemetry.cpu_sample(self.name, percent)
+            if limits.max_cpu_percent is not None and percent > limits.max_cpu_percent:
+                self._breach(call, "cpu", f"CPU use {percent:.0f}% over the "
+                             f"{limits.max_cpu_percent}% limit", limits.max_cpu_percent, percent)
+
+    def _breach(self, call: _Call, kind: str, message: str, limit: float | None,
+                measured: float | None) -> None:
+        if call.verdict is not None:
+            return
+        call.verdict = (kind, message, limit, measured)
+        # The caller blocked on the socket wakes up with EOF once the process is gone.
+        call.worker.kill_tree()
+
+    # --- calls ----------------------------------------------------------------
+
+    def call(self, fn: Callable[..., Any], args: tuple[Any, ...], kwargs: dict[str, Any],
+             limits: Limits, *, fresh: bool = False) -> Result[Any, SandboxError]:
+        """Run `fn(*args, **kwargs)` in a worker under `limits`; never raises for the call.
+
+        Raises:
+            SandboxClosedError: the pool was closed before the call started.
+        """
+        started = self._clock.monotonic()
+        level, ceiling = nesting_level()
+        allowed = min(limits.max_nesting, ceiling) if ceiling is not None else limits.max_nesting
+        if level >= allowed:
+            return self._finish(started, Err(SandboxError(
+                "depth", f"sandboxed calls nested {level + 1} deep; max_nesting is {allowed}",
+                limit=allowed, measured=level + 1)), None)
+        config = {"soft_timeout": limits.soft_timeout, "cpu_time": limits.cpu_time,
+                  "max_depth": limits.max_depth, "memory": limits.memory,
+                  "max_nesting": allowed}
+        try:
+            data = dill.dumps((config, fn, args, kwargs), recurse=True)
+        except Exception as exc:
+            return self._finish(started, Err(SandboxError(
+                "unpicklable", f"cannot pickle the call's function or arguments: "
+                f"{type(exc).__name__}: {exc}", cause=exc)), None)
+        worker = self._checkout(fresh)
+        call = _Call(worker, limits, started)
+        monitored = _monitored(limits)
+        if monitored:
+            self._watch(call)
+        hard = limits.hard_timeout
+        try:
+            reply = self._exchange(worker, data, None if hard is None else started + hard)
+        finally:
+            if monitored:
+                self._unwatch(call)
+        return self._conclude(call, reply)
+
+    def _exchange(self, worker: _Worker, data: bytes, deadline: float | None) -> Any:
+        """Send the call and wait for the answer: bytes, or an exception instance."""
+        sock = worker.sock
+        try:
+            if deadline is None:
+                sock.settimeout(None)
+            else:
+                sock.settimeout(max(0.0, deadline - self._clock.monotonic()))
+            _worker.send_frame(sock, data)
+            if deadline is not None:
+                sock.settimeout(max(0.0, deadline - self._clock.monotonic()))
+            return _worker.recv_frame(sock)
+        except TimeoutError as exc:
+            return exc
+        except (OSError, EOFError) as exc:
+            return exc
+
+    def _conclude(self, call: _Call, reply: Any) -> Result[Any, SandboxError]:
+        worker = call.worker
+        limits = call.limits
+        duration = self._clock.monotonic() - call.started
+        worker.calls += 1
+        peak = call.peak or None
+        if call.verdict is not None:
+            kind, message, limit, measured = call.verdict
+            self._replace(worker, kind, limit, measured)
+            return self._finish(call.started, Err(SandboxError(
+                kind, message, limit=limit, measured=measured, peak_memory=peak,
+                cpu_percent=call.cpu_peak, duration=duration)), peak)
+        if isinstance(reply, TimeoutError):
+            hard = limits.hard_timeout
+            self._replace(worker, "timeout", hard, duration)
+            return self._finish(call.started, Err(SandboxError(
+                "timeout", f"no result within the {hard}s time limit; worker killed",
+                limit=hard, measured=duration, peak_memory=peak, cpu_percent=call.cpu_peak,
+                duration=duration)), peak)
+        if isinstance(reply, BaseException):
+            self._replace(worker, "crashed", None, None)
+            return self._finish(call.started, Err(SandboxError(
+                "crashed", f"worker process {worker.pid} died during the call "
+                f"({type(reply).__name__})", peak_memory=peak, duration=duration)), peak)
+        try:
+            status, payload, cpu_time, peak_rss = dill.loads(reply)
+        except Exception as exc:
+            self._checkin(worker)
+            return self._finish(call.started, Err(SandboxError(
+                "unpicklable", f"cannot unpickle the result here: {type(exc).__name__}: {exc}",
+                cause=exc, duration=duration)), peak)
+        peak = max(peak or 0, peak_rss or 0) or None
+        if status == "ok":
+            self._checkin(worker)
+            return self._finish(call.started, Ok(payload), peak)
+        remote_type, message, text, pickled = payload
+        cause = None
+        if pickled is not None:
+            with contextlib.suppress(Exception):
+                cause = dill.loads(pickled)
+        limit: float | None = None
+        measured: float | None = None
+        if status == "timeout":
+            limit, measured = limits.soft_timeout, duration
+            message = f"soft time limit of {limit}s reached: {message}"
+        elif status == "cpu":
+            limit, measured = limits.cpu_time, cpu_time
+        elif status == "memory":
+            limit, measured = limits.memory_bytes, peak
+            message = f"allocation failed under the {limit} B memory limit ({remote_type})" \
+                + (f": {message}" if message else "")
+        elif status == "depth":
+            if isinstance(cause, SandboxError):
+                limit, measured = cause.limit, cause.measured
+                message = cause.message
+            else:
+                limit = limits.max_depth
+                message = f"call depth over max_depth={limit}: {message}" if limit else message
+        if status in ("timeout", "cpu", "memory"):
+            self._replace(worker, status, limit, measured)
+        else:
+            self._checkin(worker)
+        return self._finish(call.started, Err(SandboxError(
+            status, message, limit=limit, measured=measured, remote_type=remote_type,
+            remote_traceback=text or None, cause=cause, peak_memory=peak, cpu_time=cpu_time,
+            cpu_percent=call.cpu_peak, duration=duration)), peak)
+
+    def _finish(self, started: float, result: Result[Any, SandboxError],
+                peak: int | None) -> Result[Any, SandboxError]:
+        with self._lock:
+            self.calls += 1
+        duration = self._clock.monotonic() - started
+        if isinstance(result, Ok):
+            telemetry.call("ok", duration, peak)
+        else:
+            telemetry.call(result.error.kind, duration, peak, result.error)
+        return result
+
+    def submit(self, fn: Callable[..., Any], args: tuple[Any, ...], kwargs: dict[str, Any],
+               limits: Limits, *, fresh: bool = False) -> Any:
+        """Start `call` on the pool's async thread; returns a `concurrent.futures.Future`.
+
+        Raises:
+            SandboxClosedError: the pool is closed.
+        """
+        import contextvars
+
+        with self._lock:
+            self._check_open()
+            if self._executor is None:
+                self._executor = ThreadPoolExecutor(
+                    max_workers=max(4, 2 * self.size),
+                    thread_name_prefix=f"zixir-sandbox-{self.name}")
+            executor = self._executor
+        ctx = contextvars.copy_context()
+        return executor.submit(ctx.run, self.call, fn, args, kwargs, limits, fresh=fresh)
+

@@ -1,0 +1,334 @@
+"""The helper ("zygote") process and the worker loop that runs sandboxed calls.
+
+This file runs as a script in a fresh interpreter (``python _worker.py FD``),
+so it imports only the standard library and dill: the zygote stays small and
+forking a worker from it is cheap whatever the size of the application
+process. The parent imports the framing helpers and protocol constants.
+
+Protocol, all over Unix stream sockets with 4-byte big-endian length frames:
+
+- parent -> zygote: ``b"s"`` asks for a worker; the zygote answers with the
+  worker pid (8 bytes) and passes the parent's end of a fresh socketpair with
+  `SCM_RIGHTS`. It keeps `spares` workers forked in advance, so a fresh
+  process costs a file-descriptor hand-over, not a fork. EOF: the zygote
+  kills the workers it still knows and exits.
+- parent -> worker: ``dill.dumps((config, fn, args, kwargs))``.
+- worker -> parent: ``dill.dumps((status, payload, cpu_seconds, peak_rss))``
+  where status is ``"ok"`` (payload = the value) or a failure kind with
+  payload = ``(type_name, message, traceback_text, pickled_exception)``.
+"""
+
+from __future__ import annotations
+
+import os
+import signal
+import socket
+import struct
+import sys
+import time
+import traceback
+from typing import Any
+
+__all__ = ["LEVEL_ENV", "MAX_LEVEL_ENV", "PATH_ENV", "recv_frame", "send_frame"]
+
+LEVEL_ENV = "ZIXIR_SANDBOX_LEVEL"
+"""Environment variable holding how many sandboxes deep a process runs (0: not sandboxed)."""
+MAX_LEVEL_ENV = "ZIXIR_SANDBOX_MAX_LEVEL"
+"""Environment variable holding the deepest nesting level the outermost caller allows."""
+PATH_ENV = "ZIXIR_SANDBOX_SYS_PATH"
+"""Environment variable carrying the parent's `sys.path` (os.pathsep-joined) to the zygote."""
+SPARES_ENV = "ZIXIR_SANDBOX_SPARES"
+
+_HEADER = struct.Struct("!I")
+_PID = struct.Struct("!q")
+
+
+def send_frame(sock: socket.socket, data: bytes) -> None:
+    """Send one length-prefixed frame."""
+    sock.sendall(_HEADER.pack(len(data)) + data if len(data) < 65536 else _HEADER.pack(len(data)))
+    if len(data) >= 65536:
+        sock.sendall(data)
+
+
+def _recv_exact(sock: socket.socket, size: int) -> bytes:
+    buf = bytearray(size)
+    view = memoryview(buf)
+    got = 0
+    while got < size:
+        n = sock.recv_into(view[got:], size - got)
+        if n == 0:
+            raise EOFError("peer closed the connection")
+        got += n
+    return bytes(buf)
+
+
+def recv_frame(sock: socket.socket) -> bytes:
+    """Receive one length-prefixed frame; EOFError when the peer is gone."""
+    first = sock.recv(65536 + _HEADER.size)
+    if not first:
+        raise EOFError("peer closed the connection")
+    while len(first) < _HEADER.size:
+        more = sock.recv(_HEADER.size - len(first))
+        if not more:
+            raise EOFError("peer closed the connection")
+        first += more
+    (size,) = _HEADER.unpack_from(first)
+    body = first[_HEADER.size:]
+    if len(body) < size:
+        body += _recv_exact(sock, size - len(body))
+    return body
+
+
+# --- worker -------------------------------------------------------------------
+
+_state: dict[str, Any] = {"in_call": False, "fired": None, "soft_exc": None}
+
+
+class _CpuTimeExceeded(BaseException):
+    """Raised inside a call that used up its CPU time; BaseException so it is not swallowed."""
+
+
+def _soft_exception() -> type[BaseException]:
+    exc = _state["soft_exc"]
+    if exc is None:
+        try:
+            from zixir_actors.errors import SoftTimeoutError
+            exc = SoftTimeoutError
+        except Exception:  # the package is not importable here: still interrupt the call
+            exc = TimeoutError
+        _state["soft_exc"] = exc
+    return exc  # type: ignore[no-any-return]
+
+
+def _on_alarm(signum: int, frame: Any) -> None:
+    if _state["in_call"]:
+        _state["fired"] = "timeout"
+        raise _soft_exception()("soft time limit exceeded")
+
+
+def _on_prof(signum: int, frame: Any) -> None:
+    if _state["in_call"]:
+        _state["fired"] = "cpu"
+        raise _CpuTimeExceeded("CPU time limit exceeded")
+
+
+def _status_kb(field: bytes) -> int:
+    try:
+        with open("/proc/self/status", "rb") as fh:
+            for line in fh:
+                if line.startswith(field):
+                    return int(line.split()[1]) * 1024
+    except OSError:
+        pass
+    return 0
+
+
+def _reset_peak() -> None:
+    try:
+        with open("/proc/self/clear_refs", "w") as fh:
+            fh.write("5")
+    except OSError:
+        pass
+
+
+def _peak_rss() -> int:
+    peak = _status_kb(b"VmHWM:")
+    if peak:
+        return peak
+    import resource
+    return resource.getrusage(resource.RUSAGE_SELF).ru_maxrss * 1024
+
+
+def _describe(exc: BaseException) -> tuple[str, str, str, bytes | None]:
+    import dill
+    cls = type(exc)
+    name = cls.__qualname__ if cls.__module__ == "builtins" else f"{cls.__module__}.{cls.__qualname__}"
+    text = "".join(traceback.format_exception(cls, exc, exc.__traceback__))
+    try:
+        pickled: bytes | None = dill.dumps(exc)
+    except Exception:
+        pickled = None
+    return name, str(exc), text, pickled
+
+
+def _classify(exc: BaseException, config: dict[str, Any]) -> str:
+    if _state["fired"]:
+        return str(_state["fired"])
+    if isinstance(exc, RecursionError):
+        return "depth"
+    if getattr(exc, "kind", None) == "depth" and type(exc).__name__ == "SandboxError":
+        return "depth"
+    if isinstance(exc, MemoryError) and config.get("memory"):
+        return "memory"
+    return "exception"
+
+
+def _execute(data: bytes) -> bytes:
+    import dill
+    _reset_peak()
+    cpu0 = time.process_time()
+    config: dict[str, Any] = {}
+    status = "exception"
+    payload: Any
+    try:
+        config, fn, args, kwargs = dill.loads(data)
+    except BaseException as exc:
+        payload = _describe(exc)
+        return dill.dumps((status, payload, time.process_time() - cpu0, _peak_rss()))
+    old_limit = sys.getrecursionlimit()
+    old_as = None
+    soft = config.get("soft_timeout")
+    cpu = config.get("cpu_time")
+    if config.get("max_depth"):
+        depth, frame = 0, sys._getframe()
+        while frame is not None:
+            depth, frame = depth + 1, frame.f_back
+        sys.setrecursionlimit(depth + config["max_depth"] + 3)
+    if config.get("memory"):
+        import resource
+        old_as = resource.getrlimit(resource.RLIMIT_AS)
+        ceiling = _status_kb(b"VmSize:") + int(config["memory"])
+        if old_as[1] == resource.RLIM_INFINITY or ceiling < old_as[1]:
+            resource.setrlimit(resource.RLIMIT_AS, (ceiling, old_as[1]))
+    if soft:
+        _soft_exception()
+    _state["fired"] = None
+    _state["in_call"] = True
+    try:
+        if soft:
+            signal.setitimer(signal.ITIMER_REAL, soft)
+        if cpu:
+            signal.setitimer(signal.ITIMER_PROF, cpu)
+        value = fn(*args, **kwargs)
+        _state["in_call"] = False
+        status, payload = "ok", value
+    except BaseException as exc:
+        _state["in_call"] = False
+        status = _classify(exc, config)
+        payload = _describe(exc)
+    finally:
+        _state["in_call"] = False
+        if soft:
+            signal.setitimer(signal.ITIMER_REAL, 0)
+        if cpu:
+            signal.setitimer(signal.ITIMER_PROF, 0)
+        sys.setrecursionlimit(old_limit)
+        if old_as is not None:
+            import resource
+            resource.setrlimit(resource.RLIMIT_AS, old_as)
+    if status == "ok" and _state["fired"]:
+        # The call caught the limit's exception and returned anyway.
+        status = str(_state["fired"])
+        payload = ("SoftTimeoutError" if status == "timeout" else "CpuTimeExceeded",
+                   "limit reached; the call caught the exception and returned", "", None)
+    used, peak = time.process_time() - cpu0, _peak_rss()
+    try:
+        return dill.dumps((status, payload, used, peak))
+    except BaseException as exc:
+        return dill.dumps(("unpicklable", _describe(exc), used, peak))
+
+
+def _serve(sock: socket.socket) -> None:
+    signal.signal(signal.SIGALRM, _on_alarm)
+    signal.signal(signal.SIGPROF, _on_prof)
+    while True:
+        try:
+            data = recv_frame(sock)
+        except (EOFError, OSError):
+            os._exit(0)
+        reply = _execute(data)
+        try:
+            send_frame(sock, reply)
+        except OSError:
+            os._exit(0)
+
+
+# --- zygote -------------------------------------------------------------------
+
+def _zygote(ctl: socket.socket) -> None:
+    import dill  # noqa: F401  (imported once here, shared by every forked worker)
+
+    spares: list[tuple[int, socket.socket]] = []
+    live: set[int] = set()
+    want = int(os.environ.get(SPARES_ENV, "1"))
+
+    def reap(signum: int = 0, frame: Any = None) -> None:
+        while True:
+            try:
+                pid, _ = os.waitpid(-1, os.WNOHANG)
+            except ChildProcessError:
+                return
+            if pid == 0:
+                return
+            live.discard(pid)
+
+    def fork() -> tuple[int, socket.socket]:
+        ours, theirs = socket.socketpair(socket.AF_UNIX, socket.SOCK_STREAM)
+        pid = os.fork()
+        if pid == 0:
+            try:
+                signal.signal(signal.SIGCHLD, signal.SIG_DFL)
+                signal.signal(signal.SIGTERM, signal.SIG_DFL)
+                os.setsid()
+                ctl.close()
+                ours.close()
+                for _, other in spares:
+                    other.close()
+                _serve(theirs)
+            finally:
+                os._exit(0)
+        theirs.close()
+        live.add(pid)
+        return pid, ours
+
+    def shutdown() -> None:
+        signal.signal(signal.SIGCHLD, signal.SIG_DFL)
+        for pid in list(live):
+            try:
+                os.kill(pid, signal.SIGKILL)
+            except OSError:
+                pass
+        os._exit(0)
+
+    signal.signal(signal.SIGCHLD, reap)
+    signal.signal(signal.SIGTERM, lambda signum, frame: shutdown())
+    for _ in range(want):
+        spares.append(fork())
+    while True:
+        try:
+            request = ctl.recv(1)
+        except OSError:
+            request = b""
+        if request != b"s":
+            shutdown()
+        pid, ours = spares.pop(0) if spares else fork()
+        try:
+            socket.send_fds(ctl, [_PID.pack(pid)], [ours.fileno()])
+        except OSError:
+            shutdown()
+        ours.close()
+        while len(spares) < want:
+            spares.append(fork())
+
+
+def recv_worker(ctl: socket.socket) -> tuple[int, socket.socket]:
+    """Parent side: read one (pid, socket) answer from the zygote."""
+    msg, fds, _, _ = socket.recv_fds(ctl, _PID.size, 1)
+    if len(msg) < _PID.size or not fds:
+        for fd in fds:
+            os.close(fd)
+        raise EOFError("the sandbox helper process is gone")
+    (pid,) = _PID.unpack(msg)
+    return pid, socket.socket(fileno=fds[0])
+
+
+def _main() -> None:
+    paths = os.environ.pop(PATH_ENV, "")
+    if paths:
+        sys.path[:] = [p for p in paths.split(os.pathsep)]
+    ctl = socket.socket(fileno=int(sys.argv[1]))
+    _zygote(ctl)
+
+
+if __name__ == "__main__":
+    _main()
