@@ -39,6 +39,7 @@ __all__ = [
     "DeadLetterNotFoundError",
     "DuplicateKeyError",
     "DuplicateStepError",
+    "EmptyStreamError",
     "EntryTooLargeError",
     "InvalidKeyError",
     "InvalidQueryError",
@@ -672,6 +673,14 @@ class StreamConsumedError(StreamError):
         self.source = source
         super().__init__(f"stream source {source!r} was already consumed by an earlier run; "
                          "build a new stream from a fresh iterator")
+
+
+class EmptyStreamError(StreamError, LookupError):
+    """`first()` or `reduce()` without an initial value on a stream that produced nothing."""
+
+    def __init__(self, terminal: str) -> None:
+        self.terminal = terminal
+        super().__init__(f"{terminal}() on an empty stream (pass a default/initial value)")
 
 
 class StreamTimeoutError(StreamError, ZixirTimeoutError):
