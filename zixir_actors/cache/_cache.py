@@ -1,0 +1,725 @@
+"""`Cache`: the handle applications use; reads go straight to the published state."""
+
+from __future__ import annotations
+
+import functools
+import inspect
+import math
+import os
+import threading
+import time
+from collections.abc import Callable, Hashable, Iterable, Mapping
+from concurrent.futures import Future
+from concurrent.futures import TimeoutError as FutureTimeout
+from dataclasses import dataclass
+from typing import Any, TypeVar, overload
+
+from supervisors import ChildSpec, SupervisorRef, whereis
+from supervisors.errors import ChildStartError
+
+from zixir_actors._clock import SYSTEM_CLOCK, Clock
+from zixir_actors.cache._actor import (
+    ACTOR_PREFIX,
+    CACHES,
+    CacheActor,
+    current_state,
+    default_data_dir,
+    ensure_collector,
+    live_names,
+)
+from zixir_actors.cache._keys import memo_key, parse_size, signature_of
+from zixir_actors.cache._state import _MISSING, CacheOptions, CacheState, Closed
+from zixir_actors.cache._tables import DEFAULT_KEY_FIELD, OrderBy, Where
+from zixir_actors.cache._warm import DEFAULT_WARM_CONCURRENCY, WarmProgress, WarmReport, run_warm
+from zixir_actors.errors import ConfigError, NotStartedError, ZixirError, ZixirTimeoutError
+
+__all__ = ["DEFAULT_SYNC_INTERVAL", "DEFAULT_TIMEOUT", "Cache", "CacheStats", "Table"]
+
+T = TypeVar("T")
+F = TypeVar("F", bound=Callable[..., Any])
+
+DEFAULT_TIMEOUT = 5.0
+"""Seconds a call waits for a restarting cache (or `Cache.start` for its actor)."""
+DEFAULT_SYNC_INTERVAL = 1.0
+"""Seconds between a persistent write and the group fsync that covers it."""
+
+_start_lock = threading.Lock()
+_NOKEY: Any = object()
+
+
+@dataclass(frozen=True, slots=True)
+class CacheStats:
+    """A snapshot of one cache's counters (`Cache.stats()`).
+
+    Attributes:
+        name: the cache name.
+        hits, misses: lookups (`get`, `get_many`, `get_or_compute`) that found
+            a live entry or not. Counted without a lock, so concurrent readers
+            can very rarely lose an increment.
+        evictions: entries dropped by LRU to respect `max_entries`/`max_bytes`.
+        expirations: expired entries reclaimed (including ones found expired
+            when a persistent cache loaded).
+        size: entries held after reclaiming expired ones.
+        bytes: encoded size of the entries (persistent caches, or any cache
+            with `max_bytes`); otherwise a shallow `sys.getsizeof` estimate.
+        refreshes, refresh_errors: refresh-ahead reloads that succeeded or failed.
+        warm_loaded, warm_errors: entries loaded by warm-ups, and failed items.
+        persist: whether entries are mirrored in LMDB.
+        tables: the names of the cache's tables.
+    """
+
+    name: str
+    hits: int
+    misses: int
+    evictions: int
+    expirations: int
+    size: int
+    bytes: int
+    refreshes: int
+    refresh_errors: int
+    warm_loaded: int
+    warm_errors: int
+    persist: bool
+    tables: tuple[str, ...]
+
+    @property
+    def hit_ratio(self) -> float:
+        """hits / (hits + misses), 0.0 before any lookup."""
+        total = self.hits + self.misses
+        return self.hits / total if total else 0.0
+
+
+def _check_ttl(ttl: object, field: str = "ttl") -> float | None:
+    if ttl is None:
+        return None
+    if isinstance(ttl, bool) or not isinstance(ttl, (int, float)) or not math.isfinite(ttl) \
+            or ttl <= 0:
+        raise ConfigError(field, ttl, "must be None (no expiry) or a finite number of seconds > 0")
+    return float(ttl)
+
+
+def _check_timeout(timeout: object) -> float | None:
+    if timeout is None:
+        return None
+    if isinstance(timeout, bool) or not isinstance(timeout, (int, float)) or timeout < 0:
+        raise ConfigError("timeout", timeout, "must be None or seconds >= 0")
+    return float(timeout)
+
+
+class Cache:
+    """A named TTL/LRU cache with optional LMDB persistence, tables and warming.
+
+    Example:
+        >>> from supervisors import DynamicSupervisor
+        >>> caches = DynamicSupervisor.start_link(name="zixir.caches")  # zixir_actors.start() does this
+        >>> llm = Cache.start("doc-llm", ttl=3600, max_entries=10_000)
+        >>> llm.put("prompt-1", "answer")
+        >>> llm.get("prompt-1")
+        'answer'
+        >>> llm.get_or_compute("prompt-2", lambda: "computed once")
+        'computed once'
+        >>> @llm.memoize(ttl=60)
+        ... def embed(text: str) -> list[float]:
+        ...     return [float(len(text))]
+        >>> embed("hello"), embed("hello")
+        ([5.0], [5.0])
+        >>> llm.stats().hits
+        2
+        >>> caches.stop()
+
+    A handle is cheap and holds no data: the cache's actor (``zixir.cache.<name>``
+    under ``zixir.caches``) owns the entries and publishes them, so `get` reads
+    them directly, without a message; writers serialize on the owner's lock
+    and, for a persistent cache, commit to LMDB before they return. A handle
+    keeps working across restarts of the actor.
+
+    Durability of a persistent cache (``persist=True``): a `put` (or any
+    write) returns only after its LMDB transaction committed. From then on it
+    survives a crash of the cache actor and the death of the process (kill -9
+    included): the data is in the OS page cache. Commits are not fsynced one
+    by one: a group fsync runs at most `sync_interval` seconds (default 1.0)
+    after a write, and when the cache stops. A power cut or kernel crash can
+    lose the writes of that last interval (and, as LMDB documents for
+    unsynced commits, may damage the environment); ``durable=True`` fsyncs
+    every write before returning instead, at about 280 µs per write.
+    """
+
+    __slots__ = ("_name", "_state")
+
+    def __init__(self, name: str, *, timeout: float | None = 0.0) -> None:
+        """A handle on the running cache `name` (see also `Cache.lookup`).
+
+        Raises:
+            CacheNotFoundError: no cache of that name is running.
+        """
+        self._name = name
+        self._state: CacheState = current_state(name, timeout=timeout)
+
+    # -- lifecycle -------------------------------------------------------------
+
+    @classmethod
+    def start(cls, name: str, ttl: float | None = None, max_entries: int | None = None,
+              max_bytes: int | str | None = None, persist: bool = False, *,
+              data_dir: str | Any | None = None, clock: Clock | None = None,
+              refresh_ahead: float | None = None, loader: Callable[[Any], Any] | None = None,
+              warm: Iterable[Any] | Callable[[], Iterable[Any]] | None = None,
+              durable: bool = False, sync_interval: float = DEFAULT_SYNC_INTERVAL,
+              timeout: float | None = DEFAULT_TIMEOUT) -> Cache:
+        """Start the cache `name` under ``zixir.caches``, or return it if it runs.
+
+        Example:
+            >>> from supervisors import DynamicSupervisor
+            >>> caches = DynamicSupervisor.start_link(name="zixir.caches")
+            >>> a = Cache.start("doc-start", ttl=60)
+            >>> Cache.start("doc-start").name          # idempotent: the same cache
+            'doc-start'
+            >>> caches.stop()
+
+        Args:
+            name: the cache's name (its actor is ``zixir.cache.<name>``).
+            ttl: default time to live of an entry in seconds (None: forever).
+            max_entries: evict least recently used entries beyond this count.
+            max_bytes: evict least recently used entries beyond this size: bytes
+                or a size string (``"64MB"`` is 64 x 1024^2). Sizes are the
+                encoded (pickled) size of the value.
+            persist: mirror entries and tables in LMDB so they survive restarts.
+            data_dir: LMDB directory for ``persist=True``; default the runtime's
+                (given to `child_spec`), else ``$ZIXIR_DATA_DIR``, else ``./.zixir``.
+            clock: time source for TTLs (`zixir_actors.testing.FakeClock` in
+                tests); expiry uses its wall time `clock.time()`, so persisted
+                entries expire correctly in a later process.
+            refresh_ahead: a fraction of the TTL, e.g. 0.1: a `get` in the last
+                10% of an entry's life reloads it in the background with its
+                loader (from `get_or_compute`, `memoize`, `warm(keys, loader)`
+                or the `loader` argument), so hot keys never expire.
+            loader: ``loader(key) -> value`` used by refresh-ahead for keys
+                without a loader of their own, and by `warm(keys)`.
+            warm: pairs (or keys, with `loader`) to load in the background once
+                the cache started; see `warm_async`.
+            durable: fsync every write before it returns (see class docs).
+            sync_interval: seconds between a write and its group fsync.
+            timeout: seconds to wait for the actor to start.
+
+        Raises:
+            NotStartedError: the ``zixir.caches`` supervisor is not running
+                (call `zixir_actors.start()`, or start a DynamicSupervisor
+                named ``zixir.caches``).
+            ConfigError: a bad argument (named in the error).
+            StoreError: ``persist=True`` and the LMDB environment cannot be opened.
+            ZixirError: the actor failed to start (`ChildStartError` with the cause).
+        """
+        if not isinstance(name, str) or not name or "\x00" in name:
+            raise ConfigError("name", name, "a cache name must be a non-empty string")
+        options = CacheOptions(
+            name=name, ttl=_check_ttl(ttl),
+            max_entries=_check_count(max_entries, "max_entries"),
+            max_bytes=parse_size(max_bytes, "max_bytes"), persist=bool(persist),
+            data_dir=(os.fspath(data_dir) if data_dir is not None else default_data_dir())
+            if persist else None,
+            clock=_check_clock(clock), refresh_ahead=_check_ratio(refresh_ahead),
+            loader=_check_callable(loader, "loader"), durable=bool(durable),
+            sync_interval=_check_ttl(sync_interval, "sync_interval") or DEFAULT_SYNC_INTERVAL)
+        timeout = _check_timeout(timeout)
+        with _start_lock:
+            if whereis(ACTOR_PREFIX + name) is not None:
+                return cls(name, timeout=timeout)
+            sup = whereis(CACHES)
+            if sup is None:
+                raise NotStartedError(CACHES)
+            spec = ChildSpec(name, CacheActor, kwargs={"options": options},
+                             restart="permanent", name=ACTOR_PREFIX + name)
+            try:
+                SupervisorRef(sup).start_child(spec, timeout=timeout)
+            except ChildStartError as exc:
+                if isinstance(exc.cause, ZixirError):
+                    raise exc.cause from exc
+                raise
+            ensure_collector()
+            handle = cls(name, timeout=timeout)
+        if warm is not None:
+            handle.warm_async(warm, loader)
+        return handle
+
+    @classmethod
+    def lookup(cls, name: str, *, timeout: float | None = 0.0) -> Cache:
+        """The running cache `name`, waiting up to `timeout` if it is restarting.
+
+        Raises:
+            CacheNotFoundError: no cache of that name is running.
+        """
+        return cls(name, timeout=timeout)
+
+    @staticmethod
+    def names() -> list[str]:
+        """Names of the running caches, sorted."""
+        return live_names()
+
+    def stop(self, *, timeout: float | None = DEFAULT_TIMEOUT) -> None:
+        """Stop the cache: flush it to disk (persistent caches) and end its actor.
+
+        A persistent cache's data stays in LMDB for the next `Cache.start`;
+        a memory-only cache's entries are gone. Stopping a stopped cache does
+        nothing.
+        """
+        actor = whereis(ACTOR_PREFIX + self._name)
+        if actor is None:
+            return
+        sup = whereis(CACHES)
+        if sup is not None:
+            try:
+                SupervisorRef(sup).terminate_child(actor, timeout=timeout)
+                return
+            except ZixirError:
+                pass
+        actor.stop(timeout=timeout)
+
+    @property
+    def name(self) -> str:
+        """The cache's name."""
+        return self._name
+
+    def __repr__(self) -> str:
+        return f"Cache({self._name!r})"
+
+    def _live(self, deadline: float | None = None) -> CacheState:
+        state = self._state
+        if state.closed:
+            timeout = None if deadline is None else max(0.0, deadline - time.monotonic())
+            state = self._state = current_state(self._name, timeout=timeout)
+        return state
+
+    def _write(self, op: Callable[[CacheState], T], timeout: float | None) -> T:
+        deadline = None if timeout is None else time.monotonic() + timeout
+        while True:
+            state = self._live(deadline)
+            try:
+                return op(state)
+            except Closed:
+                continue
+
+    # -- key/value -------------------------------------------------------------
+
+    def get(self, key: Hashable, default: Any = None) -> Any:
+        """The live value of `key`, or `default` (an expired entry is never returned).
+
+        Raises:
+            InvalidKeyError: `key` is unhashable.
+        """
+        state = self._state
+        if state.closed:
+            state = self._live(time.monotonic() + DEFAULT_TIMEOUT)
+        return state.get(key, default)
+
+    def get_many(self, keys: Iterable[Hashable]) -> dict[Hashable, Any]:
+        """The live entries among `keys`, as a dict (missing keys are left out)."""
+        state = self._live(time.monotonic() + DEFAULT_TIMEOUT)
+        found: dict[Hashable, Any] = {}
+        for key in keys:
+            value = state.get(key, _MISSING)
+            if value is not _MISSING:
+                found[key] = value
+        return found
+
+    def contains(self, key: Hashable) -> bool:
+        """Whether `key` has a live entry (no stats, no LRU update)."""
+        return self._live(time.monotonic() + DEFAULT_TIMEOUT).peek(key) is not _MISSING
+
+    __contains__ = contains
+
+    def put(self, key: Hashable, value: Any, ttl: float | None = None, *,
+            timeout: float | None = DEFAULT_TIMEOUT) -> None:
+        """Store `value` under `key` for `ttl` seconds (default the cache's `ttl`).
+
+        Returns once the entry is visible to every reader and, for a
+        persistent cache, committed to LMDB (see the class docs for durability).
+
+        Raises:
+            ConfigError: a bad `ttl`.
+            InvalidKeyError: `key` is unhashable or (persistent) not encodable.
+            UnserializableError: a persistent cache cannot serialize `value`.
+            EntryTooLargeError: the entry alone exceeds `max_bytes`.
+            ZixirTimeoutError: the cache was restarting for longer than `timeout`.
+            StoreError: LMDB refused the write.
+        """
+        ttl = _check_ttl(ttl)
+        self._write(lambda s: s.put(key, value, ttl), timeout)
+
+    def delete(self, key_or_table: Any, key: Any = _NOKEY, *,
+               timeout: float | None = DEFAULT_TIMEOUT) -> bool:
+        """``delete(key)`` removes a cache entry; ``delete(table, key)`` a table record.
+
+        Returns whether something live was removed.
+
+        Raises:
+            UnknownTableError: ``delete(table, key)`` on a table that does not exist.
+        """
+        if key is _NOKEY:
+            return self._write(lambda s: s.delete(key_or_table), timeout)
+        return self._write(lambda s: s.tables.delete(key_or_table, key), timeout)  # type: ignore[union-attr]
+
+    def clear(self, *, timeout: float | None = DEFAULT_TIMEOUT) -> int:
+        """Remove every key/value entry (tables are kept); returns how many were held."""
+        return self._write(lambda s: s.clear(), timeout)
+
+    def get_or_compute(self, key: Hashable, fn: Callable[[], T], ttl: float | None = None, *,
+                       timeout: float | None = None) -> T:
+        """The value of `key`, computing and storing ``fn()`` if it is missing.
+
+        Concurrent callers for the same missing key compute once: the first
+        runs `fn` in its own thread, the others wait for its result (or its
+        exception, which every waiter receives; nothing is stored then).
+
+        Args:
+            timeout: how long a waiting caller waits for the computing one
+                (None: as long as it takes).
+
+        Raises:
+            ZixirTimeoutError: the computation of another caller took longer than `timeout`.
+            Exception: whatever `fn` raised.
+        """
+        ttl = _check_ttl(ttl)
+        state = self._live(time.monotonic() + DEFAULT_TIMEOUT)
+        value = state.get(key, _MISSING)
+        if value is not _MISSING:
+            return value  # type: ignore[no-any-return]
+        with state.inflight_lock:
+            future = state.inflight.get(key)
+            owner = future is None
+            if future is None:
+                future = state.inflight[key] = Future()
+        if not owner:
+            try:
+                return future.result(timeout)  # type: ignore[no-any-return]
+            except FutureTimeout:
+                raise ZixirTimeoutError(f"get_or_compute({key!r}) waiting for another caller",
+                                        timeout) from None
+        try:
+            value = state.peek(key)
+            if value is _MISSING:
+                value = fn()
+                self.put(key, value, ttl)
+                self._live().register_loader(key, lambda _key: fn())
+            future.set_result(value)
+            return value  # type: ignore[no-any-return]
+        except BaseException as exc:
+            future.set_exception(exc)
+            raise
+        finally:
+            with state.inflight_lock:
+                state.inflight.pop(key, None)
+
+    @overload
+    def memoize(self, fn: F, *, ttl: float | None = None) -> F: ...
+
+    @overload
+    def memoize(self, fn: None = None, *, ttl: float | None = None) -> Callable[[F], F]: ...
+
+    def memoize(self, fn: F | None = None, *, ttl: float | None = None) -> F | Callable[[F], F]:
+        """Decorator: cache a function's results by its arguments.
+
+        Example:
+            >>> from supervisors import DynamicSupervisor
+            >>> caches = DynamicSupervisor.start_link(name="zixir.caches")
+            >>> c = Cache.start("doc-memo")
+            >>> @c.memoize(ttl=60)
+            ... def square(x: int) -> int:
+            ...     return x * x
+            >>> square(4), square(x=4)        # one computation, one cache entry
+            (16, 16)
+            >>> caches.stop()
+
+        The key hashes (SHA-256) a canonical encoding of the function's module
+        and qualified name and its arguments bound to its signature (defaults
+        applied), so it is the same in every process: a persistent cache
+        serves memoized results across restarts. Concurrent calls with the
+        same arguments compute once. `wrapper.cache_key(*args, **kwargs)` gives
+        the key of a call.
+
+        Raises:
+            ConfigError: `fn` is a coroutine function (not supported) or `ttl` is bad.
+            InvalidKeyError: (at call time) an argument has no stable encoding.
+        """
+        ttl = _check_ttl(ttl)
+
+        def decorate(f: F) -> F:
+            if inspect.iscoroutinefunction(f):
+                raise ConfigError("fn", f, "memoize supports plain functions, not coroutines")
+            qualified = f"{f.__module__}.{f.__qualname__}"
+            sig = signature_of(f)
+
+            @functools.wraps(f)
+            def wrapper(*args: Any, **kwargs: Any) -> Any:
+                key = memo_key(qualified, sig, args, kwargs)
+                return self.get_or_compute(key, lambda: f(*args, **kwargs), ttl)
+
+            wrapper.cache_key = (  # type: ignore[attr-defined]
+                lambda *args, **kwargs: memo_key(qualified, sig, args, kwargs))
+            wrapper.cache = self  # type: ignore[attr-defined]
+            return wrapper  # type: ignore[return-value]
+
+        return decorate(fn) if fn is not None else decorate
+
+    # -- warming ---------------------------------------------------------------
+
+    def warm(self, source: Iterable[Any] | Callable[[], Iterable[Any]],
+             loader: Callable[[Any], Any] | None = None, *,
+             concurrency: int = DEFAULT_WARM_CONCURRENCY, rate: float | None = None,
+             ttl: float | None = None, progress: Callable[[WarmProgress], object] | None = None,
+             timeout: float | None = None) -> WarmReport:
+        """Fill the cache and return a report; failures are counted, never raised.
+
+        Example:
+            >>> from supervisors import DynamicSupervisor
+            >>> caches = DynamicSupervisor.start_link(name="zixir.caches")
+            >>> c = Cache.start("doc-warm")
+            >>> c.warm([("a", 1), ("b", 2)]).loaded
+            2
+            >>> report = c.warm(["x", "y", "boom"], loader=lambda k: 1 / (k != "boom"))
+            >>> report.loaded, report.errors
+            (2, 1)
+            >>> caches.stop()
+
+        Args:
+            source: ``(key, value)`` pairs; or keys, when `loader` is given; or
+                a callable returning pairs. Read lazily.
+            loader: ``loader(key) -> value``; also kept for refresh-ahead.
+            concurrency: worker threads loading at once (default 4).
+            rate: at most this many items started per second (paced with the
+                cache's clock), None for no limit.
+            ttl: TTL of the warmed entries (default the cache's).
+            progress: called with a `WarmProgress` after each item.
+            timeout: stop starting new items after this many seconds; items in
+                flight finish and the report says ``cancelled=True``.
+
+        Raises:
+            ConfigError: a bad `concurrency`, `rate`, `ttl` or a source that is
+                not iterable.
+            CacheNotFoundError: the cache is not running.
+        """
+        ttl = _check_ttl(ttl)
+        state = self._live(time.monotonic() + DEFAULT_TIMEOUT)
+        return run_warm(state, source, loader if loader is not None else None,
+                        concurrency=concurrency, rate=rate, ttl=ttl, progress=progress,
+                        timeout=_check_timeout(timeout))
+
+    def warm_async(self, source: Iterable[Any] | Callable[[], Iterable[Any]],
+                   loader: Callable[[Any], Any] | None = None, **options: Any
+                   ) -> Future[WarmReport]:
+        """`warm` in the background; returns a future of its report.
+
+        A warm-up in flight is cancelled (report ``cancelled=True``) when the
+        cache stops or its actor restarts.
+        """
+        state = self._live(time.monotonic() + DEFAULT_TIMEOUT)
+        return state.background().submit(self.warm, source, loader, **options)
+
+    # -- tables ----------------------------------------------------------------
+
+    def create_table(self, table: str, *, key: str = DEFAULT_KEY_FIELD,
+                     timeout: float | None = DEFAULT_TIMEOUT) -> bool:
+        """Create `table` whose records are keyed by their `key` field (default ``"id"``).
+
+        Returns False if it already existed with that key field.
+
+        Raises:
+            TableExistsError: it exists with another key field.
+            ConfigError: an empty or non-string table or key field name.
+        """
+        return self._write(lambda s: s.tables.create(table, key), timeout)  # type: ignore[union-attr]
+
+    def drop_table(self, table: str, *, timeout: float | None = DEFAULT_TIMEOUT) -> None:
+        """Delete `table` and all its records.
+
+        Raises:
+            UnknownTableError: no such table.
+        """
+        self._write(lambda s: s.tables.drop(table), timeout)  # type: ignore[union-attr]
+
+    def tables(self) -> list[str]:
+        """Names of the cache's tables, sorted."""
+        return self._live().tables.names()  # type: ignore[union-attr]
+
+    def table(self, table: str) -> Table:
+        """A view on one table: ``cache.table("users").insert({...})``.
+
+        Raises:
+            UnknownTableError: no such table.
+        """
+        self._live().tables._table(table)  # type: ignore[union-attr]
+        return Table(self, table)
+
+    def insert(self, table: str, record: Mapping[str, Any], key: Hashable | None = None, *,
+               timeout: float | None = DEFAULT_TIMEOUT) -> Hashable:
+        """Add `record` to `table`; returns its key.
+
+        The key is `key`, else the record's key field (``"id"`` by default);
+        the stored record always holds its key in that field.
+
+        Raises:
+            UnknownTableError: no such table.
+            DuplicateKeyError: a record with this key exists.
+            InvalidRecordError: not a mapping, no key, or `key` disagrees with the record.
+            InvalidKeyError: the key is unhashable.
+            UnserializableError: a persistent cache cannot serialize the record.
+        """
+        return self._write(lambda s: s.tables.insert(table, record, key), timeout)  # type: ignore[union-attr]
+
+    def get_record(self, table: str, key: Hashable) -> dict[str, Any] | None:
+        """A copy of the record under `key`, or None.
+
+        Raises:
+            UnknownTableError: no such table.
+        """
+        return self._live().tables.get(table, key)  # type: ignore[union-attr]
+
+    def query(self, table: str, where: Where = None, order_by: OrderBy = None,
+              limit: int | None = None) -> list[dict[str, Any]]:
+        """Records of `table` matching `where`, sorted by `order_by`, at most `limit`.
+
+        Example:
+            >>> from supervisors import DynamicSupervisor
+            >>> caches = DynamicSupervisor.start_link(name="zixir.caches")
+            >>> c = Cache.start("doc-tables")
+            >>> c.create_table("docs")
+            True
+            >>> for i, lang in enumerate(["en", "fr", "en"]):
+            ...     _ = c.insert("docs", {"id": i, "lang": lang, "score": i * 10})
+            >>> [r["id"] for r in c.query("docs", where={"lang": "en"}, order_by="-score")]
+            [2, 0]
+            >>> c.count("docs", where=lambda r: r["score"] > 5)
+            2
+            >>> caches.stop()
+
+        Args:
+            where: None (all), a callable ``record -> bool`` (it gets a
+                read-only view), or ``{field: value}`` where every field must
+                equal its value (or satisfy it, when the value is callable).
+            order_by: a field, ``"-field"`` for descending, a list of those, or a
+                key function. Records lacking the field sort last.
+            limit: at most this many records (an int >= 0).
+
+        Returns:
+            Copies of the matching records.
+
+        Raises:
+            UnknownTableError: no such table.
+            InvalidQueryError: a `where`/`order_by`/`limit` of the wrong kind,
+                one that raised, or values that cannot be compared.
+        """
+        return self._live().tables.query(table, where, order_by, limit)  # type: ignore[union-attr]
+
+    def update(self, table: str, key: Hashable, changes: Mapping[str, Any], *,
+               timeout: float | None = DEFAULT_TIMEOUT) -> dict[str, Any]:
+        """Merge `changes` into the record under `key`; returns the new record.
+
+        Raises:
+            UnknownTableError: no such table.
+            RecordNotFoundError: no record under `key`.
+            InvalidRecordError: `changes` is not a mapping or changes the key field.
+        """
+        return self._write(lambda s: s.tables.update(table, key, changes), timeout)  # type: ignore[union-attr]
+
+    def count(self, table: str, where: Where = None) -> int:
+        """How many records of `table` match `where` (see `query`).
+
+        Raises:
+            UnknownTableError: no such table.
+            InvalidQueryError: a bad `where`.
+        """
+        return self._live().tables.count(table, where)  # type: ignore[union-attr]
+
+    # -- introspection -----------------------------------------------------------
+
+    def stats(self) -> CacheStats:
+        """Counters and sizes, after reclaiming expired entries."""
+        state = self._live(time.monotonic() + DEFAULT_TIMEOUT)
+        state.sweep()
+        return CacheStats(
+            name=self._name, hits=state.hits, misses=state.misses, evictions=state.evictions,
+            expirations=state.expirations, size=len(state.data), bytes=state.bytes,
+            refreshes=state.refreshes, refresh_errors=state.refresh_errors,
+            warm_loaded=state.warm_loaded, warm_errors=state.warm_errors,
+            persist=state.persist,
+            tables=tuple(state.tables.names()) if state.tables is not None else ())
+
+    def purge(self) -> int:
+        """Reclaim every expired entry now; returns how many. (Writes and a
+        background timer also reclaim them, a bounded number at a time.)"""
+        state = self._live(time.monotonic() + DEFAULT_TIMEOUT)
+        total = 0
+        while True:
+            n = state.sweep()
+            total += n
+            if n == 0:
+                return total
+
+    def keys(self) -> list[Hashable]:
+        """The keys with live entries, least recently used first."""
+        state = self._live()
+        now = state.now()
+        return [k for k, e in list(state.data.items()) if e[1] > now]
+
+    def __len__(self) -> int:
+        return len(self.keys())
+
+
+class Table:
+    """A view on one table of a cache; every method is the `Cache` method for that table."""
+
+    __slots__ = ("_cache", "name")
+
+    def __init__(self, cache: Cache, name: str) -> None:
+        self._cache = cache
+        self.name = name
+
+    def __repr__(self) -> str:
+        return f"Table({self._cache.name!r}, {self.name!r})"
+
+    def insert(self, record: Mapping[str, Any], key: Hashable | None = None) -> Hashable:
+        return self._cache.insert(self.name, record, key)
+
+    def get(self, key: Hashable) -> dict[str, Any] | None:
+        return self._cache.get_record(self.name, key)
+
+    def query(self, where: Where = None, order_by: OrderBy = None,
+              limit: int | None = None) -> list[dict[str, Any]]:
+        return self._cache.query(self.name, where, order_by, limit)
+
+    def update(self, key: Hashable, changes: Mapping[str, Any]) -> dict[str, Any]:
+        return self._cache.update(self.name, key, changes)
+
+    def delete(self, key: Hashable) -> bool:
+        return self._cache.delete(self.name, key)
+
+    def count(self, where: Where = None) -> int:
+        return self._cache.count(self.name, where)
+
+
+def _check_count(value: object, field: str) -> int | None:
+    if value is None:
+        return None
+    if isinstance(value, bool) or not isinstance(value, int) or value < 1:
+        raise ConfigError(field, value, "must be None or an int >= 1")
+    return value
+
+
+def _check_ratio(value: object) -> float | None:
+    if value is None:
+        return None
+    if isinstance(value, bool) or not isinstance(value, (int, float)) or not 0 < value < 1:
+        raise ConfigError("refresh_ahead", value, "must be None or a fraction of the TTL in (0, 1)")
+    return float(value)
+
+
+def _check_callable(value: Any, field: str) -> Any:
+    if value is not None and not callable(value):
+        raise ConfigError(field, value, "must be callable")
+    return value
+
+
+def _check_clock(clock: Clock | None) -> Clock:
+    if clock is None:
+        return SYSTEM_CLOCK
+    if not isinstance(clock, Clock):
+        raise ConfigError("clock", clock, "needs monotonic(), time() and sleep()")
+    return clock

@@ -1,0 +1,500 @@
+"""The data of one cache incarnation: what readers read and writers update.
+
+Readers never lock and never message the actor: a `get` is one dict lookup,
+an expiry check and, for bounded caches, an append to a lossy access log (the
+way ETS serves reads beside its owner process). Writers take the state's
+lock, commit to LMDB first when the cache persists, then publish the new
+entry in the dict. The actor that owns the state creates it, closes it and
+hands it to its next incarnation.
+
+An entry is a tuple ``(value, expires, refresh_at, size, ttl)``; ``expires``
+is wall-clock time (`Clock.time()`) so a new process can judge expiry of
+persisted entries, and `INF` when the entry never expires.
+"""
+
+from __future__ import annotations
+
+import heapq
+import itertools
+import pickle
+import sys
+import threading
+from collections import OrderedDict, deque
+from collections.abc import Callable, Hashable
+from concurrent.futures import Future, ThreadPoolExecutor
+from dataclasses import dataclass
+from typing import TYPE_CHECKING, Any
+
+from zixir_actors import _codec
+from zixir_actors._clock import Clock
+from zixir_actors._lmdb import SharedEnv, open_env, release
+from zixir_actors.cache._keys import key_bytes
+from zixir_actors.errors import CorruptBlobError, EntryTooLargeError, InvalidKeyError
+from zixir_actors.observability import logger
+
+if TYPE_CHECKING:
+    from zixir_actors.cache._tables import Tables
+
+__all__ = ["INF", "CacheOptions", "CacheState", "Closed"]
+
+INF = float("inf")
+ACCESS_LOG_SIZE = 65_536
+"""Reads recorded between two writes for LRU order; older records are dropped."""
+REAP_PER_WRITE = 32
+"""Expired entries reclaimed by one write, at most (amortized reclamation)."""
+REAP_PER_TICK = 10_000
+"""Expired entries reclaimed by one maintenance tick, at most."""
+MAX_TICK_DELAY = 60.0
+BACKGROUND_WORKERS = 2
+
+Loader = Callable[[Any], Any]
+_MISSING: Any = object()
+
+
+class Closed(Exception):  # noqa: N818 - internal signal, never escapes the handle
+    """The state was closed by its actor; the caller retries on the next incarnation."""
+
+
+@dataclass(frozen=True, slots=True)
+class CacheOptions:
+    """Everything a cache actor needs to build its state (validated by `Cache.start`)."""
+
+    name: str
+    ttl: float | None
+    max_entries: int | None
+    max_bytes: int | None
+    persist: bool
+    data_dir: str | None
+    clock: Clock
+    refresh_ahead: float | None
+    loader: Loader | None
+    durable: bool
+    sync_interval: float
+
+
+class CacheState:
+    """Entries, expiry heap, LRU order, counters and (optionally) the LMDB mirror."""
+
+    def __init__(self, options: CacheOptions, predecessor: CacheState | None = None) -> None:
+        self.options = options
+        self.name = options.name
+        self.clock = options.clock
+        self.now = options.clock.time
+        self.lock = threading.Lock()
+        self.closed = False
+        self.crashed = False
+        self.tables: Tables | None = None
+        self.persist = options.persist
+        self.default_ttl = options.ttl
+        self.max_entries = options.max_entries
+        self.max_bytes = options.max_bytes
+        self.track = options.max_entries is not None or options.max_bytes is not None
+        self.ratio = options.refresh_ahead
+        self.default_loader = options.loader
+        self.data: OrderedDict[Hashable, tuple[Any, float, float, int, float | None]] = \
+            OrderedDict()
+        self.heap: list[tuple[float, int, Hashable]] = []
+        self.seq = itertools.count()
+        self.access: deque[Hashable] = deque(maxlen=ACCESS_LOG_SIZE)
+        self.bytes = 0
+        self.hits = self.misses = self.evictions = self.expirations = 0
+        self.refreshes = self.refresh_errors = 0
+        self.loaders: dict[Hashable, Loader] = {}
+        self.refreshing: set[Hashable] = set()
+        self.inflight: dict[Hashable, Future[Any]] = {}
+        self.inflight_lock = threading.Lock()
+        self.warm_loaded = self.warm_errors = 0
+        self._dirty = False
+        self._timer: threading.Timer | None = None
+        self._pool: ThreadPoolExecutor | None = None
+        self._pool_lock = threading.Lock()
+        self.env: SharedEnv | None = None
+        self.db: Any = None
+        if predecessor is not None:
+            self._inherit(predecessor)
+        if options.persist:
+            if options.data_dir is None:
+                raise ValueError("a persistent cache needs a data_dir")
+            self.env = open_env(options.data_dir)
+            try:
+                self.db = self.env.db(f"cache:{self.name}")
+                self._load()
+            except BaseException:
+                release(self.env)
+                self.env = None
+                raise
+        elif predecessor is not None:
+            # Like an ETS heir: a memory-only cache keeps its entries across
+            # a restart of its actor, so a crash loses no confirmed write.
+            self.data = predecessor.data
+            self.heap = predecessor.heap
+            self.bytes = predecessor.bytes
+            self.loaders = predecessor.loaders
+
+    # -- reads (any thread, no lock) -----------------------------------------
+
+    def get(self, key: Hashable, default: Any = None) -> Any:
+        try:
+            e = self.data.get(key)
+        except TypeError:
+            raise InvalidKeyError(key, "unhashable") from None
+        if e is None:
+            self.misses += 1
+            return default
+        if e[1] != INF:
+            now = self.now()
+            if now >= e[1]:
+                self.misses += 1
+                return default
+            if now >= e[2]:
+                self._refresh(key, e[4])
+        if self.track:
+            self.access.append(key)
+        self.hits += 1
+        return e[0]
+
+    def peek(self, key: Hashable) -> Any:
+        """The live value of `key` or `_MISSING`, without touching stats or LRU order."""
+        try:
+            e = self.data.get(key)
+        except TypeError:
+            raise InvalidKeyError(key, "unhashable") from None
+        if e is None or (e[1] != INF and self.now() >= e[1]):
+            return _MISSING
+        return e[0]
+
+    # -- writes (any thread, under the lock) ---------------------------------
+
+    def put(self, key: Hashable, value: Any, ttl: float | None) -> None:
+        if ttl is None:
+            ttl = self.default_ttl
+        now = self.now()
+        if ttl is None:
+            expires = refresh_at = INF
+        else:
+            expires = now + ttl
+            refresh_at = expires - ttl * self.ratio if self.ratio else INF
+        kb = blob = None
+        if self.persist:
+            kb = key_bytes(key)
+            blob = _codec.encode((key, value, expires, ttl))
+            size = len(blob)
+        else:
+            try:
+                hash(key)
+            except TypeError:
+                raise InvalidKeyError(key, "unhashable") from None
+            size = _memory_size(value, exact=self.max_bytes is not None)
+        if self.max_bytes is not None and size > self.max_bytes:
+            raise EntryTooLargeError(self.name, key, size, self.max_bytes)
+        entry = (value, expires, refresh_at, size, ttl)
+        with self.lock:
+            if self.closed:
+                raise Closed
+            self._drain_access()
+            expired = self._pop_expired(now, REAP_PER_WRITE, exclude=key)
+            victims = self._plan_evictions(key, size, expired)
+            if self.persist:
+                dels = [key_bytes(k) for k in itertools.chain(expired, victims)]
+                db = self.db
+
+                def write(txn: Any) -> None:
+                    txn.put(kb, blob, db=db)
+                    for d in dels:
+                        txn.delete(d, db=db)
+
+                try:
+                    self.env.write(write, durable=self.options.durable)  # type: ignore[union-attr]
+                except BaseException:
+                    for k in expired:
+                        e = self.data[k]
+                        heapq.heappush(self.heap, (e[1], next(self.seq), k))
+                    raise
+            old = self.data.get(key)
+            self.data[key] = entry
+            if old is not None:
+                self.bytes -= old[3]
+                self.data.move_to_end(key)
+            self.bytes += size
+            if expires != INF:
+                heapq.heappush(self.heap, (expires, next(self.seq), key))
+            for k in expired:
+                self._forget(k)
+                self.expirations += 1
+            for k in victims:
+                self._forget(k)
+                self.evictions += 1
+            self._after_write()
+
+    def delete(self, key: Hashable) -> bool:
+        kb = key_bytes(key) if self.persist else None
+        with self.lock:
+            if self.closed:
+                raise Closed
+            try:
+                e = self.data.get(key)
+            except TypeError:
+                raise InvalidKeyError(key, "unhashable") from None
+            if e is None:
+                return False
+            if self.persist:
+                db = self.db
+                self.env.write(lambda txn: txn.delete(kb, db=db),  # type: ignore[union-attr]
+                               durable=self.options.durable)
+            self._forget(key)
+            self._after_write()
+            return e[1] == INF or self.now() < e[1]
+
+    def clear(self) -> int:
+        with self.lock:
+            if self.closed:
+                raise Closed
+            if self.persist:
+                db = self.db
+                self.env.write(lambda txn: txn.drop(db, delete=False),  # type: ignore[union-attr]
+                               durable=self.options.durable)
+            count = len(self.data)
+            self.data.clear()
+            self.heap.clear()
+            self.access.clear()
+            self.loaders.clear()
+            self.bytes = 0
+            self._after_write()
+            return count
+
+    def register_loader(self, key: Hashable, loader: Loader) -> None:
+        """Remember how to reload `key`, for refresh-ahead (only kept when it is on)."""
+        if self.ratio is not None and loader is not self.default_loader:
+            self.loaders[key] = loader
+
+    def sweep(self, limit: int = REAP_PER_TICK) -> int:
+        """Reclaim up to `limit` expired entries; returns how many."""
+        with self.lock:
+            if self.closed:
+                return 0
+            expired = self._pop_expired(self.now(), limit, exclude=_MISSING)
+            if expired and self.persist:
+                dels = [key_bytes(k) for k in expired]
+                db = self.db
+
+                def write(txn: Any) -> None:
+                    for d in dels:
+                        txn.delete(d, db=db)
+
+                self.env.write(write)  # type: ignore[union-attr]
+                self._dirty = True
+            for k in expired:
+                self._forget(k)
+                self.expirations += 1
+            if len(self.heap) > 2 * len(self.data) + 1024:
+                self.heap = [(e[1], next(self.seq), k) for k, e in self.data.items()
+                             if e[1] != INF]
+                heapq.heapify(self.heap)
+            return len(expired)
+
+    # -- internals -----------------------------------------------------------
+
+    def _drain_access(self) -> None:
+        log = self.access
+        move = self.data.move_to_end
+        while log:
+            try:
+                move(log.popleft())
+            except KeyError:
+                pass
+
+    def _pop_expired(self, now: float, limit: int, *, exclude: Any) -> list[Hashable]:
+        heap, data = self.heap, self.data
+        out: list[Hashable] = []
+        while heap and heap[0][0] <= now and len(out) < limit:
+            exp, _, k = heapq.heappop(heap)
+            e = data.get(k)
+            # A stale heap item: the key was overwritten, deleted or evicted.
+            if e is None or e[1] != exp or k in out:
+                continue
+            if k == exclude:
+                continue
+            out.append(k)
+        return out
+
+    def _plan_evictions(self, key: Hashable, size: int, expired: list[Hashable]) -> list[Hashable]:
+        if not self.track:
+            return []
+        data = self.data
+        old = data.get(key)
+        new = 0 if old is not None or key is _MISSING else 1
+        count = len(data) - len(expired) + new
+        total = self.bytes + size - (old[3] if old is not None else 0) \
+            - sum(data[k][3] for k in expired)
+        max_entries = self.max_entries if self.max_entries is not None else sys.maxsize
+        max_bytes = self.max_bytes if self.max_bytes is not None else sys.maxsize
+        victims: list[Hashable] = []
+        if count <= max_entries and total <= max_bytes:
+            return victims
+        skip = set(expired)
+        skip.add(key)
+        for k in data:
+            if count <= max_entries and total <= max_bytes:
+                break
+            if k in skip:
+                continue
+            victims.append(k)
+            count -= 1
+            total -= data[k][3]
+        return victims
+
+    def _forget(self, key: Hashable) -> None:
+        e = self.data.pop(key, None)
+        if e is not None:
+            self.bytes -= e[3]
+        self.loaders.pop(key, None)
+
+    def _after_write(self) -> None:
+        if self.persist and not self.options.durable:
+            self._dirty = True
+        if self._timer is None and (self._dirty or self.heap):
+            self._arm()
+
+    def _arm(self) -> None:
+        if self._dirty:
+            delay = self.options.sync_interval
+        else:
+            delay = min(max(self.heap[0][0] - self.now(), self.options.sync_interval),
+                        MAX_TICK_DELAY)
+        timer = threading.Timer(delay, self._tick)
+        timer.name = f"zixir-cache-{self.name}-tick"
+        timer.daemon = True
+        self._timer = timer
+        timer.start()
+
+    def _tick(self) -> None:
+        """Group fsync and expiry reclamation, on a timer armed by writes."""
+        with self.lock:
+            if self.closed:
+                return
+            self._timer = None
+            dirty, self._dirty = self._dirty, False
+        try:
+            if dirty and self.env is not None:
+                self.env.sync()
+            self.sweep()
+        except Exception:  # noqa: BLE001 - maintenance must not kill the timer chain
+            logger.opt(exception=True).warning("cache {} maintenance failed", self.name)
+            with self.lock:
+                self._dirty = self._dirty or dirty
+        with self.lock:
+            if not self.closed and self._timer is None and (self._dirty or self.heap):
+                self._arm()
+
+    def _refresh(self, key: Hashable, ttl: float | None) -> None:
+        loader = self.loaders.get(key, self.default_loader)
+        if loader is None or key in self.refreshing or self.closed:
+            return
+        self.refreshing.add(key)
+        try:
+            self.background().submit(self._run_refresh, key, loader, ttl)
+        except RuntimeError:
+            self.refreshing.discard(key)
+
+    def _run_refresh(self, key: Hashable, loader: Loader, ttl: float | None) -> None:
+        try:
+            self.put(key, loader(key), ttl)
+            self.refreshes += 1
+        except Closed:
+            pass
+        except Exception as exc:  # noqa: BLE001 - the old value stays until it expires
+            self.refresh_errors += 1
+            logger.bind(cache=self.name).warning("refresh of {!r} failed: {!r}", key, exc)
+        finally:
+            self.refreshing.discard(key)
+
+    def background(self) -> ThreadPoolExecutor:
+        """The executor for refresh-ahead and background warming, created on first use."""
+        with self._pool_lock:
+            if self.closed:
+                raise RuntimeError("cache state is closed")
+            if self._pool is None:
+                self._pool = ThreadPoolExecutor(BACKGROUND_WORKERS,
+                                                thread_name_prefix=f"zixir-cache-{self.name}")
+            return self._pool
+
+    def _inherit(self, old: CacheState) -> None:
+        self.hits, self.misses = old.hits, old.misses
+        self.evictions, self.expirations = old.evictions, old.expirations
+        self.refreshes, self.refresh_errors = old.refreshes, old.refresh_errors
+        self.warm_loaded, self.warm_errors = old.warm_loaded, old.warm_errors
+
+    def _load(self) -> None:
+        now = self.now()
+        live: list[tuple[float, Hashable, tuple[Any, float, float, int, float | None]]] = []
+        stale: list[bytes] = []
+        assert self.env is not None
+        with self.env.read() as txn:
+            for kb, blob in txn.cursor(db=self.db):
+                try:
+                    key, value, expires, ttl = _codec.decode(blob, key=kb)
+                except (CorruptBlobError, ValueError, TypeError) as exc:
+                    logger.bind(cache=self.name).warning("dropping unreadable entry: {}", exc)
+                    stale.append(kb)
+                    continue
+                if expires <= now:
+                    stale.append(kb)
+                    self.expirations += 1
+                    continue
+                refresh_at = expires - ttl * self.ratio if self.ratio and ttl else INF
+                live.append((expires, key, (value, expires, refresh_at, len(blob), ttl)))
+        # Entries closest to expiry count as least recently used.
+        live.sort(key=lambda item: item[0])
+        for expires, key, entry in live:
+            self.data[key] = entry
+            self.bytes += entry[3]
+            if expires != INF:
+                self.heap.append((expires, next(self.seq), key))
+        heapq.heapify(self.heap)
+        victims = self._plan_evictions(_MISSING, 0, []) if self.track else []
+        for k in victims:
+            stale.append(key_bytes(k))
+            self._forget(k)
+            self.evictions += 1
+        if stale:
+            db = self.db
+
+            def write(txn: Any) -> None:
+                for kb in stale:
+                    txn.delete(kb, db=db)
+
+            self.env.write(write)
+            self._dirty = True
+        if self._dirty or self.heap:
+            self._arm()
+
+    def close(self, *, timeout: float | None = 5.0) -> None:
+        """Stop background work, flush to disk and release LMDB. Idempotent."""
+        with self.lock:
+            if self.closed:
+                return
+            self.closed = True
+            timer, self._timer = self._timer, None
+        with self._pool_lock:
+            pool, self._pool = self._pool, None
+        if timer is not None:
+            timer.cancel()
+            if timer is not threading.current_thread():
+                timer.join(timeout)
+        if pool is not None:
+            pool.shutdown(wait=True, cancel_futures=True)
+        if self.env is not None:
+            env, self.env = self.env, None
+            try:
+                env.sync()
+            finally:
+                release(env)
+
+
+def _memory_size(value: Any, *, exact: bool) -> int:
+    if exact:
+        try:
+            return len(pickle.dumps(value, protocol=pickle.HIGHEST_PROTOCOL))
+        except Exception:  # noqa: BLE001 - unpicklable values get a shallow estimate
+            pass
+    return sys.getsizeof(value)
