@@ -1,0 +1,322 @@
+"""Planning and running: a `Stream` description becomes a supervised tree of stage actors.
+
+Planning fuses consecutive operators into one `Segment` actor (Akka's operator
+fusion); `async_boundary()`, `buffer(n)`, `map(concurrency=N)` and the
+junctions (`merge`, `zip`, `chain`) start new actors. Running starts the
+stages as `temporary` children of one `rest_for_one` supervisor, under the
+runtime's `zixir.streams` dynamic supervisor when it runs and as a
+top-level supervisor otherwise, then wires them and lets the terminal drive
+demand. Stopping sets the run's stop flag first, so every stage turns inert
+before the supervisor stops them in reverse order.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import itertools
+import time
+from collections.abc import Callable
+from dataclasses import dataclass, field
+from typing import TYPE_CHECKING, Any
+
+import pykka
+from supervisors import ChildSpec, Down, Supervisor, SupervisorRef, monitor, whereis
+
+from zixir_actors._clock import SYSTEM_CLOCK, Clock
+from zixir_actors.errors import StageCrashedError, StreamConsumedError, StreamTimeoutError
+from zixir_actors.stream._runtime import (
+    Chunk,
+    Complete,
+    Control,
+    Demand,
+    Failed,
+    Pump,
+    Sink,
+    Wire,
+)
+from zixir_actors.stream._stages import (
+    BufferStage,
+    ConcurrentMap,
+    IterSource,
+    Junction,
+    Segment,
+    Worker,
+)
+
+if TYPE_CHECKING:
+    from zixir_actors.stream._stream import Stream
+
+__all__ = [
+    "DEFAULT_BUFFER", "DEFAULT_CHUNK", "STREAMS_NAME", "Run", "is_chunk", "outcome", "plan_bound",
+    "stage_names",
+]
+
+STREAMS_NAME = "zixir.streams"
+"""The runtime's dynamic supervisor of running pipelines."""
+
+DEFAULT_CHUNK = 256
+"""Items per message between stages: per-item messages cost ~6 us, a chunk amortises it."""
+
+DEFAULT_BUFFER = 1024
+"""Items a stage (and the terminal) may hold or have requested when no `buffer(n)` says."""
+
+STAGE_SHUTDOWN = 5.0
+"""Seconds each stage gets to stop (a stage busy in user code finishes that call first)."""
+
+_ids = itertools.count(1)
+
+
+@dataclass
+class _Node:
+    cls: type[pykka.ThreadingActor]
+    name: str
+    kwargs: dict[str, Any]
+    ups: list[int] = field(default_factory=list)
+    workers: list[int] = field(default_factory=list)
+    down: int | None = None
+    port: int = 0
+
+
+class _Planner:
+    def __init__(self, control: Control, chunk: int, loop: asyncio.AbstractEventLoop | None,
+                 consume: bool) -> None:
+        self.control = control
+        self.chunk = chunk
+        self.loop = loop
+        self.consume = consume
+        self.nodes: list[_Node] = []
+
+    def add(self, node: _Node, ups: list[int]) -> int:
+        index = len(self.nodes)
+        node.ups = ups
+        for port, up in enumerate(ups):
+            self.nodes[up].down = index
+            self.nodes[up].port = port
+        self.nodes.append(node)
+        return index
+
+    def source(self, stream: Stream) -> IterSource | Pump | None:
+        src = stream._source
+        if src.kind == "iterable":
+            return IterSource(src.payload)
+        if src.once is not None and self.consume:
+            if src.once[0]:
+                raise StreamConsumedError(src.name)
+            src.once[0] = True
+        pump = Pump(src.kind, src.payload, bound=src.bound or DEFAULT_BUFFER, control=self.control,
+                    stage=src.name, sentinel=src.sentinel, loop=self.loop)
+        self.control.pumps.append(pump)
+        return pump
+
+    def build(self, stream: Stream, prefix: str = "") -> int:
+        src = stream._source
+        prev: int | None = None
+        source: IterSource | Pump | None = None
+        names: list[str] = []
+        if src.kind == "junction":
+            ups = [self.build(sub, f"{prefix}{src.name}.{i}/") for i, sub in enumerate(src.streams)]
+            prev = self.add(_Node(Junction, prefix + src.name,
+                                   {"mode": src.mode, "bound": DEFAULT_BUFFER}), ups)
+        else:
+            source = self.source(stream)
+            names.append(prefix + src.name)
+        ops: list[Any] = []
+        bound = DEFAULT_BUFFER
+        forced = False
+
+        def close(force: bool = False) -> None:
+            nonlocal prev, source, ops, names, bound, forced
+            if ops or source is not None or force or forced:
+                name = "+".join(names) or f"{prefix}segment"
+                built = [spec.build() for spec in ops]
+                for op, spec in zip(built, ops):
+                    op.name = prefix + spec.name
+                node = _Node(Segment, name, {"ops": built, "source": source, "bound": bound})
+                prev = self.add(node, [prev] if prev is not None else [])
+            source, ops, names, bound, forced = None, [], [], DEFAULT_BUFFER, False
+
+        for spec in stream._ops:
+            if spec.kind == "op":
+                ops.append(spec)
+                names.append(prefix + spec.name)
+            elif spec.kind == "boundary":
+                close()
+            elif spec.kind == "buffer":
+                close()
+                if spec.overflow == "backpressure":
+                    bound, forced = spec.bound, True
+                    names.append(prefix + spec.name)
+                else:
+                    node = _Node(BufferStage, prefix + spec.name,
+                                 {"overflow": spec.overflow, "bound": spec.bound})
+                    prev = self.add(node, [prev] if prev is not None else [])
+            else:  # concurrent map
+                close()
+                node = _Node(ConcurrentMap, prefix + spec.name,
+                             {"ordered": spec.ordered, "on_error": spec.on_error,
+                              "bound": max(DEFAULT_BUFFER, 2 * spec.concurrency)})
+                prev = self.add(node, [prev] if prev is not None else [])
+                tries = 1 + (spec.retries if spec.on_error != "fail" else 0)
+                for i in range(spec.concurrency):
+                    worker = _Node(Worker, f"{prefix}{spec.name}.worker{i}",
+                                   {"fn": spec.fn, "tries": tries, "index": i})
+                    worker.down = prev
+                    self.nodes[prev].workers.append(len(self.nodes))
+                    self.nodes.append(worker)
+        close(force=prev is None)
+        assert prev is not None
+        return prev
+
+
+def _plan(stream: Stream) -> list[_Node]:
+    planner = _Planner(Control("plan", Sink(), SYSTEM_CLOCK), DEFAULT_CHUNK, None, consume=False)
+    planner.build(stream)
+    return planner.nodes
+
+
+def plan_bound(stream: Stream) -> int:
+    """How many items may be in flight between the source and the consumer, at most."""
+    total = DEFAULT_BUFFER  # the terminal's demand window
+    for node in _plan(stream):
+        source = node.kwargs.get("source")
+        if isinstance(source, Pump):
+            total += source.bound
+        if node.cls is Junction:
+            total += node.kwargs["bound"] * len(node.ups)
+        elif node.cls is not Worker and (node.cls is not Segment or source is None):
+            total += node.kwargs["bound"]
+    return total
+
+
+def stage_names(stream: Stream) -> list[str]:
+    """The actors a run of `stream` starts, in start order."""
+    return [node.name for node in _plan(stream)]
+
+
+class Run:
+    """One running pipeline: its supervisor, stage refs, sink and control block."""
+
+    def __init__(self, stream: Stream, *, loop: asyncio.AbstractEventLoop | None = None,
+                 demand: int = DEFAULT_BUFFER) -> None:
+        self.id = f"stream-{next(_ids)}"
+        self.sink = Sink(loop)
+        self.control = Control(self.id, self.sink, _clock_of(stream))
+        self.demand = demand
+        self.refill = max(1, demand // 2)
+        self.consumed = 0
+        self._dynamic: SupervisorRef | None = None
+        self._sup_ref: Any = None
+        self._closed = False
+        planner = _Planner(self.control, DEFAULT_CHUNK, loop, consume=True)
+        out = planner.build(stream)
+        nodes = planner.nodes
+        chunk = DEFAULT_CHUNK
+        specs = []
+        for i, node in enumerate(nodes):
+            kwargs = dict(node.kwargs, control=self.control)
+            if node.cls is not Worker:
+                kwargs.setdefault("bound", DEFAULT_BUFFER)
+                kwargs.update(name=node.name, chunk=min(chunk, kwargs["bound"]))
+            specs.append(ChildSpec(id=f"{i}:{node.name}", start=node.cls, kwargs=kwargs,
+                                   restart="temporary", shutdown=STAGE_SHUTDOWN))
+        try:
+            self.supervisor = self._start_tree(specs)
+            refs = [child.ref for child in self.supervisor.which_children()]
+            self.monitors = [monitor(r, watcher=self._watcher(n.name))
+                             for r, n in zip(refs, nodes)]
+            for i, node in enumerate(nodes):
+                down = self.sink if node.down is None else refs[node.down]
+                refs[i].tell(Wire(tuple(refs[u] for u in node.ups), down, node.port,
+                                  tuple(refs[w] for w in node.workers)))
+        except BaseException:
+            self.close()
+            raise
+        self.last = refs[out]
+        self.last.tell(Demand(demand))
+
+    def _start_tree(self, specs: list[ChildSpec]) -> SupervisorRef:
+        streams = whereis(STREAMS_NAME)
+        if streams is not None and streams.is_alive():
+            self._dynamic = SupervisorRef(streams)
+            self._sup_ref = self._dynamic.start_child(Supervisor.child_spec(
+                self.id, children=specs, strategy="rest_for_one", restart="temporary"))
+            return SupervisorRef(self._sup_ref)
+        return Supervisor.start_link(specs, strategy="rest_for_one")
+
+    def _watcher(self, name: str) -> Callable[[Down], None]:
+        control = self.control
+
+        def on_down(down: Down) -> None:
+            if down.abnormal and not control.stopping.is_set():
+                control.fail(StageCrashedError(name, down.reason), name)
+
+        return on_down
+
+    @property
+    def under_runtime(self) -> bool:
+        """True when this run is a child of the runtime's `zixir.streams` supervisor."""
+        return self._dynamic is not None
+
+    def consumed_items(self, n: int) -> None:
+        """The consumer finished `n` more items: replenish demand in half-window steps."""
+        self.consumed += n
+        if self.consumed >= self.refill:
+            n, self.consumed = self.consumed, 0
+            try:
+                self.last.tell(Demand(n))
+            except pykka.ActorDeadError:
+                pass
+
+    def next_message(self, deadline: float | None, timeout: float | None) -> Any:
+        import queue
+
+        try:
+            if deadline is None:
+                return self.sink.queue.get()
+            return self.sink.queue.get(timeout=max(0.0, deadline - time.monotonic()))
+        except queue.Empty:
+            raise StreamTimeoutError(f"stream {self.id}", timeout) from None
+
+    async def next_message_async(self, deadline: float | None, timeout: float | None) -> Any:
+        aqueue = self.sink.aqueue
+        assert aqueue is not None
+        if deadline is None:
+            return await aqueue.get()
+        try:
+            return await asyncio.wait_for(aqueue.get(), max(0.0, deadline - time.monotonic()))
+        except asyncio.TimeoutError:
+            raise StreamTimeoutError(f"stream {self.id}", timeout) from None
+
+    def close(self, *, timeout: float | None = STAGE_SHUTDOWN * 2) -> None:
+        """Stop every stage, the timer thread and the pumps. Idempotent."""
+        if self._closed:
+            return
+        self._closed = True
+        self.control.stopping.set()
+        try:
+            if self._dynamic is not None and self._sup_ref is not None:
+                self._dynamic.terminate_child(self._sup_ref, timeout=timeout)
+            elif getattr(self, "supervisor", None) is not None:
+                self.supervisor.stop(timeout=timeout)
+        finally:
+            self.control.close(timeout=timeout)
+
+
+def _clock_of(stream: Stream) -> Clock:
+    for spec in stream._walk_ops():
+        if spec.clock is not None:
+            return spec.clock
+    return SYSTEM_CLOCK
+
+
+def is_chunk(message: Any) -> bool:
+    return type(message) is Chunk
+
+
+def outcome(message: Any) -> BaseException | None:
+    """`None` for `Complete`; the error for `Failed`."""
+    if type(message) is Complete:
+        return None
+    if type(message) is Failed:
+        return message.error
+    raise AssertionError(f"unexpected terminal message {message!r}")

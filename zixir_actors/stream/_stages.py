@@ -1,0 +1,551 @@
+"""Stage actors: fused segments, buffers with overflow policies, concurrent map, junctions.
+
+Every stage is a `supervisors.SupervisedActor` that exchanges `Chunk`s with
+its neighbours and asks upstream for more with `Demand(n)` only while it holds
+fewer than `bound` items (received, processed or requested), so the items in
+flight between a source and the terminal never exceed the sum of the bounds.
+"""
+
+from __future__ import annotations
+
+import time
+from collections import deque
+from collections.abc import Callable
+from itertools import islice
+from typing import Any
+
+import pykka
+from supervisors import SupervisedActor
+
+from zixir_actors.errors import BufferOverflowError
+from zixir_actors.stream._ops import Op, OpFailed, flush_chain, run_chain
+from zixir_actors.stream._runtime import (
+    PULL,
+    TICK,
+    Cancel,
+    Chunk,
+    Complete,
+    Control,
+    Demand,
+    Pump,
+    Wire,
+)
+
+__all__ = ["BufferStage", "ConcurrentMap", "IterSource", "Junction", "Segment", "Worker"]
+
+
+class _Metrics:
+    """Per-stage metric children, bound once; updated per chunk, never per item."""
+
+    __slots__ = ("depth", "items_in", "items_out", "waited")
+
+    def __init__(self, stage: str) -> None:
+        from zixir_actors.observability import metrics
+
+        label = (stage,)
+        self.items_in = metrics.counter("zixir_stream_items_in_total",
+                                        "Items received by a stream stage.",
+                                        labels=("stage",)).labels(*label)
+        self.items_out = metrics.counter("zixir_stream_items_out_total",
+                                         "Items sent downstream by a stream stage.",
+                                         labels=("stage",)).labels(*label)
+        self.depth = metrics.gauge("zixir_stream_mailbox_depth",
+                                   "Messages waiting in a stream stage's mailbox.",
+                                   labels=("stage",)).labels(*label)
+        self.waited = metrics.counter("zixir_stream_demand_wait_seconds_total",
+                                      "Time a stream stage held output while downstream had "
+                                      "no demand.", labels=("stage",)).labels(*label)
+
+
+def _stage_metrics(stage: str) -> _Metrics | None:
+    try:
+        return _Metrics(stage)
+    except ImportError:
+        return None
+
+
+class IterSource:
+    """A non-blocking iterable pulled inline by its stage, a chunk at a time."""
+
+    def __init__(self, iterable: Any) -> None:
+        self.iterable = iterable
+        self.it: Any = None
+
+    def start(self, ring: Callable[[], None]) -> None:
+        self.it = iter(self.iterable)
+
+    def take(self, n: int) -> tuple[list[Any], bool]:
+        items = list(islice(self.it, n))
+        return items, len(items) < n
+
+    def stop(self) -> None:
+        close = getattr(self.it, "close", None)
+        if close is not None:
+            close()
+
+
+class _Stage(SupervisedActor):
+    """Wiring, demand toward downstream, sending, failure reporting."""
+
+    def __init__(self, *, control: Control, name: str, bound: int, chunk: int) -> None:
+        super().__init__()
+        self.control = control
+        self.name = name
+        self.bound = bound
+        self.chunk = chunk
+        self.refill = max(1, min(chunk, bound // 2))
+        self.upstreams: tuple[Any, ...] = ()
+        self.downstream: Any = None
+        self.port = 0
+        self.demand = 0
+        self.out: list[Any] = []
+        self.finished = False
+        self.metrics: _Metrics | None = None
+        self._blocked_since: float | None = None
+
+    def on_start(self) -> None:
+        self.metrics = _stage_metrics(self.name)
+
+    def on_receive(self, message: Any) -> Any:
+        if self.control.stopping.is_set():
+            return None
+        try:
+            if type(message) is Wire:
+                self.upstreams = message.upstreams
+                self.downstream = message.downstream
+                self.port = message.port
+                self.wired(message)
+            else:
+                if type(message) is Demand:
+                    self.demand += message.n
+                elif type(message) is Cancel:
+                    self.cancel()
+                    return None
+                self.handle(message)
+        except OpFailed as failed:
+            self.fail(failed.error, failed.op.name)
+        except Exception as exc:  # noqa: BLE001 - reported at the terminal with the stage name
+            self.fail(exc, self.name)
+        return None
+
+    def wired(self, message: Wire) -> None:
+        pass
+
+    def handle(self, message: Any) -> None:
+        raise NotImplementedError
+
+    def cancel(self) -> None:
+        self.finished = True
+        self.tell_upstreams(Cancel())
+
+    def fail(self, error: BaseException, stage: str) -> None:
+        self.finished = True
+        self.control.fail(error, stage)
+        self.tell_upstreams(Cancel())
+
+    def tell_upstreams(self, message: Any) -> None:
+        for up in self.upstreams:
+            try:
+                up.tell(message)
+            except pykka.ActorDeadError:
+                pass
+
+    def send(self) -> None:
+        """Send ready output, as one chunk, up to the downstream demand."""
+        out = self.out
+        if not out:
+            return
+        n = min(self.demand, len(out))
+        m = self.metrics
+        if n == 0:
+            if m is not None and self._blocked_since is None:
+                self._blocked_since = time.perf_counter()
+            return
+        if n == len(out):
+            items, self.out = out, []
+        else:
+            items = out[:n]
+            del out[:n]
+        self.demand -= n
+        if m is not None:
+            m.items_out.inc(n)
+            if self._blocked_since is not None:
+                m.waited.inc(time.perf_counter() - self._blocked_since)
+                self._blocked_since = None
+        try:
+            self.downstream.tell(Chunk(self.port, items))
+        except pykka.ActorDeadError:
+            self.finished = True
+
+    def complete(self) -> None:
+        self.finished = True
+        try:
+            self.downstream.tell(Complete(self.port))
+        except pykka.ActorDeadError:
+            pass
+
+    def received(self, n: int) -> None:
+        m = self.metrics
+        if m is not None:
+            m.items_in.inc(n)
+            m.depth.set(self.actor_inbox.qsize())
+
+
+class Segment(_Stage):
+    """Fused operators in one actor, fed by an upstream stage or by a source inline."""
+
+    def __init__(self, *, control: Control, name: str, bound: int, chunk: int, ops: list[Op],
+                 source: IterSource | Pump | None = None) -> None:
+        super().__init__(control=control, name=name, bound=bound, chunk=chunk)
+        self.ops = ops
+        self.source = source
+        self.inbox: deque[list[Any]] = deque()
+        self.in_count = 0
+        self.requested = 0
+        self.up_done = False
+        self.cut: int | None = None       # index of an op that wants no more input
+        self.flush_from: int | None = None
+        self.flushed = False
+        self.tick_at: float | None = None
+        self.timed = [i for i, op in enumerate(ops) if op.timed]
+
+    def wired(self, message: Wire) -> None:
+        if self.source is not None:
+            ref = self.actor_ref
+            self.source.start(lambda: ref.tell(PULL))
+        self.handle(None)
+
+    def on_stop(self) -> None:
+        if self.source is not None:
+            self.source.stop()
+
+    def cancel(self) -> None:
+        super().cancel()
+        if self.source is not None:
+            self.source.stop()
+
+    def pending(self) -> int:
+        return sum(op.pending for op in self.ops) if self.timed else 0
+
+    def handle(self, message: Any) -> None:
+        if type(message) is Chunk:
+            items = message.items
+            self.requested -= len(items)
+            self.received(len(items))
+            if self.cut is None:
+                self.inbox.append(items)
+                self.in_count += len(items)
+        elif type(message) is Complete:
+            self.up_done = True
+        elif message is TICK:
+            self.tick_at = None
+            self.on_tick()
+        if not self.finished:
+            self.drive()
+
+    def drive(self) -> None:
+        ops, chunk = self.ops, self.chunk
+        while True:
+            self.send()
+            if self.finished or self.cut is not None or len(self.out) >= chunk:
+                break
+            if self.inbox:
+                items = self.inbox.popleft()
+                self.in_count -= len(items)
+                self.out.extend(run_chain(ops, items))
+                self.check_cut()
+                continue
+            source = self.source
+            want = self.demand - len(self.out) - self.pending()
+            if source is None or self.up_done or want <= 0 or self.control.stopping.is_set():
+                break
+            n = min(chunk, want)
+            items, exhausted = source.take(n)
+            if items:
+                self.received(len(items))
+                self.out.extend(run_chain(ops, items))
+                self.check_cut()
+            if exhausted:
+                self.up_done = True
+            elif len(items) < n:
+                break  # a pump rings when it has more
+            elif type(source) is IterSource:
+                # More wanted: continue after any queued message (Cancel, Demand, TICK).
+                self.send()
+                self.actor_ref.tell(PULL)
+                break
+        self.request()
+        self.end_of_input()
+        self.schedule()
+
+    def check_cut(self) -> None:
+        for i, op in enumerate(self.ops):
+            if op.done:
+                self.cut = i
+                self.inbox.clear()
+                self.in_count = 0
+                self.up_done = True
+                self.tell_upstreams(Cancel())
+                if self.source is not None:
+                    self.source.stop()
+                return
+
+    def request(self) -> None:
+        if self.up_done or not self.upstreams:
+            return
+        credit = self.bound - self.in_count - len(self.out) - self.requested - self.pending()
+        if credit >= self.refill:
+            self.requested += credit
+            self.upstreams[0].tell(Demand(credit))
+
+    def end_of_input(self) -> None:
+        if self.finished or not self.up_done or self.inbox:
+            return
+        if not self.flushed:
+            start = self.cut + 1 if self.cut is not None else 0
+            if self.flush_from is not None:
+                if self.ops[self.flush_from].pending:
+                    return
+                start = self.flush_from + 1
+            items, self.flush_from = flush_chain(self.ops, start)
+            self.out.extend(items)
+            self.flushed = self.flush_from is None
+            self.send()
+        if self.flushed and not self.out:
+            self.complete()
+
+    def on_tick(self) -> None:
+        now = self.control.clock.monotonic()
+        ops = self.ops
+        for i in self.timed:
+            items = ops[i].tick(now)
+            if items:
+                self.out.extend(run_chain(ops, items, i + 1))
+        self.check_cut()
+
+    def schedule(self) -> None:
+        if not self.timed or self.finished:
+            return
+        due = [d for d in (self.ops[i].deadline() for i in self.timed) if d is not None]
+        if not due:
+            return
+        when = min(due)
+        if self.tick_at is None or when < self.tick_at:
+            self.tick_at = when
+            ref = self.actor_ref
+            self.control.scheduler().call_at(when, lambda: ref.tell(TICK))
+
+
+class BufferStage(_Stage):
+    """`buffer(n, overflow=...)` for a policy other than backpressure: never slows upstream."""
+
+    def __init__(self, *, control: Control, name: str, bound: int, chunk: int,
+                 overflow: str) -> None:
+        super().__init__(control=control, name=name, bound=bound, chunk=chunk)
+        self.overflow = overflow
+        self.buf: deque[Any] = deque(maxlen=bound) if overflow == "drop_head" else deque()
+        self.requested = 0
+        self.up_done = False
+        self.dropped = 0
+
+    def wired(self, message: Wire) -> None:
+        self.handle(None)
+
+    def handle(self, message: Any) -> None:
+        if type(message) is Chunk:
+            self.requested -= len(message.items)
+            self.received(len(message.items))
+            self.admit(message.items)
+        elif type(message) is Complete:
+            self.up_done = True
+        if self.finished:
+            return
+        buf = self.buf
+        n = min(self.demand, len(buf))
+        if n:
+            self.out = [buf.popleft() for _ in range(n)]
+            self.send()
+        if not self.up_done and self.requested < self.refill:
+            self.requested += self.chunk
+            self.upstreams[0].tell(Demand(self.chunk))
+        if self.up_done and not buf:
+            self.complete()
+
+    def admit(self, items: list[Any]) -> None:
+        buf, cap, policy = self.buf, self.bound, self.overflow
+        if policy == "drop_head":
+            self.dropped += max(0, len(buf) + len(items) - cap)
+            buf.extend(items)
+        elif policy == "drop_new":
+            room = max(0, cap - len(buf))
+            buf.extend(items[:room])
+            self.dropped += len(items) - min(room, len(items))
+        elif policy == "drop_tail":
+            for item in items:
+                if len(buf) >= cap:
+                    buf.pop()
+                    self.dropped += 1
+                buf.append(item)
+        elif len(buf) + len(items) > cap:
+            raise BufferOverflowError(self.name, cap)
+        else:
+            buf.extend(items)
+
+
+_SKIPPED = object()
+
+
+class Worker(SupervisedActor):
+    """Runs one call of a concurrent map at a time for its coordinator."""
+
+    def __init__(self, *, control: Control, fn: Callable[[Any], Any], tries: int,
+                 index: int) -> None:
+        super().__init__()
+        self.control = control
+        self.fn = fn
+        self.tries = tries
+        self.index = index
+        self.coordinator: Any = None
+
+    def on_receive(self, message: Any) -> Any:
+        if type(message) is Wire:
+            self.coordinator = message.downstream
+            return None
+        if self.control.stopping.is_set():
+            return None
+        seq, item = message
+        error: BaseException | None = None
+        for _ in range(self.tries):
+            try:
+                result = self.fn(item)
+            except Exception as exc:  # noqa: BLE001 - the coordinator applies on_error
+                error = exc
+                continue
+            self.coordinator.tell((self.index, seq, True, result))
+            return None
+        self.coordinator.tell((self.index, seq, False, error))
+        return None
+
+
+class ConcurrentMap(_Stage):
+    """`map(fn, concurrency=N)`: up to N calls at once in N worker actors."""
+
+    def __init__(self, *, control: Control, name: str, bound: int, chunk: int, ordered: bool,
+                 on_error: str) -> None:
+        super().__init__(control=control, name=name, bound=max(bound, 1), chunk=chunk)
+        self.ordered = ordered
+        self.on_error = on_error
+        self.workers: list[Any] = []
+        self.idle: list[int] = []
+        self.todo: deque[Any] = deque()
+        self.seq = 0
+        self.next_out = 0
+        self.results: dict[int, Any] = {}
+        self.inflight = 0
+        self.requested = 0
+        self.up_done = False
+
+    def wired(self, message: Wire) -> None:
+        self.workers = list(message.workers)
+        self.idle = list(range(len(self.workers)))[::-1]
+        self.handle(None)
+
+    def handle(self, message: Any) -> None:
+        if type(message) is Chunk:
+            self.requested -= len(message.items)
+            self.received(len(message.items))
+            self.todo.extend(message.items)
+        elif type(message) is Complete:
+            self.up_done = True
+        elif type(message) is tuple:
+            index, seq, ok, value = message
+            self.idle.append(index)
+            self.inflight -= 1
+            if not ok:
+                if self.on_error != "skip":
+                    raise value
+                value = _SKIPPED
+            if self.ordered:
+                self.results[seq] = value
+                while self.next_out in self.results:
+                    result = self.results.pop(self.next_out)
+                    self.next_out += 1
+                    if result is not _SKIPPED:
+                        self.out.append(result)
+            elif value is not _SKIPPED:
+                self.out.append(value)
+        while self.idle and self.todo:
+            self.workers[self.idle.pop()].tell((self.seq, self.todo.popleft()))
+            self.seq += 1
+            self.inflight += 1
+        self.send()
+        held = len(self.todo) + self.inflight + len(self.results) + len(self.out) + self.requested
+        credit = self.bound - held
+        if not self.up_done and credit >= max(1, min(self.refill, len(self.workers))):
+            self.requested += credit
+            self.upstreams[0].tell(Demand(credit))
+        if self.up_done and not self.todo and not self.inflight and not self.out:
+            self.complete()
+
+
+class Junction(_Stage):
+    """`merge` (interleave as items arrive), `chain` (one after another) or `zip` (tuples)."""
+
+    def __init__(self, *, control: Control, name: str, bound: int, chunk: int,
+                 mode: str) -> None:
+        super().__init__(control=control, name=name, bound=bound, chunk=chunk)
+        self.mode = mode
+        self.queues: list[deque[Any]] = []
+        self.requested: list[int] = []
+        self.done: list[bool] = []
+        self.current = 0
+
+    def wired(self, message: Wire) -> None:
+        n = len(self.upstreams)
+        self.queues = [deque() for _ in range(n)]
+        self.requested = [0] * n
+        self.done = [False] * n
+        self.handle(None)
+
+    def handle(self, message: Any) -> None:
+        if type(message) is Chunk:
+            items = message.items
+            self.requested[message.port] -= len(items)
+            self.received(len(items))
+            if self.mode == "zip":
+                self.queues[message.port].extend(items)
+            else:
+                self.out.extend(items)
+        elif type(message) is Complete:
+            self.done[message.port] = True
+        if self.mode == "zip":
+            self.zip_ready()
+        self.send()
+        if self.finished:
+            return
+        if self.mode == "chain":
+            while self.current < len(self.done) and self.done[self.current]:
+                self.current += 1
+            live = [self.current] if self.current < len(self.done) else []
+        else:
+            live = [i for i, d in enumerate(self.done) if not d]
+        for i in live:
+            held = len(self.queues[i]) + self.requested[i] + (len(self.out) if self.mode != "zip"
+                                                              else 0)
+            credit = self.bound - held
+            if credit >= self.refill:
+                self.requested[i] += credit
+                self.upstreams[i].tell(Demand(credit))
+        if not live and not self.out:
+            self.complete()
+
+    def zip_ready(self) -> None:
+        queues = self.queues
+        n = min(len(q) for q in queues)
+        if n:
+            columns = [[q.popleft() for _ in range(n)] for q in queues]
+            self.out.extend(zip(*columns))
+        if any(d and not q for d, q in zip(self.done, queues)):
+            # One side ended: no tuple can be completed any more.
+            self.done = [True] * len(queues)
+            self.tell_upstreams(Cancel())
