@@ -20,6 +20,7 @@ import socket
 import subprocess
 import sys
 import threading
+import time
 from collections.abc import Callable
 from concurrent.futures import ThreadPoolExecutor
 from dataclasses import dataclass
@@ -49,8 +50,13 @@ DEFAULT_POOL_SIZE = max(1, os.cpu_count() or 1)
 SAMPLE_INTERVAL = 0.01
 """Seconds between two RSS/CPU samples of a monitored call."""
 
-CPU_TIME_GRACE = 0.05
-"""Seconds of CPU over `cpu_time` before the monitor kills (the worker's own timer fires first)."""
+CPU_TIME_GRACE = 0.5
+"""CPU seconds over `cpu_time` before the monitor kills: a backstop for code stuck in C,
+since the worker's own CPU timer fires first (the monitor's count also includes
+unpickling the call, imports included)."""
+
+KILL_WAIT = 2.0
+"""Seconds `kill_tree` waits for killed processes to disappear."""
 
 _SCRIPT = _worker.__file__
 
@@ -73,6 +79,28 @@ class PoolStats:
     calls: int
 
 
+def _gone(proc: psutil.Process) -> bool:
+    try:
+        return not proc.is_running() or proc.status() == psutil.STATUS_ZOMBIE
+    except psutil.Error:
+        return True
+
+
+def _wait_gone(procs: list[psutil.Process], *, timeout: float) -> None:
+    """Wait until killed processes are dead or zombies, so their memory is free again.
+
+    Not our children (the helper forked them), so there is nothing to wait on:
+    poll with a short, growing interval; this only runs after a kill.
+    """
+    deadline = time.monotonic() + timeout
+    delay = 0.0005
+    left = [p for p in procs if not _gone(p)]
+    while left and time.monotonic() < deadline:
+        time.sleep(delay)
+        delay = min(delay * 2, 0.02)
+        left = [p for p in left if not _gone(p)]
+
+
 class _Worker:
     """The parent's handle on one worker process."""
 
@@ -84,11 +112,16 @@ class _Worker:
         self.fresh = fresh
         self.calls = 0
         self.dead = False
-        self.proc: psutil.Process | None = None
+        # Bound now, while the pid surely is this worker: psutil then refuses
+        # to signal a later process that reuses the pid.
+        try:
+            self.proc: psutil.Process | None = psutil.Process(pid)
+        except psutil.Error:
+            self.proc = None
 
     def process(self) -> psutil.Process:
         if self.proc is None:
-            self.proc = psutil.Process(self.pid)
+            raise psutil.NoSuchProcess(self.pid)
         return self.proc
 
     def idle_ok(self) -> bool:
@@ -104,17 +137,18 @@ class _Worker:
         if self.dead:
             return
         self.dead = True
-        try:
-            procs = self.process().children(recursive=True)
-        except psutil.Error:
-            procs = []
+        procs: list[psutil.Process] = []
+        if self.proc is not None:
+            with contextlib.suppress(psutil.Error):
+                procs = [self.proc, *self.proc.children(recursive=True)]
+        # The worker leads its own process group (setsid): this also reaches
+        # descendants that were orphaned before the tree walk could see them.
         with contextlib.suppress(OSError):
             os.killpg(self.pid, signal.SIGKILL)
-        with contextlib.suppress(OSError):
-            os.kill(self.pid, signal.SIGKILL)
         for proc in procs:
             with contextlib.suppress(psutil.Error):
                 proc.kill()
+        _wait_gone(procs, timeout=KILL_WAIT)
 
     def retire(self) -> None:
         """End a healthy worker (its process group) without the tree walk."""
@@ -191,7 +225,8 @@ class _Zygote:
 class _Call:
     """One call in flight: what the monitor samples and what it decided."""
 
-    __slots__ = ("cpu0", "cpu_mark", "cpu_peak", "limits", "peak", "started", "verdict", "worker")
+    __slots__ = ("cpu0", "cpu_mark", "cpu_peak", "cpu_used", "limits", "peak", "started",
+                 "verdict", "worker")
 
     def __init__(self, worker: _Worker, limits: Limits, started: float) -> None:
         self.worker = worker
@@ -202,6 +237,7 @@ class _Call:
         self.cpu0 = 0.0
         self.cpu_mark: tuple[float, float] | None = None
         self.cpu_peak: float | None = None
+        self.cpu_used: float | None = None
 
 
 def _monitored(limits: Limits) -> bool:
@@ -422,6 +458,7 @@ class WorkerPool:
         if times is None or call.cpu_mark is None:
             return
         used = times.user + times.system
+        call.cpu_used = used - call.cpu0
         if limits.cpu_time is not None and used - call.cpu0 > limits.cpu_time + CPU_TIME_GRACE:
             self._breach(call, "cpu", f"used {used - call.cpu0:.3f} CPU s of {limits.cpu_time}",
                          limits.cpu_time, used - call.cpu0)
@@ -511,7 +548,7 @@ class WorkerPool:
             self._replace(worker, kind, limit, measured)
             return self._finish(call.started, Err(SandboxError(
                 kind, message, limit=limit, measured=measured, peak_memory=peak,
-                cpu_percent=call.cpu_peak, duration=duration)), peak)
+                cpu_time=call.cpu_used, cpu_percent=call.cpu_peak, duration=duration)), peak)
         if isinstance(reply, TimeoutError):
             hard = limits.hard_timeout
             self._replace(worker, "timeout", hard, duration)

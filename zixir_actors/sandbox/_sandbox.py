@@ -93,6 +93,8 @@ class Sandbox:
             isolation; still cheap, the helper process forks ahead of time).
         size: warm workers of the private pool.
         name: used in logs, metrics and errors.
+        pool_timeout: seconds to wait for a named pool actor to answer (also
+            while its supervisor restarts it).
 
     Raises:
         ConfigError: `limits` is not a `Limits`, or `pool` is of the wrong type.
@@ -100,7 +102,8 @@ class Sandbox:
 
     def __init__(self, limits: Limits | None = None, *,
                  pool: WorkerPool | str | pykka.ActorRef[Any] | None = None,
-                 fresh_process: bool = False, size: int = 1, name: str = "sandbox") -> None:
+                 fresh_process: bool = False, size: int = 1, name: str = "sandbox",
+                 pool_timeout: float = DEFAULT_RESOLVE_TIMEOUT) -> None:
         if limits is None:
             limits = Limits()
         if not isinstance(limits, Limits):
@@ -112,6 +115,7 @@ class Sandbox:
         self.fresh_process = bool(fresh_process)
         self.name = name
         self._source = pool
+        self._pool_timeout = pool_timeout
         self._size = size
         self._pool: WorkerPool | None = pool if isinstance(pool, WorkerPool) else None
         self._owned = pool is None
@@ -146,7 +150,7 @@ class Sandbox:
             raise SandboxClosedError(self.name)
         with self._lock:
             if self._pool is None or self._pool.closed:
-                self._pool = _resolve(self._source)
+                self._pool = _resolve(self._source, timeout=self._pool_timeout)
             return self._pool
 
     def run(self, fn: Callable[..., Any], /, *args: Any, **kwargs: Any

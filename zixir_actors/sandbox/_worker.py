@@ -175,6 +175,8 @@ def _execute(data: bytes) -> bytes:
     except BaseException as exc:
         payload = _describe(exc)
         return dill.dumps((status, payload, time.process_time() - cpu0, _peak_rss()))
+    if config.get("max_nesting"):
+        os.environ[MAX_LEVEL_ENV] = str(config["max_nesting"])
     old_limit = sys.getrecursionlimit()
     old_as = None
     soft = config.get("soft_timeout")
