@@ -3,20 +3,25 @@
 What it changes in Pykka's actor loop, and why:
 
 - Let it crash: an exception escaping *any* handler, ``ask`` included, stops
-  the actor (Pykka keeps an actor alive after a failed ``ask``). The asker still
-  receives the exception; then the supervisor restarts the child fresh.
+  the actor (Pykka keeps an actor alive after a failed ``ask``). The actor is
+  marked dead first, then the asker receives the exception, then the
+  supervisor (told through `monitor`) restarts the child fresh.
 - Exit reasons: the actor records why it stopped (``"normal"``,
   ``"shutdown"``, ``"killed"`` or the exception) and, once its loop is over,
   delivers `Down` to every monitor. Crash detection is event-driven.
+- No lost replies: messages still queued when the actor exits, or sent in
+  the instant it exits, are answered with `pykka.ActorDeadError`.
 - Context propagation: every message carries the sender's `contextvars`
   context, and the handler runs inside it, so a trace span (or any
   `ContextVar`) set by the sender is visible to the receiver.
 - Kill: `kill()` stops a child that ignores its shutdown time as far as
   Python allows: the actor is marked dead at once (no further message is
-  handled, monitors get ``"killed"``) and an asynchronous exception is raised
-  in its thread, which takes effect at the next Python bytecode. A thread
-  blocked inside C code (a socket read, `time.sleep`) ends only when that call
-  returns: Python cannot kill a thread.
+  handled, `on_stop` is not called, monitors get ``"killed"``, the ask in
+  flight and queued asks get `pykka.ActorDeadError`) and, if the actor is
+  inside a handler, an asynchronous exception is raised in its thread, which
+  takes effect at the next Python bytecode. A thread blocked inside C code (a
+  socket read, `time.sleep`, a lock) ends only when that call returns: Python
+  cannot kill a thread. Killing a supervisor kills its children too.
 """
 
 from __future__ import annotations
@@ -33,8 +38,9 @@ from typing import Any, TypeVar
 
 import pykka
 from loguru import logger
-from pykka import ActorRegistry
+from pykka import ActorDeadError, ActorRegistry
 from pykka._envelope import Envelope
+from pykka.messages import _ActorStop
 
 from supervisors import _registry
 from supervisors.monitor import Down, Monitor
@@ -51,8 +57,14 @@ def set_message_hook(hook: MessageHook | None) -> MessageHook | None:
     """Install `hook(actor, message, seconds, error)`, called after each message
     handled by a supervised actor (``None`` removes it). Returns the previous hook.
 
+    Example:
+        >>> from supervisors import set_message_hook
+        >>> previous = set_message_hook(lambda actor, message, seconds, error: None)
+        >>> _ = set_message_hook(previous)
+
     The hook runs in the actor's thread on the hot path: keep it to a few
-    microseconds (update pre-bound metrics, never log per message).
+    microseconds (update pre-bound metrics, never log per message). An
+    exception in the hook is ignored.
     """
     global _message_hook
     previous, _message_hook = _message_hook, hook
@@ -63,6 +75,12 @@ class _Killed(BaseException):
     """Raised asynchronously in the thread of a killed actor."""
 
 
+def _set_async_exc(thread: threading.Thread, exc: type[BaseException] | None) -> None:
+    # None clears a pending asynchronous exception of that thread.
+    ctypes.pythonapi.PyThreadState_SetAsyncExc(
+        ctypes.c_ulong(thread.ident or 0), None if exc is None else ctypes.py_object(exc))
+
+
 class _ContextEnvelope(Envelope[Any]):
     __slots__ = ("context",)
 
@@ -70,12 +88,56 @@ class _ContextEnvelope(Envelope[Any]):
 
 
 class _ContextInbox(queue.Queue):  # type: ignore[type-arg]
-    """An inbox that stamps each envelope with the sender's context."""
+    """An inbox that stamps each envelope with the sender's context.
+
+    Once its actor has exited the inbox is closed: a message that slipped in
+    after the actor's last drain (the sender saw it alive a moment before) is
+    answered by the sender itself, so no asker waits for a reply that never comes.
+    """
+
+    closed = False
+    owner = "actor"
 
     def put(self, item: Any, block: bool = True, timeout: float | None = None) -> None:
         envelope = _ContextEnvelope(item.message, item.reply_to)
         envelope.context = contextvars.copy_context()
         super().put(envelope, block, timeout)
+        if self.closed:
+            self.drain()
+
+    def close(self, owner: str, *, wake: bool = False) -> None:
+        """Refuse further messages; `wake` unblocks a loop waiting on `get()`."""
+        self.owner = owner
+        self.closed = True
+        self.drain()
+        if wake:
+            super().put(_WAKE)
+
+    def drain(self) -> None:
+        """Answer every queued message: stops with None, asks with ActorDeadError."""
+        taken: list[Any] = []
+        while True:
+            try:
+                taken.append(self.get_nowait())
+            except queue.Empty:
+                break
+        for envelope in taken:
+            reply_to = envelope.reply_to
+            if envelope is _WAKE:
+                super().put(_WAKE)
+            elif reply_to is not None:
+                try:
+                    if isinstance(envelope.message, _ActorStop):
+                        reply_to.set(None)
+                    else:
+                        reply_to.set_exception((ActorDeadError, ActorDeadError(
+                            f"{self.owner} stopped before handling the message"), None))
+                except queue.Full:
+                    pass
+
+
+_WAKE: Envelope[Any] = Envelope(None)
+"""Put in a killed actor's closed inbox to end a loop blocked on `get()`."""
 
 
 class SupervisedActor(pykka.ThreadingActor):
@@ -110,6 +172,10 @@ class SupervisedActor(pykka.ThreadingActor):
         self._zx_monitors: list[Monitor] | None = []
         self._zx_reason: Any = None
         self._zx_shutdown = False
+        self._zx_stop_reason: Any = None
+        self._zx_killed = False
+        self._zx_busy = False
+        self._zx_inflight: pykka.Future[Any] | None = None
         self._zx_thread: threading.Thread | None = None
         self._zx_started = threading.Event()
         self._zx_start_error: BaseException | None = None
@@ -118,70 +184,99 @@ class SupervisedActor(pykka.ThreadingActor):
     def _create_actor_inbox() -> Any:
         return _ContextInbox()
 
+    def stop(self, reason: Any = None) -> None:
+        """Stop after the messages already queued, as Pykka's `stop`, with an exit reason.
+
+        Example:
+            ``self.stop()`` in a handler exits ``"normal"``;
+            ``self.stop(reason="shutdown")`` exits ``"shutdown"`` (a `transient`
+            child is not restarted after either); any other reason, say
+            ``self.stop(reason="lost connection")``, is abnormal, as in OTP's
+            ``{stop, Reason, State}``.
+
+        Args:
+            reason: the reason monitors and the supervisor see (default ``"normal"``).
+        """
+        if reason is not None:
+            self._zx_stop_reason = reason
+        super().stop()
+
     # -- the loop -----------------------------------------------------------
 
     def _actor_loop(self) -> None:
         self._zx_thread = threading.current_thread()
+        self._zx_busy = True
         try:
             try:
                 self._actor_loop_setup()
+            except _Killed:
+                raise
+            except BaseException as exc:  # noqa: BLE001 - on_start failed
+                self._handle_failure(type(exc), exc, exc.__traceback__)
             finally:
-                if self._zx_reason is not None:
-                    self._zx_start_error = self._zx_reason
+                self._zx_start_error = self._zx_reason
                 self._zx_started.set()
             self._zx_run()
-            self._actor_loop_teardown()
         except _Killed:
-            self._actor_loop_teardown()
+            pass
         except BaseException as exc:  # noqa: BLE001 - recorded as the exit reason
             self._zx_record(exc)
         finally:
+            self._zx_disarm()
             self._zx_exit()
 
     def _zx_run(self) -> None:
         inbox = self.actor_inbox
         stopped = self.actor_stopped
+        handle = self._handle_receive
         while not stopped.is_set():
+            self._zx_busy = False
+            if self._zx_killed:
+                return
             envelope = inbox.get()
-            reply_to = envelope.reply_to
+            self._zx_busy = True
+            if self._zx_killed:
+                return
+            reply_to = self._zx_inflight = envelope.reply_to
             hook = _message_hook
             began = time.perf_counter() if hook is not None else 0.0
             error: BaseException | None = None
             try:
-                context = getattr(envelope, "context", None)
-                if context is not None:
-                    response = context.run(self._handle_receive, envelope.message)
-                else:
-                    response = self._handle_receive(envelope.message)
+                response = envelope.context.run(handle, envelope.message)
                 if reply_to is not None:
-                    reply_to.set(response)
+                    try:
+                        reply_to.set(response)
+                    except queue.Full:
+                        pass  # killed meanwhile: the asker already got ActorDeadError
             except _Killed:
                 raise
             except BaseException as exc:  # noqa: BLE001 - let it crash
                 error = exc
                 exc_info = sys.exc_info()
+                # Dead before the asker hears of the crash: a retry goes to the next incarnation.
+                self._handle_failure(*exc_info)
                 if reply_to is not None:
-                    reply_to.set_exception(exc_info)  # type: ignore[arg-type]
-                self._zx_crash(exc_info)  # type: ignore[arg-type]
+                    try:
+                        reply_to.set_exception(exc_info)  # type: ignore[arg-type]
+                    except queue.Full:
+                        pass
+                try:
+                    self.on_failure(*exc_info)
+                except Exception:  # noqa: BLE001
+                    logger.opt(exception=True).error("on_failure of {} raised", self)
+            self._zx_inflight = None
             if hook is not None:
                 try:
                     hook(self, envelope.message, time.perf_counter() - began, error)
                 except Exception:  # noqa: BLE001 - instrumentation never kills an actor
                     pass
 
-    def _zx_crash(self, exc_info: tuple[type[BaseException], BaseException, TracebackType]) -> None:
-        self._handle_failure(*exc_info)
-        try:
-            self.on_failure(*exc_info)
-        except Exception:  # noqa: BLE001
-            logger.opt(exception=True).error("on_failure of {} raised", self)
-
     def _handle_failure(self, exception_type: type[BaseException] | None,
                         exception_value: BaseException | None,
                         traceback: TracebackType | None) -> None:
+        # Pykka calls this when on_start or on_stop raises; we also call it on a crash.
+        # The traceback is logged once: by the supervisor's restart report, or at exit.
         self._zx_record(exception_value)
-        # The traceback goes into the supervisor's restart report, once.
-        logger.bind(actor=str(self)).debug("actor {} crashed: {!r}", self, exception_value)
         ActorRegistry.unregister(self.actor_ref)
         self.actor_stopped.set()
 
@@ -190,23 +285,50 @@ class SupervisedActor(pykka.ThreadingActor):
             if self._zx_reason is None:
                 self._zx_reason = reason
 
-    def _zx_exit(self) -> None:
-        try:
-            ActorRegistry.unregister(self.actor_ref)
-            self.actor_stopped.set()
-            with self._zx_lock:
-                reason = self._zx_reason
-                if reason is None:
-                    reason = "shutdown" if self._zx_shutdown else "normal"
-                    self._zx_reason = reason
-                monitors, self._zx_monitors = self._zx_monitors, None
-            _registry.forget(self.actor_ref)
-            if monitors:
-                down = Down(self.actor_ref, reason)
-                for m in monitors:
+    def _zx_disarm(self) -> None:
+        # After this no asynchronous _Killed can reach the thread: kill() only
+        # raises one while busy (under the lock), and a pending one is cleared.
+        thread = self._zx_thread
+        while True:
+            try:
+                with self._zx_lock:
+                    self._zx_busy = False
+                    if self._zx_killed and thread is not None:
+                        _set_async_exc(thread, None)
+                return
+            except _Killed:
+                continue
+
+    def _zx_exit(self, *, wake: bool = False) -> None:
+        """Mark the actor dead, answer what is queued, drop its name, deliver `Down`.
+
+        Runs in the actor's thread as it ends, or in the killer's thread; the
+        first call does the work.
+        """
+        ActorRegistry.unregister(self.actor_ref)
+        self.actor_stopped.set()
+        with self._zx_lock:
+            monitors, self._zx_monitors = self._zx_monitors, None
+            reason = self._zx_reason
+            if reason is None:
+                reason = self._zx_stop_reason or ("shutdown" if self._zx_shutdown else "normal")
+                self._zx_reason = reason
+        self.actor_inbox.close(str(self.actor_ref), wake=wake)
+        if monitors is None:
+            return
+        _registry.forget(self.actor_ref)
+        if monitors:
+            down = Down(self.actor_ref, reason)
+            for m in monitors:
+                try:
                     m._fire(down)
-        except _Killed:
-            pass
+                except Exception:  # noqa: BLE001 - a watcher must not stop the others
+                    logger.opt(exception=True).error("monitor {} of {} failed", m, self)
+        if isinstance(reason, BaseException):
+            logger.bind(actor=str(self)).debug("actor {} crashed: {!r}", self, reason)
+
+    def _zx_on_kill(self) -> None:
+        """Called in the killer's thread after the actor was marked killed."""
 
     # -- used by monitor(), supervisors and kill() ---------------------------
 
@@ -239,13 +361,26 @@ _wrapped_lock = threading.Lock()
 def supervised_class(cls: type[A]) -> type[A]:
     """Return `cls` with `SupervisedActor` behaviour (itself if it already has it).
 
+    Example:
+        >>> import pykka
+        >>> class Plain(pykka.ThreadingActor):
+        ...     pass
+        >>> wrapped = supervised_class(Plain)
+        >>> wrapped.__name__, issubclass(wrapped, (Plain, SupervisedActor))
+        ('Plain', True)
+        >>> supervised_class(Plain) is wrapped
+        True
+
     The subclass keeps the name, module and all behaviour of `cls`; it is
     cached, so each class is wrapped once.
+
+    Raises:
+        TypeError: `cls` is not a `pykka.ThreadingActor` subclass.
     """
+    if not isinstance(cls, type) or not issubclass(cls, pykka.ThreadingActor):
+        raise TypeError(f"{cls!r} is not a pykka.ThreadingActor subclass")
     if issubclass(cls, SupervisedActor):
         return cls
-    if not issubclass(cls, pykka.ThreadingActor):
-        raise TypeError(f"{cls!r} is not a pykka.ThreadingActor subclass")
     with _wrapped_lock:
         sub = _wrapped.get(cls)
         if sub is None:
@@ -284,23 +419,43 @@ def mark_shutdown(ref: pykka.ActorRef[Any]) -> None:
 def kill(ref: pykka.ActorRef[Any]) -> None:
     """Kill an actor as far as Python allows (see the module docstring).
 
+    Example:
+        >>> import pykka
+        >>> from supervisors import kill, monitor, spawn
+        >>> class Idle(pykka.ThreadingActor):
+        ...     pass
+        >>> idle = spawn(Idle).ref
+        >>> m = monitor(idle)
+        >>> kill(idle)
+        >>> m.wait(timeout=1.0).reason
+        'killed'
+
     Monitors receive ``Down(ref, "killed")`` at once; no further message is
-    handled; pending ``ask`` callers get `pykka.ActorDeadError`.
+    handled and `on_stop` is not called; the ask in flight and queued asks get
+    `pykka.ActorDeadError`. Killing an actor that already stopped does nothing.
+    A plain Pykka actor (not supervised) is only marked stopped.
     """
     actor = ref._actor_weakref()  # noqa: SLF001
+    if not isinstance(actor, SupervisedActor):
+        ActorRegistry.unregister(ref)
+        ref.actor_stopped.set()
+        return
+    with actor._zx_lock:
+        if actor._zx_monitors is None or actor._zx_killed:
+            return  # already exited or being killed
+        actor._zx_killed = True
+        if actor._zx_reason is None:
+            actor._zx_reason = "killed"
+        thread = actor._zx_thread
+        if actor._zx_busy and thread is not None and thread is not threading.current_thread():
+            _set_async_exc(thread, _Killed)
+        inflight = actor._zx_inflight
     ActorRegistry.unregister(ref)
     ref.actor_stopped.set()
-    if actor is None:
-        return
-    if isinstance(actor, SupervisedActor):
-        actor._zx_record("killed")
-        thread = actor._zx_thread
-        if thread is not None and thread.is_alive() and thread is not threading.current_thread():
-            ctypes.pythonapi.PyThreadState_SetAsyncExc(ctypes.c_ulong(thread.ident or 0),
-                                                       ctypes.py_object(_Killed))
-        # Wake an idle loop blocked on its inbox so the thread can finish.
+    if inflight is not None:
         try:
-            actor.actor_inbox.put(Envelope(pykka.messages._ActorStop()))  # noqa: SLF001
-        except Exception:  # noqa: BLE001
+            inflight.set_exception((ActorDeadError, ActorDeadError(f"{ref} was killed"), None))
+        except queue.Full:
             pass
-        actor._zx_exit()
+    actor._zx_exit(wake=True)  # wake=True ends an idle loop blocked on its inbox
+    actor._zx_on_kill()
