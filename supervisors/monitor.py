@@ -22,7 +22,7 @@ from typing import Any
 
 import pykka
 
-from supervisors.errors import NameNotFoundError, SupervisorTimeoutError
+from supervisors.errors import NameNotFoundError, SupervisorError, SupervisorTimeoutError
 
 __all__ = ["NORMAL_REASONS", "Down", "Monitor", "monitor"]
 
@@ -66,20 +66,25 @@ class Monitor:
         self._detach: Callable[[], None] | None = None
 
     def _fire(self, down: Down) -> None:
-        if self._event.is_set():
+        # The watcher is told before `wait()` returns, so a test (or a caller)
+        # that waited on the monitor can rely on the watcher having the Down.
+        if self._down is not None or self._event.is_set():
             return
         self._down = down
-        self._event.set()
         watcher = self._watcher
-        if watcher is None:
-            return
         if isinstance(watcher, pykka.ActorRef):
             try:
                 watcher.tell(down)
             except pykka.ActorDeadError:
                 pass
-        else:
-            watcher(down)
+        elif watcher is not None:
+            try:
+                watcher(down)
+            except Exception:  # noqa: BLE001 - a watcher's bug must not hide the Down
+                from loguru import logger
+
+                logger.opt(exception=True).error("monitor watcher {!r} raised", watcher)
+        self._event.set()
 
     @property
     def down(self) -> Down | None:
@@ -91,28 +96,42 @@ class Monitor:
 
         Raises:
             SupervisorTimeoutError: the target is still running after `timeout`.
+            SupervisorError: the monitor was cancelled before a `Down` arrived.
         """
         if not self._event.wait(timeout):
             raise SupervisorTimeoutError(f"monitor of {self.target}", timeout)
-        assert self._down is not None
+        if self._down is None:
+            raise SupervisorError(f"monitor of {self.target} was cancelled")
         return self._down
 
     def cancel(self) -> None:
-        """Stop monitoring (demonitor); no `Down` is delivered afterwards."""
+        """Stop monitoring (demonitor); no `Down` is delivered afterwards.
+
+        Cancelling after the `Down` arrived changes nothing; `wait()` on a
+        monitor cancelled before then raises `SupervisorError`.
+        """
         self._event.set()
         if self._detach is not None:
             self._detach()
 
 
 class _NotifyingEvent(threading.Event):
-    """A stop event that runs callbacks when set, for actors we did not start."""
+    """A stop event that runs callbacks when set, for actors we did not start.
 
-    def __init__(self) -> None:
+    It also reports the event it replaced: if the actor's thread set the old
+    one while we swapped, the actor still reads as stopped.
+    """
+
+    def __init__(self, replaced: threading.Event) -> None:
         super().__init__()
+        self.replaced = replaced
         self.callbacks: list[Callable[[], None]] = []
 
+    def is_set(self) -> bool:
+        return super().is_set() or self.replaced.is_set()
+
     def set(self) -> None:
-        was_set = self.is_set()
+        was_set = super().is_set()
         super().set()
         if not was_set:
             for callback in list(self.callbacks):
@@ -129,7 +148,7 @@ def _watch_foreign(actor: pykka.Actor, m: Monitor) -> bool:
         if not isinstance(event, _NotifyingEvent):
             if event.is_set():
                 return False
-            new = _NotifyingEvent()
+            new = _NotifyingEvent(event)
             actor.actor_stopped = new
             actor.actor_ref.actor_stopped = new
             if event.is_set():  # it stopped while we swapped
