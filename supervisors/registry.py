@@ -140,6 +140,11 @@ def _await_name(name: str, deadline: float | None) -> pykka.ActorRef[Any]:
             _registry.changed.wait(remaining)
 
 
+def _crashed_with(actor_ref: pykka.ActorRef[Any], exc: BaseException) -> bool:
+    actor = actor_ref._actor_weakref()  # noqa: SLF001
+    return actor is not None and getattr(actor, "_zx_reason", None) is exc
+
+
 class _NamedProxy:
     """A proxy that follows the name to the current incarnation."""
 
@@ -241,7 +246,9 @@ class NamedRef:
             try:
                 remaining = None if deadline is None else max(0.0, deadline - time.monotonic())
                 return current.ask(message, timeout=remaining)
-            except pykka.ActorDeadError:
+            except pykka.ActorDeadError as exc:
+                if _crashed_with(current, exc):
+                    raise  # the handler itself raised it: the message was handled
                 continue
             except pykka.Timeout:
                 raise SupervisorTimeoutError(f"ask to {self.name!r}", timeout) from None

@@ -230,6 +230,16 @@ class _SupervisorCore(SupervisedActor):
     def on_failure(self, *exc_info: Any) -> None:
         self._terminate_all()
 
+    def _zx_on_kill(self) -> None:
+        # Killed supervisor (its thread may be stuck): kill its children, last first,
+        # as OTP's links would, so that no orphan outlives it.
+        for child in reversed(list(self._children)):
+            ref, monitor_ = child.ref, child.monitor
+            if monitor_ is not None:
+                monitor_.cancel()
+            if ref is not None:
+                kill(ref)
+
     def on_receive(self, message: Any) -> Any:
         if isinstance(message, Down):
             self._on_down(message)
@@ -630,4 +640,6 @@ def _start_supervisor(cls: type[_SupervisorCore], name: str | None,
         if isinstance(exc.cause, SupervisorError):
             raise exc.cause from None
         raise
+    if adopted and not is_supervisor_class(ref.actor_class):
+        raise NameTakenError(name, ref)  # type: ignore[arg-type]
     return SupervisorRef(ref, already_started=adopted)
