@@ -24,6 +24,7 @@ from supervisors import ChildSpec, Down, Supervisor, SupervisorRef, monitor, whe
 
 from zixir_actors._clock import SYSTEM_CLOCK, Clock
 from zixir_actors.errors import StageCrashedError, StreamConsumedError, StreamTimeoutError
+from zixir_actors.observability import metrics, start_span
 from zixir_actors.stream._runtime import (
     Chunk,
     Complete,
@@ -207,6 +208,7 @@ class Run:
         self._dynamic: SupervisorRef | None = None
         self._sup_ref: Any = None
         self._closed = False
+        self.supervisor: SupervisorRef | None = None
         planner = _Planner(self.control, DEFAULT_CHUNK, loop, consume=True)
         out = planner.build(stream)
         nodes = planner.nodes
@@ -219,6 +221,8 @@ class Run:
                 kwargs.update(name=node.name, chunk=min(chunk, kwargs["bound"]))
             specs.append(ChildSpec(id=f"{i}:{node.name}", start=node.cls, kwargs=kwargs,
                                    restart="temporary", shutdown=STAGE_SHUTDOWN))
+        self.span = start_span("zixir.stream.run", run=self.id, stages=len(nodes),
+                               under_runtime=whereis(STREAMS_NAME) is not None)
         try:
             self.supervisor = self._start_tree(specs)
             refs = [child.ref for child in self.supervisor.which_children()]
@@ -296,10 +300,18 @@ class Run:
         try:
             if self._dynamic is not None and self._sup_ref is not None:
                 self._dynamic.terminate_child(self._sup_ref, timeout=timeout)
-            elif getattr(self, "supervisor", None) is not None:
+            elif self.supervisor is not None:
                 self.supervisor.stop(timeout=timeout)
         finally:
             self.control.close(timeout=timeout)
+            failure = self.control.failure
+            self.span.end(error=failure)
+            _runs().labels("error" if failure is not None else "ok").inc()
+
+
+def _runs() -> Any:
+    return metrics.counter("zixir_stream_runs_total", "Stream pipeline runs by outcome "
+                           "(early close counts as ok).", labels=("outcome",))
 
 
 def _clock_of(stream: Stream) -> Clock:

@@ -1,0 +1,611 @@
+"""Tests for zixir_actors.stream: lazy actor pipelines, backpressure, errors, async helpers."""
+
+from __future__ import annotations
+
+import asyncio
+import itertools
+import queue
+import threading
+from collections.abc import Iterator
+from typing import Any
+
+import pytest
+from hypothesis import HealthCheck, given, settings
+from hypothesis import strategies as st
+
+from supervisors import DynamicSupervisor, kill
+from zixir_actors.errors import (
+    BufferOverflowError,
+    ConfigError,
+    EmptyStreamError,
+    StageCrashedError,
+    StreamConsumedError,
+    StreamTimeoutError,
+)
+from zixir_actors.observability import metrics
+from zixir_actors.stream import (
+    DEFAULT_BUFFER,
+    STREAMS_NAME,
+    Future,
+    Stream,
+    async_,
+    await_,
+    child_spec,
+    parallel,
+    pmap,
+)
+from zixir_actors.stream._pipeline import Run
+from zixir_actors.testing import FakeClock, capture_spans, wait_for
+
+WAIT = 10.0
+
+# -- results equal list operations ----------------------------------------------------
+
+
+def test_operators_match_list_operations() -> None:
+    xs = list(range(50))
+    assert Stream.from_iterable(xs).map(lambda x: x * 2).to_list() == [x * 2 for x in xs]
+    assert Stream.from_iterable(xs).filter(lambda x: x % 3).to_list() == [x for x in xs if x % 3]
+    assert Stream.from_iterable(["ab", "", "c"]).flat_map(list).to_list() == ["a", "b", "c"]
+    assert Stream.range(7).batch(3).to_list() == [[0, 1, 2], [3, 4, 5], [6]]
+    assert Stream.range(6).window(3, 2).to_list() == [[0, 1, 2], [2, 3, 4]]
+    assert Stream.range(10).take(4).to_list() == [0, 1, 2, 3]
+    assert Stream.range(10).skip(8).to_list() == [8, 9]
+    assert Stream.range(10).take_while(lambda x: x < 3).to_list() == [0, 1, 2]
+    assert Stream.range(1, 5).scan(lambda a, x: a * x, 1).to_list() == [1, 2, 6, 24]
+    assert Stream.from_iterable("abracadabra").distinct().to_list() == ["a", "b", "r", "c", "d"]
+    assert Stream.from_iterable([3, 13, 4]).distinct(key=lambda x: x % 10).to_list() == [3, 4]
+    assert Stream.range(3).chain(Stream.range(5, 7), Stream.range(9, 10)).to_list() == [
+        0, 1, 2, 5, 6, 9]
+    assert Stream.range(3).zip(Stream.from_iterable("abcd")).to_list() == [
+        (0, "a"), (1, "b"), (2, "c")]
+    assert sorted(Stream.range(300).merge(Stream.range(1000, 1300)).to_list()) == [
+        *range(300), *range(1000, 1300)]
+    assert Stream.range(10).reduce(lambda a, b: a + b) == 45
+    assert Stream.range(0).reduce(lambda a, b: a + b, 7) == 7
+    assert Stream.range(5, 9).first() == 5
+    assert Stream.range(0).first(default="none") == "none"
+    seen: list[int] = []
+    Stream.range(4).for_each(seen.append)
+    assert seen == [0, 1, 2, 3]
+    assert list(Stream.range(3).tap(seen.append)) == [0, 1, 2]
+
+
+def test_empty_terminals_raise_typed_errors() -> None:
+    with pytest.raises(EmptyStreamError):
+        Stream.range(0).first()
+    with pytest.raises(EmptyStreamError):
+        Stream.range(0).reduce(lambda a, b: a + b)
+
+
+OPS = st.one_of(
+    st.tuples(st.just("map"), st.integers(-3, 3)),
+    st.tuples(st.just("filter"), st.integers(2, 4)),
+    st.tuples(st.just("flat_map"), st.integers(0, 2)),
+    st.tuples(st.just("take"), st.integers(0, 40)),
+    st.tuples(st.just("skip"), st.integers(0, 40)),
+    st.tuples(st.just("batch"), st.integers(1, 5)),
+    st.tuples(st.just("window"), st.integers(1, 4)),
+    st.tuples(st.just("scan"), st.just(0)),
+    st.tuples(st.just("distinct"), st.integers(2, 7)),
+    st.tuples(st.just("take_while"), st.integers(-5, 5)),
+    st.tuples(st.just("boundary"), st.just(0)),
+    st.tuples(st.just("buffer"), st.integers(1, 8)),
+    st.tuples(st.just("pmap"), st.integers(1, 3)),
+)
+
+
+def _key(x: Any) -> int:
+    return hash(repr(x))
+
+
+def _apply(stream: Stream[Any], xs: list[Any], op: str, k: int) -> tuple[Stream[Any], list[Any]]:
+    if op == "map":
+        return stream.map(lambda x: (x, k)), [(x, k) for x in xs]
+    if op == "filter":
+        return stream.filter(lambda x: _key(x) % k), [x for x in xs if _key(x) % k]
+    if op == "flat_map":
+        return stream.flat_map(lambda x: [x] * k), [y for x in xs for y in [x] * k]
+    if op == "take":
+        return stream.take(k), xs[:k]
+    if op == "skip":
+        return stream.skip(k), xs[k:]
+    if op == "batch":
+        return stream.batch(k), [xs[i:i + k] for i in range(0, len(xs), k)]
+    if op == "window":
+        return stream.window(k), [xs[i:i + k] for i in range(len(xs) - k + 1)]
+    if op == "scan":
+        return stream.scan(lambda a, x: a + 1, 0), list(range(1, len(xs) + 1))
+    if op == "distinct":
+        seen: set[int] = set()
+        out = []
+        for x in xs:
+            if _key(x) % k not in seen:
+                seen.add(_key(x) % k)
+                out.append(x)
+        return stream.distinct(key=lambda x: _key(x) % k), out
+    if op == "take_while":
+        out = list(itertools.takewhile(lambda x: _key(x) % 11 != k % 11, xs))
+        return stream.take_while(lambda x: _key(x) % 11 != k % 11), out
+    if op == "boundary":
+        return stream.async_boundary(), xs
+    if op == "buffer":
+        return stream.buffer(k), xs
+    return stream.map(lambda x: [x], concurrency=k), [[x] for x in xs]
+
+
+@settings(max_examples=40, deadline=None, suppress_health_check=[HealthCheck.too_slow])
+@given(xs=st.lists(st.integers(-100, 100), max_size=60),
+       ops=st.lists(OPS, max_size=4))
+def test_random_pipelines_equal_list_operations(xs: list[int], ops: list[tuple[str, int]]) -> None:
+    stream: Stream[Any] = Stream.from_iterable(xs)
+    expected: list[Any] = xs
+    for op, k in ops:
+        stream, expected = _apply(stream, expected, op, k)
+    assert stream.to_list(timeout=WAIT) == expected
+
+
+def test_stream_is_lazy_and_reusable() -> None:
+    calls: list[int] = []
+    stream = Stream.range(3).map(lambda x: calls.append(x) or x)
+    assert calls == []
+    assert stream.to_list() == [0, 1, 2]
+    assert stream.to_list() == [0, 1, 2]
+    assert calls == [0, 1, 2, 0, 1, 2]
+
+
+def test_single_use_sources_refuse_a_second_run() -> None:
+    stream = Stream.from_iterator(iter([1, 2]))
+    assert stream.map(str).to_list() == ["1", "2"]
+    with pytest.raises(StreamConsumedError) as err:
+        stream.to_list()
+    assert err.value.source == "from_iterator"
+
+
+def test_sources_from_queue_and_generators() -> None:
+    q: queue.Queue[Any] = queue.Queue()
+    for item in ["a", "b", None]:
+        q.put(item)
+    assert Stream.from_queue(q).to_list(timeout=WAIT) == ["a", "b"]
+    q.put(1)
+    q.put("END")
+    assert Stream.from_queue(q, sentinel="END").to_list(timeout=WAIT) == [1]
+
+    def gen() -> Iterator[int]:
+        yield from range(1000)
+
+    assert Stream.from_iterator(gen()).filter(lambda x: x % 7 == 0).to_list() == list(
+        range(0, 1000, 7))
+
+
+def test_bad_arguments_raise_config_errors_naming_the_argument() -> None:
+    cases = [
+        (lambda: Stream.range(3).batch(0), "size"),
+        (lambda: Stream.range(3).map(5), "fn"),  # type: ignore[arg-type]
+        (lambda: Stream.range(3).map(str, concurrency=0), "concurrency"),
+        (lambda: Stream.range(3).map(str, on_error="ignore"), "on_error"),  # type: ignore[arg-type]
+        (lambda: Stream.range(3).buffer(4, overflow="spill"), "overflow"),  # type: ignore[arg-type]
+        (lambda: Stream.range(3).throttle(0), "rate"),
+        (lambda: Stream.range(3).take(-1), "n"),
+        (lambda: Stream.from_iterator([1, 2]), "iterator"),  # type: ignore[arg-type]
+        (lambda: Stream.from_iterable(5), "iterable"),  # type: ignore[arg-type]
+        (lambda: Stream.range(3).batch(2, timeout=0), "timeout"),
+    ]
+    for build, field in cases:
+        with pytest.raises(ConfigError) as err:
+            build()
+        assert err.value.field == field
+
+
+# -- stages, fusion and supervision ---------------------------------------------------
+
+
+def test_consecutive_operators_fuse_and_boundaries_split() -> None:
+    fused = Stream.range(10).map(str, name="a").filter(bool, name="b").batch(2, name="c")
+    assert fused.stages() == ["range+a+b+c"]
+    split = Stream.range(10).map(str, name="a").async_boundary().filter(bool, name="b")
+    assert split.stages() == ["range+a", "b"]
+    conc = Stream.range(10).map(str, concurrency=2, name="m").map(len, name="n")
+    assert conc.stages() == ["range", "m", "m.worker0", "m.worker1", "n"]
+    assert Stream.range(10).buffer(4, name="buf").map(str, name="s").stages() == [
+        "range", "buf+s"]
+    assert Stream.range(10).buffer(4, overflow="drop_new", name="buf").stages() == [
+        "range", "buf"]
+
+
+def test_runs_under_the_runtime_streams_supervisor_when_it_runs() -> None:
+    standalone = Run(Stream.range(3))
+    assert not standalone.under_runtime
+    standalone.close()
+    streams = DynamicSupervisor.start_link(**child_spec().kwargs, name=STREAMS_NAME)
+    try:
+        assert child_spec().name == STREAMS_NAME
+        run = Run(Stream.range(10).async_boundary())
+        assert run.under_runtime
+        assert streams.count_children().active == 1
+        run.close()
+        assert streams.count_children().active == 0
+        assert Stream.range(5).map(lambda x: -x, concurrency=2).to_list() == [0, -1, -2, -3, -4]
+        assert async_(sum, [1, 2]).get(timeout=WAIT) == 3
+    finally:
+        streams.stop()
+
+
+def test_a_killed_stage_fails_the_pipeline_with_stage_crashed() -> None:
+    entered, release = threading.Event(), threading.Event()
+
+    def block(x: int) -> int:
+        entered.set()
+        release.wait(WAIT)
+        return x
+
+    run = Run(Stream.range(5).async_boundary().map(block, name="slow"))
+    try:
+        assert entered.wait(WAIT)
+        stage = [c.ref for c in run.supervisor.which_children() if c.id.endswith("range")][0]
+        kill(stage)
+        message = run.next_message(None, None)
+        assert isinstance(message.error, StageCrashedError)
+        assert message.error.stage == "range"
+    finally:
+        release.set()
+        run.close()
+
+
+# -- backpressure -----------------------------------------------------------------------
+
+
+def _counting_producer(pulled: list[int]) -> Iterator[int]:
+    for i in itertools.count():
+        pulled[0] += 1
+        yield i
+
+
+@pytest.mark.parametrize("build", [
+    lambda s: s.map(lambda x: x + 1),
+    lambda s: s.map(lambda x: x).async_boundary().buffer(16).filter(lambda x: x >= 0),
+    lambda s: s.buffer(8).map(lambda x: x, concurrency=2).batch(4),
+])
+def test_producer_never_gets_further_ahead_than_the_bound(build: Any) -> None:
+    pulled = [0]
+    stream = build(Stream.from_iterator(_counting_producer(pulled), buffer=32))
+    bound = stream.bound()
+    worst = consumed = 0
+    for item in stream:
+        consumed += len(item) if isinstance(item, list) else 1
+        worst = max(worst, pulled[0] - consumed)
+        if consumed >= 5 * DEFAULT_BUFFER:
+            break
+    assert 0 < worst <= bound
+
+
+def test_inline_source_is_bounded_by_the_consumers_demand() -> None:
+    pulled = [0]
+    stream = Stream.from_iterable(_counting_producer(pulled)).map(lambda x: x)
+    worst = 0
+    for consumed, _ in enumerate(stream, 1):
+        worst = max(worst, pulled[0] - consumed)
+        if consumed >= 3 * DEFAULT_BUFFER:
+            break
+    assert 0 < worst <= stream.bound()
+
+
+def _fill_buffer_then_drain(overflow: str) -> list[int]:
+    """100 items into a buffer of 10 while the stage after it is blocked on item 0."""
+    sent, release = [0], threading.Event()
+
+    def block_first(x: int) -> int:
+        if x == 0:
+            release.wait(WAIT)
+        return x
+
+    def count(chunk: list[int]) -> None:
+        sent[0] += len(chunk)
+
+    stream = (Stream.range(100).batch(1).tap(count).flat_map(lambda c: c)
+              .buffer(10, overflow=overflow).buffer(1).map(block_first))  # type: ignore[arg-type]
+    results: list[Any] = []
+
+    def consume() -> None:
+        try:
+            results.append(stream.to_list(timeout=WAIT))
+        except Exception as exc:  # noqa: BLE001 - checked by the caller
+            results.append(exc)
+
+    thread = threading.Thread(target=consume)
+    thread.start()
+    # With "fail", 12 items sent past a blocked stage already overflow 10 + 1 in flight.
+    target = 12 if overflow == "fail" else 100
+    wait_for(lambda: sent[0] >= target, timeout=WAIT)
+    release.set()
+    thread.join(WAIT)
+    return results[0]  # type: ignore[no-any-return]
+
+
+def test_buffer_drop_head_keeps_the_newest_items() -> None:
+    out = _fill_buffer_then_drain("drop_head")
+    assert out[-10:] == list(range(90, 100)) and len(out) < 100
+
+
+def test_buffer_drop_tail_replaces_the_newest_buffered_item() -> None:
+    out = _fill_buffer_then_drain("drop_tail")
+    assert out[-1] == 99 and out == sorted(out) and len(out) < 100
+
+
+def test_buffer_drop_new_drops_arriving_items() -> None:
+    out = _fill_buffer_then_drain("drop_new")
+    assert 99 not in out and out == sorted(out) and len(out) <= 12
+
+
+def test_buffer_fail_raises_buffer_overflow_naming_the_stage() -> None:
+    error = _fill_buffer_then_drain("fail")
+    assert isinstance(error, BufferOverflowError)
+    assert error.capacity == 10 and error.stage.startswith("buffer#")
+
+
+# -- concurrency ------------------------------------------------------------------------
+
+
+def test_concurrent_map_runs_n_calls_at_once_and_keeps_order() -> None:
+    barrier = threading.Barrier(4, timeout=WAIT)
+
+    def meet(x: int) -> int:
+        if x < 4:
+            barrier.wait()  # only passes if four calls run at the same time
+        return x * 10
+
+    assert Stream.range(12).map(meet, concurrency=4).to_list(timeout=WAIT) == [
+        x * 10 for x in range(12)]
+
+
+def test_unordered_concurrent_map_emits_in_completion_order() -> None:
+    others_done = threading.Semaphore(0)
+
+    def slow_zero(x: int) -> int:
+        if x == 0:
+            for _ in range(3):
+                others_done.acquire(timeout=WAIT)
+        else:
+            others_done.release()
+        return x
+
+    ordered = Stream.range(4).map(slow_zero, concurrency=4, ordered=True).to_list(timeout=WAIT)
+    assert ordered == [0, 1, 2, 3]
+    unordered = Stream.range(4).map(slow_zero, concurrency=4, ordered=False).to_list(
+        timeout=WAIT)
+    assert unordered[-1] == 0 and sorted(unordered) == [0, 1, 2, 3]
+
+
+def test_pmap_and_parallel_respect_their_caps() -> None:
+    lock, now, peak = threading.Lock(), [0], [0]
+
+    def track(x: int) -> int:
+        with lock:
+            now[0] += 1
+            peak[0] = max(peak[0], now[0])
+        with lock:
+            now[0] -= 1
+        return x + 1
+
+    assert pmap(track, range(30), concurrency=3) == list(range(1, 31))
+    assert peak[0] <= 3
+    assert parallel([lambda i=i: track(i) for i in range(10)], max_concurrency=2) == list(
+        range(1, 11))
+    assert parallel([]) == []
+
+
+# -- time: batch timeout, throttle ------------------------------------------------------
+
+
+def test_batch_timeout_emits_a_partial_batch_while_a_slow_generator_waits() -> None:
+    resume, finished = threading.Event(), threading.Event()
+
+    def tokens() -> Iterator[str]:
+        yield "Hel"
+        yield "lo"
+        resume.wait(WAIT)  # the model pauses until the consumer saw the first batch
+        yield " world"
+        finished.set()
+
+    batches = []
+    for batch in Stream.from_iterator(tokens()).batch(10, timeout=0.02).iterate(timeout=WAIT):
+        batches.append(batch)
+        resume.set()
+    assert batches == [["Hel", "lo"], [" world"]]
+    assert finished.is_set()
+
+
+def test_batch_timeout_on_a_fake_clock_flushes_each_idle_partial_batch() -> None:
+    clock = FakeClock()
+    resume = threading.Event()
+
+    def slow() -> Iterator[int]:
+        yield 1
+        resume.wait(WAIT)
+        yield 2
+
+    out = []
+    for batch in Stream.from_iterator(slow()).batch(5, timeout=1.0, clock=clock):
+        out.append(batch)
+        resume.set()
+    assert out == [[1], [2]]
+    assert clock.monotonic() >= 1.0
+
+
+def test_throttle_spaces_items_by_the_rate() -> None:
+    clock = FakeClock()
+    stamps: list[float] = []
+    out = (Stream.range(6).throttle(4, clock=clock).tap(lambda _: stamps.append(clock.monotonic()))
+           .to_list(timeout=WAIT))
+    assert out == list(range(6))
+    gaps = [b - a for a, b in itertools.pairwise(stamps)]
+    assert all(gap >= 0.25 - 1e-9 for gap in gaps)
+    assert stamps[-1] - stamps[0] == pytest.approx(1.25)
+
+
+# -- errors -----------------------------------------------------------------------------
+
+
+def test_a_stage_error_keeps_its_type_and_names_the_stage() -> None:
+    with pytest.raises(ZeroDivisionError) as err:
+        Stream.range(10).map(lambda x: x + 1).filter(lambda x: 1 / (x - 5), name="invert").to_list()
+    assert err.value.stage == "invert"  # type: ignore[attr-defined]
+    assert "in stream stage 'invert'" in err.value.__notes__
+
+    def broken() -> Iterator[int]:
+        yield 1
+        raise KeyError("feed closed")
+
+    with pytest.raises(KeyError) as key_err:
+        Stream.from_iterator(broken(), name="feed").to_list()
+    assert key_err.value.stage == "feed"  # type: ignore[attr-defined]
+
+    with pytest.raises(ValueError) as conc_err:
+        Stream.from_iterable("ab1").map(int, concurrency=2, name="parse").to_list()
+    assert conc_err.value.stage == "parse"  # type: ignore[attr-defined]
+
+    with pytest.raises(RuntimeError) as each_err:
+        Stream.range(3).for_each(lambda x: (_ for _ in ()).throw(RuntimeError("sink")))
+    assert each_err.value.stage == "for_each"  # type: ignore[attr-defined]
+
+
+def test_a_failure_stops_pulling_the_source() -> None:
+    pulled = [0]
+
+    def explode(x: int) -> int:
+        if x == 10:
+            raise ValueError("bad item")
+        return x
+
+    with pytest.raises(ValueError):
+        Stream.from_iterator(_counting_producer(pulled), buffer=16).async_boundary().map(
+            explode).to_list(timeout=WAIT)
+    after = pulled[0]
+    assert after <= 10 + Stream.from_iterator(iter(())).async_boundary().bound()
+    assert Stream.range(5).to_list() == list(range(5))  # other actors got time to run
+    assert pulled[0] == after
+
+
+def test_on_error_skip_and_retry() -> None:
+    assert Stream.from_iterable([1, 0, 2]).map(lambda x: 4 // x, on_error="skip").to_list() == [4, 2]
+    attempts: dict[int, int] = {}
+
+    def flaky(x: int) -> int:
+        attempts[x] = attempts.get(x, 0) + 1
+        if attempts[x] < 3:
+            raise ConnectionError("try again")
+        return x
+
+    assert Stream.range(4).map(flaky, on_error="retry").to_list() == [0, 1, 2, 3]
+    assert set(attempts.values()) == {3}
+    with pytest.raises(ConnectionError):
+        Stream.range(2).map(lambda x: flaky(x + 10), on_error="retry", retries=1).to_list()
+    assert pmap(lambda x: 4 // x, [1, 2]) == [4, 2]
+    assert Stream.from_iterable([1, 0, 2]).map(lambda x: 4 // x, concurrency=2,
+                                               on_error="skip").to_list() == [4, 2]
+
+
+def test_timeout_raises_and_stops_the_pipeline() -> None:
+    release = threading.Event()
+    with pytest.raises(StreamTimeoutError):
+        Stream.range(3).map(lambda x: release.wait(WAIT)).to_list(timeout=0.05)
+    release.set()
+
+
+# -- early close ------------------------------------------------------------------------
+
+
+def test_breaking_out_of_a_for_loop_stops_source_and_stages() -> None:
+    closed = threading.Event()
+
+    def endless() -> Iterator[int]:
+        try:
+            yield from itertools.count()
+        finally:
+            closed.set()
+
+    for x in Stream.from_iterator(endless()).map(lambda x: x * 2).async_boundary():
+        if x > 100:
+            break
+    assert closed.wait(WAIT)
+    for _ in Stream.range(10**12).batch(3, timeout=5.0):
+        break
+
+
+def test_take_and_first_stop_an_infinite_pipeline() -> None:
+    assert Stream.from_iterable(itertools.count()).map(lambda x: x + 1).take(3).to_list() == [
+        1, 2, 3]
+    assert Stream.from_iterable(itertools.count(5)).async_boundary().first() == 5
+    assert Stream.range(10**12).merge(Stream.range(10**12)).take(5).to_list() is not None
+
+
+# -- asyncio ----------------------------------------------------------------------------
+
+
+def test_async_for_run_async_and_async_sources() -> None:
+    async def tokens() -> Any:
+        for word in ["a", "b", "c"]:
+            await asyncio.sleep(0)
+            yield word
+
+    async def main() -> tuple[Any, ...]:
+        loop_thread = threading.get_ident()
+        seen_threads = set()
+
+        async def on_loop() -> Any:
+            async for token in tokens():
+                seen_threads.add(threading.get_ident())
+                yield token
+
+        upper = [t async for t in Stream.from_async_iterator(on_loop()).map(str.upper)]
+        total = await Stream.range(100).map(lambda x: x * 2).run_async(timeout=WAIT)
+        async for first in Stream.range(10**9).aiterate(timeout=WAIT):
+            break
+        return upper, total, first, seen_threads == {loop_thread}
+
+    upper, total, first, on_caller_loop = asyncio.run(main())
+    assert upper == ["A", "B", "C"]
+    assert total == [x * 2 for x in range(100)]
+    assert first == 0 and on_caller_loop
+    assert Stream.from_async_iterator(tokens()).to_list(timeout=WAIT) == ["a", "b", "c"]
+
+
+def test_futures_work_with_get_and_await() -> None:
+    future = async_(divmod, 7, 2)
+    assert isinstance(future, Future)
+    assert future.get(timeout=WAIT) == (3, 1)
+    assert await_([async_(abs, -1), async_(abs, -2)], timeout=WAIT) == [1, 2]
+
+    async def main() -> Any:
+        ok = await async_(sum, [1, 2, 3])
+        try:
+            await async_(int, "x")
+        except ValueError:
+            return ok, "raised"
+        return ok, "not raised"
+
+    assert asyncio.run(main()) == (6, "raised")
+
+    release = threading.Event()
+    slow = async_(release.wait, WAIT)
+    with pytest.raises(StreamTimeoutError):
+        await_(slow, timeout=0.01)
+    release.set()
+    assert slow.get(timeout=WAIT) is True
+    with pytest.raises(ConfigError):
+        await_(42)
+
+
+# -- observability ----------------------------------------------------------------------
+
+
+def test_stage_metrics_and_run_spans_are_recorded() -> None:
+    with capture_spans() as spans:
+        Stream.range(500).map(lambda x: x, name="metered").to_list()
+    stage = "range+metered"
+    out = metrics.registry.get_sample_value("zixir_stream_items_out_total", {"stage": stage})
+    assert out is not None and out >= 500
+    assert metrics.registry.get_sample_value("zixir_stream_items_in_total",
+                                             {"stage": stage}) is not None
+    runs = [s for s in spans.spans if s.name == "zixir.stream.run"]
+    assert runs and runs[-1].status == "ok"
