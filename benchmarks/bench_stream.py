@@ -10,7 +10,6 @@ Memory: peak traced allocation of a fast producer feeding a slow consumer at
 from __future__ import annotations
 
 import gc
-import itertools
 import queue
 import threading
 import time

@@ -242,7 +242,8 @@ def test_a_killed_stage_fails_the_pipeline_with_stage_crashed() -> None:
     run = Run(Stream.range(5).async_boundary().map(block, name="slow"))
     try:
         assert entered.wait(WAIT)
-        stage = [c.ref for c in run.supervisor.which_children() if c.id.endswith("range")][0]
+        assert run.supervisor is not None
+        stage = next(c.ref for c in run.supervisor.which_children() if c.id.endswith("range"))
         kill(stage)
         message = run.next_message(None, None)
         assert isinstance(message.error, StageCrashedError)
@@ -309,7 +310,7 @@ def _fill_buffer_then_drain(overflow: str) -> list[int]:
     def consume() -> None:
         try:
             results.append(stream.to_list(timeout=WAIT))
-        except Exception as exc:  # noqa: BLE001 - checked by the caller
+        except Exception as exc:
             results.append(exc)
 
     thread = threading.Thread(target=consume)
@@ -487,7 +488,8 @@ def test_a_failure_stops_pulling_the_source() -> None:
 
 
 def test_on_error_skip_and_retry() -> None:
-    assert Stream.from_iterable([1, 0, 2]).map(lambda x: 4 // x, on_error="skip").to_list() == [4, 2]
+    skipped = Stream.from_iterable([1, 0, 2]).map(lambda x: 4 // x, on_error="skip").to_list()
+    assert skipped == [4, 2]
     attempts: dict[int, int] = {}
 
     def flaky(x: int) -> int:
@@ -559,7 +561,9 @@ def test_async_for_run_async_and_async_sources() -> None:
 
         upper = [t async for t in Stream.from_async_iterator(on_loop()).map(str.upper)]
         total = await Stream.range(100).map(lambda x: x * 2).run_async(timeout=WAIT)
-        async for first in Stream.range(10**9).aiterate(timeout=WAIT):
+        first = None
+        async for item in Stream.range(10**9).aiterate(timeout=WAIT):
+            first = item
             break
         return upper, total, first, seen_threads == {loop_thread}
 

@@ -23,7 +23,6 @@ from __future__ import annotations
 from typing import Any
 
 from supervisors import ChildSpec, DynamicSupervisor
-
 from zixir_actors.stream._async import (
     DEFAULT_CONCURRENCY,
     Future,

@@ -10,8 +10,8 @@ from collections.abc import Callable, Generator, Iterable, Sequence
 from typing import Any, Generic, TypeVar
 
 import pykka
-from supervisors import ChildSpec, SupervisedActor, SupervisorRef, whereis
 
+from supervisors import ChildSpec, SupervisedActor, SupervisorRef, whereis
 from zixir_actors.errors import ConfigError, StreamTimeoutError
 from zixir_actors.stream._pipeline import STREAMS_NAME
 from zixir_actors.stream._stream import Stream
@@ -85,7 +85,7 @@ class _Task(SupervisedActor):
     def on_receive(self, message: Any) -> Any:
         try:
             result = self.fn(*self.args, **self.kwargs)
-        except BaseException as exc:  # noqa: BLE001 - delivered to whoever waits
+        except BaseException as exc:
             self.future.set_exception(exc)
         else:
             self.future.set_result(result)

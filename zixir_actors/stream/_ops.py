@@ -14,8 +14,22 @@ from typing import Any, Literal
 from zixir_actors._clock import Clock
 
 __all__ = [
-    "Batch", "Distinct", "FlatMap", "Filter", "Map", "Op", "OnError", "Scan", "Skip",
-    "Take", "TakeWhile", "Tap", "Throttle", "Window", "flush_chain", "run_chain",
+    "Batch",
+    "Distinct",
+    "Filter",
+    "FlatMap",
+    "Map",
+    "OnError",
+    "Op",
+    "Scan",
+    "Skip",
+    "Take",
+    "TakeWhile",
+    "Tap",
+    "Throttle",
+    "Window",
+    "flush_chain",
+    "run_chain",
 ]
 
 OnError = Literal["fail", "skip", "retry"]
@@ -73,7 +87,7 @@ class _Call(Op):
                     out.extend(self.one(item))
                     error = None
                     break
-                except Exception as exc:  # noqa: BLE001 - the on_error policy decides
+                except Exception as exc:
                     error = exc
             if error is not None:
                 if self.on_error == "retry":
@@ -175,7 +189,8 @@ class Scan(Op):
         self.acc = initial
 
     def process(self, items: list[Any]) -> list[Any]:
-        fn, acc, out = self.fn, self.acc, []
+        fn, acc = self.fn, self.acc
+        out: list[Any] = []
         append = out.append
         for x in items:
             acc = fn(acc, x)

@@ -13,6 +13,7 @@ before the supervisor stops them in reverse order.
 from __future__ import annotations
 
 import asyncio
+import contextlib
 import itertools
 import time
 from collections.abc import Callable
@@ -20,8 +21,8 @@ from dataclasses import dataclass, field
 from typing import TYPE_CHECKING, Any
 
 import pykka
-from supervisors import ChildSpec, Down, Supervisor, SupervisorRef, monitor, whereis
 
+from supervisors import ChildSpec, Down, Supervisor, SupervisorRef, monitor, whereis
 from zixir_actors._clock import SYSTEM_CLOCK, Clock
 from zixir_actors.errors import StageCrashedError, StreamConsumedError, StreamTimeoutError
 from zixir_actors.observability import metrics, start_span
@@ -96,7 +97,7 @@ class _Planner:
         self.nodes.append(node)
         return index
 
-    def source(self, stream: Stream) -> IterSource | Pump | None:
+    def source(self, stream: Stream[Any]) -> IterSource | Pump | None:
         src = stream._source
         if src.kind == "iterable":
             return IterSource(src.payload)
@@ -109,7 +110,7 @@ class _Planner:
         self.control.pumps.append(pump)
         return pump
 
-    def build(self, stream: Stream, prefix: str = "") -> int:
+    def build(self, stream: Stream[Any], prefix: str = "") -> int:
         src = stream._source
         prev: int | None = None
         source: IterSource | Pump | None = None
@@ -130,7 +131,7 @@ class _Planner:
             if ops or source is not None or force or forced:
                 name = "+".join(names) or f"{prefix}segment"
                 built = [spec.build() for spec in ops]
-                for op, spec in zip(built, ops):
+                for op, spec in zip(built, ops, strict=True):
                     op.name = prefix + spec.name
                 node = _Node(Segment, name, {"ops": built, "source": source, "bound": bound})
                 prev = self.add(node, [prev] if prev is not None else [])
@@ -169,13 +170,13 @@ class _Planner:
         return prev
 
 
-def _plan(stream: Stream) -> list[_Node]:
+def _plan(stream: Stream[Any]) -> list[_Node]:
     planner = _Planner(Control("plan", Sink(), SYSTEM_CLOCK), DEFAULT_CHUNK, None, consume=False)
     planner.build(stream)
     return planner.nodes
 
 
-def plan_bound(stream: Stream) -> int:
+def plan_bound(stream: Stream[Any]) -> int:
     """How many items may be in flight between the source and the consumer, at most."""
     total = DEFAULT_BUFFER  # the terminal's demand window
     for node in _plan(stream):
@@ -189,7 +190,7 @@ def plan_bound(stream: Stream) -> int:
     return total
 
 
-def stage_names(stream: Stream) -> list[str]:
+def stage_names(stream: Stream[Any]) -> list[str]:
     """The actors a run of `stream` starts, in start order."""
     return [node.name for node in _plan(stream)]
 
@@ -197,7 +198,7 @@ def stage_names(stream: Stream) -> list[str]:
 class Run:
     """One running pipeline: its supervisor, stage refs, sink and control block."""
 
-    def __init__(self, stream: Stream, *, loop: asyncio.AbstractEventLoop | None = None,
+    def __init__(self, stream: Stream[Any], *, loop: asyncio.AbstractEventLoop | None = None,
                  demand: int = DEFAULT_BUFFER) -> None:
         self.id = f"stream-{next(_ids)}"
         self.sink = Sink(loop)
@@ -225,9 +226,9 @@ class Run:
                                under_runtime=whereis(STREAMS_NAME) is not None)
         try:
             self.supervisor = self._start_tree(specs)
-            refs = [child.ref for child in self.supervisor.which_children()]
+            refs: list[Any] = [child.ref for child in self.supervisor.which_children()]
             self.monitors = [monitor(r, watcher=self._watcher(n.name))
-                             for r, n in zip(refs, nodes)]
+                             for r, n in zip(refs, nodes, strict=True)]
             for i, node in enumerate(nodes):
                 down = self.sink if node.down is None else refs[node.down]
                 refs[i].tell(Wire(tuple(refs[u] for u in node.ups), down, node.port,
@@ -266,10 +267,8 @@ class Run:
         self.consumed += n
         if self.consumed >= self.refill:
             n, self.consumed = self.consumed, 0
-            try:
+            with contextlib.suppress(pykka.ActorDeadError):
                 self.last.tell(Demand(n))
-            except pykka.ActorDeadError:
-                pass
 
     def next_message(self, deadline: float | None, timeout: float | None) -> Any:
         import queue
@@ -314,7 +313,7 @@ def _runs() -> Any:
                            "(early close counts as ok).", labels=("outcome",))
 
 
-def _clock_of(stream: Stream) -> Clock:
+def _clock_of(stream: Stream[Any]) -> Clock:
     for spec in stream._walk_ops():
         if spec.clock is not None:
             return spec.clock

@@ -10,6 +10,7 @@ iterator) in its own thread, filling a bounded buffer that its stage drains.
 from __future__ import annotations
 
 import asyncio
+import contextlib
 import heapq
 import itertools
 import queue
@@ -24,8 +25,19 @@ import pykka
 from zixir_actors._clock import Clock, SystemClock
 
 __all__ = [
-    "Cancel", "Chunk", "Complete", "Control", "Demand", "Failed", "PULL", "Pump", "Scheduler",
-    "Sink", "TICK", "Wire", "annotate",
+    "PULL",
+    "TICK",
+    "Cancel",
+    "Chunk",
+    "Complete",
+    "Control",
+    "Demand",
+    "Failed",
+    "Pump",
+    "Scheduler",
+    "Sink",
+    "Wire",
+    "annotate",
 ]
 
 # -- messages between stages (one per chunk, never per item) -------------------
@@ -94,10 +106,8 @@ TICK = _Signal("TICK")
 
 def annotate(error: BaseException, stage: str) -> BaseException:
     """Record the failing stage on the original exception (attribute and note)."""
-    try:
+    with contextlib.suppress(AttributeError):
         error.stage = stage  # type: ignore[attr-defined]
-    except AttributeError:
-        pass
     note = f"in stream stage {stage!r}"
     if hasattr(error, "add_note") and note not in getattr(error, "__notes__", ()):
         error.add_note(note)
@@ -116,10 +126,9 @@ class Sink:
         if self.aqueue is None:
             self.queue.put(message)
             return
-        try:
+        with contextlib.suppress(RuntimeError):
+            # A closed loop means nobody is listening any more.
             self.loop.call_soon_threadsafe(self.aqueue.put_nowait, message)  # type: ignore[union-attr]
-        except RuntimeError:
-            pass  # the loop is closed: nobody is listening any more
 
     def is_alive(self) -> bool:
         return True
@@ -174,9 +183,8 @@ class Scheduler:
                 fn = heapq.heappop(self._heap)[2]
                 cond.release()
                 try:
-                    fn()
-                except pykka.ActorDeadError:
-                    pass
+                    with contextlib.suppress(pykka.ActorDeadError):
+                        fn()
                 finally:
                     cond.acquire()
 
@@ -222,7 +230,7 @@ class Control:
             return self._scheduler
 
     def close(self, *, timeout: float | None) -> None:
-        """Stop the timer thread and the pumps (a pump blocked in user code ends when it returns)."""
+        """Stop the timer thread and the pumps (a pump blocked in user code ends later)."""
         self.stopping.set()
         with self._lock:
             scheduler = self._scheduler
@@ -313,7 +321,7 @@ class Pump:
         try:
             for item in self._items():
                 self._put(item)
-        except BaseException as exc:  # noqa: BLE001 - reported at the terminal
+        except BaseException as exc:
             self.control.fail(exc, self.stage)
         finally:
             with self._cond:
@@ -321,10 +329,8 @@ class Pump:
                 ring = not self._rung
                 self._rung = True
             if ring:
-                try:
+                with contextlib.suppress(pykka.ActorDeadError):
                     self._ring()
-                except pykka.ActorDeadError:
-                    pass
 
     def _items(self) -> Iterator[Any]:
         if self.kind == "iterator":

@@ -8,6 +8,7 @@ flight between a source and the terminal never exceed the sum of the bounds.
 
 from __future__ import annotations
 
+import contextlib
 import time
 from collections import deque
 from collections.abc import Callable
@@ -15,8 +16,8 @@ from itertools import islice
 from typing import Any
 
 import pykka
-from supervisors import SupervisedActor
 
+from supervisors import SupervisedActor
 from zixir_actors.errors import BufferOverflowError
 from zixir_actors.stream._ops import Op, OpFailed, flush_chain, run_chain
 from zixir_actors.stream._runtime import (
@@ -124,7 +125,7 @@ class _Stage(SupervisedActor):
                 self.handle(message)
         except OpFailed as failed:
             self.fail(failed.error, failed.op.name)
-        except Exception as exc:  # noqa: BLE001 - reported at the terminal with the stage name
+        except Exception as exc:
             self.fail(exc, self.name)
         return None
 
@@ -145,10 +146,8 @@ class _Stage(SupervisedActor):
 
     def tell_upstreams(self, message: Any) -> None:
         for up in self.upstreams:
-            try:
+            with contextlib.suppress(pykka.ActorDeadError):
                 up.tell(message)
-            except pykka.ActorDeadError:
-                pass
 
     def send(self) -> None:
         """Send ready output, as one chunk, up to the downstream demand."""
@@ -179,16 +178,14 @@ class _Stage(SupervisedActor):
 
     def complete(self) -> None:
         self.finished = True
-        try:
+        with contextlib.suppress(pykka.ActorDeadError):
             self.downstream.tell(Complete(self.port))
-        except pykka.ActorDeadError:
-            pass
 
     def received(self, n: int) -> None:
         m = self.metrics
         if m is not None:
             m.items_in.inc(n)
-            m.depth.set(self.actor_inbox.qsize())
+            m.depth.set(self.actor_inbox.qsize())  # type: ignore[attr-defined]
 
 
 class Segment(_Stage):
@@ -418,7 +415,7 @@ class Worker(SupervisedActor):
         for _ in range(self.tries):
             try:
                 result = self.fn(item)
-            except Exception as exc:  # noqa: BLE001 - the coordinator applies on_error
+            except Exception as exc:
                 error = exc
                 continue
             self.coordinator.tell((self.index, seq, True, result))
@@ -544,8 +541,8 @@ class Junction(_Stage):
         n = min(len(q) for q in queues)
         if n:
             columns = [[q.popleft() for _ in range(n)] for q in queues]
-            self.out.extend(zip(*columns))
-        if any(d and not q for d, q in zip(self.done, queues)):
+            self.out.extend(zip(*columns, strict=True))
+        if any(d and not q for d, q in zip(self.done, queues, strict=True)):
             # One side ended: no tuple can be completed any more.
             self.done = [True] * len(queues)
             self.tell_upstreams(Cancel())

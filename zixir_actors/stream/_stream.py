@@ -5,7 +5,7 @@ from __future__ import annotations
 import asyncio
 import functools
 import time
-from collections.abc import AsyncIterator, Callable, Hashable, Iterable, Iterator
+from collections.abc import AsyncGenerator, AsyncIterator, Callable, Hashable, Iterable, Iterator
 from dataclasses import dataclass
 from typing import Any, Generic, Literal, TypeVar, get_args
 
@@ -551,7 +551,8 @@ def _deadline(timeout: float | None) -> float | None:
     return time.monotonic() + timeout
 
 
-def _drain(stream: Stream[Any], timeout: float | None, on_items: Callable[[list[Any]], None]) -> None:
+def _drain(stream: Stream[Any], timeout: float | None,
+           on_items: Callable[[list[Any]], None]) -> None:
     deadline = _deadline(timeout)
     run = Run(stream)
     try:
@@ -587,7 +588,7 @@ def _iterate(stream: Stream[T], timeout: float | None) -> Iterator[T]:
         run.close()
 
 
-async def _achunks(stream: Stream[T], timeout: float | None) -> AsyncIterator[list[T]]:
+async def _achunks(stream: Stream[T], timeout: float | None) -> AsyncGenerator[list[T], None]:
     deadline = _deadline(timeout)
     run = Run(stream, loop=asyncio.get_running_loop())
     try:
