@@ -123,8 +123,7 @@ def registered() -> dict[str, pykka.ActorRef[Any]]:
         return {n: r for n, r in _registry.names.items() if _registry.alive(r)}
 
 
-def _await_name(name: str, deadline: float | None) -> pykka.ActorRef[Any]:
-    began = time.monotonic()
+def _await_name(name: str, deadline: float | None, began: float) -> pykka.ActorRef[Any]:
     found = _registry.names.get(name)
     if _registry.alive(found):
         return found  # type: ignore[return-value]
@@ -204,10 +203,22 @@ class NamedRef:
         found = _registry.names.get(self.name)
         if found is not None and not found.actor_stopped.is_set():
             return found
-        return _await_name(self.name, None if timeout is None else time.monotonic() + timeout)
+        now = time.monotonic()
+        return _await_name(self.name, None if timeout is None else now + timeout, now)
 
     def is_alive(self) -> bool:
         return whereis(self.name) is not None
+
+    def _current(self, deadline: float | None) -> pykka.ActorRef[Any]:
+        # Each wait for a restart gets `self.wait` afresh, within the call's deadline.
+        found = _registry.names.get(self.name)
+        if found is not None and not found.actor_stopped.is_set():
+            return found
+        now = time.monotonic()
+        limit = None if self.wait is None else now + self.wait
+        if deadline is not None and (limit is None or deadline < limit):
+            limit = deadline
+        return _await_name(self.name, limit, now)
 
     def tell(self, message: Any) -> None:
         """Send `message` to the current incarnation.
@@ -215,9 +226,8 @@ class NamedRef:
         Raises:
             NameNotFoundError: no incarnation appeared within `wait` seconds.
         """
-        deadline = None if self.wait is None else time.monotonic() + self.wait
         while True:
-            current = _await_name(self.name, deadline)
+            current = self._current(None)
             try:
                 current.tell(message)
                 return
@@ -227,25 +237,25 @@ class NamedRef:
     def ask(self, message: Any, *, timeout: float | None = None, block: bool = True) -> Any:
         """Ask the current incarnation and return its answer.
 
-        With ``block=False`` a future of the current incarnation is returned
-        (it is not re-sent if that incarnation dies).
+        If the incarnation dies before handling the message (its supervisor is
+        restarting it), the message is asked again of the next one, waiting up
+        to `wait` seconds for it. With ``block=False`` a future of the current
+        incarnation is returned (it is not re-sent if that incarnation dies).
 
         Raises:
             NameNotFoundError: no incarnation appeared in time.
             SupervisorTimeoutError: no answer within `timeout`.
             Exception: whatever the handler raised.
         """
-        now = time.monotonic()
-        deadline = None if timeout is None else now + timeout
-        name_deadline = deadline if self.wait is None else (
-            now + self.wait if deadline is None else min(deadline, now + self.wait))
+        deadline = None if timeout is None else time.monotonic() + timeout
         while True:
-            current = _await_name(self.name, name_deadline)
+            current = self._current(deadline)
             if not block:
                 return current.ask(message, block=False)
             try:
-                remaining = None if deadline is None else max(0.0, deadline - time.monotonic())
-                return current.ask(message, timeout=remaining)
+                if deadline is None:
+                    return current.ask(message)
+                return current.ask(message, timeout=max(0.0, deadline - time.monotonic()))
             except pykka.ActorDeadError as exc:
                 if _crashed_with(current, exc):
                     raise  # the handler itself raised it: the message was handled
