@@ -26,7 +26,6 @@ from concurrent.futures import ThreadPoolExecutor
 from dataclasses import dataclass
 from typing import Any
 
-import dill
 import psutil
 
 from zixir_actors._clock import SYSTEM_CLOCK, Clock
@@ -47,7 +46,7 @@ __all__ = [
 DEFAULT_POOL_SIZE = max(1, os.cpu_count() or 1)
 """Warm workers a pool keeps when none is given (one per core)."""
 
-SAMPLE_INTERVAL = 0.01
+SAMPLE_INTERVAL = 0.005
 """Seconds between two RSS/CPU samples of a monitored call."""
 
 CPU_TIME_GRACE = 0.5
@@ -205,6 +204,15 @@ class _Zygote:
                     self._stop_locked(timeout=1.0)
         raise AssertionError("unreachable")
 
+    def preload(self, module: str) -> None:
+        """Have the helper import `module`, so workers forked from now on start with it."""
+        with self._lock:
+            if self._ctl is None:
+                return
+            with contextlib.suppress(OSError):
+                self._ctl.sendall(b"i")
+                _worker.send_frame(self._ctl, module.encode())
+
     def _stop_locked(self, *, timeout: float | None) -> None:
         if self._ctl is not None:
             self._ctl.close()
@@ -225,7 +233,7 @@ class _Zygote:
 class _Call:
     """One call in flight: what the monitor samples and what it decided."""
 
-    __slots__ = ("cpu0", "cpu_mark", "cpu_peak", "cpu_used", "limits", "peak", "started",
+    __slots__ = ("cpu0", "cpu_mark", "cpu_peak", "cpu_used", "due", "limits", "peak", "started",
                  "verdict", "worker")
 
     def __init__(self, worker: _Worker, limits: Limits, started: float) -> None:
@@ -238,6 +246,7 @@ class _Call:
         self.cpu_mark: tuple[float, float] | None = None
         self.cpu_peak: float | None = None
         self.cpu_used: float | None = None
+        self.due = 0.0
 
 
 def _monitored(limits: Limits) -> bool:
@@ -260,6 +269,11 @@ class WorkerPool:
             or fresh process is a hand-over instead of a fork.
         name: used in logs, metrics and errors.
         sample_interval: seconds between RSS/CPU samples of monitored calls.
+        learn_imports: have the helper process import the module of each
+            function called (once per module), so later workers, fresh ones
+            included, do not import it again. Like a forkserver preload, this
+            runs the module's import in the helper: turn it off for modules
+            that start threads or open resources when imported.
         clock: monotonic clock for durations and the CPU-percent windows.
 
     Raises:
@@ -268,7 +282,7 @@ class WorkerPool:
 
     def __init__(self, *, size: int = DEFAULT_POOL_SIZE, spares: int = 1,
                  name: str = "sandbox", sample_interval: float = SAMPLE_INTERVAL,
-                 clock: Clock = SYSTEM_CLOCK) -> None:
+                 learn_imports: bool = True, clock: Clock = SYSTEM_CLOCK) -> None:
         if isinstance(size, bool) or not isinstance(size, int) or size < 0:
             raise ConfigError("size", size, "expected a non-negative number of warm workers")
         if isinstance(spares, bool) or not isinstance(spares, int) or spares < 0:
@@ -286,8 +300,11 @@ class WorkerPool:
         self._busy: set[_Worker] = set()
         self._watched: set[_Call] = set()
         self._monitor: threading.Thread | None = None
+        self._monitor_idle = False
         self._executor: ThreadPoolExecutor | None = None
         self._closed = False
+        self._learn = learn_imports
+        self._learned: set[str] = set()
         self.restarts = 0
         self.calls = 0
 
@@ -366,7 +383,7 @@ class WorkerPool:
                 else:
                     dead = None
             if dead is not None:
-                self._replace(dead, "died while idle", None, None, refill=False)
+                self._replace(dead, "died while idle", None, None)
         worker = self._zygote.spawn(fresh=fresh)
         with self._lock:
             if self._closed:
@@ -386,31 +403,29 @@ class WorkerPool:
         if retire:
             worker.retire()
 
-    def _replace(self, worker: _Worker, reason: str, limit: Any, measured: Any, *,
-                 refill: bool = True) -> None:
+    def _replace(self, worker: _Worker, reason: str, limit: Any, measured: Any) -> None:
+        """Kill a worker that broke a limit or died; count it as a restart if it was warm.
+
+        The replacement is the helper's pre-forked spare, handed over by the
+        next checkout, so the failing call returns without waiting for it.
+        """
         worker.kill_tree()
         worker.sock.close()
         with self._lock:
             self._busy.discard(worker)
-            if worker.fresh or self._closed:
+            if self._closed:
                 return
-            self.restarts += 1
+            if not worker.fresh:
+                self.restarts += 1
             count = self.restarts
-            closed = self._closed
         telemetry.kill(self.name, reason, worker.pid, limit, measured)
-        telemetry.restart(self.name, reason, count)
-        if refill and not closed:
-            with contextlib.suppress(OSError, EOFError, SandboxClosedError):
-                self._checkin(self._zygote.spawn(fresh=False))
+        if not worker.fresh:
+            telemetry.restart(self.name, reason, count)
 
     # --- monitor --------------------------------------------------------------
 
     def _watch(self, call: _Call) -> None:
-        if call.limits.cpu_time is not None or call.limits.max_cpu_percent is not None:
-            with contextlib.suppress(psutil.Error):
-                times = call.worker.process().cpu_times()
-                call.cpu0 = times.user + times.system
-                call.cpu_mark = (self._clock.monotonic(), call.cpu0)
+        call.due = time.monotonic() + self._interval
         with self._cond:
             self._watched.add(call)
             if self._monitor is None:
@@ -418,7 +433,9 @@ class WorkerPool:
                                                  name=f"zixir-sandbox-monitor-{self.name}",
                                                  daemon=True)
                 self._monitor.start()
-            self._cond.notify_all()
+            elif self._monitor_idle:
+                # A monitor in a timed wait picks the call up at its next tick.
+                self._cond.notify()
 
     def _unwatch(self, call: _Call) -> None:
         with self._lock:
@@ -428,25 +445,34 @@ class WorkerPool:
         while True:
             with self._cond:
                 while not self._watched and not self._closed:
+                    self._monitor_idle = True
                     self._cond.wait()
+                self._monitor_idle = False
                 if self._closed:
                     return
                 calls = list(self._watched)
+            now = time.monotonic()
+            next_due = now + self._interval
             for call in calls:
-                if call.verdict is None:
+                if call.verdict is not None:
+                    continue
+                if call.due <= now:
                     self._sample(call)
+                    call.due = now + self._interval
+                next_due = min(next_due, call.due)
             with self._cond:
                 if self._closed:
                     return
-                self._cond.wait(self._interval)
+                self._cond.wait(max(0.0, next_due - time.monotonic()))
 
     def _sample(self, call: _Call) -> None:
         limits = call.limits
+        cpu_limited = limits.cpu_time is not None or limits.max_cpu_percent is not None
         try:
             proc = call.worker.process()
             with proc.oneshot():
                 rss = proc.memory_info().rss
-                times = proc.cpu_times() if call.cpu_mark is not None else None
+                times = proc.cpu_times() if cpu_limited else None
         except psutil.Error:
             return
         call.peak = max(call.peak, rss)
@@ -455,15 +481,20 @@ class WorkerPool:
             self._breach(call, "memory", f"resident memory {rss} B over the {memory} B limit",
                          memory, rss)
             return
-        if times is None or call.cpu_mark is None:
+        if times is None:
             return
         used = times.user + times.system
-        call.cpu_used = used - call.cpu0
-        if limits.cpu_time is not None and used - call.cpu0 > limits.cpu_time + CPU_TIME_GRACE:
-            self._breach(call, "cpu", f"used {used - call.cpu0:.3f} CPU s of {limits.cpu_time}",
-                         limits.cpu_time, used - call.cpu0)
-            return
         now = self._clock.monotonic()
+        if call.cpu_mark is None:
+            # First sample: the CPU count starts here (the worker's own timer
+            # covers the call from its first instruction).
+            call.cpu0, call.cpu_mark = used, (now, used)
+            return
+        call.cpu_used = used - call.cpu0
+        if limits.cpu_time is not None and call.cpu_used > limits.cpu_time + CPU_TIME_GRACE:
+            self._breach(call, "cpu", f"used {call.cpu_used:.3f} CPU s of {limits.cpu_time}",
+                         limits.cpu_time, call.cpu_used)
+            return
         mark_time, mark_cpu = call.cpu_mark
         if now - mark_time >= limits.cpu_window:
             percent = 100.0 * (used - mark_cpu) / (now - mark_time)
@@ -502,12 +533,18 @@ class WorkerPool:
                   "max_depth": limits.max_depth, "memory": limits.memory,
                   "max_nesting": allowed}
         try:
-            data = dill.dumps((config, fn, args, kwargs), recurse=True)
+            data = _worker.dumps((config, fn, args, kwargs))
         except Exception as exc:
             return self._finish(started, Err(SandboxError(
                 "unpicklable", f"cannot pickle the call's function or arguments: "
                 f"{type(exc).__name__}: {exc}", cause=exc)), None)
         worker = self._checkout(fresh)
+        if self._learn:
+            module = getattr(fn, "__module__", None)
+            if module and module not in self._learned:
+                self._learned.add(module)
+                if module != "__main__" and module in sys.modules:
+                    self._zygote.preload(module)
         call = _Call(worker, limits, started)
         monitored = _monitored(limits)
         if monitored:
@@ -562,7 +599,7 @@ class WorkerPool:
                 "crashed", f"worker process {worker.pid} died during the call "
                 f"({type(reply).__name__})", peak_memory=peak, duration=duration)), peak)
         try:
-            status, payload, cpu_time, peak_rss = dill.loads(reply)
+            status, payload, cpu_time, peak_rss = _worker.loads(reply)
         except Exception as exc:
             self._checkin(worker)
             return self._finish(call.started, Err(SandboxError(
@@ -576,7 +613,7 @@ class WorkerPool:
         cause = None
         if pickled is not None:
             with contextlib.suppress(Exception):
-                cause = dill.loads(pickled)
+                cause = _worker.loads(pickled)
         limit: float | None = None
         measured: float | None = None
         if status == "timeout":

@@ -1,0 +1,142 @@
+"""Sandbox: warm round trip, fresh process per call, memory-limit kill latency.
+
+Figures, each beside its peer measured in the same run:
+
+- warm worker round trip of a trivial call vs `multiprocess.Pool.apply` (target 1.5x);
+- a fresh process per call vs a bare `multiprocess.Process` start + join (target 1.5x),
+  with a small parent and with a parent holding 512 MiB (where fork gets slow);
+- time from a worker crossing its memory limit to `run` returning
+  ``Err(kind="memory")``: p50 and max (reported, no peer).
+
+Run: ``python -m benchmarks.bench_sandbox [--quick]``.
+"""
+
+from __future__ import annotations
+
+import os
+import tempfile
+import time
+from collections.abc import Callable
+from pathlib import Path
+
+import multiprocess
+
+from benchmarks._harness import Figure, main, measure, percentile
+from zixir_actors.sandbox import SAMPLE_INTERVAL, Limits, Sandbox
+
+MB = 1024**2
+MEMORY_LIMIT = 64 * MB
+BIG_PARENT = 512 * MB
+
+
+def trivial() -> int:
+    return 1
+
+
+def cross_memory_limit(limit: int, stamp: str) -> int:
+    """Allocate 1 MiB at a time; write the monotonic time when RSS first exceeds `limit`."""
+    page = os.sysconf("SC_PAGE_SIZE")
+    chunks = []
+    crossed = False
+    with open("/proc/self/statm", "rb") as statm:
+        while True:
+            chunks.append(b"x" * MB)
+            statm.seek(0)
+            rss = int(statm.read().split()[1]) * page
+            if rss > limit and not crossed:
+                crossed = True
+                Path(stamp).write_text(repr(time.monotonic()))
+            if len(chunks) * MB > 16 * limit:
+                return len(chunks)
+
+
+def _process_start_join() -> None:
+    proc = multiprocess.Process(target=trivial)
+    proc.start()
+    proc.join()
+
+
+def _interleaved(fns: dict[str, Callable[[], object]], n: int, rounds: int) -> dict[str, float]:
+    """Best seconds per call of each fn, measured in alternation so machine noise hits all."""
+    best = dict.fromkeys(fns, float("inf"))
+    for fn in fns.values():
+        measure(fn, max(1, n // 5), warmup=0, repeat=1)
+    for _ in range(rounds):
+        for key, fn in fns.items():
+            best[key] = min(best[key], measure(fn, n, warmup=0, repeat=1))
+    return best
+
+
+def _fresh_figures(quick: bool, label: str) -> list[Figure]:
+    n = 20 if quick else 100
+    with Sandbox(Limits(timeout=30), fresh_process=True, name="bench-fresh") as box:
+        best = _interleaved({"base": _process_start_join, "ours": lambda: box.run(trivial)},
+                            n, 3 if quick else 6)
+    return [Figure("sandbox", f"fresh process per call{label}", ours=best["ours"] * 1e3,
+                   baseline=best["base"] * 1e3, unit="ms/call",
+                   baseline_name="multiprocess.Process start+join", better="lower", target=1.5)]
+
+
+def run(quick: bool = False) -> list[Figure]:
+    figures: list[Figure] = []
+
+    # Warm worker round trip.
+    n = 300 if quick else 2000
+    pool = multiprocess.Pool(1)
+    limited = Limits(timeout=30, memory="1GB", cpu_time=30.0, max_depth=1000)
+    try:
+        with Sandbox(Limits(timeout=30), size=1, name="bench-warm") as box:
+            best = _interleaved({"base": lambda: pool.apply(trivial),
+                                 "ours": lambda: box.run(trivial),
+                                 "limited": lambda: box.call(trivial, limits=limited)},
+                                n, 3 if quick else 6)
+    finally:
+        pool.close()
+        pool.join()
+    figures.append(Figure("sandbox", "warm worker round trip", ours=best["ours"] * 1e6,
+                          baseline=best["base"] * 1e6, unit="us/call",
+                          baseline_name="multiprocess.Pool.apply", better="lower", target=1.5))
+    figures.append(Figure("sandbox", "warm round trip, all limits on",
+                          ours=best["limited"] * 1e6, baseline=best["base"] * 1e6,
+                          unit="us/call", baseline_name="multiprocess.Pool.apply",
+                          better="lower", target=1.5,
+                          note="timeout, memory (RSS sampling + RLIMIT_AS), cpu_time, max_depth"))
+
+    # Fresh process per call, small parent then a parent holding 512 MiB.
+    figures.extend(_fresh_figures(quick, ""))
+    ballast = bytearray(BIG_PARENT)
+    for i in range(0, BIG_PARENT, 4096):  # touch every page so the parent really holds it
+        ballast[i] = 1
+    try:
+        figures.extend(_fresh_figures(quick, ", 512 MiB parent"))
+    finally:
+        del ballast
+
+    # Memory limit crossing -> Err(kind="memory") back in the caller.
+    rounds = 5 if quick else 30
+    latencies: list[float] = []
+    limits = Limits(timeout=30, memory=MEMORY_LIMIT)
+    with tempfile.TemporaryDirectory() as tmp, \
+            Sandbox(limits, size=1, name="bench-memory") as box:
+        stamp = str(Path(tmp) / "crossed")
+        for _ in range(rounds):
+            Path(stamp).unlink(missing_ok=True)
+            result = box.run(cross_memory_limit, MEMORY_LIMIT, stamp)
+            returned = time.monotonic()
+            if result.is_err and result.unwrap_err().kind == "memory" and Path(stamp).exists():
+                latencies.append(returned - float(Path(stamp).read_text()))
+    if latencies:
+        p50, worst = percentile(latencies, 50) * 1e3, max(latencies) * 1e3
+        figures.append(Figure("sandbox", "memory limit crossing -> Err(memory), p50",
+                              ours=p50, baseline=None, unit="ms",
+                              note=f"{len(latencies)} rounds, limit 64 MiB, RSS sampled every "
+                                   f"{SAMPLE_INTERVAL * 1e3:g} ms", extra={"max_ms": worst}))
+        figures.append(Figure("sandbox", "memory limit crossing -> Err(memory), max",
+                              ours=worst, baseline=None, unit="ms",
+                              note="includes the kill, waiting for the process to die and "
+                                   "the replacement worker"))
+    return figures
+
+
+if __name__ == "__main__":
+    main(run)
