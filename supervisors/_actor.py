@@ -26,6 +26,7 @@ What it changes in Pykka's actor loop, and why:
 
 from __future__ import annotations
 
+import contextlib
 import contextvars
 import ctypes
 import queue
@@ -211,7 +212,7 @@ class SupervisedActor(pykka.ThreadingActor):
                 self._actor_loop_setup()
             except _Killed:
                 raise
-            except BaseException as exc:  # noqa: BLE001 - on_start failed
+            except BaseException as exc:
                 self._handle_failure(type(exc), exc, exc.__traceback__)
             finally:
                 self._zx_start_error = self._zx_reason
@@ -219,7 +220,7 @@ class SupervisedActor(pykka.ThreadingActor):
             self._zx_run()
         except _Killed:
             pass
-        except BaseException as exc:  # noqa: BLE001 - recorded as the exit reason
+        except BaseException as exc:
             self._zx_record(exc)
         finally:
             self._zx_disarm()
@@ -244,32 +245,30 @@ class SupervisedActor(pykka.ThreadingActor):
             try:
                 response = envelope.context.run(handle, envelope.message)
                 if reply_to is not None:
-                    try:
+                    try:  # noqa: SIM105 - the hot path: a bare try costs nothing
                         reply_to.set(response)
                     except queue.Full:
                         pass  # killed meanwhile: the asker already got ActorDeadError
             except _Killed:
                 raise
-            except BaseException as exc:  # noqa: BLE001 - let it crash
+            except BaseException as exc:
                 error = exc
                 exc_info = sys.exc_info()
                 # Dead before the asker hears of the crash: a retry goes to the next incarnation.
                 self._handle_failure(*exc_info)
                 if reply_to is not None:
-                    try:
+                    with contextlib.suppress(queue.Full):
                         reply_to.set_exception(exc_info)  # type: ignore[arg-type]
-                    except queue.Full:
-                        pass
                 try:
                     self.on_failure(*exc_info)
-                except Exception:  # noqa: BLE001
+                except Exception:
                     logger.opt(exception=True).error("on_failure of {} raised", self)
             self._zx_inflight = None
             if hook is not None:
-                try:
+                try:  # noqa: SIM105 - the hot path
                     hook(self, envelope.message, time.perf_counter() - began, error)
-                except Exception:  # noqa: BLE001 - instrumentation never kills an actor
-                    pass
+                except Exception:
+                    pass  # instrumentation never kills an actor
 
     def _handle_failure(self, exception_type: type[BaseException] | None,
                         exception_value: BaseException | None,
@@ -322,7 +321,7 @@ class SupervisedActor(pykka.ThreadingActor):
             for m in monitors:
                 try:
                     m._fire(down)
-                except Exception:  # noqa: BLE001 - a watcher must not stop the others
+                except Exception:
                     logger.opt(exception=True).error("monitor {} of {} failed", m, self)
         if isinstance(reason, BaseException):
             logger.bind(actor=str(self)).debug("actor {} crashed: {!r}", self, reason)
@@ -401,7 +400,7 @@ def wait_started(ref: pykka.ActorRef[Any], *, timeout: float | None) -> BaseExce
     Raises:
         TimeoutError: `on_start` did not finish within `timeout`.
     """
-    actor = ref._actor_weakref()  # noqa: SLF001
+    actor = ref._actor_weakref()
     if not isinstance(actor, SupervisedActor) or not _overrides_on_start(type(actor)):
         return None
     if not actor._zx_started.wait(timeout):
@@ -411,7 +410,7 @@ def wait_started(ref: pykka.ActorRef[Any], *, timeout: float | None) -> BaseExce
 
 def mark_shutdown(ref: pykka.ActorRef[Any]) -> None:
     """Make the actor's next stop report ``"shutdown"`` rather than ``"normal"``."""
-    actor = ref._actor_weakref()  # noqa: SLF001
+    actor = ref._actor_weakref()
     if isinstance(actor, SupervisedActor):
         actor._zx_shutdown = True
 
@@ -435,7 +434,7 @@ def kill(ref: pykka.ActorRef[Any]) -> None:
     `pykka.ActorDeadError`. Killing an actor that already stopped does nothing.
     A plain Pykka actor (not supervised) is only marked stopped.
     """
-    actor = ref._actor_weakref()  # noqa: SLF001
+    actor = ref._actor_weakref()
     if not isinstance(actor, SupervisedActor):
         ActorRegistry.unregister(ref)
         ref.actor_stopped.set()
@@ -453,9 +452,7 @@ def kill(ref: pykka.ActorRef[Any]) -> None:
     ActorRegistry.unregister(ref)
     ref.actor_stopped.set()
     if inflight is not None:
-        try:
+        with contextlib.suppress(queue.Full):
             inflight.set_exception((ActorDeadError, ActorDeadError(f"{ref} was killed"), None))
-        except queue.Full:
-            pass
     actor._zx_exit(wake=True)  # wake=True ends an idle loop blocked on its inbox
     actor._zx_on_kill()

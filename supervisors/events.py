@@ -12,7 +12,7 @@ from __future__ import annotations
 import threading
 from collections.abc import Callable
 from dataclasses import dataclass
-from typing import Any, Union
+from typing import Any
 
 from loguru import logger
 
@@ -68,7 +68,7 @@ class IntensityExceeded:
     max_seconds: float
 
 
-SupervisionEvent = Union[ChildStarted, ChildExited, ChildRestarted, IntensityExceeded]
+SupervisionEvent = ChildStarted | ChildExited | ChildRestarted | IntensityExceeded
 Listener = Callable[[SupervisionEvent], object]
 
 _listeners: tuple[Listener, ...] = ()
@@ -98,5 +98,5 @@ def emit(event: SupervisionEvent) -> None:
     for listener in _listeners:
         try:
             listener(event)
-        except Exception:  # noqa: BLE001 - a listener must not break supervision
+        except Exception:
             logger.opt(exception=True).warning("supervision listener {} failed", listener)

@@ -15,6 +15,7 @@ Example:
 
 from __future__ import annotations
 
+import contextlib
 import threading
 from collections.abc import Callable
 from dataclasses import dataclass
@@ -55,7 +56,7 @@ Watcher = "pykka.ActorRef[Any] | Callable[[Down], object] | None"
 class Monitor:
     """One monitor: `wait()` for the `Down`, or `cancel()` it."""
 
-    __slots__ = ("target", "_watcher", "_event", "_down", "_detach")
+    __slots__ = ("_detach", "_down", "_event", "_watcher", "target")
 
     def __init__(self, target: pykka.ActorRef[Any],
                  watcher: pykka.ActorRef[Any] | Callable[[Down], object] | None) -> None:
@@ -73,14 +74,12 @@ class Monitor:
         self._down = down
         watcher = self._watcher
         if isinstance(watcher, pykka.ActorRef):
-            try:
+            with contextlib.suppress(pykka.ActorDeadError):
                 watcher.tell(down)
-            except pykka.ActorDeadError:
-                pass
         elif watcher is not None:
             try:
                 watcher(down)
-            except Exception:  # noqa: BLE001 - a watcher's bug must not hide the Down
+            except Exception:
                 from loguru import logger
 
                 logger.opt(exception=True).error("monitor watcher {!r} raised", watcher)
@@ -157,7 +156,8 @@ def _watch_foreign(actor: pykka.Actor, m: Monitor) -> bool:
             event = new
         callback = lambda: m._fire(Down(actor.actor_ref, "unknown"))  # noqa: E731
         event.callbacks.append(callback)
-        m._detach = lambda: event.callbacks.remove(callback) if callback in event.callbacks else None
+        m._detach = lambda: (event.callbacks.remove(callback)
+                             if callback in event.callbacks else None)
         return not event.is_set()
 
 
@@ -188,7 +188,7 @@ def monitor(target: Any,
     if not isinstance(target, pykka.ActorRef):
         raise TypeError(f"cannot monitor {type(target).__name__}: expected an ActorRef or a name")
     m = Monitor(target, watcher)
-    actor = target._actor_weakref()  # noqa: SLF001
+    actor = target._actor_weakref()
     if actor is None:
         attached = False
     elif isinstance(actor, SupervisedActor):

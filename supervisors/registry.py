@@ -140,14 +140,14 @@ def _await_name(name: str, deadline: float | None, began: float) -> pykka.ActorR
 
 
 def _crashed_with(actor_ref: pykka.ActorRef[Any], exc: BaseException) -> bool:
-    actor = actor_ref._actor_weakref()  # noqa: SLF001
+    actor = actor_ref._actor_weakref()
     return actor is not None and getattr(actor, "_zx_reason", None) is exc
 
 
 class _NamedProxy:
     """A proxy that follows the name to the current incarnation."""
 
-    __slots__ = ("_named", "_cache")
+    __slots__ = ("_cache", "_named")
 
     def __init__(self, named: NamedRef) -> None:
         self._named = named

@@ -5,7 +5,7 @@ from __future__ import annotations
 import math
 from collections.abc import Callable, Mapping
 from dataclasses import dataclass, field
-from typing import Any, Literal, Union, get_args
+from typing import Any, Literal, get_args
 
 import pykka
 
@@ -33,7 +33,7 @@ others (reverse order) and restart all. `rest_for_one`: stop and restart the
 children started after it."""
 
 ChildType = Literal["worker", "supervisor"]
-Shutdown = Union[float, Literal["brutal_kill"], None]
+Shutdown = float | Literal["brutal_kill"] | None
 """Seconds to wait for a graceful stop before killing, ``"brutal_kill"`` to kill
 at once, or ``None`` to wait forever (the default for supervisors)."""
 

@@ -27,6 +27,7 @@ with `RestartIntensityError`, which its own supervisor treats as a crash.
 from __future__ import annotations
 
 import collections
+import contextlib
 import time
 from collections.abc import Callable, Iterable, Sequence
 from dataclasses import dataclass
@@ -110,7 +111,7 @@ class _Reply:
 
 
 class _Child:
-    __slots__ = ("spec", "ref", "monitor", "restarts")
+    __slots__ = ("monitor", "ref", "restarts", "spec")
 
     def __init__(self, spec: ChildSpec) -> None:
         self.spec = spec
@@ -123,7 +124,8 @@ def _class_name(spec: ChildSpec) -> str:
     return getattr(spec.start, "__name__", type(spec.start).__name__)
 
 
-def start_actor(spec: ChildSpec, *, start_timeout: float | None) -> tuple[pykka.ActorRef[Any], bool]:
+def start_actor(spec: ChildSpec, *,
+                start_timeout: float | None) -> tuple[pykka.ActorRef[Any], bool]:
     """Start one child (or adopt a live actor holding its name). Returns (ref, adopted).
 
     Raises:
@@ -154,10 +156,8 @@ def start_actor(spec: ChildSpec, *, start_timeout: float | None) -> tuple[pykka.
         if not isinstance(new, pykka.ActorRef):
             stop = getattr(new, "stop", None)
             if callable(stop):
-                try:
+                with contextlib.suppress(Exception):  # best effort on what is no actor
                     stop()
-                except Exception:  # noqa: BLE001 - best effort on something that is no actor
-                    pass
             raise NotAnActorError(spec.id, new)
         if spec.name is not None:
             try:
@@ -249,7 +249,7 @@ class _SupervisorCore(SupervisedActor):
                 return _Reply(value=getattr(self, f"_op_{message.op}")(*message.args))
             except RestartIntensityError:
                 raise
-            except Exception as exc:  # noqa: BLE001 - bad requests are the caller's error
+            except Exception as exc:
                 return _Reply(error=exc)
         return super().on_receive(message)
 
@@ -302,7 +302,7 @@ class _SupervisorCore(SupervisedActor):
         for child in reversed(self._children):
             try:
                 self._terminate(child)
-            except Exception:  # noqa: BLE001 - keep stopping the others
+            except Exception:
                 logger.opt(exception=True).error("stopping child {} failed", child.spec.id)
 
     def _on_down(self, down: Down) -> None:
@@ -467,7 +467,8 @@ class SupervisorRef:
     __slots__ = ("actor_ref", "already_started")
 
     def __init__(self, actor_ref: pykka.ActorRef[Any], *, already_started: bool = False) -> None:
-        if not isinstance(actor_ref, pykka.ActorRef) or not is_supervisor_class(actor_ref.actor_class):
+        if not isinstance(actor_ref, pykka.ActorRef) or \
+                not is_supervisor_class(actor_ref.actor_class):
             raise TypeError(f"not a supervisor's ActorRef: {actor_ref!r}")
         self.actor_ref = actor_ref
         self.already_started = already_started

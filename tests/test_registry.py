@@ -180,7 +180,7 @@ def test_ref_keeps_answering_while_its_actor_is_crashed_and_restarted_100_times(
         while not stop.is_set():
             try:
                 answers.append(stable.ask("tick", timeout=WAIT))
-            except BaseException as exc:  # noqa: BLE001 - collected and asserted on
+            except BaseException as exc:
                 failures.append(exc)
                 return
 
