@@ -35,7 +35,7 @@ import threading
 import time
 from collections.abc import Callable
 from types import TracebackType
-from typing import Any, TypeVar
+from typing import Any, TypeVar, cast
 
 import pykka
 from loguru import logger
@@ -243,7 +243,7 @@ class SupervisedActor(pykka.ThreadingActor):
             began = time.perf_counter() if hook is not None else 0.0
             error: BaseException | None = None
             try:
-                response = envelope.context.run(handle, envelope.message)
+                response = envelope.context.run(handle, envelope.message)  # type: ignore[attr-defined]
                 if reply_to is not None:
                     try:  # noqa: SIM105 - the hot path: a bare try costs nothing
                         reply_to.set(response)
@@ -258,7 +258,7 @@ class SupervisedActor(pykka.ThreadingActor):
                 self._handle_failure(*exc_info)
                 if reply_to is not None:
                     with contextlib.suppress(queue.Full):
-                        reply_to.set_exception(exc_info)  # type: ignore[arg-type]
+                        reply_to.set_exception(exc_info)
                 try:
                     self.on_failure(*exc_info)
                 except Exception:
@@ -312,7 +312,7 @@ class SupervisedActor(pykka.ThreadingActor):
             if reason is None:
                 reason = self._zx_stop_reason or ("shutdown" if self._zx_shutdown else "normal")
                 self._zx_reason = reason
-        self.actor_inbox.close(str(self.actor_ref), wake=wake)
+        cast(_ContextInbox, self.actor_inbox).close(str(self.actor_ref), wake=wake)
         if monitors is None:
             return
         _registry.forget(self.actor_ref)
@@ -349,7 +349,7 @@ class SupervisedActor(pykka.ThreadingActor):
         return self._zx_reason if self._zx_monitors is None else None
 
 
-def _overrides_on_start(cls: type) -> bool:
+def _overrides_on_start(cls: type[pykka.Actor]) -> bool:
     return cls.on_start is not pykka.Actor.on_start
 
 
@@ -388,7 +388,7 @@ def supervised_class(cls: type[A]) -> type[A]:
                 "__doc__": cls.__doc__,
             })
             _wrapped[cls] = sub
-        return sub  # type: ignore[return-value]
+        return sub
 
 
 def wait_started(ref: pykka.ActorRef[Any], *, timeout: float | None) -> BaseException | None:

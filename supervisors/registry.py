@@ -25,7 +25,7 @@ from __future__ import annotations
 import time
 from collections.abc import Callable
 from dataclasses import dataclass
-from typing import Any
+from typing import Any, cast
 
 import pykka
 
@@ -301,8 +301,10 @@ def spawn(start: type[pykka.Actor] | Callable[..., pykka.ActorRef[Any]], *args: 
     from supervisors.errors import ChildStartError
 
     def do_start() -> pykka.ActorRef[Any]:
+        new: Any
         if isinstance(start, type):
-            new = supervised_class(start).start(*args, **kwargs)  # type: ignore[arg-type]
+            new = supervised_class(cast("type[pykka.ThreadingActor]", start)).start(
+                *args, **kwargs)
         else:
             new = start(*args, **kwargs)
             if not isinstance(new, pykka.ActorRef):
@@ -312,7 +314,7 @@ def spawn(start: type[pykka.Actor] | Callable[..., pykka.ActorRef[Any]], *args: 
         error = wait_started(new, timeout=start_timeout)
         if error is not None:
             raise ChildStartError(name or getattr(start, "__name__", start), error)
-        return new
+        return cast("pykka.ActorRef[Any]", new)
 
     if name is None:
         return Started(do_start(), False)

@@ -31,7 +31,7 @@ import contextlib
 import time
 from collections.abc import Callable, Iterable, Sequence
 from dataclasses import dataclass
-from typing import Any
+from typing import Any, cast
 
 import pykka
 from loguru import logger
@@ -147,8 +147,10 @@ def start_actor(spec: ChildSpec, *,
             if existing is not None:
                 return existing, True
         try:
+            new: Any
             if isinstance(spec.start, type):
-                new = supervised_class(spec.start).start(*spec.args, **spec.start_kwargs)
+                new = supervised_class(cast("type[pykka.ThreadingActor]", spec.start)).start(
+                    *spec.args, **spec.start_kwargs)
             else:
                 new = spec.start(*spec.args, **spec.start_kwargs)
         except Exception as exc:
@@ -290,7 +292,7 @@ class _SupervisorCore(SupervisedActor):
             reason = "killed"
         else:
             try:
-                ref.stop(block=True, timeout=shutdown)  # type: ignore[arg-type]
+                ref.stop(block=True, timeout=shutdown)
             except pykka.Timeout:
                 kill(ref)
                 reason = "killed"
@@ -491,7 +493,7 @@ class SupervisorRef:
 
     def _call(self, op: str, *args: Any, timeout: float | None) -> Any:
         try:
-            reply = self.actor_ref.ask(_Call(op, args), timeout=timeout)
+            reply: _Reply = self.actor_ref.ask(_Call(op, args), block=True, timeout=timeout)
         except pykka.Timeout:
             raise SupervisorTimeoutError(f"supervisor {self!r} {op}", timeout) from None
         except pykka.ActorDeadError:
