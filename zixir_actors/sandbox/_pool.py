@@ -78,6 +78,37 @@ class PoolStats:
     calls: int
 
 
+def _descendants(proc: psutil.Process) -> list[psutil.Process]:
+    """Every process under `proc`, read from /proc/PID/task/TID/children.
+
+    Much faster than `psutil.Process.children`, which scans every process on
+    the machine; it falls back to that where the kernel lacks the file.
+    """
+    found: list[psutil.Process] = []
+    stack = [proc.pid]
+    while stack:
+        pid = stack.pop()
+        try:
+            tids = os.listdir(f"/proc/{pid}/task")
+            texts = []
+            for tid in tids:
+                with open(f"/proc/{pid}/task/{tid}/children") as fh:
+                    texts.append(fh.read())
+        except FileNotFoundError:
+            if pid == proc.pid and os.path.exists(f"/proc/{pid}"):
+                with contextlib.suppress(psutil.Error):
+                    return list(proc.children(recursive=True))
+            continue
+        except OSError:
+            continue
+        for text in texts:
+            for child in text.split():
+                with contextlib.suppress(psutil.Error, ValueError):
+                    found.append(psutil.Process(int(child)))
+                    stack.append(int(child))
+    return found
+
+
 def _gone(proc: psutil.Process) -> bool:
     try:
         return not proc.is_running() or proc.status() == psutil.STATUS_ZOMBIE
@@ -138,8 +169,7 @@ class _Worker:
         self.dead = True
         procs: list[psutil.Process] = []
         if self.proc is not None:
-            with contextlib.suppress(psutil.Error):
-                procs = [self.proc, *self.proc.children(recursive=True)]
+            procs = [self.proc, *_descendants(self.proc)]
         # The worker leads its own process group (setsid): this also reaches
         # descendants that were orphaned before the tree walk could see them.
         with contextlib.suppress(OSError):
