@@ -12,8 +12,8 @@ from pathlib import Path
 
 import psutil
 import pytest
-from supervisors import Supervisor, monitor
 
+from supervisors import Supervisor, monitor
 from zixir_actors.errors import (
     ConfigError,
     NotStartedError,
@@ -53,8 +53,10 @@ def fail(message: str) -> None:
 
 
 def spin() -> None:
+    # A loop with a body: CPython cannot catch a signal handler's exception
+    # raised in `while True: pass`.
     n = 0
-    while True:  # a body, not `pass`: CPython cannot catch a signal's exception in `while True: pass`
+    while True:
         n += 1
 
 
@@ -498,10 +500,9 @@ def test_breaches_are_counted_logged_and_recorded_on_the_span(sandbox: Sandbox) 
     ok_before = count("zixir_sandbox_calls_total", outcome="ok")
     kills_before = count("zixir_sandbox_kills_total", reason="timeout")
     restarts_before = count("zixir_sandbox_worker_restarts_total", pool="test")
-    with capture_logs() as logs, capture_spans() as spans:
-        with span("agent.tool"):
-            assert sandbox.run(double, 1) == Ok(2)
-            assert sandbox.call(spin, limits=Limits(timeout=0.2)).is_err
+    with capture_logs() as logs, capture_spans() as spans, span("agent.tool"):
+        assert sandbox.run(double, 1) == Ok(2)
+        assert sandbox.call(spin, limits=Limits(timeout=0.2)).is_err
     assert count("zixir_sandbox_calls_total", outcome="timeout") == calls_before + 1
     assert count("zixir_sandbox_calls_total", outcome="ok") == ok_before + 1
     assert count("zixir_sandbox_kills_total", reason="timeout") == kills_before + 1

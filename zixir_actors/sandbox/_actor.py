@@ -6,7 +6,6 @@ from dataclasses import dataclass
 from typing import Any
 
 from supervisors import ChildSpec, SupervisedActor
-
 from zixir_actors.sandbox._pool import DEFAULT_POOL_SIZE, PoolStats, WorkerPool
 
 __all__ = ["POOL_NAME", "GetStats", "GetWorkerPool", "SandboxPool", "child_spec"]

@@ -145,7 +145,7 @@ class Limits:
         if self.max_cpu_percent is not None and (
                 isinstance(self.max_cpu_percent, bool)
                 or not isinstance(self.max_cpu_percent, (int, float))
-                or not 0 < self.max_cpu_percent):
+                or not self.max_cpu_percent > 0):
             raise ConfigError("max_cpu_percent", self.max_cpu_percent,
                               "expected a positive percentage of one core")
         for name in ("max_depth", "max_nesting"):

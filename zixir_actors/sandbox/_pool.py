@@ -611,10 +611,10 @@ class WorkerPool:
         worker.calls += 1
         peak = call.peak or None
         if call.verdict is not None:
-            kind, message, limit, measured = call.verdict
-            self._replace(worker, kind, limit, measured)
+            kind, why, broken, value = call.verdict
+            self._replace(worker, kind, broken, value)
             return self._finish(call.started, Err(SandboxError(
-                kind, message, limit=limit, measured=measured, peak_memory=peak,
+                kind, why, limit=broken, measured=value, peak_memory=peak,
                 cpu_time=call.cpu_used, cpu_percent=call.cpu_peak, duration=duration)), peak)
         if isinstance(reply, TimeoutError):
             hard = limits.hard_timeout

@@ -8,7 +8,8 @@ process. The parent imports the framing helpers and protocol constants.
 Protocol, all over Unix stream sockets with 4-byte big-endian length frames:
 
 - parent -> zygote: ``b"i"`` and a frame with a module name preloads that
-  module, so workers forked later start with it imported; ``b"s"`` asks for a worker; the zygote answers with the
+  module, so workers forked later start with it imported; ``b"s"`` asks for
+  a worker: the zygote answers with the
   worker pid (8 bytes) and passes the parent's end of a fresh socketpair with
   `SCM_RIGHTS`. It keeps `spares` workers forked in advance, so a fresh
   process costs a file-descriptor hand-over, not a fork. EOF: the zygote
@@ -21,6 +22,7 @@ Protocol, all over Unix stream sockets with 4-byte big-endian length frames:
 
 from __future__ import annotations
 
+import contextlib
 import os
 import pickle
 import signal
@@ -60,7 +62,7 @@ def dumps(value: Any) -> bytes:
     except Exception:  # anything pickle refuses goes to dill
         pass
     import dill
-    return b"D" + dill.dumps(value, protocol=pickle.HIGHEST_PROTOCOL, recurse=True)
+    return b"D" + bytes(dill.dumps(value, protocol=pickle.HIGHEST_PROTOCOL, recurse=True))
 
 
 def loads(data: bytes) -> Any:
@@ -169,7 +171,9 @@ def _peak_rss() -> int:
 
 def _describe(exc: BaseException) -> tuple[str, str, str, bytes | None]:
     cls = type(exc)
-    name = cls.__qualname__ if cls.__module__ == "builtins" else f"{cls.__module__}.{cls.__qualname__}"
+    name = cls.__qualname__
+    if cls.__module__ != "builtins":
+        name = f"{cls.__module__}.{name}"
     text = "".join(traceback.format_exception(cls, exc, exc.__traceback__))
     try:
         pickled: bytes | None = dumps(exc)
@@ -208,7 +212,8 @@ def _execute(data: bytes) -> bytes:
     soft = config.get("soft_timeout")
     cpu = config.get("cpu_time")
     if config.get("max_depth"):
-        depth, frame = 0, sys._getframe()
+        depth = 0
+        frame: Any = sys._getframe()
         while frame is not None:
             depth, frame = depth + 1, frame.f_back
         sys.setrecursionlimit(depth + config["max_depth"] + 3)
@@ -314,10 +319,8 @@ def _zygote(ctl: socket.socket) -> None:
     def shutdown() -> None:
         signal.signal(signal.SIGCHLD, signal.SIG_DFL)
         for pid in list(live):
-            try:
+            with contextlib.suppress(OSError):
                 os.kill(pid, signal.SIGKILL)
-            except OSError:
-                pass
         os._exit(0)
 
     signal.signal(signal.SIGCHLD, reap)
@@ -339,7 +342,7 @@ def _zygote(ctl: socket.socket) -> None:
                 __import__(name)
             except BaseException:  # a module that fails here fails in the worker, visibly
                 continue
-            for pid, ours in spares:
+            for _spare, ours in spares:
                 ours.close()  # never used: the spare exits on EOF
             spares.clear()
             while len(spares) < want:
