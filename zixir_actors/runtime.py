@@ -1,0 +1,251 @@
+"""The runtime: the root supervision tree of every zixir-actors service.
+
+Example:
+    >>> import tempfile, zixir_actors
+    >>> with zixir_actors.start(data_dir=tempfile.mkdtemp()) as rt:
+    ...     zixir_actors.start() is rt          # idempotent, like a GenServer
+    True
+
+The tree (see DESIGN.md)::
+
+    zixir.root          Supervisor, one_for_one
+    ├── zixir.metrics   MetricsRegistry
+    ├── zixir.store     CheckpointStore (owns the LMDB environment)
+    ├── zixir.caches    DynamicSupervisor of Cache actors
+    ├── zixir.sandboxes SandboxPool of worker processes
+    ├── zixir.workflows DynamicSupervisor of WorkflowRun actors
+    └── zixir.streams   DynamicSupervisor of pipelines
+
+One process owns a data directory at a time: `start()` takes an exclusive
+lock on ``<data_dir>/runtime.lock`` and a second process gets
+`DataDirLockedError` naming the holder's pid. (LMDB itself would let several
+processes share the environment, but workflow runs and cache write-behind
+assume a single owner.) Read-only CLI commands open the store without the lock.
+"""
+
+from __future__ import annotations
+
+import fcntl
+import os
+import threading
+from pathlib import Path
+from types import TracebackType
+from typing import Any
+
+from supervisors import ChildSpec, NamedRef, Supervisor, SupervisorRef, ref
+
+from zixir_actors.errors import (
+    DataDirError,
+    DataDirLockedError,
+    NotStartedError,
+    RuntimeConflictError,
+)
+
+__all__ = [
+    "DATA_DIR_ENV",
+    "DEFAULT_DATA_DIR",
+    "ROOT_NAME",
+    "SERVICE_NAMES",
+    "Runtime",
+    "current",
+    "resolve_data_dir",
+    "start",
+    "stop",
+]
+
+DATA_DIR_ENV = "ZIXIR_DATA_DIR"
+DEFAULT_DATA_DIR = "./.zixir"
+ROOT_NAME = "zixir.root"
+SERVICE_NAMES = ("zixir.metrics", "zixir.store", "zixir.caches", "zixir.sandboxes",
+                 "zixir.workflows", "zixir.streams")
+ROOT_MAX_RESTARTS = 10
+ROOT_MAX_SECONDS = 60.0
+DEFAULT_STOP_TIMEOUT = 30.0
+
+_lock = threading.RLock()
+_current: Runtime | None = None
+
+
+def resolve_data_dir(data_dir: str | os.PathLike[str] | None = None) -> Path:
+    """`data_dir`, else ``$ZIXIR_DATA_DIR``, else ``./.zixir``, made absolute."""
+    chosen = data_dir if data_dir is not None else os.environ.get(DATA_DIR_ENV) or DEFAULT_DATA_DIR
+    return Path(chosen).expanduser().resolve()
+
+
+def _prepare(path: Path) -> int:
+    """Create the directory (owner-only) and take its lock; returns the lock's fd."""
+    if path.exists() and not path.is_dir():
+        raise DataDirError(str(path), "exists and is not a directory")
+    try:
+        path.mkdir(mode=0o700, parents=True, exist_ok=True)
+    except OSError as exc:
+        raise DataDirError(str(path), f"cannot create it: {exc.strerror or exc}") from exc
+    if not os.access(path, os.W_OK | os.X_OK):
+        raise DataDirError(str(path), "is not writable")
+    lock_path = path / "runtime.lock"
+    try:
+        fd = os.open(lock_path, os.O_RDWR | os.O_CREAT, 0o600)
+    except OSError as exc:
+        raise DataDirError(str(path), f"cannot open {lock_path.name}: {exc.strerror}") from exc
+    try:
+        fcntl.flock(fd, fcntl.LOCK_EX | fcntl.LOCK_NB)
+    except BlockingIOError:
+        try:
+            pid = int(os.pread(fd, 32, 0).decode().strip() or 0) or None
+        except (OSError, ValueError):
+            pid = None
+        os.close(fd)
+        raise DataDirLockedError(str(path), pid) from None
+    os.ftruncate(fd, 0)
+    os.pwrite(fd, str(os.getpid()).encode(), 0)
+    return fd
+
+
+def _service_specs(path: Path, *, metrics_port: int | None, sandbox_workers: int | None,
+                   options: dict[str, Any]) -> list[ChildSpec]:
+    from zixir_actors import cache, checkpoint, observability, sandbox, stream, workflow
+
+    metrics_opts: dict[str, Any] = dict(options.get("metrics", {}))
+    if metrics_port is not None:
+        metrics_opts["port"] = metrics_port
+    sandbox_opts: dict[str, Any] = dict(options.get("sandbox", {}))
+    if sandbox_workers is not None:
+        sandbox_opts["workers"] = sandbox_workers
+    return [
+        observability.child_spec(**metrics_opts),
+        checkpoint.child_spec(path, **options.get("store", {})),
+        cache.child_spec(data_dir=path, **options.get("cache", {})),
+        sandbox.child_spec(**sandbox_opts),
+        workflow.child_spec(**options.get("workflow", {})),
+        stream.child_spec(**options.get("stream", {})),
+    ]
+
+
+class Runtime:
+    """A running root tree. Use it as a context manager, or call `stop()`.
+
+    Attributes:
+        data_dir: where all state lives (one LMDB environment).
+        supervisor: the root `SupervisorRef` (``zixir.root``).
+    """
+
+    def __init__(self, data_dir: Path, supervisor: SupervisorRef, lock_fd: int) -> None:
+        self.data_dir = data_dir
+        self.supervisor = supervisor
+        self._lock_fd: int | None = lock_fd
+
+    def __repr__(self) -> str:
+        state = "running" if self.is_alive() else "stopped"
+        return f"<Runtime {self.data_dir} {state}>"
+
+    def __enter__(self) -> Runtime:
+        return self
+
+    def __exit__(self, exc_type: type[BaseException] | None, exc: BaseException | None,
+                 tb: TracebackType | None) -> None:
+        self.stop()
+
+    def is_alive(self) -> bool:
+        return self._lock_fd is not None and self.supervisor.is_alive()
+
+    def service(self, name: str) -> NamedRef:
+        """A stable reference to a service (``"store"`` or ``"zixir.store"``)."""
+        full = name if name.startswith("zixir.") else f"zixir.{name}"
+        if full not in SERVICE_NAMES:
+            raise NotStartedError(name)
+        return ref(full)
+
+    @property
+    def metrics_port(self) -> int | None:
+        """The port `/metrics` is served on, when started with `metrics_port`."""
+        try:
+            port = ref("zixir.metrics", wait=1.0).proxy().port().get(timeout=5.0)
+        except Exception:  # noqa: BLE001 - no metrics service, no port
+            return None
+        return port if isinstance(port, int) else None
+
+    def tree(self, *, timeout: float | None = 10.0) -> str:
+        """The running supervision tree, rendered for humans."""
+        return self.supervisor.tree(timeout=timeout)
+
+    def stop(self, *, timeout: float | None = DEFAULT_STOP_TIMEOUT) -> None:
+        """Stop every service in reverse start order and release the data directory.
+
+        Workflow runs in flight stay checkpointed and can be resumed after the
+        next `start()`. Stopping twice is a no-op.
+        """
+        global _current
+        with _lock:
+            if self._lock_fd is None:
+                return
+            try:
+                if self.supervisor.is_alive():
+                    self.supervisor.stop(timeout=timeout)
+            finally:
+                os.close(self._lock_fd)
+                self._lock_fd = None
+                if _current is self:
+                    _current = None
+
+
+def current() -> Runtime | None:
+    """The running runtime of this process, or None."""
+    runtime = _current
+    return runtime if runtime is not None and runtime.is_alive() else None
+
+
+def start(data_dir: str | os.PathLike[str] | None = None, *, metrics_port: int | None = None,
+          log_json: bool | None = None, log_level: str = "INFO",
+          sandbox_workers: int | None = None, **options: Any) -> Runtime:
+    """Start the root tree, or return the one already running (idempotent).
+
+    Args:
+        data_dir: where state lives; default ``$ZIXIR_DATA_DIR`` or ``./.zixir``.
+            Created with owner-only permissions.
+        metrics_port: serve Prometheus ``/metrics`` on 127.0.0.1 at this port
+            (0 picks a free one; see `Runtime.metrics_port`). None: no server.
+        log_json: configure logging (True: JSON lines, False: human-readable);
+            None leaves logging as the application set it.
+        log_level: level for `log_json`.
+        sandbox_workers: warm worker processes in the sandbox pool.
+        **options: per-service options: ``metrics``, ``store``, ``cache``,
+            ``sandbox``, ``workflow``, ``stream`` dicts passed to their `child_spec`.
+
+    Raises:
+        DataDirError: the directory cannot be created or written.
+        DataDirLockedError: another process runs a runtime on it.
+        RuntimeConflictError: this process runs a runtime on another directory.
+        ChildStartError: a service failed to start (its cause attached).
+    """
+    global _current
+    with _lock:
+        running = current()
+        if running is not None:
+            if data_dir is not None and resolve_data_dir(data_dir) != running.data_dir:
+                raise RuntimeConflictError(str(running.data_dir), str(resolve_data_dir(data_dir)))
+            return running
+        path = resolve_data_dir(data_dir)
+        if log_json is not None:
+            from zixir_actors.observability import configure_logging
+
+            configure_logging(json=log_json, level=log_level)
+        fd = _prepare(path)
+        try:
+            specs = _service_specs(path, metrics_port=metrics_port,
+                                   sandbox_workers=sandbox_workers, options=options)
+            root = Supervisor.start_link(specs, strategy="one_for_one",
+                                         max_restarts=ROOT_MAX_RESTARTS,
+                                         max_seconds=ROOT_MAX_SECONDS, name=ROOT_NAME)
+        except BaseException:
+            os.close(fd)
+            raise
+        _current = Runtime(path, root, fd)
+        return _current
+
+
+def stop(*, timeout: float | None = DEFAULT_STOP_TIMEOUT) -> None:
+    """Stop the running runtime, if any."""
+    with _lock:
+        runtime = _current
+    if runtime is not None:
+        runtime.stop(timeout=timeout)
