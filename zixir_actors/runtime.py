@@ -110,7 +110,7 @@ def _service_specs(path: Path, *, metrics_port: int | None, sandbox_workers: int
         metrics_opts["port"] = metrics_port
     sandbox_opts: dict[str, Any] = dict(options.get("sandbox", {}))
     if sandbox_workers is not None:
-        sandbox_opts["workers"] = sandbox_workers
+        sandbox_opts["size"] = sandbox_workers
     return [
         observability.child_spec(**metrics_opts),
         checkpoint.child_spec(path, **options.get("store", {})),
