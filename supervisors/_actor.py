@@ -177,6 +177,7 @@ class SupervisedActor(pykka.ThreadingActor):
         self._zx_killed = False
         self._zx_busy = False
         self._zx_inflight: pykka.Future[Any] | None = None
+        self._zx_crash_reply: tuple[pykka.Future[Any], Any] | None = None
         self._zx_thread: threading.Thread | None = None
         self._zx_started = threading.Event()
         self._zx_start_error: BaseException | None = None
@@ -254,16 +255,17 @@ class SupervisedActor(pykka.ThreadingActor):
             except BaseException as exc:
                 error = exc
                 exc_info = sys.exc_info()
-                # Dead before the asker hears of the crash: a retry goes to the next incarnation.
+                # Dead at once (no further message is accepted); the asker hears of
+                # the crash from `_zx_exit`, after `on_failure`.
                 self._handle_failure(*exc_info)
                 if reply_to is not None:
-                    with contextlib.suppress(queue.Full):
-                        reply_to.set_exception(exc_info)
+                    self._zx_crash_reply = (reply_to, exc_info)
                 try:
                     self.on_failure(*exc_info)
                 except Exception:
                     logger.opt(exception=True).error("on_failure of {} raised", self)
-            self._zx_inflight = None
+            else:
+                self._zx_inflight = None
             if hook is not None:
                 try:  # noqa: SIM105 - the hot path
                     hook(self, envelope.message, time.perf_counter() - began, error)
@@ -302,20 +304,23 @@ class SupervisedActor(pykka.ThreadingActor):
         """Mark the actor dead, answer what is queued, drop its name, deliver `Down`.
 
         Runs in the actor's thread as it ends, or in the killer's thread; the
-        first call does the work.
+        first call drops the name and delivers `Down`. `Down` goes last: a
+        supervisor that restarts the child at once need not wait for the rest
+        of this work (the GIL), and finds the name free.
         """
-        ActorRegistry.unregister(self.actor_ref)
-        self.actor_stopped.set()
+        if not self.actor_stopped.is_set():
+            ActorRegistry.unregister(self.actor_ref)
+            self.actor_stopped.set()
         with self._zx_lock:
             monitors, self._zx_monitors = self._zx_monitors, None
             reason = self._zx_reason
             if reason is None:
                 reason = self._zx_stop_reason or ("shutdown" if self._zx_shutdown else "normal")
                 self._zx_reason = reason
-        cast(_ContextInbox, self.actor_inbox).close(str(self.actor_ref), wake=wake)
-        if monitors is None:
-            return
-        _registry.forget(self.actor_ref)
+        crash, self._zx_crash_reply = self._zx_crash_reply, None
+        if crash is not None:
+            with contextlib.suppress(queue.Full):  # unless kill() answered it already
+                crash[0].set_exception(crash[1])
         if monitors:
             down = Down(self.actor_ref, reason)
             for m in monitors:
@@ -323,6 +328,10 @@ class SupervisedActor(pykka.ThreadingActor):
                     m._fire(down)
                 except Exception:
                     logger.opt(exception=True).error("monitor {} of {} failed", m, self)
+        cast(_ContextInbox, self.actor_inbox).close(str(self.actor_ref), wake=wake)
+        if monitors is None:
+            return
+        _registry.forget(self.actor_ref)
         if isinstance(reason, BaseException):
             logger.bind(actor=str(self)).debug("actor {} crashed: {!r}", self, reason)
 
@@ -380,6 +389,9 @@ def supervised_class(cls: type[A]) -> type[A]:
         raise TypeError(f"{cls!r} is not a pykka.ThreadingActor subclass")
     if issubclass(cls, SupervisedActor):
         return cls
+    sub = _wrapped.get(cls)
+    if sub is not None:
+        return sub
     with _wrapped_lock:
         sub = _wrapped.get(cls)
         if sub is None:
@@ -389,6 +401,37 @@ def supervised_class(cls: type[A]) -> type[A]:
             })
             _wrapped[cls] = sub
         return sub
+
+
+def start_supervised(cls: type[pykka.ThreadingActor], args: tuple[Any, ...],
+                     kwargs: dict[str, Any], *,
+                     before_loop: Callable[[pykka.ActorRef[Any]], object] | None = None,
+                     ) -> pykka.ActorRef[Any]:
+    """`cls.start(*args, **kwargs)` with supervised semantics, and a hook.
+
+    `before_loop(ref)` runs once the actor exists and before its thread
+    starts: a name registered there is visible before the actor runs, as in
+    OTP, so a caller waiting for the name can queue its message while the
+    thread starts (it is handled after `on_start`).
+
+    Raises:
+        Exception: whatever the constructor or `before_loop` raised (nothing
+            is left running then).
+    """
+    actor: SupervisedActor = supervised_class(cls)(*args, **kwargs)  # type: ignore[assignment]
+    ref = actor.actor_ref
+    ActorRegistry.register(ref)
+    try:
+        if before_loop is not None:
+            before_loop(ref)
+        actor._start_actor_loop()
+    except BaseException as exc:
+        actor._zx_record(exc)
+        actor._zx_start_error = exc
+        actor._zx_started.set()
+        actor._zx_exit()
+        raise
+    return ref
 
 
 def wait_started(ref: pykka.ActorRef[Any], *, timeout: float | None) -> BaseException | None:

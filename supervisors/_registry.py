@@ -28,12 +28,15 @@ def start_lock(name: str) -> threading.Lock:
 
 
 def forget(ref: pykka.ActorRef[Any]) -> None:
-    """Drop the name of a stopped actor (called from its thread as it exits)."""
+    """Drop the name of a stopped actor (called from its thread as it exits).
+
+    Nobody is woken: threads waiting for a name wait for a live holder, which
+    only `register` brings.
+    """
     with lock:
         name = name_of_urn.pop(ref.actor_urn, None)
         if name is not None and names.get(name) is ref:
             del names[name]
-            changed.notify_all()
 
 
 def reset() -> None:

@@ -94,6 +94,11 @@ def remove_listener(listener: Listener) -> None:
         _listeners = tuple(x for x in _listeners if x is not listener)
 
 
+def listening() -> bool:
+    """Whether any listener is installed (events are not even built otherwise)."""
+    return bool(_listeners)
+
+
 def emit(event: SupervisionEvent) -> None:
     for listener in _listeners:
         try:

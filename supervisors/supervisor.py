@@ -37,7 +37,13 @@ import pykka
 from loguru import logger
 
 from supervisors import events
-from supervisors._actor import SupervisedActor, kill, mark_shutdown, supervised_class, wait_started
+from supervisors._actor import (
+    SupervisedActor,
+    kill,
+    mark_shutdown,
+    start_supervised,
+    wait_started,
+)
 from supervisors.errors import (
     AlreadyStartedError,
     ChildNotFoundError,
@@ -124,9 +130,14 @@ def _class_name(spec: ChildSpec) -> str:
     return getattr(spec.start, "__name__", type(spec.start).__name__)
 
 
-def start_actor(spec: ChildSpec, *,
-                start_timeout: float | None) -> tuple[pykka.ActorRef[Any], bool]:
+def start_actor(spec: ChildSpec, *, start_timeout: float | None,
+                on_created: Callable[[pykka.ActorRef[Any]], object] | None = None,
+                ) -> tuple[pykka.ActorRef[Any], bool]:
     """Start one child (or adopt a live actor holding its name). Returns (ref, adopted).
+
+    `on_created(ref)` runs once a new actor exists, before its name is
+    registered (a supervisor attaches its monitor there, ahead of anyone who
+    waits for the name).
 
     Raises:
         ChildStartError: the constructor or `on_start` raised, or timed out.
@@ -146,13 +157,27 @@ def start_actor(spec: ChildSpec, *,
             existing = whereis(spec.name)
             if existing is not None:
                 return existing, True
+        name = spec.name
+
+        def before_loop(new: pykka.ActorRef[Any]) -> None:
+            if on_created is not None:
+                on_created(new)
+            if name is not None:
+                register(name, new)
+
         try:
             new: Any
             if isinstance(spec.start, type):
-                new = supervised_class(cast("type[pykka.ThreadingActor]", spec.start)).start(
-                    *spec.args, **spec.start_kwargs)
+                new = start_supervised(cast("type[pykka.ThreadingActor]", spec.start),
+                                       spec.args, spec.start_kwargs, before_loop=before_loop)
             else:
                 new = spec.start(*spec.args, **spec.start_kwargs)
+                if isinstance(new, pykka.ActorRef):
+                    try:
+                        before_loop(new)
+                    except BaseException:
+                        new.stop(block=False)
+                        raise
         except Exception as exc:
             raise ChildStartError(spec.id, exc) from exc
         if not isinstance(new, pykka.ActorRef):
@@ -161,12 +186,6 @@ def start_actor(spec: ChildSpec, *,
                 with contextlib.suppress(Exception):  # best effort on what is no actor
                     stop()
             raise NotAnActorError(spec.id, new)
-        if spec.name is not None:
-            try:
-                register(spec.name, new)
-            except NameTakenError as exc:
-                new.stop(block=False)
-                raise ChildStartError(spec.id, exc) from exc
         try:
             error = wait_started(new, timeout=start_timeout)
         except TimeoutError as exc:
@@ -268,11 +287,20 @@ class _SupervisorCore(SupervisedActor):
             self._by_id.pop(child.spec.id, None)
 
     def _start(self, child: _Child) -> pykka.ActorRef[Any]:
-        ref, adopted = start_actor(child.spec, start_timeout=self._start_timeout)
+        attached: list[Monitor] = []
+        try:
+            ref, adopted = start_actor(child.spec, start_timeout=self._start_timeout,
+                                       on_created=lambda new: attached.append(
+                                           monitor(new, self.actor_ref)))
+        except BaseException:
+            for m in attached:
+                m.cancel()
+            raise
         child.ref = ref
         self._by_urn[ref.actor_urn] = child
-        child.monitor = monitor(ref, self.actor_ref)
-        events.emit(events.ChildStarted(self.label, child.spec.id, ref, adopted))
+        child.monitor = attached[0] if attached else monitor(ref, self.actor_ref)
+        if events.listening():
+            events.emit(events.ChildStarted(self.label, child.spec.id, ref, adopted))
         return ref
 
     def _terminate(self, child: _Child) -> None:
@@ -298,7 +326,8 @@ class _SupervisorCore(SupervisedActor):
                 reason = "killed"
                 logger.bind(supervisor=self.label, child=str(child.spec.id)).warning(
                     "child {} did not stop within {}s and was killed", child.spec.id, shutdown)
-        events.emit(events.ChildExited(self.label, child.spec.id, ref, reason))
+        if events.listening():
+            events.emit(events.ChildExited(self.label, child.spec.id, ref, reason))
 
     def _terminate_all(self) -> None:
         for child in reversed(self._children):
@@ -314,7 +343,8 @@ class _SupervisorCore(SupervisedActor):
         child.ref = None
         child.monitor = None
         reason = down.reason
-        events.emit(events.ChildExited(self.label, child.spec.id, down.ref, reason))
+        if events.listening():
+            events.emit(events.ChildExited(self.label, child.spec.id, down.ref, reason))
         restart = child.spec.restart
         if restart == "temporary" or (restart == "transient" and not down.abnormal):
             if restart == "temporary" or self._dynamic:
@@ -336,8 +366,9 @@ class _SupervisorCore(SupervisedActor):
         logger.bind(supervisor=self.label, child=str(child.spec.id), reason=repr(reason)).error(
             "supervisor {} reached max restart intensity ({} in {}s); stopping all children",
             self.label, self._max_restarts, self._max_seconds)
-        events.emit(events.IntensityExceeded(self.label, child.spec.id, reason,
-                                             self._max_restarts, self._max_seconds))
+        if events.listening():
+            events.emit(events.IntensityExceeded(self.label, child.spec.id, reason,
+                                                 self._max_restarts, self._max_seconds))
         self._terminate_all()
         raise RestartIntensityError(self.label, child.spec.id, self._max_restarts,
                                     self._max_seconds, reason)
@@ -376,7 +407,9 @@ class _SupervisorCore(SupervisedActor):
                 exception=crash).warning(
                 "restarted child {} after {!r} (restart #{})", child.spec.id, reason,
                 child.restarts)
-            events.emit(events.ChildRestarted(self.label, child.spec.id, reason, child.restarts))
+            if events.listening():
+                events.emit(events.ChildRestarted(self.label, child.spec.id, reason,
+                                                  child.restarts))
             return
 
     def _find(self, key: Any) -> _Child:

@@ -1,0 +1,194 @@
+"""Supervision costs: restart latency, asks through a name, big supervisors.
+
+Run alone with `python -m benchmarks.bench_supervisors [--quick]`.
+
+Figures (each beside a baseline measured in the same run):
+
+- ``restart latency p50`` / ``p99``: from the moment a supervised child's
+  handler raises to the moment its next incarnation has answered an ask sent
+  through `ref(name)` (the crash is provoked by an ask through the same name,
+  so the time includes the asker hearing of the crash, the `Down`, the
+  supervisor's restart, the new thread and the re-resolved name), against a
+  raw Pykka ``start()`` plus first ``ask``. Target: p50 within 2x.
+  Supervision's log lines are switched off while it runs (`logger.disable`),
+  so the figure is the machinery, not the log sink: each restart logs a
+  report with the crash's traceback, which costs what the sink makes of it
+  (loguru's default stderr sink with ``diagnose=True`` adds about 2 ms).
+  Samples of ours and of the baseline alternate, so both see the same noise.
+- ``ask via ref(name)``: an ``ask`` through `ref(name)` to a supervised child,
+  against a raw ``ActorRef.ask`` to a plain `pykka.ThreadingActor`: the whole
+  price of names and supervision on the hot path. Target 1.15x.
+  ``ask via ref(name), same actor`` isolates the name lookup (reported).
+- ``start+stop 1,000 children``: `Supervisor.start_link` with 1,000 children,
+  then `stop()` (children stop one by one, last first, each within its
+  shutdown time), against starting 1,000 raw Pykka actors and stopping them
+  the same way. Target 1.5x.
+
+Asks are timed in interleaved blocks, the best block of each kept, because a
+thread handoff on a shared 2-core machine is noisy.
+"""
+
+from __future__ import annotations
+
+import contextlib
+import gc
+import threading
+import time
+from typing import Any
+
+import pykka
+from loguru import logger
+
+from benchmarks._harness import Figure, main, percentile
+from supervisors import ChildSpec, Supervisor, ref, whereis
+
+SUBJECT = "supervisors"
+
+
+class Plain(pykka.ThreadingActor):
+    """A bare Pykka actor: the baseline."""
+
+    def on_receive(self, message: Any) -> Any:
+        return message
+
+
+class Crashy(pykka.ThreadingActor):
+    """Records the instant it crashes, then raises."""
+
+    crashed_at = 0.0
+
+    def on_receive(self, message: Any) -> Any:
+        if message == "crash":
+            Crashy.crashed_at = time.perf_counter()
+            raise RuntimeError("benchmark crash")
+        return message
+
+
+def _restart_samples(n: int) -> tuple[list[float], list[float]]:
+    """(restart latencies, raw start + first ask latencies), sampled alternately."""
+    sup = Supervisor.start_link([ChildSpec("c", Crashy, name="bench.crashy")],
+                                max_restarts=n * 2 + 10, max_seconds=3600.0)
+    named = ref("bench.crashy")
+    ours, base = [], []
+    try:
+        named.ask("warm", timeout=5.0)
+        for _ in range(n):
+            began = time.perf_counter()
+            actor = Plain.start()
+            actor.ask("ping", timeout=5.0)
+            base.append(time.perf_counter() - began)
+            actor.stop()
+            with contextlib.suppress(RuntimeError):
+                named.ask("crash", timeout=5.0)
+            named.ask("ping", timeout=5.0)
+            ours.append(time.perf_counter() - Crashy.crashed_at)
+    finally:
+        sup.stop()
+    return ours, base
+
+
+def _interleaved_ask(calls: dict[str, Any], n: int, blocks: int) -> dict[str, float]:
+    """Seconds per ask for each callable: best of `blocks` interleaved blocks of `n`."""
+    best = dict.fromkeys(calls, float("inf"))
+    for fn in calls.values():
+        for _ in range(max(1, n // 10)):
+            fn("warm")
+    for _ in range(blocks):
+        for label, fn in calls.items():
+            gc.collect()
+            began = time.perf_counter()
+            for _ in range(n):
+                fn("ping")
+            best[label] = min(best[label], (time.perf_counter() - began) / n)
+    return best
+
+
+def _start_stop_supervisor(children: int) -> float:
+    specs = [ChildSpec(i, Plain) for i in range(children)]
+    began = time.perf_counter()
+    sup = Supervisor.start_link(specs)
+    sup.stop()
+    return time.perf_counter() - began
+
+
+def _start_stop_raw(children: int) -> float:
+    began = time.perf_counter()
+    actors = [Plain.start() for _ in range(children)]
+    for actor in reversed(actors):
+        actor.stop(block=True, timeout=5.0)
+    return time.perf_counter() - began
+
+
+def _wait_threads_gone(baseline: int) -> None:
+    # Stopped actors' threads finish a moment after their stop is confirmed.
+    deadline = time.monotonic() + 10.0
+    while threading.active_count() > baseline and time.monotonic() < deadline:
+        time.sleep(0.01)
+
+
+def run(quick: bool = False) -> list[Figure]:
+    restarts = 300 if quick else 3_000
+    asks, blocks = (2_000, 5) if quick else (20_000, 7)
+    rounds = 3 if quick else 10
+    threads_before = threading.active_count()
+    figures: list[Figure] = []
+
+    # (1) restart latency
+    logger.disable("supervisors")
+    try:
+        ours, base = _restart_samples(restarts)
+    finally:
+        logger.enable("supervisors")
+    figures += [
+        Figure(SUBJECT, "restart latency p50", ours=percentile(ours, 50) * 1e6,
+               baseline=percentile(base, 50) * 1e6, unit="us", better="lower", target=2.0,
+               baseline_name="pykka start + first ask",
+               note=f"{restarts} crashes, supervision logs off"),
+        Figure(SUBJECT, "restart latency p99", ours=percentile(ours, 99) * 1e6,
+               baseline=percentile(base, 99) * 1e6, unit="us", better="lower",
+               baseline_name="pykka start + first ask", note="supervision logs off"),
+    ]
+    _wait_threads_gone(threads_before)
+
+    # (2) ask through a name
+    sup = Supervisor.start_link([ChildSpec("echo", Plain, name="bench.echo")])
+    plain = Plain.start()
+    try:
+        named = ref("bench.echo")
+        direct = whereis("bench.echo")
+        assert direct is not None
+        timing = _interleaved_ask({
+            "raw": lambda m: plain.ask(m),
+            "direct": lambda m: direct.ask(m),
+            "named": lambda m: named.ask(m),
+        }, asks, blocks)
+    finally:
+        plain.stop()
+        sup.stop()
+    figures += [
+        Figure(SUBJECT, "ask via ref(name)", ours=timing["named"] * 1e6,
+               baseline=timing["raw"] * 1e6, unit="us/op", better="lower", target=1.15,
+               baseline_name="ActorRef.ask, plain pykka actor"),
+        Figure(SUBJECT, "ask via ref(name), same actor", ours=timing["named"] * 1e6,
+               baseline=timing["direct"] * 1e6, unit="us/op", better="lower",
+               baseline_name="its own ActorRef.ask"),
+    ]
+    _wait_threads_gone(threads_before)
+
+    # (3) a big supervisor
+    children = 1_000
+    raw_times, sup_times = [], []
+    for _ in range(rounds):  # interleaved, best of each
+        raw_times.append(_start_stop_raw(children))
+        _wait_threads_gone(threads_before)
+        sup_times.append(_start_stop_supervisor(children))
+        _wait_threads_gone(threads_before)
+    figures.append(Figure(SUBJECT, "start+stop 1,000 children", ours=min(sup_times) * 1e3,
+                          baseline=min(raw_times) * 1e3, unit="ms", better="lower", target=1.5,
+                          baseline_name="1,000 pykka actors started, stopped last first",
+                          note=f"best of {rounds}"))
+    return figures
+
+
+if __name__ == "__main__":
+    main(run)
