@@ -353,10 +353,10 @@ class WorkflowDefinitionError(WorkflowError, ValueError):
         step: the step at fault, if one is.
     """
 
-    def __init__(self, message: str, *, workflow: str, step: str | None = None) -> None:
+    def __init__(self, message: str, *, workflow: str | None, step: str | None = None) -> None:
         self.workflow = workflow
         self.step = step
-        super().__init__(f"workflow {workflow!r}: {message}")
+        super().__init__(message if workflow is None else f"workflow {workflow!r}: {message}")
 
 
 class CycleError(WorkflowDefinitionError):
@@ -401,7 +401,7 @@ class InvalidStepError(WorkflowDefinitionError):
         reason: why it is wrong.
     """
 
-    def __init__(self, field: str, value: Any, reason: str, *, workflow: str = "?",
+    def __init__(self, field: str, value: Any, reason: str, *, workflow: str | None = None,
                  step: str | None = None) -> None:
         self.field = field
         self.value = value

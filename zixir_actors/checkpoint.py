@@ -1,0 +1,670 @@
+"""Durable checkpoints in LMDB: runs, step outputs and dead letters.
+
+Example:
+    >>> import tempfile
+    >>> from zixir_actors.checkpoint import RunRecord, StepCheckpoint, open_store
+    >>> with open_store(tempfile.mkdtemp()) as store:
+    ...     store.save_run(RunRecord("r1", "etl", "running", {"n": 2}, 0.0, 0.0))
+    ...     store.save_step(StepCheckpoint("r1", "fetch", [1, 2], "c0de", "1nput", 1, 0.01,
+    ...                                    0.0, "r1/fetch"))
+    ...     store.get_step("r1", "fetch").output
+    [1, 2]
+
+`CheckpointStore` is the actor that owns the runtime's LMDB environment
+(registered as ``zixir.store``; `child_spec` builds its spec). Application
+code and the workflow engine talk to it through a `CheckpointClient`
+(`connect()`), which
+
+- reads straight from LMDB in the caller's thread (LMDB readers run
+  concurrently and never block on the writer), and
+- hands writes to the actor, which commits everything that is waiting in one
+  transaction and fsyncs once (group commit): concurrent steps' checkpoints
+  share one disk sync, and one writer means no lock convoy on LMDB's
+  writer mutex.
+
+A step's output and its done-mark are one record (`StepCheckpoint`): it
+exists exactly when the step finished, and one commit writes it. Blobs are
+`zixir_actors._codec` blobs (pickle fast path, dill fallback, header and
+CRC), so a corrupt or foreign blob raises `CorruptBlobError` naming its key.
+
+Sub-databases in the shared environment: ``zixir.runs`` (run id ->
+`RunRecord`), ``zixir.steps`` (``run_id NUL step`` -> `StepCheckpoint`) and
+``zixir.dead`` (letter id -> `DeadLetter`).
+"""
+
+from __future__ import annotations
+
+import os
+import threading
+from collections.abc import Iterable, Iterator, Mapping, Sequence
+from contextlib import contextmanager
+from dataclasses import dataclass, field
+from typing import Any
+
+import pykka
+
+from supervisors import ChildSpec, SupervisedActor, whereis
+from zixir_actors import _codec, _lmdb
+from zixir_actors._clock import SYSTEM_CLOCK, Clock
+from zixir_actors.errors import (
+    ConfigError,
+    DeadLetterNotFoundError,
+    NotStartedError,
+    RunNotFoundError,
+    StoreError,
+    ZixirTimeoutError,
+)
+
+__all__ = [
+    "DEFAULT_DATA_DIR",
+    "DEFAULT_TIMEOUT",
+    "STORE_NAME",
+    "AttemptInfo",
+    "CheckpointClient",
+    "CheckpointStore",
+    "DeadLetter",
+    "RunRecord",
+    "StepCheckpoint",
+    "child_spec",
+    "connect",
+    "open_store",
+]
+
+STORE_NAME = "zixir.store"
+"""The registered name of the runtime's store actor."""
+DEFAULT_DATA_DIR = ".zixir"
+"""Data directory when neither `data_dir` nor ``$ZIXIR_DATA_DIR`` is given."""
+DEFAULT_TIMEOUT = 30.0
+"""Default seconds a write waits for its commit."""
+
+RUNS_DB = "zixir.runs"
+STEPS_DB = "zixir.steps"
+DEAD_DB = "zixir.dead"
+_SEP = b"\x00"
+_MAX_KEY = 511  # LMDB's default maximum key size
+
+
+# -- records ------------------------------------------------------------------
+
+
+@dataclass(frozen=True, slots=True)
+class RunRecord:
+    """A run's durable header: which workflow, its inputs, its status.
+
+    `steps` maps each step to its last known status (filled when the run ends).
+    """
+
+    run_id: str
+    workflow: str
+    status: str
+    inputs: Mapping[str, Any]
+    created_at: float
+    updated_at: float
+    error: str | None = None
+    steps: Mapping[str, str] = field(default_factory=dict)
+
+
+@dataclass(frozen=True, slots=True)
+class StepCheckpoint:
+    """A finished step: its output and the hashes that decide whether it is still valid."""
+
+    run_id: str
+    step: str
+    output: Any
+    code_hash: str
+    input_hash: str
+    attempts: int
+    duration: float
+    finished_at: float
+    idempotency_key: str
+
+
+@dataclass(frozen=True, slots=True)
+class AttemptInfo:
+    """One failed attempt of a step."""
+
+    attempt: int
+    started_at: float
+    duration: float
+    error_type: str
+    error_message: str
+    timed_out: bool = False
+
+
+@dataclass(frozen=True, slots=True)
+class DeadLetter:
+    """A step that exhausted its retries, with everything needed to look into it."""
+
+    id: str
+    run_id: str
+    workflow: str
+    step: str
+    inputs: Mapping[str, Any]
+    error_type: str
+    error_message: str
+    traceback: str
+    attempts: tuple[AttemptInfo, ...]
+    created_at: float
+
+
+# -- keys and blobs -------------------------------------------------------------
+
+
+def _key(*parts: str) -> bytes:
+    for part in parts:
+        if not isinstance(part, str) or not part or "\x00" in part:
+            raise ConfigError("key", part, "must be a non-empty string without NUL")
+    key = _SEP.join(p.encode() for p in parts)
+    if len(key) > _MAX_KEY:
+        raise ConfigError("key", parts, f"longer than {_MAX_KEY} bytes once encoded")
+    return key
+
+
+def _decode(blob: bytes, where: str) -> Any:
+    return _codec.decode(blob, key=where)
+
+
+_Op = tuple[str, bytes, "bytes | None"]  # (sub-database, key, value or None to delete)
+
+
+# -- the actor ------------------------------------------------------------------
+
+
+class _Request:
+    __slots__ = ("done", "error", "ops")
+
+    def __init__(self, ops: Sequence[_Op]) -> None:
+        self.ops = ops
+        self.done = threading.Event()
+        self.error: BaseException | None = None
+
+
+class _Closed(Exception):
+    """The channel's actor has stopped; fetch a new channel."""
+
+
+class _Channel:
+    """How clients hand writes to one incarnation of the store actor."""
+
+    def __init__(self, env: _lmdb.SharedEnv, actor_ref: pykka.ActorRef[Any]) -> None:
+        self.env = env
+        self.actor_ref = actor_ref
+        self.lock = threading.Lock()
+        self.pending: list[_Request] = []
+        self.signalled = False
+        self.closed = False
+
+    def submit(self, ops: Sequence[_Op], *, timeout: float | None) -> None:
+        request = _Request(ops)
+        with self.lock:
+            if self.closed:
+                raise _Closed
+            self.pending.append(request)
+            signal = not self.signalled
+            self.signalled = True
+        if signal:
+            self.actor_ref.tell(_FLUSH)
+        if not request.done.wait(timeout):
+            raise ZixirTimeoutError("checkpoint write", timeout)
+        if request.error is not None:
+            if isinstance(request.error, _Closed):
+                raise _Closed
+            raise request.error
+
+    def take(self) -> list[_Request]:
+        with self.lock:
+            batch, self.pending = self.pending, []
+            self.signalled = False
+            return batch
+
+    def close(self) -> None:
+        with self.lock:
+            self.closed = True
+            batch, self.pending = self.pending, []
+        for request in batch:
+            request.error = _Closed()
+            request.done.set()
+
+
+class _Flush:
+    __slots__ = ()
+
+
+class _GetChannel:
+    __slots__ = ()
+
+
+_FLUSH = _Flush()
+_GET_CHANNEL = _GetChannel()
+
+
+class CheckpointStore(SupervisedActor):
+    """The actor that owns the LMDB environment and commits every write.
+
+    Example:
+        >>> import tempfile
+        >>> ref = CheckpointStore.start(data_dir=tempfile.mkdtemp())
+        >>> store = connect(ref)
+        >>> store.list_runs()
+        []
+        >>> ref.stop()
+        True
+
+    Args:
+        data_dir: the directory of the LMDB environment (created 0700);
+            default ``$ZIXIR_DATA_DIR`` or ``./.zixir``.
+        durable: fsync after each group commit (default True), so a checkpoint
+            survives a power cut; without it a commit survives the process
+            being killed but not the machine losing power.
+
+    Raises:
+        StoreError: the directory cannot be created or opened (at start).
+    """
+
+    def __init__(self, data_dir: str | os.PathLike[str] | None = None, *,
+                 durable: bool = True) -> None:
+        super().__init__()
+        self.data_dir = str(resolve_data_dir(data_dir))
+        self.durable = durable
+        self._env = _lmdb.open_env(self.data_dir)
+        for name in (RUNS_DB, STEPS_DB, DEAD_DB):
+            self._env.db(name)
+        self._channel: _Channel | None = None
+
+    def on_start(self) -> None:
+        self._channel = _Channel(self._env, self.actor_ref)
+
+    def on_receive(self, message: Any) -> Any:
+        if isinstance(message, _Flush):
+            self._flush()
+            return None
+        if isinstance(message, _GetChannel):
+            return self._channel
+        raise TypeError(f"CheckpointStore got an unknown message: {message!r}")
+
+    def on_stop(self) -> None:
+        self._close()
+
+    def on_failure(self, *args: Any) -> None:
+        self._close()
+
+    def _close(self) -> None:
+        channel, self._channel = self._channel, None
+        if channel is not None:
+            channel.close()
+        if not self._env.closed:
+            _lmdb.release(self._env)
+
+    def _flush(self) -> None:
+        assert self._channel is not None
+        batch = self._channel.take()
+        if not batch:
+            return
+        env = self._env
+        try:
+            env.write(lambda txn: _apply(env, txn, batch), durable=self.durable)
+        except StoreError as exc:
+            if len(batch) == 1:
+                batch[0].error = exc
+            else:
+                # One bad request must not fail its neighbours: commit them one by one.
+                for request in batch:
+                    try:
+                        env.write(lambda txn, r=request: _apply(env, txn, [r]),  # type: ignore[misc]
+                                  durable=self.durable)
+                    except StoreError as one:
+                        request.error = one
+        for request in batch:
+            request.done.set()
+
+
+def _apply(env: _lmdb.SharedEnv, txn: Any, batch: Iterable[_Request]) -> None:
+    for request in batch:
+        for db_name, key, value in request.ops:
+            db = env.db(db_name)  # opened in __init__: opening inside a write txn deadlocks
+            if value is None:
+                txn.delete(key, db=db)
+            else:
+                txn.put(key, value, db=db)
+
+
+def resolve_data_dir(data_dir: str | os.PathLike[str] | None) -> str:
+    """`data_dir`, else ``$ZIXIR_DATA_DIR``, else `DEFAULT_DATA_DIR`."""
+    if data_dir is None:
+        data_dir = os.environ.get("ZIXIR_DATA_DIR") or DEFAULT_DATA_DIR
+    return os.fspath(data_dir)
+
+
+def child_spec(data_dir: str | os.PathLike[str] | None = None, *, durable: bool = True,
+               shutdown: float = 10.0) -> ChildSpec:
+    """The spec of the runtime's store: `CheckpointStore` registered as ``zixir.store``.
+
+    Example:
+        >>> child_spec("/tmp/zx").name
+        'zixir.store'
+    """
+    return ChildSpec(id="store", start=CheckpointStore,
+                     kwargs={"data_dir": data_dir, "durable": durable},
+                     restart="permanent", shutdown=shutdown, type="worker", name=STORE_NAME)
+
+
+# -- the client -----------------------------------------------------------------
+
+
+class CheckpointClient:
+    """Reads and writes checkpoints; safe to share between threads.
+
+    Get one with `connect()` (the runtime's ``zixir.store``) or `open_store()`
+    (an embedded store for scripts and tests). It follows restarts of the
+    store actor: after a restart it fetches the new incarnation's channel.
+
+    Args:
+        target: the store actor: a registered name (default ``"zixir.store"``),
+            an `ActorRef`, or a `supervisors.NamedRef`.
+        clock: the clock `prune` reads (default the system clock).
+        timeout: default seconds a write waits for its commit.
+    """
+
+    def __init__(self, target: Any = STORE_NAME, *, clock: Clock = SYSTEM_CLOCK,
+                 timeout: float | None = DEFAULT_TIMEOUT) -> None:
+        self._target = target
+        self._clock = clock
+        self._timeout = timeout
+        self._channel: _Channel | None = None
+        self._lock = threading.Lock()
+
+    def __repr__(self) -> str:
+        return f"CheckpointClient({self._target!r})"
+
+    @property
+    def clock(self) -> Clock:
+        return self._clock
+
+    @property
+    def data_dir(self) -> str:
+        """The directory of the LMDB environment."""
+        return self._get_channel().env.path
+
+    # -- plumbing --
+
+    def _actor(self) -> pykka.ActorRef[Any]:
+        target = self._target
+        if isinstance(target, str):
+            found = whereis(target)
+            if found is None:
+                raise NotStartedError(target)
+            return found
+        if hasattr(target, "whereis"):  # a supervisors.NamedRef
+            try:
+                return target.whereis(timeout=0.0)  # type: ignore[no-any-return]
+            except LookupError as exc:
+                raise NotStartedError(str(getattr(target, "name", target))) from exc
+        return target  # type: ignore[no-any-return]
+
+    def _get_channel(self) -> _Channel:
+        channel = self._channel
+        if channel is not None and not channel.closed:
+            return channel
+        with self._lock:
+            channel = self._channel
+            if channel is None or channel.closed:
+                actor = self._actor()
+                try:
+                    channel = actor.ask(_GET_CHANNEL, timeout=self._timeout or DEFAULT_TIMEOUT)
+                except pykka.ActorDeadError as exc:
+                    raise NotStartedError(str(self._target)) from exc
+                if channel is None:
+                    raise NotStartedError(str(self._target))
+                self._channel = channel
+            return channel
+
+    def _write(self, ops: Sequence[_Op], timeout: float | None) -> None:
+        timeout = self._timeout if timeout is None else timeout
+        for _ in range(3):
+            try:
+                self._get_channel().submit(ops, timeout=timeout)
+                return
+            except _Closed:
+                continue  # the actor restarted under us; resend to the new one
+        raise StoreError("the checkpoint store kept stopping while writing")
+
+    @contextmanager
+    def _read(self) -> Iterator[tuple[_lmdb.SharedEnv, Any]]:
+        for _ in range(3):
+            channel = self._get_channel()
+            try:
+                with channel.env.read() as txn:
+                    yield channel.env, txn
+                    return
+            except StoreError:
+                if not channel.env.closed:
+                    raise
+        raise StoreError("the checkpoint store kept stopping while reading")
+
+    def _get(self, db_name: str, key: bytes, where: str) -> Any:
+        with self._read() as (env, txn):
+            blob = txn.get(key, db=env.db(db_name))
+        return None if blob is None else _decode(blob, where)
+
+    def _scan(self, db_name: str, prefix: bytes = b"") -> list[tuple[bytes, bytes]]:
+        with self._read() as (env, txn):
+            cursor = txn.cursor(db=env.db(db_name))
+            items: list[tuple[bytes, bytes]] = []
+            if not cursor.set_range(prefix):
+                return items
+            for key, value in cursor:
+                if not key.startswith(prefix):
+                    break
+                items.append((key, value))
+            return items
+
+    # -- runs --
+
+    def save_run(self, record: RunRecord, *, timeout: float | None = None) -> None:
+        """Write (or overwrite) a run's header durably.
+
+        Raises:
+            UnserializableError: the inputs cannot be serialized.
+            StoreError, ZixirTimeoutError: the commit failed or took too long.
+        """
+        self._write([(RUNS_DB, _key(record.run_id), _codec.encode(record))], timeout)
+
+    def find_run(self, run_id: str) -> RunRecord | None:
+        """The run's header, or None."""
+        return self._get(RUNS_DB, _key(run_id), f"run {run_id}")  # type: ignore[no-any-return]
+
+    def get_run(self, run_id: str) -> RunRecord:
+        """The run's header.
+
+        Raises:
+            RunNotFoundError: no such run.
+            CorruptBlobError: its record is damaged.
+        """
+        record = self.find_run(run_id)
+        if record is None:
+            raise RunNotFoundError(run_id)
+        return record
+
+    def list_runs(self, *, workflow: str | None = None,
+                  status: str | None = None) -> list[RunRecord]:
+        """All runs, oldest first, optionally of one workflow or status."""
+        runs = [_decode(v, f"run {k.decode(errors='replace')}") for k, v in self._scan(RUNS_DB)]
+        return sorted((r for r in runs if (workflow is None or r.workflow == workflow)
+                       and (status is None or r.status == status)),
+                      key=lambda r: (r.created_at, r.run_id))
+
+    def delete_run(self, run_id: str, *, timeout: float | None = None) -> bool:
+        """Delete a run, its checkpoints and its dead letters in one commit.
+
+        Returns:
+            False if there was no such run.
+        """
+        key = _key(run_id)
+        existed = self.find_run(run_id) is not None
+        ops: list[_Op] = [(RUNS_DB, key, None)]
+        ops += [(STEPS_DB, k, None) for k, _ in self._scan(STEPS_DB, key + _SEP)]
+        ops += [(DEAD_DB, _key(letter.id), None) for letter in self.dead_letters(run_id=run_id)]
+        self._write(ops, timeout)
+        return existed
+
+    def prune(self, *, older_than: float | None = None, keep_last: int | None = None,
+              include_running: bool = False, timeout: float | None = None) -> list[str]:
+        """Retention: delete runs older than `older_than` seconds and/or all but the last `keep_last`.
+
+        Example:
+            ``store.prune(older_than=7 * 86400, keep_last=100)`` deletes runs
+            older than a week, but never the 100 most recent.
+
+        Args:
+            older_than: delete runs created more than this many seconds ago.
+            keep_last: keep the most recent `keep_last` runs whatever their age
+                (alone: delete every other run).
+            include_running: also delete runs whose status is ``"running"``.
+
+        Returns:
+            The ids of the deleted runs.
+
+        Raises:
+            ConfigError: a negative `older_than` or `keep_last`, or neither given.
+        """
+        if older_than is None and keep_last is None:
+            raise ConfigError("prune", None, "give older_than, keep_last or both")
+        if older_than is not None and older_than < 0:
+            raise ConfigError("older_than", older_than, "must be >= 0")
+        if keep_last is not None and (not isinstance(keep_last, int) or keep_last < 0):
+            raise ConfigError("keep_last", keep_last, "must be an integer >= 0")
+        runs = self.list_runs()
+        protected = {r.run_id for r in runs[len(runs) - keep_last:]} if keep_last else set()
+        cutoff = None if older_than is None else self._clock.time() - older_than
+        doomed = [r.run_id for r in runs
+                  if r.run_id not in protected
+                  and (cutoff is None or r.created_at < cutoff)
+                  and (include_running or r.status != "running")]
+        for run_id in doomed:
+            self.delete_run(run_id, timeout=timeout)
+        return doomed
+
+    # -- steps --
+
+    def save_step(self, checkpoint: StepCheckpoint, *, resolve_letters: Iterable[str] = (),
+                  timeout: float | None = None) -> None:
+        """Commit a finished step (its output and done-mark are one record).
+
+        Args:
+            checkpoint: the step's record.
+            resolve_letters: dead letters of this step to delete in the same commit.
+
+        Raises:
+            UnserializableError: the output cannot be serialized.
+            StoreError, ZixirTimeoutError: the commit failed or took too long.
+        """
+        ops: list[_Op] = [(STEPS_DB, _key(checkpoint.run_id, checkpoint.step),
+                           _codec.encode(checkpoint))]
+        ops += [(DEAD_DB, _key(letter), None) for letter in resolve_letters]
+        self._write(ops, timeout)
+
+    def get_step(self, run_id: str, step: str) -> StepCheckpoint | None:
+        """The step's checkpoint, or None if it has not finished.
+
+        Raises:
+            CorruptBlobError: the checkpoint is damaged (the error names it).
+        """
+        return self._get(STEPS_DB, _key(run_id, step),  # type: ignore[no-any-return]
+                         f"step {run_id}/{step}")
+
+    def steps(self, run_id: str) -> dict[str, StepCheckpoint]:
+        """Every checkpoint of a run, by step name.
+
+        Raises:
+            CorruptBlobError: a checkpoint is damaged (the error names it).
+        """
+        prefix = _key(run_id) + _SEP
+        out: dict[str, StepCheckpoint] = {}
+        for key, blob in self._scan(STEPS_DB, prefix):
+            name = key[len(prefix):].decode()
+            out[name] = _decode(blob, f"step {run_id}/{name}")
+        return out
+
+    def invalidate(self, run_id: str, steps: Iterable[str], *,
+                   timeout: float | None = None) -> None:
+        """Delete the checkpoints of `steps` in one commit (they will run again)."""
+        ops: list[_Op] = [(STEPS_DB, _key(run_id, s), None) for s in steps]
+        if ops:
+            self._write(ops, timeout)
+
+    # -- dead letters --
+
+    def save_dead_letter(self, letter: DeadLetter, *, run: RunRecord | None = None,
+                         timeout: float | None = None) -> None:
+        """Park a dead letter (and update its run's header) in one commit."""
+        ops: list[_Op] = [(DEAD_DB, _key(letter.id), _codec.encode(letter))]
+        if run is not None:
+            ops.append((RUNS_DB, _key(run.run_id), _codec.encode(run)))
+        self._write(ops, timeout)
+
+    def dead_letters(self, *, workflow: str | None = None,
+                     run_id: str | None = None) -> list[DeadLetter]:
+        """Dead letters, oldest first, optionally of one workflow or run."""
+        letters = [_decode(v, f"dead letter {k.decode(errors='replace')}")
+                   for k, v in self._scan(DEAD_DB)]
+        return sorted((d for d in letters if (workflow is None or d.workflow == workflow)
+                       and (run_id is None or d.run_id == run_id)),
+                      key=lambda d: (d.created_at, d.id))
+
+    def get_dead_letter(self, letter_id: str) -> DeadLetter:
+        """One dead letter.
+
+        Raises:
+            DeadLetterNotFoundError: no such letter.
+        """
+        letter = self._get(DEAD_DB, _key(letter_id), f"dead letter {letter_id}")
+        if letter is None:
+            raise DeadLetterNotFoundError(letter_id)
+        return letter  # type: ignore[no-any-return]
+
+    def delete_dead_letter(self, letter_id: str, *, timeout: float | None = None) -> bool:
+        """Remove a dead letter; False if it did not exist."""
+        key = _key(letter_id)
+        with self._read() as (env, txn):
+            existed = txn.get(key, db=env.db(DEAD_DB)) is not None
+        if existed:
+            self._write([(DEAD_DB, key, None)], timeout)
+        return existed
+
+    def count_dead_letters(self) -> int:
+        """How many dead letters are parked."""
+        with self._read() as (env, txn):
+            return int(txn.stat(env.db(DEAD_DB))["entries"])
+
+
+def connect(target: Any = STORE_NAME, *, clock: Clock = SYSTEM_CLOCK,
+            timeout: float | None = DEFAULT_TIMEOUT) -> CheckpointClient:
+    """A client of the store actor `target` (default the runtime's ``zixir.store``).
+
+    Example:
+        ``store = connect(); store.list_runs(workflow="etl")``
+
+    Raises:
+        NotStartedError: no store is running under that name (at first use).
+    """
+    return CheckpointClient(target, clock=clock, timeout=timeout)
+
+
+@contextmanager
+def open_store(data_dir: str | os.PathLike[str] | None = None, *, durable: bool = True,
+               clock: Clock = SYSTEM_CLOCK,
+               timeout: float | None = DEFAULT_TIMEOUT) -> Iterator[CheckpointClient]:
+    """An embedded store for scripts and tests: a private `CheckpointStore` actor.
+
+    The actor is not supervised and stops when the block ends. Inside a
+    running runtime use `connect()` instead.
+
+    Example:
+        ``with open_store(tmp_path) as store: wf.run({...}, store=store)``
+    """
+    actor = CheckpointStore.start(data_dir=data_dir, durable=durable)
+    try:
+        yield CheckpointClient(actor, clock=clock, timeout=timeout)
+    finally:
+        actor.stop(timeout=timeout)
+

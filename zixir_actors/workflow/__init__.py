@@ -1,0 +1,95 @@
+"""Workflows: DAG runs with durable checkpoints, retries, dead letters and resume.
+
+Example:
+    >>> import tempfile
+    >>> from zixir_actors.checkpoint import open_store
+    >>> from zixir_actors.workflow import RetryPolicy, Workflow
+    >>> wf = Workflow("doc-greet")
+    >>> @wf.step()
+    ... def name(who):
+    ...     return who.title()
+    >>> @wf.step(depends_on=["name"], retry=RetryPolicy(max_attempts=3, initial_delay=0.1))
+    ... def greeting(name, ctx):
+    ...     return f"hello {name} (attempt {ctx.attempt})"
+    >>> with open_store(tempfile.mkdtemp()) as store:
+    ...     result = wf.run({"who": "ada"}, store=store)
+    >>> result.status, result.outputs["greeting"]
+    ('succeeded', 'hello Ada (attempt 1)')
+
+Each step's output is committed to LMDB, together with the mark that the
+step is done, as the step finishes; concurrent steps share one commit and
+one fsync. After any crash, `Workflow.resume(run_id)` skips committed steps
+and re-runs the ones that were in flight (at-least-once; `ctx.idempotency_key`
+is stable). `Workflow.plan(run_id)` tells what a resume will skip, run or
+re-run and why: each checkpoint records a hash of its step's code and inputs.
+
+Inside the runtime (`zixir_actors.start()`), runs are `WorkflowRun` actors
+under the ``zixir.workflows`` DynamicSupervisor (`child_spec`) and use the
+``zixir.store`` checkpoint store; a crashed run actor is restarted and
+continues from its checkpoints.
+"""
+
+from __future__ import annotations
+
+from zixir_actors.checkpoint import AttemptInfo, DeadLetter
+from zixir_actors.workflow._dead import DeadLetters
+from zixir_actors.workflow._hashing import code_hash, fingerprint
+from zixir_actors.workflow._results import (
+    Plan,
+    PlanAction,
+    PlanEntry,
+    RunHandle,
+    RunResult,
+    RunStatus,
+    StepContext,
+    StepError,
+    StepResult,
+    StepStatus,
+)
+from zixir_actors.workflow._run import MAX_CRASHES, WorkflowRun
+from zixir_actors.workflow._spec import (
+    DEFAULT_MAX_CONCURRENCY,
+    NO_RETRY,
+    FailurePolicy,
+    RetryPolicy,
+    Step,
+)
+from zixir_actors.workflow._workflow import (
+    RESULT_GRACE,
+    RUN_SHUTDOWN,
+    WORKFLOWS_NAME,
+    Workflow,
+    child_spec,
+    find_workflow,
+)
+
+__all__ = [
+    "DEFAULT_MAX_CONCURRENCY",
+    "MAX_CRASHES",
+    "NO_RETRY",
+    "RESULT_GRACE",
+    "RUN_SHUTDOWN",
+    "WORKFLOWS_NAME",
+    "AttemptInfo",
+    "DeadLetter",
+    "DeadLetters",
+    "FailurePolicy",
+    "Plan",
+    "PlanAction",
+    "PlanEntry",
+    "RetryPolicy",
+    "RunHandle",
+    "RunResult",
+    "RunStatus",
+    "Step",
+    "StepContext",
+    "StepError",
+    "StepResult",
+    "StepStatus",
+    "Workflow",
+    "WorkflowRun",
+    "child_spec",
+    "code_hash",
+    "find_workflow",
+    "fingerprint",
+]

@@ -1,0 +1,84 @@
+"""Workflow events as logs, spans and `zixir_workflow_*` metrics.
+
+Metric objects are created on first use (never on import) and label children
+are bound once per (workflow, step), so the hot path is a dict lookup and
+an ``inc``.
+"""
+
+from __future__ import annotations
+
+import threading
+from typing import Any
+
+from zixir_actors.observability import DEFAULT_BUCKETS, logger, metrics
+
+__all__ = ["Telemetry", "log"]
+
+log = logger.bind(service="workflow")
+
+
+class _Metrics:
+    def __init__(self) -> None:
+        self.attempts = metrics.counter(
+            "zixir_workflow_step_attempts_total", "Step attempts, by outcome.",
+            labels=("workflow", "step", "outcome"))
+        self.exhausted = metrics.counter(
+            "zixir_workflow_retries_exhausted_total",
+            "Steps that failed every attempt (or gave up) and went to the dead letters.",
+            labels=("workflow", "step"))
+        self.dead_letters = metrics.gauge(
+            "zixir_workflow_dead_letters", "Dead letters parked in the store.")
+        self.duration = metrics.histogram(
+            "zixir_workflow_step_duration_seconds", "Duration of step attempts.",
+            labels=("workflow", "step"), buckets=DEFAULT_BUCKETS)
+        self.runs = metrics.counter(
+            "zixir_workflow_runs_total", "Runs that ended, by status.",
+            labels=("workflow", "status"))
+        self._children: dict[tuple[Any, ...], Any] = {}
+        self._lock = threading.Lock()
+
+    def child(self, metric: Any, *labels: str) -> Any:
+        key = (id(metric), *labels)
+        found = self._children.get(key)
+        if found is None:
+            with self._lock:
+                found = self._children.get(key)
+                if found is None:
+                    found = metric.labels(*labels)
+                    self._children[key] = found
+        return found
+
+
+_metrics: _Metrics | None = None
+_metrics_lock = threading.Lock()
+
+
+def _get_metrics() -> _Metrics:
+    global _metrics
+    if _metrics is None:
+        with _metrics_lock:
+            if _metrics is None:
+                _metrics = _Metrics()
+    return _metrics
+
+
+class Telemetry:
+    """The metrics of one workflow, with label children bound once."""
+
+    def __init__(self, workflow: str) -> None:
+        self.workflow = workflow
+        self._m = _get_metrics()
+
+    def attempt(self, step: str, outcome: str, seconds: float) -> None:
+        m = self._m
+        m.child(m.attempts, self.workflow, step, outcome).inc()
+        m.child(m.duration, self.workflow, step).observe(seconds)
+
+    def exhausted(self, step: str) -> None:
+        self._m.child(self._m.exhausted, self.workflow, step).inc()
+
+    def run_ended(self, status: str) -> None:
+        self._m.child(self._m.runs, self.workflow, status).inc()
+
+    def dead_letters(self, count: int) -> None:
+        self._m.dead_letters.set(count)
