@@ -61,6 +61,7 @@ class CacheActor(SupervisedActor):
             old = _live.get(name)
         if old is not None and not old.closed:
             # The predecessor was killed without running on_stop/on_failure.
+            old.crashed = True
             old.close()
         state = CacheState(self.options, old if old is not None and old.crashed else None)
         try:
@@ -88,6 +89,12 @@ class CacheActor(SupervisedActor):
     def _close(self, *, crashed: bool) -> None:
         state = self.state
         if state is None:
+            return
+        if getattr(self, "_zx_reason", None) == "killed":
+            # `supervisors.kill` raises an asynchronous exception in this
+            # thread, which could land inside LMDB bookkeeping; the next
+            # incarnation closes this state from its own thread instead.
+            state.crashed = True
             return
         state.crashed = crashed
         try:
