@@ -1,0 +1,129 @@
+"""Cache: `get` and `put` ops/s beside `cachetools.TTLCache` + lock and `diskcache.Cache`.
+
+Run alone with ``python -m benchmarks.bench_cache [--quick]``. Every figure
+is measured in this process, in this run, beside its baseline:
+
+- get (hit), memory cache with TTL and LRU bound, vs TTLCache behind a Lock;
+- get (hit) from a persistent cache (served from memory too);
+- put, memory cache, vs TTLCache behind a Lock (reported, no target);
+- put, persistent cache (LMDB commit, group fsync), vs `diskcache.Cache.set`;
+- put, persistent cache with ``durable=True`` (fsync per put), vs diskcache (reported).
+"""
+
+from __future__ import annotations
+
+import itertools
+import shutil
+import tempfile
+import threading
+from pathlib import Path
+from typing import Any
+
+import cachetools
+import diskcache
+from supervisors import DynamicSupervisor
+
+from benchmarks._harness import Figure, main, measure
+from zixir_actors.cache import Cache
+
+VALUE = "x" * 200
+"""A typical small cached answer."""
+
+
+def _ops(seconds_per_op: float) -> float:
+    return 1.0 / seconds_per_op
+
+
+def run(quick: bool = False) -> list[Figure]:
+    n_get = 50_000 if quick else 500_000
+    n_put = 3_000 if quick else 30_000
+    n_durable = 100 if quick else 1_000
+    n_keys = 1_000
+    keys = [f"key-{i}" for i in range(n_keys)]
+    figures: list[Figure] = []
+    tmp = Path(tempfile.mkdtemp(prefix="zixir-bench-cache-"))
+    sup = DynamicSupervisor.start_link(name="zixir.caches")
+    try:
+        # -- get ----------------------------------------------------------------
+        lock = threading.Lock()
+        ttl_cache: cachetools.TTLCache[str, Any] = cachetools.TTLCache(maxsize=100_000, ttl=300)
+        for k in keys:
+            ttl_cache[k] = VALUE
+
+        def base_get(it: Any = itertools.cycle(keys)) -> Any:
+            with lock:
+                return ttl_cache.get(next(it))
+
+        mem = Cache.start("bench-mem", ttl=300, max_entries=100_000)
+        for k in keys:
+            mem.put(k, VALUE)
+        mem_get = mem.get
+
+        def ours_get(it: Any = itertools.cycle(keys)) -> Any:
+            return mem_get(next(it))
+
+        base = measure(base_get, n_get)
+        ours = measure(ours_get, n_get)
+        figures.append(Figure("cache", "get (hit, ttl + max_entries)", _ops(ours), _ops(base),
+                              "ops/s", "cachetools.TTLCache + Lock", better="higher",
+                              target=1.0))
+
+        disk = Cache.start("bench-disk", ttl=300, persist=True, data_dir=tmp / "zixir")
+        for k in keys:
+            disk.put(k, VALUE)
+        disk_get = disk.get
+
+        def ours_disk_get(it: Any = itertools.cycle(keys)) -> Any:
+            return disk_get(next(it))
+
+        ours = measure(ours_disk_get, n_get)
+        figures.append(Figure("cache", "get (hit, persistent)", _ops(ours), _ops(base), "ops/s",
+                              "cachetools.TTLCache + Lock", better="higher", target=1.0))
+
+        # -- put ----------------------------------------------------------------
+        def base_put(c: Any = itertools.count()) -> None:
+            with lock:
+                ttl_cache[f"p{next(c) % 50_000}"] = VALUE
+
+        def ours_put(c: Any = itertools.count()) -> None:
+            mem.put(f"p{next(c) % 50_000}", VALUE)
+
+        base = measure(base_put, n_put * 5)
+        ours = measure(ours_put, n_put * 5)
+        figures.append(Figure("cache", "put (memory)", _ops(ours), _ops(base), "ops/s",
+                              "cachetools.TTLCache + Lock", better="higher",
+                              note="reported: a put also maintains the expiry heap and LRU"))
+
+        dc = diskcache.Cache(str(tmp / "diskcache"))
+
+        def dc_put(c: Any = itertools.count()) -> None:
+            dc.set(f"d{next(c)}", VALUE)
+
+        def ours_persist_put(c: Any = itertools.count()) -> None:
+            disk.put(f"d{next(c)}", VALUE)
+
+        base = measure(dc_put, n_put)
+        ours = measure(ours_persist_put, n_put)
+        figures.append(Figure("cache", "put (persistent)", _ops(ours), _ops(base), "ops/s",
+                              "diskcache.Cache.set", better="higher", target=1.0,
+                              note="committed to LMDB before returning; fsync in groups"))
+
+        durable = Cache.start("bench-durable", persist=True, durable=True,
+                              data_dir=tmp / "zixir")
+
+        def ours_durable_put(c: Any = itertools.count()) -> None:
+            durable.put(f"s{next(c)}", VALUE)
+
+        ours = measure(ours_durable_put, n_durable, warmup=10)
+        figures.append(Figure("cache", "put (persistent, durable=True)", _ops(ours), _ops(base),
+                              "ops/s", "diskcache.Cache.set", better="higher",
+                              note="reported: fsync per put (diskcache does not fsync)"))
+        dc.close()
+    finally:
+        sup.stop()
+        shutil.rmtree(tmp, ignore_errors=True)
+    return figures
+
+
+if __name__ == "__main__":
+    main(run)
