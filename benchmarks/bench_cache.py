@@ -21,9 +21,9 @@ from typing import Any
 
 import cachetools
 import diskcache
-from supervisors import DynamicSupervisor
 
 from benchmarks._harness import Figure, main, measure
+from supervisors import DynamicSupervisor
 from zixir_actors.cache import Cache
 
 VALUE = "x" * 200
@@ -50,17 +50,20 @@ def run(quick: bool = False) -> list[Figure]:
         for k in keys:
             ttl_cache[k] = VALUE
 
-        def base_get(it: Any = itertools.cycle(keys)) -> Any:
+        base_keys = itertools.cycle(keys)
+
+        def base_get() -> Any:
             with lock:
-                return ttl_cache.get(next(it))
+                return ttl_cache.get(next(base_keys))
 
         mem = Cache.start("bench-mem", ttl=300, max_entries=100_000)
         for k in keys:
             mem.put(k, VALUE)
         mem_get = mem.get
+        mem_keys = itertools.cycle(keys)
 
-        def ours_get(it: Any = itertools.cycle(keys)) -> Any:
-            return mem_get(next(it))
+        def ours_get() -> Any:
+            return mem_get(next(mem_keys))
 
         base = measure(base_get, n_get)
         ours = measure(ours_get, n_get)
@@ -72,21 +75,26 @@ def run(quick: bool = False) -> list[Figure]:
         for k in keys:
             disk.put(k, VALUE)
         disk_get = disk.get
+        disk_keys = itertools.cycle(keys)
 
-        def ours_disk_get(it: Any = itertools.cycle(keys)) -> Any:
-            return disk_get(next(it))
+        def ours_disk_get() -> Any:
+            return disk_get(next(disk_keys))
 
         ours = measure(ours_disk_get, n_get)
         figures.append(Figure("cache", "get (hit, persistent)", _ops(ours), _ops(base), "ops/s",
                               "cachetools.TTLCache + Lock", better="higher", target=1.0))
 
         # -- put ----------------------------------------------------------------
-        def base_put(c: Any = itertools.count()) -> None:
-            with lock:
-                ttl_cache[f"p{next(c) % 50_000}"] = VALUE
+        base_n = itertools.count()
 
-        def ours_put(c: Any = itertools.count()) -> None:
-            mem.put(f"p{next(c) % 50_000}", VALUE)
+        def base_put() -> None:
+            with lock:
+                ttl_cache[f"p{next(base_n) % 50_000}"] = VALUE
+
+        ours_n = itertools.count()
+
+        def ours_put() -> None:
+            mem.put(f"p{next(ours_n) % 50_000}", VALUE)
 
         base = measure(base_put, n_put * 5)
         ours = measure(ours_put, n_put * 5)
@@ -96,11 +104,15 @@ def run(quick: bool = False) -> list[Figure]:
 
         dc = diskcache.Cache(str(tmp / "diskcache"))
 
-        def dc_put(c: Any = itertools.count()) -> None:
-            dc.set(f"d{next(c)}", VALUE)
+        dc_n = itertools.count()
 
-        def ours_persist_put(c: Any = itertools.count()) -> None:
-            disk.put(f"d{next(c)}", VALUE)
+        def dc_put() -> None:
+            dc.set(f"d{next(dc_n)}", VALUE)
+
+        persist_n = itertools.count()
+
+        def ours_persist_put() -> None:
+            disk.put(f"d{next(persist_n)}", VALUE)
 
         base = measure(dc_put, n_put)
         ours = measure(ours_persist_put, n_put)
@@ -111,8 +123,10 @@ def run(quick: bool = False) -> list[Figure]:
         durable = Cache.start("bench-durable", persist=True, durable=True,
                               data_dir=tmp / "zixir")
 
-        def ours_durable_put(c: Any = itertools.count()) -> None:
-            durable.put(f"s{next(c)}", VALUE)
+        durable_n = itertools.count()
+
+        def ours_durable_put() -> None:
+            durable.put(f"s{next(durable_n)}", VALUE)
 
         ours = measure(ours_durable_put, n_durable, warmup=10)
         figures.append(Figure("cache", "put (persistent, durable=True)", _ops(ours), _ops(base),

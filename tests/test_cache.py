@@ -13,9 +13,9 @@ from pathlib import Path
 from typing import Any
 
 import pytest
+
 from supervisors import DynamicSupervisor, Supervisor, kill, monitor, whereis
 from supervisors.supervisor import SupervisorRef
-
 from zixir_actors.cache import Cache, CacheStats, WarmProgress, child_spec
 from zixir_actors.cache._keys import canonical, key_bytes, memo_key, parse_size
 from zixir_actors.cache._state import REAP_PER_WRITE
@@ -132,7 +132,7 @@ def test_start_is_idempotent_also_when_threads_race(caches: SupervisorRef) -> No
 
 
 def test_start_without_caches_supervisor_raises_not_started() -> None:
-    with pytest.raises(NotStartedError, match="zixir.caches"):
+    with pytest.raises(NotStartedError, match=r"zixir\.caches"):
         Cache.start("orphan")
 
 
@@ -547,36 +547,36 @@ def test_concurrent_get_or_compute_computes_once(caches: SupervisorRef) -> None:
     assert results == ["value"] * 32
 
 
-def test_get_or_compute_error_reaches_waiters_and_stores_nothing(caches: SupervisorRef) -> None:
+def test_get_or_compute_error_reaches_every_caller_and_stores_nothing(
+        caches: SupervisorRef) -> None:
     c = Cache.start("compute-errors")
-    started = threading.Event()
     release = threading.Event()
-    errors: list[BaseException] = []
+    barrier = threading.Barrier(8)
+    calls: list[int] = []
+    outcomes: list[Any] = []
 
     def failing() -> Any:
-        started.set()
+        calls.append(1)
         assert release.wait(10)
         raise ValueError("model down")
 
-    def waiter() -> None:
+    def caller() -> None:
+        barrier.wait(timeout=10)
         try:
-            c.get_or_compute("k", lambda: "never", timeout=10)
+            outcomes.append(c.get_or_compute("k", failing, timeout=10))
         except ValueError as exc:
-            errors.append(exc)
+            outcomes.append(exc)
 
-    owner = threading.Thread(target=waiter)
-    runner = threading.Thread(target=lambda: errors.append(
-        pytest.raises(ValueError, c.get_or_compute, "k", failing).value))
-    runner.start()
-    assert started.wait(10)
-    owner.start()
-    wait_for(lambda: owner.is_alive(), timeout=5)
+    threads = [threading.Thread(target=caller) for _ in range(8)]
+    for t in threads:
+        t.start()
+    wait_for(lambda: calls, timeout=10)
     release.set()
-    runner.join(10)
-    owner.join(10)
-    assert not c.contains("k") or c.get("k") == "never"
-    assert any(isinstance(e, ValueError) for e in errors)
-    assert c.get_or_compute("k", lambda: 7) in (7, "never")
+    for t in threads:
+        t.join(10)
+    assert len(outcomes) == 8 and all(isinstance(o, ValueError) for o in outcomes)
+    assert not c.contains("k")
+    assert c.get_or_compute("k", lambda: 7) == 7
 
 
 def test_get_or_compute_waiter_timeout(caches: SupervisorRef) -> None:
@@ -685,7 +685,7 @@ def test_warm_from_pairs_and_from_keys_with_loader(caches: SupervisorRef) -> Non
     seen: list[WarmProgress] = []
     report = c.warm([(f"k{i}", i) for i in range(20)], progress=seen.append)
     assert (report.loaded, report.errors, report.cancelled) == (20, 0, False)
-    assert len(seen) == 20 and seen[-1] == WarmProgress(20, 0) or max(
+    assert (len(seen) == 20 and seen[-1] == WarmProgress(20, 0)) or max(
         p.loaded for p in seen) == 20
 
     def loader(key: int) -> int:

@@ -21,8 +21,8 @@ from typing import Any
 import pykka
 from prometheus_client.core import CounterMetricFamily, GaugeMetricFamily
 from prometheus_client.registry import Collector
-from supervisors import ChildSpec, DynamicSupervisor, SupervisedActor
 
+from supervisors import ChildSpec, DynamicSupervisor, SupervisedActor
 from zixir_actors.cache._state import CacheOptions, CacheState
 from zixir_actors.cache._tables import Tables
 from zixir_actors.errors import CacheNotFoundError, ZixirTimeoutError
@@ -150,7 +150,7 @@ def _start_caches(*, data_dir: str | None, max_children: int | None,
                   max_restarts: int, max_seconds: float) -> pykka.ActorRef[Any]:
     if data_dir is not None:
         _configured_data_dir[:] = [os.fspath(data_dir)]
-    return DynamicSupervisor.start(max_children=max_children,  # type: ignore[no-any-return]
+    return DynamicSupervisor.start(max_children=max_children,
                                    max_restarts=max_restarts, max_seconds=max_seconds)
 
 
@@ -208,10 +208,10 @@ class _StatsCollector(Collector):
                 family.add_metric([s.name], getattr(s, name))
             yield family
         for name, doc, attr in self._GAUGES:
-            family = GaugeMetricFamily(f"zixir_cache_{name}", doc, labels=["cache"])
+            gauge = GaugeMetricFamily(f"zixir_cache_{name}", doc, labels=["cache"])
             for s in states:
-                family.add_metric([s.name], len(s.data) if attr == "size" else s.bytes)
-            yield family
+                gauge.add_metric([s.name], len(s.data) if attr == "size" else s.bytes)
+            yield gauge
 
 
 _collector: list[_StatsCollector] = []

@@ -16,7 +16,6 @@ from typing import Any, TypeVar, overload
 
 from supervisors import ChildSpec, SupervisorRef, whereis
 from supervisors.errors import ChildStartError
-
 from zixir_actors._clock import SYSTEM_CLOCK, Clock
 from zixir_actors.cache._actor import (
     ACTOR_PREFIX,
@@ -111,7 +110,7 @@ class Cache:
 
     Example:
         >>> from supervisors import DynamicSupervisor
-        >>> caches = DynamicSupervisor.start_link(name="zixir.caches")  # zixir_actors.start() does this
+        >>> caches = DynamicSupervisor.start_link(name="zixir.caches")  # as start() does
         >>> llm = Cache.start("doc-llm", ttl=3600, max_entries=10_000)
         >>> llm.put("prompt-1", "answer")
         >>> llm.get("prompt-1")

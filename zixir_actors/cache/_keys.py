@@ -94,12 +94,12 @@ def _encode(obj: Any, out: list[bytes], depth: int, root: Any) -> None:
         # Subclasses (NamedTuple, IntEnum handled above, str subclasses):
         # keep the type name so they do not collide with the base type.
         out.append(b"S" + _qualname(t) + b":")
-        base = next(b for b in (str, bool, int, float, bytes, tuple) if isinstance(obj, b))
+        base: Any = next(b for b in (str, int, float, bytes, tuple) if isinstance(obj, b))
         _encode(base(obj), out, depth + 1, root)
     else:
         try:
             data = pickle.dumps(obj, protocol=4)
-        except Exception as exc:  # noqa: BLE001 - reported as a bad key
+        except Exception as exc:  # reported as a bad key
             raise InvalidKeyError(root, f"{t.__name__} has no stable encoding: {exc}") from exc
         out.append(b"P%d:" % len(data))
         out.append(data)

@@ -51,7 +51,7 @@ Loader = Callable[[Any], Any]
 _MISSING: Any = object()
 
 
-class Closed(Exception):  # noqa: N818 - internal signal, never escapes the handle
+class Closed(Exception):  # internal signal, never escapes the handle
     """The state was closed by its actor; the caller retries on the next incarnation."""
 
 
@@ -298,7 +298,7 @@ class CacheState:
         log = self.access
         move = self.data.move_to_end
         while log:
-            try:
+            try:  # noqa: SIM105 - contextlib.suppress costs more on this loop
                 move(log.popleft())
             except KeyError:
                 pass
@@ -378,7 +378,7 @@ class CacheState:
             if dirty and self.env is not None:
                 self.env.sync()
             self.sweep()
-        except Exception:  # noqa: BLE001 - maintenance must not kill the timer chain
+        except Exception:  # maintenance must not kill the timer chain
             logger.opt(exception=True).warning("cache {} maintenance failed", self.name)
             with self.lock:
                 self._dirty = self._dirty or dirty
@@ -402,7 +402,7 @@ class CacheState:
             self.refreshes += 1
         except Closed:
             pass
-        except Exception as exc:  # noqa: BLE001 - the old value stays until it expires
+        except Exception as exc:  # the old value stays until it expires
             self.refresh_errors += 1
             logger.bind(cache=self.name).warning("refresh of {!r} failed: {!r}", key, exc)
         finally:
@@ -495,6 +495,6 @@ def _memory_size(value: Any, *, exact: bool) -> int:
     if exact:
         try:
             return len(pickle.dumps(value, protocol=pickle.HIGHEST_PROTOCOL))
-        except Exception:  # noqa: BLE001 - unpicklable values get a shallow estimate
+        except Exception:  # unpicklable values get a shallow estimate
             pass
     return sys.getsizeof(value)

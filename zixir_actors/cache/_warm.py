@@ -89,7 +89,7 @@ class _Run:
             except StopIteration:
                 self.exhausted = True
                 return False, None
-            except Exception as exc:  # noqa: BLE001 - a broken source ends the warm-up
+            except Exception as exc:  # a broken source ends the warm-up
                 self.exhausted = True
                 self._fail("<source>", exc)
                 return False, None
@@ -124,7 +124,7 @@ class _Run:
                 with self.lock:
                     self.cancelled = True
                 return
-            except Exception as exc:  # noqa: BLE001 - counted, the cache stays usable
+            except Exception as exc:  # counted, the cache stays usable
                 with self.lock:
                     self._fail(key, exc)
                     snapshot = WarmProgress(self.loaded, self.errors)
@@ -136,7 +136,7 @@ class _Run:
             if self.progress is not None:
                 try:
                     self.progress(snapshot)
-                except Exception:  # noqa: BLE001 - a broken progress callback is not fatal
+                except Exception:  # a broken progress callback is not fatal
                     logger.opt(exception=True).warning("warm progress callback raised")
 
     def _fail(self, key: Any, exc: BaseException) -> None:
@@ -146,7 +146,8 @@ class _Run:
             self.failures.append((key, exc))
 
 
-def run_warm(state: CacheState, source: Iterable[Any], loader: Callable[[Any], Any] | None, *,
+def run_warm(state: CacheState, source: Iterable[Any] | Callable[[], Iterable[Any]],
+             loader: Callable[[Any], Any] | None, *,
              concurrency: int, rate: float | None, ttl: float | None,
              progress: Callable[[WarmProgress], object] | None,
              timeout: float | None) -> WarmReport:
@@ -161,7 +162,7 @@ def run_warm(state: CacheState, source: Iterable[Any], loader: Callable[[Any], A
     if loader is None and callable(source):
         source = source()
     try:
-        items = iter(source)
+        items = iter(source)  # type: ignore[arg-type]
     except TypeError as exc:
         raise ConfigError("source", source, "must be iterable (pairs, or keys with a loader)") \
             from exc
