@@ -1,0 +1,143 @@
+"""Workflow runs and checkpoint writes, each beside its baseline from the same run.
+
+- chain: 1,000 no-op steps, each depending on the previous, durable
+  checkpoints; baseline: the same functions in a plain loop, one raw
+  ``dill.dumps`` + durable LMDB put (commit + fsync) each. Target <= 1.5x.
+- fan-out: 1,000 independent no-op steps; same baseline. Target: faster
+  (group commit shares fsyncs between concurrent steps).
+- checkpoint writes/s: `CheckpointClient.save_step` (durable), one writer and
+  eight writers, beside raw durable LMDB puts and sqlite3 in WAL mode with
+  ``synchronous=FULL`` (durable too) as a peer.
+
+Logging is configured at WARNING to /dev/null, as a production service logs
+INFO to a collector; `python -m benchmarks.bench_workflow [--quick]`.
+"""
+
+from __future__ import annotations
+
+import os
+import shutil
+import sqlite3
+import tempfile
+import threading
+import time
+from collections.abc import Callable
+
+import dill
+import lmdb
+
+from benchmarks._harness import Figure, main
+from zixir_actors.checkpoint import StepCheckpoint, open_store
+from zixir_actors.observability import configure_logging, reset_logging
+from zixir_actors.workflow import Step, Workflow
+
+SUBJECT = "workflow"
+
+
+def noop() -> None:
+    return None
+
+
+def _best(fn: Callable[[], object], repeat: int) -> float:
+    best = float("inf")
+    for _ in range(repeat):
+        began = time.perf_counter()
+        fn()
+        best = min(best, time.perf_counter() - began)
+    return best
+
+
+def _raw_loop(path: str, n: int) -> Callable[[], None]:
+    env = lmdb.open(path, map_size=1 << 30, max_dbs=4, sync=False, metasync=False)
+    db = env.open_db(b"raw")
+    counter = [0]
+
+    def loop() -> None:
+        counter[0] += 1
+        for i in range(n):
+            blob = dill.dumps(noop())
+            with env.begin(write=True) as txn:
+                txn.put(f"{counter[0]}/{i}".encode(), blob, db=db)
+            env.sync(True)
+
+    return loop
+
+
+def _sqlite_writes(path: str, n: int) -> float:
+    conn = sqlite3.connect(os.path.join(path, "peer.db"), isolation_level=None)
+    conn.execute("PRAGMA journal_mode=WAL")
+    conn.execute("PRAGMA synchronous=FULL")
+    conn.execute("CREATE TABLE IF NOT EXISTS cp (k TEXT PRIMARY KEY, v BLOB)")
+    blob = dill.dumps(None)
+    began = time.perf_counter()
+    for i in range(n):
+        conn.execute("INSERT OR REPLACE INTO cp VALUES (?, ?)", (f"k{i}", blob))
+    seconds = time.perf_counter() - began
+    conn.close()
+    return n / seconds
+
+
+def run(quick: bool = False) -> list[Figure]:
+    n = 1_000
+    repeat = 2 if quick else 5
+    writes = 500 if quick else 3_000
+    root = tempfile.mkdtemp(prefix="zixir-bench-wf-")
+    with open(os.devnull, "w") as devnull:
+        configure_logging(level="WARNING", sink=devnull, replace_default=True)
+        try:
+            return _run(root, n, repeat, writes)
+        finally:
+            reset_logging()
+            shutil.rmtree(root, ignore_errors=True)
+
+
+def _run(root: str, n: int, repeat: int, writes: int) -> list[Figure]:
+    figures: list[Figure] = []
+    baseline = _best(_raw_loop(os.path.join(root, "raw"), n), repeat)
+    chain = Workflow("bench-chain", [Step(f"s{i}", noop, (f"s{i - 1}",) if i else ())
+                                     for i in range(n)])
+    fan = Workflow("bench-fan", [Step(f"s{i}", noop) for i in range(n)], max_concurrency=16)
+    with open_store(os.path.join(root, "store")) as store:
+        chain.run(store=store)  # warm-up
+        ours_chain = _best(lambda: chain.run(store=store).raise_for_status(), repeat)
+        fan.run(store=store)
+        ours_fan = _best(lambda: fan.run(store=store).raise_for_status(), repeat)
+        figures.append(Figure(SUBJECT, f"chain of {n} no-op steps", ours_chain * 1e3,
+                              baseline * 1e3, "ms", "loop: dill + durable LMDB put per fn",
+                              "lower", 1.5))
+        figures.append(Figure(SUBJECT, f"fan-out of {n} no-op steps", ours_fan * 1e3,
+                              baseline * 1e3, "ms", "loop: dill + durable LMDB put per fn",
+                              "lower", 1.0, note="max_concurrency=16"))
+        one = _writes_per_second(store, writes, 1)
+        eight = _writes_per_second(store, writes, 8)
+    raw_rate = n / baseline
+    peer = _sqlite_writes(root, writes)
+    figures.append(Figure(SUBJECT, "durable checkpoint writes/s, 1 writer", one, raw_rate,
+                          "writes/s", "raw durable LMDB put", "higher", None))
+    figures.append(Figure(SUBJECT, "durable checkpoint writes/s, 8 writers", eight, raw_rate,
+                          "writes/s", "raw durable LMDB put", "higher", 1.0,
+                          note="group commit"))
+    figures.append(Figure(SUBJECT, "durable checkpoint writes/s, 8 writers vs sqlite", eight,
+                          peer, "writes/s", "sqlite3 WAL synchronous=FULL", "higher", None))
+    return figures
+
+
+def _writes_per_second(store: object, total: int, threads: int) -> float:
+    per_thread = max(1, total // threads)
+
+    def writer(tag: int) -> None:
+        for i in range(per_thread):
+            store.save_step(StepCheckpoint(  # type: ignore[attr-defined]
+                f"w{threads}", f"t{tag}_{i}", {"i": i}, "code", "input", 1, 0.0, 0.0, "k"))
+
+    workers = [threading.Thread(target=writer, args=(t,)) for t in range(threads)]
+    began = time.perf_counter()
+    for w in workers:
+        w.start()
+    for w in workers:
+        w.join()
+    return per_thread * threads / (time.perf_counter() - began)
+
+
+if __name__ == "__main__":
+    main(run)
