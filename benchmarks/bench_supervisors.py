@@ -64,6 +64,13 @@ class Crashy(pykka.ThreadingActor):
         return message
 
 
+def _settle(threads: int) -> None:
+    """Let stopped actors' threads finish, so that no sample pays for another's exit."""
+    deadline = time.monotonic() + 0.05
+    while threading.active_count() > threads and time.monotonic() < deadline:
+        time.sleep(0.0002)
+
+
 def _restart_samples(n: int) -> tuple[list[float], list[float]]:
     """(restart latencies, raw start + first ask latencies), sampled alternately."""
     sup = Supervisor.start_link([ChildSpec("c", Crashy, name="bench.crashy")],
@@ -72,12 +79,15 @@ def _restart_samples(n: int) -> tuple[list[float], list[float]]:
     ours, base = [], []
     try:
         named.ask("warm", timeout=5.0)
+        threads = threading.active_count()
         for _ in range(n):
+            _settle(threads)
             began = time.perf_counter()
             actor = Plain.start()
             actor.ask("ping", timeout=5.0)
             base.append(time.perf_counter() - began)
             actor.stop()
+            _settle(threads)
             with contextlib.suppress(RuntimeError):
                 named.ask("crash", timeout=5.0)
             named.ask("ping", timeout=5.0)

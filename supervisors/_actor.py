@@ -179,7 +179,8 @@ class SupervisedActor(pykka.ThreadingActor):
         self._zx_inflight: pykka.Future[Any] | None = None
         self._zx_crash_reply: tuple[pykka.Future[Any], Any] | None = None
         self._zx_thread: threading.Thread | None = None
-        self._zx_started = threading.Event()
+        # Only an actor with an on_start of its own is waited for (`wait_started`).
+        self._zx_started = threading.Event() if _overrides_on_start(type(self)) else _STARTED
         self._zx_start_error: BaseException | None = None
 
     @staticmethod
@@ -217,7 +218,8 @@ class SupervisedActor(pykka.ThreadingActor):
                 self._handle_failure(type(exc), exc, exc.__traceback__)
             finally:
                 self._zx_start_error = self._zx_reason
-                self._zx_started.set()
+                if self._zx_started is not _STARTED:
+                    self._zx_started.set()
             self._zx_run()
         except _Killed:
             pass
@@ -301,12 +303,14 @@ class SupervisedActor(pykka.ThreadingActor):
                 continue
 
     def _zx_exit(self, *, wake: bool = False) -> None:
-        """Mark the actor dead, answer what is queued, drop its name, deliver `Down`.
+        """Mark the actor dead, deliver `Down`, answer what is queued, drop its name.
 
         Runs in the actor's thread as it ends, or in the killer's thread; the
-        first call drops the name and delivers `Down`. `Down` goes last: a
-        supervisor that restarts the child at once need not wait for the rest
-        of this work (the GIL), and finds the name free.
+        first call delivers `Down` and drops the name. `Down` goes first, so a
+        supervisor starts the restart at once; the asker whose message crashed
+        the actor hears next (it is not on the restart's critical path: its
+        next message queues in the new incarnation's inbox as soon as the name
+        is registered, before that incarnation's thread runs).
         """
         if not self.actor_stopped.is_set():
             ActorRegistry.unregister(self.actor_ref)
@@ -317,10 +321,6 @@ class SupervisedActor(pykka.ThreadingActor):
             if reason is None:
                 reason = self._zx_stop_reason or ("shutdown" if self._zx_shutdown else "normal")
                 self._zx_reason = reason
-        crash, self._zx_crash_reply = self._zx_crash_reply, None
-        if crash is not None:
-            with contextlib.suppress(queue.Full):  # unless kill() answered it already
-                crash[0].set_exception(crash[1])
         if monitors:
             down = Down(self.actor_ref, reason)
             for m in monitors:
@@ -328,6 +328,10 @@ class SupervisedActor(pykka.ThreadingActor):
                     m._fire(down)
                 except Exception:
                     logger.opt(exception=True).error("monitor {} of {} failed", m, self)
+        crash, self._zx_crash_reply = self._zx_crash_reply, None
+        if crash is not None:
+            with contextlib.suppress(queue.Full):  # unless kill() answered it already
+                crash[0].set_exception(crash[1])
         cast(_ContextInbox, self.actor_inbox).close(str(self.actor_ref), wake=wake)
         if monitors is None:
             return
@@ -360,6 +364,10 @@ class SupervisedActor(pykka.ThreadingActor):
 
 def _overrides_on_start(cls: type[pykka.Actor]) -> bool:
     return cls.on_start is not pykka.Actor.on_start
+
+
+_STARTED = threading.Event()
+_STARTED.set()
 
 
 _wrapped: dict[type, type] = {}
@@ -428,7 +436,8 @@ def start_supervised(cls: type[pykka.ThreadingActor], args: tuple[Any, ...],
     except BaseException as exc:
         actor._zx_record(exc)
         actor._zx_start_error = exc
-        actor._zx_started.set()
+        if actor._zx_started is not _STARTED:
+            actor._zx_started.set()
         actor._zx_exit()
         raise
     return ref

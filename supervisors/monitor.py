@@ -56,20 +56,24 @@ Watcher = "pykka.ActorRef[Any] | Callable[[Down], object] | None"
 class Monitor:
     """One monitor: `wait()` for the `Down`, or `cancel()` it."""
 
-    __slots__ = ("_detach", "_down", "_event", "_watcher", "target")
+    __slots__ = ("_cancelled", "_detach", "_done", "_down", "_event", "_watcher", "target")
 
     def __init__(self, target: pykka.ActorRef[Any],
                  watcher: pykka.ActorRef[Any] | Callable[[Down], object] | None) -> None:
         self.target = target
         self._watcher = watcher
-        self._event = threading.Event()
+        # A supervisor's monitors have a watcher and are never waited on: their
+        # event is made only if someone calls wait().
+        self._event: threading.Event | None = threading.Event() if watcher is None else None
         self._down: Down | None = None
+        self._done = False
+        self._cancelled = False
         self._detach: Callable[[], None] | None = None
 
     def _fire(self, down: Down) -> None:
         # The watcher is told before `wait()` returns, so a test (or a caller)
         # that waited on the monitor can rely on the watcher having the Down.
-        if self._down is not None or self._event.is_set():
+        if self._down is not None or self._cancelled:
             return
         self._down = down
         watcher = self._watcher
@@ -83,12 +87,26 @@ class Monitor:
                 from loguru import logger
 
                 logger.opt(exception=True).error("monitor watcher {!r} raised", watcher)
-        self._event.set()
+        self._done = True
+        event = self._event
+        if event is not None:
+            event.set()
+
+    def _ready(self) -> threading.Event:
+        event = self._event
+        if event is None:
+            with _lazy_lock:
+                event = self._event
+                if event is None:
+                    event = self._event = threading.Event()
+            if self._done or self._cancelled:
+                event.set()
+        return event
 
     @property
     def down(self) -> Down | None:
-        """The `Down`, once the target has stopped."""
-        return self._down
+        """The `Down`, once the target has stopped (and the watcher was told)."""
+        return self._down if self._done else None
 
     def wait(self, *, timeout: float | None = None) -> Down:
         """Block until the target stops and return the `Down`.
@@ -97,11 +115,11 @@ class Monitor:
             SupervisorTimeoutError: the target is still running after `timeout`.
             SupervisorError: the monitor was cancelled before a `Down` arrived.
         """
-        if not self._event.wait(timeout):
+        if not self._ready().wait(timeout):
             raise SupervisorTimeoutError(f"monitor of {self.target}", timeout)
-        if self._down is None:
+        if not self._done:
             raise SupervisorError(f"monitor of {self.target} was cancelled")
-        return self._down
+        return self._down  # type: ignore[return-value]
 
     def cancel(self) -> None:
         """Stop monitoring (demonitor); no `Down` is delivered afterwards.
@@ -109,9 +127,17 @@ class Monitor:
         Cancelling after the `Down` arrived changes nothing; `wait()` on a
         monitor cancelled before then raises `SupervisorError`.
         """
-        self._event.set()
+        if self._done:
+            return
+        self._cancelled = True
+        event = self._event
+        if event is not None:
+            event.set()
         if self._detach is not None:
             self._detach()
+
+
+_lazy_lock = threading.Lock()
 
 
 class _NotifyingEvent(threading.Event):
