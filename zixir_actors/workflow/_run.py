@@ -66,6 +66,9 @@ MAX_CRASHES = 3
 """Crashes of one run's actor after which its future fails with
 `RunInterruptedError` instead of waiting for another restart."""
 
+SANDBOX_POOL = "zixir.sandboxes"
+"""The runtime's sandbox pool, used by steps with `limits` when it is running."""
+
 _ACTIVE: dict[str, _Control] = {}
 _ACTIVE_LOCK = threading.Lock()
 
@@ -432,14 +435,19 @@ class _Scheduler:
 
 
 def _sandboxed(step: Step, call: dict[str, Any]) -> Any:
+    """Run a step with `limits` in a sandbox worker: the runtime's pool
+    (``zixir.sandboxes``) when it runs, else a private one for this attempt."""
+    import dataclasses
+
+    from supervisors import whereis
     from zixir_actors.sandbox import Sandbox
 
     limits = step.limits
     if step.timeout is not None and getattr(limits, "timeout", None) is None:
-        import dataclasses
-
         limits = dataclasses.replace(limits, timeout=step.timeout)
-    outcome = Sandbox(limits=limits).run(step.fn, **call)
+    pool = SANDBOX_POOL if whereis(SANDBOX_POOL) is not None else None
+    with Sandbox(limits, pool=pool, name=f"workflow.{step.name}") as sandbox:
+        outcome = sandbox.run(step.fn, **call)
     if outcome.is_ok:
         return outcome.value
     raise outcome.error
