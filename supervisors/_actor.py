@@ -97,7 +97,7 @@ class _ContextInbox(queue.Queue):  # type: ignore[type-arg]
     """
 
     closed = False
-    owner = "actor"
+    owner: object = "actor"
 
     def put(self, item: Any, block: bool = True, timeout: float | None = None) -> None:
         envelope = _ContextEnvelope(item.message, item.reply_to)
@@ -106,7 +106,7 @@ class _ContextInbox(queue.Queue):  # type: ignore[type-arg]
         if self.closed:
             self.drain()
 
-    def close(self, owner: str, *, wake: bool = False) -> None:
+    def close(self, owner: object, *, wake: bool = False) -> None:
         """Refuse further messages; `wake` unblocks a loop waiting on `get()`."""
         self.owner = owner
         self.closed = True
@@ -116,12 +116,11 @@ class _ContextInbox(queue.Queue):  # type: ignore[type-arg]
 
     def drain(self) -> None:
         """Answer every queued message: stops with None, asks with ActorDeadError."""
-        taken: list[Any] = []
-        while True:
-            try:
-                taken.append(self.get_nowait())
-            except queue.Empty:
-                break
+        with self.mutex:
+            if not self.queue:
+                return
+            taken = list(self.queue)
+            self.queue.clear()
         for envelope in taken:
             reply_to = envelope.reply_to
             if envelope is _WAKE:
@@ -332,7 +331,7 @@ class SupervisedActor(pykka.ThreadingActor):
         if crash is not None:
             with contextlib.suppress(queue.Full):  # unless kill() answered it already
                 crash[0].set_exception(crash[1])
-        cast(_ContextInbox, self.actor_inbox).close(str(self.actor_ref), wake=wake)
+        cast(_ContextInbox, self.actor_inbox).close(self.actor_ref, wake=wake)
         if monitors is None:
             return
         _registry.forget(self.actor_ref)

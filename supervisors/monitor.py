@@ -204,7 +204,9 @@ def monitor(target: Any,
     from supervisors._actor import SupervisedActor
     from supervisors.registry import NamedRef, whereis
 
-    if isinstance(target, NamedRef):
+    if isinstance(target, pykka.ActorRef):
+        pass
+    elif isinstance(target, NamedRef):
         target = target.whereis(timeout=0)
     elif isinstance(target, str):
         found = whereis(target)
