@@ -398,6 +398,22 @@ def test_pmap_and_parallel_respect_their_caps() -> None:
 # -- time: batch timeout, throttle ------------------------------------------------------
 
 
+def test_each_item_of_a_slow_generator_reaches_the_consumer_at_once() -> None:
+    seen = threading.Event()
+
+    def tokens() -> Iterator[int]:
+        for i in range(3):
+            yield i
+            assert seen.wait(WAIT)  # the next token only comes once this one arrived
+            seen.clear()
+
+    out = []
+    for token in Stream.from_iterator(tokens()).map(str).async_boundary().iterate(timeout=WAIT):
+        out.append(token)
+        seen.set()
+    assert out == ["0", "1", "2"]
+
+
 def test_batch_timeout_emits_a_partial_batch_while_a_slow_generator_waits() -> None:
     resume, finished = threading.Event(), threading.Event()
 
@@ -613,3 +629,33 @@ def test_stage_metrics_and_run_spans_are_recorded() -> None:
                                              {"stage": stage}) is not None
     runs = [s for s in spans.spans if s.name == "zixir.stream.run"]
     assert runs and runs[-1].status == "ok"
+
+
+def test_early_close_of_an_async_source_cancels_its_pending_step() -> None:
+    never = None
+
+    async def stalls() -> Any:
+        yield 1
+        await never.wait()  # type: ignore[union-attr]
+        yield 2
+
+    async def main() -> list[int]:
+        nonlocal never
+        never = asyncio.Event()
+        out = []
+        async for item in Stream.from_async_iterator(stalls()):
+            out.append(item)
+            break
+        return out
+
+    assert asyncio.run(main()) == [1]
+
+    sync_never = threading.Event()
+
+    async def stalls_privately() -> Any:
+        yield "a"
+        while not sync_never.is_set():
+            await asyncio.sleep(0.01)  # the pump's private loop, cancelled on close
+        yield "b"
+
+    assert Stream.from_async_iterator(stalls_privately()).first(timeout=WAIT) == "a"

@@ -10,6 +10,7 @@ iterator) in its own thread, filling a bounded buffer that its stage drains.
 from __future__ import annotations
 
 import asyncio
+import concurrent.futures
 import contextlib
 import heapq
 import itertools
@@ -212,8 +213,13 @@ class Control:
         self.pumps: list[Pump] = []
 
     def fail(self, error: BaseException, stage: str) -> None:
-        """Fail the run: annotate `error` with `stage`, stop all pulling, tell the terminal."""
+        """Fail the run: annotate `error` with `stage`, stop all pulling, tell the terminal.
+
+        Ignored once the run is closing (an early close is not a failure).
+        """
         with self._lock:
+            if self.stopping.is_set() and self.failure is None:
+                return
             first = self.failure is None
             if first:
                 self.failure = annotate(error, stage)
@@ -243,7 +249,10 @@ class Control:
 
 
 _QUEUE_POLL = 0.05
-"""How often a queue source blocked on an empty queue checks whether the run stopped."""
+"""How often a queue (or async) source waiting for an item checks whether the run stopped."""
+
+_ACLOSE_WAIT = 1.0
+"""How long an early-closed async iterator on the caller's loop gets to run its `aclose`."""
 
 
 class Pump:
@@ -272,6 +281,8 @@ class Pump:
         self._rung = False
         self._ring: Callable[[], None] = lambda: None
         self._thread: threading.Thread | None = None
+        self._cancel: Callable[[], object] | None = None
+        self._own_loop: asyncio.AbstractEventLoop | None = None
 
     def start(self, ring: Callable[[], None]) -> None:
         self._ring = ring
@@ -296,6 +307,10 @@ class Pump:
         with self._cond:
             self._stop = True
             self._cond.notify()
+            cancel = self._cancel
+        if cancel is not None and self._own_loop is not None:
+            with contextlib.suppress(RuntimeError):  # the private loop already closed
+                self._own_loop.call_soon_threadsafe(cancel)
 
     def join(self, *, timeout: float | None) -> None:
         thread = self._thread
@@ -309,7 +324,8 @@ class Pump:
             ring = not self._rung
             self._rung = True
         if ring:
-            self._ring()
+            with contextlib.suppress(pykka.ActorDeadError):
+                self._ring()
 
     def _room(self) -> bool:
         with self._cond:
@@ -361,12 +377,32 @@ class Pump:
 
     def _async_items(self, ait: AsyncIterator[Any]) -> Iterator[Any]:
         own = self.loop is None or self.loop.is_closed()
-        loop = asyncio.new_event_loop() if own else self.loop
+        loop: asyncio.AbstractEventLoop = asyncio.new_event_loop() if own else self.loop  # type: ignore[assignment]
+        if own:
+            self._own_loop = loop
 
-        def run(coro: Any) -> Any:
+        def run(coro: Any, *, interruptible: bool = True) -> Any:
+            # Wait for one step of the async iterator; on stop, cancel it, so an
+            # early close never leaves this thread waiting for an item.
             if own:
-                return loop.run_until_complete(coro)  # type: ignore[union-attr]
-            return asyncio.run_coroutine_threadsafe(coro, loop).result()  # type: ignore[arg-type]
+                task = loop.create_task(coro)
+                with self._cond:
+                    self._cancel = task.cancel
+                try:
+                    return loop.run_until_complete(task)
+                finally:
+                    with self._cond:
+                        self._cancel = None
+            future = asyncio.run_coroutine_threadsafe(coro, loop)
+            waited = 0.0
+            while True:
+                try:
+                    return future.result(timeout=_QUEUE_POLL)
+                except concurrent.futures.TimeoutError:
+                    waited += _QUEUE_POLL
+                    if self._stop if interruptible else waited > _ACLOSE_WAIT:
+                        future.cancel()
+                        raise asyncio.CancelledError from None
 
         try:
             while self._room():
@@ -379,7 +415,8 @@ class Pump:
             aclose = getattr(ait, "aclose", None)
             try:
                 if aclose is not None and self._stop:
-                    run(aclose())
+                    with contextlib.suppress(Exception, asyncio.CancelledError):
+                        run(aclose(), interruptible=False)
             finally:
                 if own:
-                    loop.close()  # type: ignore[union-attr]
+                    loop.close()

@@ -61,7 +61,7 @@ class _Metrics:
 def _stage_metrics(stage: str) -> _Metrics | None:
     try:
         return _Metrics(stage)
-    except ImportError:
+    except Exception:  # noqa: BLE001 - metrics never stop a pipeline from running
         return None
 
 
@@ -268,9 +268,9 @@ class Segment(_Stage):
                 break  # a pump rings when it has more
             elif type(source) is IterSource:
                 # More wanted: continue after any queued message (Cancel, Demand, TICK).
-                self.send()
                 self.actor_ref.tell(PULL)
                 break
+        self.send()
         self.request()
         self.end_of_input()
         self.schedule()
@@ -418,10 +418,14 @@ class Worker(SupervisedActor):
             except Exception as exc:
                 error = exc
                 continue
-            self.coordinator.tell((self.index, seq, True, result))
+            self.reply((self.index, seq, True, result))
             return None
-        self.coordinator.tell((self.index, seq, False, error))
+        self.reply((self.index, seq, False, error))
         return None
+
+    def reply(self, message: tuple[int, int, bool, Any]) -> None:
+        with contextlib.suppress(pykka.ActorDeadError):  # the run is closing
+            self.coordinator.tell(message)
 
 
 class ConcurrentMap(_Stage):

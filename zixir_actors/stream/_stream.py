@@ -603,7 +603,8 @@ async def _achunks(stream: Stream[T], timeout: float | None) -> AsyncGenerator[l
                     raise error
                 return
     finally:
-        run.close()
+        # Off the event loop: closing joins threads that may wait on this loop.
+        await asyncio.get_running_loop().run_in_executor(None, run.close)
 
 
 async def _aiterate(stream: Stream[T], timeout: float | None) -> AsyncIterator[T]:
