@@ -25,7 +25,13 @@ from __future__ import annotations
 from collections.abc import Callable
 from typing import Any
 
-from supervisors.spec import DEFAULT_MAX_RESTARTS, DEFAULT_MAX_SECONDS, ChildSpec
+from supervisors.spec import (
+    DEFAULT_MAX_RESTARTS,
+    DEFAULT_MAX_SECONDS,
+    ChildSpec,
+    check_intensity,
+    check_max_children,
+)
 from supervisors.supervisor import (
     DEFAULT_START_TIMEOUT,
     SupervisorRef,
@@ -74,10 +80,21 @@ class DynamicSupervisor(_SupervisorCore):
     def child_spec(cls, id: Any, *, name: str | None = None, max_children: int | None = None,
                    max_restarts: int = DEFAULT_MAX_RESTARTS,
                    max_seconds: float = DEFAULT_MAX_SECONDS, restart: str = "permanent",
-                   shutdown: Any = None) -> ChildSpec:
-        """A `ChildSpec` that nests a dynamic supervisor under another supervisor."""
+                   shutdown: Any = None, clock: Callable[[], float] | None = None,
+                   start_timeout: float | None = DEFAULT_START_TIMEOUT) -> ChildSpec:
+        """A `ChildSpec` that nests a dynamic supervisor under another supervisor.
+
+        Options are those of `start_link`, plus its `restart` type and
+        `shutdown` under the parent (default ``None``: wait for its children).
+
+        Raises:
+            InvalidSpecError: bad `max_children` or intensity.
+        """
+        check_intensity(max_restarts, max_seconds)
+        check_max_children(max_children)
         return ChildSpec(id, cls, kwargs={"max_children": max_children,
                                           "max_restarts": max_restarts,
-                                          "max_seconds": max_seconds},
+                                          "max_seconds": max_seconds, "clock": clock,
+                                          "start_timeout": start_timeout},
                          restart=restart, shutdown=shutdown, type="supervisor",  # type: ignore[arg-type]
                          name=name)

@@ -25,14 +25,13 @@ from __future__ import annotations
 import time
 from collections.abc import Callable
 from dataclasses import dataclass
-from typing import Any, cast
+from typing import Any
 
 import pykka
 
 from supervisors import _registry
 from supervisors.errors import (
     NameNotFoundError,
-    NotAnActorError,
     SupervisorError,
     SupervisorTimeoutError,
 )
@@ -291,38 +290,26 @@ def spawn(start: type[pykka.Actor] | Callable[..., pykka.ActorRef[Any]], *args: 
 
     If `name` is held by a live actor, that actor is returned with
     ``already_started=True`` and nothing new starts, also when many threads
-    race to start the same name.
+    race to start the same name. The name is registered before the actor's
+    thread runs (as in OTP): messages sent to it meanwhile are handled after
+    its `on_start`.
+
+    Args:
+        start: a `pykka.ThreadingActor` subclass, or a callable returning an ActorRef.
+        args, kwargs: passed to `start`.
+        name: register the actor under this name.
+        start_timeout: how long its `on_start` may take (``None``: no limit).
 
     Raises:
+        InvalidSpecError: `start` is neither an actor class nor a callable.
         NotAnActorError: a callable `start` returned something else.
-        ChildStartError: the actor's `on_start` raised.
+        ChildStartError: the constructor or `on_start` raised, or `on_start`
+            timed out (the error's ``child_id`` is the name, or the class name).
     """
-    from supervisors._actor import supervised_class, wait_started
-    from supervisors.errors import ChildStartError
+    from supervisors.spec import ChildSpec
+    from supervisors.supervisor import start_actor
 
-    def do_start() -> pykka.ActorRef[Any]:
-        new: Any
-        if isinstance(start, type):
-            new = supervised_class(cast("type[pykka.ThreadingActor]", start)).start(
-                *args, **kwargs)
-        else:
-            new = start(*args, **kwargs)
-            if not isinstance(new, pykka.ActorRef):
-                raise NotAnActorError(name or getattr(start, "__name__", start), new)
-        if name is not None:
-            register(name, new)
-        error = wait_started(new, timeout=start_timeout)
-        if error is not None:
-            raise ChildStartError(name or getattr(start, "__name__", start), error)
-        return cast("pykka.ActorRef[Any]", new)
-
-    if name is None:
-        return Started(do_start(), False)
-    existing = whereis(name)
-    if existing is not None:
-        return Started(existing, True)
-    with _registry.start_lock(name):
-        existing = whereis(name)
-        if existing is not None:
-            return Started(existing, True)
-        return Started(do_start(), False)
+    spec = ChildSpec(name or getattr(start, "__name__", repr(start)), start, args, kwargs,
+                     name=name)
+    ref_, already_started = start_actor(spec, start_timeout=start_timeout)
+    return Started(ref_, already_started)

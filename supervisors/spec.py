@@ -153,3 +153,9 @@ def check_intensity(max_restarts: Any, max_seconds: Any) -> None:
     if (isinstance(max_seconds, bool) or not isinstance(max_seconds, (int, float))
             or not max_seconds > 0 or not math.isfinite(max_seconds)):
         raise InvalidSpecError("max_seconds", max_seconds, "must be a number of seconds > 0")
+
+
+def check_max_children(max_children: Any) -> None:
+    if max_children is not None and (isinstance(max_children, bool) or
+                                     not isinstance(max_children, int) or max_children < 0):
+        raise InvalidSpecError("max_children", max_children, "must be an integer >= 0 or None")

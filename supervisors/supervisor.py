@@ -63,6 +63,7 @@ from supervisors.spec import (
     ChildSpec,
     Strategy,
     check_intensity,
+    check_max_children,
     check_strategy,
 )
 
@@ -215,9 +216,7 @@ class _SupervisorCore(SupervisedActor):
         super().__init__()
         self._strategy = check_strategy(strategy)
         check_intensity(max_restarts, max_seconds)
-        if max_children is not None and (isinstance(max_children, bool) or
-                                         not isinstance(max_children, int) or max_children < 0):
-            raise InvalidSpecError("max_children", max_children, "must be an integer >= 0 or None")
+        check_max_children(max_children)
         self._specs = validate_children(children)
         self._max_restarts = max_restarts
         self._max_seconds = float(max_seconds)
@@ -649,14 +648,39 @@ class Supervisor(_SupervisorCore):
                    strategy: Strategy = "one_for_one", max_restarts: int = DEFAULT_MAX_RESTARTS,
                    max_seconds: float = DEFAULT_MAX_SECONDS, *, name: str | None = None,
                    restart: str = "permanent", shutdown: Any = None,
-                   clock: Callable[[], float] | None = None) -> ChildSpec:
-        """A `ChildSpec` that nests this supervisor under another one."""
+                   clock: Callable[[], float] | None = None,
+                   start_timeout: float | None = DEFAULT_START_TIMEOUT) -> ChildSpec:
+        """A `ChildSpec` that nests this supervisor under another one.
+
+        Example:
+            >>> import pykka
+            >>> from supervisors import ChildSpec, Supervisor
+            >>> class Stage(pykka.ThreadingActor):
+            ...     pass
+            >>> spec = Supervisor.child_spec("pipeline", [ChildSpec("a", Stage)],
+            ...                              strategy="rest_for_one")
+            >>> spec.type, spec.shutdown
+            ('supervisor', None)
+
+        Args:
+            id: the child id under the parent.
+            children, strategy, max_restarts, max_seconds, clock, start_timeout:
+                as for `start_link`.
+            name: a registered name for the nested supervisor.
+            restart: its restart type under the parent (default ``"permanent"``).
+            shutdown: how long the parent waits for it to stop (default
+                ``None``: as long as its children take).
+
+        Raises:
+            InvalidSpecError: bad strategy, intensity or child list.
+        """
         check_strategy(strategy)
         check_intensity(max_restarts, max_seconds)
         specs = validate_children(children)
         return ChildSpec(id, cls, kwargs={"children": specs, "strategy": strategy,
                                           "max_restarts": max_restarts,
-                                          "max_seconds": max_seconds, "clock": clock},
+                                          "max_seconds": max_seconds, "clock": clock,
+                                          "start_timeout": start_timeout},
                          restart=restart, shutdown=shutdown, type="supervisor",  # type: ignore[arg-type]
                          name=name)
 
@@ -669,6 +693,7 @@ def _start_supervisor(cls: type[_SupervisorCore], name: str | None,
                     kwargs.get("max_seconds", DEFAULT_MAX_SECONDS))
     if "children" in kwargs:
         kwargs["children"] = validate_children(kwargs["children"])
+    check_max_children(kwargs.get("max_children"))
     spec = ChildSpec(name or cls.__name__, cls, kwargs=kwargs, name=name, type="supervisor")
     try:
         ref, adopted = start_actor(spec, start_timeout=None)

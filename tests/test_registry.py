@@ -280,3 +280,44 @@ def test_named_ref_is_a_value() -> None:
     assert repr(ref("a")) == "NamedRef('a')"
     with pytest.raises(TypeError):
         ref("")
+
+
+def test_spawn_wraps_constructor_errors_and_rejects_what_cannot_start() -> None:
+    from supervisors import InvalidSpecError
+
+    class Broken(pykka.ThreadingActor):
+        def __init__(self) -> None:
+            raise Boom("constructor")
+
+    with pytest.raises(ChildStartError) as caught:
+        spawn(Broken, name="reg.broken")
+    assert caught.value.child_id == "reg.broken" and isinstance(caught.value.cause, Boom)
+    with pytest.raises(ChildStartError):
+        spawn(Counter, "too", "many", "args")
+    with pytest.raises(InvalidSpecError):
+        spawn(42)  # type: ignore[arg-type]
+    assert whereis("reg.broken") is None and pykka.ActorRegistry.get_all() == []
+
+
+def test_a_spawned_name_is_visible_before_on_start_finishes() -> None:
+    entered, release = threading.Event(), threading.Event()
+
+    class SlowStart(pykka.ThreadingActor):
+        def on_start(self) -> None:
+            entered.set()
+            release.wait(WAIT)
+
+        def on_receive(self, message: Any) -> Any:
+            return message
+
+    done: list[Started] = []
+    starter = threading.Thread(target=lambda: done.append(spawn(SlowStart, name="reg.early")))
+    starter.start()
+    assert entered.wait(WAIT)
+    early = whereis("reg.early")
+    assert early is not None  # as in OTP: registered before init runs
+    pending = ref("reg.early").ask("queued", block=False)  # handled after on_start
+    release.set()
+    starter.join(WAIT)
+    assert pending.get(timeout=WAIT) == "queued" and done[0].ref is early
+    early.stop()

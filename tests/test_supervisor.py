@@ -874,3 +874,40 @@ def test_on_start_failure_of_a_spawned_actor_is_a_child_start_error(journal: Jou
         spawn(Worker, "s", journal, True, name="spawn.fail")
     assert caught.value.child_id == "spawn.fail" and isinstance(caught.value.cause, Boom)
     assert whereis("spawn.fail") is None
+
+
+def test_a_child_whose_on_start_hangs_fails_after_start_timeout(
+        gates: tuple[threading.Event, threading.Event], journal: Journal) -> None:
+    entered, release = gates
+
+    class SlowStart(pykka.ThreadingActor):
+        def on_start(self) -> None:
+            entered.set()
+            release.wait()
+
+    with pytest.raises(ChildStartError) as caught:
+        Supervisor.start_link([spec("a", journal), ChildSpec("slow", SlowStart, name="slow")],
+                              start_timeout=0.1)
+    assert caught.value.child_id == "slow" and isinstance(caught.value.cause, TimeoutError)
+    assert entered.is_set() and whereis("slow") is None
+    assert journal.take() == [("start", "a"), ("stop", "a")]
+    release.set()
+
+
+def test_nested_child_specs_pass_their_options_on(journal: Journal) -> None:
+    from supervisors import DynamicSupervisor
+
+    clock = FakeClock()
+    nested = Supervisor.child_spec("n", [spec("a", journal)], max_restarts=7, clock=clock.monotonic,
+                                   start_timeout=1.0, restart="transient", shutdown=2.0)
+    assert nested.restart == "transient" and nested.shutdown == 2.0
+    assert nested.start_kwargs["max_restarts"] == 7 and nested.start_kwargs["start_timeout"] == 1.0
+    dyn = DynamicSupervisor.child_spec("d", max_children=2, clock=clock.monotonic)
+    assert dyn.start_kwargs["max_children"] == 2 and dyn.start_kwargs["clock"] is not None
+    with pytest.raises(InvalidSpecError):
+        DynamicSupervisor.child_spec("d", max_children=-1)
+    with pytest.raises(InvalidSpecError):
+        DynamicSupervisor.child_spec("d", max_restarts=-1)
+    sup = Supervisor.start_link([nested, dyn])
+    assert sup.count_children().supervisors == 2
+    sup.stop()
