@@ -28,6 +28,8 @@ from collections.abc import Callable, Mapping
 from dataclasses import dataclass, field
 from typing import TYPE_CHECKING, Any
 
+import pykka
+
 from supervisors import SupervisedActor
 from zixir_actors import _codec
 from zixir_actors._clock import Clock, SystemClock
@@ -286,7 +288,11 @@ class _Scheduler:
             if finished:
                 self.notify(_FINISHED)
         except BaseException as exc:  # noqa: BLE001 - a scheduler bug crashes the run actor
-            self.notify(_Crash(exc))
+            if self.ended is None:
+                self.notify(_Crash(exc))
+            else:  # an abandoned step finished after its run ended (store may be gone)
+                log.bind(workflow=self.wf.name, run_id=self.job.run_id).debug(
+                    "abandoned step ended after its run", error=repr(exc))
 
     def _maybe_end_locked(self) -> bool:
         if self.ended is not None or self.running or self.active:
@@ -499,7 +505,7 @@ class WorkflowRun(SupervisedActor):
             control.future.set_exception(exc)
             self.stop()
             return
-        scheduler = _Scheduler(job, plan, self.actor_ref.tell)
+        scheduler = _Scheduler(job, plan, self._tell_self)
         self.scheduler = scheduler
         with control.lock:
             control.scheduler = scheduler
@@ -513,6 +519,12 @@ class WorkflowRun(SupervisedActor):
             self.timer.daemon = True
             self.timer.start()
         scheduler.start()
+
+    def _tell_self(self, message: Any) -> None:
+        try:
+            self.actor_ref.tell(message)
+        except pykka.ActorDeadError:
+            pass  # this incarnation is gone; its successor plans from the checkpoints
 
     def _finish(self) -> None:
         job, scheduler = self.job, self.scheduler

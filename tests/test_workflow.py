@@ -1,0 +1,720 @@
+"""Workflows: validation, DAG execution, retries, dead letters, cancel, timeouts, plan, resume."""
+
+from __future__ import annotations
+
+import asyncio
+import threading
+from collections import Counter
+from collections.abc import Iterator
+from pathlib import Path
+from typing import Any
+
+import pytest
+
+from supervisors import ChildExited, DynamicSupervisor, Supervisor, add_listener, remove_listener
+from zixir_actors import _lmdb, checkpoint
+from zixir_actors.checkpoint import CheckpointClient, open_store
+from zixir_actors.errors import (
+    CorruptBlobError,
+    CycleError,
+    DeadLetterNotFoundError,
+    DuplicateStepError,
+    InvalidStepError,
+    MissingInputError,
+    NotStartedError,
+    RunActiveError,
+    RunFailedError,
+    RunInterruptedError,
+    RunNotFoundError,
+    StepTimeoutError,
+    UnknownDependencyError,
+    UnknownStepError,
+    WorkflowDefinitionError,
+    WorkflowError,
+    WorkflowNotFoundError,
+)
+from zixir_actors.observability import metrics
+from zixir_actors.testing import FakeClock, capture_logs, capture_spans, wait_for
+from zixir_actors.workflow import (
+    DeadLetters,
+    RetryPolicy,
+    RunResult,
+    Step,
+    StepContext,
+    Workflow,
+    child_spec,
+)
+from zixir_actors.workflow import _run as run_module
+
+RESULT_TIMEOUT = 20.0
+
+
+@pytest.fixture
+def clock() -> FakeClock:
+    return FakeClock()
+
+
+@pytest.fixture
+def store(tmp_path: Path, clock: FakeClock) -> Iterator[CheckpointClient]:
+    with open_store(tmp_path, clock=clock) as client:
+        yield client
+
+
+def diamond(calls: Counter[str], name: str = "diamond", **options: Any) -> Workflow:
+    wf = Workflow(name, **options)
+
+    @wf.step()
+    def a(n: int) -> int:
+        calls["a"] += 1
+        return n + 1
+
+    @wf.step(depends_on=["a"])
+    def b(a: int) -> int:
+        calls["b"] += 1
+        return a * 2
+
+    @wf.step(depends_on=["a"])
+    def c(a: int) -> int:
+        calls["c"] += 1
+        return a * 3
+
+    @wf.step(depends_on=["b", "c"])
+    def d(b: int, c: int) -> int:
+        calls["d"] += 1
+        return b + c
+
+    return wf
+
+
+# -- validation ---------------------------------------------------------------------
+
+
+def test_cycle_is_named_before_anything_runs(store: CheckpointClient) -> None:
+    wf = Workflow("cyclic")
+    wf.add(Step("start", lambda: 1))
+    wf.add(Step("a", lambda: 1, depends_on=["c", "start"]))
+    wf.add(Step("b", lambda: 1, depends_on=["a"]))
+    wf.add(Step("c", lambda: 1, depends_on=["b"]))
+    with pytest.raises(CycleError) as info:
+        wf.run(store=store)
+    assert info.value.cycle == ("a", "c", "b", "a")
+    assert "a -> c -> b -> a" in str(info.value)
+    assert store.list_runs() == []
+
+
+def test_cycle_in_constructor_raises_at_once() -> None:
+    with pytest.raises(CycleError):
+        Workflow("loop", [Step("x", lambda y: 1, depends_on="y"),
+                          Step("y", lambda x: 1, depends_on="x")])
+
+
+def test_unknown_dependency_is_named() -> None:
+    with pytest.raises(UnknownDependencyError) as info:
+        Workflow("w", [Step("a", lambda: 1, depends_on=["ghost"])])
+    assert (info.value.step, info.value.dependency) == ("a", "ghost")
+
+
+def test_duplicate_step_names_are_rejected() -> None:
+    wf = Workflow("dup")
+    wf.add(Step("a", lambda: 1))
+    with pytest.raises(DuplicateStepError):
+
+        @wf.step(name="a")
+        def other() -> int:
+            return 2
+
+
+@pytest.mark.parametrize(("make", "field"), [
+    (lambda: RetryPolicy(max_attempts=0), "retry.max_attempts"),
+    (lambda: RetryPolicy(initial_delay=-1), "retry.initial_delay"),
+    (lambda: RetryPolicy(backoff=0.5), "retry.backoff"),
+    (lambda: RetryPolicy(jitter=2), "retry.jitter"),
+    (lambda: RetryPolicy(max_delay=float("inf")), "retry.max_delay"),
+    (lambda: RetryPolicy(retry_on=(ValueError, "nope")), "retry.retry_on"),  # type: ignore[arg-type]
+    (lambda: RetryPolicy(give_up_on=int), "retry.give_up_on"),  # type: ignore[arg-type]
+    (lambda: Step("a", lambda: 1, timeout=0), "timeout"),
+    (lambda: Step("a", lambda: 1, retry=3), "retry"),  # type: ignore[arg-type]
+    (lambda: Step("not valid", lambda: 1), "name"),
+    (lambda: Step("ctx", lambda: 1), "name"),
+    (lambda: Step("a", 42), "fn"),  # type: ignore[arg-type]
+    (lambda: Step("a", lambda: 1, depends_on=["a"]), "depends_on"),
+    (lambda: Workflow("w", on_failure="explode"), "on_failure"),  # type: ignore[arg-type]
+    (lambda: Workflow("w", max_concurrency=0), "max_concurrency"),
+])
+def test_bad_policies_and_options_are_typed_errors(make: Any, field: str) -> None:
+    with pytest.raises(InvalidStepError) as info:
+        make()
+    assert info.value.field == field
+    assert isinstance(info.value, WorkflowDefinitionError)
+
+
+def test_an_empty_workflow_is_a_definition_error(store: CheckpointClient) -> None:
+    with pytest.raises(WorkflowDefinitionError):
+        Workflow("empty").run(store=store)
+
+
+def test_missing_input_is_reported_before_anything_runs(store: CheckpointClient) -> None:
+    calls: Counter[str] = Counter()
+    wf = diamond(calls)
+    with pytest.raises(MissingInputError) as info:
+        wf.run({}, store=store)
+    assert (info.value.step, info.value.parameter) == ("a", "n")
+    assert calls == Counter()
+    assert store.list_runs() == []
+
+
+def test_without_a_store_running_raises_not_started() -> None:
+    wf = Workflow("nostore", [Step("a", lambda: 1)])
+    with pytest.raises(NotStartedError):
+        wf.run()
+
+
+# -- execution ----------------------------------------------------------------------
+
+
+def test_diamond_runs_in_dependency_order_with_parallel_branches(
+        store: CheckpointClient) -> None:
+    barrier = threading.Barrier(2, timeout=10)
+    wf = Workflow("par")
+    wf.add(Step("a", lambda n: n))
+    # b and c can only both pass the barrier if they run at the same time.
+    wf.add(Step("b", lambda a: (barrier.wait(), a + 1)[1], depends_on=["a"]))
+    wf.add(Step("c", lambda a: (barrier.wait(), a + 2)[1], depends_on=["a"]))
+    wf.add(Step("d", lambda b, c: b * c, depends_on=["b", "c"]))
+    result = wf.run({"n": 1}, store=store)
+    assert result.status == "succeeded"
+    assert result.outputs == {"a": 1, "b": 2, "c": 3, "d": 6}
+    assert result.attempts == {"a": 1, "b": 1, "c": 1, "d": 1}
+    assert all(d >= 0 for d in result.durations.values())
+    assert store.get_run(result.run_id).status == "succeeded"
+    assert set(store.steps(result.run_id)) == {"a", "b", "c", "d"}
+
+
+def test_wide_dag_with_a_join(store: CheckpointClient) -> None:
+    wf = Workflow("wide", max_concurrency=4)
+    for i in range(40):
+        wf.add(Step(f"leaf{i}", lambda base, i=i: base + i))
+    wf.add(Step("total", lambda **outs: sum(v for k, v in outs.items() if k.startswith("leaf")),
+                depends_on=[f"leaf{i}" for i in range(40)]))
+    result = wf.run({"base": 1}, store=store)
+    assert result.ok
+    assert result.outputs["total"] == sum(1 + i for i in range(40))
+
+
+def test_ctx_carries_run_step_attempt_and_a_bound_logger(store: CheckpointClient) -> None:
+    seen: list[StepContext] = []
+    wf = Workflow("ctx")
+
+    @wf.step()
+    def only(ctx: StepContext) -> str:
+        seen.append(ctx)
+        ctx.logger.info("inside the step")
+        return ctx.idempotency_key
+
+    with capture_logs() as logs:
+        result = wf.run(run_id="run-ctx", store=store)
+    assert seen[0].run_id == "run-ctx"
+    assert (seen[0].step, seen[0].attempt, seen[0].workflow) == ("only", 1, "ctx")
+    assert result.outputs["only"] == seen[0].idempotency_key
+    record = next(r for r in logs.records if r["message"] == "inside the step")
+    assert record["run_id"] == "run-ctx"
+    assert record["step"] == "only"
+
+
+def test_events_go_to_logs_spans_and_metrics(store: CheckpointClient) -> None:
+    wf = Workflow("observed")
+    wf.add(Step("x", lambda: 1))
+    before = metrics.sample("zixir_workflow_step_attempts_total",
+                            {"workflow": "observed", "step": "x", "outcome": "succeeded"}) or 0
+    with capture_logs() as logs, capture_spans() as spans:
+        result = wf.run(store=store)
+    after = metrics.sample("zixir_workflow_step_attempts_total",
+                           {"workflow": "observed", "step": "x", "outcome": "succeeded"})
+    assert after == before + 1
+    assert any(r["message"] == "step succeeded" and r["run_id"] == result.run_id
+               for r in logs.records)
+    run_span = next(s for s in spans.spans if s.name == "workflow.run")
+    step_span = next(s for s in spans.spans if s.name == "workflow.step")
+    assert step_span.parent_id == run_span.span_id
+    assert step_span.attributes["step"] == "x"
+    assert metrics.sample("zixir_workflow_step_duration_seconds_count",
+                          {"workflow": "observed", "step": "x"}) >= 1
+
+
+def test_start_returns_a_handle_with_a_future(store: CheckpointClient) -> None:
+    release = threading.Event()
+    wf = Workflow("handle", [Step("slow", lambda: release.wait(10))])
+    handle = wf.start(store=store)
+    assert not handle.done()
+    release.set()
+    assert handle.result(timeout=RESULT_TIMEOUT).outputs["slow"] is True
+    assert handle.future.done()
+
+
+def test_a_handle_can_be_awaited(store: CheckpointClient) -> None:
+    wf = Workflow("awaited", [Step("x", lambda: 5)])
+
+    async def main() -> RunResult:
+        return await wf.start(store=store)
+
+    assert asyncio.run(main()).outputs["x"] == 5
+
+
+def test_same_run_twice_in_this_process_is_refused(store: CheckpointClient) -> None:
+    release = threading.Event()
+    wf = Workflow("twice", [Step("x", lambda: release.wait(10))])
+    handle = wf.start(run_id="r", store=store)
+    try:
+        with pytest.raises(RunActiveError):
+            wf.start(run_id="r", store=store)
+    finally:
+        release.set()
+        handle.result(timeout=RESULT_TIMEOUT)
+
+
+def test_a_run_id_of_another_workflow_is_refused(store: CheckpointClient) -> None:
+    Workflow("one", [Step("x", lambda: 1)]).run(run_id="shared", store=store)
+    with pytest.raises(WorkflowError):
+        Workflow("two", [Step("x", lambda: 1)]).run(run_id="shared", store=store)
+
+
+# -- retries -----------------------------------------------------------------------
+
+
+def flaky(failures: int, error: type[Exception] = ConnectionError) -> Any:
+    calls = {"n": 0}
+
+    def fn(ctx: StepContext) -> str:
+        calls["n"] += 1
+        if calls["n"] <= failures:
+            raise error(f"failure {calls['n']}")
+        return ctx.idempotency_key
+
+    fn.calls = calls  # type: ignore[attr-defined]
+    return fn
+
+
+def test_retries_back_off_exponentially_with_jitter_on_the_clock(
+        store: CheckpointClient, clock: FakeClock) -> None:
+    policy = RetryPolicy(max_attempts=5, initial_delay=1.0, backoff=2.0, max_delay=5.0,
+                         jitter=0.2)
+    fn = flaky(4)
+    wf = Workflow("retry", [Step("x", fn, retry=policy)], clock=clock)
+    result = wf.run(store=store)
+    assert result.ok
+    assert result.attempts == {"x": 5}
+    assert len(clock.sleeps) == 4
+    for failures, slept in enumerate(clock.sleeps, start=1):
+        base = min(5.0, 1.0 * 2.0 ** (failures - 1))
+        assert base * 0.8 <= slept <= min(5.0, base * 1.2)
+
+
+def test_idempotency_key_is_stable_across_retries(store: CheckpointClient,
+                                                  clock: FakeClock) -> None:
+    keys: list[str] = []
+
+    def fn(ctx: StepContext) -> None:
+        keys.append(ctx.idempotency_key)
+        if ctx.attempt < 3:
+            raise TimeoutError("slow API")
+
+    wf = Workflow("keys", [Step("x", fn, retry=RetryPolicy(max_attempts=3))], clock=clock)
+    wf.run(store=store)
+    assert len(keys) == 3 and len(set(keys)) == 1
+
+
+def test_give_up_on_stops_at_once(store: CheckpointClient, clock: FakeClock) -> None:
+    fn = flaky(10, PermissionError)
+    policy = RetryPolicy(max_attempts=5, give_up_on=(PermissionError,))
+    wf = Workflow("giveup", [Step("x", fn, retry=policy)], clock=clock)
+    result = wf.run(store=store)
+    assert result.status == "failed"
+    assert result.attempts == {"x": 1}
+    assert clock.sleeps == []
+    assert result.errors["x"].type == "PermissionError"
+
+
+def test_errors_outside_retry_on_are_not_retried(store: CheckpointClient,
+                                                 clock: FakeClock) -> None:
+    fn = flaky(10, KeyError)
+    policy = RetryPolicy(max_attempts=5, retry_on=(ConnectionError,))
+    result = Workflow("retryon", [Step("x", fn, retry=policy)], clock=clock).run(store=store)
+    assert result.attempts == {"x": 1}
+    assert fn.calls["n"] == 1
+
+
+# -- dead letters ----------------------------------------------------------------------
+
+
+def test_exhausted_step_goes_to_dead_letters_and_retry_completes_the_run(
+        store: CheckpointClient, clock: FakeClock) -> None:
+    fixed = threading.Event()
+    calls: Counter[str] = Counter()
+
+    def enrich(a: int, model: str) -> str:
+        calls["enrich"] += 1
+        if not fixed.is_set():
+            raise ValueError(f"model {model} rejected {a}")
+        return f"{model}:{a}"
+
+    wf = Workflow("dlq", clock=clock)
+    wf.add(Step("a", lambda: calls.update(["a"]) or 7))
+    wf.add(Step("enrich", enrich, depends_on=["a"], retry=RetryPolicy(max_attempts=3)))
+    wf.add(Step("publish", lambda enrich: enrich.upper(), depends_on=["enrich"]))
+    result = wf.run({"model": "small"}, store=store)
+    assert result.status == "failed"
+    assert result.steps["publish"].status == "not_run"
+    dlq = DeadLetters(store)
+    [letter] = dlq.list()
+    assert letter.id == result.steps["enrich"].dead_letter
+    assert (letter.run_id, letter.step, letter.workflow) == (result.run_id, "enrich", "dlq")
+    assert letter.inputs == {"a": 7, "model": "small"}
+    assert letter.error_type == "ValueError" and "rejected 7" in letter.error_message
+    assert "Traceback" in letter.traceback and "enrich" in letter.traceback
+    assert [a.attempt for a in letter.attempts] == [1, 2, 3]
+    assert dlq.get(letter.id) == letter
+    assert len(dlq) == 1
+    assert metrics.sample("zixir_workflow_dead_letters") == 1
+    assert metrics.sample("zixir_workflow_retries_exhausted_total",
+                          {"workflow": "dlq", "step": "enrich"}) >= 1
+
+    fixed.set()
+    again = dlq.retry(letter.id)
+    assert again.status == "succeeded"
+    assert again.outputs["publish"] == "SMALL:7"
+    assert again.steps["a"].status == "cached"
+    assert calls["a"] == 1
+    assert dlq.list() == []
+    assert metrics.sample("zixir_workflow_dead_letters") == 0
+
+
+def test_discard_removes_a_letter(store: CheckpointClient) -> None:
+    wf = Workflow("discard", [Step("x", lambda: 1 / 0)])
+    wf.run(store=store)
+    dlq = DeadLetters(store)
+    [letter] = dlq.list(workflow="discard")
+    dlq.discard(letter.id)
+    assert dlq.list() == []
+    with pytest.raises(DeadLetterNotFoundError):
+        dlq.discard(letter.id)
+
+
+def test_retry_needs_the_workflow_defined_here(store: CheckpointClient) -> None:
+    Workflow("ephemeral-wf", [Step("x", lambda: 1 / 0)]).run(store=store)
+    import gc
+
+    gc.collect()
+    letter = DeadLetters(store).list()[0]
+    with pytest.raises(WorkflowNotFoundError):
+        DeadLetters(store).retry(letter.id)
+    fixed = Workflow("ephemeral-wf", [Step("x", lambda: 2)])
+    assert DeadLetters(store).retry(letter.id, workflow=fixed).outputs["x"] == 2
+
+
+def test_unserializable_output_fails_the_step_clearly(store: CheckpointClient) -> None:
+    wf = Workflow("gen", [Step("x", lambda: (i for i in range(3)),
+                               retry=RetryPolicy(max_attempts=3))])
+    result = wf.run(store=store)
+    assert result.status == "failed"
+    assert result.attempts == {"x": 1}
+    assert result.errors["x"].type == "UnserializableError"
+
+
+# -- failure policy -------------------------------------------------------------------
+
+
+def branching(on_failure: str) -> Workflow:
+    wf = Workflow(f"branch-{on_failure}", on_failure=on_failure)  # type: ignore[arg-type]
+    wf.add(Step("bad", lambda: 1 / 0))
+    wf.add(Step("after_bad", lambda bad: bad, depends_on=["bad"]))
+    wf.add(Step("good", lambda: "ok"))
+    wf.add(Step("after_good", lambda good: good + "!", depends_on=["good"]))
+    return wf
+
+
+def test_continue_policy_runs_independent_branches(store: CheckpointClient) -> None:
+    result = branching("continue").run(store=store, max_concurrency=1)
+    assert result.status == "failed"
+    assert result.steps["bad"].status == "failed"
+    assert result.steps["after_bad"].status == "upstream_failed"
+    assert result.outputs["after_good"] == "ok!"
+    assert store.get_run(result.run_id).steps["after_good"] == "succeeded"
+
+
+def test_stop_policy_starts_nothing_after_the_first_exhausted_step(
+        store: CheckpointClient) -> None:
+    result = branching("stop").run(store=store, max_concurrency=1)
+    assert result.status == "failed"
+    assert result.steps["after_bad"].status == "not_run"
+    assert result.steps["after_good"].status == "not_run"
+    with pytest.raises(RunFailedError) as info:
+        result.raise_for_status()
+    assert "ZeroDivisionError" in str(info.value)
+
+
+# -- cancel and timeouts ---------------------------------------------------------------
+
+
+def test_cancel_stops_a_running_run(store: CheckpointClient) -> None:
+    started, release = threading.Event(), threading.Event()
+    calls: Counter[str] = Counter()
+
+    def slow() -> str:
+        started.set()
+        release.wait(10)
+        return "late"
+
+    wf = Workflow("cancel")
+    wf.add(Step("slow", slow))
+    wf.add(Step("next", lambda slow: calls.update(["next"]), depends_on=["slow"]))
+    handle = wf.start(store=store)
+    assert started.wait(5)
+    assert handle.cancel() is True
+    result = handle.result(timeout=RESULT_TIMEOUT)
+    release.set()
+    assert result.status == "cancelled"
+    assert result.steps["slow"].status == "cancelled"
+    assert result.steps["next"].status == "not_run"
+    assert calls["next"] == 0
+    assert store.get_run(handle.run_id).status == "cancelled"
+    assert wf.cancel(handle.run_id, store=store) is False
+
+
+def test_cancel_of_a_run_from_a_dead_process_marks_it(store: CheckpointClient) -> None:
+    wf = Workflow("orphan", [Step("x", lambda: 1)])
+    store.save_run(checkpoint.RunRecord("ghost", "orphan", "running", {}, 0.0, 0.0))
+    assert wf.cancel("ghost", store=store) is True
+    assert store.get_run("ghost").status == "cancelled"
+    with pytest.raises(RunNotFoundError):
+        wf.cancel("never", store=store)
+
+
+def test_step_timeout_records_the_step_as_timed_out(store: CheckpointClient) -> None:
+    release = threading.Event()
+    wf = Workflow("timeout", [Step("stuck", lambda: release.wait(10), timeout=0.1)])
+    result = wf.run(store=store)
+    release.set()
+    assert result.status == "failed"
+    assert result.steps["stuck"].status == "timed_out"
+    assert result.errors["stuck"].type == StepTimeoutError.__qualname__
+    assert DeadLetters(store).list()[0].attempts[0].timed_out is True
+
+
+def test_run_timeout_ends_the_run_as_timed_out(store: CheckpointClient) -> None:
+    release = threading.Event()
+    wf = Workflow("runtimeout", [Step("stuck", lambda: release.wait(10))])
+    result = wf.run(store=store, timeout=0.1)
+    release.set()
+    assert result.status == "timed_out"
+    assert result.steps["stuck"].status == "cancelled"
+
+
+# -- plan and resume ---------------------------------------------------------------------
+
+
+def test_resume_after_failure_skips_finished_steps(store: CheckpointClient) -> None:
+    calls: Counter[str] = Counter()
+    broken = {"b": True}
+    wf = Workflow("resume")
+    wf.add(Step("a", lambda: calls.update(["a"]) or 1))
+
+    def b(a: int) -> int:
+        calls["b"] += 1
+        if broken["b"]:
+            raise RuntimeError("flaky dependency")
+        return a + 1
+
+    wf.add(Step("b", b, depends_on=["a"]))
+    first = wf.run(store=store)
+    assert first.status == "failed"
+    plan = wf.plan(first.run_id, store=store)
+    assert plan["a"].action == "skip"
+    assert (plan["b"].action, plan["b"].reason) == ("run", "no checkpoint")
+    broken["b"] = False
+    second = wf.resume(first.run_id, store=store)
+    assert second.ok and second.outputs == {"a": 1, "b": 2}
+    assert calls == Counter({"a": 1, "b": 2})
+    assert second.steps["a"].status == "cached"
+
+
+def test_plan_explains_code_and_input_changes(store: CheckpointClient) -> None:
+    calls: Counter[str] = Counter()
+    result = diamond(calls, name="planned").run({"n": 1}, run_id="p1", store=store)
+    assert result.outputs["d"] == 10
+    same = diamond(calls, name="planned")
+    assert same.plan("p1", store=store).to_run == ()
+    assert "unchanged" in same.plan("p1", store=store)["a"].reason
+
+    original = diamond(Counter(), "tmp").steps
+    changed = Workflow("planned")
+    changed.add(original["a"])
+    changed.add(Step("b", lambda a: a * 20, depends_on=["a"]))  # new code
+    changed.add(original["c"])
+    changed.add(original["d"])
+    plan = changed.plan("p1", store=store)
+    actions = {e.step: (e.action, e.reason) for e in plan}
+    assert actions["b"] == ("rerun", "code changed since its checkpoint")
+    assert actions["d"] == ("rerun", "upstream step 'b' will run")
+    assert plan["c"].action == "skip"
+    assert "b" in str(plan) and "rerun" in str(plan)
+
+    inputs_plan = diamond(Counter(), name="planned").plan("p1", inputs={"n": 2}, store=store)
+    assert inputs_plan["a"].reason == "inputs changed since its checkpoint"
+    assert inputs_plan.to_run == ("a", "b", "c", "d")
+
+
+def test_changed_inputs_rerun_that_step_and_downstream(store: CheckpointClient) -> None:
+    calls: Counter[str] = Counter()
+    wf = Workflow("inputs")
+    wf.add(Step("fixed", lambda: calls.update(["fixed"]) or "f"))
+    wf.add(Step("uses", lambda x: calls.update(["uses"]) or x * 2))
+    wf.add(Step("join", lambda fixed, uses: calls.update(["join"]) or fixed + str(uses),
+                depends_on=["fixed", "uses"]))
+    wf.run({"x": 1}, run_id="i1", store=store)
+    again = wf.run({"x": 1}, run_id="i1", store=store)
+    assert {s.status for s in again.steps.values()} == {"cached"}
+    changed = wf.run({"x": 5}, run_id="i1", store=store)
+    assert changed.outputs["join"] == "f10"
+    assert calls == Counter({"fixed": 1, "uses": 2, "join": 2})
+
+
+def test_resume_from_step_forces_it_and_downstream(store: CheckpointClient) -> None:
+    calls: Counter[str] = Counter()
+    wf = diamond(calls, name="forced")
+    wf.run({"n": 1}, run_id="f1", store=store)
+    plan = wf.plan("f1", from_step="b", store=store)
+    assert plan.to_run == ("b", "d")
+    assert plan["b"].reason == "forced: resume from this step"
+    result = wf.resume("f1", from_step="b", store=store)
+    assert result.ok
+    assert calls == Counter({"a": 1, "b": 2, "c": 1, "d": 2})
+    with pytest.raises(UnknownStepError):
+        wf.resume("f1", from_step="zzz", store=store)
+    with pytest.raises(RunNotFoundError):
+        wf.resume("missing", store=store)
+    with pytest.raises(RunNotFoundError):
+        wf.plan("missing", store=store)
+
+
+def test_idempotency_key_is_stable_across_resumes(store: CheckpointClient) -> None:
+    keys: list[str] = []
+    fail = {"on": True}
+
+    def x(ctx: StepContext) -> None:
+        keys.append(ctx.idempotency_key)
+        if fail["on"]:
+            raise RuntimeError("down")
+
+    wf = Workflow("keys-resume", [Step("x", x)])
+    first = wf.run(store=store)
+    fail["on"] = False
+    wf.resume(first.run_id, store=store)
+    assert len(keys) == 2 and keys[0] == keys[1]
+
+
+def test_corrupt_checkpoint_makes_resume_fail_clearly(store: CheckpointClient) -> None:
+    wf = Workflow("corrupt", [Step("a", lambda: 1), Step("b", lambda a: a, depends_on="a")])
+    wf.run(run_id="c1", store=store)
+    env = _lmdb.open_env(store.data_dir)
+    try:
+        db = env.db(checkpoint.STEPS_DB)
+        env.write(lambda txn: txn.put(b"c1\x00a", b"ZX\x01\x00garbage", db=db))
+    finally:
+        _lmdb.release(env)
+    with pytest.raises(CorruptBlobError) as info:
+        wf.plan("c1", store=store)
+    assert "c1/a" in str(info.value)
+    with pytest.raises(CorruptBlobError):
+        wf.resume("c1", store=store)
+
+
+# -- supervision -------------------------------------------------------------------------
+
+
+def test_run_actor_crash_is_restarted_and_continues_from_checkpoints(
+        tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> None:
+    calls: Counter[str] = Counter()
+    wf = diamond(calls, name="crashy")
+    real = run_module._Scheduler._record_locked
+    crashed = threading.Event()
+
+    def record(self: Any, name: str, outcome: Any) -> None:
+        real(self, name, outcome)
+        if name == "a" and not crashed.is_set():
+            crashed.set()
+            raise RuntimeError("injected scheduler crash")
+
+    monkeypatch.setattr(run_module._Scheduler, "_record_locked", record)
+    exits: list[ChildExited] = []
+
+    def listen(event: object) -> None:
+        if isinstance(event, ChildExited):
+            exits.append(event)
+
+    add_listener(listen)
+    sup = Supervisor.start_link([checkpoint.child_spec(tmp_path), child_spec()])
+    try:
+        result = wf.run({"n": 1}, timeout=RESULT_TIMEOUT)
+        assert result.ok
+        assert result.outputs["d"] == 10
+        assert calls["a"] == 1  # committed before the crash: never re-run
+        assert result.steps["a"].status == "cached"
+        assert any(isinstance(e.reason, RuntimeError) for e in exits)
+    finally:
+        sup.stop()
+        remove_listener(listen)
+
+
+def test_unsupervised_run_actor_crash_fails_the_run(store: CheckpointClient,
+                                                    monkeypatch: pytest.MonkeyPatch) -> None:
+    def record(self: Any, name: str, outcome: Any) -> None:
+        raise RuntimeError("injected")
+
+    monkeypatch.setattr(run_module._Scheduler, "_record_locked", record)
+    wf = Workflow("nosup", [Step("x", lambda: 1)])
+    with pytest.raises(RunInterruptedError) as info:
+        wf.run(store=store)
+    assert isinstance(info.value.reason, RuntimeError)
+    monkeypatch.undo()
+    assert wf.resume(info.value.run_id, store=store).steps["x"].status == "cached"
+
+
+def test_runs_are_children_of_the_workflows_supervisor(tmp_path: Path) -> None:
+    release = threading.Event()
+    wf = Workflow("child", [Step("x", lambda: release.wait(10))])
+    sup = Supervisor.start_link([checkpoint.child_spec(tmp_path), child_spec()])
+    try:
+        handle = wf.start()
+        from supervisors import SupervisorRef, whereis
+
+        workflows = SupervisorRef(whereis("zixir.workflows"))
+        wait_for(lambda: workflows.count_children().active == 1, timeout=5)
+        release.set()
+        assert handle.result(timeout=RESULT_TIMEOUT).ok
+        wait_for(lambda: workflows.count_children().active == 0, timeout=5)
+    finally:
+        release.set()
+        sup.stop()
+
+
+def test_supervisor_shutdown_interrupts_a_run_that_can_be_resumed(tmp_path: Path) -> None:
+    started, release = threading.Event(), threading.Event()
+    calls: Counter[str] = Counter()
+
+    def slow() -> int:
+        calls["slow"] += 1
+        started.set()
+        release.wait(10)
+        return 1
+
+    wf = Workflow("shutdown", [Step("slow", slow)])
+    sup = DynamicSupervisor.start_link(name="zixir.workflows")
+    with open_store(tmp_path) as store:
+        handle = wf.start(store=store)
+        assert started.wait(5)
+        sup.stop()
+        with pytest.raises(RunInterruptedError):
+            handle.result(timeout=RESULT_TIMEOUT)
+        release.set()
+        assert store.get_run(handle.run_id).status == "running"
+        assert wf.resume(handle.run_id, store=store).ok
