@@ -26,6 +26,7 @@ from supervisors import ChildSpec, Down, Supervisor, SupervisorRef, monitor, whe
 from zixir_actors._clock import SYSTEM_CLOCK, Clock
 from zixir_actors.errors import StageCrashedError, StreamConsumedError, StreamTimeoutError
 from zixir_actors.observability import metrics, start_span
+from zixir_actors.stream._boundaries import BufferStage, ConcurrentMap, Junction, Worker
 from zixir_actors.stream._runtime import (
     Chunk,
     Complete,
@@ -36,14 +37,7 @@ from zixir_actors.stream._runtime import (
     Sink,
     Wire,
 )
-from zixir_actors.stream._stages import (
-    BufferStage,
-    ConcurrentMap,
-    IterSource,
-    Junction,
-    Segment,
-    Worker,
-)
+from zixir_actors.stream._stages import IterSource, Segment
 
 if TYPE_CHECKING:
     from zixir_actors.stream._stream import Stream

@@ -2,10 +2,8 @@
 
 from __future__ import annotations
 
-import asyncio
 import functools
-import time
-from collections.abc import AsyncGenerator, AsyncIterator, Callable, Hashable, Iterable, Iterator
+from collections.abc import AsyncIterator, Callable, Hashable, Iterable, Iterator
 from dataclasses import dataclass
 from typing import Any, Generic, Literal, TypeVar, get_args
 
@@ -13,8 +11,9 @@ from zixir_actors._clock import Clock
 from zixir_actors.errors import ConfigError, EmptyStreamError
 from zixir_actors.stream import _ops
 from zixir_actors.stream._ops import OnError
-from zixir_actors.stream._pipeline import Run, is_chunk, outcome, plan_bound, stage_names
+from zixir_actors.stream._pipeline import plan_bound, stage_names
 from zixir_actors.stream._runtime import annotate
+from zixir_actors.stream._terminals import achunks, aiterate_items, drain, iterate_items
 
 __all__ = ["DEFAULT_RETRIES", "Overflow", "Stream"]
 
@@ -444,7 +443,7 @@ class Stream(Generic[T]):
             the exception of a failed stage (with its `stage` attribute);
             StreamTimeoutError: the whole iteration took longer than `timeout`.
         """
-        return _iterate(self, timeout)
+        return iterate_items(self, timeout)
 
     def to_list(self, *, timeout: float | None = None) -> list[T]:
         """Run the pipeline and return every item.
@@ -456,7 +455,7 @@ class Stream(Generic[T]):
             StreamConsumedError: a single-use source was already run.
         """
         out: list[T] = []
-        _drain(self, timeout, out.extend)
+        drain(self, timeout, out.extend)
         return out
 
     def for_each(self, fn: Callable[[T], object], *, timeout: float | None = None) -> None:
@@ -475,7 +474,7 @@ class Stream(Generic[T]):
             except Exception as exc:
                 raise annotate(exc, "for_each") from None
 
-        _drain(self, timeout, each)
+        drain(self, timeout, each)
 
     def reduce(self, fn: Callable[[U, T], U], initial: U = _MISSING, *,
                timeout: float | None = None) -> U:
@@ -498,7 +497,7 @@ class Stream(Generic[T]):
             except Exception as exc:
                 raise annotate(exc, "reduce") from None
 
-        _drain(self, timeout, fold)
+        drain(self, timeout, fold)
         if not acc:
             raise EmptyStreamError("reduce")
         return acc[0]  # type: ignore[no-any-return]
@@ -517,11 +516,11 @@ class Stream(Generic[T]):
         return default  # type: ignore[no-any-return]
 
     def __aiter__(self) -> AsyncIterator[T]:
-        return _aiterate(self, None)
+        return aiterate_items(self, None)
 
     def aiterate(self, *, timeout: float | None = None) -> AsyncIterator[T]:
         """`async for` with a timeout over the whole iteration."""
-        return _aiterate(self, timeout)
+        return aiterate_items(self, timeout)
 
     async def run_async(self, *, timeout: float | None = None) -> list[T]:
         """Run inside asyncio and return every item, without blocking the event loop.
@@ -532,7 +531,7 @@ class Stream(Generic[T]):
             [1, 2, 3]
         """
         out: list[T] = []
-        async for chunk in _achunks(self, timeout):
+        async for chunk in achunks(self, timeout):
             out.extend(chunk)
         return out
 
@@ -541,77 +540,3 @@ def _default_clock() -> Clock:
     from zixir_actors._clock import SYSTEM_CLOCK
 
     return SYSTEM_CLOCK
-
-
-def _deadline(timeout: float | None) -> float | None:
-    if timeout is None:
-        return None
-    if not timeout >= 0:
-        raise ConfigError("timeout", timeout, "must be non-negative seconds or None")
-    return time.monotonic() + timeout
-
-
-def _drain(stream: Stream[Any], timeout: float | None,
-           on_items: Callable[[list[Any]], None]) -> None:
-    deadline = _deadline(timeout)
-    run = Run(stream)
-    try:
-        while True:
-            message = run.next_message(deadline, timeout)
-            if is_chunk(message):
-                on_items(message.items)
-                run.consumed_items(len(message.items))
-            else:
-                error = outcome(message)
-                if error is not None:
-                    raise error
-                return
-    finally:
-        run.close()
-
-
-def _iterate(stream: Stream[T], timeout: float | None) -> Iterator[T]:
-    deadline = _deadline(timeout)
-    run = Run(stream)
-    try:
-        while True:
-            message = run.next_message(deadline, timeout)
-            if is_chunk(message):
-                yield from message.items
-                run.consumed_items(len(message.items))
-            else:
-                error = outcome(message)
-                if error is not None:
-                    raise error
-                return
-    finally:
-        run.close()
-
-
-async def _achunks(stream: Stream[T], timeout: float | None) -> AsyncGenerator[list[T], None]:
-    deadline = _deadline(timeout)
-    run = Run(stream, loop=asyncio.get_running_loop())
-    try:
-        while True:
-            message = await run.next_message_async(deadline, timeout)
-            if is_chunk(message):
-                yield message.items
-                run.consumed_items(len(message.items))
-            else:
-                error = outcome(message)
-                if error is not None:
-                    raise error
-                return
-    finally:
-        # Off the event loop: closing joins threads that may wait on this loop.
-        await asyncio.get_running_loop().run_in_executor(None, run.close)
-
-
-async def _aiterate(stream: Stream[T], timeout: float | None) -> AsyncIterator[T]:
-    chunks = _achunks(stream, timeout)
-    try:
-        async for items in chunks:
-            for item in items:
-                yield item
-    finally:
-        await chunks.aclose()
