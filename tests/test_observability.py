@@ -314,7 +314,8 @@ def test_span_attributes_events_and_manual_status() -> None:
             s.add_event("retry", attempt=2)
             s.record_exception(TimeoutError("slow"))
         assert not s.is_recording
-        assert s.end() is None  # already ended: a no-op
+        assert s.end() is False  # already ended: a no-op
+        assert s.record().duration == s.duration
     (record,) = spans.spans
     assert record.attributes == {"model": "small", "tokens": 10, "cost": 0.1}
     assert [(e.name, e.attributes) for e in record.events] == [("retry", {"attempt": 2})]
@@ -328,9 +329,11 @@ def test_start_span_is_ended_by_hand_and_never_twice() -> None:
         manual = start_span("manual", size=3)
         assert current_span() is parent
         assert manual in open_spans()
-        record = manual.end(status="ok")
-        assert record is not None and record.parent_id == parent.span_id
-        assert manual.end() is None
+        with pytest.raises(ObservabilityError, match="manual"):
+            manual.record()
+        assert manual.end(status="ok") is True
+        assert manual.record().parent_id == parent.span_id
+        assert manual.end() is False
         detached = start_span("detached", parent=None)
         detached.end()
     assert manual not in open_spans()

@@ -18,7 +18,7 @@ from __future__ import annotations
 
 import re
 import threading
-from collections.abc import Sequence
+from collections.abc import Callable, Sequence
 from dataclasses import dataclass
 from typing import Any, Literal, TypeVar, cast
 
@@ -90,6 +90,18 @@ class Metrics:
         self._registry = registry if registry is not None else CollectorRegistry()
         self._entries: dict[str, _Entry] = {}
         self._lock = threading.Lock()
+        self._before_collect: tuple[Callable[[], object], ...] = ()
+        # Registered first, so it runs before every metric is read: lets
+        # deferred updates (the actor message hook) land before a scrape.
+        self._registry.register(_BeforeCollect(self))
+
+    def _before_collect_add(self, fn: Callable[[], object]) -> None:
+        with self._lock:
+            self._before_collect = (*self._before_collect, fn)
+
+    def _before_collect_remove(self, fn: Callable[[], object]) -> None:
+        with self._lock:
+            self._before_collect = tuple(f for f in self._before_collect if f != fn)
 
     @property
     def registry(self) -> CollectorRegistry:
@@ -204,6 +216,21 @@ class Metrics:
                     name, "a series of another metric",
                     _Entry(kind, labels, buckets, None).describe()) from exc
             raise ConfigError("name", name, str(exc)) from exc
+
+
+class _BeforeCollect:
+    """A collector with no metrics: runs `Metrics._before_collect` on each collection."""
+
+    def __init__(self, owner: Metrics) -> None:
+        self._owner = owner
+
+    def describe(self) -> list[Any]:
+        return []
+
+    def collect(self) -> list[Any]:
+        for fn in self._owner._before_collect:
+            fn()
+        return []
 
 
 def _counter_key(name: str) -> str:

@@ -32,6 +32,8 @@ from __future__ import annotations
 
 import threading
 import weakref
+from collections import deque
+from collections.abc import Callable
 from dataclasses import dataclass
 from typing import Any
 
@@ -65,7 +67,8 @@ METRICS_NAME = "zixir.metrics"
 DEFAULT_SAMPLE_INTERVAL = 5.0
 """Seconds between two samples of mailbox depths and process RSS/CPU."""
 
-_OUTCOMES = ("ok", "error")
+FLUSH_AT = 10_000
+"""Queued message measurements that make the metrics actor fold them in at once."""
 
 
 @dataclass(frozen=True, slots=True)
@@ -112,32 +115,73 @@ class _RuntimeMetrics:
 
 
 class _MessageHook:
-    """`set_message_hook` target: two pre-bound metric updates per message."""
+    """`set_message_hook` target: queues (actor, seconds, error), metrics catch up later.
 
-    __slots__ = ("_bound", "_fallback", "_rt", "__weakref__")
+    The hook runs in the actor's thread right after the reply was sent, while
+    the asker wakes up: anything slower than a `deque.append` there shows up
+    in every `ask`. The queue is folded into the metrics (label children bound
+    once per actor) before every collection of the registry (a scrape,
+    `Metrics.sample`, `exposition`), on every timer tick, and by the metrics
+    actor when `FLUSH_AT` entries are waiting.
+    """
 
-    def __init__(self, rt: _RuntimeMetrics) -> None:
+    __slots__ = ("_alive", "_bound", "_flush_lock", "_notify", "_pending", "_rt", "__weakref__")
+
+    def __init__(self, rt: _RuntimeMetrics, notify: Callable[[], object]) -> None:
         self._rt = rt
-        # Per actor instance: (ok counter, error counter, histogram) children.
-        self._bound: weakref.WeakKeyDictionary[pykka.Actor, tuple[Any, Any, Any]] = \
-            weakref.WeakKeyDictionary()
+        self._notify = notify
+        self._pending: deque[tuple[tuple[Any, Any, Any], float, BaseException | None]] = deque()
+        self._flush_lock = threading.Lock()
+        # Per actor incarnation (by URN): (ok counter, error counter, histogram)
+        # children; `prune` drops the actors that are gone.
+        self._bound: dict[str, tuple[Any, Any, Any]] = {}
+        self._alive: dict[str, weakref.ref[pykka.Actor]] = {}
 
     def __call__(self, actor: pykka.Actor, message: Any, seconds: float,
                  error: BaseException | None) -> None:
-        try:
-            bound = self._bound[actor]
-        except KeyError:
+        # Bound here, not at flush time: a crashed actor has lost its name by then.
+        bound = self._bound.get(actor.actor_urn)
+        if bound is None:
             bound = self._bind(actor)
-        (bound[0] if error is None else bound[1]).inc()
-        bound[2].observe(seconds)
+        pending = self._pending
+        pending.append((bound, seconds, error))
+        if len(pending) == FLUSH_AT:
+            self._notify()
+
+    def flush(self) -> int:
+        """Fold the queued messages into the metrics; returns how many."""
+        pending = self._pending
+        done = 0
+        with self._flush_lock:
+            while True:
+                try:
+                    bound, seconds, error = pending.popleft()
+                except IndexError:
+                    return done
+                (bound[0] if error is None else bound[1]).inc()
+                bound[2].observe(seconds)
+                done += 1
 
     def _bind(self, actor: pykka.Actor) -> tuple[Any, Any, Any]:
         label = name_of(actor.actor_ref) or type(actor).__name__
         rt = self._rt
         bound = (rt.messages.labels(label, "ok"), rt.messages.labels(label, "error"),
                  rt.seconds.labels(label))
-        self._bound[actor] = bound
+        self._alive[actor.actor_urn] = weakref.ref(actor)
+        self._bound[actor.actor_urn] = bound
         return bound
+
+    def prune(self) -> None:
+        """Forget the bindings of actors that no longer exist."""
+        for urn, alive in list(self._alive.items()):
+            if alive() is None:
+                self._alive.pop(urn, None)
+                self._bound.pop(urn, None)
+
+
+@dataclass(frozen=True, slots=True)
+class _Flush:
+    pass
 
 
 class _Ticker(threading.Thread):
@@ -220,7 +264,9 @@ class MetricsRegistry(SupervisedActor):
         self._process.cpu_percent(None)  # the first call only starts the measurement
         if self._runtime:
             self._listener = add_listener(self._on_event)
-            self._hook = _MessageHook(self._rt)
+            actor_ref = self.actor_ref
+            self._hook = _MessageHook(self._rt, lambda: actor_ref.tell(_Flush()))
+            self._metrics._before_collect_add(self._hook.flush)
             self._previous_hook = set_message_hook(self._hook)
         self.sample()
         if self._server is not None:
@@ -245,6 +291,8 @@ class MetricsRegistry(SupervisedActor):
             current = set_message_hook(self._previous_hook)
             if current is not self._hook:
                 set_message_hook(current)
+            self._metrics._before_collect_remove(self._hook.flush)
+            self._hook.flush()
             self._hook = None
         if self._ticker is not None:
             self._ticker.stopped.set()
@@ -256,6 +304,8 @@ class MetricsRegistry(SupervisedActor):
     def on_receive(self, message: Any) -> Any:
         if isinstance(message, _Tick):
             return self.sample()
+        if isinstance(message, _Flush) and self._hook is not None:
+            return self._hook.flush()
         return None
 
     # -- the public API (call through the proxy) ------------------------------
@@ -264,6 +314,9 @@ class MetricsRegistry(SupervisedActor):
         """Measure now: mailbox depths, process RSS/CPU/threads; close orphan spans."""
         rt = self._rt
         assert rt is not None
+        if self._hook is not None:
+            self._hook.flush()
+            self._hook.prune()
         depths: dict[str, int] = {}
         for name, actor_ref in registered().items():
             try:

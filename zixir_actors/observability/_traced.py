@@ -29,7 +29,7 @@ from __future__ import annotations
 from types import TracebackType
 from typing import Any, ClassVar
 
-from pykka.messages import ProxyCall, ProxyGetAttr, _ActorStop
+from pykka.messages import ProxyCall, ProxyGetAttr, ProxySetAttr, _ActorStop
 from supervisors import SupervisedActor
 
 from zixir_actors.observability._tracing import _CURRENT, Span, _exit, close_open_spans
@@ -46,24 +46,28 @@ class TracedActor(SupervisedActor):
     """
 
     trace_messages: ClassVar[bool] = True
-    _span_names: ClassVar[dict[tuple[str, ...], str]]
+    _span_names: ClassVar[dict[tuple[str, ...] | None, str]] = {}
 
     def __init_subclass__(cls, **kwargs: Any) -> None:
         super().__init_subclass__(**kwargs)
         cls._span_names = {}
 
     def _handle_receive(self, message: Any) -> Any:
-        if not self.trace_messages or isinstance(message, (_ActorStop, ProxyGetAttr)):
+        cls = type(message)
+        if cls is ProxyCall:
+            key: Any = message.attr_path
+        elif cls is _ActorStop or cls is ProxyGetAttr or cls is ProxySetAttr:
             return super()._handle_receive(message)
-        if isinstance(message, ProxyCall):
-            path = message.attr_path
         else:
-            path = ("on_receive",)
-        names = type(self)._span_names
-        name = names.get(path)
+            key = None
+        if not self.trace_messages:
+            return super()._handle_receive(message)
+        name = self._span_names.get(key)
         if name is None:
-            name = names[path] = f"{type(self).__name__}.{'.'.join(path)}"
-        opened = Span(name, {"actor": self.actor_urn[9:]}, _CURRENT.get())
+            name = self._span_name(key)
+        # Untracked: this span always ends below (a kill raises here too), so it
+        # skips the open-span table; the thread name in its record names the actor.
+        opened = Span(name, {}, _CURRENT.get(), False)
         opened._token = _CURRENT.set(opened)
         try:
             result = super()._handle_receive(message)
@@ -72,6 +76,11 @@ class TracedActor(SupervisedActor):
             raise
         _exit(opened, None)
         return result
+
+    def _span_name(self, key: tuple[str, ...] | None) -> str:
+        path = ".".join(key) if key is not None else "on_receive"
+        name = self._span_names[key] = f"{type(self).__name__}.{path}"
+        return name
 
     def on_stop(self) -> None:
         close_open_spans(reason=f"{self} stopped")

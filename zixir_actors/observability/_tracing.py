@@ -48,18 +48,15 @@ SpanStatus = Literal["unset", "ok", "error"]
 F = TypeVar("F", bound=Callable[..., Any])
 
 _CURRENT: ContextVar[Span | None] = ContextVar("zixir_current_span", default=None)
-_OPEN: dict[str, Span] = {}
+_OPEN: dict[int, Span] = {}
 _getrandbits = random.getrandbits
+_mono = time.monotonic
+_wall_offset = [time.time() - time.monotonic()]
+"""Wall minus monotonic time: spans take their wall-clock times from it (one clock
+read per span); `resync_wall_clock()` refreshes it after the system clock moved."""
+_current_thread = threading.current_thread
 _EXPORTERS: tuple[Any, ...] = ()
 """Where finished spans go: replaced (copy on write) by `_exporters.add_exporter`."""
-
-
-def _new_id(bits: int) -> str:
-    # An all-zero id is invalid in W3C trace context; retry is astronomically rare.
-    value = _getrandbits(bits)
-    while not value:
-        value = _getrandbits(bits)
-    return f"{value:0{bits // 4}x}"
 
 
 @dataclass(frozen=True, slots=True)
@@ -143,29 +140,51 @@ class Span:
     nothing (a span closed by `close_open_spans` stays closed).
     """
 
-    __slots__ = ("_mono", "_owner", "_token", "attributes", "end_time", "error",
-                 "events", "name", "parent_id", "span_id", "start_time", "status",
-                 "trace_id", "__weakref__")
+    __slots__ = ("_events", "_mono", "_owner", "_parent", "_sid", "_tid", "_token", "_tracked",
+                 "attributes", "duration", "end_time", "error", "name", "start_time", "status",
+                 "__weakref__")
 
-    def __init__(self, name: str, attributes: dict[str, Any], parent: Span | None) -> None:
+    def __init__(self, name: str, attributes: dict[str, Any], parent: Span | None,
+                 track: bool = True) -> None:
+        # This runs per traced actor message: ids stay ints (formatted on
+        # demand), events are allocated on first use, the end wall time is
+        # derived from the monotonic duration (so it never precedes the start).
         self.name = name
         self.attributes = attributes
         if parent is None:
-            self.trace_id = _new_id(128)
-            self.parent_id: str | None = None
+            self._tid = _getrandbits(128) or 1
+            self._parent = 0
         else:
-            self.trace_id = parent.trace_id
-            self.parent_id = parent.span_id
-        self.span_id = _new_id(64)
-        self.events: list[SpanEvent] = []
+            self._tid = parent._tid
+            self._parent = parent._sid
+        sid = self._sid = _getrandbits(64) or 1
+        self._events: list[SpanEvent] | None = None
         self.status: SpanStatus = "unset"
         self.error: ErrorInfo | None = None
         self.end_time: float | None = None
-        self.start_time = time.time()
-        self._mono = time.monotonic()
-        self._owner = threading.current_thread()
+        self.duration: float | None = None
+        self._mono = mono = _mono()
+        self.start_time = mono + _wall_offset[0]
+        self._owner = _current_thread()
         self._token: Token[Span | None] | None = None
-        _OPEN[self.span_id] = self
+        self._tracked = track
+        if track:
+            _OPEN[sid] = self
+
+    @property
+    def trace_id(self) -> str:
+        """32 hex digits, shared by every span of one trace (W3C trace-context format)."""
+        return f"{self._tid:032x}"
+
+    @property
+    def span_id(self) -> str:
+        """16 hex digits, unique to this span."""
+        return f"{self._sid:016x}"
+
+    @property
+    def parent_id(self) -> str | None:
+        """The `span_id` of the parent span, None for a root span."""
+        return f"{self._parent:016x}" if self._parent else None
 
     def __repr__(self) -> str:
         return (f"Span({self.name!r}, trace_id={self.trace_id}, span_id={self.span_id}, "
@@ -184,7 +203,14 @@ class Span:
 
     def add_event(self, name: str, **attributes: Any) -> None:
         """Record a point in time (`"retry"`, `"first_token"`) with attributes."""
-        self.events.append(SpanEvent(name, time.time(), attributes))
+        if self._events is None:
+            self._events = []
+        self._events.append(SpanEvent(name, time.time(), attributes))
+
+    @property
+    def events(self) -> tuple[SpanEvent, ...]:
+        """The events recorded so far, oldest first."""
+        return tuple(self._events) if self._events else ()
 
     def record_exception(self, exc: BaseException) -> None:
         """Mark the span as failed with `exc` (type, message and traceback)."""
@@ -192,40 +218,63 @@ class Span:
         self.status = "error"
 
     def end(self, *, status: SpanStatus | None = None,
-            error: BaseException | None = None) -> SpanRecord | None:
-        """End the span and export it; returns its record, or None if it had already ended.
+            error: BaseException | None = None) -> bool:
+        """End the span and export it; False if it had already ended (nothing changes then).
 
         Args:
             status: the final status; default ``"error"`` if an error was
                 recorded, else ``"ok"``.
             error: an exception to record before ending.
         """
-        if _OPEN.pop(self.span_id, None) is None:  # atomic: the first end wins
-            return None
-        mono_end = time.monotonic()
-        self.end_time = time.time()
+        # Tracked spans: the pop is atomic, so the first end wins even against
+        # a concurrent close_open_spans. Untracked ones end in their own thread.
+        if self._tracked:
+            if _OPEN.pop(self._sid, None) is None:
+                return False
+        elif self.end_time is not None:
+            return False
+        duration = self.duration = _mono() - self._mono
+        self.end_time = self.start_time + duration
         if error is not None:
             self.record_exception(error)
         if status is not None:
             self.status = status
         elif self.status == "unset":
-            self.status = "error" if self.error is not None else "ok"
-        record = SpanRecord(
+            self.status = "ok" if self.error is None else "error"
+        if _EXPORTERS:
+            _export(self)
+        return True
+
+    def record(self) -> SpanRecord:
+        """The span as an immutable `SpanRecord` (what exporters get once it ends).
+
+        Raises:
+            ObservabilityError: the span has not ended yet.
+        """
+        if self.end_time is None or self.duration is None:
+            from zixir_actors.errors import ObservabilityError
+
+            raise ObservabilityError(f"span {self.name!r} has not ended yet")
+        return SpanRecord(
             self.name, self.trace_id, self.span_id, self.parent_id, self.start_time,
-            self.end_time, mono_end - self._mono, self.status, self.attributes,
-            tuple(self.events), self.error, self._owner.name)
-        for exporter in _EXPORTERS:
-            try:
-                exporter.export(record)
-            except Exception as exc:  # an exporter must never break the traced code
-                _export_failed(exporter, exc)
-        return record
+            self.end_time, self.duration, self.status, self.attributes,
+            self.events, self.error, self._owner.name)
 
 
-def _export_failed(exporter: Any, exc: Exception) -> None:
-    from loguru import logger
+def _export(ended: Span) -> None:
+    record = ended.record()
+    for exporter in _EXPORTERS:
+        try:
+            exporter.export(record)
+        except Exception as exc:  # an exporter must never break the traced code
+            from loguru import logger
 
-    logger.opt(exception=exc).warning("span exporter {!r} failed", exporter)
+            logger.opt(exception=exc).warning("span exporter {!r} failed", exporter)
+
+
+def resync_wall_clock() -> None:
+    """Re-read the wall clock offset spans use (the metrics actor does it on each sample)."""
+    _wall_offset[0] = time.time() - time.monotonic()
 
 
 def current_span() -> Span | None:
@@ -247,8 +296,9 @@ def start_span(name: str, *, parent: Span | None | Literal["current"] = "current
 
     Example:
         >>> s = start_span("upload", size=3)
-        >>> record = s.end()
-        >>> record.status
+        >>> s.end(), s.end()              # the first end wins
+        (True, False)
+        >>> s.record().status
         'ok'
 
     A span started in an actor and never ended is closed with status
@@ -318,17 +368,21 @@ class _SpanScope:
 
 
 def _exit(closing: Span, exc: BaseException | None) -> None:
-    token, closing._token = closing._token, None
+    token = closing._token
     if token is not None:
+        closing._token = None
         try:
             _CURRENT.reset(token)
         except ValueError:
             # Exited in another context than it was entered in (a generator
             # resumed elsewhere): restore the parent by hand instead.
             if _CURRENT.get() is closing:
-                parent = _OPEN.get(closing.parent_id) if closing.parent_id else None
+                parent = _OPEN.get(closing._parent) if closing._parent else None
                 _CURRENT.set(parent)
-    closing.end(error=exc)
+    if exc is None:
+        closing.end()
+    else:
+        closing.end(error=exc)
 
 
 def span(name: str, **attributes: Any) -> _SpanScope:
@@ -376,10 +430,8 @@ def close_open_spans(thread: threading.Thread | None = None, *,
     owner = threading.current_thread() if thread is None else thread
     closed = []
     for opened in list(_OPEN.values()):
-        if opened._owner is owner:
-            record = _abandon(opened, reason)
-            if record is not None:
-                closed.append(record)
+        if opened._owner is owner and _abandon(opened, reason):
+            closed.append(opened.record())
     return closed
 
 
@@ -387,10 +439,8 @@ def sweep_orphan_spans(*, reason: str = "owner thread exited") -> list[SpanRecor
     """End, with status ``"error"``, open spans whose starting thread no longer runs."""
     closed = []
     for opened in list(_OPEN.values()):
-        if not opened._owner.is_alive():
-            record = _abandon(opened, reason)
-            if record is not None:
-                closed.append(record)
+        if not opened._owner.is_alive() and _abandon(opened, reason):
+            closed.append(opened.record())
     return closed
 
 
@@ -398,7 +448,7 @@ ABANDONED = "SpanAbandoned"
 """The `ErrorInfo.type` recorded on a span that was still open when its owner stopped."""
 
 
-def _abandon(opened: Span, reason: str) -> SpanRecord | None:
+def _abandon(opened: Span, reason: str) -> bool:
     if opened.error is None:
         opened.error = ErrorInfo(ABANDONED,
                                  f"span {opened.name!r} was not ended: {reason}")
