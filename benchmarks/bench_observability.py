@@ -34,9 +34,9 @@ from typing import Any
 
 import pykka
 from prometheus_client import CollectorRegistry, Counter
-from supervisors import SupervisedActor
 
 from benchmarks._harness import Figure, main, measure
+from supervisors import SupervisedActor
 from zixir_actors.observability import (
     InMemorySpanExporter,
     Metrics,
@@ -68,7 +68,8 @@ class _Bare(pykka.ThreadingActor):
         return message
 
 
-def _interleaved(variants: dict[str, Callable[[], object]], n: int, rounds: int) -> dict[str, float]:
+def _interleaved(variants: dict[str, Callable[[], object]], n: int,
+                 rounds: int) -> dict[str, float]:
     """Seconds per call of each variant: best of `rounds` blocks of `n`, blocks interleaved."""
     best = {name: float("inf") for name in variants}
     for fn in variants.values():

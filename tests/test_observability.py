@@ -16,9 +16,10 @@ from typing import Any
 
 import pytest
 from prometheus_client import Counter, Gauge, Histogram, Summary
+
 from supervisors import (
-    ChildSpec,
     ChildRestarted,
+    ChildSpec,
     IntensityExceeded,
     SupervisedActor,
     Supervisor,
@@ -29,7 +30,6 @@ from supervisors import (
     set_message_hook,
     spawn,
 )
-
 from zixir_actors.errors import (
     ConfigError,
     MetricConflictError,
@@ -252,9 +252,8 @@ def test_spans_nest_through_contextvars() -> None:
 
 
 def test_exception_marks_span_error_and_propagates() -> None:
-    with capture_spans() as spans, pytest.raises(KeyError):
-        with span("outer"), span("failing"):
-            raise KeyError("missing")
+    with capture_spans() as spans, pytest.raises(KeyError), span("outer"), span("failing"):
+        raise KeyError("missing")
     failing, outer = spans.spans
     assert failing.status == outer.status == "error"
     assert failing.error is not None and failing.error.type == "KeyError"

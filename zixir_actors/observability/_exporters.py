@@ -112,7 +112,8 @@ class InMemorySpanExporter:
         """The finished spans called `name`."""
         return [s for s in self.spans if s.name == name]
 
-    def wait_for(self, name: str, *, count: int = 1, timeout: float | None = 5.0) -> list[SpanRecord]:
+    def wait_for(self, name: str, *, count: int = 1,
+                 timeout: float | None = 5.0) -> list[SpanRecord]:
         """Block until `count` spans called `name` have finished; returns them.
 
         Raises:

@@ -18,6 +18,7 @@ replaces the previous configuration, it never duplicates lines).
 
 from __future__ import annotations
 
+import contextlib
 import json as _json
 import sys
 import threading
@@ -163,10 +164,8 @@ def configure_logging(json: bool = True, level: str | int = "INFO", sink: Any = 
     with _LOCK:
         _remove_ours()
         if replace_default:
-            try:
+            with contextlib.suppress(ValueError):
                 logger.remove(0)
-            except ValueError:
-                pass
         logger.configure(patcher=_patch_trace)
         handler = logger.add(
             sys.stderr if sink is None else sink,
@@ -185,12 +184,10 @@ def reset_logging() -> None:
     """Remove the handler `configure_logging` added (loguru's default is not restored)."""
     with _LOCK:
         _remove_ours()
-        logger.configure(patcher=None)  # type: ignore[arg-type]
+        logger.configure(patcher=None)
 
 
 def _remove_ours() -> None:
     while _HANDLERS:
-        try:
+        with contextlib.suppress(ValueError):  # already removed by the application
             logger.remove(_HANDLERS.pop())
-        except ValueError:
-            pass  # already removed by the application

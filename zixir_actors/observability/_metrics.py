@@ -181,7 +181,8 @@ class Metrics:
             >>> m.sample("zixir_doc_runs_total")
             2.0
         """
-        return cast("float | None", self._registry.get_sample_value(name, labels or {}))
+        value: float | None = self._registry.get_sample_value(name, labels or {})
+        return value
 
     def _get(self, kind: MetricKind, name: str, doc: str, labels: Sequence[str],
              buckets: tuple[float, ...] | None) -> Any:

@@ -30,6 +30,7 @@ stops; importing this module installs nothing.
 
 from __future__ import annotations
 
+import contextlib
 import threading
 import weakref
 from collections import deque
@@ -39,6 +40,7 @@ from typing import Any
 
 import psutil
 import pykka
+
 from supervisors import (
     ChildExited,
     ChildRestarted,
@@ -51,13 +53,12 @@ from supervisors import (
     remove_listener,
     set_message_hook,
 )
-
 from zixir_actors._clock import SYSTEM_CLOCK, Clock
 from zixir_actors.errors import ConfigError
 from zixir_actors.observability._metrics import Metrics
 from zixir_actors.observability._metrics import metrics as default_metrics
 from zixir_actors.observability._server import MetricsServer
-from zixir_actors.observability._tracing import sweep_orphan_spans
+from zixir_actors.observability._tracing import resync_wall_clock, sweep_orphan_spans
 
 __all__ = ["DEFAULT_SAMPLE_INTERVAL", "METRICS_NAME", "MetricsRegistry", "Sample", "child_spec"]
 
@@ -125,7 +126,7 @@ class _MessageHook:
     actor when `FLUSH_AT` entries are waiting.
     """
 
-    __slots__ = ("_alive", "_bound", "_flush_lock", "_notify", "_pending", "_rt", "__weakref__")
+    __slots__ = ("__weakref__", "_alive", "_bound", "_flush_lock", "_notify", "_pending", "_rt")
 
     def __init__(self, rt: _RuntimeMetrics, notify: Callable[[], object]) -> None:
         self._rt = rt
@@ -320,16 +321,14 @@ class MetricsRegistry(SupervisedActor):
         depths: dict[str, int] = {}
         for name, actor_ref in registered().items():
             try:
-                depths[name] = actor_ref.actor_inbox.qsize()
-            except Exception:  # noqa: BLE001 - an actor without a queue inbox
+                depths[name] = actor_ref.actor_inbox.qsize()  # type: ignore[attr-defined]
+            except Exception:
                 continue
         for name, depth in depths.items():
             rt.mailbox.labels(name).set(depth)
         for gone in self._mailboxes - depths.keys():
-            try:
+            with contextlib.suppress(KeyError):
                 rt.mailbox.remove(gone)
-            except KeyError:
-                pass
         self._mailboxes = set(depths)
         with self._process.oneshot():
             rss = self._process.memory_info().rss
@@ -348,6 +347,7 @@ class MetricsRegistry(SupervisedActor):
         rt.threads.set(threads)
         rt.sampled_at.set(now)
         closed = sweep_orphan_spans()
+        resync_wall_clock()
         return Sample(now, rss, cpu, threads, children_rss, depths, len(closed))
 
     def exposition(self) -> bytes:

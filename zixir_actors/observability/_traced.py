@@ -30,8 +30,8 @@ from types import TracebackType
 from typing import Any, ClassVar
 
 from pykka.messages import ProxyCall, ProxyGetAttr, ProxySetAttr, _ActorStop
-from supervisors import SupervisedActor
 
+from supervisors import SupervisedActor
 from zixir_actors.observability._tracing import _CURRENT, Span, _exit, close_open_spans
 
 __all__ = ["TracedActor"]

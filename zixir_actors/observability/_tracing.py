@@ -37,6 +37,7 @@ __all__ = [
     "current_span",
     "current_trace_ids",
     "open_spans",
+    "resync_wall_clock",
     "span",
     "start_span",
     "sweep_orphan_spans",
@@ -140,9 +141,28 @@ class Span:
     nothing (a span closed by `close_open_spans` stays closed).
     """
 
-    __slots__ = ("_events", "_mono", "_owner", "_parent", "_sid", "_tid", "_token", "_tracked",
-                 "attributes", "duration", "end_time", "error", "name", "start_time", "status",
-                 "__weakref__")
+    __slots__ = (
+        "__weakref__",
+        "_events",
+        "_mono",
+        "_owner",
+        "_parent",
+        "_sid",
+        "_tid",
+        "_token",
+        "_tracked",
+        "attributes",
+        "duration",
+        "end_time",
+        "error",
+        "name",
+        "start_time",
+        "status",
+    )
+
+    _tid: int
+    _sid: int
+    _parent: int
 
     def __init__(self, name: str, attributes: dict[str, Any], parent: Span | None,
                  track: bool = True) -> None:
@@ -157,7 +177,8 @@ class Span:
         else:
             self._tid = parent._tid
             self._parent = parent._sid
-        sid = self._sid = _getrandbits(64) or 1
+        sid: int = _getrandbits(64) or 1
+        self._sid = sid
         self._events: list[SpanEvent] | None = None
         self.status: SpanStatus = "unset"
         self.error: ErrorInfo | None = None
@@ -290,7 +311,7 @@ def current_trace_ids() -> tuple[str | None, str | None]:
     return current.trace_id, current.span_id
 
 
-def start_span(name: str, *, parent: Span | None | Literal["current"] = "current",
+def start_span(name: str, *, parent: Span | Literal["current"] | None = "current",
                **attributes: Any) -> Span:
     """Start a span without making it current; you must call `end()` on it.
 
@@ -305,8 +326,7 @@ def start_span(name: str, *, parent: Span | None | Literal["current"] = "current
     ``"error"`` when the actor stops (see `TracedActor`) or by the metrics
     actor's periodic sweep once its thread is gone.
     """
-    return Span(name, attributes, _CURRENT.get() if parent == "current" else
-                cast("Span | None", parent))
+    return Span(name, attributes, _CURRENT.get() if isinstance(parent, str) else parent)
 
 
 class _SpanScope:
