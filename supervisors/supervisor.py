@@ -291,9 +291,11 @@ class _SupervisorCore(SupervisedActor):
             ref, adopted = start_actor(child.spec, start_timeout=self._start_timeout,
                                        on_created=lambda new: attached.append(
                                            monitor(new, self.actor_ref)))
-        except BaseException:
+        except BaseException as exc:
             for m in attached:
                 m.cancel()
+                if not isinstance(exc, Exception):  # we are being killed: leave no orphan
+                    kill(m.target)
             raise
         child.ref = ref
         self._by_urn[ref.actor_urn] = child
