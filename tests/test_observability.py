@@ -778,6 +778,7 @@ def test_metrics_endpoint_shows_restarts_after_a_child_crash() -> None:
 def test_escalations_are_counted() -> None:
     m = Metrics()
     started = spawn(MetricsRegistry, metrics=m, interval=None, name="obs.metrics")
+    started.ref.proxy().port().get(timeout=5.0)  # on_start has installed the listener
     waiter = add_listener(Waiter(IntensityExceeded))
     sup = Supervisor.start_link([ChildSpec("flaky", Flaky, name="obs.fragile")],
                                 max_restarts=0, name="obs.fragile.sup")
@@ -878,3 +879,96 @@ def test_registry_that_cannot_bind_its_port_leaves_nothing_installed() -> None:
         down = monitor(actor).wait(timeout=5.0)
     assert isinstance(down.reason, ObservabilityError)
     assert set_message_hook(None) is None
+
+
+def test_log_lines_inside_an_actor_carry_the_senders_trace(two_actors: None) -> None:
+    class Logging(SupervisedActor):
+        def on_receive(self, message: Any) -> Any:
+            logger.bind(actor="logging").info("handled {}", message)
+            return message
+
+    actor = Logging.start()
+    try:
+        with capture_logs() as logs, span("caller") as caller:
+            actor.ask("job", timeout=5.0)
+    finally:
+        actor.stop()
+    (record,) = logs.find("handled job")
+    assert record["trace_id"] == caller.trace_id and record["span_id"] == caller.span_id
+    assert record["actor"] == "logging"
+
+
+def test_span_exited_in_another_context_neither_raises_nor_leaks() -> None:
+    import contextvars
+
+    scope = span("moved")
+    with capture_spans() as spans:
+        opened = scope.__enter__()
+        contextvars.copy_context().run(scope.__exit__, None, None, None)
+        assert current_span() is opened  # this context still holds it ...
+        assert opened not in open_spans()  # ... but it has ended
+    assert [s.status for s in spans.named("moved")] == ["ok"]
+
+
+def test_span_left_open_by_a_crashed_plain_actor_is_closed_by_the_sampler() -> None:
+    class Careless(SupervisedActor):
+        def on_receive(self, message: Any) -> Any:
+            start_span("careless.open")
+            raise RuntimeError("crash")
+
+    registry = MetricsRegistry.start(metrics=Metrics(), interval=None)
+    registry.proxy().port().get(timeout=5.0)  # on_start (and its first sample) is done
+    actor = Careless.start()
+    watch = monitor(actor)
+    try:
+        with capture_spans() as spans:
+            with pytest.raises(RuntimeError):
+                actor.ask("go", timeout=5.0)
+            watch.wait(timeout=5.0)
+            wait_for(lambda: not any(t.name.startswith("Careless") for t in threading.enumerate()),
+                     timeout=5.0)
+            sample = registry.proxy().sample().get(timeout=5.0)
+            (record,) = spans.wait_for("careless.open")
+    finally:
+        registry.stop()
+    assert sample.spans_closed >= 1
+    assert record.status == "error" and record.error.type == ABANDONED  # type: ignore[union-attr]
+
+
+def test_message_hook_defers_updates_and_asks_for_a_flush_when_full(monkeypatch: Any) -> None:
+    from zixir_actors.observability import _runtime
+
+    monkeypatch.setattr(_runtime, "FLUSH_AT", 3)
+    m = Metrics()
+    asked = threading.Event()
+    hook = _runtime._MessageHook(_runtime._RuntimeMetrics(m), asked.set)
+    actor = Flaky.start()
+    try:
+        raw = actor._actor_weakref()  # type: ignore[attr-defined]
+        hook(raw, "a", 0.5, None)
+        hook(raw, "b", 0.25, RuntimeError("x"))
+        assert not asked.is_set()
+        hook(raw, "c", 90.0, None)
+        assert asked.is_set()
+        assert hook.flush() == 3 and hook.flush() == 0
+    finally:
+        actor.stop()
+    assert m.sample("zixir_actor_messages_total", {"actor": "Flaky", "outcome": "ok"}) == 2.0
+    assert m.sample("zixir_actor_messages_total", {"actor": "Flaky", "outcome": "error"}) == 1.0
+    assert m.sample("zixir_actor_message_seconds_bucket", {"actor": "Flaky", "le": "120.0"}) == 3.0
+    del raw
+    hook.prune()
+    assert hook._bound == {}
+
+
+def test_registry_exposition_through_its_proxy() -> None:
+    m = Metrics()
+    m.counter("zixir_test_proxy_total", "Proxy.").inc()
+    registry = MetricsRegistry.start(metrics=m, interval=None)
+    try:
+        text = registry.proxy().exposition().get(timeout=5.0)
+        assert registry.proxy().port().get(timeout=5.0) is None
+    finally:
+        registry.stop()
+    assert b"zixir_test_proxy_total 1.0" in text
+    assert b"zixir_process_threads" in text
