@@ -22,6 +22,20 @@ its `shutdown` time, after which it is killed (see `supervisors._actor.kill`
 for what killing a thread can and cannot do). More than `max_restarts`
 restarts within `max_seconds` make the supervisor stop all children and exit
 with `RestartIntensityError`, which its own supervisor treats as a crash.
+
+Restart types: `permanent` children are restarted whatever the exit reason;
+`transient` ones only after an abnormal exit (anything but ``"normal"`` and
+``"shutdown"``); `temporary` ones never, and their spec is forgotten.
+Strategies: `one_for_one` restarts the child that exited; `one_for_all` stops
+the other running children (last first) and restarts them all in order;
+`rest_for_one` does that for the children started after it. Siblings stopped
+for a group restart exit with ``"shutdown"``, are restarted with reason
+``"sibling_restart"``, and temporary ones among them are dropped, as in OTP.
+A child's name is registered before its thread runs, so `ref(name)` callers
+queue their messages during a restart instead of failing. Each restart is
+logged (loguru, WARNING, with the crash's traceback, bound fields
+``supervisor``, ``child``, ``reason``, ``restart_count``), and so is giving up
+(ERROR), besides the `ChildRestarted` and `IntensityExceeded` events.
 """
 
 from __future__ import annotations
@@ -639,7 +653,13 @@ class Supervisor(_SupervisorCore):
 
         Raises:
             InvalidSpecError: bad strategy, intensity or child list; nothing started.
-            ChildStartError: a child failed to start; the others were stopped.
+            ChildStartError: a child failed to start (its constructor or `on_start`
+                raised, or `on_start` outlasted `start_timeout`); the children
+                started before it were stopped, last first. ``child_id`` and
+                ``cause`` name the child and the error.
+            NotAnActorError: a child's factory returned something that is not an
+                ActorRef; the others were stopped.
+            NameTakenError: `name` is held by a live actor that is no supervisor.
         """
         return _start_supervisor(cls, name, children=children, strategy=strategy,
                                  max_restarts=max_restarts, max_seconds=max_seconds,
