@@ -38,13 +38,18 @@ def noop() -> None:
     return None
 
 
-def _best(fn: Callable[[], object], repeat: int) -> float:
-    best = float("inf")
+def _interleaved(ours: Callable[[], object], base: Callable[[], object],
+                 repeat: int) -> tuple[float, float]:
+    """Best seconds of each, alternating runs so that disk load shifts hit both alike."""
+    best_ours = best_base = float("inf")
     for _ in range(repeat):
         began = time.perf_counter()
-        fn()
-        best = min(best, time.perf_counter() - began)
-    return best
+        base()
+        best_base = min(best_base, time.perf_counter() - began)
+        began = time.perf_counter()
+        ours()
+        best_ours = min(best_ours, time.perf_counter() - began)
+    return best_ours, best_base
 
 
 def _raw_loop(path: str, n: int) -> Callable[[], None]:
@@ -93,23 +98,27 @@ def run(quick: bool = False) -> list[Figure]:
 
 def _run(root: str, n: int, repeat: int, writes: int) -> list[Figure]:
     figures: list[Figure] = []
-    baseline = _best(_raw_loop(os.path.join(root, "raw"), n), repeat)
+    raw = _raw_loop(os.path.join(root, "raw"), n)
     chain = Workflow("bench-chain", [Step(f"s{i}", noop, (f"s{i - 1}",) if i else ())
                                      for i in range(n)])
     fan = Workflow("bench-fan", [Step(f"s{i}", noop) for i in range(n)], max_concurrency=16)
     with open_store(os.path.join(root, "store")) as store:
         chain.run(store=store)  # warm-up
-        ours_chain = _best(lambda: chain.run(store=store).raise_for_status(), repeat)
         fan.run(store=store)
-        ours_fan = _best(lambda: fan.run(store=store).raise_for_status(), repeat)
+        raw()
+        ours_chain, base_chain = _interleaved(
+            lambda: chain.run(store=store).raise_for_status(), raw, repeat)
+        ours_fan, base_fan = _interleaved(
+            lambda: fan.run(store=store).raise_for_status(), raw, repeat)
         figures.append(Figure(SUBJECT, f"chain of {n} no-op steps", ours_chain * 1e3,
-                              baseline * 1e3, "ms", "loop: dill + durable LMDB put per fn",
+                              base_chain * 1e3, "ms", "loop: dill + durable LMDB put per fn",
                               "lower", 1.5))
         figures.append(Figure(SUBJECT, f"fan-out of {n} no-op steps", ours_fan * 1e3,
-                              baseline * 1e3, "ms", "loop: dill + durable LMDB put per fn",
+                              base_fan * 1e3, "ms", "loop: dill + durable LMDB put per fn",
                               "lower", 1.0, note="max_concurrency=16"))
         one = _writes_per_second(store, writes, 1)
         eight = _writes_per_second(store, writes, 8)
+    baseline = min(base_chain, base_fan)
     raw_rate = n / baseline
     peer = _sqlite_writes(root, writes)
     figures.append(Figure(SUBJECT, "durable checkpoint writes/s, 1 writer", one, raw_rate,

@@ -718,3 +718,33 @@ def test_supervisor_shutdown_interrupts_a_run_that_can_be_resumed(tmp_path: Path
         release.set()
         assert store.get_run(handle.run_id).status == "running"
         assert wf.resume(handle.run_id, store=store).ok
+
+
+# -- sandboxed steps ----------------------------------------------------------------------
+
+
+def sandboxed_pid(n: int, ctx: StepContext) -> tuple[int, int, str]:
+    import os
+
+    return os.getpid(), n * 2, ctx.step
+
+
+def spin_forever() -> None:
+    while True:
+        pass
+
+
+def test_steps_with_limits_run_in_a_sandbox_process(store: CheckpointClient) -> None:
+    import os
+
+    from zixir_actors.sandbox import Limits
+
+    wf = Workflow("sandboxed", on_failure="continue")
+    wf.add(Step("inside", sandboxed_pid, limits=Limits(timeout=30)))
+    wf.add(Step("runaway", spin_forever, limits=Limits(), timeout=0.3))
+    result = wf.run({"n": 21}, store=store)
+    pid, doubled, name = result.outputs["inside"]
+    assert pid != os.getpid()
+    assert (doubled, name) == (42, "inside")
+    assert result.steps["runaway"].status == "timed_out"
+    assert result.errors["runaway"].type == "SandboxError"
