@@ -85,7 +85,8 @@ def test_closures_and_lambdas_round_trip_through_dill(store: CheckpointClient) -
     assert data == {"k": (1, 2)}
 
 
-@settings(max_examples=40, deadline=None, suppress_health_check=[HealthCheck.function_scoped_fixture])
+@settings(max_examples=40, deadline=None,
+          suppress_health_check=[HealthCheck.function_scoped_fixture])
 @given(st.recursive(st.none() | st.booleans() | st.integers() | st.text() | st.binary()
                     | st.floats(allow_nan=False),
                     lambda inner: st.lists(inner, max_size=4)

@@ -98,8 +98,8 @@ def test_sigkill_at_random_points_then_resume_runs_committed_steps_once(
         child = subprocess.Popen(command, env=env, stdout=subprocess.PIPE,
                                  stderr=subprocess.DEVNULL)
         try:
-            wait_for(lambda: child.poll() is not None
-                     or sum(counts(count_dir).values()) >= target,  # noqa: B023
+            wait_for(lambda proc=child, goal=target: proc.poll() is not None
+                     or sum(counts(count_dir).values()) >= goal,
                      timeout=PROCESS_TIMEOUT, interval=0.002)
             finished = child.poll() is not None
             child.kill()

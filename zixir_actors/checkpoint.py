@@ -46,7 +46,7 @@ import time
 from collections.abc import Iterable, Iterator, Mapping, Sequence
 from contextlib import contextmanager
 from dataclasses import dataclass, field
-from typing import Any
+from typing import Any, cast
 
 import pykka
 
@@ -437,7 +437,8 @@ class CheckpointClient:
             if channel is None or channel.closed:
                 actor = self._actor()
                 try:
-                    channel = actor.ask(_GET_CHANNEL, timeout=self._timeout or DEFAULT_TIMEOUT)
+                    channel = cast("_Channel | None", actor.ask(
+                        _GET_CHANNEL, timeout=self._timeout or DEFAULT_TIMEOUT))
                 except pykka.ActorDeadError as exc:
                     raise NotStartedError(str(self._target)) from exc
                 if channel is None:
@@ -536,7 +537,7 @@ class CheckpointClient:
 
     def prune(self, *, older_than: float | None = None, keep_last: int | None = None,
               include_running: bool = False, timeout: float | None = None) -> list[str]:
-        """Retention: delete runs older than `older_than` seconds and/or all but the last `keep_last`.
+        """Retention: delete runs older than `older_than` seconds, keep the last `keep_last`.
 
         Example:
             ``store.prune(older_than=7 * 86400, keep_last=100)`` deletes runs

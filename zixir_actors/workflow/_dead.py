@@ -39,7 +39,7 @@ class DeadLetters:
             self._client = connect()
         return self._client
 
-    def list(self, *, workflow: str | None = None,  # noqa: A003 - the documented name
+    def list(self, *, workflow: str | None = None,
              run_id: str | None = None) -> list[DeadLetter]:
         """Parked letters, oldest first, optionally of one workflow or run."""
         return self.store.dead_letters(workflow=workflow, run_id=run_id)

@@ -50,7 +50,7 @@ def code_hash(fn: Any, version: str | None = None) -> str:
     target = getattr(target, "__wrapped__", target)
     code = getattr(target, "__code__", None)
     if code is None:
-        call = getattr(type(target), "__call__", None)
+        call = vars(type(target)).get("__call__")
         code = getattr(call, "__code__", None)
         digest.update(type(target).__qualname__.encode())
     if code is not None:
@@ -100,10 +100,10 @@ def _feed(value: Any, out: Any, depth: int) -> None:
         out.update(b"p" + f"{kind.__module__}.{kind.__qualname__}".encode())
         try:
             out.update(pickle.dumps(value, protocol=4))
-        except Exception:  # noqa: BLE001 - lambdas, closures: dill, then repr
+        except Exception:  # lambdas, closures: dill, then repr
             try:
                 out.update(dill.dumps(value, protocol=4, recurse=True))
-            except Exception:  # noqa: BLE001
+            except Exception:
                 out.update(repr(value).encode())
 
 

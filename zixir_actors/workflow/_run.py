@@ -17,6 +17,7 @@ continues. Steps that were in flight run again (at-least-once); their
 from __future__ import annotations
 
 import concurrent.futures
+import contextlib
 import contextvars
 import random
 import threading
@@ -47,6 +48,7 @@ from zixir_actors.errors import (
     UnserializableError,
 )
 from zixir_actors.observability import Span, start_span
+from zixir_actors.result import Ok
 from zixir_actors.workflow._hashing import fingerprint
 from zixir_actors.workflow._plan import compute_plan, idempotency_key
 from zixir_actors.workflow._results import (
@@ -251,7 +253,7 @@ class _Scheduler:
 
     def result(self) -> RunResult:
         with self.lock:
-            steps = {name: self.results.get(name, StepResult(name, "not_run"))  # type: ignore[arg-type]
+            steps = {name: self.results.get(name, StepResult(name, "not_run"))
                      for name in self.wf.order}
             return RunResult(self.job.run_id, self.wf.name, self.ended,  # type: ignore[arg-type]
                              dict(self.outputs), steps, time.perf_counter() - self.started)
@@ -287,7 +289,7 @@ class _Scheduler:
                         self._record_locked(name, outcome)
             if finished:
                 self.notify(_FINISHED)
-        except BaseException as exc:  # noqa: BLE001 - a scheduler bug crashes the run actor
+        except BaseException as exc:  # a scheduler bug crashes the run actor
             if self.ended is None:
                 self.notify(_Crash(exc))
             else:  # an abandoned step finished after its run ended (store may be gone)
@@ -355,7 +357,7 @@ class _Scheduler:
             failure: Exception | None = None
             try:
                 value = self._call(step, kwargs, ctx)
-            except Exception as exc:  # noqa: BLE001 - the step's failure is data
+            except Exception as exc:  # the step's failure is data
                 failure = exc
             seconds = time.perf_counter() - began
             total += seconds
@@ -402,7 +404,7 @@ class _Scheduler:
         def target() -> None:
             try:
                 box["value"] = step.fn(**call)
-            except BaseException as exc:  # noqa: BLE001 - handed to the waiting worker
+            except BaseException as exc:  # handed to the waiting worker
                 box["error"] = exc
             finally:
                 done.set()
@@ -454,7 +456,7 @@ def _sandboxed(step: Step, call: dict[str, Any]) -> Any:
     pool = SANDBOX_POOL if whereis(SANDBOX_POOL) is not None else None
     with Sandbox(limits, pool=pool, name=f"workflow.{step.name}") as sandbox:
         outcome = sandbox.run(step.fn, **call)
-    if outcome.is_ok:
+    if isinstance(outcome, Ok):
         return outcome.value
     raise outcome.error
 
@@ -501,7 +503,7 @@ class WorkflowRun(SupervisedActor):
         try:
             plan = compute_plan(job.workflow, job.run_id, job.inputs,
                                 job.store.steps(job.run_id))
-        except Exception as exc:  # noqa: BLE001 - a corrupt checkpoint fails the run, clearly
+        except Exception as exc:  # a corrupt checkpoint fails the run, clearly
             control.future.set_exception(exc)
             self.stop()
             return
@@ -521,10 +523,9 @@ class WorkflowRun(SupervisedActor):
         scheduler.start()
 
     def _tell_self(self, message: Any) -> None:
-        try:
+        # If this incarnation is gone, its successor plans from the checkpoints.
+        with contextlib.suppress(pykka.ActorDeadError):
             self.actor_ref.tell(message)
-        except pykka.ActorDeadError:
-            pass  # this incarnation is gone; its successor plans from the checkpoints
 
     def _finish(self) -> None:
         job, scheduler = self.job, self.scheduler
