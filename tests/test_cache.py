@@ -394,6 +394,53 @@ def test_memory_cache_keeps_entries_across_an_actor_crash(caches: SupervisorRef)
     assert c.stats().hits == 2        # counters carry over too
 
 
+def test_killed_memory_cache_actor_is_replaced_and_entries_kept(caches: SupervisorRef) -> None:
+    c = Cache.start("killed-mem")
+    c.put("k", "v")
+    actor = whereis("zixir.cache.killed-mem")
+    assert actor is not None
+    kill(actor)
+    wait_for(lambda: whereis("zixir.cache.killed-mem") not in (None, actor), timeout=5)
+    assert c.get("k") == "v"
+
+
+def test_concurrent_readers_and_writers_with_eviction_stay_consistent(
+        caches: SupervisorRef) -> None:
+    c = Cache.start("stress", max_entries=50, ttl=60)
+    errors: list[BaseException] = []
+    wrong: list[Any] = []
+
+    def writer(seed: int) -> None:
+        try:
+            for i in range(3000):
+                k = (seed * 7 + i) % 200
+                c.put(k, k * 3)
+                if i % 97 == 0:
+                    c.delete((k + 1) % 200)
+        except BaseException as exc:
+            errors.append(exc)
+
+    def reader() -> None:
+        try:
+            for i in range(6000):
+                v = c.get(i % 200)
+                if v is not None and v != (i % 200) * 3:
+                    wrong.append((i % 200, v))
+        except BaseException as exc:
+            errors.append(exc)
+
+    threads = [threading.Thread(target=writer, args=(s,)) for s in range(2)]
+    threads += [threading.Thread(target=reader) for _ in range(4)]
+    for t in threads:
+        t.start()
+    for t in threads:
+        t.join(30)
+    assert errors == [] and wrong == []
+    stats = c.stats()
+    assert stats.size <= 50 and stats.evictions > 0
+    assert stats.hits + stats.misses <= 24_000
+
+
 def test_killed_actor_is_replaced_and_data_kept(caches: SupervisorRef, tmp_path: Path) -> None:
     c = Cache.start("killed", persist=True, data_dir=tmp_path)
     c.put("k", "v")
@@ -753,8 +800,6 @@ def test_warm_source_that_raises_is_an_error_not_a_crash(caches: SupervisorRef) 
 
 def test_warm_at_start_in_the_background(caches: SupervisorRef) -> None:
     c = Cache.start("warm-start", loader=lambda k: k * 2, warm=range(50))
-    future = c._live().background()
-    assert future is not None
     wait_for(lambda: c.stats().warm_loaded == 50, timeout=10)
     assert c.get(21) == 42
     report = c.warm_async([("x", 1)]).result(timeout=10)

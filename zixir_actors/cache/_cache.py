@@ -656,7 +656,9 @@ class Cache:
         """The keys with live entries, least recently used first."""
         state = self._live()
         now = state.now()
-        return [k for k, e in list(state.data.items()) if e[1] > now]
+        with state.lock:
+            items = list(state.data.items())
+        return [k for k, e in items if e[1] > now]
 
     def __len__(self) -> int:
         return len(self.keys())
