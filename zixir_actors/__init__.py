@@ -1,1 +1,96 @@
-"""zixir-actors: OTP-style supervised services for Python AI automation."""
+"""zixir-actors: OTP-style supervised services for Python AI automation.
+
+Example:
+    >>> import tempfile, zixir_actors
+    >>> from zixir_actors import Ok, Workflow
+    >>> with zixir_actors.start(data_dir=tempfile.mkdtemp()) as runtime:
+    ...     wf = Workflow("doc-front-door")
+    ...     @wf.step()
+    ...     def double(n):
+    ...         return n * 2
+    ...     wf.run({"n": 21}).outputs["double"]
+    42
+
+Everything long-lived is a Pykka actor under the runtime's supervision tree
+(`start()`): workflows with checkpoints (`Workflow`), sandboxes (`Sandbox`),
+streams (`Stream`), caches (`Cache`) and the metrics registry. The submodules
+`zixir_actors.workflow` and `zixir_actors.cache` are also callable, for app
+code that wants no imports: ``zixir_actors.workflow("etl")`` is
+``Workflow("etl")`` and ``zixir_actors.cache("answers", ttl=60)`` is
+``Cache.start("answers", ttl=60)``.
+"""
+
+from __future__ import annotations
+
+import sys
+import types
+from typing import Any
+
+from zixir_actors import errors
+from zixir_actors.cache import Cache
+from zixir_actors.checkpoint import CheckpointStore
+from zixir_actors.errors import ZixirError
+from zixir_actors.observability import (
+    configure_logging,
+    logger,
+    metrics,
+    serve_metrics,
+    span,
+)
+from zixir_actors.result import Err, Ok, Result
+from zixir_actors.runtime import Runtime, current, start, stop
+from zixir_actors.sandbox import Limits, Sandbox, SandboxError
+from zixir_actors.stream import Stream, async_, await_, parallel, pmap
+from zixir_actors.workflow import DeadLetters, RetryPolicy, RunResult, Step, Workflow
+
+__all__ = [
+    "Cache",
+    "CheckpointStore",
+    "DeadLetters",
+    "Err",
+    "Limits",
+    "Ok",
+    "Result",
+    "RetryPolicy",
+    "RunResult",
+    "Runtime",
+    "Sandbox",
+    "SandboxError",
+    "Step",
+    "Stream",
+    "Workflow",
+    "ZixirError",
+    "async_",
+    "await_",
+    "configure_logging",
+    "current",
+    "errors",
+    "logger",
+    "metrics",
+    "parallel",
+    "pmap",
+    "serve_metrics",
+    "span",
+    "start",
+    "stop",
+]
+
+
+class _CallableModule(types.ModuleType):
+    """A module that is also a shortcut: calling it builds its main object."""
+
+    _factory: Any = None
+
+    def __call__(self, *args: Any, **kwargs: Any) -> Any:
+        return type(self)._factory(*args, **kwargs)
+
+
+def _make_callable(module_name: str, factory: Any) -> None:
+    module = sys.modules[module_name]
+    cls = type(f"_{module_name.rsplit('.', 1)[-1].title()}Module", (_CallableModule,),
+               {"_factory": staticmethod(factory)})
+    module.__class__ = cls
+
+
+_make_callable("zixir_actors.workflow", Workflow)
+_make_callable("zixir_actors.cache", Cache.start)

@@ -1,0 +1,507 @@
+"""The `zixir` command line (also `python -m zixir_actors`).
+
+Every command works on one data directory (``--data-dir``, else
+``$ZIXIR_DATA_DIR``, else ``./.zixir``). Errors print one line and exit with
+status 2 (bad input, unknown run, missing file) or 1 (anything unexpected);
+``--debug`` shows the traceback.
+"""
+
+from __future__ import annotations
+
+import argparse
+import importlib.util
+import json
+import signal
+import sys
+import threading
+import time
+import traceback
+from collections.abc import Callable, Sequence
+from contextlib import contextmanager
+from pathlib import Path
+from typing import Any, NoReturn
+
+from zixir_actors.errors import ZixirError
+
+__all__ = ["CliError", "main"]
+
+SOURCES_FILE = "cli_sources.json"
+"""Where `zixir run` remembers which file defined each run, for `runs resume`."""
+
+
+class CliError(ZixirError):
+    """A command-line mistake: exits with status 2 and this one-line message."""
+
+
+# -- helpers ---------------------------------------------------------------------
+
+
+def _data_dir(args: argparse.Namespace) -> Path:
+    from zixir_actors.runtime import resolve_data_dir
+
+    return resolve_data_dir(args.data_dir)
+
+
+def _parse_value(text: str) -> Any:
+    try:
+        return json.loads(text)
+    except json.JSONDecodeError:
+        return text
+
+
+def parse_inputs(pairs: Sequence[str]) -> dict[str, Any]:
+    """``["n=3", "name=ada"]`` -> ``{"n": 3, "name": "ada"}`` (values parsed as JSON when they are JSON)."""
+    inputs: dict[str, Any] = {}
+    for pair in pairs:
+        key, sep, value = pair.partition("=")
+        if not sep or not key.strip():
+            raise CliError(f"--input expects KEY=VALUE, got {pair!r}")
+        inputs[key.strip()] = _parse_value(value)
+    return inputs
+
+
+def load_workflow(target: str) -> tuple[Any, Path, str]:
+    """Load ``FILE[:WORKFLOW]``; returns (workflow, file, workflow name).
+
+    Without ``:WORKFLOW`` the file must define exactly one `Workflow`.
+    """
+    from zixir_actors.workflow import Workflow
+
+    file_part, _, wanted = target.partition(":") if not Path(target).exists() else (target, "", "")
+    path = Path(file_part).expanduser().resolve()
+    if not path.is_file():
+        raise CliError(f"no such file: {file_part}")
+    module_name = f"_zixir_user_{abs(hash(str(path)))}"
+    spec = importlib.util.spec_from_file_location(module_name, path)
+    if spec is None or spec.loader is None:
+        raise CliError(f"cannot load {file_part} as Python")
+    module = importlib.util.module_from_spec(spec)
+    sys.modules[module_name] = module
+    sys.path.insert(0, str(path.parent))
+    try:
+        spec.loader.exec_module(module)
+    except Exception as exc:
+        raise CliError(f"{file_part} failed to import: {type(exc).__name__}: {exc}") from exc
+    finally:
+        sys.path.remove(str(path.parent))
+    found = {name: value for name, value in vars(module).items() if isinstance(value, Workflow)}
+    if wanted:
+        for var, wf in found.items():
+            if wanted in (var, wf.name):
+                return wf, path, wf.name
+        known = ", ".join(sorted({wf.name for wf in found.values()})) or "none"
+        raise CliError(f"no workflow {wanted!r} in {file_part} (found: {known})")
+    if len(found) != 1:
+        names = ", ".join(sorted(wf.name for wf in found.values())) or "none"
+        raise CliError(f"{file_part} defines {len(found)} workflows ({names}); "
+                       "say which with FILE:WORKFLOW")
+    wf = next(iter(found.values()))
+    return wf, path, wf.name
+
+
+def _remember_source(data_dir: Path, run_id: str, target: str) -> None:
+    path = data_dir / SOURCES_FILE
+    try:
+        known = json.loads(path.read_text()) if path.exists() else {}
+    except (OSError, json.JSONDecodeError):
+        known = {}
+    known[run_id] = target
+    path.write_text(json.dumps(known, indent=1))
+
+
+def _source_of(data_dir: Path, run_id: str) -> str | None:
+    path = data_dir / SOURCES_FILE
+    try:
+        return json.loads(path.read_text()).get(run_id) if path.exists() else None
+    except (OSError, json.JSONDecodeError):
+        return None
+
+
+@contextmanager
+def _runtime(args: argparse.Namespace, **options: Any) -> Any:
+    import zixir_actors
+
+    runtime = zixir_actors.start(data_dir=_data_dir(args), **options)
+    previous: dict[int, Any] = {}
+
+    def graceful(signum: int, frame: Any) -> None:
+        raise KeyboardInterrupt(signal.Signals(signum).name)
+
+    if threading.current_thread() is threading.main_thread():
+        for sig in (signal.SIGTERM, signal.SIGINT):
+            previous[sig] = signal.signal(sig, graceful)
+    try:
+        yield runtime
+    finally:
+        for sig, handler in previous.items():
+            signal.signal(sig, handler)
+        runtime.stop()
+
+
+def _print_json(data: Any) -> None:
+    print(json.dumps(data, indent=2, default=str))
+
+
+def _fmt_time(ts: float | None) -> str:
+    if not ts:
+        return "-"
+    return time.strftime("%Y-%m-%d %H:%M:%S", time.localtime(ts))
+
+
+def table(rows: Sequence[Sequence[Any]], header: Sequence[str]) -> str:
+    """Plain-text table with aligned columns."""
+    cells = [list(map(str, header))] + [[str(c) for c in row] for row in rows]
+    widths = [max(len(r[i]) for r in cells) for i in range(len(header))]
+    lines = ["  ".join(c.ljust(w) for c, w in zip(r, widths)).rstrip() for r in cells]
+    lines.insert(1, "  ".join("-" * w for w in widths))
+    return "\n".join(lines)
+
+
+def _progress(handle: Any, store: Any, total: int, *, quiet: bool) -> Any:
+    """Wait for a run, drawing a progress bar from the committed checkpoints."""
+    from zixir_actors.errors import ZixirTimeoutError
+
+    interactive = sys.stderr.isatty() and not quiet
+    while True:
+        try:
+            result = handle.result(timeout=0.1)
+        except ZixirTimeoutError:
+            if interactive:
+                done = len(store.steps(handle.run_id))
+                width = 30
+                filled = int(width * done / max(total, 1))
+                print(f"\r  [{'#' * filled}{'.' * (width - filled)}] {done}/{total} steps",
+                      end="", file=sys.stderr, flush=True)
+            continue
+        if interactive:
+            print("\r" + " " * 60 + "\r", end="", file=sys.stderr, flush=True)
+        return result
+
+
+def run_summary(result: Any) -> dict[str, Any]:
+    """A JSON-friendly summary of a `RunResult`."""
+    return {
+        "run_id": result.run_id, "workflow": result.workflow, "status": result.status,
+        "duration": round(result.duration, 4),
+        "steps": {name: {"status": s.status, "attempts": s.attempts,
+                         "duration": round(s.duration, 4),
+                         "error": None if s.error is None else str(s.error),
+                         "dead_letter": s.dead_letter}
+                  for name, s in result.steps.items()},
+        "outputs": {k: v if isinstance(v, (int, float, str, bool, type(None))) else repr(v)[:200]
+                    for k, v in result.outputs.items()},
+    }
+
+
+def _print_run(result: Any) -> None:
+    rows = [(name, s.status, s.attempts, f"{s.duration:.3f}s",
+             "" if s.error is None else str(s.error)[:60]) for name, s in result.steps.items()]
+    print(table(rows, ("step", "status", "attempts", "time", "error")))
+    print(f"\nrun {result.run_id}: {result.status} in {result.duration:.2f}s")
+
+
+# -- commands ----------------------------------------------------------------------
+
+
+def cmd_run(args: argparse.Namespace) -> int:
+    from zixir_actors.checkpoint import connect
+
+    wf, _, _ = load_workflow(args.target)
+    inputs = parse_inputs(args.input)
+    with _runtime(args):
+        store = connect()
+        handle = wf.start(inputs, run_id=args.run_id, max_concurrency=args.max_concurrency)
+        _remember_source(_data_dir(args), handle.run_id, args.target)
+        result = _progress(handle, store, len(wf.order), quiet=args.json)
+    if args.json:
+        _print_json(run_summary(result))
+    else:
+        _print_run(result)
+    return 0 if result.ok else 1
+
+
+def _workflow_for_run(args: argparse.Namespace, run_id: str) -> Any:
+    target = getattr(args, "file", None) or _source_of(_data_dir(args), run_id)
+    if target is None:
+        raise CliError(f"run {run_id!r} was not started by `zixir run`; "
+                       "pass --file FILE[:WORKFLOW] that defines its workflow")
+    return load_workflow(target)[0]
+
+
+def cmd_runs(args: argparse.Namespace) -> int:
+    from zixir_actors.checkpoint import open_store
+
+    if args.action == "resume":
+        if not args.run_id:
+            raise CliError("runs resume needs a RUN_ID")
+        wf = _workflow_for_run(args, args.run_id)
+        with _runtime(args):
+            plan = wf.plan(args.run_id, from_step=args.from_step)
+            if not args.json:
+                print(plan)
+            result = wf.resume(args.run_id, from_step=args.from_step)
+        _print_json(run_summary(result)) if args.json else _print_run(result)
+        return 0 if result.ok else 1
+    with open_store(_data_dir(args)) as store:
+        if args.action == "list":
+            runs = store.list_runs(workflow=args.workflow)
+            if args.json:
+                _print_json([{"run_id": r.run_id, "workflow": r.workflow, "status": r.status,
+                              "created_at": r.created_at, "updated_at": r.updated_at}
+                             for r in runs])
+            elif not runs:
+                print("no runs")
+            else:
+                print(table([(r.run_id, r.workflow, r.status, _fmt_time(r.created_at),
+                              _fmt_time(r.updated_at)) for r in runs],
+                            ("run", "workflow", "status", "created", "updated")))
+            return 0
+        if not args.run_id:
+            raise CliError(f"runs {args.action} needs a RUN_ID")
+        if args.action == "show":
+            record = store.get_run(args.run_id)
+            steps = store.steps(args.run_id)
+            if args.json:
+                _print_json({"run_id": record.run_id, "workflow": record.workflow,
+                             "status": record.status, "error": record.error,
+                             "inputs": {k: repr(v) for k, v in record.inputs.items()},
+                             "checkpoints": {n: {"attempts": c.attempts, "duration": c.duration,
+                                                 "finished_at": c.finished_at}
+                                             for n, c in steps.items()}})
+                return 0
+            print(f"run {record.run_id} of {record.workflow}: {record.status}"
+                  + (f" ({record.error})" if record.error else ""))
+            print(f"created {_fmt_time(record.created_at)}, updated {_fmt_time(record.updated_at)}")
+            print(table([(n, c.attempts, f"{c.duration:.3f}s", _fmt_time(c.finished_at))
+                         for n, c in steps.items()],
+                        ("checkpointed step", "attempts", "time", "finished")))
+            return 0
+        if args.action == "delete":
+            if not store.delete_run(args.run_id):
+                from zixir_actors.errors import RunNotFoundError
+
+                raise RunNotFoundError(args.run_id)
+            print(f"deleted run {args.run_id}")
+            return 0
+    raise CliError(f"unknown runs action {args.action!r}")
+
+
+def cmd_dlq(args: argparse.Namespace) -> int:
+    from zixir_actors.checkpoint import open_store
+    from zixir_actors.workflow import DeadLetters
+
+    if args.action == "retry":
+        if not args.letter_id:
+            raise CliError("dlq retry needs a LETTER_ID")
+        with open_store(_data_dir(args)) as store:
+            letter = DeadLetters(store).get(args.letter_id)
+        wf = _workflow_for_run(args, letter.run_id)
+        with _runtime(args):
+            result = DeadLetters().retry(args.letter_id, workflow=wf)
+        _print_json(run_summary(result)) if args.json else _print_run(result)
+        return 0 if result.ok else 1
+    with open_store(_data_dir(args)) as store:
+        letters = DeadLetters(store)
+        if args.action == "list":
+            found = letters.list(workflow=args.workflow)
+            if args.json:
+                _print_json([{"id": d.id, "run_id": d.run_id, "workflow": d.workflow,
+                              "step": d.step, "error": f"{d.error_type}: {d.error_message}",
+                              "attempts": len(d.attempts)} for d in found])
+            elif not found:
+                print("no dead letters")
+            else:
+                print(table([(d.id, d.workflow, d.run_id, d.step, len(d.attempts),
+                              f"{d.error_type}: {d.error_message}"[:60]) for d in found],
+                            ("letter", "workflow", "run", "step", "attempts", "error")))
+            return 0
+        if not args.letter_id:
+            raise CliError(f"dlq {args.action} needs a LETTER_ID")
+        if args.action == "show":
+            d = letters.get(args.letter_id)
+            if args.json:
+                _print_json({"id": d.id, "run_id": d.run_id, "workflow": d.workflow,
+                             "step": d.step, "error_type": d.error_type,
+                             "error_message": d.error_message, "traceback": d.traceback,
+                             "inputs": {k: repr(v) for k, v in d.inputs.items()},
+                             "attempts": [vars_of(a) for a in d.attempts]})
+                return 0
+            print(f"dead letter {d.id}: step {d.step} of run {d.run_id} ({d.workflow})")
+            print(f"error: {d.error_type}: {d.error_message}")
+            print(table([(a.attempt, f"{a.duration:.3f}s", a.error_type, a.error_message[:50],
+                          "yes" if a.timed_out else "") for a in d.attempts],
+                        ("attempt", "time", "error", "message", "timed out")))
+            if d.traceback:
+                print("\n" + d.traceback.rstrip())
+            return 0
+        if args.action == "discard":
+            letters.discard(args.letter_id)
+            print(f"discarded {args.letter_id}")
+            return 0
+    raise CliError(f"unknown dlq action {args.action!r}")
+
+
+def vars_of(obj: Any) -> dict[str, Any]:
+    return {name: getattr(obj, name) for name in getattr(obj, "__slots__", ())}
+
+
+def cmd_cache(args: argparse.Namespace) -> int:
+    from zixir_actors.cache import Cache
+
+    with _runtime(args):
+        cache = Cache.start(args.name, persist=True)
+        try:
+            if args.action == "stats":
+                stats = cache.stats()
+                data = vars_of(stats)
+                if args.json:
+                    _print_json(data)
+                else:
+                    print(table(sorted(data.items()), ("cache " + args.name, "value")))
+            else:
+                removed = cache.clear()
+                print(f"cleared {removed} entries from cache {args.name}")
+        finally:
+            cache.stop()
+    return 0
+
+
+def cmd_graph(args: argparse.Namespace) -> int:
+    wf, _, _ = load_workflow(args.target)
+    print(render_graph(wf, args.format))
+    return 0
+
+
+def render_graph(wf: Any, fmt: str) -> str:
+    """The workflow's DAG as Mermaid (``flowchart TD``) or Graphviz DOT."""
+    edges = [(dep, name) for name in wf.order for dep in wf.steps[name].depends_on]
+    if fmt == "dot":
+        lines = [f'digraph "{wf.name}" {{', "  rankdir=TB;"]
+        lines += [f'  "{name}";' for name in wf.order]
+        lines += [f'  "{a}" -> "{b}";' for a, b in edges]
+        return "\n".join(lines + ["}"])
+    ids = {name: f"s{i}" for i, name in enumerate(wf.order)}
+    lines = ["flowchart TD"] + [f'  {ids[n]}["{n}"]' for n in wf.order]
+    lines += [f"  {ids[a]} --> {ids[b]}" for a, b in edges]
+    return "\n".join(lines)
+
+
+def cmd_tree(args: argparse.Namespace) -> int:
+    with _runtime(args) as runtime:
+        print(runtime.tree())
+    return 0
+
+
+def cmd_metrics(args: argparse.Namespace) -> int:
+    with _runtime(args, metrics_port=args.port) as runtime:
+        port = runtime.metrics_port
+        print(f"serving http://127.0.0.1:{port}/metrics for {runtime.data_dir} (Ctrl-C stops)",
+              flush=True)
+        try:
+            threading.Event().wait(args.duration)
+        except KeyboardInterrupt:
+            pass
+    return 0
+
+
+def cmd_bench(args: argparse.Namespace) -> int:
+    try:
+        from benchmarks._harness import main as bench_main
+    except ImportError:
+        raise CliError("the benchmarks are not installed: run from a source checkout "
+                       "(python -m benchmarks)") from None
+    argv = (["--quick"] if args.quick else []) + list(args.subjects)
+    return bench_main(None, argv)
+
+
+def cmd_demo(args: argparse.Namespace) -> int:
+    from zixir_actors._demo import run_demo
+
+    return run_demo(data_dir=args.data_dir, as_json=args.json)
+
+
+# -- parser -------------------------------------------------------------------------
+
+
+def build_parser() -> argparse.ArgumentParser:
+    parser = argparse.ArgumentParser(
+        prog="zixir", description="OTP-style supervised workflows, sandboxes, streams and caches.")
+    parser.add_argument("--data-dir", default=None,
+                        help="state directory (default $ZIXIR_DATA_DIR or ./.zixir)")
+    parser.add_argument("--debug", action="store_true", help="show tracebacks on errors")
+    parser.add_argument("--log-level", default="WARNING", help="log level (default WARNING)")
+    parser.add_argument("--log-json", action="store_true", help="logs as JSON lines on stderr")
+    sub = parser.add_subparsers(dest="command", required=True, metavar="COMMAND")
+
+    def add(name: str, fn: Callable[[argparse.Namespace], int], help_: str,
+            json_flag: bool = True) -> argparse.ArgumentParser:
+        p = sub.add_parser(name, help=help_, description=help_)
+        p.set_defaults(fn=fn)
+        if json_flag:
+            p.add_argument("--json", action="store_true", help="machine-readable output")
+        return p
+
+    add("demo", cmd_demo, "run the end-to-end showcase (offline, under 30 s)")
+    p = add("run", cmd_run, "run a workflow defined in a Python file")
+    p.add_argument("target", metavar="FILE[:WORKFLOW]")
+    p.add_argument("--input", action="append", default=[], metavar="KEY=VALUE")
+    p.add_argument("--run-id", default=None)
+    p.add_argument("--max-concurrency", type=int, default=None)
+    p = add("runs", cmd_runs, "list, show, resume or delete workflow runs")
+    p.add_argument("action", choices=("list", "show", "resume", "delete"))
+    p.add_argument("run_id", nargs="?")
+    p.add_argument("--workflow", default=None, help="only runs of this workflow (list)")
+    p.add_argument("--file", default=None, metavar="FILE[:WORKFLOW]", help="(resume)")
+    p.add_argument("--from-step", default=None, help="force a re-run from this step (resume)")
+    p = add("dlq", cmd_dlq, "list, show, retry or discard dead letters")
+    p.add_argument("action", choices=("list", "show", "retry", "discard"))
+    p.add_argument("letter_id", nargs="?")
+    p.add_argument("--workflow", default=None)
+    p.add_argument("--file", default=None, metavar="FILE[:WORKFLOW]", help="(retry)")
+    p = add("cache", cmd_cache, "stats or clear a persistent cache")
+    p.add_argument("action", choices=("stats", "clear"))
+    p.add_argument("name")
+    p = add("graph", cmd_graph, "print a workflow's DAG as Mermaid or DOT", json_flag=False)
+    p.add_argument("target", metavar="FILE[:WORKFLOW]")
+    p.add_argument("--format", choices=("mermaid", "dot"), default="mermaid")
+    add("tree", cmd_tree, "print the supervision tree that start() builds", json_flag=False)
+    p = add("metrics", cmd_metrics, "serve /metrics for this data directory", json_flag=False)
+    p.add_argument("--port", type=int, default=9464)
+    p.add_argument("--duration", type=float, default=None, help="seconds to serve (default forever)")
+    p = add("bench", cmd_bench, "run the benchmarks beside their baselines", json_flag=False)
+    p.add_argument("--quick", action="store_true")
+    p.add_argument("subjects", nargs="*")
+    return parser
+
+
+def _fail(message: str, code: int) -> NoReturn:
+    print(f"zixir: error: {message}", file=sys.stderr)
+    raise SystemExit(code)
+
+
+def main(argv: Sequence[str] | None = None) -> int:
+    """Entry point of the `zixir` console script."""
+    parser = build_parser()
+    args = parser.parse_args(argv)
+    try:
+        from zixir_actors.observability import configure_logging
+
+        configure_logging(json=args.log_json, level=args.log_level.upper())
+        return int(args.fn(args))
+    except KeyboardInterrupt:
+        print("zixir: interrupted; runs in flight are checkpointed (zixir runs resume)",
+              file=sys.stderr)
+        return 130
+    except (ZixirError, OSError) as exc:
+        if args.debug:
+            traceback.print_exc()
+        message = str(exc).splitlines()[0] if str(exc) else type(exc).__name__
+        _fail(message, 2)
+    except Exception as exc:  # noqa: BLE001 - one line unless --debug
+        if args.debug:
+            traceback.print_exc()
+        _fail(f"{type(exc).__name__}: {exc}".splitlines()[0], 1)
+
+
+if __name__ == "__main__":
+    sys.exit(main())
