@@ -211,6 +211,14 @@ def test_expired_entries_are_reclaimed_incrementally_not_by_full_scan(
     assert c.stats().expirations == 200
 
 
+def test_expiry_heap_stays_bounded_under_overwrites(caches: SupervisorRef) -> None:
+    c = Cache.start("heap", ttl=60)
+    for i in range(5000):
+        c.put("same", i)
+    assert len(c._live().heap) <= 2 + 1024 + 1
+    assert c.get("same") == 4999
+
+
 def test_overwritten_entry_uses_its_new_ttl(caches: SupervisorRef) -> None:
     clock = FakeClock()
     c = Cache.start("overwrite", clock=clock)
@@ -843,6 +851,7 @@ def test_refresh_ahead_uses_the_cache_loader_and_survives_loader_errors(
     assert c.get("a") == "a!"
     wait_for(lambda: c.stats().refresh_errors == 1, timeout=5)
     assert c.get("a") == "a!"                          # the old value stays until expiry
+    assert c.stats().refresh_errors == 1               # and the failing loader is not retried
     clock.advance(5)
     assert c.get("a") is None
 

@@ -147,7 +147,7 @@ class CacheState:
                 self.misses += 1
                 return default
             if now >= e[2]:
-                self._refresh(key, e[4])
+                self._refresh(key, e)
         if self.track:
             self.access.append(key)
         self.hits += 1
@@ -218,6 +218,8 @@ class CacheState:
             self.bytes += size
             if expires != INF:
                 heapq.heappush(self.heap, (expires, next(self.seq), key))
+                if len(self.heap) > 2 * len(self.data) + 1024:
+                    self._compact_heap()
             for k in expired:
                 self._forget(k)
                 self.expirations += 1
@@ -287,12 +289,16 @@ class CacheState:
                 self._forget(k)
                 self.expirations += 1
             if len(self.heap) > 2 * len(self.data) + 1024:
-                self.heap = [(e[1], next(self.seq), k) for k, e in self.data.items()
-                             if e[1] != INF]
-                heapq.heapify(self.heap)
+                self._compact_heap()
             return len(expired)
 
     # -- internals -----------------------------------------------------------
+
+    def _compact_heap(self) -> None:
+        # Overwrites leave stale items behind; rebuilding once the heap is
+        # twice the live size keeps it O(entries) at O(1) amortized cost.
+        self.heap = [(e[1], next(self.seq), k) for k, e in self.data.items() if e[1] != INF]
+        heapq.heapify(self.heap)
 
     def _drain_access(self) -> None:
         log = self.access
@@ -386,25 +392,30 @@ class CacheState:
             if not self.closed and self._timer is None and (self._dirty or self.heap):
                 self._arm()
 
-    def _refresh(self, key: Hashable, ttl: float | None) -> None:
+    def _refresh(self, key: Hashable, entry: tuple[Any, float, float, int, float | None]) -> None:
         loader = self.loaders.get(key, self.default_loader)
         if loader is None or key in self.refreshing or self.closed:
             return
         self.refreshing.add(key)
         try:
-            self.background().submit(self._run_refresh, key, loader, ttl)
+            self.background().submit(self._run_refresh, key, loader, entry)
         except RuntimeError:
             self.refreshing.discard(key)
 
-    def _run_refresh(self, key: Hashable, loader: Loader, ttl: float | None) -> None:
+    def _run_refresh(self, key: Hashable, loader: Loader,
+                     entry: tuple[Any, float, float, int, float | None]) -> None:
         try:
-            self.put(key, loader(key), ttl)
+            self.put(key, loader(key), entry[4])
             self.refreshes += 1
         except Closed:
             pass
         except Exception as exc:  # the old value stays until it expires
             self.refresh_errors += 1
             logger.bind(cache=self.name).warning("refresh of {!r} failed: {!r}", key, exc)
+            # One attempt per entry: a failing upstream is not hammered by every read.
+            with self.lock:
+                if self.data.get(key) is entry:
+                    self.data[key] = (entry[0], entry[1], INF, entry[3], entry[4])
         finally:
             self.refreshing.discard(key)
 
