@@ -70,6 +70,14 @@ from zixir_actors.observability import (
 from zixir_actors.testing import capture_logs, capture_spans, wait_for
 
 
+@pytest.fixture(autouse=True)
+def tracing_left_clean() -> Iterator[None]:
+    """Every test leaves no current span and no exporter behind."""
+    yield
+    assert current_span() is None
+    assert exporters() == ()
+
+
 @pytest.fixture
 def log_out() -> Iterator[io.StringIO]:
     out = io.StringIO()
@@ -902,11 +910,13 @@ def test_span_exited_in_another_context_neither_raises_nor_leaks() -> None:
     import contextvars
 
     scope = span("moved")
+    entered = contextvars.copy_context()
     with capture_spans() as spans:
-        opened = scope.__enter__()
-        contextvars.copy_context().run(scope.__exit__, None, None, None)
-        assert current_span() is opened  # this context still holds it ...
+        opened = entered.run(scope.__enter__)
+        entered.copy().run(scope.__exit__, None, None, None)
+        assert entered.run(current_span) is opened  # that context still holds it ...
         assert opened not in open_spans()  # ... but it has ended
+    assert current_span() is None
     assert [s.status for s in spans.named("moved")] == ["ok"]
 
 
@@ -972,3 +982,26 @@ def test_registry_exposition_through_its_proxy() -> None:
         registry.stop()
     assert b"zixir_test_proxy_total 1.0" in text
     assert b"zixir_process_threads" in text
+
+
+def test_traced_message_in_the_actors_own_context_does_not_leave_its_span_current() -> None:
+    after: list[object] = []
+
+    class Booting(TracedActor):
+        def on_start(self) -> None:
+            # Handled outside any per-message context copy: the span must be reset.
+            self._handle_receive("boot")
+            after.append(current_span())
+
+        def on_receive(self, message: Any) -> Any:
+            after.append(current_span())
+            return message
+
+    with capture_spans() as spans:
+        actor = Booting.start()
+        actor.ask("second", timeout=5.0)
+        actor.stop()
+    boot, second = spans.named("Booting.on_receive")
+    inside, outside, inside_second = after
+    assert inside is not None and outside is None and inside_second is not None
+    assert second.parent_id is None and boot.status == "ok"
