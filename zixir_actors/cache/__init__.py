@@ -54,13 +54,9 @@ from the live caches when the observability registry is scraped.
 from __future__ import annotations
 
 from zixir_actors.cache._actor import CACHES, CacheActor, child_spec
-from zixir_actors.cache._cache import (
-    DEFAULT_SYNC_INTERVAL,
-    DEFAULT_TIMEOUT,
-    Cache,
-    CacheStats,
-    Table,
-)
+from zixir_actors.cache._cache import Cache
+from zixir_actors.cache._options import DEFAULT_SYNC_INTERVAL, DEFAULT_TIMEOUT, CacheStats
+from zixir_actors.cache._table_api import Table
 from zixir_actors.cache._tables import DEFAULT_KEY_FIELD
 from zixir_actors.cache._warm import DEFAULT_WARM_CONCURRENCY, WarmProgress, WarmReport
 

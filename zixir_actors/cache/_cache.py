@@ -4,19 +4,17 @@ from __future__ import annotations
 
 import functools
 import inspect
-import math
 import os
 import threading
 import time
-from collections.abc import Callable, Hashable, Iterable, Mapping
+from collections.abc import Callable, Hashable, Iterable
 from concurrent.futures import Future
 from concurrent.futures import TimeoutError as FutureTimeout
-from dataclasses import dataclass
 from typing import Any, TypeVar, overload
 
 from supervisors import ChildSpec, SupervisorRef, whereis
 from supervisors.errors import ChildStartError
-from zixir_actors._clock import SYSTEM_CLOCK, Clock
+from zixir_actors._clock import Clock
 from zixir_actors.cache._actor import (
     ACTOR_PREFIX,
     CACHES,
@@ -27,85 +25,33 @@ from zixir_actors.cache._actor import (
     live_names,
 )
 from zixir_actors.cache._keys import memo_key, parse_size, signature_of
+from zixir_actors.cache._options import (
+    DEFAULT_SYNC_INTERVAL,
+    DEFAULT_TIMEOUT,
+    CacheStats,
+    check_callable,
+    check_clock,
+    check_count,
+    check_ratio,
+    check_timeout,
+    check_ttl,
+)
 from zixir_actors.cache._state import _MISSING, CacheOptions, CacheState, Closed
-from zixir_actors.cache._tables import DEFAULT_KEY_FIELD, OrderBy, Where
+from zixir_actors.cache._table_api import TableMethods
 from zixir_actors.cache._warm import DEFAULT_WARM_CONCURRENCY, WarmProgress, WarmReport, run_warm
 from zixir_actors.errors import ConfigError, NotStartedError, ZixirError, ZixirTimeoutError
 
-__all__ = ["DEFAULT_SYNC_INTERVAL", "DEFAULT_TIMEOUT", "Cache", "CacheStats", "Table"]
+__all__ = ["Cache"]
 
 T = TypeVar("T")
 F = TypeVar("F", bound=Callable[..., Any])
 
-DEFAULT_TIMEOUT = 5.0
-"""Seconds a call waits for a restarting cache (or `Cache.start` for its actor)."""
-DEFAULT_SYNC_INTERVAL = 1.0
-"""Seconds between a persistent write and the group fsync that covers it."""
 
 _start_lock = threading.Lock()
 _NOKEY: Any = object()
 
 
-@dataclass(frozen=True, slots=True)
-class CacheStats:
-    """A snapshot of one cache's counters (`Cache.stats()`).
-
-    Attributes:
-        name: the cache name.
-        hits, misses: lookups (`get`, `get_many`, `get_or_compute`) that found
-            a live entry or not. Counted without a lock, so concurrent readers
-            can very rarely lose an increment.
-        evictions: entries dropped by LRU to respect `max_entries`/`max_bytes`.
-        expirations: expired entries reclaimed (including ones found expired
-            when a persistent cache loaded).
-        size: entries held after reclaiming expired ones.
-        bytes: encoded size of the entries (persistent caches, or any cache
-            with `max_bytes`); otherwise a shallow `sys.getsizeof` estimate.
-        refreshes, refresh_errors: refresh-ahead reloads that succeeded or failed.
-        warm_loaded, warm_errors: entries loaded by warm-ups, and failed items.
-        persist: whether entries are mirrored in LMDB.
-        tables: the names of the cache's tables.
-    """
-
-    name: str
-    hits: int
-    misses: int
-    evictions: int
-    expirations: int
-    size: int
-    bytes: int
-    refreshes: int
-    refresh_errors: int
-    warm_loaded: int
-    warm_errors: int
-    persist: bool
-    tables: tuple[str, ...]
-
-    @property
-    def hit_ratio(self) -> float:
-        """hits / (hits + misses), 0.0 before any lookup."""
-        total = self.hits + self.misses
-        return self.hits / total if total else 0.0
-
-
-def _check_ttl(ttl: object, field: str = "ttl") -> float | None:
-    if ttl is None:
-        return None
-    if isinstance(ttl, bool) or not isinstance(ttl, (int, float)) or not math.isfinite(ttl) \
-            or ttl <= 0:
-        raise ConfigError(field, ttl, "must be None (no expiry) or a finite number of seconds > 0")
-    return float(ttl)
-
-
-def _check_timeout(timeout: object) -> float | None:
-    if timeout is None:
-        return None
-    if isinstance(timeout, bool) or not isinstance(timeout, (int, float)) or timeout < 0:
-        raise ConfigError("timeout", timeout, "must be None or seconds >= 0")
-    return float(timeout)
-
-
-class Cache:
+class Cache(TableMethods):
     """A named TTL/LRU cache with optional LMDB persistence, tables and warming.
 
     Example:
@@ -210,15 +156,15 @@ class Cache:
         if not isinstance(name, str) or not name or "\x00" in name:
             raise ConfigError("name", name, "a cache name must be a non-empty string")
         options = CacheOptions(
-            name=name, ttl=_check_ttl(ttl),
-            max_entries=_check_count(max_entries, "max_entries"),
+            name=name, ttl=check_ttl(ttl),
+            max_entries=check_count(max_entries, "max_entries"),
             max_bytes=parse_size(max_bytes, "max_bytes"), persist=bool(persist),
             data_dir=(os.fspath(data_dir) if data_dir is not None else default_data_dir())
             if persist else None,
-            clock=_check_clock(clock), refresh_ahead=_check_ratio(refresh_ahead),
-            loader=_check_callable(loader, "loader"), durable=bool(durable),
-            sync_interval=_check_ttl(sync_interval, "sync_interval") or DEFAULT_SYNC_INTERVAL)
-        timeout = _check_timeout(timeout)
+            clock=check_clock(clock), refresh_ahead=check_ratio(refresh_ahead),
+            loader=check_callable(loader, "loader"), durable=bool(durable),
+            sync_interval=check_ttl(sync_interval, "sync_interval") or DEFAULT_SYNC_INTERVAL)
+        timeout = check_timeout(timeout)
         with _start_lock:
             if whereis(ACTOR_PREFIX + name) is not None:
                 return cls(name, timeout=timeout)
@@ -340,7 +286,7 @@ class Cache:
             ZixirTimeoutError: the cache was restarting for longer than `timeout`.
             StoreError: LMDB refused the write.
         """
-        ttl = _check_ttl(ttl)
+        ttl = check_ttl(ttl)
         self._write(lambda s: s.put(key, value, ttl), timeout)
 
     def delete(self, key_or_table: Any, key: Any = _NOKEY, *,
@@ -376,7 +322,7 @@ class Cache:
             ZixirTimeoutError: the computation of another caller took longer than `timeout`.
             Exception: whatever `fn` raised.
         """
-        ttl = _check_ttl(ttl)
+        ttl = check_ttl(ttl)
         state = self._live(time.monotonic() + DEFAULT_TIMEOUT)
         value = state.get(key, _MISSING)
         if value is not _MISSING:
@@ -438,7 +384,7 @@ class Cache:
             ConfigError: `fn` is a coroutine function (not supported) or `ttl` is bad.
             InvalidKeyError: (at call time) an argument has no stable encoding.
         """
-        ttl = _check_ttl(ttl)
+        ttl = check_ttl(ttl)
 
         def decorate(f: F) -> F:
             if inspect.iscoroutinefunction(f):
@@ -495,11 +441,11 @@ class Cache:
                 not iterable.
             CacheNotFoundError: the cache is not running.
         """
-        ttl = _check_ttl(ttl)
+        ttl = check_ttl(ttl)
         state = self._live(time.monotonic() + DEFAULT_TIMEOUT)
         return run_warm(state, source, loader if loader is not None else None,
                         concurrency=concurrency, rate=rate, ttl=ttl, progress=progress,
-                        timeout=_check_timeout(timeout))
+                        timeout=check_timeout(timeout))
 
     def warm_async(self, source: Iterable[Any] | Callable[[], Iterable[Any]],
                    loader: Callable[[Any], Any] | None = None, **options: Any
@@ -511,121 +457,6 @@ class Cache:
         """
         state = self._live(time.monotonic() + DEFAULT_TIMEOUT)
         return state.background().submit(self.warm, source, loader, **options)
-
-    # -- tables ----------------------------------------------------------------
-
-    def create_table(self, table: str, *, key: str = DEFAULT_KEY_FIELD,
-                     timeout: float | None = DEFAULT_TIMEOUT) -> bool:
-        """Create `table` whose records are keyed by their `key` field (default ``"id"``).
-
-        Returns False if it already existed with that key field.
-
-        Raises:
-            TableExistsError: it exists with another key field.
-            ConfigError: an empty or non-string table or key field name.
-        """
-        return self._write(lambda s: s.tables.create(table, key), timeout)  # type: ignore[union-attr]
-
-    def drop_table(self, table: str, *, timeout: float | None = DEFAULT_TIMEOUT) -> None:
-        """Delete `table` and all its records.
-
-        Raises:
-            UnknownTableError: no such table.
-        """
-        self._write(lambda s: s.tables.drop(table), timeout)  # type: ignore[union-attr]
-
-    def tables(self) -> list[str]:
-        """Names of the cache's tables, sorted."""
-        return self._live().tables.names()  # type: ignore[union-attr]
-
-    def table(self, table: str) -> Table:
-        """A view on one table: ``cache.table("users").insert({...})``.
-
-        Raises:
-            UnknownTableError: no such table.
-        """
-        self._live().tables._table(table)  # type: ignore[union-attr]
-        return Table(self, table)
-
-    def insert(self, table: str, record: Mapping[str, Any], key: Hashable | None = None, *,
-               timeout: float | None = DEFAULT_TIMEOUT) -> Hashable:
-        """Add `record` to `table`; returns its key.
-
-        The key is `key`, else the record's key field (``"id"`` by default);
-        the stored record always holds its key in that field.
-
-        Raises:
-            UnknownTableError: no such table.
-            DuplicateKeyError: a record with this key exists.
-            InvalidRecordError: not a mapping, no key, or `key` disagrees with the record.
-            InvalidKeyError: the key is unhashable.
-            UnserializableError: a persistent cache cannot serialize the record.
-        """
-        return self._write(lambda s: s.tables.insert(table, record, key), timeout)  # type: ignore[union-attr]
-
-    def get_record(self, table: str, key: Hashable) -> dict[str, Any] | None:
-        """A copy of the record under `key`, or None.
-
-        Raises:
-            UnknownTableError: no such table.
-        """
-        return self._live().tables.get(table, key)  # type: ignore[union-attr]
-
-    def query(self, table: str, where: Where = None, order_by: OrderBy = None,
-              limit: int | None = None) -> list[dict[str, Any]]:
-        """Records of `table` matching `where`, sorted by `order_by`, at most `limit`.
-
-        Example:
-            >>> from supervisors import DynamicSupervisor
-            >>> caches = DynamicSupervisor.start_link(name="zixir.caches")
-            >>> c = Cache.start("doc-tables")
-            >>> c.create_table("docs")
-            True
-            >>> for i, lang in enumerate(["en", "fr", "en"]):
-            ...     _ = c.insert("docs", {"id": i, "lang": lang, "score": i * 10})
-            >>> [r["id"] for r in c.query("docs", where={"lang": "en"}, order_by="-score")]
-            [2, 0]
-            >>> c.count("docs", where=lambda r: r["score"] > 5)
-            2
-            >>> caches.stop()
-
-        Args:
-            where: None (all), a callable ``record -> bool`` (it gets a
-                read-only view), or ``{field: value}`` where every field must
-                equal its value (or satisfy it, when the value is callable).
-            order_by: a field, ``"-field"`` for descending, a list of those, or a
-                key function. Records lacking the field sort last.
-            limit: at most this many records (an int >= 0).
-
-        Returns:
-            Copies of the matching records.
-
-        Raises:
-            UnknownTableError: no such table.
-            InvalidQueryError: a `where`/`order_by`/`limit` of the wrong kind,
-                one that raised, or values that cannot be compared.
-        """
-        return self._live().tables.query(table, where, order_by, limit)  # type: ignore[union-attr]
-
-    def update(self, table: str, key: Hashable, changes: Mapping[str, Any], *,
-               timeout: float | None = DEFAULT_TIMEOUT) -> dict[str, Any]:
-        """Merge `changes` into the record under `key`; returns the new record.
-
-        Raises:
-            UnknownTableError: no such table.
-            RecordNotFoundError: no record under `key`.
-            InvalidRecordError: `changes` is not a mapping or changes the key field.
-        """
-        return self._write(lambda s: s.tables.update(table, key, changes), timeout)  # type: ignore[union-attr]
-
-    def count(self, table: str, where: Where = None) -> int:
-        """How many records of `table` match `where` (see `query`).
-
-        Raises:
-            UnknownTableError: no such table.
-            InvalidQueryError: a bad `where`.
-        """
-        return self._live().tables.count(table, where)  # type: ignore[union-attr]
 
     # -- introspection -----------------------------------------------------------
 
@@ -662,65 +493,3 @@ class Cache:
 
     def __len__(self) -> int:
         return len(self.keys())
-
-
-class Table:
-    """A view on one table of a cache; every method is the `Cache` method for that table."""
-
-    __slots__ = ("_cache", "name")
-
-    def __init__(self, cache: Cache, name: str) -> None:
-        self._cache = cache
-        self.name = name
-
-    def __repr__(self) -> str:
-        return f"Table({self._cache.name!r}, {self.name!r})"
-
-    def insert(self, record: Mapping[str, Any], key: Hashable | None = None) -> Hashable:
-        return self._cache.insert(self.name, record, key)
-
-    def get(self, key: Hashable) -> dict[str, Any] | None:
-        return self._cache.get_record(self.name, key)
-
-    def query(self, where: Where = None, order_by: OrderBy = None,
-              limit: int | None = None) -> list[dict[str, Any]]:
-        return self._cache.query(self.name, where, order_by, limit)
-
-    def update(self, key: Hashable, changes: Mapping[str, Any]) -> dict[str, Any]:
-        return self._cache.update(self.name, key, changes)
-
-    def delete(self, key: Hashable) -> bool:
-        return self._cache.delete(self.name, key)
-
-    def count(self, where: Where = None) -> int:
-        return self._cache.count(self.name, where)
-
-
-def _check_count(value: object, field: str) -> int | None:
-    if value is None:
-        return None
-    if isinstance(value, bool) or not isinstance(value, int) or value < 1:
-        raise ConfigError(field, value, "must be None or an int >= 1")
-    return value
-
-
-def _check_ratio(value: object) -> float | None:
-    if value is None:
-        return None
-    if isinstance(value, bool) or not isinstance(value, (int, float)) or not 0 < value < 1:
-        raise ConfigError("refresh_ahead", value, "must be None or a fraction of the TTL in (0, 1)")
-    return float(value)
-
-
-def _check_callable(value: Any, field: str) -> Any:
-    if value is not None and not callable(value):
-        raise ConfigError(field, value, "must be callable")
-    return value
-
-
-def _check_clock(clock: Clock | None) -> Clock:
-    if clock is None:
-        return SYSTEM_CLOCK
-    if not isinstance(clock, Clock):
-        raise ConfigError("clock", clock, "needs monotonic(), time() and sleep()")
-    return clock
