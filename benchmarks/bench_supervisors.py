@@ -138,7 +138,7 @@ def _wait_threads_gone(baseline: int) -> None:
 
 def run(quick: bool = False) -> list[Figure]:
     restarts = 300 if quick else 3_000
-    asks, blocks = (2_000, 5) if quick else (20_000, 7)
+    asks, blocks = (500, 20) if quick else (1_000, 100)
     rounds = 3 if quick else 10
     threads_before = threading.active_count()
     figures: list[Figure] = []
