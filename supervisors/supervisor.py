@@ -534,9 +534,11 @@ class SupervisorRef:
 
     @property
     def name(self) -> str | None:
+        """The supervisor's registered name, if any."""
         return name_of(self.actor_ref)
 
     def is_alive(self) -> bool:
+        """Whether the supervisor is running (False once it stopped or gave up)."""
         return self.actor_ref.is_alive()
 
     def _call(self, op: str, *args: Any, timeout: float | None) -> Any:
@@ -551,10 +553,21 @@ class SupervisorRef:
         return reply.value
 
     def which_children(self, *, timeout: float | None = DEFAULT_CALL_TIMEOUT) -> list[Child]:
-        """Every child in start order, with its current ref (None if not running)."""
+        """Every child in start order, with its current ref (None if not running).
+
+        Raises:
+            SupervisorTimeoutError: no answer within `timeout` (the supervisor is
+                busy, say starting a slow child).
+            SupervisorError: the supervisor is not running.
+        """
         return self._call("which_children", timeout=timeout)  # type: ignore[no-any-return]
 
     def count_children(self, *, timeout: float | None = DEFAULT_CALL_TIMEOUT) -> ChildCounts:
+        """Counts as OTP's ``count_children``: specs, running (active), supervisors, workers.
+
+        Raises:
+            SupervisorTimeoutError / SupervisorError: as for `which_children`.
+        """
         return self._call("count_children", timeout=timeout)  # type: ignore[no-any-return]
 
     def start_child(self, spec: ChildSpec, *,
@@ -596,7 +609,16 @@ class SupervisorRef:
         self._call("delete_child", key, timeout=timeout)
 
     def stop(self, *, timeout: float | None = None) -> None:
-        """Stop the supervisor: its children stop first, in reverse start order."""
+        """Stop the supervisor: its children stop first, in reverse start order.
+
+        Each child gets its `shutdown` time and is killed after it; the
+        supervisor's monitors see ``"shutdown"``. Stopping a stopped
+        supervisor does nothing. A nested supervisor stopped this way is
+        restarted by its parent if its restart type says so.
+
+        Raises:
+            SupervisorTimeoutError: not stopped within `timeout` (it goes on stopping).
+        """
         mark_shutdown(self.actor_ref)
         try:
             self.actor_ref.stop(block=True, timeout=timeout)
@@ -604,7 +626,18 @@ class SupervisorRef:
             raise SupervisorTimeoutError(f"stop of supervisor {self!r}", timeout) from None
 
     def tree(self, *, timeout: float | None = DEFAULT_CALL_TIMEOUT) -> str:
-        """A readable rendering of the running tree, for logs and the CLI."""
+        """A readable rendering of the running tree, for logs and the CLI.
+
+        Example::
+
+            zixir.root  Supervisor, one_for_one, 2/2 running
+            ├── store (zixir.store)  CheckpointStore  running
+            └── jobs: zixir.jobs  DynamicSupervisor, dynamic, 1/1 running
+                └── run-1  WorkflowRun  running
+
+        Raises:
+            SupervisorTimeoutError / SupervisorError: as for `which_children`.
+        """
         lines: list[str] = []
         self._render(lines, "", "", timeout)
         return "\n".join(lines)
