@@ -20,6 +20,7 @@ from zixir_actors.errors import (
     SandboxClosedError,
     SandboxError,
     SoftTimeoutError,
+    ZixirTimeoutError,
 )
 from zixir_actors.observability import metrics, span
 from zixir_actors.result import Err, Ok
@@ -109,6 +110,12 @@ def spawn_grandchild_then_spin(pid_file: str) -> None:
     child = subprocess.Popen(["sleep", "600"])
     Path(pid_file).write_text(str(child.pid))
     spin()
+
+
+def wait_for_file(path: str) -> int:
+    """Block until `path` exists (the test creates it), then return this worker's pid."""
+    wait_for(lambda: Path(path).exists(), timeout=BOUND, interval=0.001)
+    return os.getpid()
 
 
 # --- helpers ---------------------------------------------------------------------
@@ -405,6 +412,44 @@ def test_run_async_gives_a_future_for_get_and_await(sandbox: Sandbox) -> None:
     ok, err = asyncio.run(both())
     assert ok == Ok(2)
     assert isinstance(err, Err) and err.error.kind == "exception"
+
+
+def test_future_get_times_out_while_the_call_runs(sandbox: Sandbox, tmp_path: Path) -> None:
+    gate = tmp_path / "gate"
+    future = sandbox.run_async(wait_for_file, str(gate))
+    with pytest.raises(ZixirTimeoutError):
+        future.get(0.05)
+    assert not future.done()
+    gate.touch()
+    assert future.get(BOUND).is_ok
+
+
+def test_concurrent_calls_each_get_a_worker_and_the_pool_keeps_its_size(tmp_path: Path) -> None:
+    gate = tmp_path / "gate"
+    box = Sandbox(Limits(timeout=BOUND), size=2, name="concurrent")
+    try:
+        futures = [box.run_async(wait_for_file, str(gate)) for _ in range(4)]
+        wait_for(lambda: box.pool.stats().busy == 4, timeout=BOUND)
+        gate.touch()
+        pids = {f.get(BOUND).unwrap() for f in futures}
+        assert len(pids) == 4
+        stats = box.pool.stats()
+        assert (stats.idle, stats.busy, stats.restarts) == (2, 0, 0)
+    finally:
+        seen = _descendants()
+        box.close()
+        assert_no_orphans(seen)
+
+
+def test_without_learned_imports_calls_still_work() -> None:
+    box = Sandbox(Limits(timeout=BOUND), fresh_process=True, learn_imports=False)
+    try:
+        assert box.run(double, 11) == Ok(22)
+        assert box.run(double, 12) == Ok(24)
+    finally:
+        seen = _descendants()
+        box.close()
+        assert_no_orphans(seen)
 
 
 def test_closed_sandbox_refuses_calls() -> None:

@@ -48,12 +48,15 @@ class SandboxPool(SupervisedActor):
         size: warm workers to keep (`DEFAULT_POOL_SIZE`, one per core).
         spares: workers the helper process keeps forked ahead of time.
         name: used in logs and metrics.
+        learn_imports: let the helper import the module of each function
+            called, so new workers start with it (see `WorkerPool`).
     """
 
     def __init__(self, size: int = DEFAULT_POOL_SIZE, spares: int = 1,
-                 name: str = POOL_NAME) -> None:
+                 name: str = POOL_NAME, learn_imports: bool = True) -> None:
         super().__init__()
-        self._pool = WorkerPool(size=size, spares=spares, name=name)
+        self._pool = WorkerPool(size=size, spares=spares, name=name,
+                                learn_imports=learn_imports)
 
     def on_start(self) -> None:
         try:
@@ -86,8 +89,8 @@ class SandboxPool(SupervisedActor):
 
 
 def child_spec(*, size: int = DEFAULT_POOL_SIZE, spares: int = 1, name: str = POOL_NAME,
-               id: str = "sandboxes", restart: str = "permanent",
-               shutdown: float = 10.0) -> ChildSpec:
+               learn_imports: bool = True, id: str = "sandboxes",
+               restart: str = "permanent", shutdown: float = 10.0) -> ChildSpec:
     """The `ChildSpec` of the runtime's `SandboxPool`, registered as ``"zixir.sandboxes"``.
 
     Example:
@@ -98,6 +101,7 @@ def child_spec(*, size: int = DEFAULT_POOL_SIZE, spares: int = 1, name: str = PO
         size: warm workers to keep.
         spares: workers forked ahead of time by the helper process.
         name: the registered name.
+        learn_imports: see `SandboxPool`.
         id: the child id under its supervisor.
         restart: the restart type (``"permanent"``).
         shutdown: seconds the pool gets to stop its processes.
@@ -105,6 +109,7 @@ def child_spec(*, size: int = DEFAULT_POOL_SIZE, spares: int = 1, name: str = PO
     Raises:
         InvalidSpecError: a spec field is invalid.
     """
-    return ChildSpec(id=id, start=SandboxPool, kwargs={"size": size, "spares": spares,
-                                                       "name": name},
+    return ChildSpec(id=id, start=SandboxPool,
+                     kwargs={"size": size, "spares": spares, "name": name,
+                             "learn_imports": learn_imports},
                      restart=restart, shutdown=shutdown, type="worker", name=name)  # type: ignore[arg-type]

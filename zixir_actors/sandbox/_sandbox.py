@@ -95,6 +95,9 @@ class Sandbox:
         name: used in logs, metrics and errors.
         pool_timeout: seconds to wait for a named pool actor to answer (also
             while its supervisor restarts it).
+        learn_imports: of the private pool: let its helper process import
+            the module of each function called, so new workers start with it
+            (see `WorkerPool`).
 
     Raises:
         ConfigError: `limits` is not a `Limits`, or `pool` is of the wrong type.
@@ -103,7 +106,8 @@ class Sandbox:
     def __init__(self, limits: Limits | None = None, *,
                  pool: WorkerPool | str | pykka.ActorRef[Any] | None = None,
                  fresh_process: bool = False, size: int = 1, name: str = "sandbox",
-                 pool_timeout: float = DEFAULT_RESOLVE_TIMEOUT) -> None:
+                 pool_timeout: float = DEFAULT_RESOLVE_TIMEOUT,
+                 learn_imports: bool = True) -> None:
         if limits is None:
             limits = Limits()
         if not isinstance(limits, Limits):
@@ -120,7 +124,7 @@ class Sandbox:
         self._pool: WorkerPool | None = pool if isinstance(pool, WorkerPool) else None
         self._owned = pool is None
         if self._owned:
-            self._pool = WorkerPool(size=size, name=name)
+            self._pool = WorkerPool(size=size, name=name, learn_imports=learn_imports)
         self._lock = threading.Lock()
         self._closed = False
 
