@@ -341,7 +341,9 @@ class SupervisedActor(pykka.ThreadingActor):
         if monitors is None:
             return
         _registry.forget(self.actor_ref)
-        if isinstance(reason, BaseException):
+        if not monitors and isinstance(reason, BaseException):
+            # A supervisor reports the crash of its child (with the traceback);
+            # a crash nobody watches is logged here.
             logger.bind(actor=str(self)).debug("actor {} crashed: {!r}", self, reason)
 
     def _zx_on_kill(self) -> None:
