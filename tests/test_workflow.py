@@ -742,9 +742,36 @@ def test_steps_with_limits_run_in_a_sandbox_process(store: CheckpointClient) -> 
     wf = Workflow("sandboxed", on_failure="continue")
     wf.add(Step("inside", sandboxed_pid, limits=Limits(timeout=30)))
     wf.add(Step("runaway", spin_forever, limits=Limits(), timeout=0.3))
-    result = wf.run({"n": 21}, store=store)
+    result = wf.run({"n": 21}, store=store, max_concurrency=1)
     pid, doubled, name = result.outputs["inside"]
     assert pid != os.getpid()
     assert (doubled, name) == (42, "inside")
-    assert result.steps["runaway"].status == "timed_out"
+    assert result.steps["runaway"].status == "timed_out", result.errors
     assert result.errors["runaway"].type == "SandboxError"
+
+
+def test_async_steps_run_on_their_own_event_loop(store: CheckpointClient) -> None:
+    wf = Workflow("async")
+
+    @wf.step()
+    async def fetch(url: str) -> str:
+        await asyncio.sleep(0)
+        return url.upper()
+
+    @wf.step(depends_on=["fetch"], timeout=10)
+    async def size(fetch: str, ctx: StepContext) -> tuple[int, int]:
+        return len(fetch), ctx.attempt
+
+    result = wf.run({"url": "abc"}, store=store)
+    assert result.outputs == {"fetch": "ABC", "size": (3, 1)}
+
+
+def test_the_run_span_is_a_child_of_the_callers_span(store: CheckpointClient) -> None:
+    from zixir_actors.observability import span
+
+    wf = Workflow("traced", [Step("x", lambda: 1)])
+    with capture_spans() as spans, span("app.request") as outer:
+        wf.run(store=store)
+    run_span = next(s for s in spans.spans if s.name == "workflow.run")
+    assert run_span.parent_id == outer.span_id
+    assert run_span.trace_id == outer.trace_id

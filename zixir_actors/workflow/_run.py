@@ -16,9 +16,11 @@ continues. Steps that were in flight run again (at-least-once); their
 
 from __future__ import annotations
 
+import asyncio
 import concurrent.futures
 import contextlib
 import contextvars
+import inspect
 import random
 import threading
 import time
@@ -64,7 +66,7 @@ from zixir_actors.workflow._telemetry import Telemetry, log
 if TYPE_CHECKING:
     from zixir_actors.workflow._workflow import Workflow
 
-__all__ = ["MAX_CRASHES", "WorkflowRun", "active_run", "register_run"]
+__all__ = ["MAX_CRASHES", "WorkflowRun", "active_run", "invoke", "register_run", "release_run"]
 
 MAX_CRASHES = 3
 """Crashes of one run's actor after which its future fails with
@@ -112,7 +114,7 @@ def register_run(run_id: str) -> _Control:
         return control
 
 
-def _release_run(control: _Control) -> None:
+def release_run(control: _Control) -> None:
     with _ACTIVE_LOCK:
         if _ACTIVE.get(control.run_id) is control:
             del _ACTIVE[control.run_id]
@@ -348,7 +350,7 @@ class _Scheduler:
             attempt += 1
             if self.ended is not None:
                 return _Outcome(StepResult(name, "cancelled", attempt - 1, total))
-            ctx = StepContext(job.run_id, name, attempt, key, wf.name)
+            ctx = StepContext(job.run_id, name, attempt, key, wf.name) if step.takes_ctx else None
             span = start_span("workflow.step", parent=job.span, step=name, attempt=attempt,
                               run_id=job.run_id, workflow=wf.name)
             started_at = job.clock.time()
@@ -390,20 +392,20 @@ class _Scheduler:
             bound.info("step succeeded", attempt=attempt, duration=seconds)
             return _Outcome(StepResult(name, "succeeded", attempt, total), value)
 
-    def _call(self, step: Step, kwargs: dict[str, Any], ctx: StepContext) -> Any:
+    def _call(self, step: Step, kwargs: dict[str, Any], ctx: StepContext | None) -> Any:
         call = dict(kwargs)
-        if step.takes_ctx:
+        if ctx is not None:
             call["ctx"] = ctx
         if step.limits is not None:
             return _sandboxed(step, call)
         if step.timeout is None:
-            return step.fn(**call)
+            return invoke(step.fn, call)
         box: dict[str, Any] = {}
         done = threading.Event()
 
         def target() -> None:
             try:
-                box["value"] = step.fn(**call)
+                box["value"] = invoke(step.fn, call)
             except BaseException as exc:  # handed to the waiting worker
                 box["error"] = exc
             finally:
@@ -411,7 +413,7 @@ class _Scheduler:
 
         context = contextvars.copy_context()
         threading.Thread(target=context.run, args=(target,), daemon=True,
-                         name=f"zixir-wf-step-{step.name}-{ctx.attempt}").start()
+                         name=f"zixir-wf-step-{step.name}").start()
         if not done.wait(step.timeout):
             raise StepTimeoutError(step.name, step.timeout)
         if "error" in box:
@@ -442,6 +444,18 @@ class _Scheduler:
                                    error, letter.id))
 
 
+def invoke(fn: Callable[..., Any], kwargs: dict[str, Any]) -> Any:
+    """Call a step function; an ``async def`` step runs on its own event loop."""
+    value = fn(**kwargs)
+    if inspect.isawaitable(value):
+        return asyncio.run(_await(value))
+    return value
+
+
+async def _await(awaitable: Any) -> Any:
+    return await awaitable
+
+
 def _sandboxed(step: Step, call: dict[str, Any]) -> Any:
     """Run a step with `limits` in a sandbox worker: the runtime's pool
     (``zixir.sandboxes``) when it runs, else a private one for this attempt."""
@@ -455,7 +469,10 @@ def _sandboxed(step: Step, call: dict[str, Any]) -> Any:
         limits = dataclasses.replace(limits, timeout=step.timeout)
     pool = SANDBOX_POOL if whereis(SANDBOX_POOL) is not None else None
     with Sandbox(limits, pool=pool, name=f"workflow.{step.name}") as sandbox:
-        outcome = sandbox.run(step.fn, **call)
+        if inspect.iscoroutinefunction(step.fn):
+            outcome = sandbox.run(invoke, step.fn, call)
+        else:
+            outcome = sandbox.run(step.fn, **call)
     if isinstance(outcome, Ok):
         return outcome.value
     raise outcome.error
@@ -561,7 +578,7 @@ class WorkflowRun(SupervisedActor):
             else:
                 self.job.span.end(status="error")
                 future.set_exception(RunInterruptedError(self.job.run_id, "shutdown"))
-        _release_run(self.control)
+        release_run(self.control)
 
     def on_failure(self, exc_type: Any = None, exc: Any = None, tb: Any = None) -> None:
         self._teardown()
@@ -573,4 +590,4 @@ class WorkflowRun(SupervisedActor):
             if not control.future.done():
                 self.job.span.end(status="error")
                 control.future.set_exception(RunInterruptedError(self.job.run_id, exc))
-            _release_run(control)
+            release_run(control)

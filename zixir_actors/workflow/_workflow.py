@@ -28,7 +28,7 @@ from zixir_actors.observability import start_span
 from zixir_actors.workflow._hashing import code_hash
 from zixir_actors.workflow._plan import compute_plan
 from zixir_actors.workflow._results import Plan, RunHandle, RunResult
-from zixir_actors.workflow._run import Job, WorkflowRun, active_run, register_run
+from zixir_actors.workflow._run import Job, WorkflowRun, active_run, register_run, release_run
 from zixir_actors.workflow._spec import (
     DEFAULT_MAX_CONCURRENCY,
     FAILURE_POLICIES,
@@ -409,9 +409,7 @@ class Workflow:
             else:
                 WorkflowRun.start(job=job, control=control, supervised=False)
         except BaseException:
-            from zixir_actors.workflow._run import _release_run
-
-            _release_run(control)
+            release_run(control)
             raise
         return RunHandle(run_id, control.future,
                          lambda rid: self.cancel(rid, store=client))
