@@ -33,7 +33,13 @@ from typing import Any, ClassVar
 from pykka.messages import ProxyCall, ProxyGetAttr, ProxySetAttr, _ActorStop
 
 from supervisors import SupervisedActor
-from zixir_actors.observability._tracing import _CURRENT, Span, _exit, close_open_spans
+from zixir_actors.observability._tracing import (
+    _CURRENT,
+    _end_ok,
+    _exit,
+    _message_span,
+    close_open_spans,
+)
 
 __all__ = ["TracedActor"]
 
@@ -72,7 +78,7 @@ class TracedActor(SupervisedActor):
             name = self._span_name(key)
         # Untracked: this span always ends below (a kill raises here too), so it
         # skips the open-span table; the thread name in its record names the actor.
-        opened = Span(name, {}, _CURRENT.get(), False)
+        opened = _message_span(name, _CURRENT.get())
         if _THREAD_CONTEXT.get():
             # Running in the thread's own context (no per-message copy): the
             # span must not outlive the message there, so undo the set.
@@ -92,7 +98,7 @@ class TracedActor(SupervisedActor):
         except BaseException as exc:
             opened.end(error=exc)
             raise
-        opened.end()
+        _end_ok(opened)
         return result
 
     def _span_name(self, key: tuple[str, ...] | None) -> str:

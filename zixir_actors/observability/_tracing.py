@@ -282,6 +282,45 @@ class Span:
             self.events, self.error, self._owner.name)
 
 
+_new_span = object.__new__
+
+
+def _message_span(name: str, parent: Span | None) -> Span:
+    """An untracked child span, built without `__init__` (the per-message hot path).
+
+    Same fields as `Span.__init__(name, {}, parent, track=False)`; the owner
+    thread is the caller's, as always.
+    """
+    opened: Span = _new_span(Span)
+    opened.name = name
+    opened.attributes = {}
+    if parent is None:
+        opened._tid = _getrandbits(128) or 1
+        opened._parent = 0
+    else:
+        opened._tid = parent._tid
+        opened._parent = parent._sid
+    opened._sid = _getrandbits(64) or 1
+    opened._events = opened.error = opened.end_time = opened.duration = opened._token = None
+    opened.status = "unset"
+    opened._mono = mono = _mono()
+    opened.start_time = mono + _wall_offset[0]
+    opened._owner = _current_thread()
+    opened._tracked = False
+    return opened
+
+
+def _end_ok(opened: Span) -> None:
+    """`opened.end()` for an untracked span that returned normally (the hot path)."""
+    if opened.end_time is None:
+        duration = opened.duration = _mono() - opened._mono
+        opened.end_time = opened.start_time + duration
+        if opened.status == "unset":
+            opened.status = "ok" if opened.error is None else "error"
+        if _EXPORTERS:
+            _export(opened)
+
+
 def _export(ended: Span) -> None:
     record = ended.record()
     for exporter in _EXPORTERS:
