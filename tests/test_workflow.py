@@ -775,3 +775,35 @@ def test_the_run_span_is_a_child_of_the_callers_span(store: CheckpointClient) ->
     run_span = next(s for s in spans.spans if s.name == "workflow.run")
     assert run_span.parent_id == outer.span_id
     assert run_span.trace_id == outer.trace_id
+
+
+def test_inside_the_runtime_runs_find_the_store_and_supervisor_by_name(tmp_path: Path) -> None:
+    import zixir_actors
+    from zixir_actors.checkpoint import connect
+
+    wf = Workflow("in-runtime")
+    wf.add(Step("x", lambda n: n + 1))
+    wf.add(Step("boom", lambda x: 1 / 0, depends_on="x"))
+    with zixir_actors.start(data_dir=tmp_path):
+        result = wf.run({"n": 1})
+        assert result.outputs == {"x": 2}
+        assert [r.run_id for r in connect().list_runs(workflow="in-runtime")] == [result.run_id]
+        [letter] = DeadLetters().list(workflow="in-runtime")
+        assert letter.step == "boom"
+    with pytest.raises(NotStartedError):
+        wf.run({"n": 1})
+
+
+def test_a_retried_letter_that_fails_again_is_replaced_by_a_new_one(
+        store: CheckpointClient) -> None:
+    wf = Workflow("still-broken", [Step("x", lambda: 1 / 0)])
+    wf.run(store=store)
+    dlq = DeadLetters(store)
+    [first] = dlq.list()
+    again = dlq.retry(first.id)
+    assert again.status == "failed"
+    [second] = dlq.list()
+    assert second.id != first.id
+    assert second.run_id == first.run_id
+    with pytest.raises(DeadLetterNotFoundError):
+        dlq.get(first.id)
