@@ -240,7 +240,25 @@ def start(data_dir: str | os.PathLike[str] | None = None, *, metrics_port: int |
             os.close(fd)
             raise
         _current = Runtime(path, root, fd)
+        _stop_before_thread_join()
         return _current
+
+
+_exit_hook_installed = False
+
+
+def _stop_before_thread_join() -> None:
+    # Actor threads are not daemons, so a script that ends without stop() would
+    # wait for them forever. `atexit` runs too late (after the interpreter joins
+    # non-daemon threads); threading's own exit hooks run before that join, as
+    # concurrent.futures relies on.
+    global _exit_hook_installed
+    if _exit_hook_installed:
+        return
+    register = getattr(threading, "_register_atexit", None)
+    if register is not None:
+        register(stop)
+        _exit_hook_installed = True
 
 
 def stop(*, timeout: float | None = DEFAULT_STOP_TIMEOUT) -> None:

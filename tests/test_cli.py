@@ -1,0 +1,162 @@
+"""The `zixir` command line, driven through subprocesses against a temporary data_dir."""
+
+from __future__ import annotations
+
+import json
+import os
+import subprocess
+import sys
+import textwrap
+from pathlib import Path
+
+import pytest
+
+ROOT = Path(__file__).resolve().parent.parent
+
+WORKFLOWS = textwrap.dedent('''
+    from zixir_actors.workflow import RetryPolicy, Workflow
+
+    etl = Workflow("cli-etl")
+
+    @etl.step()
+    def load(n):
+        return list(range(n))
+
+    @etl.step(depends_on=["load"])
+    def total(load):
+        return sum(load)
+
+    broken = Workflow("cli-broken")
+
+    @broken.step(retry=RetryPolicy(max_attempts=2, initial_delay=0.01))
+    def explode(n):
+        raise ValueError(f"cannot handle {n}")
+''')
+
+
+def zixir(data_dir: Path, *args: str, timeout: float = 120.0) -> subprocess.CompletedProcess[str]:
+    env = {**os.environ, "PYTHONPATH": str(ROOT)}
+    env.pop("ZIXIR_DATA_DIR", None)
+    return subprocess.run([sys.executable, "-m", "zixir_actors", "--data-dir", str(data_dir),
+                           *args], capture_output=True, text=True, timeout=timeout, env=env,
+                          check=False)
+
+
+@pytest.fixture
+def flows(tmp_path: Path) -> Path:
+    path = tmp_path / "flows.py"
+    path.write_text(WORKFLOWS)
+    return path
+
+
+def one_line_error(result: subprocess.CompletedProcess[str]) -> str:
+    lines = [line for line in result.stderr.splitlines() if line.strip()]
+    assert len(lines) == 1, result.stderr
+    assert lines[0].startswith("zixir: error: ")
+    return lines[0]
+
+
+def test_run_then_list_show_and_delete(tmp_path: Path, flows: Path) -> None:
+    data = tmp_path / "data"
+    ran = zixir(data, "run", f"{flows}:cli-etl", "--input", "n=5", "--run-id", "r1", "--json")
+    assert ran.returncode == 0, ran.stderr
+    summary = json.loads(ran.stdout)
+    assert summary["status"] == "succeeded"
+    assert summary["outputs"]["total"] == 10
+    listed = zixir(data, "runs", "list", "--json")
+    assert [r["run_id"] for r in json.loads(listed.stdout)] == ["r1"]
+    shown = zixir(data, "runs", "show", "r1")
+    assert shown.returncode == 0 and "cli-etl" in shown.stdout and "total" in shown.stdout
+    deleted = zixir(data, "runs", "delete", "r1")
+    assert deleted.returncode == 0, deleted.stderr
+    assert json.loads(zixir(data, "runs", "list", "--json").stdout) == []
+
+
+def test_resume_skips_finished_steps(tmp_path: Path, flows: Path) -> None:
+    data = tmp_path / "data"
+    assert zixir(data, "run", f"{flows}:cli-etl", "--input", "n=3", "--run-id", "r2").returncode == 0
+    resumed = zixir(data, "runs", "resume", "r2")
+    assert resumed.returncode == 0, resumed.stderr
+    assert "skip" in resumed.stdout
+
+
+def test_failed_step_goes_to_the_dead_letter_queue(tmp_path: Path, flows: Path) -> None:
+    data = tmp_path / "data"
+    ran = zixir(data, "run", f"{flows}:cli-broken", "--input", "n=1", "--run-id", "bad")
+    assert ran.returncode == 1
+    letters = json.loads(zixir(data, "dlq", "list", "--json").stdout)
+    assert len(letters) == 1 and letters[0]["step"] == "explode"
+    assert letters[0]["attempts"] == 2
+    shown = zixir(data, "dlq", "show", letters[0]["id"])
+    assert "ValueError" in shown.stdout and "cannot handle 1" in shown.stdout
+    assert zixir(data, "dlq", "discard", letters[0]["id"]).returncode == 0
+    assert json.loads(zixir(data, "dlq", "list", "--json").stdout) == []
+
+
+def test_graph_prints_mermaid_and_dot(flows: Path, tmp_path: Path) -> None:
+    mermaid = zixir(tmp_path, "graph", f"{flows}:cli-etl")
+    assert mermaid.returncode == 0
+    assert mermaid.stdout.startswith("flowchart TD") and "-->" in mermaid.stdout
+    dot = zixir(tmp_path, "graph", f"{flows}:cli-etl", "--format", "dot")
+    assert '"load" -> "total";' in dot.stdout
+
+
+def test_tree_prints_the_runtime_tree(tmp_path: Path) -> None:
+    result = zixir(tmp_path / "data", "tree")
+    assert result.returncode == 0, result.stderr
+    for name in ("zixir.root", "zixir.metrics", "zixir.store", "zixir.caches",
+                 "zixir.sandboxes", "zixir.workflows", "zixir.streams"):
+        assert name in result.stdout
+
+
+def test_cache_stats_and_clear(tmp_path: Path) -> None:
+    data = tmp_path / "data"
+    stats = zixir(data, "cache", "stats", "answers", "--json")
+    assert stats.returncode == 0, stats.stderr
+    assert "hits" in json.loads(stats.stdout)
+    cleared = zixir(data, "cache", "clear", "answers")
+    assert cleared.returncode == 0 and "cleared" in cleared.stdout
+
+
+@pytest.mark.parametrize("args, needle", [
+    (("run", "missing.py"), "no such file"),
+    (("run", "{flows}:nope"), "no workflow 'nope'"),
+    (("run", "{flows}"), "defines 2 workflows"),
+    (("runs", "show", "no-such-run"), "no-such-run"),
+    (("dlq", "show", "no-such-letter"), "no-such-letter"),
+    (("run", "{flows}:cli-etl", "--input", "oops"), "KEY=VALUE"),
+])
+def test_bad_input_is_one_line_and_exit_code_2(tmp_path: Path, flows: Path,
+                                               args: tuple[str, ...], needle: str) -> None:
+    result = zixir(tmp_path / "data", *(a.format(flows=flows) for a in args))
+    assert result.returncode == 2, (result.stdout, result.stderr)
+    assert needle in one_line_error(result)
+    assert "Traceback" not in result.stderr
+
+
+def test_debug_shows_the_traceback(tmp_path: Path) -> None:
+    result = zixir(tmp_path / "data", "--debug", "runs", "show", "nothing")
+    assert result.returncode == 2
+    assert "Traceback" in result.stderr
+
+
+def test_demo_json_shows_retry_dead_letter_resume_and_cache_hits(tmp_path: Path) -> None:
+    result = zixir(tmp_path / "data", "demo", "--json", timeout=180.0)
+    assert result.returncode == 0, result.stderr[-3000:]
+    summary = json.loads(result.stdout)
+    assert summary["checks"] == {"retry": True, "dead_letter": True, "resume": True,
+                                 "cache_hits": True, "backpressure": True}
+    assert summary["workflow"]["retries"] >= 1
+    assert summary["workflow"]["dead_letters"][0]["step"] == "index"
+    assert "load" in summary["resume"]["skipped"]
+    assert summary["cache"]["second_pass_hits"] > 0
+    assert summary["seconds"] < 30
+
+
+def test_python_dash_m_and_console_script_help() -> None:
+    result = subprocess.run([sys.executable, "-m", "zixir_actors", "--help"], capture_output=True,
+                            text=True, timeout=60, env={**os.environ, "PYTHONPATH": str(ROOT)},
+                            check=False)
+    assert result.returncode == 0
+    for command in ("demo", "run", "runs", "dlq", "cache", "graph", "tree", "metrics", "bench"):
+        assert command in result.stdout

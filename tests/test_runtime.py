@@ -1,0 +1,153 @@
+"""The runtime root tree: idempotent start, clean stop, data directory rules."""
+
+from __future__ import annotations
+
+import os
+import stat
+import subprocess
+import sys
+from pathlib import Path
+
+import pykka
+import pytest
+
+import zixir_actors
+from supervisors import monitor, whereis
+from zixir_actors.errors import DataDirError, DataDirLockedError, RuntimeConflictError
+from zixir_actors.runtime import SERVICE_NAMES, current, resolve_data_dir
+
+ROOT = Path(__file__).resolve().parent.parent
+
+
+def test_start_builds_the_tree_of_the_design(tmp_path: Path) -> None:
+    with zixir_actors.start(data_dir=tmp_path) as runtime:
+        names = [c.name for c in runtime.supervisor.which_children()]
+        assert names == list(SERVICE_NAMES)
+        assert all(whereis(n) is not None for n in SERVICE_NAMES)
+        tree = runtime.tree()
+        assert tree.startswith("zixir.root")
+        for name in SERVICE_NAMES:
+            assert name in tree
+    assert pykka.ActorRegistry.get_all() == []
+    assert current() is None
+
+
+def test_start_is_idempotent(tmp_path: Path) -> None:
+    first = zixir_actors.start(data_dir=tmp_path)
+    try:
+        assert zixir_actors.start() is first
+        assert zixir_actors.start(data_dir=tmp_path) is first
+        assert current() is first
+    finally:
+        first.stop()
+    first.stop()  # a second stop is a no-op
+    assert not first.is_alive()
+
+
+def test_start_with_another_data_dir_while_running_is_an_error(tmp_path: Path) -> None:
+    with zixir_actors.start(data_dir=tmp_path / "a"):
+        with pytest.raises(RuntimeConflictError) as info:
+            zixir_actors.start(data_dir=tmp_path / "b")
+        assert str(tmp_path / "a") in str(info.value)
+
+
+def test_data_dir_is_owner_only(tmp_path: Path) -> None:
+    target = tmp_path / "state"
+    with zixir_actors.start(data_dir=target):
+        mode = stat.S_IMODE(os.stat(target).st_mode)
+        assert mode == 0o700
+
+
+def test_data_dir_that_is_a_file_is_a_clear_error(tmp_path: Path) -> None:
+    target = tmp_path / "file"
+    target.write_text("not a directory")
+    with pytest.raises(DataDirError, match="not a directory"):
+        zixir_actors.start(data_dir=target)
+    assert current() is None
+
+
+def test_uncreatable_data_dir_is_a_clear_error(tmp_path: Path) -> None:
+    blocker = tmp_path / "blocker"
+    blocker.write_text("a file where a directory should be")
+    with pytest.raises(DataDirError, match="cannot create"):
+        zixir_actors.start(data_dir=blocker / "state")
+
+
+def test_a_script_that_never_calls_stop_still_exits(tmp_path: Path) -> None:
+    script = f"import zixir_actors\nzixir_actors.start(data_dir={str(tmp_path)!r})\nprint('up')\n"
+    result = subprocess.run([sys.executable, "-c", script], capture_output=True, text=True,
+                            timeout=60, env={**os.environ, "PYTHONPATH": str(ROOT)}, check=False)
+    assert result.returncode == 0, result.stderr
+    assert result.stdout.strip() == "up"
+
+
+def test_env_var_sets_the_default_data_dir(tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> None:
+    monkeypatch.setenv("ZIXIR_DATA_DIR", str(tmp_path / "from-env"))
+    assert resolve_data_dir() == (tmp_path / "from-env").resolve()
+    monkeypatch.delenv("ZIXIR_DATA_DIR")
+    monkeypatch.chdir(tmp_path)
+    assert resolve_data_dir() == (tmp_path / ".zixir").resolve()
+
+
+def test_second_process_on_the_same_data_dir_gets_a_clear_error(tmp_path: Path) -> None:
+    script = (
+        "import sys, zixir_actors\n"
+        "from zixir_actors.errors import DataDirLockedError\n"
+        "try:\n"
+        f"    zixir_actors.start(data_dir={str(tmp_path)!r})\n"
+        "except DataDirLockedError as e:\n"
+        "    print('LOCKED', e.pid); sys.exit(3)\n"
+        "sys.exit(0)\n"
+    )
+    with zixir_actors.start(data_dir=tmp_path):
+        result = subprocess.run([sys.executable, "-c", script], capture_output=True, text=True,
+                                timeout=60, env={**os.environ, "PYTHONPATH": str(ROOT)},
+                                check=False)
+    assert result.returncode == 3, result.stderr
+    assert f"LOCKED {os.getpid()}" in result.stdout
+    # Once stopped, another process may take the directory.
+    again = subprocess.run([sys.executable, "-c", script], capture_output=True, text=True,
+                           timeout=60, env={**os.environ, "PYTHONPATH": str(ROOT)}, check=False)
+    assert again.returncode == 0, again.stderr
+
+
+def test_a_crashed_service_is_restarted_and_found_by_name(tmp_path: Path) -> None:
+    with zixir_actors.start(data_dir=tmp_path) as runtime:
+        store = whereis("zixir.store")
+        assert store is not None
+        down = monitor(store)
+        from supervisors import kill
+
+        kill(store)
+        assert down.wait(timeout=5.0).reason == "killed"
+        service = runtime.service("store")
+        fresh = service.whereis(timeout=5.0)
+        assert fresh is not store and fresh.is_alive()
+
+
+def test_workflow_runs_through_the_front_door(tmp_path: Path) -> None:
+    with zixir_actors.start(data_dir=tmp_path):
+        wf = zixir_actors.workflow("front-door-test")
+
+        @wf.step()
+        def square(n: int) -> int:
+            return n * n
+
+        result = wf.run({"n": 7}, timeout=30)
+        assert result.status == "succeeded"
+        assert result.outputs["square"] == 49
+        cache = zixir_actors.cache("front-door-cache", ttl=60)
+        cache.put("k", "v")
+        assert cache.get("k") == "v"
+        cache.stop()
+
+
+def test_metrics_port_serves_prometheus_text(tmp_path: Path) -> None:
+    import urllib.request
+
+    with zixir_actors.start(data_dir=tmp_path, metrics_port=0) as runtime:
+        port = runtime.metrics_port
+        assert isinstance(port, int) and port > 0
+        with urllib.request.urlopen(f"http://127.0.0.1:{port}/metrics", timeout=10) as response:
+            body = response.read().decode()
+        assert "zixir_" in body
