@@ -338,7 +338,8 @@ class Pump:
             for item in self._items():
                 self._put(item)
         except BaseException as exc:
-            self.control.fail(exc, self.stage)
+            if not self._stop:  # a stopped source's cancellation is no failure
+                self.control.fail(exc, self.stage)
         finally:
             with self._cond:
                 self._exhausted = True
