@@ -286,7 +286,15 @@ class Cache(TableMethods):
             ZixirTimeoutError: the cache was restarting for longer than `timeout`.
             StoreError: LMDB refused the write.
         """
-        ttl = check_ttl(ttl)
+        if ttl is not None:
+            ttl = check_ttl(ttl)
+        state = self._state
+        if not state.closed:
+            try:
+                state.put(key, value, ttl)
+                return
+            except Closed:
+                pass
         self._write(lambda s: s.put(key, value, ttl), timeout)
 
     def delete(self, key_or_table: Any, key: Any = _NOKEY, *,

@@ -49,6 +49,7 @@ BACKGROUND_WORKERS = 2
 
 Loader = Callable[[Any], Any]
 _MISSING: Any = object()
+_NONE: list[Any] = []
 
 
 class Closed(Exception):  # internal signal, never escapes the handle
@@ -89,6 +90,8 @@ class CacheState:
         self.max_entries = options.max_entries
         self.max_bytes = options.max_bytes
         self.track = options.max_entries is not None or options.max_bytes is not None
+        self.cap_entries = options.max_entries if options.max_entries is not None else sys.maxsize
+        self.cap_bytes = options.max_bytes if options.max_bytes is not None else sys.maxsize
         self.ratio = options.refresh_ahead
         self.default_loader = options.loader
         self.data: OrderedDict[Hashable, tuple[Any, float, float, int, float | None]] = \
@@ -180,45 +183,38 @@ class CacheState:
             blob = _codec.encode((key, value, expires, ttl))
             size = len(blob)
         else:
-            try:
-                hash(key)
-            except TypeError:
-                raise InvalidKeyError(key, "unhashable") from None
             size = _memory_size(value, exact=self.max_bytes is not None)
-        if self.max_bytes is not None and size > self.max_bytes:
-            raise EntryTooLargeError(self.name, key, size, self.max_bytes)
+        if size > self.cap_bytes:
+            raise EntryTooLargeError(self.name, key, size, self.cap_bytes)
         entry = (value, expires, refresh_at, size, ttl)
         with self.lock:
             if self.closed:
                 raise Closed
-            self._drain_access()
-            expired = self._pop_expired(now, REAP_PER_WRITE, exclude=key)
-            victims = self._plan_evictions(key, size, expired)
-            if self.persist:
-                dels = [key_bytes(k) for k in itertools.chain(expired, victims)]
-                db = self.db
-
-                def write(txn: Any) -> None:
-                    txn.put(kb, blob, db=db)
-                    for d in dels:
-                        txn.delete(d, db=db)
-
-                try:
-                    self.env.write(write, durable=self.options.durable)  # type: ignore[union-attr]
-                except BaseException:
-                    for k in expired:
-                        e = self.data[k]
-                        heapq.heappush(self.heap, (e[1], next(self.seq), k))
-                    raise
-            old = self.data.get(key)
-            self.data[key] = entry
+            data = self.data
+            heap = self.heap  # read under the lock: _compact_heap replaces the list
+            try:
+                old = data.get(key)
+            except TypeError:
+                raise InvalidKeyError(key, "unhashable") from None
+            if self.access:
+                self._drain_access()
+            expired = self._pop_expired(now, REAP_PER_WRITE, exclude=key) \
+                if heap and heap[0][0] <= now else _NONE
+            victims = _NONE
+            if self.track and (expired or len(data) + (old is None) > self.cap_entries
+                               or self.bytes + size - (old[3] if old else 0) > self.cap_bytes):
+                victims = self._plan_evictions(key, size, expired)
+            if kb is not None:
+                self._commit_put(kb, blob, expired, victims)
+            data[key] = entry
             if old is not None:
-                self.bytes -= old[3]
-                self.data.move_to_end(key)
-            self.bytes += size
+                self.bytes += size - old[3]
+                data.move_to_end(key)
+            else:
+                self.bytes += size
             if expires != INF:
-                heapq.heappush(self.heap, (expires, next(self.seq), key))
-                if len(self.heap) > 2 * len(self.data) + 1024:
+                heapq.heappush(heap, (expires, next(self.seq), key))
+                if len(heap) > 2 * len(data) + 1024:
                     self._compact_heap()
             for k in expired:
                 self._forget(k)
@@ -226,7 +222,26 @@ class CacheState:
             for k in victims:
                 self._forget(k)
                 self.evictions += 1
-            self._after_write()
+            if kb is not None or self._timer is None:
+                self._after_write()
+
+    def _commit_put(self, kb: bytes, blob: bytes | None, expired: list[Hashable],
+                    victims: list[Hashable]) -> None:
+        dels = [key_bytes(k) for k in itertools.chain(expired, victims)]
+        db = self.db
+
+        def write(txn: Any) -> None:
+            txn.put(kb, blob, db=db)
+            for d in dels:
+                txn.delete(d, db=db)
+
+        try:
+            self.env.write(write, durable=self.options.durable)  # type: ignore[union-attr]
+        except BaseException:
+            for k in expired:
+                e = self.data[k]
+                heapq.heappush(self.heap, (e[1], next(self.seq), k))
+            raise
 
     def delete(self, key: Hashable) -> bool:
         kb = key_bytes(key) if self.persist else None
@@ -332,8 +347,8 @@ class CacheState:
         count = len(data) - len(expired) + new
         total = self.bytes + size - (old[3] if old is not None else 0) \
             - sum(data[k][3] for k in expired)
-        max_entries = self.max_entries if self.max_entries is not None else sys.maxsize
-        max_bytes = self.max_bytes if self.max_bytes is not None else sys.maxsize
+        max_entries = self.cap_entries
+        max_bytes = self.cap_bytes
         victims: list[Hashable] = []
         if count <= max_entries and total <= max_bytes:
             return victims
