@@ -1005,3 +1005,13 @@ def test_traced_message_in_the_actors_own_context_does_not_leave_its_span_curren
     inside, outside, inside_second = after
     assert inside is not None and outside is None and inside_second is not None
     assert second.parent_id is None and boot.status == "ok"
+
+
+def test_two_registries_stopped_in_any_order_leave_no_hook_behind() -> None:
+    first = MetricsRegistry.start(metrics=Metrics(), interval=None)
+    first.proxy().port().get(timeout=5.0)
+    second = MetricsRegistry.start(metrics=Metrics(), interval=None)
+    second.proxy().port().get(timeout=5.0)
+    first.stop()
+    second.stop()
+    assert set_message_hook(None) is None

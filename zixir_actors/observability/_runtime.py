@@ -126,11 +126,14 @@ class _MessageHook:
     actor when `FLUSH_AT` entries are waiting.
     """
 
-    __slots__ = ("__weakref__", "_alive", "_bound", "_flush_lock", "_notify", "_pending", "_rt")
+    __slots__ = ("__weakref__", "_alive", "_bound", "_flush_lock", "_notify", "_pending", "_rt",
+                 "closed", "previous")
 
     def __init__(self, rt: _RuntimeMetrics, notify: Callable[[], object]) -> None:
         self._rt = rt
         self._notify = notify
+        self.previous: Any = None  # the hook this one replaced, put back when it stops
+        self.closed = False
         self._pending: deque[tuple[tuple[Any, Any, Any], float, BaseException | None]] = deque()
         self._flush_lock = threading.Lock()
         # Per actor incarnation (by URN): (ok counter, error counter, histogram)
@@ -245,7 +248,6 @@ class MetricsRegistry(SupervisedActor):
         self._rt: _RuntimeMetrics | None = None
         self._hook: _MessageHook | None = None
         self._listener: Any = None
-        self._previous_hook: Any = None
         self._ticker: _Ticker | None = None
         self._process = psutil.Process()
         self._mailboxes: set[str] = set()
@@ -268,7 +270,7 @@ class MetricsRegistry(SupervisedActor):
             actor_ref = self.actor_ref
             self._hook = _MessageHook(self._rt, lambda: actor_ref.tell(_Flush()))
             self._metrics._before_collect_add(self._hook.flush)
-            self._previous_hook = set_message_hook(self._hook)
+            self._hook.previous = set_message_hook(self._hook)
         self.sample()
         if self._server is not None:
             self._server.start()
@@ -287,13 +289,19 @@ class MetricsRegistry(SupervisedActor):
             # The bound method stored at start: remove_listener compares identity.
             remove_listener(self._listener)
             self._listener = None
-        if self._hook is not None:
-            # Put back what was there, unless someone replaced our hook since.
-            current = set_message_hook(self._previous_hook)
-            if current is not self._hook:
+        hook = self._hook
+        if hook is not None:
+            hook.closed = True
+            # Put back the hook ours replaced (skipping any whose registry has
+            # stopped since), unless someone replaced ours in the meantime.
+            restore = hook.previous
+            while isinstance(restore, _MessageHook) and restore.closed:
+                restore = restore.previous
+            current = set_message_hook(restore)
+            if current is not hook:
                 set_message_hook(current)
-            self._metrics._before_collect_remove(self._hook.flush)
-            self._hook.flush()
+            self._metrics._before_collect_remove(hook.flush)
+            hook.flush()
             self._hook = None
         if self._ticker is not None:
             self._ticker.stopped.set()

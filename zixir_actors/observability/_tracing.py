@@ -5,11 +5,13 @@ the sender's context into every message it delivers, so a span opened inside
 a receiving actor's handler is a child of the span that was current where
 `tell`/`ask` was called: propagation across actors needs no extra code.
 
-Every started span is kept in a process-wide table of open spans until it
-ends, owned by the thread that started it. `close_open_spans(...)` ends the
-spans of a thread (an actor that crashed or stopped) with status ``"error"``,
-and `sweep_orphan_spans()` ends those whose thread is gone, so a span that is
-never ended neither leaks nor raises later.
+Every span started with `span(...)` or `start_span(...)` is kept in a
+process-wide table of open spans until it ends, owned by the thread that
+started it. `close_open_spans(...)` ends the spans of a thread (an actor that
+crashed or stopped) with status ``"error"``, and `sweep_orphan_spans()` ends
+those whose thread is gone, so a span that is never ended neither leaks nor
+raises later. (The per-message spans of `TracedActor` skip the table: they
+always end when their handler returns or raises.)
 """
 
 from __future__ import annotations
