@@ -911,3 +911,62 @@ def test_nested_child_specs_pass_their_options_on(journal: Journal) -> None:
     sup = Supervisor.start_link([nested, dyn])
     assert sup.count_children().supervisors == 2
     sup.stop()
+
+
+def test_a_child_whose_on_stop_raises_still_lets_the_others_stop(journal: Journal) -> None:
+    class BadStop(pykka.ThreadingActor):
+        def on_stop(self) -> None:
+            raise Boom("on_stop")
+
+    sup = Supervisor.start_link([spec("a", journal), ChildSpec("bad", BadStop),
+                                 spec("c", journal)])
+    bad = child_ref(sup, "bad")
+    assert bad is not None
+    watch = monitor(bad)
+    sup.stop()
+    assert isinstance(watch.wait(timeout=WAIT).reason, Boom)
+    assert journal.take() == [("start", "a"), ("start", "c"), ("stop", "c"), ("stop", "a")]
+
+
+def test_restarts_that_keep_failing_count_towards_the_intensity(
+        events: list[SupervisionEvent]) -> None:
+    starts = [0]
+
+    class OnceOnly(pykka.ThreadingActor):
+        def on_start(self) -> None:
+            starts[0] += 1
+            if starts[0] > 1:
+                raise Boom(f"start #{starts[0]}")
+
+        def on_receive(self, message: Any) -> Any:
+            raise Boom("crash")
+
+    sup = Supervisor.start_link([ChildSpec("once", OnceOnly)], max_restarts=3)
+    watch = monitor(sup.actor_ref)
+    target = child_ref(sup, "once")
+    assert target is not None
+    target.tell("crash")
+    reason = watch.wait(timeout=WAIT).reason
+    assert isinstance(reason, RestartIntensityError)
+    assert isinstance(reason.last_reason, ChildStartError)
+    assert starts[0] == 4  # the first start, then 3 failed restarts; the 4th exceeds
+    assert not any(isinstance(e, ChildRestarted) for e in events)
+
+
+def test_restart_child_that_fails_to_start_keeps_its_spec(journal: Journal) -> None:
+    fail = [False]
+
+    class Flaky(pykka.ThreadingActor):
+        def on_start(self) -> None:
+            if fail[0]:
+                raise Boom("not now")
+
+    sup = Supervisor.start_link([ChildSpec("f", Flaky)])
+    sup.terminate_child("f")
+    fail[0] = True
+    with pytest.raises(ChildStartError):
+        sup.restart_child("f")
+    assert [(c.id, c.ref) for c in sup.which_children()] == [("f", None)]
+    fail[0] = False
+    assert sup.restart_child("f").is_alive()
+    sup.stop()
