@@ -35,8 +35,8 @@ from zixir_actors.errors import (
     UnserializableError,
     ZixirTimeoutError,
 )
-from zixir_actors.observability import metrics
-from zixir_actors.testing import FakeClock, wait_for
+from zixir_actors.observability import metrics, span
+from zixir_actors.testing import FakeClock, capture_spans, wait_for
 
 ROOT = Path(__file__).resolve().parent.parent
 
@@ -877,6 +877,28 @@ def test_stats_and_prometheus_metrics(caches: SupervisorRef) -> None:
     assert metrics.sample("zixir_cache_evictions_total", labels) == 1
     assert metrics.sample("zixir_cache_entries", labels) == 2
     assert b'zixir_cache_bytes{cache="metered"}' in metrics.exposition()
+
+
+def test_cache_work_is_traced_under_the_callers_span(caches: SupervisorRef) -> None:
+    c = Cache.start("traced")
+
+    def model(key: str) -> str:
+        with span("llm.call"):
+            return key.upper()
+
+    with capture_spans() as spans, span("app.request") as outer:
+        c.get_or_compute("q", lambda: model("q"))
+        c.warm(["a", "b"], model, concurrency=2)
+    by_name: dict[str, list[Any]] = {}
+    for record in spans.spans:
+        by_name.setdefault(record.name, []).append(record)
+    compute = by_name["cache.compute"][0]
+    warm = by_name["cache.warm"][0]
+    assert compute.parent_id == outer.span_id and warm.parent_id == outer.span_id
+    calls = by_name["llm.call"]
+    assert len(calls) == 3
+    assert sorted(call.parent_id for call in calls) == sorted(
+        [compute.span_id, warm.span_id, warm.span_id])
 
 
 # -- keys -----------------------------------------------------------------------

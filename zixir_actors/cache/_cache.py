@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import contextvars
 import functools
 import inspect
 import os
@@ -40,6 +41,7 @@ from zixir_actors.cache._state import _MISSING, CacheOptions, CacheState, Closed
 from zixir_actors.cache._table_api import TableMethods
 from zixir_actors.cache._warm import DEFAULT_WARM_CONCURRENCY, WarmProgress, WarmReport, run_warm
 from zixir_actors.errors import ConfigError, NotStartedError, ZixirError, ZixirTimeoutError
+from zixir_actors.observability import span
 
 __all__ = ["Cache"]
 
@@ -349,7 +351,8 @@ class Cache(TableMethods):
         try:
             value = state.peek(key)
             if value is _MISSING:
-                value = fn()
+                with span("cache.compute", cache=self._name):
+                    value = fn()
                 self.put(key, value, ttl)
                 self._live().register_loader(key, lambda _key: fn())
             future.set_result(value)
@@ -451,9 +454,9 @@ class Cache(TableMethods):
         """
         ttl = check_ttl(ttl)
         state = self._live(time.monotonic() + DEFAULT_TIMEOUT)
-        return run_warm(state, source, loader if loader is not None else None,
-                        concurrency=concurrency, rate=rate, ttl=ttl, progress=progress,
-                        timeout=check_timeout(timeout))
+        with span("cache.warm", cache=self._name):
+            return run_warm(state, source, loader, concurrency=concurrency, rate=rate, ttl=ttl,
+                            progress=progress, timeout=check_timeout(timeout))
 
     def warm_async(self, source: Iterable[Any] | Callable[[], Iterable[Any]],
                    loader: Callable[[Any], Any] | None = None, **options: Any
@@ -464,7 +467,12 @@ class Cache(TableMethods):
         cache stops or its actor restarts.
         """
         state = self._live(time.monotonic() + DEFAULT_TIMEOUT)
-        return state.background().submit(self.warm, source, loader, **options)
+        context = contextvars.copy_context()   # the warm span's parent is the caller's span
+
+        def job() -> WarmReport:
+            return self.warm(source, loader, **options)
+
+        return state.background().submit(context.run, job)
 
     # -- introspection -----------------------------------------------------------
 

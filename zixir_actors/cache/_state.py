@@ -14,6 +14,7 @@ persisted entries, and `INF` when the entry never expires.
 
 from __future__ import annotations
 
+import contextvars
 import heapq
 import itertools
 import pickle
@@ -30,7 +31,7 @@ from zixir_actors._clock import Clock
 from zixir_actors._lmdb import SharedEnv, open_env, release
 from zixir_actors.cache._keys import key_bytes
 from zixir_actors.errors import CorruptBlobError, EntryTooLargeError, InvalidKeyError
-from zixir_actors.observability import logger
+from zixir_actors.observability import logger, span
 
 if TYPE_CHECKING:
     from zixir_actors.cache._tables import Tables
@@ -413,14 +414,17 @@ class CacheState:
             return
         self.refreshing.add(key)
         try:
-            self.background().submit(self._run_refresh, key, loader, entry)
+            context = contextvars.copy_context()   # the reader's span parents the refresh
+            self.background().submit(context.run, self._run_refresh, key, loader, entry)
         except RuntimeError:
             self.refreshing.discard(key)
 
     def _run_refresh(self, key: Hashable, loader: Loader,
                      entry: tuple[Any, float, float, int, float | None]) -> None:
         try:
-            self.put(key, loader(key), entry[4])
+            with span("cache.refresh", cache=self.name):
+                value = loader(key)
+            self.put(key, value, entry[4])
             self.refreshes += 1
         except Closed:
             pass

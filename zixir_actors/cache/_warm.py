@@ -8,6 +8,7 @@ never raised: the cache stays usable and the rest of the items still load.
 
 from __future__ import annotations
 
+import contextvars
 import threading
 import time
 from collections.abc import Callable, Hashable, Iterable, Iterator
@@ -172,8 +173,11 @@ def run_warm(state: CacheState, source: Iterable[Any] | Callable[[], Iterable[An
     if concurrency == 1:
         run.work()
     else:
-        threads = [threading.Thread(target=run.work, name=f"zixir-cache-{state.name}-warm-{i}",
-                                    daemon=True) for i in range(concurrency)]
+        # Each worker runs in a copy of the caller's context, so spans that
+        # loaders open are children of the caller's (the warm-up's) span.
+        threads = [threading.Thread(target=contextvars.copy_context().run, args=(run.work,),
+                                    name=f"zixir-cache-{state.name}-warm-{i}", daemon=True)
+                   for i in range(concurrency)]
         for t in threads:
             t.start()
         for t in threads:
