@@ -1015,3 +1015,14 @@ def test_two_registries_stopped_in_any_order_leave_no_hook_behind() -> None:
     first.stop()
     second.stop()
     assert set_message_hook(None) is None
+
+
+def test_configure_logging_to_a_file_path(tmp_path: Any) -> None:
+    path = tmp_path / "zixir.jsonl"
+    try:
+        configure_logging(sink=str(path), level="INFO", replace_default=False)
+        logger.bind(run_id="file").info("to the file")
+    finally:
+        reset_logging()
+    (line,) = [json.loads(x) for x in path.read_text().splitlines()]
+    assert line["message"] == "to the file" and line["run_id"] == "file"
