@@ -30,7 +30,7 @@ recorded in a lossy access log that the writer drains, so the order is exact
 unless more than 65,536 reads happen between two writes.
 
 Persistence (``persist=True``): entries live in the LMDB sub-database
-``cache:<name>`` and tables in ``cache:<name>:tables`` of the runtime's one
+``cache:<name>`` and tables in ``cache-tables:<name>`` of the runtime's one
 shared environment (`zixir_actors._lmdb.open_env(data_dir)`), blobs encoded by
 `zixir_actors._codec` (pickle, dill fallback). A restarted actor or a new
 process loads every unexpired entry and deletes those that expired while it

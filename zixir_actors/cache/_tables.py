@@ -2,7 +2,7 @@
 
 A table maps a primary key to a record (a dict). Records never expire and
 are never evicted. With ``persist=True`` every change is committed to the
-cache's LMDB sub-database ``cache:<name>:tables`` before it is confirmed.
+cache's LMDB sub-database ``cache-tables:<name>`` before it is confirmed.
 
 Storage layout (keys of that sub-database): ``T<table>`` holds the table's
 key field; ``R<len>:<table><key bytes>`` holds ``(table, key, record)``.
@@ -64,7 +64,7 @@ class Tables:
         self.tables: dict[str, _Table] = {}
         self.db: Any = None
         if state.env is not None:
-            self.db = state.env.db(f"cache:{state.name}:tables")
+            self.db = state.env.db(f"cache-tables:{state.name}")
             self._load()
         elif predecessor is not None:
             self.tables = predecessor.tables
