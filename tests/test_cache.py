@@ -338,6 +338,17 @@ def test_durable_cache_round_trips(caches: SupervisorRef, tmp_path: Path) -> Non
     assert Cache.start("durable", persist=True, data_dir=tmp_path).get("k") == "v"
 
 
+def test_persistent_writes_are_fsynced_in_groups(caches: SupervisorRef, tmp_path: Path) -> None:
+    c = Cache.start("group-sync", persist=True, data_dir=tmp_path, sync_interval=0.5)
+    state = c._live()
+    for i in range(10):
+        c.put(i, i)
+    assert state._dirty                       # committed, not yet fsynced
+    wait_for(lambda: not state._dirty and state._timer is None, timeout=5)
+    stats = c.stats()
+    assert stats.size == 10 and stats.bytes > 10 * 12   # encoded blob sizes
+
+
 # -- crashes --------------------------------------------------------------------
 
 
@@ -804,6 +815,14 @@ def test_warm_source_that_raises_is_an_error_not_a_crash(caches: SupervisorRef) 
         c.warm([], concurrency=0)
     with pytest.raises(ConfigError):
         c.warm([], rate=-1)
+
+
+def test_warm_past_its_timeout_is_cancelled_and_the_cache_usable(caches: SupervisorRef) -> None:
+    c = Cache.start("warm-timeout")
+    report = c.warm([(i, i) for i in range(10)], timeout=0)
+    assert report.cancelled and report.loaded == 0
+    c.put("k", 1)
+    assert c.get("k") == 1
 
 
 def test_warm_at_start_in_the_background(caches: SupervisorRef) -> None:

@@ -114,6 +114,10 @@ class Cache(TableMethods):
               timeout: float | None = DEFAULT_TIMEOUT) -> Cache:
         """Start the cache `name` under ``zixir.caches``, or return it if it runs.
 
+        Idempotent like a GenServer start: if the cache is already running
+        (also when threads race to start it), its handle is returned and the
+        options given here are ignored.
+
         Example:
             >>> from supervisors import DynamicSupervisor
             >>> caches = DynamicSupervisor.start_link(name="zixir.caches")
