@@ -311,6 +311,26 @@ print(json.dumps(out))
     assert not c.contains("minute")     # the child deleted it from LMDB too
 
 
+def test_confirmed_puts_survive_kill_9_of_the_process(caches: SupervisorRef,
+                                                      tmp_path: Path) -> None:
+    code = SUBPROCESS_PRELUDE + """
+import signal, sys
+c = Cache.start("killed-process", persist=True, data_dir=data_dir, sync_interval=3600)
+for i in range(500):
+    c.put(f"k{i}", {"i": i})
+print(json.dumps({"confirmed": 500}), flush=True)
+os.kill(os.getpid(), signal.SIGKILL)      # no stop, no fsync, no atexit
+"""
+    env = dict(os.environ, PYTHONPATH=str(ROOT), ZIXIR_TEST_DIR=str(tmp_path))
+    proc = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True,
+                          env=env, timeout=60, check=False)
+    assert proc.returncode == -9, proc.stderr
+    assert json.loads(proc.stdout.strip().splitlines()[-1]) == {"confirmed": 500}
+    c = Cache.start("killed-process", persist=True, data_dir=tmp_path)
+    assert c.stats().size == 500
+    assert all(c.get(f"k{i}") == {"i": i} for i in range(500))
+
+
 def test_child_spec_starts_caches_supervisor_with_default_data_dir(tmp_path: Path) -> None:
     spec = child_spec(data_dir=tmp_path)
     assert spec.name == "zixir.caches" and spec.type == "supervisor"
