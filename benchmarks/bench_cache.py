@@ -4,6 +4,7 @@ Run alone with ``python -m benchmarks.bench_cache [--quick]``. Every figure
 is measured in this process, in this run, beside its baseline:
 
 - get (hit), memory cache with TTL and LRU bound, vs TTLCache behind a Lock;
+- get (hit) from 4 threads at once, total throughput, same baseline;
 - get (hit) from a persistent cache (served from memory too);
 - put, memory cache, vs TTLCache behind a Lock (reported, no target);
 - put, persistent cache (LMDB commit, group fsync), vs `diskcache.Cache.set`;
@@ -16,6 +17,7 @@ import itertools
 import shutil
 import tempfile
 import threading
+import time
 from pathlib import Path
 from typing import Any
 
@@ -32,6 +34,33 @@ VALUE = "x" * 200
 
 def _ops(seconds_per_op: float) -> float:
     return 1.0 / seconds_per_op
+
+
+def _work(fn: Any, count: int, start: threading.Barrier, done: threading.Barrier) -> None:
+    start.wait()
+    for _ in range(count):
+        fn()
+    done.wait()
+
+
+def _threaded(fn: Any, n: int, *, threads: int) -> float:
+    """Seconds per call of `fn` when `threads` threads share `n` calls (best of 3)."""
+    per_thread = n // threads
+    best = float("inf")
+    for _ in range(3):
+        barrier = threading.Barrier(threads + 1)
+        done = threading.Barrier(threads + 1)
+        workers = [threading.Thread(target=_work, args=(fn, per_thread, barrier, done))
+                   for _ in range(threads)]
+        for w in workers:
+            w.start()
+        barrier.wait()
+        start = time.perf_counter()
+        done.wait()
+        best = min(best, (time.perf_counter() - start) / (per_thread * threads))
+        for w in workers:
+            w.join()
+    return best
 
 
 def run(quick: bool = False) -> list[Figure]:
@@ -70,6 +99,13 @@ def run(quick: bool = False) -> list[Figure]:
         figures.append(Figure("cache", "get (hit, ttl + max_entries)", _ops(ours), _ops(base),
                               "ops/s", "cachetools.TTLCache + Lock", better="higher",
                               target=1.0))
+
+        base_threads = _threaded(base_get, n_get, threads=4)
+        ours = _threaded(ours_get, n_get, threads=4)
+        figures.append(Figure("cache", "get (hit, 4 threads)", _ops(ours), _ops(base_threads),
+                              "ops/s",
+                              "cachetools.TTLCache + Lock", better="higher", target=1.0,
+                              note="total throughput of 4 reader threads"))
 
         disk = Cache.start("bench-disk", ttl=300, persist=True, data_dir=tmp / "zixir")
         for k in keys:
