@@ -44,6 +44,7 @@ from zixir_actors.checkpoint import (
     StepCheckpoint,
 )
 from zixir_actors.errors import (
+    CorruptBlobError,
     RunActiveError,
     RunInterruptedError,
     StepTimeoutError,
@@ -222,7 +223,13 @@ class _Scheduler:
     # -- lifecycle --
 
     def start(self) -> None:
-        for letter in self.job.store.dead_letters(run_id=self.job.run_id):
+        try:
+            letters = self.job.store.dead_letters(run_id=self.job.run_id)
+        except CorruptBlobError as exc:  # a damaged letter must not stop every run
+            log.bind(workflow=self.wf.name, run_id=self.job.run_id).warning(
+                "cannot read dead letters; resolved letters stay parked", error=str(exc))
+            letters = []
+        for letter in letters:
             self.letters.setdefault(letter.step, []).append(letter.id)
         with self.lock:
             if not self.waiting:
