@@ -109,7 +109,8 @@ class CacheState:
         self.inflight_lock = threading.Lock()
         self.warm_loaded = self.warm_errors = 0
         self._dirty = False
-        self._timer: threading.Timer | None = None
+        self._timer: threading.Timer | None = None   # armed and not yet fired
+        self._last_timer: threading.Timer | None = None   # joined by close()
         self._pool: ThreadPoolExecutor | None = None
         self._pool_lock = threading.Lock()
         self.env: SharedEnv | None = None
@@ -132,6 +133,7 @@ class CacheState:
             # a restart of its actor, so a crash loses no confirmed write.
             self.data = predecessor.data
             self.heap = predecessor.heap
+            self.seq = predecessor.seq   # heap items never tie, so keys are never compared
             self.bytes = predecessor.bytes
             self.loaders = predecessor.loaders
 
@@ -300,7 +302,7 @@ class CacheState:
                         txn.delete(d, db=db)
 
                 self.env.write(write)  # type: ignore[union-attr]
-                self._dirty = True
+                self._after_write()
             for k in expired:
                 self._forget(k)
                 self.expirations += 1
@@ -328,14 +330,15 @@ class CacheState:
     def _pop_expired(self, now: float, limit: int, *, exclude: Any) -> list[Hashable]:
         heap, data = self.heap, self.data
         out: list[Hashable] = []
+        seen: set[Hashable] = set()
         while heap and heap[0][0] <= now and len(out) < limit:
             exp, _, k = heapq.heappop(heap)
             e = data.get(k)
-            # A stale heap item: the key was overwritten, deleted or evicted.
-            if e is None or e[1] != exp or k in out:
+            # A stale heap item: the key was overwritten, deleted or evicted
+            # (or pushed twice with the same expiry).
+            if e is None or e[1] != exp or k in seen or k == exclude:
                 continue
-            if k == exclude:
-                continue
+            seen.add(k)
             out.append(k)
         return out
 
@@ -386,7 +389,7 @@ class CacheState:
         timer = threading.Timer(delay, self._tick)
         timer.name = f"zixir-cache-{self.name}-tick"
         timer.daemon = True
-        self._timer = timer
+        self._timer = self._last_timer = timer
         timer.start()
 
     def _tick(self) -> None:
@@ -504,7 +507,7 @@ class CacheState:
             if self.closed:
                 return
             self.closed = True
-            timer, self._timer = self._timer, None
+            timer, self._timer = self._last_timer, None
         with self._pool_lock:
             pool, self._pool = self._pool, None
         if timer is not None:
