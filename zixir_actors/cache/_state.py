@@ -467,8 +467,8 @@ class CacheState:
                 try:
                     key, value, expires, ttl = _codec.decode(blob, key=kb)
                 except (CorruptBlobError, ValueError, TypeError) as exc:
-                    logger.bind(cache=self.name).warning("dropping unreadable entry: {}", exc)
-                    stale.append(kb)
+                    # Kept on disk: a process that can import its classes may read it.
+                    logger.bind(cache=self.name).warning("skipping unreadable entry: {}", exc)
                     continue
                 if expires <= now:
                     stale.append(kb)
