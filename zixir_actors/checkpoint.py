@@ -182,7 +182,7 @@ class _Request:
 
     def __init__(self, ops: Sequence[_Op]) -> None:
         self.ops = ops
-        self.wake = threading.Event()  # set when finished, or when it must lead
+        self.wake: threading.Event | None = None  # followers only: finished, or must lead
         self.lead = False
         self.finished = False
         self.error: BaseException | None = None
@@ -220,6 +220,8 @@ class _Channel:
             self.pending.append(request)
             if not self.committing:
                 self.committing = request.lead = True
+            else:
+                request.wake = threading.Event()
         if not request.lead:
             self._follow(request, timeout)
         if request.lead and not request.finished:
@@ -231,6 +233,7 @@ class _Channel:
         deadline = None if timeout is None else time.monotonic() + timeout
         while True:
             left = None if deadline is None else max(0.0, deadline - time.monotonic())
+            assert request.wake is not None
             request.wake.wait(left)
             with self.lock:
                 if request.finished or request.lead:
@@ -249,11 +252,13 @@ class _Channel:
             with self.lock:
                 for request in batch:
                     request.finished = True
-                    request.wake.set()
+                    if request.wake is not None:
+                        request.wake.set()
                 if self.pending and not self.closed:
                     successor = self.pending[0]
                     successor.lead = True
-                    successor.wake.set()
+                    if successor.wake is not None:
+                        successor.wake.set()
                 else:
                     self.committing = False
 
@@ -280,7 +285,8 @@ class _Channel:
             for request in batch:
                 request.error = _Closed()
                 request.finished = True
-                request.wake.set()
+                if request.wake is not None:
+                    request.wake.set()
 
 
 class _GetChannel:
