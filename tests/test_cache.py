@@ -16,6 +16,7 @@ import pytest
 
 from supervisors import DynamicSupervisor, Supervisor, kill, monitor, whereis
 from supervisors.supervisor import SupervisorRef
+from zixir_actors._lmdb import open_env, release
 from zixir_actors.cache import Cache, CacheStats, WarmProgress, child_spec
 from zixir_actors.cache._keys import canonical, key_bytes, memo_key, parse_size
 from zixir_actors.cache._state import REAP_PER_WRITE
@@ -341,6 +342,23 @@ def test_child_spec_starts_caches_supervisor_with_default_data_dir(tmp_path: Pat
         assert (tmp_path / "data.mdb").exists()
     finally:
         root.stop()
+
+
+def test_corrupt_persisted_entry_is_skipped_not_fatal(caches: SupervisorRef,
+                                                     tmp_path: Path) -> None:
+    c = Cache.start("corrupt", persist=True, data_dir=tmp_path)
+    c.put("good", 1)
+    c.stop()
+    env = open_env(tmp_path)
+    try:
+        db = env.db("cache:corrupt")
+        env.write(lambda txn: txn.put(b"s3:bad", b"not a zixir blob", db=db))
+    finally:
+        release(env)
+    c = Cache.start("corrupt", persist=True, data_dir=tmp_path)
+    assert c.get("good") == 1 and c.stats().size == 1
+    c.put("after", 2)
+    assert c.get("after") == 2
 
 
 def test_unwritable_data_dir_is_a_store_error(caches: SupervisorRef, tmp_path: Path) -> None:
