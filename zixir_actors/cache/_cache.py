@@ -232,10 +232,17 @@ class Cache(TableMethods):
     def __repr__(self) -> str:
         return f"Cache({self._name!r})"
 
-    def _live(self, deadline: float | None = None) -> CacheState:
+    def _live(self, deadline: float | None = -1.0) -> CacheState:
+        """The open state, waiting for a restart until `deadline` (monotonic; None:
+        forever; the default: `DEFAULT_TIMEOUT` from now)."""
         state = self._state
         if state.closed:
-            timeout = None if deadline is None else max(0.0, deadline - time.monotonic())
+            if deadline is None:
+                timeout = None
+            elif deadline < 0:
+                timeout = DEFAULT_TIMEOUT
+            else:
+                timeout = max(0.0, deadline - time.monotonic())
             state = self._state = current_state(self._name, timeout=timeout)
         return state
 
@@ -258,12 +265,12 @@ class Cache(TableMethods):
         """
         state = self._state
         if state.closed:
-            state = self._live(time.monotonic() + DEFAULT_TIMEOUT)
+            state = self._live()
         return state.get(key, default)
 
     def get_many(self, keys: Iterable[Hashable]) -> dict[Hashable, Any]:
         """The live entries among `keys`, as a dict (missing keys are left out)."""
-        state = self._live(time.monotonic() + DEFAULT_TIMEOUT)
+        state = self._live()
         found: dict[Hashable, Any] = {}
         for key in keys:
             value = state.get(key, _MISSING)
@@ -273,7 +280,7 @@ class Cache(TableMethods):
 
     def contains(self, key: Hashable) -> bool:
         """Whether `key` has a live entry (no stats, no LRU update)."""
-        return self._live(time.monotonic() + DEFAULT_TIMEOUT).peek(key) is not _MISSING
+        return self._live().peek(key) is not _MISSING
 
     __contains__ = contains
 
@@ -337,7 +344,7 @@ class Cache(TableMethods):
             Exception: whatever `fn` raised.
         """
         ttl = check_ttl(ttl)
-        state = self._live(time.monotonic() + DEFAULT_TIMEOUT)
+        state = self._live()
         value = state.get(key, _MISSING)
         if value is not _MISSING:
             return value  # type: ignore[no-any-return]
@@ -457,7 +464,7 @@ class Cache(TableMethods):
             CacheNotFoundError: the cache is not running.
         """
         ttl = check_ttl(ttl)
-        state = self._live(time.monotonic() + DEFAULT_TIMEOUT)
+        state = self._live()
         with span("cache.warm", cache=self._name):
             return run_warm(state, source, loader, concurrency=concurrency, rate=rate, ttl=ttl,
                             progress=progress, timeout=check_timeout(timeout))
@@ -470,7 +477,7 @@ class Cache(TableMethods):
         A warm-up in flight is cancelled (report ``cancelled=True``) when the
         cache stops or its actor restarts.
         """
-        state = self._live(time.monotonic() + DEFAULT_TIMEOUT)
+        state = self._live()
         context = contextvars.copy_context()   # the warm span's parent is the caller's span
 
         def job() -> WarmReport:
@@ -482,7 +489,7 @@ class Cache(TableMethods):
 
     def stats(self) -> CacheStats:
         """Counters and sizes, after reclaiming expired entries."""
-        state = self._live(time.monotonic() + DEFAULT_TIMEOUT)
+        state = self._live()
         state.sweep()
         return CacheStats(
             name=self._name, hits=state.hits, misses=state.misses, evictions=state.evictions,
@@ -495,7 +502,7 @@ class Cache(TableMethods):
     def purge(self) -> int:
         """Reclaim every expired entry now; returns how many. (Writes and a
         background timer also reclaim them, a bounded number at a time.)"""
-        state = self._live(time.monotonic() + DEFAULT_TIMEOUT)
+        state = self._live()
         total = 0
         while True:
             n = state.sweep()
