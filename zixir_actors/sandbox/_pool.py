@@ -54,6 +54,9 @@ CPU_TIME_GRACE = 0.5
 since the worker's own CPU timer fires first (the monitor's count also includes
 unpickling the call, imports included)."""
 
+SPAWN_TIMEOUT = 30.0
+"""Seconds the helper process gets to hand over a worker before it is restarted."""
+
 KILL_WAIT = 2.0
 """Seconds `kill_tree` waits for killed processes to disappear."""
 
@@ -214,6 +217,8 @@ class _Zygote:
                 env=env, stdin=subprocess.DEVNULL, close_fds=True)
         finally:
             theirs.close()
+        # A helper that does not answer is replaced rather than waited on forever.
+        ours.settimeout(SPAWN_TIMEOUT)
         self._ctl = ours
         self.starts += 1
 

@@ -93,7 +93,11 @@ def _recv_exact(sock: socket.socket, size: int) -> bytes:
 
 
 def recv_frame(sock: socket.socket) -> bytes:
-    """Receive one length-prefixed frame; EOFError when the peer is gone."""
+    """Receive one length-prefixed frame; EOFError when the peer is gone.
+
+    Reads ahead in one call, so only for request/response sockets where
+    nothing follows the frame (the worker sockets).
+    """
     first = sock.recv(65536 + _HEADER.size)
     if not first:
         raise EOFError("peer closed the connection")
@@ -335,7 +339,9 @@ def _zygote(ctl: socket.socket) -> None:
         if request == b"i":
             # Preload a module, so workers forked from now on start with it.
             try:
-                name = recv_frame(ctl).decode()
+                # Exact reads: more requests may already be queued behind this one.
+                (size,) = _HEADER.unpack(_recv_exact(ctl, _HEADER.size))
+                name = _recv_exact(ctl, size).decode()
             except (OSError, EOFError):
                 shutdown()
             try:
