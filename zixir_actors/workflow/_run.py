@@ -528,6 +528,7 @@ class WorkflowRun(SupervisedActor):
             plan = compute_plan(job.workflow, job.run_id, job.inputs,
                                 job.store.steps(job.run_id))
         except Exception as exc:  # a corrupt checkpoint fails the run, clearly
+            job.span.end(error=exc)
             control.future.set_exception(exc)
             self.stop()
             return
