@@ -84,7 +84,7 @@ def _sqlite_writes(path: str, n: int) -> float:
 
 def run(quick: bool = False) -> list[Figure]:
     n = 1_000
-    repeat = 2 if quick else 5
+    repeat = 3 if quick else 7
     writes = 500 if quick else 3_000
     root = tempfile.mkdtemp(prefix="zixir-bench-wf-")
     with open(os.devnull, "w") as devnull:

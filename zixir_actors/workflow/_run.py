@@ -231,6 +231,7 @@ class _Scheduler:
             letters = []
         for letter in letters:
             self.letters.setdefault(letter.step, []).append(letter.id)
+        self.job.telemetry.dead_letters(self.job.store.count_dead_letters())
         with self.lock:
             if not self.waiting:
                 self.ended = "succeeded"
