@@ -521,7 +521,7 @@ def test_table_insert_query_update_delete_count(caches: SupervisorRef) -> None:
             {"id": 3, "lang": "en", "score": 7}, {"id": 4, "lang": "de"}]
     for row in rows:
         assert c.insert("docs", row) == row["id"]
-    assert c.insert("docs", {"lang": "it", "score": 1}, key=5) == 5
+    assert c.insert("docs", {"id": 5, "lang": "it", "score": 1}, key="id") == 5
     assert c.get_record("docs", 5) == {"id": 5, "lang": "it", "score": 1}
     assert c.count("docs") == 5
     assert [r["id"] for r in c.query("docs", where={"lang": "en"})] == [1, 3]
@@ -554,10 +554,26 @@ def test_table_custom_key_field(caches: SupervisorRef) -> None:
     assert c.query("users") == [{"email": "a@x", "name": "A"}]
 
 
+def test_first_insert_creates_the_table_with_its_key_field(caches: SupervisorRef,
+                                                          tmp_path: Path) -> None:
+    c = Cache.start("implicit", persist=True, data_dir=tmp_path)
+    assert c.insert("docs", {"id": 1, "title": "OTP"}, key="id") == 1
+    assert c.insert("people", {"email": "b@x"}, key="email") == "b@x"
+    assert c.insert("people", {"email": "c@x"}) == "c@x"
+    with pytest.raises(DuplicateKeyError):
+        c.insert("people", {"email": "c@x"}, key="email")
+    assert c.query("docs", where={"title": "OTP"}) == [{"id": 1, "title": "OTP"}]
+    c.stop()
+    c = Cache.start("implicit", persist=True, data_dir=tmp_path)
+    assert c.tables() == ["docs", "people"] and c.count("people") == 2
+    with pytest.raises(TableExistsError):
+        c.create_table("people")
+
+
 def test_table_errors_name_the_bad_input(caches: SupervisorRef) -> None:
     c = Cache.start("bad-tables")
     with pytest.raises(UnknownTableError, match="nope") as unknown:
-        c.insert("nope", {"id": 1})
+        c.query("nope")
     assert unknown.value.table == "nope"
     for call in (lambda: c.query("nope"), lambda: c.count("nope"),
                  lambda: c.update("nope", 1, {}), lambda: c.delete("nope", 1),
@@ -573,8 +589,13 @@ def test_table_errors_name_the_bad_input(caches: SupervisorRef) -> None:
         c.insert("t", ["not", "a", "dict"])  # type: ignore[arg-type]
     with pytest.raises(InvalidRecordError, match="no key"):
         c.insert("t", {"v": "c"})
-    with pytest.raises(InvalidRecordError, match="key=2"):
-        c.insert("t", {"id": 3}, key=2)
+    with pytest.raises(InvalidRecordError, match="keyed by 'id', not 'v'"):
+        c.insert("t", {"id": 3, "v": "d"}, key="v")
+    with pytest.raises(ConfigError):
+        c.insert("t", {"id": 3}, key=2)  # type: ignore[arg-type]
+    with pytest.raises(InvalidRecordError):
+        c.insert("fresh", ["bad"])  # type: ignore[arg-type]
+    assert "fresh" not in c.tables()   # a failed first insert creates no table
     with pytest.raises(InvalidKeyError):
         c.insert("t", {"id": [1]})
     with pytest.raises(RecordNotFoundError):

@@ -36,7 +36,8 @@ class TableMethods:
                      timeout: float | None = DEFAULT_TIMEOUT) -> bool:
         """Create `table` whose records are keyed by their `key` field (default ``"id"``).
 
-        Returns False if it already existed with that key field.
+        Optional: the first `insert` creates a table too. Returns False if it
+        already existed with that key field.
 
         Raises:
             TableExistsError: it exists with another key field.
@@ -65,18 +66,30 @@ class TableMethods:
         _tables(self._live())._table(table)
         return Table(self, table)  # type: ignore[arg-type]
 
-    def insert(self, table: str, record: Mapping[str, Any], key: Hashable | None = None, *,
+    def insert(self, table: str, record: Mapping[str, Any], key: str | None = None, *,
                timeout: float | None = DEFAULT_TIMEOUT) -> Hashable:
-        """Add `record` to `table`; returns its key.
+        """Add `record` to `table` (created by its first insert); returns the record's key.
 
-        The key is `key`, else the record's key field (``"id"`` by default);
-        the stored record always holds its key in that field.
+        Example:
+            >>> from supervisors import DynamicSupervisor
+            >>> from zixir_actors.cache import Cache
+            >>> caches = DynamicSupervisor.start_link(name="zixir.caches")
+            >>> c = Cache.start("doc-insert")
+            >>> c.insert("users", {"email": "ada@example.org", "name": "Ada"}, key="email")
+            'ada@example.org'
+            >>> caches.stop()
+
+        Args:
+            key: the name of the record field that holds the primary key:
+                the table's key field (``"id"`` for a table that `create_table`
+                or a first insert made without one).
 
         Raises:
-            UnknownTableError: no such table.
             DuplicateKeyError: a record with this key exists.
-            InvalidRecordError: not a mapping, no key, or `key` disagrees with the record.
+            InvalidRecordError: not a mapping, no key field, or `key` names
+                another field than the table's key field.
             InvalidKeyError: the key is unhashable.
+            ConfigError: an empty or non-string table name or `key`.
             UnserializableError: a persistent cache cannot serialize the record.
         """
         return self._write(lambda s: _tables(s).insert(table, record, key), timeout)
@@ -159,7 +172,7 @@ class Table:
     def __repr__(self) -> str:
         return f"Table({self._cache.name!r}, {self.name!r})"
 
-    def insert(self, record: Mapping[str, Any], key: Hashable | None = None) -> Hashable:
+    def insert(self, record: Mapping[str, Any], key: str | None = None) -> Hashable:
         return self._cache.insert(self.name, record, key)
 
     def get(self, key: Hashable) -> dict[str, Any] | None:

@@ -109,32 +109,37 @@ class Tables:
 
     # -- records -------------------------------------------------------------
 
-    def insert(self, table: str, record: Mapping[str, Any], key: Hashable | None) -> Hashable:
+    def insert(self, table: str, record: Mapping[str, Any], key_field: str | None) -> Hashable:
+        _check_name(table)
+        if key_field is not None and (not isinstance(key_field, str) or not key_field):
+            raise ConfigError("key", key_field, "the name of the record field holding the key")
         if not isinstance(record, Mapping):
             raise InvalidRecordError(table, f"expected a mapping, got {type(record).__name__}")
         with self.state.lock:
             self._open()
-            t = self._table(table)
-            kf = t.key_field
-            if key is None:
-                if kf not in record:
-                    raise InvalidRecordError(
-                        table, f"no key: pass key= or give the record a {kf!r} field")
-                key = record[kf]
-            elif kf in record and record[kf] != key:
-                raise InvalidRecordError(table, f"key={key!r} but the record's {kf!r} "
-                                                f"field is {record[kf]!r}")
+            t = self.tables.get(table)
+            kf = t.key_field if t is not None else key_field or DEFAULT_KEY_FIELD
+            if key_field is not None and key_field != kf:
+                raise InvalidRecordError(table, f"the table is keyed by {kf!r}, not {key_field!r}")
+            if kf not in record:
+                raise InvalidRecordError(table, f"no key: the record has no {kf!r} field")
+            key = record[kf]
             try:
-                exists = key in t.rows
+                hash(key)
             except TypeError:
                 raise InvalidKeyError(key, "unhashable") from None
-            if exists:
+            if t is not None and key in t.rows:
                 raise DuplicateKeyError(table, key)
             row = dict(record)
-            row[kf] = key
-            self._put_row(table, key, row)
+            if t is None:
+                # The first insert creates the table, in the same transaction.
+                catalog = (b"T" + table.encode(), _codec.encode(kf))
+                self._put_row(table, key, row, catalog)
+                t = self.tables[table] = _Table(kf)
+            else:
+                self._put_row(table, key, row)
             t.rows[key] = row
-            return key
+            return key  # type: ignore[no-any-return]
 
     def get(self, table: str, key: Hashable) -> dict[str, Any] | None:
         t = self._table(table)
@@ -217,12 +222,20 @@ class Tables:
         if self.state.closed:
             raise self._closed_error
 
-    def _put_row(self, table: str, key: Hashable, row: dict[str, Any]) -> None:
+    def _put_row(self, table: str, key: Hashable, row: dict[str, Any],
+                 catalog: tuple[bytes, bytes] | None = None) -> None:
         if self.db is None:
             return
         rk = _row_key(table, key)
         blob = _codec.encode((table, key, row))
-        self._write(lambda txn: txn.put(rk, blob, db=self.db))
+        db = self.db
+
+        def write(txn: Any) -> None:
+            if catalog is not None:
+                txn.put(catalog[0], catalog[1], db=db)
+            txn.put(rk, blob, db=db)
+
+        self._write(write)
 
     def _write(self, fn: Callable[[Any], object]) -> None:
         state = self.state
