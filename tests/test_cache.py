@@ -53,7 +53,7 @@ def run_python(code: str, data_dir: Path) -> Any:
     """Run `code` in a fresh interpreter; it prints one JSON document."""
     env = dict(os.environ, PYTHONPATH=str(ROOT), ZIXIR_TEST_DIR=str(data_dir))
     proc = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True,
-                          env=env, timeout=60, check=False)
+                          env=env, timeout=60, check=False, cwd=data_dir)
     assert proc.returncode == 0, proc.stderr
     return json.loads(proc.stdout.strip().splitlines()[-1])
 
@@ -1009,3 +1009,19 @@ def test_persistent_cache_ttl_with_real_clock_is_wall_time(caches: SupervisorRef
     c.put("k", 1)
     expires = c._live().data["k"][1]
     assert before + 3600 <= expires <= time.time() + 3600
+
+
+def test_front_door_exports_and_import_has_no_side_effects(tmp_path: Path) -> None:
+    import zixir_actors.cache as front
+
+    for name in front.__all__:
+        assert getattr(front, name) is not None
+    assert len(set(front.__all__)) == len(front.__all__)
+    seen = run_python("""
+import json, threading
+before = threading.active_count()
+import zixir_actors.cache
+print(json.dumps({"threads": threading.active_count() - before}))
+""", tmp_path)
+    assert seen == {"threads": 0}
+    assert list(tmp_path.iterdir()) == []      # no data directory, no file
