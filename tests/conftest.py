@@ -23,12 +23,30 @@ def _live_threads() -> set[threading.Thread]:
     return {t for t in threading.enumerate() if t.is_alive()}
 
 
-def _children() -> set[int]:
+def _session_wide(process: psutil.Process) -> bool:
+    # A local Ray cluster started once per test session (tests of the `ray`
+    # executor) spawns and reaps its own workers; they are not leaks of a test.
     try:
-        return {p.pid for p in psutil.Process().children(recursive=True)
-                if p.status() != psutil.STATUS_ZOMBIE}
+        name = process.name()
+        cmdline = " ".join(process.cmdline()[:3])
     except psutil.Error:
-        return set()
+        return False
+    return name.startswith(("raylet", "gcs_server", "ray::")) or "ray/" in cmdline \
+        or "ray::" in cmdline
+
+
+def _children() -> set[int]:
+    found = set()
+    try:
+        for p in psutil.Process().children(recursive=True):
+            try:
+                if p.status() != psutil.STATUS_ZOMBIE and not _session_wide(p):
+                    found.add(p.pid)
+            except psutil.Error:
+                continue
+    except psutil.Error:
+        pass
+    return found
 
 
 def _settle(check: callable, grace: float) -> object:  # type: ignore[valid-type]
