@@ -1026,3 +1026,30 @@ def test_configure_logging_to_a_file_path(tmp_path: Any) -> None:
         reset_logging()
     (line,) = [json.loads(x) for x in path.read_text().splitlines()]
     assert line["message"] == "to the file" and line["run_id"] == "file"
+
+
+def test_traced_actor_keeps_a_handle_receive_override_further_down_its_mro() -> None:
+    seen: list[object] = []
+
+    class Auditing(SupervisedActor):
+        def _handle_receive(self, message: Any) -> Any:
+            seen.append(message)
+            return super()._handle_receive(message)
+
+    class Audited(TracedActor, Auditing):
+        def on_receive(self, message: Any) -> Any:
+            return message
+
+        def call(self, x: int) -> int:
+            return x + 1
+
+    assert not Audited._dispatch_directly and Worker._dispatch_directly
+    actor = Audited.start()
+    try:
+        with capture_spans() as spans:
+            assert actor.ask("plain", timeout=5.0) == "plain"
+            assert actor.proxy().call(1).get(timeout=5.0) == 2
+    finally:
+        actor.stop()
+    assert seen[0] == "plain" and len(seen) >= 2
+    assert [s.name for s in spans.spans] == ["Audited.on_receive", "Audited.call"]

@@ -30,6 +30,7 @@ from contextvars import ContextVar
 from types import TracebackType
 from typing import Any, ClassVar
 
+import pykka
 from pykka.messages import ProxyCall, ProxyGetAttr, ProxySetAttr, _ActorStop
 
 from supervisors import SupervisedActor
@@ -57,11 +58,13 @@ class TracedActor(SupervisedActor):
     """
 
     trace_messages: ClassVar[bool] = True
+    _dispatch_directly: ClassVar[bool] = True
     _span_names: ClassVar[dict[tuple[str, ...] | None, str]] = {}
 
     def __init_subclass__(cls, **kwargs: Any) -> None:
         super().__init_subclass__(**kwargs)
         cls._span_names = {}
+        cls._dispatch_directly = _pykka_dispatch_follows(cls)
 
     def _handle_receive(self, message: Any) -> Any:
         cls = type(message)
@@ -76,8 +79,6 @@ class TracedActor(SupervisedActor):
         name = self._span_names.get(key)
         if name is None:
             name = self._span_name(key)
-        # Untracked: this span always ends below (a kill raises here too), so it
-        # skips the open-span table; the thread name in its record names the actor.
         opened = _message_span(name, _CURRENT.get())
         if _THREAD_CONTEXT.get():
             # Running in the thread's own context (no per-message copy): the
@@ -94,7 +95,19 @@ class TracedActor(SupervisedActor):
         # discarded afterwards: no reset needed (it costs about 1 us per ask).
         _CURRENT.set(opened)
         try:
-            result = super()._handle_receive(message)
+            if self._dispatch_directly:
+                # What pykka.Actor._handle_receive does for these two kinds,
+                # minus its isinstance ladder and a super() hop: about 2 us
+                # less per ask, as measured by benchmarks/bench_observability.
+                if key is None:
+                    result = self.on_receive(message)
+                else:
+                    target: Any = self
+                    for attr_name in key:
+                        target = getattr(target, attr_name)
+                    result = target(*message.args, **message.kwargs)
+            else:
+                result = super()._handle_receive(message)
         except BaseException as exc:
             opened.end(error=exc)
             raise
@@ -124,3 +137,16 @@ class TracedActor(SupervisedActor):
             super()._actor_loop()
         finally:
             close_open_spans(reason=f"{self} exited")
+
+
+def _pykka_dispatch_follows(cls: type) -> bool:
+    """True if no class after `TracedActor` in `cls`'s MRO overrides `_handle_receive`
+    (so dispatching plain messages and proxy calls ourselves skips nothing)."""
+    mro = cls.__mro__
+    for later in mro[mro.index(TracedActor) + 1:]:
+        if "_handle_receive" in vars(later):
+            return later is pykka.Actor
+    return False
+
+
+TracedActor._dispatch_directly = _pykka_dispatch_follows(TracedActor)
