@@ -101,7 +101,7 @@ def print_table(figures: Sequence[Figure], out: object = None) -> None:
         rows.append((f.subject, f.name, _fmt(f.ours), base, f.unit, ratio, target, f.verdict))
     widths = [max(len(str(r[i])) for r in rows) for i in range(len(header))]
     for i, row in enumerate(rows):
-        print(" | ".join(str(c).ljust(w) for c, w in zip(row, widths)), file=stream)  # type: ignore[arg-type]
+        print(" | ".join(str(c).ljust(w) for c, w in zip(row, widths, strict=True)), file=stream)  # type: ignore[arg-type]
         if i == 0:
             print("-+-".join("-" * w for w in widths), file=stream)  # type: ignore[arg-type]
 

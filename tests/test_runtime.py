@@ -13,7 +13,7 @@ import pytest
 
 import zixir_actors
 from supervisors import monitor, whereis
-from zixir_actors.errors import DataDirError, DataDirLockedError, RuntimeConflictError
+from zixir_actors.errors import DataDirError, RuntimeConflictError
 from zixir_actors.runtime import SERVICE_NAMES, current, resolve_data_dir
 
 ROOT = Path(__file__).resolve().parent.parent

@@ -37,7 +37,7 @@ _PROTOCOL = pickle.HIGHEST_PROTOCOL
 def _dumps(value: Any) -> tuple[int, bytes]:
     try:
         return _PICKLE, pickle.dumps(value, protocol=_PROTOCOL)
-    except Exception:  # noqa: BLE001 - anything pickle refuses goes to dill
+    except Exception:
         pass
     try:
         return _DILL, dill.dumps(value, protocol=_PROTOCOL, recurse=True)

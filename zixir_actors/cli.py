@@ -9,6 +9,7 @@ status 2 (bad input, unknown run, missing file) or 1 (anything unexpected);
 from __future__ import annotations
 
 import argparse
+import contextlib
 import importlib.util
 import json
 import signal
@@ -50,7 +51,7 @@ def _parse_value(text: str) -> Any:
 
 
 def parse_inputs(pairs: Sequence[str]) -> dict[str, Any]:
-    """``["n=3", "name=ada"]`` -> ``{"n": 3, "name": "ada"}`` (values parsed as JSON when they are JSON)."""
+    """``["n=3", "name=ada"]`` -> ``{"n": 3, "name": "ada"}``; values that are JSON are parsed."""
     inputs: dict[str, Any] = {}
     for pair in pairs:
         key, sep, value = pair.partition("=")
@@ -122,7 +123,7 @@ def _runtime(args: argparse.Namespace, **options: Any) -> Any:
     import zixir_actors
 
     runtime = zixir_actors.start(data_dir=_data_dir(args), **options)
-    previous: dict[int, Any] = {}
+    previous: dict[signal.Signals, Any] = {}
 
     def graceful(signum: int, frame: Any) -> None:
         raise KeyboardInterrupt(signal.Signals(signum).name)
@@ -152,7 +153,7 @@ def table(rows: Sequence[Sequence[Any]], header: Sequence[str]) -> str:
     """Plain-text table with aligned columns."""
     cells = [list(map(str, header))] + [[str(c) for c in row] for row in rows]
     widths = [max(len(r[i]) for r in cells) for i in range(len(header))]
-    lines = ["  ".join(c.ljust(w) for c, w in zip(r, widths)).rstrip() for r in cells]
+    lines = ["  ".join(c.ljust(w) for c, w in zip(r, widths, strict=True)).rstrip() for r in cells]
     lines.insert(1, "  ".join("-" * w for w in widths))
     return "\n".join(lines)
 
@@ -379,7 +380,7 @@ def render_graph(wf: Any, fmt: str) -> str:
         lines = [f'digraph "{wf.name}" {{', "  rankdir=TB;"]
         lines += [f'  "{name}";' for name in wf.order]
         lines += [f'  "{a}" -> "{b}";' for a, b in edges]
-        return "\n".join(lines + ["}"])
+        return "\n".join([*lines, "}"])
     ids = {name: f"s{i}" for i, name in enumerate(wf.order)}
     lines = ["flowchart TD"] + [f'  {ids[n]}["{n}"]' for n in wf.order]
     lines += [f"  {ids[a]} --> {ids[b]}" for a, b in edges]
@@ -397,10 +398,8 @@ def cmd_metrics(args: argparse.Namespace) -> int:
         port = runtime.metrics_port
         print(f"serving http://127.0.0.1:{port}/metrics for {runtime.data_dir} (Ctrl-C stops)",
               flush=True)
-        try:
+        with contextlib.suppress(KeyboardInterrupt):
             threading.Event().wait(args.duration)
-        except KeyboardInterrupt:
-            pass
     return 0
 
 
@@ -467,7 +466,8 @@ def build_parser() -> argparse.ArgumentParser:
     add("tree", cmd_tree, "print the supervision tree that start() builds", json_flag=False)
     p = add("metrics", cmd_metrics, "serve /metrics for this data directory", json_flag=False)
     p.add_argument("--port", type=int, default=9464)
-    p.add_argument("--duration", type=float, default=None, help="seconds to serve (default forever)")
+    p.add_argument("--duration", type=float, default=None,
+                   help="seconds to serve (default forever)")
     p = add("bench", cmd_bench, "run the benchmarks beside their baselines", json_flag=False)
     p.add_argument("--quick", action="store_true")
     p.add_argument("subjects", nargs="*")
@@ -497,7 +497,7 @@ def main(argv: Sequence[str] | None = None) -> int:
             traceback.print_exc()
         message = str(exc).splitlines()[0] if str(exc) else type(exc).__name__
         _fail(message, 2)
-    except Exception as exc:  # noqa: BLE001 - one line unless --debug
+    except Exception as exc:
         if args.debug:
             traceback.print_exc()
         _fail(f"{type(exc).__name__}: {exc}".splitlines()[0], 1)

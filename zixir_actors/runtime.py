@@ -33,7 +33,6 @@ from types import TracebackType
 from typing import Any
 
 from supervisors import ChildSpec, NamedRef, Supervisor, SupervisorRef, ref
-
 from zixir_actors.errors import (
     DataDirError,
     DataDirLockedError,
@@ -160,7 +159,7 @@ class Runtime:
         """The port `/metrics` is served on, when started with `metrics_port`."""
         try:
             port = ref("zixir.metrics", wait=1.0).proxy().port().get(timeout=5.0)
-        except Exception:  # noqa: BLE001 - no metrics service, no port
+        except Exception:
             return None
         return port if isinstance(port, int) else None
 

@@ -77,8 +77,8 @@ def wait_for(predicate: Callable[[], object], *, timeout: float = 5.0,
         if predicate():
             return True
         if time.monotonic() >= deadline:
-            raise ZixirTimeoutError(what or f"wait_for({getattr(predicate, '__name__', predicate)})",
-                                    timeout)
+            label = what or f"wait_for({getattr(predicate, '__name__', predicate)})"
+            raise ZixirTimeoutError(label, timeout)
         time.sleep(interval)
 
 
