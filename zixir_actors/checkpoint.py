@@ -125,6 +125,13 @@ class StepCheckpoint:
     finished_at: float
     idempotency_key: str
 
+    def __reduce__(self) -> tuple[Any, tuple[Any, ...]]:
+        # Positional reconstruction: pickling a slotted dataclass field by field
+        # costs more than the rest of a checkpoint's encoding.
+        return (StepCheckpoint, (self.run_id, self.step, self.output, self.code_hash,
+                                 self.input_hash, self.attempts, self.duration,
+                                 self.finished_at, self.idempotency_key))
+
 
 @dataclass(frozen=True, slots=True)
 class AttemptInfo:
@@ -158,10 +165,12 @@ class DeadLetter:
 
 
 def _key(*parts: str) -> bytes:
-    for part in parts:
-        if not isinstance(part, str) or not part or "\x00" in part:
-            raise ConfigError("key", part, "must be a non-empty string without NUL")
-    key = _SEP.join(p.encode() for p in parts)
+    try:
+        key = _SEP.join([p.encode() for p in parts])
+    except AttributeError:
+        raise ConfigError("key", parts, "parts must be strings") from None
+    if key.count(_SEP) != len(parts) - 1 or not all(parts):
+        raise ConfigError("key", parts, "parts must be non-empty strings without NUL")
     if len(key) > _MAX_KEY:
         raise ConfigError("key", parts, f"longer than {_MAX_KEY} bytes once encoded")
     return key
