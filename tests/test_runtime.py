@@ -151,3 +151,42 @@ def test_metrics_port_serves_prometheus_text(tmp_path: Path) -> None:
         with urllib.request.urlopen(f"http://127.0.0.1:{port}/metrics", timeout=10) as response:
             body = response.read().decode()
         assert "zixir_" in body
+
+
+def test_runs_in_flight_when_the_process_died_resume_on_the_next_start(tmp_path: Path) -> None:
+    flows = tmp_path / "flows.py"
+    flows.write_text(
+        "import os\n"
+        "from zixir_actors.workflow import Workflow\n"
+        "wf = Workflow('resume-on-start')\n"
+        "@wf.step()\n"
+        "def first(n):\n"
+        "    return n + 1\n"
+        "@wf.step(depends_on=['first'])\n"
+        "def second(first, marker):\n"
+        "    if not os.path.exists(marker):\n"
+        "        open(marker, 'w').close()\n"
+        "        os.kill(os.getpid(), 9)\n"
+        "    return first * 10\n"
+    )
+    data, marker = tmp_path / "data", tmp_path / "marker"
+    child = (f"import sys; sys.path.insert(0, {str(tmp_path)!r})\n"
+             "import zixir_actors, flows\n"
+             f"rt = zixir_actors.start(data_dir={str(data)!r})\n"
+             f"flows.wf.run({{'n': 4, 'marker': {str(marker)!r}}}, run_id='r-1')\n")
+    result = subprocess.run([sys.executable, "-c", child], capture_output=True, text=True,
+                            timeout=60, env={**os.environ, "PYTHONPATH": str(ROOT)}, check=False)
+    assert result.returncode == -9, result.stderr
+    import importlib.util
+
+    spec = importlib.util.spec_from_file_location("flows_resume_test", flows)
+    assert spec is not None and spec.loader is not None
+    module = importlib.util.module_from_spec(spec)
+    spec.loader.exec_module(module)
+    with zixir_actors.start(data_dir=data) as runtime:
+        assert [h.run_id for h in runtime.resumed] == ["r-1"]
+        resumed = runtime.resumed[0].result(timeout=30)
+        assert resumed.status == "succeeded"
+        assert resumed.outputs["second"] == 50
+        assert resumed.steps["first"].status == "cached"
+        assert runtime.interrupted_runs() == []

@@ -132,6 +132,8 @@ class Runtime:
         self.data_dir = data_dir
         self.supervisor = supervisor
         self._lock_fd: int | None = lock_fd
+        self.resumed: list[Any] = []
+        """Handles of the interrupted runs that `start(resume_runs=True)` continued."""
 
     def __repr__(self) -> str:
         state = "running" if self.is_alive() else "stopped"
@@ -162,6 +164,30 @@ class Runtime:
         except Exception:
             return None
         return port if isinstance(port, int) else None
+
+    def interrupted_runs(self) -> list[Any]:
+        """Stored runs still marked running that no actor of this process executes:
+        their process died or the runtime was stopped in the middle of them."""
+        from zixir_actors.checkpoint import connect
+        from zixir_actors.workflow._run import active_run
+
+        return [r for r in connect().list_runs(status="running") if active_run(r.run_id) is None]
+
+    def resume_interrupted(self) -> list[Any]:
+        """Continue every interrupted run whose workflow is defined in this process.
+
+        Committed steps are skipped; the steps that were in flight run again.
+        Returns the `RunHandle` of each resumed run (runs of workflows this
+        process does not define are left for `zixir runs resume`).
+        """
+        from zixir_actors.workflow import find_workflow
+
+        handles = []
+        for record in self.interrupted_runs():
+            wf = find_workflow(record.workflow)
+            if wf is not None:
+                handles.append(wf.start(dict(record.inputs), run_id=record.run_id))
+        return handles
 
     def tree(self, *, timeout: float | None = 10.0) -> str:
         """The running supervision tree, rendered for humans."""
@@ -195,7 +221,8 @@ def current() -> Runtime | None:
 
 def start(data_dir: str | os.PathLike[str] | None = None, *, metrics_port: int | None = None,
           log_json: bool | None = None, log_level: str = "INFO",
-          sandbox_workers: int | None = None, **options: Any) -> Runtime:
+          sandbox_workers: int | None = None, resume_runs: bool = True,
+          **options: Any) -> Runtime:
     """Start the root tree, or return the one already running (idempotent).
 
     Args:
@@ -207,6 +234,9 @@ def start(data_dir: str | os.PathLike[str] | None = None, *, metrics_port: int |
             None leaves logging as the application set it.
         log_level: level for `log_json`.
         sandbox_workers: warm worker processes in the sandbox pool.
+        resume_runs: continue the runs that were in flight when the previous
+            runtime on this data directory stopped or died, for the workflows
+            defined in this process by now (see `Runtime.resume_interrupted`).
         **options: per-service options: ``metrics``, ``store``, ``cache``,
             ``sandbox``, ``workflow``, ``stream`` dicts passed to their `child_spec`.
 
@@ -238,9 +268,11 @@ def start(data_dir: str | os.PathLike[str] | None = None, *, metrics_port: int |
         except BaseException:
             os.close(fd)
             raise
-        _current = Runtime(path, root, fd)
+        runtime = _current = Runtime(path, root, fd)
         _stop_before_thread_join()
-        return _current
+        if resume_runs:
+            runtime.resumed = runtime.resume_interrupted()
+        return runtime
 
 
 _exit_hook_installed = False
