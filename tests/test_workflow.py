@@ -10,6 +10,8 @@ from pathlib import Path
 from typing import Any
 
 import pytest
+from hypothesis import HealthCheck, given, settings
+from hypothesis import strategies as st
 
 from supervisors import ChildExited, DynamicSupervisor, Supervisor, add_listener, remove_listener
 from zixir_actors import _lmdb, checkpoint
@@ -807,3 +809,45 @@ def test_a_retried_letter_that_fails_again_is_replaced_by_a_new_one(
     assert second.run_id == first.run_id
     with pytest.raises(DeadLetterNotFoundError):
         dlq.get(first.id)
+
+
+# -- property: resume never redoes finished work ------------------------------------------
+
+@st.composite
+def dags(draw: Any) -> tuple[list[list[int]], set[int]]:
+    size = draw(st.integers(min_value=1, max_value=8))
+    deps = [sorted(draw(st.sets(st.integers(0, i - 1), max_size=3))) if i else []
+            for i in range(size)]
+    failing = draw(st.sets(st.integers(0, size - 1)))
+    return deps, failing
+
+
+@settings(max_examples=25, deadline=None,
+          suppress_health_check=[HealthCheck.function_scoped_fixture])
+@given(dags())
+def test_resuming_until_done_runs_every_step_once_plus_its_failures(
+        store: CheckpointClient, case: tuple[list[list[int]], set[int]]) -> None:
+    deps, failing = case
+    calls: Counter[int] = Counter()
+
+    def make(i: int) -> Any:
+        def fn(**inputs: int) -> int:
+            calls[i] += 1
+            if i in failing and calls[i] == 1:
+                raise RuntimeError(f"first attempt of s{i} fails")
+            return i + sum(v for k, v in inputs.items() if k.startswith("s"))
+        return fn
+
+    wf = Workflow("property", [Step(f"s{i}", make(i), [f"s{d}" for d in ds])
+                               for i, ds in enumerate(deps)], on_failure="continue")
+    expected: dict[str, int] = {}
+    for i, ds in enumerate(deps):
+        expected[f"s{i}"] = i + sum(expected[f"s{d}"] for d in ds)
+    result = wf.run(store=store)
+    for _ in range(len(deps)):
+        if result.ok:
+            break
+        result = wf.resume(result.run_id, store=store)
+    assert result.ok
+    assert result.outputs == expected
+    assert calls == Counter({i: 1 + (i in failing) for i in range(len(deps))})
