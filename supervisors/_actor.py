@@ -214,25 +214,32 @@ class SupervisedActor(pykka.ThreadingActor):
     def _actor_loop(self) -> None:
         self._zx_thread = threading.current_thread()
         self._zx_busy = True
+        # kill() raises at most one _Killed in this thread, and only while busy:
+        # each step that it may hit catches it, so it never escapes the thread.
         try:
-            try:
-                self._actor_loop_setup()
-            except _Killed:
-                raise
-            except BaseException as exc:
-                self._handle_failure(type(exc), exc, exc.__traceback__)
-            finally:
-                self._zx_start_error = self._zx_reason
-                if self._zx_started is not _STARTED:
-                    self._zx_started.set()
-            self._zx_run()
+            self._zx_live()
         except _Killed:
             pass
         except BaseException as exc:
             self._zx_record(exc)
-        finally:
+        try:  # noqa: SIM105 - suppress() has an __enter__ the exception could hit
             self._zx_disarm()
-            self._zx_exit()
+        except _Killed:
+            pass  # delivered rather than cleared: nothing is pending any more
+        self._zx_exit()
+
+    def _zx_live(self) -> None:
+        try:
+            self._actor_loop_setup()
+        except _Killed:
+            raise
+        except BaseException as exc:
+            self._handle_failure(type(exc), exc, exc.__traceback__)
+        finally:
+            self._zx_start_error = self._zx_reason
+            if self._zx_started is not _STARTED:
+                self._zx_started.set()
+        self._zx_run()
 
     def _zx_run(self) -> None:
         inbox = self.actor_inbox
