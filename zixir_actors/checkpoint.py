@@ -44,7 +44,7 @@ import os
 import threading
 import time
 from collections.abc import Iterable, Iterator, Mapping, Sequence
-from contextlib import contextmanager
+from contextlib import ExitStack, contextmanager
 from dataclasses import dataclass, field
 from typing import Any, cast
 
@@ -473,16 +473,19 @@ class CheckpointClient:
 
     @contextmanager
     def _read(self) -> Iterator[tuple[_lmdb.SharedEnv, Any]]:
-        for _ in range(3):
+        for attempt in range(3):
             channel = self._get_channel()
+            stack = ExitStack()
             try:
-                with channel.env.read() as txn:
-                    yield channel.env, txn
-                    return
+                txn = stack.enter_context(channel.env.read())
             except StoreError:
-                if not channel.env.closed:
-                    raise
-        raise StoreError("the checkpoint store kept stopping while reading")
+                stack.close()
+                if channel.env.closed and attempt < 2:
+                    continue  # the actor restarted between fetching and reading
+                raise
+            with stack:
+                yield channel.env, txn
+            return
 
     def _get(self, db_name: str, key: bytes, where: str) -> Any:
         with self._read() as (env, txn):
