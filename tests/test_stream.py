@@ -92,6 +92,8 @@ OPS = st.one_of(
     st.tuples(st.just("boundary"), st.just(0)),
     st.tuples(st.just("buffer"), st.integers(1, 8)),
     st.tuples(st.just("pmap"), st.integers(1, 3)),
+    st.tuples(st.just("chain"), st.integers(0, 5)),
+    st.tuples(st.just("zip"), st.integers(0, 30)),
 )
 
 
@@ -131,6 +133,10 @@ def _apply(stream: Stream[Any], xs: list[Any], op: str, k: int) -> tuple[Stream[
         return stream.async_boundary(), xs
     if op == "buffer":
         return stream.buffer(k), xs
+    if op == "chain":
+        return stream.chain(Stream.range(k)), [*xs, *range(k)]
+    if op == "zip":
+        return stream.zip(Stream.range(k).async_boundary()), list(zip(xs, range(k)))
     return stream.map(lambda x: [x], concurrency=k), [[x] for x in xs]
 
 
@@ -176,6 +182,26 @@ def test_sources_from_queue_and_generators() -> None:
 
     assert Stream.from_iterator(gen()).filter(lambda x: x % 7 == 0).to_list() == list(
         range(0, 1000, 7))
+
+
+def test_early_close_of_a_queue_source_stops_its_pump() -> None:
+    q: queue.Queue[Any] = queue.Queue()
+    q.put("first")
+    assert Stream.from_queue(q).first(timeout=WAIT) == "first"
+    q.put("second")
+    for item in Stream.from_queue(q, buffer=1).map(str.upper):
+        assert item == "SECOND"
+        break  # the pump now waits on an empty queue: closing must still stop it
+
+
+def test_default_stage_names_say_operator_position_and_function() -> None:
+    def parse(x: str) -> int:
+        return int(x)
+
+    with pytest.raises(ValueError) as err:
+        Stream.from_iterable(["1", "x"]).map(parse).to_list()
+    assert err.value.stage == "map#1(parse)"  # type: ignore[attr-defined]
+    assert repr(Stream.range(2).map(parse).batch(2)) == "Stream(range -> map#1(parse) -> batch#2)"
 
 
 def test_bad_arguments_raise_config_errors_naming_the_argument() -> None:
@@ -627,6 +653,14 @@ def test_stage_metrics_and_run_spans_are_recorded() -> None:
     assert out is not None and out >= 500
     assert metrics.registry.get_sample_value("zixir_stream_items_in_total",
                                              {"stage": stage}) is not None
+    assert metrics.registry.get_sample_value("zixir_stream_mailbox_depth",
+                                             {"stage": "metered"}) is None  # fused away
+    Stream.range(5000).map(lambda x: x, name="fast").async_boundary().map(
+        lambda x: x, name="behind").to_list()
+    assert metrics.registry.get_sample_value("zixir_stream_mailbox_depth",
+                                             {"stage": "behind"}) is not None
+    assert metrics.registry.get_sample_value("zixir_stream_demand_wait_seconds_total",
+                                             {"stage": "range+fast"}) is not None
     runs = [s for s in spans.spans if s.name == "zixir.stream.run"]
     assert runs and runs[-1].status == "ok"
 
