@@ -55,6 +55,7 @@ from zixir_actors import _codec, _lmdb
 from zixir_actors._clock import SYSTEM_CLOCK, Clock
 from zixir_actors.errors import (
     ConfigError,
+    CorruptBlobError,
     DeadLetterNotFoundError,
     NotStartedError,
     RunNotFoundError,
@@ -178,6 +179,28 @@ def _key(*parts: str) -> bytes:
 
 def _decode(blob: bytes, where: str) -> Any:
     return _codec.decode(blob, key=where)
+
+
+def _pack_step(checkpoint: StepCheckpoint) -> bytes:
+    # Run id and step live in the key, and the idempotency key is almost always
+    # derived from them: leaving them out keeps records small, so the B-tree
+    # stays shallow and commits rarely extend the file (a costlier fsync).
+    c = checkpoint
+    key = None if c.idempotency_key == f"{c.run_id}/{c.step}" else c.idempotency_key
+    return _codec.encode((c.output, c.code_hash, c.input_hash, c.attempts, c.duration,
+                          c.finished_at, key))
+
+
+def _unpack_step(run_id: str, step: str, blob: bytes) -> StepCheckpoint:
+    where = f"step {run_id}/{step}"
+    value = _decode(blob, where)
+    try:
+        output, code_hash, input_hash, attempts, duration, finished_at, key = value
+    except (TypeError, ValueError):
+        raise CorruptBlobError(f"not a step checkpoint: {type(value).__name__}",
+                               key=where) from None
+    return StepCheckpoint(run_id, step, output, code_hash, input_hash, attempts, duration,
+                          finished_at, key or f"{run_id}/{step}")
 
 
 _Op = tuple[str, bytes, "bytes | None"]  # (sub-database, key, value or None to delete)
@@ -605,7 +628,7 @@ class CheckpointClient:
             StoreError, ZixirTimeoutError: the commit failed or took too long.
         """
         ops: list[_Op] = [(STEPS_DB, _key(checkpoint.run_id, checkpoint.step),
-                           _codec.encode(checkpoint))]
+                           _pack_step(checkpoint))]
         ops += [(DEAD_DB, _key(letter), None) for letter in resolve_letters]
         self._write(ops, timeout)
 
@@ -615,8 +638,9 @@ class CheckpointClient:
         Raises:
             CorruptBlobError: the checkpoint is damaged (the error names it).
         """
-        return self._get(STEPS_DB, _key(run_id, step),  # type: ignore[no-any-return]
-                         f"step {run_id}/{step}")
+        with self._read() as (env, txn):
+            blob = txn.get(_key(run_id, step), db=env.db(STEPS_DB))
+        return None if blob is None else _unpack_step(run_id, step, blob)
 
     def steps(self, run_id: str) -> dict[str, StepCheckpoint]:
         """Every checkpoint of a run, by step name.
@@ -628,7 +652,7 @@ class CheckpointClient:
         out: dict[str, StepCheckpoint] = {}
         for key, blob in self._scan(STEPS_DB, prefix):
             name = key[len(prefix):].decode()
-            out[name] = _decode(blob, f"step {run_id}/{name}")
+            out[name] = _unpack_step(run_id, name, blob)
         return out
 
     def invalidate(self, run_id: str, steps: Iterable[str], *,

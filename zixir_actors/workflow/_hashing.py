@@ -59,7 +59,7 @@ def code_hash(fn: Any, version: str | None = None) -> str:
         digest.update(repr(getattr(target, "__kwdefaults__", None)).encode())
     else:
         digest.update(repr(target).encode())
-    return digest.hexdigest()[:24]
+    return digest.hexdigest()[:16]
 
 
 def _feed(value: Any, out: Any, depth: int) -> None:
@@ -111,4 +111,4 @@ def fingerprint(value: Any) -> str:
     """A stable hex digest of `value`'s content."""
     digest = hashlib.sha256()
     _feed(value, digest, 0)
-    return digest.hexdigest()[:32]
+    return digest.hexdigest()[:16]
