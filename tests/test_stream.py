@@ -136,7 +136,7 @@ def _apply(stream: Stream[Any], xs: list[Any], op: str, k: int) -> tuple[Stream[
     if op == "chain":
         return stream.chain(Stream.range(k)), [*xs, *range(k)]
     if op == "zip":
-        return stream.zip(Stream.range(k).async_boundary()), list(zip(xs, range(k)))
+        return stream.zip(Stream.range(k).async_boundary()), list(zip(xs, range(k), strict=False))
     return stream.map(lambda x: [x], concurrency=k), [[x] for x in xs]
 
 
