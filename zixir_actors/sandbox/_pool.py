@@ -166,9 +166,13 @@ class _Worker:
         return not readable
 
     def kill_tree(self) -> None:
-        """SIGKILL the worker and every process under it; safe from any thread."""
+        """SIGKILL the worker and every process under it, and wait until they are gone."""
+        _wait_gone(self.signal_tree(), timeout=KILL_WAIT)
+
+    def signal_tree(self) -> list[psutil.Process]:
+        """SIGKILL the worker and every process under it; returns them (to wait on)."""
         if self.dead:
-            return
+            return []
         self.dead = True
         procs: list[psutil.Process] = []
         if self.proc is not None:
@@ -180,7 +184,7 @@ class _Worker:
         for proc in procs:
             with contextlib.suppress(psutil.Error):
                 proc.kill()
-        _wait_gone(procs, timeout=KILL_WAIT)
+        return procs
 
     def retire(self) -> None:
         """End a healthy worker (its process group) without the tree walk."""
@@ -542,11 +546,15 @@ class WorkerPool:
 
     def _breach(self, call: _Call, kind: str, message: str, limit: float | None,
                 measured: float | None) -> None:
-        if call.verdict is not None:
-            return
-        call.verdict = (kind, message, limit, measured)
-        # The caller blocked on the socket wakes up with EOF once the process is gone.
-        call.worker.kill_tree()
+        with self._lock:
+            # Only while the call is in flight: once its caller unwatched it,
+            # the worker may already serve another call.
+            if call.verdict is not None or call not in self._watched:
+                return
+            call.verdict = (kind, message, limit, measured)
+            # The caller blocked on the socket wakes up with EOF once the process is gone.
+            procs = call.worker.signal_tree()
+        _wait_gone(procs, timeout=KILL_WAIT)
 
     # --- calls ----------------------------------------------------------------
 
