@@ -693,3 +693,15 @@ def test_early_close_of_an_async_source_cancels_its_pending_step() -> None:
         yield "b"
 
     assert Stream.from_async_iterator(stalls_privately()).first(timeout=WAIT) == "a"
+
+
+def test_each_stage_has_a_span_under_the_run_span_and_the_failing_one_is_an_error() -> None:
+    with capture_spans() as spans, pytest.raises(ValueError):
+        Stream.from_iterable(["1", "x"]).async_boundary().map(int, name="parse").to_list()
+    run = next(s for s in spans.spans if s.name == "zixir.stream.run")
+    stages = {s.attributes["stage"]: s for s in spans.spans if s.name == "zixir.stream.stage"}
+    assert set(stages) == {"from_iterable", "parse"}
+    assert all(s.parent_id == run.span_id and s.trace_id == run.trace_id for s in stages.values())
+    assert stages["parse"].status == "error" and stages["from_iterable"].status == "ok"
+    assert stages["from_iterable"].attributes["items_out"] == 2
+    assert run.status == "error"

@@ -218,6 +218,7 @@ class Run:
                                    restart="temporary", shutdown=STAGE_SHUTDOWN))
         self.span = start_span("zixir.stream.run", run=self.id, stages=len(nodes),
                                under_runtime=whereis(STREAMS_NAME) is not None)
+        self.control.span = self.span
         try:
             self.supervisor = self._start_tree(specs)
             refs: list[Any] = [child.ref for child in self.supervisor.which_children()]

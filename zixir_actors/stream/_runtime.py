@@ -211,6 +211,8 @@ class Control:
         self._lock = threading.Lock()
         self._scheduler: Scheduler | None = None
         self.pumps: list[Pump] = []
+        self.failed_stage: str | None = None
+        self.span: Any = None  # the run's span, parent of each stage's span
 
     def fail(self, error: BaseException, stage: str) -> None:
         """Fail the run: annotate `error` with `stage`, stop all pulling, tell the terminal.
@@ -223,6 +225,7 @@ class Control:
             first = self.failure is None
             if first:
                 self.failure = annotate(error, stage)
+                self.failed_stage = stage
         self.stopping.set()
         for pump in list(self.pumps):
             pump.stop()

@@ -18,6 +18,7 @@ from typing import Any
 import pykka
 
 from supervisors import SupervisedActor
+from zixir_actors.observability import start_span
 from zixir_actors.stream._ops import Op, OpFailed, flush_chain, run_chain
 from zixir_actors.stream._runtime import (
     PULL,
@@ -102,9 +103,23 @@ class Stage(SupervisedActor):
         self.finished = False
         self.metrics: _Metrics | None = None
         self._blocked_since: float | None = None
+        self.items_in = 0
+        self.items_out = 0
+        self.span: Any = None
 
     def on_start(self) -> None:
         self.metrics = _stage_metrics(self.name)
+        with contextlib.suppress(Exception):  # tracing never stops a pipeline
+            self.span = start_span("zixir.stream.stage", parent=self.control.span,
+                                   stage=self.name, run=self.control.name)
+
+    def on_stop(self) -> None:
+        span = self.span
+        if span is not None:
+            span.set_attributes(items_in=self.items_in, items_out=self.items_out)
+            failed = self.control.failed_stage
+            mine = failed is not None and (failed == self.name or failed in self.name.split("+"))
+            span.end(error=self.control.failure if mine else None)
 
     def on_receive(self, message: Any) -> Any:
         if self.control.stopping.is_set():
@@ -165,6 +180,7 @@ class Stage(SupervisedActor):
             items = out[:n]
             del out[:n]
         self.demand -= n
+        self.items_out += n
         if m is not None:
             m.items_out.inc(n)
             if self._blocked_since is not None:
@@ -181,6 +197,7 @@ class Stage(SupervisedActor):
             self.downstream.tell(Complete(self.port))
 
     def received(self, n: int) -> None:
+        self.items_in += n
         m = self.metrics
         if m is not None:
             m.items_in.inc(n)
@@ -214,6 +231,7 @@ class Segment(Stage):
     def on_stop(self) -> None:
         if self.source is not None:
             self.source.stop()
+        super().on_stop()
 
     def cancel(self) -> None:
         super().cancel()
