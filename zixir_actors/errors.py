@@ -31,16 +31,19 @@ __all__ = [
     "CacheNotFoundError",
     "ChildNotFoundError",
     "ChildStartError",
+    "ClusterConnectionError",
     "ConfigError",
     "CorruptBlobError",
+    "CycleError",
     "DataDirError",
     "DataDirLockedError",
-    "CycleError",
     "DeadLetterNotFoundError",
     "DuplicateKeyError",
     "DuplicateStepError",
     "EmptyStreamError",
     "EntryTooLargeError",
+    "ExecutorError",
+    "ExecutorUnavailableError",
     "InvalidKeyError",
     "InvalidQueryError",
     "InvalidRecordError",
@@ -54,12 +57,17 @@ __all__ = [
     "NotStartedError",
     "ObservabilityError",
     "RecordNotFoundError",
+    "RemoteCancelledError",
+    "RemoteError",
+    "RemoteLostError",
+    "RemoteMemoryError",
+    "RemoteTimeoutError",
     "RestartIntensityError",
-    "RuntimeConflictError",
     "RunActiveError",
     "RunFailedError",
     "RunInterruptedError",
     "RunNotFoundError",
+    "RuntimeConflictError",
     "SandboxClosedError",
     "SandboxError",
     "ShutdownTimeoutError",
@@ -685,3 +693,175 @@ class EmptyStreamError(StreamError, LookupError):
 
 class StreamTimeoutError(StreamError, ZixirTimeoutError):
     """A stream terminal (`to_list`, iteration, `await_`...) did not finish within `timeout`."""
+
+
+# --- executor ---------------------------------------------------------------
+
+
+class ExecutorError(ZixirError):
+    """Base class of executor errors (where steps, stream calls and sandboxed calls run)."""
+
+
+class ExecutorUnavailableError(ExecutorError, ImportError):
+    """An executor was asked for whose optional dependency is not installed.
+
+    Example:
+        >>> str(ExecutorUnavailableError("ray", "ray"))
+        "the 'ray' executor needs its optional extra: pip install 'zixir-actors[ray]' (ray is not importable)"
+
+    Attributes:
+        executor: the executor asked for (``"ray"``).
+        extra: the extra of the `zixir-actors` package that installs it.
+        reason: why it cannot be used.
+    """
+
+    def __init__(self, executor: str, extra: str, reason: str | None = None) -> None:
+        self.executor = executor
+        self.extra = extra
+        self.reason = reason or f"{executor} is not importable"
+        super().__init__(f"the {executor!r} executor needs its optional extra: "
+                         f"pip install 'zixir-actors[{extra}]' ({self.reason})")
+
+    def __reduce__(self) -> Any:
+        return (type(self), (self.executor, self.extra, self.reason))
+
+
+class ClusterConnectionError(ExecutorError, ConnectionError):
+    """The cluster cannot be reached, or the connection to it was lost.
+
+    Work already committed (workflow checkpoints) is safe: once the cluster is
+    back, `Workflow.resume(run_id)` continues the run.
+
+    Attributes:
+        address: the cluster address (None: a local cluster).
+        reason: what went wrong.
+    """
+
+    def __init__(self, address: str | None, reason: str) -> None:
+        self.address = address
+        self.reason = reason
+        where = f"at {address!r}" if address else "(local)"
+        super().__init__(f"cannot use the Ray cluster {where}: {reason}")
+
+    def __reduce__(self) -> Any:
+        return (type(self), (self.address, self.reason))
+
+
+class RemoteLostError(ExecutorError):
+    """The worker process, actor or node that ran a remote call died before answering.
+
+    A step failure like any other: the step's `RetryPolicy` decides whether it
+    runs again (the default ``retry_on=(Exception,)`` retries it).
+
+    Attributes:
+        task: the call's label (step or function name).
+        executor: the executor's name.
+        reason: ``"worker"``, ``"node"``, ``"actor"`` or ``"object"`` (its result was lost).
+        detail: the engine's own message.
+    """
+
+    def __init__(self, task: str, executor: str, reason: str, detail: str = "") -> None:
+        self.task = task
+        self.executor = executor
+        self.reason = reason
+        self.detail = detail
+        text = f"remote call {task!r} on {executor} lost its {reason}"
+        super().__init__(f"{text}: {detail}" if detail else text)
+
+    def __reduce__(self) -> Any:
+        return (type(self), (self.task, self.executor, self.reason, self.detail))
+
+
+class RemoteTimeoutError(ExecutorError, ZixirTimeoutError):
+    """A remote call ran past its `timeout` and was cancelled (a Ray task is killed).
+
+    Attributes:
+        task: the call's label.
+        executor: the executor's name.
+        timeout: the limit in seconds.
+        kind: always ``"timeout"`` (as a `SandboxError` says it).
+    """
+
+    kind = "timeout"
+
+    def __init__(self, task: str, executor: str, timeout: float | None) -> None:
+        self.task = task
+        self.executor = executor
+        self.what = f"remote call {task!r} on {executor}"
+        self.timeout = timeout
+        Exception.__init__(self, f"remote call {task!r} on {executor} did not finish within "
+                                 f"{timeout}s and was cancelled")
+
+    def __reduce__(self) -> Any:
+        return (type(self), (self.task, self.executor, self.timeout))
+
+
+class RemoteMemoryError(ExecutorError, MemoryError):
+    """A remote call went over its memory limit, or the engine killed it for memory.
+
+    Attributes:
+        task: the call's label.
+        executor: the executor's name.
+        limit: the limit in bytes (None: the node ran out of memory).
+        measured: resident bytes measured when the limit was broken, if known.
+        kind: always ``"memory"``.
+    """
+
+    kind = "memory"
+
+    def __init__(self, task: str, executor: str, limit: int | None,
+                 measured: int | None = None, detail: str = "") -> None:
+        self.task = task
+        self.executor = executor
+        self.limit = limit
+        self.measured = measured
+        self.detail = detail
+        if limit is not None:
+            used = f"used {measured} bytes of " if measured is not None else "went over "
+            text = f"remote call {task!r} on {executor} {used}its {limit} byte limit"
+        else:
+            text = f"remote call {task!r} on {executor} was killed: its node ran out of memory"
+        super().__init__(f"{text}; {detail}" if detail else text)
+
+    def __reduce__(self) -> Any:
+        return (type(self), (self.task, self.executor, self.limit, self.measured, self.detail))
+
+
+class RemoteCancelledError(ExecutorError):
+    """`TaskFuture.get()` of a call that was cancelled with `cancel()`.
+
+    Attributes:
+        task: the call's label.
+    """
+
+    def __init__(self, task: str) -> None:
+        self.task = task
+        super().__init__(f"remote call {task!r} was cancelled")
+
+    def __reduce__(self) -> Any:
+        return (type(self), (self.task,))
+
+
+class RemoteError(ExecutorError):
+    """A remote call raised an exception that could not be carried back as itself.
+
+    (An exception that can be pickled is re-raised as itself, with a
+    `remote_traceback` attribute.)
+
+    Attributes:
+        task: the call's label.
+        remote_type: the qualified type name of the remote exception.
+        message: its message.
+        remote_traceback: its formatted traceback, from the worker.
+    """
+
+    def __init__(self, task: str, remote_type: str, message: str,
+                 remote_traceback: str = "") -> None:
+        self.task = task
+        self.remote_type = remote_type
+        self.message = message
+        self.remote_traceback = remote_traceback
+        super().__init__(f"remote call {task!r} raised {remote_type}: {message}")
+
+    def __reduce__(self) -> Any:
+        return (type(self), (self.task, self.remote_type, self.message, self.remote_traceback))
