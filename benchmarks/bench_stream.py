@@ -17,7 +17,7 @@ import tracemalloc
 from collections.abc import Callable, Iterator
 from typing import Any
 
-from benchmarks._harness import Figure, main
+from benchmarks._harness import Figure, main, measure
 from zixir_actors.stream import Stream
 
 N_FULL = 200_000
@@ -170,6 +170,13 @@ def run(quick: bool = False) -> list[Figure]:
         Figure("stream", "fraction of plain composition (fused)", fused, lim, "items/s",
                baseline_name="plain composition", better="higher", target=None),
     ]
+    runs = 50 if quick else 200
+    start_peer = measure(lambda: peer(3), runs, warmup=5)
+    start_ours = measure(lambda: ours(3), runs, warmup=5)
+    figures.append(Figure(
+        "stream", "run a 3-item pipeline (start, drain, stop)", start_ours * 1e3,
+        start_peer * 1e3, "ms", baseline_name="start+join 3 threads + queues", better="lower",
+        target=None, note="a run is a supervisor plus one actor per fused stage"))
     small = 5_000 if quick else 20_000
     peaks = {k: _stream_peak(k * small) for k in (1, 10, 100)}
     sizes = sorted(peaks)
