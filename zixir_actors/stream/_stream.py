@@ -95,13 +95,23 @@ class Stream(Generic[T]):
 
     Nothing runs until a terminal (`to_list`, `reduce`, `for_each`, `first`,
     iteration, `async for`, `run_async`). Each run starts the stages as
-    Pykka actors under one `rest_for_one` supervisor: consecutive operators
+    Pykka actors under one `rest_for_one` supervisor (a temporary child of
+    the runtime's `zixir.streams` when it runs, top-level otherwise, so
+    streams work without `zixir_actors.start()`): consecutive operators
     are fused into one actor, and `async_boundary()`, `buffer(n)`,
     `map(concurrency=N)`, `merge`, `zip` and `chain` start new ones. Stages
     pass chunks of items and ask upstream for more only while below their
     bound, so memory stays flat whatever the speed of the source (see
     `bound()`). A `Stream` is immutable: every operator returns a new one,
     and a stream over a re-iterable source can run many times.
+
+    Failure: an exception in a stage fails the run with that exception
+    (same type; its `stage` attribute and a note name the stage), stops
+    every stage and stops pulling the source. Stages are `temporary`
+    children: a stage is never restarted, because a fresh stage would have
+    lost the items it held; `on_error="skip"|"retry"` handles bad items.
+    Closing early (`break`, `take`, `first`, an exception in the consumer)
+    stops the source and every stage.
     """
 
     __slots__ = ("_ops", "_source")
