@@ -313,3 +313,11 @@ def test_unknown_message_to_store_is_a_type_error(tmp_path: Path) -> None:
     finally:
         if ref.is_alive():
             ref.stop()
+
+
+def test_a_full_map_grows_instead_of_failing(tmp_path: Path) -> None:
+    with open_store(tmp_path, map_size=256 * 1024, durable=False) as small:
+        for i in range(40):
+            small.save_step(step("big", f"s{i}", b"x" * 50_000))
+        assert len(small.steps("big")) == 40
+        assert small.get_step("big", "s39").output == b"x" * 50_000  # type: ignore[union-attr]

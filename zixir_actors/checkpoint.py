@@ -346,17 +346,19 @@ class CheckpointStore(SupervisedActor):
         durable: fsync after each group commit (default True), so a checkpoint
             survives a power cut; without it a commit survives the process
             being killed but not the machine losing power.
+        map_size: initial LMDB map size in bytes if this store opens the
+            environment first (it doubles whenever a write finds it full).
 
     Raises:
         StoreError: the directory cannot be created or opened (at start).
     """
 
     def __init__(self, data_dir: str | os.PathLike[str] | None = None, *,
-                 durable: bool = True) -> None:
+                 durable: bool = True, map_size: int = _lmdb.DEFAULT_MAP_SIZE) -> None:
         super().__init__()
         self.data_dir = str(resolve_data_dir(data_dir))
         self.durable = durable
-        self._env = _lmdb.open_env(self.data_dir)
+        self._env = _lmdb.open_env(self.data_dir, map_size=map_size)
         for name in (RUNS_DB, STEPS_DB, DEAD_DB):
             self._env.db(name)
         self._channel: _Channel | None = None
@@ -722,7 +724,7 @@ def connect(target: Any = STORE_NAME, *, clock: Clock = SYSTEM_CLOCK,
 
 @contextmanager
 def open_store(data_dir: str | os.PathLike[str] | None = None, *, durable: bool = True,
-               clock: Clock = SYSTEM_CLOCK,
+               map_size: int = _lmdb.DEFAULT_MAP_SIZE, clock: Clock = SYSTEM_CLOCK,
                timeout: float | None = DEFAULT_TIMEOUT) -> Iterator[CheckpointClient]:
     """An embedded store for scripts and tests: a private `CheckpointStore` actor.
 
@@ -732,7 +734,7 @@ def open_store(data_dir: str | os.PathLike[str] | None = None, *, durable: bool 
     Example:
         ``with open_store(tmp_path) as store: wf.run({...}, store=store)``
     """
-    actor = CheckpointStore.start(data_dir=data_dir, durable=durable)
+    actor = CheckpointStore.start(data_dir=data_dir, durable=durable, map_size=map_size)
     try:
         yield CheckpointClient(actor, clock=clock, timeout=timeout)
     finally:
