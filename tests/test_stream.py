@@ -503,6 +503,14 @@ def test_a_stage_error_keeps_its_type_and_names_the_stage() -> None:
         Stream.from_iterator(broken(), name="feed").to_list()
     assert key_err.value.stage == "feed"  # type: ignore[attr-defined]
 
+    def broken_iterable() -> Iterator[int]:
+        yield 1
+        raise KeyError("inline")
+
+    with pytest.raises(KeyError) as inline_err:
+        Stream.from_iterable(broken_iterable()).map(str).to_list()
+    assert inline_err.value.stage == "from_iterable"  # type: ignore[attr-defined]
+
     with pytest.raises(ValueError) as conc_err:
         Stream.from_iterable("ab1").map(int, concurrency=2, name="parse").to_list()
     assert conc_err.value.stage == "parse"  # type: ignore[attr-defined]

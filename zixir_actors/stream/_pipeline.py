@@ -91,16 +91,16 @@ class _Planner:
         self.nodes.append(node)
         return index
 
-    def source(self, stream: Stream[Any]) -> IterSource | Pump | None:
+    def source(self, stream: Stream[Any], prefix: str) -> IterSource | Pump | None:
         src = stream._source
         if src.kind == "iterable":
-            return IterSource(src.payload)
+            return IterSource(src.payload, prefix + src.name)
         if src.once is not None and self.consume:
             if src.once[0]:
                 raise StreamConsumedError(src.name)
             src.once[0] = True
         pump = Pump(src.kind, src.payload, bound=src.bound or DEFAULT_BUFFER, control=self.control,
-                    stage=src.name, sentinel=src.sentinel, loop=self.loop)
+                    stage=prefix + src.name, sentinel=src.sentinel, loop=self.loop)
         self.control.pumps.append(pump)
         return pump
 
@@ -114,7 +114,7 @@ class _Planner:
             prev = self.add(_Node(Junction, prefix + src.name,
                                    {"mode": src.mode, "bound": DEFAULT_BUFFER}), ups)
         else:
-            source = self.source(stream)
+            source = self.source(stream, prefix)
             names.append(prefix + src.name)
         ops: list[Any] = []
         bound = DEFAULT_BUFFER

@@ -68,8 +68,9 @@ def _stage_metrics(stage: str) -> _Metrics | None:
 class IterSource:
     """A non-blocking iterable pulled inline by its stage, a chunk at a time."""
 
-    def __init__(self, iterable: Any) -> None:
+    def __init__(self, iterable: Any, stage: str) -> None:
         self.iterable = iterable
+        self.stage = stage
         self.it: Any = None
 
     def start(self, ring: Callable[[], None]) -> None:
@@ -274,7 +275,11 @@ class Segment(Stage):
             if source is None or self.up_done or want <= 0 or self.control.stopping.is_set():
                 break
             n = min(chunk, want)
-            items, exhausted = source.take(n)
+            try:
+                items, exhausted = source.take(n)
+            except Exception as exc:
+                self.fail(exc, source.stage)
+                return
             if items:
                 self.received(len(items))
                 self.out.extend(run_chain(ops, items))
