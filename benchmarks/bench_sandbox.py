@@ -45,7 +45,9 @@ def cross_memory_limit(limit: int, stamp: str) -> int:
             rss = int(statm.read().split()[1]) * page
             if rss > limit and not crossed:
                 crossed = True
-                Path(stamp).write_text(repr(time.monotonic()))
+                now = time.monotonic()
+                Path(stamp + ".tmp").write_text(repr(now))
+                os.replace(stamp + ".tmp", stamp)  # atomic: the kill may land mid-write
             if len(chunks) * MB > 16 * limit:
                 return len(chunks)
 
