@@ -253,6 +253,27 @@ def test_runs_under_the_runtime_streams_supervisor_when_it_runs() -> None:
         assert streams.count_children().active == 0
         assert Stream.range(5).map(lambda x: -x, concurrency=2).to_list() == [0, -1, -2, -3, -4]
         assert async_(sum, [1, 2]).get(timeout=WAIT) == 3
+        entered, release = threading.Event(), threading.Event()
+        stream = Stream.from_iterable(itertools.count()).map(
+            lambda x: entered.set() or release.wait(WAIT))  # endless: only a stop ends it
+        outcome: list[Any] = []
+
+        def consume() -> None:
+            try:
+                stream.to_list(timeout=WAIT)
+            except Exception as exc:
+                outcome.append(exc)
+
+        thread = threading.Thread(target=consume)
+        thread.start()
+        assert entered.wait(WAIT)
+        stopping = threading.Thread(target=streams.stop)  # the runtime shuts down mid-run
+        stopping.start()
+        release.set()
+        stopping.join(WAIT)
+        thread.join(WAIT)
+        assert isinstance(outcome[0], StageCrashedError), outcome
+        assert outcome[0].reason == "shutdown"
     finally:
         streams.stop()
 

@@ -24,7 +24,12 @@ import pykka
 
 from supervisors import ChildSpec, Down, Supervisor, SupervisorRef, monitor, whereis
 from zixir_actors._clock import SYSTEM_CLOCK, Clock
-from zixir_actors.errors import StageCrashedError, StreamConsumedError, StreamTimeoutError
+from zixir_actors.errors import (
+    StageCrashedError,
+    StreamConsumedError,
+    StreamTimeoutError,
+    SupervisorError,
+)
 from zixir_actors.observability import metrics, start_span
 from zixir_actors.stream._boundaries import BufferStage, ConcurrentMap, Junction, Worker
 from zixir_actors.stream._runtime import (
@@ -247,7 +252,9 @@ class Run:
         control = self.control
 
         def on_down(down: Down) -> None:
-            if down.abnormal and not control.stopping.is_set():
+            # Stages never stop by themselves: any exit before the run closes
+            # (a crash, a kill, the runtime shutting down) fails the run.
+            if not control.stopping.is_set():
                 control.fail(StageCrashedError(name, down.reason), name)
 
         return on_down
@@ -293,7 +300,12 @@ class Run:
         self.control.stopping.set()
         try:
             if self._dynamic is not None and self._sup_ref is not None:
-                self._dynamic.terminate_child(self._sup_ref, timeout=timeout)
+                try:
+                    self._dynamic.terminate_child(self._sup_ref, timeout=timeout)
+                except (pykka.ActorDeadError, SupervisorError):
+                    # Already gone if the runtime stopped meanwhile: nothing left to stop.
+                    if self._dynamic.is_alive() and self._sup_ref.is_alive():
+                        raise
             elif self.supervisor is not None:
                 self.supervisor.stop(timeout=timeout)
         finally:
