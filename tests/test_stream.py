@@ -670,6 +670,19 @@ def test_futures_work_with_get_and_await() -> None:
     with pytest.raises(ConfigError):
         await_(42)
 
+    entered, never = threading.Event(), threading.Event()
+    streams = DynamicSupervisor.start_link(name=STREAMS_NAME)
+    try:
+        stuck = async_(lambda: entered.set() or never.wait(WAIT))
+        assert entered.wait(WAIT)
+        kill(streams.which_children()[0].ref)  # the call's actor dies before it returns
+        with pytest.raises(StageCrashedError) as err:
+            stuck.get(timeout=WAIT)
+        assert err.value.reason == "killed" and err.value.stage == "async_(<lambda>)"
+    finally:
+        never.set()
+        streams.stop()
+
 
 # -- observability ----------------------------------------------------------------------
 

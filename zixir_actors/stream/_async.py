@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import asyncio
 import concurrent.futures
+import contextlib
 import itertools
 import time
 from collections.abc import Callable, Generator, Iterable, Sequence
@@ -11,8 +12,8 @@ from typing import Any, Generic, TypeVar
 
 import pykka
 
-from supervisors import ChildSpec, SupervisedActor, SupervisorRef, whereis
-from zixir_actors.errors import ConfigError, StreamTimeoutError
+from supervisors import ChildSpec, Down, SupervisedActor, SupervisorRef, monitor, whereis
+from zixir_actors.errors import ConfigError, StageCrashedError, StreamTimeoutError
 from zixir_actors.stream._pipeline import STREAMS_NAME
 from zixir_actors.stream._stream import Stream
 
@@ -123,6 +124,15 @@ def async_(fn: Callable[..., T], *args: Any, **kwargs: Any) -> Future[T]:
             ref = None
     if ref is None:
         ref = _Task.start(**kw)
+    name = f"async_({getattr(fn, '__name__', type(fn).__name__)})"
+
+    def on_down(down: Down) -> None:
+        # Stopped before the call returned (killed, the runtime shutting down).
+        if not future.done():
+            with contextlib.suppress(concurrent.futures.InvalidStateError):
+                future.set_exception(StageCrashedError(name, down.reason))
+
+    monitor(ref, watcher=on_down)
     ref.tell("run")
     return Future(future)
 
