@@ -545,6 +545,8 @@ def test_breaches_are_counted_logged_and_recorded_on_the_span(sandbox: Sandbox) 
     ok_before = count("zixir_sandbox_calls_total", outcome="ok")
     kills_before = count("zixir_sandbox_kills_total", reason="timeout")
     restarts_before = count("zixir_sandbox_worker_restarts_total", pool="test")
+    actor_restarts_before = count("zixir_actor_restarts_total", supervisor="test",
+                                  child="sandbox-worker")
     with capture_logs() as logs, capture_spans() as spans, span("agent.tool"):
         assert sandbox.run(double, 1) == Ok(2)
         assert sandbox.call(spin, limits=Limits(timeout=0.2)).is_err
@@ -552,6 +554,8 @@ def test_breaches_are_counted_logged_and_recorded_on_the_span(sandbox: Sandbox) 
     assert count("zixir_sandbox_calls_total", outcome="ok") == ok_before + 1
     assert count("zixir_sandbox_kills_total", reason="timeout") == kills_before + 1
     assert count("zixir_sandbox_worker_restarts_total", pool="test") == restarts_before + 1
+    assert count("zixir_actor_restarts_total", supervisor="test",
+                 child="sandbox-worker") == actor_restarts_before + 1
     assert (metrics.sample("zixir_sandbox_call_duration_seconds_count") or 0) >= 2
     (killed,) = logs.find("sandbox worker killed")
     assert killed["reason"] == "timeout" and killed["limit"] == 0.2

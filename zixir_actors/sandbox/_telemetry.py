@@ -5,7 +5,9 @@ Metrics (all `zixir_sandbox_*`):
 - `zixir_sandbox_calls_total{outcome}`: calls by outcome (``ok`` or the error kind).
 - `zixir_sandbox_kills_total{reason}`: workers killed for breaking a limit or dying.
 - `zixir_sandbox_call_duration_seconds`: wall time of each call.
-- `zixir_sandbox_worker_restarts_total{pool}`: workers replaced after a kill or death.
+- `zixir_sandbox_worker_restarts_total{pool}`: workers replaced after a kill or death;
+  each also counts in the runtime's ``zixir_actor_restarts_total{supervisor=<pool>,
+  child="sandbox-worker"}``, like any supervised restart.
 - `zixir_sandbox_cpu_percent{pool}`: last CPU sample of a monitored call, percent of one core.
 - `zixir_sandbox_peak_memory_bytes`: peak resident memory of each call.
 """
@@ -15,7 +17,10 @@ from __future__ import annotations
 import threading
 from typing import Any
 
-__all__ = ["Telemetry", "telemetry"]
+__all__ = ["WORKER_CHILD", "Telemetry", "telemetry"]
+
+WORKER_CHILD = "sandbox-worker"
+"""The `child` label of worker replacements in ``zixir_actor_restarts_total``."""
 
 _MEMORY_BUCKETS = tuple(float(2**n) for n in range(20, 37, 2))  # 1 MiB .. 64 GiB
 
@@ -52,6 +57,13 @@ class Telemetry:
                 self._cpu_metric = m.gauge("zixir_sandbox_cpu_percent",
                                            "Last CPU sample of a monitored sandboxed call "
                                            "(percent of one core).", labels=("pool",))
+                try:
+                    # A replaced worker counts like any supervised restart.
+                    self._actor_restarts: Any = m.counter(
+                        "zixir_actor_restarts_total", "Children restarted by a supervisor.",
+                        labels=("supervisor", "child"))
+                except Exception:  # registered differently by the runtime: keep ours only
+                    self._actor_restarts = None
                 self._duration = m.histogram("zixir_sandbox_call_duration_seconds",
                                              "Wall time of sandboxed calls.")
                 self._peak = m.histogram("zixir_sandbox_peak_memory_bytes",
@@ -113,6 +125,8 @@ class Telemetry:
         if obs is None:
             return
         self._child(self._restarts, self._restarts_metric, pool).inc()
+        if self._actor_restarts is not None:
+            self._actor_restarts.labels(pool, WORKER_CHILD).inc()
         obs.logger.bind(pool=pool, reason=reason, restarts=count).info(
             "sandbox worker replaced after {}", reason)
 
