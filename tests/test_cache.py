@@ -8,11 +8,14 @@ import subprocess
 import sys
 import threading
 import time
+from collections import OrderedDict
 from collections.abc import Iterator
 from pathlib import Path
 from typing import Any
 
 import pytest
+from hypothesis import HealthCheck, given, settings
+from hypothesis import strategies as st
 
 from supervisors import DynamicSupervisor, Supervisor, kill, monitor, whereis
 from supervisors.supervisor import SupervisorRef
@@ -246,6 +249,65 @@ def test_lru_evicts_least_recently_used_by_max_entries(caches: SupervisorRef) ->
     assert c.stats().evictions == 2
     c.put("d", "D2")                  # overwriting evicts nothing
     assert c.stats().evictions == 2 and c.stats().size == 3
+
+
+OPS = st.lists(st.tuples(st.sampled_from(["put", "get", "delete"]), st.integers(0, 9),
+                         st.integers()), max_size=60)
+
+
+@settings(max_examples=60, deadline=None,
+          suppress_health_check=[HealthCheck.function_scoped_fixture])
+@given(ops=OPS)
+def test_lru_cache_behaves_like_an_ordered_dict_model(caches: SupervisorRef,
+                                                      ops: list[tuple[str, int, int]]) -> None:
+    c = Cache.start("lru-model", max_entries=4)
+    c.clear()
+    model: OrderedDict[int, int] = OrderedDict()
+    for op, key, value in ops:
+        if op == "put":
+            c.put(key, value)
+            model[key] = value
+            model.move_to_end(key)
+            while len(model) > 4:
+                model.popitem(last=False)
+        elif op == "get":
+            assert c.get(key) == model.get(key)
+            if key in model:
+                model.move_to_end(key)
+        else:
+            assert c.delete(key) == (model.pop(key, None) is not None)
+        assert sorted(c.keys()) == sorted(model)
+
+
+TTL_OPS = st.lists(st.tuples(st.sampled_from(["put", "get", "advance", "purge"]),
+                             st.integers(0, 5), st.integers(1, 4)), max_size=60)
+
+
+@settings(max_examples=60, deadline=None,
+          suppress_health_check=[HealthCheck.function_scoped_fixture])
+@given(ops=TTL_OPS)
+def test_ttl_cache_never_serves_an_expired_entry(caches: SupervisorRef,
+                                                 ops: list[tuple[str, int, int]]) -> None:
+    clock = FakeClock()
+    c = Cache.start(f"ttl-model-{id(clock)}", clock=clock)
+    model: dict[int, tuple[int, float]] = {}
+    try:
+        for step, (op, key, n) in enumerate(ops):
+            now = clock.time()
+            if op == "put":
+                c.put(key, step, ttl=n)
+                model[key] = (step, now + n)
+            elif op == "get":
+                live = key in model and model[key][1] > now
+                assert c.get(key) == (model[key][0] if live else None)
+            elif op == "advance":
+                clock.advance(n / 2)
+            else:
+                c.purge()
+            assert sorted(c.keys()) == sorted(k for k, (_, exp) in model.items()
+                                              if exp > clock.time())
+    finally:
+        c.stop()
 
 
 def test_lru_evicts_by_max_bytes(caches: SupervisorRef) -> None:
