@@ -21,6 +21,7 @@ import subprocess
 import sys
 import threading
 import time
+import weakref
 from collections.abc import Callable
 from concurrent.futures import ThreadPoolExecutor
 from dataclasses import dataclass
@@ -333,6 +334,9 @@ class WorkerPool:
         self._interval = sample_interval
         self._clock = clock
         self._zygote = _Zygote(name, spares)
+        # A pool dropped without close(): ending the helper ends every worker
+        # it forked (it kills them when its control socket closes).
+        weakref.finalize(self, self._zygote.stop, timeout=1.0)
         self._lock = threading.Lock()
         self._cond = threading.Condition(self._lock)
         self._idle: list[_Worker] = []
