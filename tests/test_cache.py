@@ -349,6 +349,33 @@ def test_persistent_cache_survives_stop_and_start(caches: SupervisorRef, tmp_pat
     assert c.stats().size == 0
 
 
+KEYS = st.one_of(st.text(max_size=200), st.integers(), st.booleans(), st.binary(max_size=20),
+                 st.tuples(st.text(max_size=5), st.integers()),
+                 st.frozensets(st.integers(), max_size=4))
+VALUES = st.recursive(st.none() | st.integers() | st.floats(allow_nan=False) | st.text(),
+                      lambda inner: st.lists(inner, max_size=3)
+                      | st.dictionaries(st.text(max_size=5), inner, max_size=3), max_leaves=8)
+
+
+@settings(max_examples=30, deadline=None,
+          suppress_health_check=[HealthCheck.function_scoped_fixture])
+@given(entries=st.dictionaries(KEYS, VALUES, max_size=12))
+def test_persisted_entries_round_trip_through_a_restart(caches: SupervisorRef, tmp_path: Path,
+                                                        entries: dict[Any, Any]) -> None:
+    c = Cache.start("round-trip", persist=True, data_dir=tmp_path)
+    c.clear()
+    for key, value in entries.items():
+        c.put(key, value)
+    c.stop()
+    c = Cache.start("round-trip", persist=True, data_dir=tmp_path)
+    try:
+        assert c.stats().size == len(entries)
+        for key, value in entries.items():
+            assert c.get(key, "missing") == value
+    finally:
+        c.stop()
+
+
 def test_new_process_sees_unexpired_entries_and_none_that_expired_while_down(
         caches: SupervisorRef, tmp_path: Path) -> None:
     c = Cache.start("cross", persist=True, data_dir=tmp_path)
