@@ -229,7 +229,12 @@ class Run:
             refs: list[Any] = [child.ref for child in self.supervisor.which_children()]
             self.monitors = [monitor(r, watcher=self._watcher(n.name))
                              for r, n in zip(refs, nodes, strict=True)]
-            for i, node in enumerate(nodes):
+            # Workers first: a coordinator may hand out work as soon as it is wired.
+            # The rest upstream first: a stage asks for items only once wired,
+            # and its upstream is wired by then.
+            order = sorted(range(len(nodes)), key=lambda i: nodes[i].cls is not Worker)
+            for i in order:
+                node = nodes[i]
                 down = self.sink if node.down is None else refs[node.down]
                 refs[i].tell(Wire(tuple(refs[u] for u in node.ups), down, node.port,
                                   tuple(refs[w] for w in node.workers)))
