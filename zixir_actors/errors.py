@@ -59,6 +59,7 @@ __all__ = [
     "RecordNotFoundError",
     "RemoteCancelledError",
     "RemoteError",
+    "RemoteLimitError",
     "RemoteLostError",
     "RemoteMemoryError",
     "RemoteTimeoutError",
@@ -794,6 +795,32 @@ class RemoteTimeoutError(ExecutorError, ZixirTimeoutError):
 
     def __reduce__(self) -> Any:
         return (type(self), (self.task, self.executor, self.timeout))
+
+
+class RemoteLimitError(ExecutorError):
+    """A remote call broke one of its `Limits` where it ran and was stopped.
+
+    Attributes:
+        task: the call's label.
+        executor: the executor's name.
+        kind: ``"cpu"`` or ``"depth"`` (``"memory"``: see `RemoteMemoryError`).
+        limit: the limit (CPU seconds, frames).
+        measured: what was measured when it was broken, if known.
+    """
+
+    def __init__(self, task: str, executor: str, kind: str, limit: float | None,
+                 measured: float | None = None) -> None:
+        self.task = task
+        self.executor = executor
+        self.kind = kind
+        self.limit = limit
+        self.measured = measured
+        seen = f" (measured {measured})" if measured is not None else ""
+        super().__init__(f"remote call {task!r} on {executor} broke its {kind} limit "
+                         f"{limit}{seen}")
+
+    def __reduce__(self) -> Any:
+        return (type(self), (self.task, self.executor, self.kind, self.limit, self.measured))
 
 
 class RemoteMemoryError(ExecutorError, MemoryError):

@@ -1,0 +1,127 @@
+"""How the services use an executor: a workflow step, a sandboxed call, a stream stage's function."""
+
+from __future__ import annotations
+
+import functools
+from collections.abc import Callable, Mapping
+from typing import Any
+
+from zixir_actors.errors import (
+    ClusterConnectionError,
+    ExecutorUnavailableError,
+    RemoteCancelledError,
+    RemoteError,
+    RemoteLimitError,
+    RemoteLostError,
+    RemoteMemoryError,
+    RemoteTimeoutError,
+    SandboxError,
+    StepTimeoutError,
+)
+from zixir_actors.executor._api import Executor, Resources
+from zixir_actors.result import Err, Ok, Result
+
+__all__ = ["call_step", "remote_callable", "run_sandboxed", "sandbox_error"]
+
+
+def call_step(executor: Executor, fn: Callable[..., Any], call: Mapping[str, Any], *,
+              step: str, timeout: float | None = None, limits: Any = None,
+              resources: Resources | None = None) -> Any:
+    """Run one attempt of a workflow step on `executor` and return its output.
+
+    Failures raise, exactly as a local attempt does, for the step's
+    `RetryPolicy`: the step's own exception as itself; `StepTimeoutError`
+    after `timeout` (the remote task is cancelled); `RemoteLostError` when its
+    worker or node died; with `limits`, the `SandboxError` of a sandboxed step
+    (``kind="memory"``...).
+    """
+    if limits is not None:
+        if timeout is not None and getattr(limits, "timeout", None) is None:
+            import dataclasses
+
+            limits = dataclasses.replace(limits, timeout=timeout)
+        outcome = run_sandboxed(executor, fn, (), call, limits, resources=resources, label=step)
+        if isinstance(outcome, Ok):
+            return outcome.value
+        raise outcome.error
+    future = executor.submit(fn, kwargs=call, timeout=timeout, resources=resources, label=step)
+    try:
+        return future.get()
+    except RemoteTimeoutError:
+        raise StepTimeoutError(step, timeout) from None  # type: ignore[arg-type]
+
+
+def sandbox_error(error: BaseException) -> SandboxError:
+    """A remote call's failure as the `SandboxError` a sandboxed call returns."""
+    if isinstance(error, RemoteMemoryError):
+        return SandboxError("memory", str(error), limit=error.limit, measured=error.measured)
+    if isinstance(error, RemoteTimeoutError):
+        return SandboxError("timeout", str(error), limit=error.timeout)
+    if isinstance(error, RemoteLimitError):
+        return SandboxError(error.kind, str(error), limit=error.limit, measured=error.measured)
+    if isinstance(error, (RemoteLostError, RemoteCancelledError)):
+        return SandboxError("crashed", str(error))
+    if isinstance(error, MemoryError):
+        return SandboxError("memory", f"the call raised MemoryError: {error}",
+                            remote_type="MemoryError", cause=error)
+    if isinstance(error, RecursionError):
+        return SandboxError("depth", str(error), remote_type="RecursionError", cause=error)
+    if isinstance(error, RemoteError):
+        return SandboxError("exception", error.message, remote_type=error.remote_type,
+                            remote_traceback=error.remote_traceback)
+    return SandboxError("exception", f"{type(error).__qualname__}: {error}",
+                        remote_type=type(error).__qualname__,
+                        remote_traceback=getattr(error, "remote_traceback", None), cause=error)
+
+
+def run_sandboxed(executor: Executor, fn: Callable[..., Any], args: tuple[Any, ...] = (),
+                  kwargs: Mapping[str, Any] | None = None, limits: Any = None, *,
+                  resources: Resources | None = None,
+                  label: str | None = None) -> Result[Any, SandboxError]:
+    """A sandboxed call on `executor`: `Ok(value)` or `Err(SandboxError)`, never raises for the call.
+
+    Example:
+        >>> from zixir_actors.executor import LocalExecutor
+        >>> run_sandboxed(LocalExecutor(), int, ("7",))
+        Ok(value=7)
+
+    The `Limits` go with the call: `timeout` cancels it, `memory` and
+    `cpu_time` are sampled in its worker and `max_depth` caps its recursion;
+    breaking one is ``Err(SandboxError(kind=...))`` as in a local sandbox.
+    (`max_cpu_percent` and `max_nesting` are for local sandboxes only.)
+
+    Raises:
+        ClusterConnectionError: the cluster is unreachable (not a result of the call).
+        ExecutorUnavailableError: the executor's library is missing.
+    """
+    try:
+        future = executor.submit(fn, *args, kwargs=kwargs, limits=limits, resources=resources,
+                                 label=label)
+        return Ok(future.get())
+    except (ClusterConnectionError, ExecutorUnavailableError):
+        raise
+    except Exception as exc:  # the call's failure is data
+        return Err(sandbox_error(exc))
+
+
+def remote_callable(fn: Callable[..., Any], executor: Executor, *,
+                    resources: Resources | None = None,
+                    timeout: float | None = None) -> Callable[..., Any]:
+    """`fn`, but each call runs on `executor` and the caller waits for it.
+
+    Example:
+        >>> from zixir_actors.executor import LocalExecutor
+        >>> remote_callable(str.upper, LocalExecutor())("ok")
+        'OK'
+
+    A stream stage with N workers calls this from each of them, so no more
+    than N calls are in flight at once: the stage's backpressure holds.
+    """
+    label = getattr(fn, "__qualname__", None) or getattr(fn, "__name__", "call")
+
+    @functools.wraps(fn)
+    def call(*args: Any, **kwargs: Any) -> Any:
+        return executor.submit(fn, *args, kwargs=kwargs, resources=resources, timeout=timeout,
+                               label=label).get()
+
+    return call

@@ -1,0 +1,415 @@
+"""`RayExecutor` and `RayActorPool`: calls as Ray tasks, or on warm Ray actors.
+
+Ray is imported only when one of these is created, so the rest of the
+package works without the ``ray`` extra.
+"""
+
+from __future__ import annotations
+
+import contextlib
+import os
+import socket
+import threading
+import time
+from collections.abc import Callable, Mapping
+from typing import Any, TypeVar
+
+from zixir_actors.errors import (
+    ClusterConnectionError,
+    ConfigError,
+    ExecutorUnavailableError,
+    RemoteCancelledError,
+    RemoteError,
+    RemoteLostError,
+    RemoteMemoryError,
+    RemoteTimeoutError,
+)
+from zixir_actors.executor._api import Resources, TaskFuture, TraceContext
+from zixir_actors.executor._core import Deadlines, check_submit, finish, label_of, settle_reply
+from zixir_actors.executor._remote import Guard, Reply, execute, guard_of, set_warm_state
+from zixir_actors.executor._telemetry import Call, Telemetry
+
+__all__ = ["DEFAULT_CONNECT_TIMEOUT", "RAY_EXTRA", "RayActorPool", "RayExecutor", "import_ray"]
+
+T = TypeVar("T")
+
+RAY_EXTRA = "ray"
+"""The extra of the `zixir-actors` package that installs Ray: ``pip install 'zixir-actors[ray]'``."""
+DEFAULT_CONNECT_TIMEOUT = 10.0
+"""Seconds to wait for a cluster's address to answer before `ClusterConnectionError`."""
+_RESOURCE_REFRESH = 5.0
+
+
+def import_ray() -> Any:
+    """The `ray` module.
+
+    Raises:
+        ExecutorUnavailableError: Ray is not installed (the error names the extra).
+    """
+    try:
+        import ray
+    except ImportError as exc:
+        raise ExecutorUnavailableError("ray", RAY_EXTRA, f"ray is not importable: {exc}") \
+            from None
+    return ray
+
+
+def _probe(address: str, timeout: float) -> None:
+    """Fail fast on an address nobody listens at (``ray.init`` would retry for minutes)."""
+    host, _, port = address.rpartition(":")
+    if not host or not port.isdigit():
+        raise ClusterConnectionError(address, "expected host:port, 'auto' or ray://host:port")
+    try:
+        socket.create_connection((host, int(port)), timeout=timeout).close()
+    except OSError as exc:
+        raise ClusterConnectionError(address, f"nothing answers there ({exc})") from None
+
+
+def _first_line(exc: BaseException) -> str:
+    text = str(exc).strip().splitlines()
+    return text[0][:300] if text else type(exc).__name__
+
+
+def _translate(ray: Any, exc: BaseException, label: str, address: str | None,
+               limit: int | None) -> tuple[str, BaseException]:
+    """Ray's failure of a call as our outcome and typed error."""
+    errors = ray.exceptions
+    if isinstance(exc, errors.OutOfMemoryError):
+        return "memory", RemoteMemoryError(label, "ray", limit, None, _first_line(exc))
+    if isinstance(exc, errors.TaskCancelledError):
+        return "cancelled", RemoteCancelledError(label)
+    if isinstance(exc, (errors.NodeDiedError, errors.LocalRayletDiedError)):
+        return "lost", RemoteLostError(label, "ray", "node", _first_line(exc))
+    if isinstance(exc, errors.WorkerCrashedError):
+        return "lost", RemoteLostError(label, "ray", "worker", _first_line(exc))
+    if isinstance(exc, (errors.RayActorError, errors.ActorUnavailableError)):
+        return "lost", RemoteLostError(label, "ray", "actor", _first_line(exc))
+    if isinstance(exc, (errors.ObjectLostError, errors.OwnerDiedError)):
+        return "lost", RemoteLostError(label, "ray", "object", _first_line(exc))
+    if isinstance(exc, errors.RayTaskError):  # raised outside our wrapper: the result's pickling
+        cause = getattr(exc, "cause", None)
+        kind = type(cause).__qualname__ if cause is not None else "RayTaskError"
+        return "error", RemoteError(label, kind, _first_line(cause or exc), str(exc))
+    if isinstance(exc, (errors.RaySystemError, errors.RpcError, ConnectionError)):
+        return "disconnected", ClusterConnectionError(address, _first_line(exc))
+    return "error", exc
+
+
+class _RayCalls:
+    """Telemetry, deadlines and result handling shared by tasks and actor pools."""
+
+    name = "ray"
+
+    def __init__(self, ray: Any, address: str | None) -> None:
+        self._ray = ray
+        self.address = address
+        self._telemetry = Telemetry(self.name)
+        self._deadlines = Deadlines(self.name)
+
+    def _connected(self) -> None:
+        if not self._ray.is_initialized():
+            raise ClusterConnectionError(self.address, "not connected: ray.shutdown() was "
+                                         "called or the connection to the cluster was lost")
+
+    def _watch(self, ref: Any, future: TaskFuture[Any], call: Call, limit: int | None,
+               timeout: float | None, kill: Callable[[], None]) -> None:
+        if timeout is not None:
+            entry = self._deadlines.add(timeout, lambda: self._expire(future, call, timeout,
+                                                                      kill))
+            future.add_done_callback(lambda _: self._deadlines.discard(entry))
+        ref.future().add_done_callback(lambda done: self._settled(future, call, done, limit))
+
+    def _settled(self, future: TaskFuture[Any], call: Call, done: Any,
+                 limit: int | None) -> None:
+        try:
+            reply: Reply = done.result()
+        except BaseException as exc:
+            outcome, error = _translate(self._ray, exc, call.label, self.address, limit)
+            finish(future, call, self._telemetry, outcome, error=error)
+            return
+        settle_reply(future, call, self._telemetry, reply, self.name)
+
+    def _expire(self, future: TaskFuture[Any], call: Call, timeout: float,
+                kill: Callable[[], None]) -> None:
+        if finish(future, call, self._telemetry, "timeout",
+                  error=RemoteTimeoutError(call.label, self.name, timeout)):
+            kill()
+
+    def _cancel(self, future: TaskFuture[Any], call: Call, kill: Callable[[], None]) -> bool:
+        if not finish(future, call, self._telemetry, "cancelled",
+                      error=RemoteCancelledError(call.label)):
+            return False
+        kill()
+        return True
+
+
+class RayExecutor(_RayCalls):
+    """Runs calls as Ray tasks on a cluster (or a local one started for this process).
+
+    Example:
+        ``executor = RayExecutor("10.0.0.5:6379")``, then
+        ``executor.submit(embed, batch, resources=Resources(num_gpus=1), timeout=60).get()``.
+
+    Each call is a Ray task with ``max_retries=0``: a failure comes back to
+    the caller, whose `RetryPolicy` decides (so attempts and dead letters are
+    counted as for local steps). A call past its `timeout` is cancelled with
+    ``ray.cancel(force=True)``, which kills its worker. `limits` are enforced
+    inside the worker (memory and CPU time sampled every `MONITOR_INTERVAL`;
+    the call is interrupted when over); a memory limit also reserves that much
+    of Ray's ``memory`` resource unless `resources` says otherwise. A worker or
+    node that dies is `RemoteLostError`; Ray's own out-of-memory killer is
+    `RemoteMemoryError`.
+
+    Args:
+        address: the cluster (``"host:port"``, ``"auto"``, ``"ray://host:port"``);
+            None: join the Ray instance this process already has, or start a
+            local one.
+        num_cpus: CPUs of a local cluster started here (default: all).
+        connect_timeout: seconds to wait for `address` to answer.
+        check_resources: refuse at once a call whose `resources` no node of
+            the cluster could ever offer (turn off with an autoscaler).
+        init_options: more keyword arguments for ``ray.init``.
+
+    Raises:
+        ExecutorUnavailableError: Ray is not installed (names the extra to install).
+        ClusterConnectionError: the cluster cannot be reached.
+    """
+
+    def __init__(self, address: str | None = None, *, num_cpus: int | None = None,
+                 connect_timeout: float = DEFAULT_CONNECT_TIMEOUT,
+                 check_resources: bool = True,
+                 init_options: Mapping[str, Any] | None = None) -> None:
+        ray = import_ray()
+        super().__init__(ray, address)
+        self.check_resources = check_resources
+        self._owns = False
+        self._lock = threading.Lock()
+        self._options: dict[tuple[Any, ...], Any] = {}
+        self._totals: dict[str, float] = {}
+        self._totals_at = -_RESOURCE_REFRESH
+        if not ray.is_initialized():
+            if address not in (None, "auto", "local") and not address.startswith("ray://"):
+                _probe(address, connect_timeout)
+            options: dict[str, Any] = {"include_dashboard": False, "log_to_driver": False,
+                                       "configure_logging": False}
+            options.update(init_options or {})
+            try:
+                ray.init(address=address, num_cpus=num_cpus, **options)
+            except (ConnectionError, RuntimeError, TimeoutError, ValueError) as exc:
+                raise ClusterConnectionError(address, _first_line(exc)) from exc
+            self._owns = True
+        self._remote = ray.remote(execute)
+
+    def __repr__(self) -> str:
+        return f"<RayExecutor {self.address or 'local'}>"
+
+    def __enter__(self) -> RayExecutor:
+        return self
+
+    def __exit__(self, *exc: object) -> None:
+        self.shutdown()
+
+    @property
+    def owns_cluster_connection(self) -> bool:
+        """True if this executor called ``ray.init`` (and `shutdown` disconnects)."""
+        return self._owns
+
+    def submit(self, fn: Callable[..., T], /, *args: Any,
+               kwargs: Mapping[str, Any] | None = None, resources: Resources | None = None,
+               timeout: float | None = None, limits: Any = None,
+               trace_context: TraceContext | None = None,
+               label: str | None = None) -> TaskFuture[T]:
+        """Start ``fn(*args, **kwargs)`` as a Ray task and return its `TaskFuture`.
+
+        Raises:
+            ConfigError: a bad argument, or resources no node can offer.
+            ClusterConnectionError: not connected to the cluster any more.
+        """
+        check_submit(fn, kwargs, resources, timeout, trace_context)
+        self._connected()
+        guard = guard_of(limits)
+        if timeout is None and limits is not None:
+            timeout = getattr(limits, "hard_timeout", None)
+        remote = self._task_options(resources, guard)
+        name = label_of(fn, label)
+        call = self._telemetry.begin(name, trace_context)
+        try:
+            ref = remote.remote(fn, args, dict(kwargs) if kwargs else None, call.trace, guard)
+        except Exception as exc:
+            error = ClusterConnectionError(self.address, f"cannot submit {name!r}: "
+                                           f"{_first_line(exc)}")
+            call.span.end(error=error)
+            raise error from exc
+        kill = self._killer(ref)
+        holder: list[TaskFuture[Any]] = []
+        future: TaskFuture[T] = TaskFuture(name, self.name,
+                                           canceller=lambda: self._cancel(holder[0], call, kill))
+        holder.append(future)
+        self._watch(ref, future, call, guard.memory if guard else None, timeout, kill)
+        return future
+
+    def _killer(self, ref: Any) -> Callable[[], None]:
+        def kill() -> None:
+            with contextlib.suppress(Exception):  # already finished, or the cluster is gone
+                self._ray.cancel(ref, force=True)
+        return kill
+
+    def _task_options(self, resources: Resources | None, guard: Guard | None) -> Any:
+        key = (resources, guard.memory if guard else None)
+        remote = self._options.get(key)
+        if remote is not None:
+            return remote
+        wanted = resources.ray_options() if resources is not None else {}
+        if guard is not None and guard.memory is not None and "memory" not in wanted:
+            wanted["memory"] = guard.memory
+        if self.check_resources:
+            self._check_feasible(wanted, resources)
+        remote = self._remote.options(max_retries=0, retry_exceptions=False, **wanted)
+        with self._lock:
+            self._options[key] = remote
+        return remote
+
+    def _check_feasible(self, wanted: dict[str, Any], resources: Resources | None) -> None:
+        asked = {"CPU": wanted.get("num_cpus", 0), "GPU": wanted.get("num_gpus", 0),
+                 "memory": wanted.get("memory", 0), **wanted.get("resources", {})}
+        for attempt in (1, 2):
+            now = time.monotonic()
+            if attempt == 2 or now - self._totals_at > _RESOURCE_REFRESH:
+                self._totals = {k: float(v) for k, v in self._ray.cluster_resources().items()}
+                self._totals_at = now
+            short = [k for k, v in asked.items() if v and v > self._totals.get(k, 0.0)]
+            if not short:
+                return
+        have = ", ".join(f"{k}={self._totals.get(k, 0.0):g}" for k in short)
+        raise ConfigError("resources", resources or wanted,
+                          f"no node of the cluster can ever offer it (the cluster has {have})")
+
+    def actor_pool(self, setup: Callable[[], Any], *, size: int = 1,
+                   resources: Resources | None = None) -> RayActorPool:
+        """`size` Ray actors each keeping what `setup()` built (see `RayActorPool`)."""
+        return RayActorPool(setup, size=size, resources=resources, executor=self)
+
+    def shutdown(self, *, timeout: float | None = None) -> None:
+        """Disconnect from the cluster if this executor connected (``ray.shutdown()``).
+
+        A connection that existed before (a session-wide ``ray.init``) stays.
+        Idempotent.
+        """
+        with self._lock:
+            owns, self._owns = self._owns, False
+        if owns and self._ray.is_initialized():
+            self._ray.shutdown()
+
+
+class _WarmActor:
+    """The Ray actor of a `RayActorPool`: builds its warm state once, then runs calls."""
+
+    def __init__(self, setup: Callable[[], Any]) -> None:
+        set_warm_state(setup(), process_wide=True)
+
+    def ready(self) -> int:
+        return os.getpid()
+
+    def call(self, fn: Callable[..., Any], args: tuple[Any, ...],
+             kwargs: Mapping[str, Any] | None, trace: TraceContext | None,
+             guard: Guard | None) -> Reply:
+        return execute(fn, args, kwargs, trace, guard)
+
+
+class RayActorPool(_RayCalls):
+    """`size` Ray actors, each holding warm state (a loaded model) built once by `setup()`.
+
+    Example:
+        ``pool = executor.actor_pool(lambda: load_model("small"), size=2,
+        resources=Resources(num_gpus=1))``; a call submitted to `pool` reads
+        ``warm_state()`` for the model. `pool` is an `Executor`: give it to a
+        `Step(executor=pool)` or a `Stream.map(..., executor=pool)`.
+
+    Calls go to the actor with the fewest calls in flight. An actor that dies
+    is restarted by Ray (its `setup` runs again) and the call that was on it
+    fails with `RemoteLostError`, for the caller's retry policy. A call past
+    its `timeout` (or cancelled) kills its actor, which restarts.
+
+    Args:
+        setup: builds an actor's state, once per actor (incarnation).
+        size: actors.
+        resources: what each actor reserves (its CPUs, GPUs, memory).
+        executor: the `RayExecutor` whose connection to use (default: connect
+            as `RayExecutor()` does).
+
+    Raises:
+        ConfigError: `setup` is not callable or `size` not a positive int.
+        ExecutorUnavailableError: Ray is not installed.
+    """
+
+    def __init__(self, setup: Callable[[], Any], *, size: int = 1,
+                 resources: Resources | None = None,
+                 executor: RayExecutor | None = None) -> None:
+        if not callable(setup):
+            raise ConfigError("setup", setup, "must be callable")
+        if isinstance(size, bool) or not isinstance(size, int) or size < 1:
+            raise ConfigError("size", size, "must be a positive int")
+        if resources is not None and not isinstance(resources, Resources):
+            raise ConfigError("resources", resources, "must be a Resources")
+        executor = executor if executor is not None else RayExecutor()
+        super().__init__(executor._ray, executor.address)
+        self._connected()
+        options = resources.ray_options() if resources is not None else {}
+        actor = self._ray.remote(_WarmActor).options(max_restarts=-1, max_task_retries=0,
+                                                     **options)
+        self._actors = [actor.remote(setup) for _ in range(size)]
+        self._busy = [0] * size
+        self._lock = threading.Lock()
+        self.size = size
+
+    def __enter__(self) -> RayActorPool:
+        return self
+
+    def __exit__(self, *exc: object) -> None:
+        self.shutdown()
+
+    def wait_ready(self, *, timeout: float | None = 60.0) -> list[int]:
+        """Wait until every actor has run its `setup`; their process ids."""
+        return list(self._ray.get([a.ready.remote() for a in self._actors], timeout=timeout))
+
+    def submit(self, fn: Callable[..., T], /, *args: Any,
+               kwargs: Mapping[str, Any] | None = None, resources: Resources | None = None,
+               timeout: float | None = None, limits: Any = None,
+               trace_context: TraceContext | None = None,
+               label: str | None = None) -> TaskFuture[T]:
+        """Run ``fn(*args, **kwargs)`` on the least busy actor (`resources` are the pool's)."""
+        check_submit(fn, kwargs, resources, timeout, trace_context)
+        self._connected()
+        guard = guard_of(limits)
+        if timeout is None and limits is not None:
+            timeout = getattr(limits, "hard_timeout", None)
+        name = label_of(fn, label)
+        with self._lock:
+            index = min(range(self.size), key=self._busy.__getitem__)
+            self._busy[index] += 1
+        actor = self._actors[index]
+        call = self._telemetry.begin(name, trace_context)
+        ref = actor.call.remote(fn, args, dict(kwargs) if kwargs else None, call.trace, guard)
+
+        def kill() -> None:
+            with contextlib.suppress(Exception):  # restarts it: max_restarts=-1
+                self._ray.kill(actor, no_restart=False)
+
+        holder: list[TaskFuture[Any]] = []
+        future: TaskFuture[T] = TaskFuture(name, self.name,
+                                           canceller=lambda: self._cancel(holder[0], call, kill))
+        holder.append(future)
+        future.add_done_callback(lambda _: self._release(index))
+        self._watch(ref, future, call, guard.memory if guard else None, timeout, kill)
+        return future
+
+    def _release(self, index: int) -> None:
+        with self._lock:
+            self._busy[index] -= 1
+
+    def shutdown(self, *, timeout: float | None = None) -> None:
+        """Kill the actors (no restart). Idempotent."""
+        actors, self._actors = self._actors, []
+        for actor in actors:
+            with contextlib.suppress(Exception):
+                self._ray.kill(actor, no_restart=True)

@@ -1,0 +1,262 @@
+"""What runs where the call runs: `execute` (limits, trace context, a `Reply`) and warm state.
+
+This module is imported inside Ray workers and local worker processes, so it
+imports nothing heavy and never imports Ray.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import contextvars
+import ctypes
+import inspect
+import os
+import pickle
+import socket
+import sys
+import threading
+import time
+import traceback
+from collections.abc import Callable, Mapping
+from dataclasses import dataclass
+from typing import Any
+
+from zixir_actors.errors import ExecutorError
+from zixir_actors.executor._api import TraceContext
+
+__all__ = [
+    "MONITOR_INTERVAL",
+    "STUCK_GRACE",
+    "Guard",
+    "Reply",
+    "current_trace_context",
+    "execute",
+    "guard_of",
+    "set_warm_state",
+    "warm_state",
+]
+
+MONITOR_INTERVAL = 0.02
+"""Seconds between two memory / CPU samples of a call that has limits."""
+STUCK_GRACE = 2.0
+"""Seconds a call that broke a limit gets to unwind before its worker process exits."""
+
+_TRACE: contextvars.ContextVar[TraceContext | None] = contextvars.ContextVar(
+    "zixir_remote_trace", default=None)
+_NOTHING = object()
+_PROCESS_WARM: list[Any] = [_NOTHING]
+_THREAD_WARM = threading.local()
+
+
+@dataclass(frozen=True, slots=True)
+class Guard:
+    """The limits enforced inside the worker (from a sandbox `Limits`)."""
+
+    memory: int | None = None
+    cpu_time: float | None = None
+    max_depth: int | None = None
+
+
+def guard_of(limits: Any) -> Guard | None:
+    """The part of a `Limits` that is enforced in the worker, or None."""
+    if limits is None:
+        return None
+    guard = Guard(getattr(limits, "memory_bytes", None), getattr(limits, "cpu_time", None),
+                  getattr(limits, "max_depth", None))
+    return guard if guard != Guard() else None
+
+
+@dataclass(frozen=True, slots=True)
+class Reply:
+    """How a call ended, sent back to the caller.
+
+    `kind` is ``""`` for a value, ``"exception"`` (the call raised; `error`
+    is the pickled exception or None), or the limit that was broken:
+    ``"memory"``, ``"cpu"`` or ``"depth"``.
+    """
+
+    ok: bool
+    value: Any = None
+    kind: str = ""
+    error: bytes | None = None
+    error_type: str = ""
+    message: str = ""
+    traceback: str = ""
+    limit: float | None = None
+    measured: float | None = None
+    duration: float = 0.0
+    pid: int = 0
+    node: str = ""
+
+
+class _LimitBroken(BaseException):
+    """Raised inside the call by the monitor (a BaseException: `except Exception` misses it)."""
+
+
+def current_trace_context() -> TraceContext:
+    """The trace the running call belongs to.
+
+    Example:
+        >>> current_trace_context().trace_id is None      # outside any span or call
+        True
+
+    Inside a remote call: the context its caller sent. Elsewhere: the ids of
+    the current span (both None outside any span).
+    """
+    sent = _TRACE.get()
+    return sent if sent is not None else TraceContext.current()
+
+
+def warm_state() -> Any:
+    """The state the `setup` of the current actor pool worker built (a loaded model...).
+
+    Example:
+        ``pool = executor.actor_pool(load_model, size=2)``; a step running on
+        `pool` calls ``model = warm_state()``.
+
+    Raises:
+        ExecutorError: not called inside a call of an actor pool.
+    """
+    state = getattr(_THREAD_WARM, "state", _NOTHING)
+    if state is _NOTHING:
+        state = _PROCESS_WARM[0]
+    if state is _NOTHING:
+        raise ExecutorError("warm_state() is only available inside a call of an actor pool")
+    return state
+
+
+def set_warm_state(state: Any, *, process_wide: bool) -> None:
+    """Install the warm state of this pool worker (its process, or its thread)."""
+    if process_wide:
+        _PROCESS_WARM[0] = state
+    else:
+        _THREAD_WARM.state = state
+
+
+class _Monitor:
+    """Samples the process's memory and CPU time during one call; breaks it when over."""
+
+    def __init__(self, guard: Guard, target: int) -> None:
+        import psutil
+
+        self.guard = guard
+        self.target = target
+        self.process = psutil.Process()
+        self.lock = threading.Lock()
+        self.stopped = threading.Event()
+        self.kind = ""
+        self.limit: float | None = None
+        self.measured: float | None = None
+        times = self.process.cpu_times()
+        self.cpu_start = times.user + times.system
+        self.thread = threading.Thread(target=self._watch, daemon=True, name="zixir-exec-guard")
+
+    def start(self) -> None:
+        self.thread.start()
+
+    def _watch(self) -> None:
+        guard = self.guard
+        while not self.stopped.wait(MONITOR_INTERVAL):
+            if guard.memory is not None:
+                rss = self.process.memory_info().rss
+                if rss > guard.memory:
+                    self._break("memory", guard.memory, rss)
+                    break
+            if guard.cpu_time is not None:
+                times = self.process.cpu_times()
+                used = times.user + times.system - self.cpu_start
+                if used > guard.cpu_time:
+                    self._break("cpu", guard.cpu_time, used)
+                    break
+        if self.kind and not self.stopped.wait(STUCK_GRACE):
+            os._exit(70)  # the call is stuck in C code and ignores the exception
+
+    def _break(self, kind: str, limit: float, measured: float) -> None:
+        with self.lock:
+            if self.stopped.is_set():
+                return
+            self.kind, self.limit, self.measured = kind, limit, measured
+            ctypes.pythonapi.PyThreadState_SetAsyncExc(ctypes.c_ulong(self.target),
+                                                       ctypes.py_object(_LimitBroken))
+
+    def stop(self) -> None:
+        with self.lock:
+            self.stopped.set()
+            if self.kind:  # clear an exception that was set but not raised yet
+                ctypes.pythonapi.PyThreadState_SetAsyncExc(ctypes.c_ulong(self.target), None)
+        self.thread.join()
+
+
+def _depth() -> int:
+    frame, depth = sys._getframe(), 0
+    while frame is not None:
+        frame, depth = frame.f_back, depth + 1  # type: ignore[assignment]
+    return depth
+
+
+async def _await(awaitable: Any) -> Any:
+    return await awaitable
+
+
+def _failure(exc: BaseException, duration: float, node: str) -> Reply:
+    try:
+        blob: bytes | None = pickle.dumps(exc)
+        pickle.loads(blob)
+    except Exception:  # carried back as type, message and traceback only
+        blob = None
+    text = "".join(traceback.format_exception(type(exc), exc, exc.__traceback__))
+    return Reply(False, kind="exception", error=blob, error_type=type(exc).__qualname__,
+                 message=str(exc), traceback=text, duration=duration, pid=os.getpid(),
+                 node=node)
+
+
+def execute(fn: Callable[..., Any], args: tuple[Any, ...], kwargs: Mapping[str, Any] | None,
+            trace: TraceContext | None, guard: Guard | None, node: str = "") -> Reply:
+    """Run ``fn(*args, **kwargs)`` here under `guard`, with `trace` as the current context.
+
+    Never raises for the call's own failures: they come back in the `Reply`.
+    An ``async def`` function runs on its own event loop.
+    """
+    node = node or socket.gethostname()
+    token = _TRACE.set(trace)
+    began = time.perf_counter()
+    monitor: _Monitor | None = None
+    old_depth: int | None = None
+    try:
+        try:
+            if guard is not None and guard.max_depth is not None:
+                old_depth = sys.getrecursionlimit()
+                sys.setrecursionlimit(_depth() + guard.max_depth)
+            if guard is not None and (guard.memory is not None or guard.cpu_time is not None):
+                monitor = _Monitor(guard, threading.get_ident())
+                monitor.start()
+            try:
+                value = fn(*args, **(kwargs or {}))
+                if inspect.isawaitable(value):
+                    value = asyncio.run(_await(value))
+            finally:
+                if monitor is not None:
+                    monitor.stop()
+                if old_depth is not None:
+                    sys.setrecursionlimit(old_depth)
+        except _LimitBroken:
+            pass
+        except RecursionError as exc:
+            if old_depth is None:
+                return _failure(exc, time.perf_counter() - began, node)
+            return Reply(False, kind="depth", error_type="RecursionError", message=str(exc),
+                         limit=guard.max_depth if guard else None,
+                         duration=time.perf_counter() - began, pid=os.getpid(), node=node)
+        except BaseException as exc:  # the call's failure is data for the caller
+            if monitor is None or not monitor.kind:
+                return _failure(exc, time.perf_counter() - began, node)
+        duration = time.perf_counter() - began
+        if monitor is not None and monitor.kind:
+            return Reply(False, kind=monitor.kind, error_type="LimitExceeded",
+                         message=f"{monitor.kind} limit {monitor.limit} broken "
+                                 f"(measured {monitor.measured})",
+                         limit=monitor.limit, measured=monitor.measured, duration=duration,
+                         pid=os.getpid(), node=node)
+        return Reply(True, value, duration=duration, pid=os.getpid(), node=node)
+    finally:
+        _TRACE.reset(token)
