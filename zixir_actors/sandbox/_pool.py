@@ -63,6 +63,9 @@ KILL_WAIT = 2.0
 
 _SCRIPT = _worker.__file__
 
+_LEARNED: set[str] = set()
+"""Modules of functions called in any pool of this process: later helpers preload them."""
+
 
 def nesting_level() -> tuple[int, int | None]:
     """How many sandboxes deep this process runs, and the deepest level allowed from outside."""
@@ -199,9 +202,10 @@ class _Worker:
 class _Zygote:
     """The small helper process that forks workers."""
 
-    def __init__(self, name: str, spares: int) -> None:
+    def __init__(self, name: str, spares: int, learn: bool) -> None:
         self._name = name
         self._spares = spares
+        self._learn = learn
         self._lock = threading.Lock()
         self._proc: subprocess.Popen[bytes] | None = None
         self._ctl: socket.socket | None = None
@@ -216,6 +220,9 @@ class _Zygote:
         env[_worker.SPARES_ENV] = str(self._spares)
         if ceiling is not None:
             env[_worker.MAX_LEVEL_ENV] = str(ceiling)
+        env.pop(_worker.PRELOAD_ENV, None)
+        if self._learn and _LEARNED:
+            env[_worker.PRELOAD_ENV] = ",".join(sorted(_LEARNED))
         try:
             self._proc = subprocess.Popen(
                 [sys.executable, _SCRIPT, str(theirs.fileno())], pass_fds=(theirs.fileno(),),
@@ -273,13 +280,14 @@ class _Zygote:
 class _Call:
     """One call in flight: what the monitor samples and what it decided."""
 
-    __slots__ = ("cpu0", "cpu_mark", "cpu_peak", "cpu_used", "due", "limits", "peak", "started",
-                 "verdict", "worker")
+    __slots__ = ("cpu0", "cpu_mark", "cpu_peak", "cpu_used", "due", "limits", "peak", "sent",
+                 "started", "verdict", "worker")
 
     def __init__(self, worker: _Worker, limits: Limits, started: float) -> None:
         self.worker = worker
         self.limits = limits
         self.started = started
+        self.sent = started
         self.verdict: tuple[str, str, float | None, float | None] | None = None
         self.peak = 0
         self.cpu0 = 0.0
@@ -311,7 +319,8 @@ class WorkerPool:
         sample_interval: seconds between RSS/CPU samples of monitored calls.
         learn_imports: have the helper process import the module of each
             function called (once per module), so later workers, fresh ones
-            included, do not import it again. Like a forkserver preload, this
+            included, do not import it again; helpers started later in this
+            process preload every module learned so far. Like a forkserver preload, this
             runs the module's import in the helper: turn it off for modules
             that start threads or open resources when imported.
         clock: monotonic clock for durations and the CPU-percent windows.
@@ -333,7 +342,7 @@ class WorkerPool:
         self.size = size
         self._interval = sample_interval
         self._clock = clock
-        self._zygote = _Zygote(name, spares)
+        self._zygote = _Zygote(name, spares, learn_imports)
         # A pool dropped without close(): ending the helper ends every worker
         # it forked (it kills them when its control socket closes).
         weakref.finalize(self, self._zygote.stop, timeout=1.0)
@@ -591,14 +600,18 @@ class WorkerPool:
             if module and module not in self._learned:
                 self._learned.add(module)
                 if module != "__main__" and module in sys.modules:
+                    _LEARNED.add(module)
                     self._zygote.preload(module)
         call = _Call(worker, limits, started)
         monitored = _monitored(limits)
         if monitored:
             self._watch(call)
         hard = limits.hard_timeout
+        # Time limits run from the hand-over to the worker, like the worker's own timers:
+        # waiting for a new worker to start is not the call's time.
+        call.sent = self._clock.monotonic()
         try:
-            reply = self._exchange(worker, data, None if hard is None else started + hard)
+            reply = self._exchange(worker, data, None if hard is None else call.sent + hard)
         finally:
             if monitored:
                 self._unwatch(call)
@@ -607,14 +620,20 @@ class WorkerPool:
     def _exchange(self, worker: _Worker, data: bytes, deadline: float | None) -> Any:
         """Send the call and wait for the answer: bytes, or an exception instance."""
         sock = worker.sock
+
+        def arm() -> None:
+            if deadline is not None:
+                left = deadline - self._clock.monotonic()
+                if left <= 0:
+                    raise TimeoutError("deadline passed")
+                sock.settimeout(left)
+
         try:
             if deadline is None:
                 sock.settimeout(None)
-            else:
-                sock.settimeout(max(0.0, deadline - self._clock.monotonic()))
+            arm()
             _worker.send_frame(sock, data)
-            if deadline is not None:
-                sock.settimeout(max(0.0, deadline - self._clock.monotonic()))
+            arm()
             return _worker.recv_frame(sock)
         except TimeoutError as exc:
             return exc
@@ -635,10 +654,11 @@ class WorkerPool:
                 cpu_time=call.cpu_used, cpu_percent=call.cpu_peak, duration=duration)), peak)
         if isinstance(reply, TimeoutError):
             hard = limits.hard_timeout
-            self._replace(worker, "timeout", hard, duration)
+            ran = self._clock.monotonic() - call.sent
+            self._replace(worker, "timeout", hard, ran)
             return self._finish(call.started, Err(SandboxError(
                 "timeout", f"no result within the {hard}s time limit; worker killed",
-                limit=hard, measured=duration, peak_memory=peak, cpu_percent=call.cpu_peak,
+                limit=hard, measured=ran, peak_memory=peak, cpu_percent=call.cpu_peak,
                 duration=duration)), peak)
         if isinstance(reply, BaseException):
             self._replace(worker, "crashed", None, None)
@@ -664,7 +684,7 @@ class WorkerPool:
         limit: float | None = None
         measured: float | None = None
         if status == "timeout":
-            limit, measured = limits.soft_timeout, duration
+            limit, measured = limits.soft_timeout, self._clock.monotonic() - call.sent
             message = f"soft time limit of {limit}s reached: {message}"
         elif status == "cpu":
             limit, measured = limits.cpu_time, cpu_time

@@ -42,6 +42,8 @@ MAX_LEVEL_ENV = "ZIXIR_SANDBOX_MAX_LEVEL"
 PATH_ENV = "ZIXIR_SANDBOX_SYS_PATH"
 """Environment variable carrying the parent's `sys.path` (os.pathsep-joined) to the zygote."""
 SPARES_ENV = "ZIXIR_SANDBOX_SPARES"
+PRELOAD_ENV = "ZIXIR_SANDBOX_PRELOAD"
+"""Environment variable: comma-separated modules the zygote imports before forking."""
 
 _HEADER = struct.Struct("!I")
 _PID = struct.Struct("!q")
@@ -381,6 +383,9 @@ def _main() -> None:
     paths = os.environ.pop(PATH_ENV, "")
     if paths:
         sys.path[:] = [p for p in paths.split(os.pathsep)]
+    for name in filter(None, os.environ.pop(PRELOAD_ENV, "").split(",")):
+        with contextlib.suppress(BaseException):  # it fails again, visibly, in the worker
+            __import__(name)
     ctl = socket.socket(fileno=int(sys.argv[1]))
     _zygote(ctl)
 
