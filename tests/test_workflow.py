@@ -46,7 +46,7 @@ from zixir_actors.workflow import (
     Workflow,
     child_spec,
 )
-from zixir_actors.workflow import _run as run_module
+from zixir_actors.workflow import _scheduler as scheduler_module
 
 RESULT_TIMEOUT = 20.0
 
@@ -637,7 +637,7 @@ def test_run_actor_crash_is_restarted_and_continues_from_checkpoints(
         tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> None:
     calls: Counter[str] = Counter()
     wf = diamond(calls, name="crashy")
-    real = run_module._Scheduler._record_locked
+    real = scheduler_module.Scheduler._record_locked
     crashed = threading.Event()
 
     def record(self: Any, name: str, outcome: Any) -> None:
@@ -646,7 +646,7 @@ def test_run_actor_crash_is_restarted_and_continues_from_checkpoints(
             crashed.set()
             raise RuntimeError("injected scheduler crash")
 
-    monkeypatch.setattr(run_module._Scheduler, "_record_locked", record)
+    monkeypatch.setattr(scheduler_module.Scheduler, "_record_locked", record)
     exits: list[ChildExited] = []
 
     def listen(event: object) -> None:
@@ -672,7 +672,7 @@ def test_unsupervised_run_actor_crash_fails_the_run(store: CheckpointClient,
     def record(self: Any, name: str, outcome: Any) -> None:
         raise RuntimeError("injected")
 
-    monkeypatch.setattr(run_module._Scheduler, "_record_locked", record)
+    monkeypatch.setattr(scheduler_module.Scheduler, "_record_locked", record)
     wf = Workflow("nosup", [Step("x", lambda: 1)])
     with pytest.raises(RunInterruptedError) as info:
         wf.run(store=store)
@@ -743,7 +743,9 @@ def test_steps_with_limits_run_in_a_sandbox_process(store: CheckpointClient) -> 
 
     wf = Workflow("sandboxed", on_failure="continue")
     wf.add(Step("inside", sandboxed_pid, limits=Limits(timeout=30)))
-    wf.add(Step("runaway", spin_forever, limits=Limits(), timeout=0.3))
+    # The soft limit ends the call cleanly (Celery-style); the hard kill path is
+    # the sandbox's own tests' business.
+    wf.add(Step("runaway", spin_forever, limits=Limits(soft_timeout=0.3, timeout=20)))
     result = wf.run({"n": 21}, store=store, max_concurrency=1)
     pid, doubled, name = result.outputs["inside"]
     assert pid != os.getpid()
@@ -851,3 +853,32 @@ def test_resuming_until_done_runs_every_step_once_plus_its_failures(
     assert result.ok
     assert result.outputs == expected
     assert calls == Counter({i: 1 + (i in failing) for i in range(len(deps))})
+
+
+def test_a_sandboxed_step_timeout_becomes_the_sandbox_hard_limit(
+        store: CheckpointClient, monkeypatch: pytest.MonkeyPatch) -> None:
+    import zixir_actors.sandbox as sandbox_module
+    from zixir_actors.result import Ok
+    from zixir_actors.sandbox import Limits
+
+    seen: list[Any] = []
+
+    class RecordingSandbox:
+        def __init__(self, limits: Any, **options: Any) -> None:
+            seen.append(limits)
+
+        def __enter__(self) -> RecordingSandbox:
+            return self
+
+        def __exit__(self, *exc: object) -> None:
+            return None
+
+        def run(self, fn: Any, /, *args: Any, **kwargs: Any) -> Ok[Any]:
+            return Ok(fn(*args, **kwargs))
+
+    monkeypatch.setattr(sandbox_module, "Sandbox", RecordingSandbox)
+    wf = Workflow("limits-map", [Step("x", lambda: 7, limits=Limits(memory="256MB"),
+                                      timeout=2.5)])
+    assert wf.run(store=store).outputs["x"] == 7
+    assert seen[0].timeout == 2.5
+    assert seen[0].memory == 256 * 1024**2

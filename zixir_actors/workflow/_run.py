@@ -1,11 +1,8 @@
-"""`WorkflowRun`: the actor that drives one run, and the scheduler it owns.
+"""`WorkflowRun`: the actor that drives one run.
 
-The actor is the run's supervised identity; the work happens in a few worker
-threads (at most `max_concurrency`). A worker takes a ready step, runs its
-attempts (retries sleep on the injectable clock), commits the checkpoint
-through the store, then itself picks the next ready step, so a chain of
-steps costs no thread hand-off besides the store's commit. When nothing is
-left, the worker tells the actor, which records the run's end and stops
+The actor is the run's supervised identity; the work happens in the worker
+threads of its `Scheduler` (at most `max_concurrency`). When the scheduler
+reports that nothing is left, the actor records the run's end and stops
 normally; the run's future is resolved in `on_stop`.
 
 If the actor crashes, its supervisor (``zixir.workflows``) starts it again
@@ -16,65 +13,27 @@ continues. Steps that were in flight run again (at-least-once); their
 
 from __future__ import annotations
 
-import asyncio
 import concurrent.futures
 import contextlib
-import contextvars
-import inspect
-import random
 import threading
 import time
-import traceback
-import uuid
-from collections import deque
-from collections.abc import Callable, Mapping
-from dataclasses import dataclass, field
-from typing import TYPE_CHECKING, Any
+from typing import Any
 
 import pykka
 
 from supervisors import SupervisedActor
-from zixir_actors import _codec
-from zixir_actors._clock import Clock, SystemClock
-from zixir_actors.checkpoint import (
-    AttemptInfo,
-    CheckpointClient,
-    DeadLetter,
-    RunRecord,
-    StepCheckpoint,
-)
-from zixir_actors.errors import (
-    CorruptBlobError,
-    RunActiveError,
-    RunInterruptedError,
-    StepTimeoutError,
-    UnserializableError,
-)
-from zixir_actors.observability import Span, start_span
-from zixir_actors.result import Ok
-from zixir_actors.workflow._hashing import fingerprint
-from zixir_actors.workflow._plan import compute_plan, idempotency_key
-from zixir_actors.workflow._results import (
-    Plan,
-    RunResult,
-    StepContext,
-    StepError,
-    StepResult,
-)
-from zixir_actors.workflow._spec import Step, descendants
-from zixir_actors.workflow._telemetry import Telemetry, log
+from zixir_actors.checkpoint import RunRecord
+from zixir_actors.errors import RunActiveError, RunInterruptedError
+from zixir_actors.workflow._plan import compute_plan
+from zixir_actors.workflow._results import RunResult
+from zixir_actors.workflow._scheduler import Crash, Finished, Job, Scheduler
+from zixir_actors.workflow._telemetry import log
 
-if TYPE_CHECKING:
-    from zixir_actors.workflow._workflow import Workflow
-
-__all__ = ["MAX_CRASHES", "WorkflowRun", "active_run", "invoke", "register_run", "release_run"]
+__all__ = ["MAX_CRASHES", "WorkflowRun", "active_run", "register_run", "release_run"]
 
 MAX_CRASHES = 3
 """Crashes of one run's actor after which its future fails with
 `RunInterruptedError` instead of waiting for another restart."""
-
-SANDBOX_POOL = "zixir.sandboxes"
-"""The runtime's sandbox pool, used by steps with `limits` when it is running."""
 
 _ACTIVE: dict[str, _Control] = {}
 _ACTIVE_LOCK = threading.Lock()
@@ -89,7 +48,7 @@ class _Control:
         self.lock = threading.Lock()
         self.crashes = 0
         self.cancelled = False
-        self.scheduler: _Scheduler | None = None
+        self.scheduler: Scheduler | None = None
 
     def cancel(self) -> bool:
         with self.lock:
@@ -127,363 +86,7 @@ def active_run(run_id: str) -> _Control | None:
         return _ACTIVE.get(run_id)
 
 
-@dataclass(slots=True)
-class Job:
-    """Everything an incarnation of `WorkflowRun` needs; shared across restarts."""
-
-    workflow: Workflow
-    run_id: str
-    inputs: Mapping[str, Any]
-    store: CheckpointClient
-    clock: Clock
-    max_concurrency: int
-    created_at: float
-    deadline: float | None
-    span: Span
-    telemetry: Telemetry
-    rng: random.Random = field(default_factory=random.Random)
-
-
-@dataclass(frozen=True, slots=True)
-class _Outcome:
-    result: StepResult
-    output: Any = None
-
-
-class _Finished:
-    __slots__ = ()
-
-
-class _Crash:
-    __slots__ = ("error",)
-
-    def __init__(self, error: BaseException) -> None:
-        self.error = error
-
-
 _DRIVE = object()
-_FINISHED = _Finished()
-
-
-def _error_of(exc: BaseException) -> StepError:
-    text = "".join(traceback.format_exception(type(exc), exc, exc.__traceback__))
-    return StepError(type(exc).__qualname__, str(exc), text)
-
-
-def _is_timeout(exc: BaseException) -> bool:
-    return isinstance(exc, StepTimeoutError) or getattr(exc, "kind", None) == "timeout"
-
-
-def _safe_inputs(kwargs: Mapping[str, Any]) -> dict[str, Any]:
-    safe: dict[str, Any] = {}
-    for key, value in kwargs.items():
-        try:
-            _codec.encode(value)
-            safe[key] = value
-        except UnserializableError:
-            safe[key] = f"<unserializable {type(value).__name__}: {value!r:.200}>"
-    return safe
-
-
-class _Scheduler:
-    """Dependency bookkeeping and worker threads of one incarnation of a run."""
-
-    def __init__(self, job: Job, plan: Plan, notify: Callable[[Any], None]) -> None:
-        self.job = job
-        self.wf = job.workflow
-        self.notify = notify
-        self.lock = threading.Lock()
-        self.wake = threading.Event()  # set when the run stops: cuts retry sleeps short
-        self.status: dict[str, str] = {}
-        self.results: dict[str, StepResult] = {}
-        self.outputs: dict[str, Any] = {}
-        self.waiting: dict[str, int] = {}
-        self.ready: deque[str] = deque()
-        self.running: set[str] = set()
-        self.active = 0
-        self.closing = False
-        self.failed = False
-        self.ended: str | None = None
-        self.started = time.perf_counter()
-        self.letters: dict[str, list[str]] = {}
-        self._workers = 0
-        for name in self.wf.order:
-            if name in plan.checkpoints:
-                self.status[name] = "cached"
-                self.outputs[name] = plan.checkpoints[name].output
-                self.results[name] = StepResult(name, "cached")
-        for name in self.wf.order:
-            if name not in self.status:
-                self.status[name] = "pending"
-                deps = self.wf.steps[name].depends_on
-                self.waiting[name] = sum(1 for d in deps if self.status[d] != "cached")
-                if self.waiting[name] == 0:
-                    self.ready.append(name)
-
-    # -- lifecycle --
-
-    def start(self) -> None:
-        try:
-            letters = self.job.store.dead_letters(run_id=self.job.run_id)
-        except CorruptBlobError as exc:  # a damaged letter must not stop every run
-            log.bind(workflow=self.wf.name, run_id=self.job.run_id).warning(
-                "cannot read dead letters; resolved letters stay parked", error=str(exc))
-            letters = []
-        for letter in letters:
-            self.letters.setdefault(letter.step, []).append(letter.id)
-        self.job.telemetry.dead_letters(self.job.store.count_dead_letters())
-        with self.lock:
-            if not self.waiting:
-                self.ended = "succeeded"
-            else:
-                self._spawn_locked(min(self.job.max_concurrency, len(self.ready)))
-        if self.ended is not None:
-            self.notify(_FINISHED)
-
-    def stop(self, status: str) -> bool:
-        """End the run now as `status` (cancelled, timed_out); running steps are abandoned."""
-        with self.lock:
-            if self.ended is not None:
-                return False
-            self.ended = status
-            for name in self.running:
-                self.status[name] = "cancelled"
-                self.results[name] = StepResult(name, "cancelled")
-            self._mark_not_run_locked()
-        self.wake.set()
-        self.notify(_FINISHED)
-        return True
-
-    def close(self) -> None:
-        """Stop scheduling without ending the run (the actor is going away)."""
-        with self.lock:
-            if self.ended is None:
-                self.ended = "interrupted"
-        self.wake.set()
-
-    def result(self) -> RunResult:
-        with self.lock:
-            steps = {name: self.results.get(name, StepResult(name, "not_run"))
-                     for name in self.wf.order}
-            return RunResult(self.job.run_id, self.wf.name, self.ended,  # type: ignore[arg-type]
-                             dict(self.outputs), steps, time.perf_counter() - self.started)
-
-    # -- workers --
-
-    def _spawn_locked(self, count: int) -> None:
-        for _ in range(max(0, min(count, self.job.max_concurrency - self.active))):
-            self.active += 1
-            self._workers += 1
-            context = contextvars.copy_context()
-            thread = threading.Thread(
-                target=context.run, args=(self._work,), daemon=True,
-                name=f"zixir-wf-{self.job.run_id[:12]}-{self._workers}")
-            thread.start()
-
-    def _work(self) -> None:
-        try:
-            finished = False
-            while True:
-                with self.lock:
-                    if self.ended is not None or self.closing or not self.ready:
-                        self.active -= 1
-                        finished = self._maybe_end_locked()
-                        break
-                    name = self.ready.popleft()
-                    self.running.add(name)
-                    self.status[name] = "running"
-                outcome = self._execute(name)
-                with self.lock:
-                    self.running.discard(name)
-                    if self.ended is None:
-                        self._record_locked(name, outcome)
-            if finished:
-                self.notify(_FINISHED)
-        except BaseException as exc:  # a scheduler bug crashes the run actor
-            if self.ended is None:
-                self.notify(_Crash(exc))
-            else:  # an abandoned step finished after its run ended (store may be gone)
-                log.bind(workflow=self.wf.name, run_id=self.job.run_id).debug(
-                    "abandoned step ended after its run", error=repr(exc))
-
-    def _maybe_end_locked(self) -> bool:
-        if self.ended is not None or self.running or self.active:
-            return False
-        if self.ready and not self.closing:
-            return False
-        self.ended = "failed" if self.failed else "succeeded"
-        self._mark_not_run_locked()
-        return True
-
-    def _mark_not_run_locked(self) -> None:
-        for name, status in self.status.items():
-            if status in ("pending", "running"):
-                self.status[name] = "not_run"
-
-    def _record_locked(self, name: str, outcome: _Outcome) -> None:
-        result = outcome.result
-        self.results[name] = result
-        self.status[name] = result.status
-        if result.status == "succeeded":
-            self.outputs[name] = outcome.output
-            for child in self.wf.children[name]:
-                if self.status.get(child) == "pending":
-                    self.waiting[child] -= 1
-                    if self.waiting[child] == 0:
-                        self.ready.append(child)
-            self._spawn_locked(len(self.ready) - 1)
-            return
-        self.failed = True
-        if self.wf.on_failure == "stop":
-            self.closing = True
-            return
-        for other in descendants(self.wf.steps, [name]) - {name}:
-            if self.status.get(other) == "pending":
-                self.status[other] = "upstream_failed"
-                self.results[other] = StepResult(other, "upstream_failed")
-
-    # -- one step --
-
-    def _execute(self, name: str) -> _Outcome:
-        job, wf = self.job, self.wf
-        step = wf.steps[name]
-        kwargs = step.bind(wf.name, job.inputs, self.outputs)
-        input_hash = fingerprint(kwargs)
-        key = idempotency_key(job.run_id, name)
-        bound = log.bind(workflow=wf.name, run_id=job.run_id, step=name)
-        history: list[AttemptInfo] = []
-        total = 0.0
-        attempt = 0
-        while True:
-            attempt += 1
-            if self.ended is not None:
-                return _Outcome(StepResult(name, "cancelled", attempt - 1, total))
-            ctx = StepContext(job.run_id, name, attempt, key, wf.name) if step.takes_ctx else None
-            span = start_span("workflow.step", parent=job.span, step=name, attempt=attempt,
-                              run_id=job.run_id, workflow=wf.name)
-            started_at = job.clock.time()
-            began = time.perf_counter()
-            bound.debug("step started", attempt=attempt)
-            failure: Exception | None = None
-            try:
-                value = self._call(step, kwargs, ctx)
-            except Exception as exc:  # the step's failure is data
-                failure = exc
-            seconds = time.perf_counter() - began
-            total += seconds
-            if failure is None:
-                try:
-                    job.store.save_step(
-                        StepCheckpoint(job.run_id, name, value, wf.code_hashes[name], input_hash,
-                                       attempt, total, job.clock.time(), key),
-                        resolve_letters=self.letters.get(name, ()))
-                except UnserializableError as exc:
-                    failure = exc
-            if failure is not None:
-                timed_out = _is_timeout(failure)
-                span.end(error=failure)
-                job.telemetry.attempt(name, "timed_out" if timed_out else "failed", seconds)
-                history.append(AttemptInfo(attempt, started_at, seconds,
-                                           type(failure).__qualname__, str(failure), timed_out))
-                if (not isinstance(failure, UnserializableError) and self.ended is None
-                        and step.retry.should_retry(failure, attempt)):
-                    delay = step.retry.delay(attempt, job.rng)
-                    bound.warning("step failed, retrying", attempt=attempt, delay=delay,
-                                  error=f"{type(failure).__qualname__}: {failure}")
-                    self._sleep(delay)
-                    continue
-                if self.ended is not None:
-                    return _Outcome(StepResult(name, "cancelled", attempt, total))
-                return self._give_up(step, kwargs, failure, history, total, timed_out)
-            span.end()
-            job.telemetry.attempt(name, "succeeded", seconds)
-            bound.info("step succeeded", attempt=attempt, duration=seconds)
-            return _Outcome(StepResult(name, "succeeded", attempt, total), value)
-
-    def _call(self, step: Step, kwargs: dict[str, Any], ctx: StepContext | None) -> Any:
-        call = dict(kwargs)
-        if ctx is not None:
-            call["ctx"] = ctx
-        if step.limits is not None:
-            return _sandboxed(step, call)
-        if step.timeout is None:
-            return invoke(step.fn, call)
-        box: dict[str, Any] = {}
-        done = threading.Event()
-
-        def target() -> None:
-            try:
-                box["value"] = invoke(step.fn, call)
-            except BaseException as exc:  # handed to the waiting worker
-                box["error"] = exc
-            finally:
-                done.set()
-
-        context = contextvars.copy_context()
-        threading.Thread(target=context.run, args=(target,), daemon=True,
-                         name=f"zixir-wf-step-{step.name}").start()
-        if not done.wait(step.timeout):
-            raise StepTimeoutError(step.name, step.timeout)
-        if "error" in box:
-            raise box["error"]
-        return box["value"]
-
-    def _sleep(self, delay: float) -> None:
-        clock = self.job.clock
-        if isinstance(clock, SystemClock):
-            self.wake.wait(delay)
-        else:
-            clock.sleep(delay)
-
-    def _give_up(self, step: Step, kwargs: Mapping[str, Any], exc: BaseException,
-                 history: list[AttemptInfo], total: float, timed_out: bool) -> _Outcome:
-        job = self.job
-        error = _error_of(exc)
-        letter = DeadLetter(uuid.uuid4().hex, job.run_id, self.wf.name, step.name,
-                            _safe_inputs(kwargs), error.type, error.message, error.traceback,
-                            tuple(history), job.clock.time())
-        job.store.save_dead_letter(letter)
-        job.telemetry.exhausted(step.name)
-        job.telemetry.dead_letters(job.store.count_dead_letters())
-        log.bind(workflow=self.wf.name, run_id=job.run_id, step=step.name).error(
-            "step dead-lettered", attempts=len(history), letter=letter.id, error=str(error))
-        status = "timed_out" if timed_out else "failed"
-        return _Outcome(StepResult(step.name, status, len(history), total,  # type: ignore[arg-type]
-                                   error, letter.id))
-
-
-def invoke(fn: Callable[..., Any], kwargs: dict[str, Any]) -> Any:
-    """Call a step function; an ``async def`` step runs on its own event loop."""
-    value = fn(**kwargs)
-    if inspect.isawaitable(value):
-        return asyncio.run(_await(value))
-    return value
-
-
-async def _await(awaitable: Any) -> Any:
-    return await awaitable
-
-
-def _sandboxed(step: Step, call: dict[str, Any]) -> Any:
-    """Run a step with `limits` in a sandbox worker: the runtime's pool
-    (``zixir.sandboxes``) when it runs, else a private one for this attempt."""
-    import dataclasses
-
-    from supervisors import whereis
-    from zixir_actors.sandbox import Sandbox
-
-    limits = step.limits
-    if step.timeout is not None and getattr(limits, "timeout", None) is None:
-        limits = dataclasses.replace(limits, timeout=step.timeout)
-    pool = SANDBOX_POOL if whereis(SANDBOX_POOL) is not None else None
-    with Sandbox(limits, pool=pool, name=f"workflow.{step.name}") as sandbox:
-        if inspect.iscoroutinefunction(step.fn):
-            outcome = sandbox.run(invoke, step.fn, call)
-        else:
-            outcome = sandbox.run(step.fn, **call)
-    if isinstance(outcome, Ok):
-        return outcome.value
-    raise outcome.error
 
 
 class WorkflowRun(SupervisedActor):
@@ -501,7 +104,7 @@ class WorkflowRun(SupervisedActor):
         self.job = job
         self.control = control
         self.supervised = supervised
-        self.scheduler: _Scheduler | None = None
+        self.scheduler: Scheduler | None = None
         self.result: RunResult | None = None
         self.timer: threading.Timer | None = None
 
@@ -511,9 +114,9 @@ class WorkflowRun(SupervisedActor):
     def on_receive(self, message: Any) -> Any:
         if message is _DRIVE:
             self._drive()
-        elif isinstance(message, _Finished):
+        elif isinstance(message, Finished):
             self._finish()
-        elif isinstance(message, _Crash):
+        elif isinstance(message, Crash):
             raise message.error
         return None
 
@@ -533,7 +136,7 @@ class WorkflowRun(SupervisedActor):
             control.future.set_exception(exc)
             self.stop()
             return
-        scheduler = _Scheduler(job, plan, self._tell_self)
+        scheduler = Scheduler(job, plan, self._tell_self)
         self.scheduler = scheduler
         with control.lock:
             control.scheduler = scheduler

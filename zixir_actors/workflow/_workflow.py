@@ -28,7 +28,8 @@ from zixir_actors.observability import start_span
 from zixir_actors.workflow._hashing import code_hash
 from zixir_actors.workflow._plan import compute_plan
 from zixir_actors.workflow._results import Plan, RunHandle, RunResult
-from zixir_actors.workflow._run import Job, WorkflowRun, active_run, register_run, release_run
+from zixir_actors.workflow._run import WorkflowRun, active_run, register_run, release_run
+from zixir_actors.workflow._scheduler import Job
 from zixir_actors.workflow._spec import (
     DEFAULT_MAX_CONCURRENCY,
     FAILURE_POLICIES,
