@@ -1,0 +1,92 @@
+"""The public names of DESIGN.md exist where it says, and importing has no side effects."""
+
+from __future__ import annotations
+
+import importlib
+import os
+import subprocess
+import sys
+from pathlib import Path
+
+import pytest
+
+import zixir_actors
+
+ROOT = Path(__file__).resolve().parent.parent
+
+CONTRACT = {
+    "zixir_actors.result": ["Ok", "Err"],
+    "zixir_actors.workflow": ["Workflow", "Step", "RetryPolicy", "RunResult", "DeadLetters"],
+    "zixir_actors.checkpoint": ["CheckpointStore"],
+    "zixir_actors.sandbox": ["Sandbox", "Limits", "SandboxError"],
+    "zixir_actors.stream": ["Stream", "async_", "await_", "parallel", "pmap"],
+    "zixir_actors.observability": ["configure_logging", "logger", "span", "metrics",
+                                   "serve_metrics"],
+    "zixir_actors.cache": ["Cache"],
+    "zixir_actors.runtime": ["start", "stop", "Runtime"],
+    "zixir_actors.errors": ["ZixirError"],
+    "supervisors": ["ChildSpec", "Supervisor", "DynamicSupervisor", "whereis", "ref",
+                    "monitor", "Down"],
+}
+
+
+@pytest.mark.parametrize("module_name", sorted(CONTRACT))
+def test_design_names_exist(module_name: str) -> None:
+    module = importlib.import_module(module_name)
+    for name in CONTRACT[module_name]:
+        assert hasattr(module, name), f"{module_name}.{name} is missing"
+
+
+def test_front_door_all_is_sorted_and_importable() -> None:
+    assert zixir_actors.__all__ == sorted(zixir_actors.__all__)
+    for name in zixir_actors.__all__:
+        assert hasattr(zixir_actors, name), name
+
+
+def test_every_error_is_a_zixir_error() -> None:
+    from zixir_actors import errors
+
+    for name in errors.__all__:
+        value = getattr(errors, name)
+        if isinstance(value, type) and issubclass(value, BaseException):
+            assert issubclass(value, errors.ZixirError), name
+            assert name.endswith("Error"), name
+
+
+def test_timeout_errors_are_timeout_errors() -> None:
+    from zixir_actors import errors
+
+    for name in errors.__all__:
+        value = getattr(errors, name)
+        if isinstance(value, type) and "Timeout" in name and name.endswith("Error"):
+            assert issubclass(value, TimeoutError), name
+
+
+def test_callable_modules_are_shortcuts() -> None:
+    import zixir_actors.workflow as workflow_module
+
+    wf = zixir_actors.workflow("api-shortcut")
+    assert isinstance(wf, workflow_module.Workflow)
+    assert zixir_actors.workflow is workflow_module
+
+
+def test_importing_starts_nothing_and_writes_nothing(tmp_path: Path) -> None:
+    script = (
+        "import threading, os\n"
+        "before = threading.active_count()\n"
+        "import zixir_actors, zixir_actors.cli, supervisors\n"
+        "import loguru\n"
+        "assert threading.active_count() == before, threading.enumerate()\n"
+        "assert os.listdir('.') == [], os.listdir('.')\n"
+        "print('clean')\n"
+    )
+    result = subprocess.run([sys.executable, "-c", script], cwd=tmp_path, capture_output=True,
+                            text=True, timeout=60, check=False,
+                            env={**os.environ, "PYTHONPATH": str(ROOT)})
+    assert result.returncode == 0, result.stderr
+    assert result.stdout.strip() == "clean"
+
+
+def test_both_packages_ship_py_typed() -> None:
+    assert (ROOT / "supervisors" / "py.typed").exists()
+    assert (ROOT / "zixir_actors" / "py.typed").exists()
