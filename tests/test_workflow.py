@@ -882,3 +882,18 @@ def test_a_sandboxed_step_timeout_becomes_the_sandbox_hard_limit(
     assert wf.run(store=store).outputs["x"] == 7
     assert seen[0].timeout == 2.5
     assert seen[0].memory == 256 * 1024**2
+
+
+def test_a_step_can_run_another_workflow(store: CheckpointClient) -> None:
+    inner = Workflow("inner", [Step("double", lambda n: n * 2)])
+    outer = Workflow("outer")
+
+    @outer.step()
+    def delegate(n: int, ctx: StepContext) -> int:
+        # A nested run gets a run id derived from the step's idempotency key,
+        # so a re-executed step continues the same inner run.
+        result = inner.run({"n": n}, run_id=f"{ctx.idempotency_key}/inner", store=store)
+        return int(result.outputs["double"])
+
+    assert outer.run({"n": 21}, run_id="nest", store=store).outputs["delegate"] == 42
+    assert store.get_run("nest/delegate/inner").status == "succeeded"
