@@ -536,7 +536,8 @@ class SandboxError(ZixirError):
         remote_type: qualified type name of the exception raised in the worker.
         remote_traceback: its formatted traceback, from the worker.
         cause: the remote exception itself when it could be carried back, else None.
-        peak_memory: highest resident memory of the worker during the call, bytes.
+        peak_memory: highest resident memory of the worker during the call, bytes
+            (for a call without a memory limit: the worker's highest so far).
         cpu_time: CPU seconds the call used.
         cpu_percent: highest sampled CPU use, percent of one core, if sampled.
         duration: wall-clock seconds from sending the call to its end.

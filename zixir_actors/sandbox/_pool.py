@@ -629,7 +629,7 @@ class WorkerPool:
                 sock.settimeout(left)
 
         try:
-            if deadline is None:
+            if deadline is None and sock.gettimeout() is not None:
                 sock.settimeout(None)
             arm()
             _worker.send_frame(sock, data)

@@ -167,10 +167,12 @@ def _reset_peak() -> None:
         pass
 
 
-def _peak_rss() -> int:
-    peak = _status_kb(b"VmHWM:")
-    if peak:
-        return peak
+def _peak_rss(per_call: bool) -> int:
+    """Peak RSS: of this call if `_reset_peak` ran before it, else of the worker so far."""
+    if per_call:
+        peak = _status_kb(b"VmHWM:")
+        if peak:
+            return peak
     import resource
     return resource.getrusage(resource.RUSAGE_SELF).ru_maxrss * 1024
 
@@ -201,7 +203,6 @@ def _classify(exc: BaseException, config: dict[str, Any]) -> str:
 
 
 def _execute(data: bytes) -> bytes:
-    _reset_peak()
     cpu0 = time.process_time()
     config: dict[str, Any] = {}
     status = "exception"
@@ -210,7 +211,11 @@ def _execute(data: bytes) -> bytes:
         config, fn, args, kwargs = loads(data)
     except BaseException as exc:
         payload = _describe(exc)
-        return dumps((status, payload, time.process_time() - cpu0, _peak_rss()))
+        return dumps((status, payload, time.process_time() - cpu0, _peak_rss(False)))
+    # Per-call peak memory costs two /proc round trips: only for calls with a memory limit.
+    per_call_peak = bool(config.get("memory"))
+    if per_call_peak:
+        _reset_peak()
     if config.get("max_nesting"):
         os.environ[MAX_LEVEL_ENV] = str(config["max_nesting"])
     old_limit = sys.getrecursionlimit()
@@ -262,7 +267,7 @@ def _execute(data: bytes) -> bytes:
         status = str(_state["fired"])
         payload = ("SoftTimeoutError" if status == "timeout" else "CpuTimeExceeded",
                    "limit reached; the call caught the exception and returned", "", None)
-    used, peak = time.process_time() - cpu0, _peak_rss()
+    used, peak = time.process_time() - cpu0, _peak_rss(per_call_peak)
     try:
         return dumps((status, payload, used, peak))
     except BaseException as exc:
