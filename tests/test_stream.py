@@ -424,6 +424,16 @@ def test_unordered_concurrent_map_emits_in_completion_order() -> None:
     assert unordered[-1] == 0 and sorted(unordered) == [0, 1, 2, 3]
 
 
+def test_cheap_calls_are_handed_out_several_per_message_in_order() -> None:
+    items = list(range(-3000, 3000))
+    assert pmap(abs, items, concurrency=4) == [abs(x) for x in items]
+    kept = Stream.from_iterable(items).map(lambda x: 100 // x, concurrency=3,
+                                           on_error="skip").to_list(timeout=WAIT)
+    assert kept == [100 // x for x in items if x]
+    unordered = Stream.from_iterable(items).map(abs, concurrency=3, ordered=False).to_list()
+    assert sorted(unordered) == sorted(abs(x) for x in items)
+
+
 def test_pmap_and_parallel_respect_their_caps() -> None:
     lock, now, peak = threading.Lock(), [0], [0]
 
