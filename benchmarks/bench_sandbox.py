@@ -91,7 +91,7 @@ def run(quick: bool = False) -> list[Figure]:
             best = _interleaved({"base": lambda: pool.apply(trivial),
                                  "ours": lambda: box.run(trivial),
                                  "limited": lambda: box.call(trivial, limits=limited)},
-                                n, 3 if quick else 6)
+                                n, 5 if quick else 8)
     finally:
         pool.close()
         pool.join()

@@ -206,6 +206,7 @@ class _Zygote:
         self._name = name
         self._spares = spares
         self._learn = learn
+        self._stopped = False
         self._lock = threading.Lock()
         self._proc: subprocess.Popen[bytes] | None = None
         self._ctl: socket.socket | None = None
@@ -236,6 +237,8 @@ class _Zygote:
 
     def spawn(self, *, fresh: bool) -> _Worker:
         with self._lock:
+            if self._stopped:
+                raise SandboxClosedError(self._name)
             for attempt in (1, 2):
                 if self._proc is None or self._proc.poll() is not None:
                     self._stop_locked(timeout=1.0)
@@ -273,7 +276,9 @@ class _Zygote:
                 proc.wait()
 
     def stop(self, *, timeout: float | None = 5.0) -> None:
+        """Stop the helper for good (it kills the workers it forked); idempotent."""
         with self._lock:
+            self._stopped = True
             self._stop_locked(timeout=timeout)
 
 
@@ -320,9 +325,9 @@ class WorkerPool:
         learn_imports: have the helper process import the module of each
             function called (once per module), so later workers, fresh ones
             included, do not import it again; helpers started later in this
-            process preload every module learned so far. Like a forkserver preload, this
-            runs the module's import in the helper: turn it off for modules
-            that start threads or open resources when imported.
+            process preload every module learned so far. Like a forkserver
+            preload, this runs the module's import in the helper: turn it off
+            for modules that start threads or open resources when imported.
         clock: monotonic clock for durations and the CPU-percent windows.
 
     Raises:
@@ -392,12 +397,11 @@ class WorkerPool:
             idle, busy = list(self._idle), list(self._busy)
             self._idle.clear()
             self._cond.notify_all()
+        procs = [proc for worker in (*idle, *busy) for proc in worker.signal_tree()]
         for worker in idle:
-            worker.kill_tree()
             worker.sock.close()
         # Busy callers wake up with EOF and close their sockets themselves.
-        for worker in busy:
-            worker.kill_tree()
+        _wait_gone(procs, timeout=KILL_WAIT)
         if self._monitor is not None:
             self._monitor.join(timeout)
         if self._executor is not None:
