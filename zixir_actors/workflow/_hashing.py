@@ -107,8 +107,17 @@ def _feed(value: Any, out: Any, depth: int) -> None:
                 out.update(repr(value).encode())
 
 
-def fingerprint(value: Any) -> str:
-    """A stable hex digest of `value`'s content."""
+def _digest(value: Any) -> str:
     digest = hashlib.sha256()
     _feed(value, digest, 0)
     return digest.hexdigest()[:16]
+
+
+def fingerprint(value: Any) -> str:
+    """A stable hex digest of `value`'s content."""
+    if type(value) is dict and not value:
+        return _EMPTY_DICT  # steps without parameters: the common case, kept cheap
+    return _digest(value)
+
+
+_EMPTY_DICT = _digest({})

@@ -68,11 +68,17 @@ class Telemetry:
     def __init__(self, workflow: str) -> None:
         self.workflow = workflow
         self._m = _get_metrics()
+        self._attempt: dict[tuple[str, str], tuple[Any, Any]] = {}
 
     def attempt(self, step: str, outcome: str, seconds: float) -> None:
-        m = self._m
-        m.child(m.attempts, self.workflow, step, outcome).inc()
-        m.child(m.duration, self.workflow, step).observe(seconds)
+        pair = self._attempt.get((step, outcome))
+        if pair is None:
+            m = self._m
+            pair = (m.child(m.attempts, self.workflow, step, outcome),
+                    m.child(m.duration, self.workflow, step))
+            self._attempt[(step, outcome)] = pair
+        pair[0].inc()
+        pair[1].observe(seconds)
 
     def exhausted(self, step: str) -> None:
         self._m.child(self._m.exhausted, self.workflow, step).inc()
