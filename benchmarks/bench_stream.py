@@ -9,6 +9,7 @@ Memory: peak traced allocation of a fast producer feeding a slow consumer at
 
 from __future__ import annotations
 
+import concurrent.futures
 import gc
 import queue
 import threading
@@ -18,7 +19,7 @@ from collections.abc import Callable, Iterator
 from typing import Any
 
 from benchmarks._harness import Figure, main, measure
-from zixir_actors.stream import Stream
+from zixir_actors.stream import Stream, pmap
 
 N_FULL = 200_000
 N_QUICK = 50_000
@@ -170,6 +171,14 @@ def run(quick: bool = False) -> list[Figure]:
         Figure("stream", "fraction of plain composition (fused)", fused, lim, "items/s",
                baseline_name="plain composition", better="higher", target=None),
     ]
+    m = 20_000 if quick else 100_000
+    with concurrent.futures.ThreadPoolExecutor(max_workers=8) as pool:
+        pool_rate = _rate(lambda k: len(list(pool.map(_inc, range(k)))), m, repeat)
+    pmap_rate = _rate(lambda k: len(pmap(_inc, range(k), concurrency=8)), m, repeat)
+    figures.append(Figure(
+        "stream", f"pmap of a cheap function, 8 workers, {m:,} items", pmap_rate, pool_rate,
+        "items/s", baseline_name="ThreadPoolExecutor(8).map", better="higher", target=None,
+        note="cheap calls go several per message; slow (I/O) calls one per idle worker"))
     runs = 50 if quick else 200
     start_peer = measure(lambda: peer(3), runs, warmup=5)
     start_ours = measure(lambda: ours(3), runs, warmup=5)
@@ -177,7 +186,7 @@ def run(quick: bool = False) -> list[Figure]:
         "stream", "run a 3-item pipeline (start, drain, stop)", start_ours * 1e3,
         start_peer * 1e3, "ms", baseline_name="start+join 3 threads + queues", better="lower",
         target=None, note="a run is a supervisor plus one actor per fused stage"))
-    small = 5_000 if quick else 20_000
+    small = 10_000 if quick else 20_000
     peaks = {k: _stream_peak(k * small) for k in (1, 10, 100)}
     sizes = sorted(peaks)
     naive = {k: _unbounded_peak(k * small) for k in sizes[:2]}
