@@ -298,6 +298,8 @@ class Segment(Stage):
         self.schedule()
 
     def check_cut(self) -> None:
+        if self.cut is not None:
+            return
         for i, op in enumerate(self.ops):
             if op.done:
                 self.cut = i
