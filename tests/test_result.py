@@ -80,6 +80,15 @@ def test_results_are_frozen_slotted_values() -> None:
     assert repr(Err("e")) == "Err(error='e')"
 
 
+def test_results_are_generic_at_run_time() -> None:
+    assert Ok[int](1) == Ok(1)
+    assert Err[str]("e") == Err("e")
+    with pytest.raises(dataclasses.FrozenInstanceError):
+        Ok(1).other = 2  # type: ignore[attr-defined]
+    with pytest.raises(dataclasses.FrozenInstanceError):
+        del Err("e").error
+
+
 def test_results_pickle() -> None:
     for result in (Ok({"a": 1}), Err(ValueError("x")), Err("text")):
         copy = pickle.loads(pickle.dumps(result))

@@ -15,8 +15,8 @@ Example:
 from __future__ import annotations
 
 from collections.abc import Callable
-from dataclasses import dataclass
-from typing import Any, Generic, NoReturn, TypeVar, Union
+from dataclasses import FrozenInstanceError, dataclass
+from typing import Any, Generic, NoReturn, TypeVar
 
 from zixir_actors.errors import UnwrapError
 
@@ -99,4 +99,22 @@ class Err(Generic[E]):
         return Err(fn(self.error))
 
 
-Result = Union[Ok[T], Err[E]]
+def _frozen_setattr(self: object, name: str, value: Any) -> None:
+    raise FrozenInstanceError(f"cannot assign to field {name!r}")
+
+
+def _frozen_delattr(self: object, name: str) -> None:
+    raise FrozenInstanceError(f"cannot delete field {name!r}")
+
+
+# The __setattr__ that dataclass generates for frozen slotted classes calls
+# super() with the class as it was before slots were added, so any attribute
+# it does not own raises TypeError instead of FrozenInstanceError; that breaks
+# ``Ok[int](1)``, where typing sets ``__orig_class__`` and expects an
+# AttributeError. Always refusing, with the documented error, fixes both.
+for _cls in (Ok, Err):
+    _cls.__setattr__ = _frozen_setattr  # type: ignore[method-assign]
+    _cls.__delattr__ = _frozen_delattr  # type: ignore[method-assign]
+del _cls
+
+Result = Ok[T] | Err[E]
