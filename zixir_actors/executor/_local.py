@@ -4,41 +4,34 @@ from __future__ import annotations
 
 import concurrent.futures
 import contextvars
-import multiprocessing
+import dataclasses
 import threading
 from collections.abc import Callable, Mapping
-from concurrent.futures.process import BrokenProcessPool
 from typing import Any, TypeVar
-
-import dill
 
 from zixir_actors.errors import (
     ConfigError,
     ExecutorError,
     RemoteCancelledError,
+    RemoteError,
+    RemoteLimitError,
     RemoteLostError,
+    RemoteMemoryError,
     RemoteTimeoutError,
 )
 from zixir_actors.executor._api import Resources, TaskFuture, TraceContext
 from zixir_actors.executor._core import Deadlines, check_submit, finish, label_of, settle_reply
 from zixir_actors.executor._remote import Guard, Reply, execute, guard_of, set_warm_state
 from zixir_actors.executor._telemetry import Call, Telemetry
+from zixir_actors.result import Ok
 
 __all__ = ["LocalActorPool", "LocalExecutor"]
 
 T = TypeVar("T")
 
 
-def _run_blob(blob: bytes) -> bytes:
-    """In a worker process: run a dill-encoded call, return its dill-encoded `Reply`."""
-    fn, args, kwargs, trace, guard = dill.loads(blob)
-    reply = execute(fn, args, kwargs, trace, guard)
-    try:
-        return dill.dumps(reply)  # type: ignore[no-any-return]
-    except Exception as exc:
-        return dill.dumps(Reply(False, kind="exception", error_type=type(exc).__qualname__,  # type: ignore[no-any-return]
-                                message=f"the result could not be pickled: {exc}",
-                                duration=reply.duration, pid=reply.pid, node=reply.node))
+def _int(value: float | None) -> int | None:
+    return None if value is None else int(value)
 
 
 class _Submitter:
@@ -51,7 +44,7 @@ class _Submitter:
         self._deadlines = Deadlines(self.name)
 
     def _begin(self, fn: Any, kwargs: Any, resources: Any, timeout: Any, limits: Any,
-               trace_context: Any, label: str | None
+               trace_context: Any, label: str | None, *, deadline: bool = True
                ) -> tuple[TaskFuture[Any], Call, Guard | None, float | None]:
         check_submit(fn, kwargs, resources, timeout, trace_context)
         if timeout is None and limits is not None:
@@ -62,7 +55,7 @@ class _Submitter:
         future: TaskFuture[Any] = TaskFuture(name, self.name,
                                              canceller=lambda: self._cancel(holder[0], call))
         holder.append(future)
-        if timeout is not None:
+        if timeout is not None and deadline:
             entry = self._deadlines.add(timeout, lambda: self._expire(future, call, timeout))
             future.add_done_callback(lambda _: self._deadlines.discard(entry))
         return future, call, guard_of(limits), timeout
@@ -77,17 +70,12 @@ class _Submitter:
                       error=RemoteCancelledError(call.label))
 
     def _settled(self, future: TaskFuture[Any], call: Call,
-                 done: concurrent.futures.Future[Any], decode: bool) -> None:
+                 done: concurrent.futures.Future[Any]) -> None:
         try:
-            raw = done.result()
-        except BrokenProcessPool as exc:
-            finish(future, call, self._telemetry, "lost",
-                   error=RemoteLostError(call.label, self.name, "worker", str(exc)))
-            return
+            reply: Reply = done.result()
         except BaseException as exc:  # a bug of ours, not of the call: still an outcome
             finish(future, call, self._telemetry, "error", error=exc)
             return
-        reply: Reply = dill.loads(raw) if decode else raw
         settle_reply(future, call, self._telemetry, reply, self.name)
 
 
@@ -104,11 +92,13 @@ class LocalExecutor(_Submitter):
 
     By default each call runs in a thread of its own, in the caller's context
     (so the current span is the parent of what the call opens). With
-    ``processes=N`` calls run in N worker processes (functions and arguments
-    travel with dill): `limits` (memory, CPU time, depth) are enforced there.
-    A call past its `timeout` is abandoned: its future fails with
-    `RemoteTimeoutError` at once and its result is dropped (a thread cannot
-    be killed; use a `Sandbox` for calls that must be).
+    ``processes=N`` calls run in N sandbox worker processes (a private
+    `zixir_actors.sandbox.WorkerPool`; functions and arguments travel with
+    dill): `limits` are enforced there and a call past its `timeout` is
+    killed with its process. In a thread, a call past its `timeout` is
+    abandoned: its future fails with `RemoteTimeoutError` at once and its
+    result is dropped (a thread cannot be killed), and `limits` other than
+    `timeout` do not apply.
 
     Args:
         processes: worker processes (default None: a thread per call).
@@ -123,7 +113,7 @@ class LocalExecutor(_Submitter):
                                       or not isinstance(processes, int) or processes < 1):
             raise ConfigError("processes", processes, "must be a positive int or None")
         self.processes = processes
-        self._pool: concurrent.futures.ProcessPoolExecutor | None = None
+        self._pool: Any = None
         self._lock = threading.Lock()
         self._closed = False
 
@@ -145,25 +135,27 @@ class LocalExecutor(_Submitter):
         """Start ``fn(*args, **kwargs)`` and return its `TaskFuture` (see `Executor`).
 
         Raises:
-            ConfigError: a bad argument, or (processes) a call dill cannot pickle.
+            ConfigError: a bad argument.
             ExecutorError: the executor was shut down.
         """
         if self._closed:
             raise ExecutorError("the local executor was shut down")
-        future, call, guard, _ = self._begin(fn, kwargs, resources, timeout, limits,
-                                             trace_context, label)
+        future, call, _, timeout = self._begin(fn, kwargs, resources, timeout, limits,
+                                               trace_context, label,
+                                               deadline=self.processes is None)
         if self.processes is None:
             context = contextvars.copy_context()
             threading.Thread(target=context.run, daemon=True, name=f"zixir-exec-{call.label}",
                              args=(self._in_thread, future, call, fn, args, kwargs)).start()
             return future
-        try:
-            blob = dill.dumps((fn, args, dict(kwargs or {}), call.trace, guard), recurse=True)
-        except Exception as exc:
-            self._cancel(future, call)
-            raise ConfigError("fn", fn, f"the call cannot be pickled with dill: {exc}") from exc
-        done = self._process_pool().submit(_run_blob, blob)
-        done.add_done_callback(lambda d: self._settled(future, call, d, True))
+        # A sandbox worker enforces the limits and the timeout, killing the process.
+        from zixir_actors.sandbox import Limits
+
+        use = limits if limits is not None else Limits()
+        if timeout is not None and use.hard_timeout != timeout:
+            use = dataclasses.replace(use, timeout=timeout, soft_timeout=None)
+        done = self._worker_pool().submit(execute, (fn, args, kwargs, call.trace, None), {}, use)
+        done.add_done_callback(lambda d: self._pooled(future, call, d))
         return future
 
     def _in_thread(self, future: TaskFuture[Any], call: Call, fn: Callable[..., Any],
@@ -171,26 +163,56 @@ class LocalExecutor(_Submitter):
         settle_reply(future, call, self._telemetry, execute(fn, args, kwargs, call.trace, None),
                      self.name)
 
-    def _process_pool(self) -> concurrent.futures.ProcessPoolExecutor:
+    def _pooled(self, future: TaskFuture[Any], call: Call,
+                done: concurrent.futures.Future[Any]) -> None:
+        try:
+            outcome = done.result()
+        except BaseException as exc:  # the pool was closed under the call
+            finish(future, call, self._telemetry, "lost",
+                   error=RemoteLostError(call.label, self.name, "worker", str(exc)))
+            return
+        if isinstance(outcome, Ok):
+            settle_reply(future, call, self._telemetry, outcome.value, self.name)
+            return
+        error = outcome.error
+        kind, label = error.kind, call.label
+        if kind == "timeout":
+            failure: BaseException = RemoteTimeoutError(label, self.name, error.limit)
+        elif kind == "memory":
+            failure = RemoteMemoryError(label, self.name, _int(error.limit), _int(error.measured))
+        elif kind in ("cpu", "depth"):
+            failure = RemoteLimitError(label, self.name, kind, error.limit, error.measured)
+        elif kind == "crashed":
+            failure = RemoteLostError(label, self.name, "worker", error.message)
+            kind = "lost"
+        else:
+            failure = RemoteError(label, error.remote_type or kind, error.message,
+                                  error.remote_traceback or "")
+            kind = "error"
+        finish(future, call, self._telemetry, kind, error=failure)
+
+    def _worker_pool(self) -> Any:
         with self._lock:
-            pool = self._pool
-            if pool is None or getattr(pool, "_broken", False):
-                # spawn: a fork of a process full of actor threads can deadlock
-                pool = self._pool = concurrent.futures.ProcessPoolExecutor(
-                    max_workers=self.processes, mp_context=multiprocessing.get_context("spawn"))
-            return pool
+            if self._pool is None:
+                from zixir_actors.sandbox import WorkerPool
+
+                self._pool = WorkerPool(size=self.processes or 1, name="executor.local")
+            return self._pool
 
     def actor_pool(self, setup: Callable[[], Any], *, size: int = 1) -> LocalActorPool:
         """A pool of `size` worker threads, each keeping what `setup()` built (see `warm_state`)."""
         return LocalActorPool(setup, size=size)
 
     def shutdown(self, *, timeout: float | None = None) -> None:
-        """End the worker processes (threads of running calls finish on their own). Idempotent."""
+        """End the worker processes (threads of running calls finish on their own). Idempotent.
+
+        A process call still running is abandoned with its process.
+        """
         self._closed = True
         with self._lock:
             pool, self._pool = self._pool, None
         if pool is not None:
-            pool.shutdown(wait=True, cancel_futures=True)
+            pool.close(timeout=timeout if timeout is not None else 5.0)
 
 
 class LocalActorPool(_Submitter):
@@ -243,7 +265,7 @@ class LocalActorPool(_Submitter):
         except RuntimeError as exc:  # shut down
             self._cancel(future, call)
             raise ExecutorError("the actor pool was shut down") from exc
-        done.add_done_callback(lambda d: self._settled(future, call, d, False))
+        done.add_done_callback(lambda d: self._settled(future, call, d))
         return future
 
     def shutdown(self, *, timeout: float | None = None) -> None:

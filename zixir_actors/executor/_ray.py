@@ -17,6 +17,7 @@ from typing import Any, TypeVar
 from zixir_actors.errors import (
     ClusterConnectionError,
     ConfigError,
+    ExecutorError,
     ExecutorUnavailableError,
     RemoteCancelledError,
     RemoteError,
@@ -112,19 +113,23 @@ class _RayCalls:
                                          "called or the connection to the cluster was lost")
 
     def _watch(self, ref: Any, future: TaskFuture[Any], call: Call, limit: int | None,
-               timeout: float | None, kill: Callable[[], None]) -> None:
+               timeout: float | None, kill: Callable[[], None],
+               lost: Callable[[], None] | None = None) -> None:
         if timeout is not None:
             entry = self._deadlines.add(timeout, lambda: self._expire(future, call, timeout,
                                                                       kill))
             future.add_done_callback(lambda _: self._deadlines.discard(entry))
-        ref.future().add_done_callback(lambda done: self._settled(future, call, done, limit))
+        ref.future().add_done_callback(
+            lambda done: self._settled(future, call, done, limit, lost))
 
     def _settled(self, future: TaskFuture[Any], call: Call, done: Any,
-                 limit: int | None) -> None:
+                 limit: int | None, lost: Callable[[], None] | None) -> None:
         try:
             reply: Reply = done.result()
         except BaseException as exc:
             outcome, error = _translate(self._ray, exc, call.label, self.address, limit)
+            if outcome == "lost" and lost is not None:
+                lost()  # before the caller hears of it, so its retry goes elsewhere
             finish(future, call, self._telemetry, outcome, error=error)
             return
         settle_reply(future, call, self._telemetry, reply, self.name)
@@ -187,9 +192,9 @@ class RayExecutor(_RayCalls):
         self._options: dict[tuple[Any, ...], Any] = {}
         self._totals: dict[str, float] = {}
         self._totals_at = -_RESOURCE_REFRESH
-        if not ray.is_initialized():
-            if address not in (None, "auto", "local") and not address.startswith("ray://"):
-                _probe(address, connect_timeout)
+        if address not in (None, "auto", "local") and not address.startswith("ray://"):
+            _probe(address, connect_timeout)
+        if not ray.is_initialized():  # else: one connection per process, join it
             options: dict[str, Any] = {"include_dashboard": False, "log_to_driver": False,
                                        "configure_logging": False}
             options.update(init_options or {})
@@ -359,6 +364,8 @@ class RayActorPool(_RayCalls):
                                                      **options)
         self._actors = [actor.remote(setup) for _ in range(size)]
         self._busy = [0] * size
+        self._down: set[int] = set()
+        self._turn = -1
         self._lock = threading.Lock()
         self.size = size
 
@@ -385,13 +392,19 @@ class RayActorPool(_RayCalls):
             timeout = getattr(limits, "hard_timeout", None)
         name = label_of(fn, label)
         with self._lock:
-            index = min(range(self.size), key=self._busy.__getitem__)
+            if not self._actors:
+                raise ExecutorError("the actor pool was shut down")
+            self._turn = (self._turn + 1) % self.size  # ties go round the pool
+            order = [(self._turn + i) % self.size for i in range(self.size)]
+            # an actor that is restarting gets work only when all are
+            index = min(order, key=lambda i: (i in self._down, self._busy[i]))
             self._busy[index] += 1
-        actor = self._actors[index]
+            actor = self._actors[index]
         call = self._telemetry.begin(name, trace_context)
         ref = actor.call.remote(fn, args, dict(kwargs) if kwargs else None, call.trace, guard)
 
         def kill() -> None:
+            self._restarting(index)
             with contextlib.suppress(Exception):  # restarts it: max_restarts=-1
                 self._ray.kill(actor, no_restart=False)
 
@@ -400,12 +413,30 @@ class RayActorPool(_RayCalls):
                                            canceller=lambda: self._cancel(holder[0], call, kill))
         holder.append(future)
         future.add_done_callback(lambda _: self._release(index))
-        self._watch(ref, future, call, guard.memory if guard else None, timeout, kill)
+        self._watch(ref, future, call, guard.memory if guard else None, timeout, kill,
+                    lost=lambda: self._restarting(index))
         return future
 
     def _release(self, index: int) -> None:
         with self._lock:
             self._busy[index] -= 1
+
+    def _restarting(self, index: int) -> None:
+        """Keep work off actor `index` until Ray has restarted it and its `setup` ran."""
+        with self._lock:
+            if index in self._down or index >= len(self._actors):
+                return
+            self._down.add(index)
+            actor = self._actors[index]
+
+        def back(_: Any) -> None:
+            with self._lock:
+                self._down.discard(index)
+
+        try:  # retried by Ray until the new incarnation answers
+            actor.ready.options(max_task_retries=-1).remote().future().add_done_callback(back)
+        except Exception:
+            back(None)
 
     def shutdown(self, *, timeout: float | None = None) -> None:
         """Kill the actors (no restart). Idempotent."""

@@ -1,0 +1,518 @@
+"""Executors: the local and Ray executors behind one seam, limits, lost workers, traces, metrics.
+
+The Ray tests share one local cluster started once for the session
+(``ray.init(num_cpus=2)`` on the loopback address); they are skipped, with
+the reason shown, only when Ray is not installed.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import os
+import signal
+import socket
+import sys
+import threading
+from collections.abc import Callable, Iterator
+from pathlib import Path
+from typing import Any
+
+import pytest
+
+from zixir_actors.errors import (
+    ClusterConnectionError,
+    ConfigError,
+    ExecutorError,
+    ExecutorUnavailableError,
+    RemoteCancelledError,
+    RemoteError,
+    RemoteLostError,
+    RemoteTimeoutError,
+    ZixirTimeoutError,
+)
+from zixir_actors.executor import (
+    Executor,
+    LocalActorPool,
+    LocalExecutor,
+    RayExecutor,
+    Resources,
+    TraceContext,
+    configure,
+    current_trace_context,
+    default_executor,
+    get_executor,
+    offload,
+    remote_callable,
+    reset,
+    run_sandboxed,
+    warm_state,
+)
+from zixir_actors.observability import metrics, span
+from zixir_actors.result import Err, Ok
+from zixir_actors.sandbox import Limits
+from zixir_actors.testing import capture_spans
+
+HERE = Path(__file__).resolve().parent
+WAIT = 60.0
+"""Seconds any single remote call of these tests may take (a cold Ray worker included)."""
+
+
+NO_RAY = "Ray is not installed: pip install 'zixir-actors[ray]' to run the Ray executor tests"
+
+
+@pytest.fixture(scope="session", autouse=True)
+def ray_session() -> Iterator[RayExecutor | None]:
+    """A local Ray cluster for the whole session, on the loopback address (None without Ray).
+
+    Autouse, so that it starts before the first test takes its snapshot of
+    threads: Ray's own driver threads are not a test's leak.
+    """
+    try:
+        import ray
+    except ImportError:
+        yield None
+        return
+    started = not ray.is_initialized()
+    if started:
+        # Workers import this module to run its functions, as they would a user's module.
+        path = os.pathsep.join([str(HERE), str(HERE.parent)])
+        ray.init(num_cpus=2, include_dashboard=False, log_to_driver=False,
+                 configure_logging=False, _node_ip_address="127.0.0.1",
+                 runtime_env={"env_vars": {"PYTHONPATH": path}})
+    yield RayExecutor()
+    if started:
+        ray.shutdown()
+
+
+@pytest.fixture
+def ray_executor(ray_session: RayExecutor | None) -> RayExecutor:
+    if ray_session is None:
+        pytest.skip(NO_RAY)
+    return ray_session
+
+
+@pytest.fixture
+def ray_cluster(ray_executor: RayExecutor) -> Any:
+    import ray
+
+    return ray
+
+
+@pytest.fixture
+def executor(request: pytest.FixtureRequest) -> Iterator[Executor]:
+    """Each executor kind, for tests parametrized with ``indirect=True``."""
+    if request.param == "ray":
+        yield request.getfixturevalue("ray_executor")
+    elif request.param == "processes":
+        with LocalExecutor(processes=1) as procs:
+            yield procs
+    else:
+        yield LocalExecutor()
+
+
+ALL = pytest.mark.parametrize("executor", ["local", "processes", "ray"], indirect=True)
+ISOLATED = pytest.mark.parametrize("executor", ["processes", "ray"], indirect=True)
+
+
+def _fails(n: int) -> int:
+    raise KeyError(f"no item {n}")
+
+
+def _sleep_forever(path: str) -> None:
+    Path(path).write_text(str(os.getpid()))
+    threading.Event().wait()
+
+
+def _hog_memory() -> int:
+    keep = []
+    while True:
+        keep.append(bytearray(8 * 2**20))
+
+
+def _recurse(n: int) -> int:
+    return _recurse(n + 1)
+
+
+def _spin() -> None:
+    n = 0
+    while True:
+        n += 1
+
+
+def _die_once(marker: str) -> str:
+    if not os.path.exists(marker):
+        Path(marker).write_text("died")
+        os.kill(os.getpid(), signal.SIGKILL)
+    return "second try"
+
+
+class _Unpicklable(Exception):
+    def __init__(self, lock: Any) -> None:
+        super().__init__("holds a lock")
+        self.lock = lock
+
+    def __reduce__(self) -> Any:
+        raise TypeError("cannot pickle me")
+
+
+def _raise_unpicklable() -> None:
+    raise _Unpicklable(threading.Lock())
+
+
+def _free_port() -> int:
+    with socket.socket() as sock:
+        sock.bind(("127.0.0.1", 0))
+        return int(sock.getsockname()[1])
+
+
+# -- the seam, on every executor -----------------------------------------------------
+
+
+@ALL
+def test_submit_returns_the_value_with_args_and_kwargs(executor: Executor) -> None:
+    future = executor.submit(int, "ff", kwargs={"base": 16}, resources=Resources(num_cpus=1))
+    assert future.get(timeout=WAIT) == 255
+    assert future.done() and not future.cancelled()
+    assert future.remote_duration is not None and future.pid is not None
+
+
+@ALL
+def test_a_remote_exception_comes_back_as_itself_with_its_traceback(executor: Executor) -> None:
+    future = executor.submit(_fails, 7)
+    with pytest.raises(KeyError, match="no item 7") as caught:
+        future.get(timeout=WAIT)
+    assert "_fails" in caught.value.remote_traceback  # type: ignore[attr-defined]
+    assert any("remote call '_fails'" in note for note in caught.value.__notes__)
+
+
+@ALL
+def test_an_unpicklable_exception_comes_back_as_remote_error(executor: Executor) -> None:
+    with pytest.raises(RemoteError) as caught:
+        executor.submit(_raise_unpicklable).get(timeout=WAIT)
+    assert caught.value.remote_type == "_Unpicklable"
+    assert "holds a lock" in caught.value.message
+
+
+@ALL
+def test_a_future_can_be_awaited(executor: Executor) -> None:
+    async def main() -> int:
+        return await executor.submit(sum, [1, 2, 3])
+
+    assert asyncio.run(main()) == 6
+
+
+def test_waiting_less_than_the_call_takes_is_a_timeout_of_the_wait_only() -> None:
+    gate = threading.Event()
+    future = LocalExecutor().submit(gate.wait, 30)
+    with pytest.raises(ZixirTimeoutError) as caught:
+        future.get(timeout=0.05)
+    assert not isinstance(caught.value, RemoteTimeoutError)
+    gate.set()
+    assert future.get(timeout=WAIT) is True
+
+
+@ISOLATED
+def test_a_memory_limit_ends_as_err_memory(executor: Executor) -> None:
+    outcome = run_sandboxed(executor, _hog_memory, limits=Limits(memory="400MB", timeout=WAIT))
+    assert isinstance(outcome, Err)
+    assert outcome.error.kind == "memory"
+    assert outcome.error.limit == 400 * 2**20
+    assert outcome.error.measured > outcome.error.limit
+
+
+@ISOLATED
+def test_depth_and_cpu_limits_end_as_their_kinds(executor: Executor) -> None:
+    depth = run_sandboxed(executor, _recurse, (0,), limits=Limits(max_depth=200))
+    cpu = run_sandboxed(executor, _spin, limits=Limits(cpu_time=0.2, timeout=WAIT))
+    assert isinstance(depth, Err) and depth.error.kind == "depth"
+    assert isinstance(cpu, Err) and cpu.error.kind == "cpu"
+    assert run_sandboxed(executor, pow, (2, 5), limits=Limits(max_depth=200)) == Ok(32)
+
+
+@ALL
+def test_a_sandboxed_exception_is_err_exception_with_the_remote_type(executor: Executor) -> None:
+    outcome = run_sandboxed(executor, _fails, (3,), limits=Limits(timeout=WAIT))
+    assert isinstance(outcome, Err)
+    assert outcome.error.kind == "exception"
+    assert outcome.error.remote_type == "KeyError"
+    assert isinstance(outcome.error.cause, KeyError)
+
+
+def test_a_local_timeout_abandons_the_call_and_says_so(tmp_path: Path) -> None:
+    gate = threading.Event()
+    future = LocalExecutor().submit(gate.wait, 30, timeout=0.05)
+    with pytest.raises(RemoteTimeoutError) as caught:
+        future.get(timeout=WAIT)
+    assert caught.value.timeout == 0.05 and caught.value.kind == "timeout"
+    assert isinstance(caught.value, TimeoutError)
+    gate.set()
+
+
+def test_the_trace_context_travels_with_a_local_call() -> None:
+    with capture_spans() as spans, span("caller") as caller:
+        sent = LocalExecutor().submit(current_trace_context).get(timeout=WAIT)
+    task = spans.named("executor.task")[0]
+    assert task.parent_id == caller.span_id and task.trace_id == caller.trace_id
+    assert sent == TraceContext(caller.trace_id, task.span_id)
+    assert task.attributes["outcome"] == "ok" and task.attributes["executor"] == "local"
+
+
+def test_an_explicit_trace_context_is_the_one_that_travels() -> None:
+    given = TraceContext("ab" * 16, "cd" * 8)
+    assert LocalExecutor().submit(current_trace_context,
+                                  trace_context=given).get(timeout=WAIT) == given
+    assert given.traceparent == f"00-{'ab' * 16}-{'cd' * 8}-01"
+
+
+# -- argument checks -------------------------------------------------------------------
+
+
+@pytest.mark.parametrize(("call", "field"), [
+    (lambda ex: ex.submit(42), "fn"),
+    (lambda ex: ex.submit(abs, 1, timeout=0), "timeout"),
+    (lambda ex: ex.submit(abs, 1, timeout=True), "timeout"),
+    (lambda ex: ex.submit(abs, 1, kwargs=[1]), "kwargs"),
+    (lambda ex: ex.submit(abs, 1, resources={"num_cpus": 1}), "resources"),
+    (lambda ex: ex.submit(abs, 1, trace_context="00-ab"), "trace_context"),
+])
+def test_bad_submit_arguments_are_config_errors_naming_them(
+        call: Callable[[LocalExecutor], Any], field: str) -> None:
+    with pytest.raises(ConfigError) as caught:
+        call(LocalExecutor())
+    assert caught.value.field == field
+
+
+@pytest.mark.parametrize(("kwargs", "field"), [
+    ({"num_cpus": -1}, "num_cpus"),
+    ({"num_gpus": float("nan")}, "num_gpus"),
+    ({"memory": "lots"}, "memory"),
+    ({"custom": {"": 1}}, "custom"),
+])
+def test_bad_resources_are_config_errors(kwargs: dict[str, Any], field: str) -> None:
+    with pytest.raises(ConfigError) as caught:
+        Resources(**kwargs)
+    assert caught.value.field == field
+
+
+def test_resources_become_ray_options() -> None:
+    resources = Resources(num_cpus=2, num_gpus=0.5, memory="1GB", custom={"tpu": 1})
+    assert resources.ray_options() == {"num_cpus": 2, "num_gpus": 0.5, "memory": 2**30,
+                                       "resources": {"tpu": 1}}
+    assert hash(resources) == hash(Resources(2, 0.5, 2**30, {"tpu": 1}))
+
+
+def test_an_unknown_executor_name_is_a_config_error() -> None:
+    with pytest.raises(ConfigError, match="executor"):
+        get_executor("dask")  # type: ignore[arg-type]
+    with pytest.raises(ConfigError):
+        offload("spark")  # type: ignore[arg-type]
+
+
+def test_asking_for_ray_without_ray_names_the_extra(monkeypatch: pytest.MonkeyPatch) -> None:
+    monkeypatch.setitem(sys.modules, "ray", None)  # what an environment without Ray looks like
+    with pytest.raises(ExecutorUnavailableError) as caught:
+        RayExecutor()
+    assert "pip install 'zixir-actors[ray]'" in str(caught.value)
+    assert caught.value.extra == "ray" and isinstance(caught.value, ImportError)
+    with pytest.raises(ExecutorUnavailableError):
+        configure("ray")
+    assert default_executor() is None
+
+
+def test_a_shut_down_local_executor_refuses_work() -> None:
+    executor = LocalExecutor(processes=1)
+    executor.shutdown()
+    with pytest.raises(ExecutorError, match="shut down"):
+        executor.submit(abs, -1)
+    with pytest.raises(ConfigError):
+        LocalExecutor(processes=0)
+
+
+# -- choosing an executor ---------------------------------------------------------------
+
+
+def test_offload_prefers_the_most_specific_choice() -> None:
+    local = LocalExecutor()
+    assert offload(None, None) is None
+    assert offload(local, "ray") is local
+    assert offload("local", "ray") is None
+    assert offload(None, local) is local
+    assert get_executor("local").name == "local"
+    assert get_executor(local) is local
+
+
+def test_configure_sets_the_default_that_offload_falls_back_to() -> None:
+    local = LocalExecutor()
+    try:
+        assert configure(local) is local
+        assert default_executor() is local and offload(None, None) is local
+        assert offload("local") is None
+        assert get_executor() is local
+    finally:
+        reset()
+    assert default_executor() is None and offload(None) is None
+
+
+def test_remote_callable_runs_each_call_on_the_executor() -> None:
+    seen: list[str] = []
+
+    def where(x: int) -> int:
+        seen.append(threading.current_thread().name)
+        return x + 1
+
+    wrapped = remote_callable(where, LocalExecutor())
+    assert [wrapped(i) for i in range(3)] == [1, 2, 3]
+    assert wrapped.__name__ == "where"
+    assert all(name.startswith("zixir-exec-") for name in seen)
+
+
+# -- actor pools: warm state ---------------------------------------------------------------
+
+
+def test_a_local_actor_pool_builds_warm_state_once_per_worker() -> None:
+    built: list[int] = []
+
+    def setup() -> dict[str, int]:
+        built.append(1)
+        return {"model": len(built)}
+
+    with LocalActorPool(setup, size=2) as pool:
+        models = {pool.submit(lambda: warm_state()["model"]).get(timeout=WAIT) for _ in range(6)}
+    assert len(built) <= 2 and models <= {1, 2}
+    with pytest.raises(ExecutorError, match="actor pool"):
+        warm_state()
+    with pytest.raises(ExecutorError):
+        pool.submit(abs, 1)
+
+
+# -- Ray -----------------------------------------------------------------------------------
+
+
+def test_a_ray_task_runs_in_a_ray_worker_with_its_resources(ray_executor: RayExecutor) -> None:
+    def assigned() -> tuple[int, dict[str, float]]:
+        import ray
+
+        return os.getpid(), dict(ray.get_runtime_context().get_assigned_resources())
+
+    pid, resources = ray_executor.submit(assigned,
+                                         resources=Resources(num_cpus=2)).get(timeout=WAIT)
+    assert pid != os.getpid()
+    assert resources == {"CPU": 2.0}
+
+
+def test_a_ray_timeout_cancels_the_task_and_kills_its_worker(ray_executor: RayExecutor,
+                                                             tmp_path: Path) -> None:
+    marker = tmp_path / "pid"
+    future = ray_executor.submit(_sleep_forever, str(marker), timeout=3.0)
+    with pytest.raises(RemoteTimeoutError) as caught:
+        future.get(timeout=WAIT)
+    assert caught.value.executor == "ray" and caught.value.timeout == 3.0
+    pid = int(marker.read_text())
+    from zixir_actors.testing import wait_for
+
+    wait_for(lambda: not _alive(pid), timeout=WAIT, what="the timed-out worker to be killed")
+    assert ray_executor.submit(abs, -4).get(timeout=WAIT) == 4
+
+
+def _alive(pid: int) -> bool:
+    import psutil
+
+    try:
+        return psutil.Process(pid).status() != psutil.STATUS_ZOMBIE
+    except psutil.NoSuchProcess:
+        return False
+
+
+def test_cancel_kills_a_running_ray_task(ray_executor: RayExecutor, tmp_path: Path) -> None:
+    marker = tmp_path / "pid"
+    future = ray_executor.submit(_sleep_forever, str(marker))
+    from zixir_actors.testing import wait_for
+
+    wait_for(marker.exists, timeout=WAIT, what="the task to start")
+    assert future.cancel() is True
+    assert future.cancel() is False and future.cancelled()
+    with pytest.raises(RemoteCancelledError):
+        future.get(timeout=WAIT)
+    wait_for(lambda: not _alive(int(marker.read_text())), timeout=WAIT,
+             what="the cancelled worker to be killed")
+
+
+def test_a_lost_ray_worker_is_a_typed_failure_a_retry_survives(ray_executor: RayExecutor,
+                                                               tmp_path: Path) -> None:
+    marker = str(tmp_path / "died")
+    with pytest.raises(RemoteLostError) as caught:
+        ray_executor.submit(_die_once, marker).get(timeout=WAIT)
+    assert caught.value.reason == "worker" and caught.value.task == "_die_once"
+    assert ray_executor.submit(_die_once, marker).get(timeout=WAIT) == "second try"
+
+
+def test_resources_no_node_has_are_refused_at_once(ray_executor: RayExecutor) -> None:
+    with pytest.raises(ConfigError, match="GPU=0"):
+        ray_executor.submit(abs, 1, resources=Resources(num_gpus=1))
+    with pytest.raises(ConfigError, match="CPU=2"):
+        ray_executor.submit(abs, 1, resources=Resources(num_cpus=64))
+
+
+def test_the_trace_context_travels_with_a_ray_task(ray_executor: RayExecutor) -> None:
+    with capture_spans() as spans, span("caller") as caller:
+        sent = ray_executor.submit(current_trace_context).get(timeout=WAIT)
+    task = spans.named("executor.task")[0]
+    assert sent == TraceContext(caller.trace_id, task.span_id)
+    assert task.parent_id == caller.span_id
+    assert task.attributes["executor"] == "ray" and task.attributes["pid"] != os.getpid()
+    assert task.attributes["remote_duration"] >= 0
+
+
+def test_remote_outcomes_and_durations_land_in_zixir_metrics(ray_executor: RayExecutor) -> None:
+    def sample(name: str, **labels: str) -> float:
+        return metrics.sample(name, {"executor": "ray", **labels}) or 0.0
+
+    ok, failed = sample("zixir_executor_tasks_total", outcome="ok"), \
+        sample("zixir_executor_tasks_total", outcome="error")
+    remote = sample("zixir_executor_remote_duration_seconds_count")
+    ray_executor.submit(abs, -1).get(timeout=WAIT)
+    with pytest.raises(KeyError):
+        ray_executor.submit(_fails, 1).get(timeout=WAIT)
+    assert sample("zixir_executor_tasks_total", outcome="ok") == ok + 1
+    assert sample("zixir_executor_tasks_total", outcome="error") == failed + 1
+    assert sample("zixir_executor_remote_duration_seconds_count") == remote + 2
+    assert sample("zixir_executor_in_flight") == 0
+
+
+def test_a_ray_actor_pool_keeps_warm_state_and_survives_a_lost_actor(
+        ray_executor: RayExecutor) -> None:
+    with ray_executor.actor_pool(lambda: {"model": os.getpid()}, size=2) as pool:
+        pids = pool.wait_ready(timeout=WAIT)
+        seen = {pool.submit(lambda: warm_state()["model"]).get(timeout=WAIT) for _ in range(4)}
+        assert seen == set(pids)
+        with pytest.raises(RemoteLostError) as caught:
+            pool.submit(lambda: os.kill(os.getpid(), signal.SIGKILL)).get(timeout=WAIT)
+        assert caught.value.reason == "actor"
+        again = {pool.submit(lambda: warm_state()["model"] == os.getpid()).get(timeout=WAIT)
+                 for _ in range(4)}
+        assert again == {True}
+
+
+def test_an_unreachable_cluster_is_a_clear_connection_error(ray_cluster: Any) -> None:
+    address = f"127.0.0.1:{_free_port()}"
+    with pytest.raises(ClusterConnectionError) as caught:
+        RayExecutor(address, connect_timeout=2.0)
+    assert caught.value.address == address and address in str(caught.value)
+
+
+def test_submitting_after_the_connection_is_gone_is_a_clear_error(
+        ray_cluster: Any, ray_executor: RayExecutor, monkeypatch: pytest.MonkeyPatch) -> None:
+    monkeypatch.setattr(ray_cluster, "is_initialized", lambda: False)
+    with pytest.raises(ClusterConnectionError, match="not connected"):
+        ray_executor.submit(abs, 1)
+
+
+def test_configure_ray_makes_it_the_default(ray_cluster: Any) -> None:
+    try:
+        chosen = configure("ray")
+        assert isinstance(chosen, RayExecutor) and not chosen.owns_cluster_connection
+        assert offload(None, None) is chosen and get_executor("ray") is chosen
+        assert chosen.submit(abs, -9).get(timeout=WAIT) == 9
+    finally:
+        reset()
+    assert ray_cluster.is_initialized()  # a session's own connection stays
