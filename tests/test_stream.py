@@ -4,9 +4,13 @@ from __future__ import annotations
 
 import asyncio
 import itertools
+import os
 import queue
+import subprocess
+import sys
 import threading
 from collections.abc import Iterator
+from pathlib import Path
 from typing import Any
 
 import pytest
@@ -613,6 +617,18 @@ def test_breaking_out_of_a_for_loop_stops_source_and_stages() -> None:
     assert closed.wait(WAIT)
     for _ in Stream.range(10**12).batch(3, timeout=5.0):
         break
+
+
+def test_an_iterator_left_open_does_not_keep_the_interpreter_alive(tmp_path: Any) -> None:
+    script = tmp_path / "left_open.py"
+    script.write_text(
+        "from zixir_actors.stream import Stream\n"
+        "it = iter(Stream.range(10**9).async_boundary().map(str, concurrency=2))\n"
+        "print(next(it))\n")
+    root = str(Path(__file__).resolve().parent.parent)
+    result = subprocess.run([sys.executable, str(script)], capture_output=True, text=True,
+                            timeout=60, env={**os.environ, "PYTHONPATH": root}, check=False)
+    assert (result.returncode, result.stdout, result.stderr) == (0, "0\n", "")
 
 
 def test_take_and_first_stop_an_infinite_pipeline() -> None:

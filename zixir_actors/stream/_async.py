@@ -75,6 +75,8 @@ class Future(Generic[T]):
 class _Task(SupervisedActor):
     """Runs one call, resolves its future, and stops itself."""
 
+    use_daemon_thread = True  # like a daemon executor thread: exit does not wait for it
+
     def __init__(self, fn: Callable[..., Any], args: tuple[Any, ...], kwargs: dict[str, Any],
                  future: concurrent.futures.Future[Any]) -> None:
         super().__init__()

@@ -92,6 +92,8 @@ MAX_CALLS_PER_MESSAGE = 32
 class Worker(SupervisedActor):
     """Runs calls of a concurrent map for its coordinator, one message at a time."""
 
+    use_daemon_thread = True
+
     def __init__(self, *, control: Control, fn: Callable[[Any], Any], tries: int,
                  index: int) -> None:
         super().__init__()

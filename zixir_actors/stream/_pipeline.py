@@ -15,6 +15,7 @@ from __future__ import annotations
 import asyncio
 import contextlib
 import itertools
+import sys
 import time
 from collections.abc import Callable
 from dataclasses import dataclass, field
@@ -65,6 +66,13 @@ STAGE_SHUTDOWN = 5.0
 """Seconds each stage gets to stop (a stage busy in user code finishes that call first)."""
 
 _ids = itertools.count(1)
+
+
+class _PipelineSupervisor(Supervisor):
+    """A run's `rest_for_one` supervisor, on a daemon thread like its stages: an
+    iterator left open at interpreter exit must not keep the process alive."""
+
+    use_daemon_thread = True
 
 
 @dataclass
@@ -248,10 +256,10 @@ class Run:
         streams = whereis(STREAMS_NAME)
         if streams is not None and streams.is_alive():
             self._dynamic = SupervisorRef(streams)
-            self._sup_ref = self._dynamic.start_child(Supervisor.child_spec(
+            self._sup_ref = self._dynamic.start_child(_PipelineSupervisor.child_spec(
                 self.id, children=specs, strategy="rest_for_one", restart="temporary"))
             return SupervisorRef(self._sup_ref)
-        return Supervisor.start_link(specs, strategy="rest_for_one")
+        return _PipelineSupervisor.start_link(specs, strategy="rest_for_one")
 
     def _watcher(self, name: str) -> Callable[[Down], None]:
         control = self.control
@@ -302,6 +310,8 @@ class Run:
         if self._closed:
             return
         self._closed = True
+        if sys.is_finalizing():
+            return  # interpreter exit: the stages run on daemon threads and end with it
         self.control.stopping.set()
         try:
             if self._dynamic is not None and self._sup_ref is not None:
@@ -316,8 +326,10 @@ class Run:
         finally:
             self.control.close(timeout=timeout)
             failure = self.control.failure
-            self.span.end(error=failure)
-            _runs().labels("error" if failure is not None else "ok").inc()
+            # Instrumentation never masks the outcome (nor fails at interpreter exit).
+            with contextlib.suppress(Exception):
+                self.span.end(error=failure)
+                _runs().labels("error" if failure is not None else "ok").inc()
 
 
 def _runs() -> Any:

@@ -89,6 +89,8 @@ class IterSource:
 class Stage(SupervisedActor):
     """Wiring, demand toward downstream, sending, failure reporting."""
 
+    use_daemon_thread = True  # an unfinished run never keeps the interpreter from exiting
+
     def __init__(self, *, control: Control, name: str, bound: int, chunk: int) -> None:
         super().__init__()
         self.control = control
