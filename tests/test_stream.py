@@ -618,6 +618,22 @@ def test_breaking_out_of_a_for_loop_stops_source_and_stages() -> None:
     for _ in Stream.range(10**12).batch(3, timeout=5.0):
         break
 
+    resume, finished = threading.Event(), threading.Event()
+
+    def waits_for_the_network() -> Iterator[str]:
+        try:
+            yield "first token"
+            resume.wait(WAIT)  # blocked inside next() when the consumer leaves
+            yield "never read"
+        finally:
+            finished.set()
+
+    for token in Stream.from_iterator(waits_for_the_network()):
+        assert token == "first token"
+        break
+    resume.set()  # the generator can only be closed once its next() returns
+    assert finished.wait(WAIT)
+
 
 def test_an_iterator_left_open_does_not_keep_the_interpreter_alive(tmp_path: Any) -> None:
     script = tmp_path / "left_open.py"

@@ -248,11 +248,16 @@ class Control:
         for pump in self.pumps:
             pump.stop()
         for pump in self.pumps:
-            pump.join(timeout=timeout)
+            # A pump waiting for room or polling a queue ends at once; one blocked
+            # inside the user's `next()` ends when that returns: do not wait for it.
+            pump.join(timeout=_PUMP_JOIN if timeout is None else min(timeout, _PUMP_JOIN))
 
 
 _QUEUE_POLL = 0.05
 """How often a queue (or async) source waiting for an item checks whether the run stopped."""
+
+_PUMP_JOIN = 0.5
+"""How long closing a run waits for each pump thread to end."""
 
 _ACLOSE_WAIT = 1.0
 """How long an early-closed async iterator on the caller's loop gets to run its `aclose`."""
