@@ -594,8 +594,13 @@ def test_on_error_skip_and_retry() -> None:
 
 def test_timeout_raises_and_stops_the_pipeline() -> None:
     release = threading.Event()
+
+    def stalls() -> Iterator[int]:
+        yield 1
+        release.wait(WAIT)
+
     with pytest.raises(StreamTimeoutError):
-        Stream.range(3).map(lambda x: release.wait(WAIT)).to_list(timeout=0.05)
+        Stream.from_iterator(stalls()).map(lambda x: x).to_list(timeout=0.05)
     release.set()
 
 
