@@ -27,7 +27,13 @@ from zixir_actors.errors import (
 )
 from zixir_actors.executor._api import Resources, TaskFuture, TraceContext
 from zixir_actors.executor._core import Deadlines, check_submit, finish, label_of, settle_reply
-from zixir_actors.executor._remote import Guard, Reply, execute, guard_of, set_warm_state
+from zixir_actors.executor._remote import (
+    Guard,
+    Reply,
+    execute_packed,
+    guard_of,
+    set_warm_state,
+)
 from zixir_actors.executor._telemetry import Call, Telemetry
 
 __all__ = ["DEFAULT_CONNECT_TIMEOUT", "RAY_EXTRA", "RayActorPool", "RayExecutor", "import_ray"]
@@ -203,7 +209,7 @@ class RayExecutor(_RayCalls):
             except (ConnectionError, RuntimeError, TimeoutError, ValueError) as exc:
                 raise ClusterConnectionError(address, _first_line(exc)) from exc
             self._owns = True
-        self._remote = ray.remote(execute)
+        self._remote = ray.remote(execute_packed)
 
     def __repr__(self) -> str:
         return f"<RayExecutor {self.address or 'local'}>"
@@ -239,7 +245,7 @@ class RayExecutor(_RayCalls):
         name = label_of(fn, label)
         call = self._telemetry.begin(name, trace_context)
         try:
-            ref = remote.remote(fn, args, dict(kwargs) if kwargs else None, call.trace, guard)
+            ref = remote.remote((fn, args, dict(kwargs) if kwargs else None, call.trace, guard))
         except Exception as exc:
             error = ClusterConnectionError(self.address, f"cannot submit {name!r}: "
                                            f"{_first_line(exc)}")
@@ -315,10 +321,8 @@ class _WarmActor:
     def ready(self) -> int:
         return os.getpid()
 
-    def call(self, fn: Callable[..., Any], args: tuple[Any, ...],
-             kwargs: Mapping[str, Any] | None, trace: TraceContext | None,
-             guard: Guard | None) -> Reply:
-        return execute(fn, args, kwargs, trace, guard)
+    def call(self, payload: tuple[Any, ...]) -> Reply:
+        return execute_packed(payload)
 
 
 class RayActorPool(_RayCalls):
@@ -401,7 +405,7 @@ class RayActorPool(_RayCalls):
             self._busy[index] += 1
             actor = self._actors[index]
         call = self._telemetry.begin(name, trace_context)
-        ref = actor.call.remote(fn, args, dict(kwargs) if kwargs else None, call.trace, guard)
+        ref = actor.call.remote((fn, args, dict(kwargs) if kwargs else None, call.trace, guard))
 
         def kill() -> None:
             self._restarting(index)

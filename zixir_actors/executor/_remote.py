@@ -31,6 +31,7 @@ __all__ = [
     "Reply",
     "current_trace_context",
     "execute",
+    "execute_packed",
     "guard_of",
     "set_warm_state",
     "warm_state",
@@ -46,6 +47,12 @@ _TRACE: contextvars.ContextVar[TraceContext | None] = contextvars.ContextVar(
 _NOTHING = object()
 _PROCESS_WARM: list[Any] = [_NOTHING]
 _THREAD_WARM = threading.local()
+_HOST: list[str] = [""]
+
+
+def _host() -> str:
+    _HOST[0] = socket.gethostname()
+    return _HOST[0]
 
 
 @dataclass(frozen=True, slots=True)
@@ -210,6 +217,11 @@ def _failure(exc: BaseException, duration: float, node: str) -> Reply:
                  node=node)
 
 
+def execute_packed(payload: tuple[Any, ...]) -> Reply:
+    """`execute` with its arguments in one tuple: one object for the engine to serialize."""
+    return execute(*payload)
+
+
 def execute(fn: Callable[..., Any], args: tuple[Any, ...], kwargs: Mapping[str, Any] | None,
             trace: TraceContext | None, guard: Guard | None, node: str = "") -> Reply:
     """Run ``fn(*args, **kwargs)`` here under `guard`, with `trace` as the current context.
@@ -217,7 +229,8 @@ def execute(fn: Callable[..., Any], args: tuple[Any, ...], kwargs: Mapping[str, 
     Never raises for the call's own failures: they come back in the `Reply`.
     An ``async def`` function runs on its own event loop.
     """
-    node = node or socket.gethostname()
+    if not node:
+        node = _HOST[0] or _host()
     token = _TRACE.set(trace)
     began = time.perf_counter()
     monitor: _Monitor | None = None

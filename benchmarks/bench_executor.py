@@ -1,0 +1,163 @@
+"""Executor: CPU-bound fan-out on the local executor vs Ray, and the cost of a remote step.
+
+Figures, each beside its peer measured in the same run:
+
+- fan-out of 200 CPU-bound calls (about 50 ms of pure Python each) as Ray
+  tasks vs the local executor (threads: the GIL runs one at a time), with
+  the local process executor as an extra; reported, since the point is the
+  same API, not a speed-up on a 2-core machine;
+- the same fan-out as workflow steps (``Workflow(executor="ray")`` vs the
+  default in-process run), when the workflow takes ``executor=``;
+- a no-op call round trip on Ray vs the local executor: the difference is
+  the overhead of a remote step (target: under 2 ms), also as workflow steps;
+- our Ray round trip vs a bare ``ray.get(f.remote())`` (target 1.5x).
+
+Run: ``python -m benchmarks.bench_executor [--quick]``.
+"""
+
+from __future__ import annotations
+
+import os
+import tempfile
+import time
+from pathlib import Path
+from typing import Any
+
+from benchmarks._harness import Figure, main, measure
+
+ROOT = Path(__file__).resolve().parent.parent
+BURN_SECONDS = 0.05
+
+
+def burn(n: int) -> int:
+    """Pure-Python CPU work: about `BURN_SECONDS` for the calibrated `n`."""
+    total = 0
+    for i in range(n):
+        total += i * i % 7
+    return total
+
+
+def noop() -> None:
+    return None
+
+
+def _calibrate() -> int:
+    n = 20_000
+    while True:
+        start = time.perf_counter()
+        burn(n)
+        took = time.perf_counter() - start
+        if took > 0.01:
+            return int(n * BURN_SECONDS / took)
+        n *= 2
+
+
+def _fan_out(executor: Any, n: int, count: int) -> float:
+    start = time.perf_counter()
+    futures = [executor.submit(burn, n) for _ in range(count)]
+    for future in futures:
+        future.get(timeout=600)
+    return time.perf_counter() - start
+
+
+def _workflow(name: str, count: int, fn: Any, executor: Any, store: Any) -> float:
+    from zixir_actors.workflow import Step, Workflow
+
+    wf = Workflow(name, max_concurrency=min(count, 16), executor=executor)
+    for i in range(count):
+        wf.add(Step(f"s{i}", fn, version="1"))
+    start = time.perf_counter()
+    result = wf.run({}, store=store, timeout=600)
+    took = time.perf_counter() - start
+    assert result.status == "succeeded", result
+    return took
+
+
+def run(quick: bool = False) -> list[Figure]:
+    import ray
+
+    from zixir_actors.executor import LocalExecutor, RayExecutor
+    from zixir_actors.workflow import Step
+
+    count = 40 if quick else 200
+    calls = 100 if quick else 500
+    started = not ray.is_initialized()
+    if started:
+        ray.init(num_cpus=2, include_dashboard=False, log_to_driver=False,
+                 configure_logging=False, _node_ip_address="127.0.0.1",
+                 runtime_env={"env_vars": {"PYTHONPATH": str(ROOT)}})
+    figures: list[Figure] = []
+    try:
+        local, ray_ex = LocalExecutor(), RayExecutor()
+        n = _calibrate()
+        _fan_out(ray_ex, n, 4)  # warm the Ray workers
+        with LocalExecutor(processes=2) as procs:
+            _fan_out(procs, n, 4)
+            procs_s = _fan_out(procs, n, count)
+        threads_s = _fan_out(local, n, count)
+        ray_s = _fan_out(ray_ex, n, count)
+        figures.append(Figure(
+            "executor", f"fan-out {count} x 50 ms CPU calls", ours=ray_s, baseline=threads_s,
+            unit="s", baseline_name="local executor (threads)", better="lower",
+            note="2 cores; reported", extra={"local_processes_s": procs_s}))
+
+        ray_rt = measure(lambda: ray_ex.submit(noop).get(timeout=60), calls)
+        local_rt = measure(lambda: local.submit(noop).get(timeout=60), calls)
+        figures.append(Figure(
+            "executor", "no-op call round trip", ours=ray_rt * 1e3, baseline=local_rt * 1e3,
+            unit="ms/call", baseline_name="local executor (thread)", better="lower",
+            note=f"overhead {(ray_rt - local_rt) * 1e3:.2f} ms per remote call (target < 2 ms)",
+            extra={"overhead_ms": (ray_rt - local_rt) * 1e3}))
+
+        bare = ray.remote(noop).options(max_retries=0)
+        bare_rt = measure(lambda: ray.get(bare.remote(), timeout=60), calls)
+        figures.append(Figure(
+            "executor", "Ray no-op via executor vs bare Ray", ours=ray_rt * 1e3,
+            baseline=bare_rt * 1e3, unit="ms/call", baseline_name="ray.get(f.remote())",
+            better="lower", target=1.5))
+
+        batch = calls * 2
+        start = time.perf_counter()
+        futures = [ray_ex.submit(noop) for _ in range(batch)]
+        for future in futures:
+            future.get(timeout=60)
+        pipelined = (time.perf_counter() - start) / batch
+        start = time.perf_counter()
+        ray.get([bare.remote() for _ in range(batch)], timeout=60)
+        bare_pipelined = (time.perf_counter() - start) / batch
+        figures.append(Figure(
+            "executor", f"Ray no-op, {batch} in flight", ours=pipelined * 1e3,
+            baseline=bare_pipelined * 1e3, unit="ms/call", baseline_name="bare Ray, same batch",
+            better="lower", target=1.5))
+
+        if "executor" in getattr(Step, "__dataclass_fields__", {}):
+            from zixir_actors.checkpoint import open_store
+
+            with tempfile.TemporaryDirectory() as tmp, open_store(tmp) as store:
+                steps = count
+                local_wf = _workflow("bench-local", steps, lambda: burn(n), None, store)
+                ray_wf = _workflow("bench-ray", steps, lambda: burn(n), "ray", store)
+                figures.append(Figure(
+                    "executor", f"workflow fan-out {steps} x 50 ms CPU steps", ours=ray_wf,
+                    baseline=local_wf, unit="s", baseline_name="workflow, local threads",
+                    better="lower", note="reported"))
+                local_noop = _workflow("bench-noop-local", calls, noop, None, store)
+                ray_noop = _workflow("bench-noop-ray", calls, noop, "ray", store)
+                per_local, per_ray = local_noop / calls * 1e3, ray_noop / calls * 1e3
+                figures.append(Figure(
+                    "executor", f"workflow no-op step ({calls} steps)", ours=per_ray,
+                    baseline=per_local, unit="ms/step", baseline_name="workflow, local",
+                    better="lower",
+                    note=f"overhead {per_ray - per_local:.2f} ms per remote step "
+                         "(target < 2 ms)",
+                    extra={"overhead_ms": per_ray - per_local}))
+        ray_ex.shutdown()
+    finally:
+        if started:
+            ray.shutdown()
+    return figures
+
+
+if __name__ == "__main__":
+    os.environ.setdefault("RAY_DEDUP_LOGS", "0")
+    main(run)
