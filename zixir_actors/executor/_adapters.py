@@ -1,4 +1,4 @@
-"""How the services use an executor: a workflow step, a sandboxed call, a stream stage's function."""
+"""How the services use an executor: a workflow step, a sandboxed call, a stream stage."""
 
 from __future__ import annotations
 
@@ -78,7 +78,7 @@ def run_sandboxed(executor: Executor, fn: Callable[..., Any], args: tuple[Any, .
                   kwargs: Mapping[str, Any] | None = None, limits: Any = None, *,
                   resources: Resources | None = None,
                   label: str | None = None) -> Result[Any, SandboxError]:
-    """A sandboxed call on `executor`: `Ok(value)` or `Err(SandboxError)`, never raises for the call.
+    """A sandboxed call on `executor`: `Ok(value)` or `Err(SandboxError)`; the call never raises.
 
     Example:
         >>> from zixir_actors.executor import LocalExecutor

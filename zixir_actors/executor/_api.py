@@ -91,7 +91,7 @@ class Resources:
         if self.memory is not None:
             options["memory"] = self.memory
         if self.custom:
-            options["resources"] = dict(self.custom)  # type: ignore[arg-type]
+            options["resources"] = dict(self.custom)
         return options
 
 

@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import contextlib
 import heapq
 import itertools
 import math
@@ -111,10 +112,8 @@ def error_of(reply: Reply, label: str, executor: str) -> BaseException:
             error = None
     if error is None:
         return RemoteError(label, reply.error_type, reply.message, reply.traceback)
-    try:
+    with contextlib.suppress(AttributeError):  # an exception type with __slots__
         error.remote_traceback = reply.traceback  # type: ignore[attr-defined]
-    except AttributeError:
-        pass
     add_note = getattr(error, "add_note", None)
     if add_note is not None:
         add_note(f"(raised in remote call {label!r} on {executor}, pid {reply.pid}; "

@@ -41,7 +41,7 @@ __all__ = ["DEFAULT_CONNECT_TIMEOUT", "RAY_EXTRA", "RayActorPool", "RayExecutor"
 T = TypeVar("T")
 
 RAY_EXTRA = "ray"
-"""The extra of the `zixir-actors` package that installs Ray: ``pip install 'zixir-actors[ray]'``."""
+"""The `zixir-actors` extra that installs Ray: ``pip install 'zixir-actors[ray]'``."""
 DEFAULT_CONNECT_TIMEOUT = 10.0
 """Seconds to wait for a cluster's address to answer before `ClusterConnectionError`."""
 _RESOURCE_REFRESH = 5.0

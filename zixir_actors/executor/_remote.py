@@ -206,8 +206,9 @@ async def _await(awaitable: Any) -> Any:
 
 
 def _failure(exc: BaseException, duration: float, node: str) -> Reply:
+    blob: bytes | None
     try:
-        blob: bytes | None = pickle.dumps(exc)
+        blob = pickle.dumps(exc)
         pickle.loads(blob)
     except Exception:  # carried back as type, message and traceback only
         blob = None

@@ -1,4 +1,4 @@
-"""Choosing an executor: by name, per runtime (`configure`), per workflow or per step (`offload`)."""
+"""Choosing an executor: by name, per runtime (`configure`), per workflow or step (`offload`)."""
 
 from __future__ import annotations
 
