@@ -897,3 +897,21 @@ def test_a_step_can_run_another_workflow(store: CheckpointClient) -> None:
 
     assert outer.run({"n": 21}, run_id="nest", store=store).outputs["delegate"] == 42
     assert store.get_run("nest/delegate/inner").status == "succeeded"
+
+
+def test_spans_opened_by_a_step_nest_in_its_attempt_span(store: CheckpointClient) -> None:
+    from zixir_actors.observability import span
+
+    wf = Workflow("nested-spans")
+
+    @wf.step(timeout=10)
+    def call_llm() -> str:
+        with span("llm.call", model="small"):
+            return "ok"
+
+    with capture_spans() as spans:
+        wf.run(store=store)
+    by_name = {s.name: s for s in spans.spans}
+    assert by_name["llm.call"].parent_id == by_name["workflow.step"].span_id
+    assert by_name["workflow.step"].parent_id == by_name["workflow.run"].span_id
+    assert len({s.trace_id for s in spans.spans}) == 1

@@ -14,6 +14,7 @@ import asyncio
 import contextvars
 import inspect
 import random
+import sys
 import threading
 import time
 import traceback
@@ -32,7 +33,7 @@ from zixir_actors.checkpoint import (
     StepCheckpoint,
 )
 from zixir_actors.errors import CorruptBlobError, StepTimeoutError, UnserializableError
-from zixir_actors.observability import Span, start_span
+from zixir_actors.observability import Span, span
 from zixir_actors.result import Ok
 from zixir_actors.workflow._hashing import fingerprint
 from zixir_actors.workflow._plan import idempotency_key
@@ -62,6 +63,7 @@ class Job:
     deadline: float | None
     span: Span
     telemetry: Telemetry
+    context: contextvars.Context
     rng: random.Random = field(default_factory=random.Random)
 
 
@@ -194,7 +196,7 @@ class Scheduler:
         for _ in range(max(0, min(count, self.job.max_concurrency - self.active))):
             self.active += 1
             self._workers += 1
-            context = contextvars.copy_context()
+            context = self.job.context.copy()
             thread = threading.Thread(
                 target=context.run, args=(self._work,), daemon=True,
                 name=f"zixir-wf-{self.job.run_id[:12]}-{self._workers}")
@@ -279,29 +281,36 @@ class Scheduler:
             if self.ended is not None:
                 return _Outcome(StepResult(name, "cancelled", attempt - 1, total))
             ctx = StepContext(job.run_id, name, attempt, key, wf.name) if step.takes_ctx else None
-            span = start_span("workflow.step", parent=job.span, step=name, attempt=attempt,
-                              run_id=job.run_id, workflow=wf.name)
+            # The attempt's span is current while the step runs (this worker's
+            # context descends from the run's), so spans the step opens nest in it.
+            scope = span("workflow.step", step=name, attempt=attempt, run_id=job.run_id,
+                         workflow=wf.name)
+            attempt_span = scope.__enter__()
             started_at = job.clock.time()
             began = time.perf_counter()
             bound.debug("step started", attempt=attempt)
             failure: Exception | None = None
             try:
-                value = self._call(step, kwargs, ctx)
-            except Exception as exc:  # the step's failure is data
-                failure = exc
-            seconds = time.perf_counter() - began
-            total += seconds
-            if failure is None:
                 try:
-                    job.store.save_step(
-                        StepCheckpoint(job.run_id, name, value, wf.code_hashes[name], input_hash,
-                                       attempt, total, job.clock.time(), key),
-                        resolve_letters=self.letters.get(name, ()))
-                except UnserializableError as exc:
+                    value = self._call(step, kwargs, ctx)
+                except Exception as exc:  # the step's failure is data
                     failure = exc
+                seconds = time.perf_counter() - began
+                total += seconds
+                if failure is None:
+                    try:
+                        job.store.save_step(
+                            StepCheckpoint(job.run_id, name, value, wf.code_hashes[name],
+                                           input_hash, attempt, total, job.clock.time(), key),
+                            resolve_letters=self.letters.get(name, ()))
+                    except UnserializableError as exc:
+                        failure = exc
+                if failure is not None:
+                    attempt_span.record_exception(failure)
+            finally:
+                scope.__exit__(*sys.exc_info())
             if failure is not None:
                 timed_out = _is_timeout(failure)
-                span.end(error=failure)
                 job.telemetry.attempt(name, "timed_out" if timed_out else "failed", seconds)
                 history.append(AttemptInfo(attempt, started_at, seconds,
                                            type(failure).__qualname__, str(failure), timed_out))
@@ -315,7 +324,6 @@ class Scheduler:
                 if self.ended is not None:
                     return _Outcome(StepResult(name, "cancelled", attempt, total))
                 return self._give_up(step, kwargs, failure, history, total, timed_out)
-            span.end()
             job.telemetry.attempt(name, "succeeded", seconds)
             bound.info("step succeeded", attempt=attempt, duration=seconds)
             return _Outcome(StepResult(name, "succeeded", attempt, total), value)

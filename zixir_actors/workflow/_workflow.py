@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import contextvars
 import dataclasses
 import time
 import types
@@ -24,7 +25,7 @@ from zixir_actors.errors import (
     WorkflowDefinitionError,
     WorkflowError,
 )
-from zixir_actors.observability import start_span
+from zixir_actors.observability import Span, span
 from zixir_actors.workflow._hashing import code_hash
 from zixir_actors.workflow._plan import compute_plan
 from zixir_actors.workflow._results import Plan, RunHandle, RunResult
@@ -396,11 +397,15 @@ class Workflow:
             client.save_run(RunRecord(run_id, self.name, "running", inputs, created, now))
             if self._telemetry is None:
                 self._telemetry = Telemetry(self.name)
-            span = start_span("workflow.run", workflow=self.name, run_id=run_id,
-                              resumed=existing is not None)
+            # The run's span is current in a context of its own, copied from the
+            # caller's (so the caller's span is its parent); the run's worker
+            # threads start from copies of it.
+            context = contextvars.copy_context()
+            run_span = context.run(_enter_span, "workflow.run", workflow=self.name,
+                                   run_id=run_id, resumed=existing is not None)
             job = Job(self, run_id, inputs, client, self.clock, concurrency, created,
-                      None if timeout is None else time.monotonic() + timeout, span,
-                      self._telemetry)
+                      None if timeout is None else time.monotonic() + timeout, run_span,
+                      self._telemetry, context)
             supervisor = whereis(WORKFLOWS_NAME)
             if supervisor is not None:
                 SupervisorRef(supervisor).start_child(ChildSpec(
@@ -414,6 +419,11 @@ class Workflow:
             raise
         return RunHandle(run_id, control.future,
                          lambda rid: self.cancel(rid, store=client))
+
+
+def _enter_span(name: str, **attributes: Any) -> Span:
+    """Open a span and make it current in the running context (see `_launch`)."""
+    return span(name, **attributes).__enter__()
 
 
 class _Anything(dict):  # type: ignore[type-arg]
