@@ -121,8 +121,21 @@ def wait_for_file(path: str) -> int:
 # --- helpers ---------------------------------------------------------------------
 
 
+_before: set[psutil.Process] = set()
+
+
+@pytest.fixture(autouse=True)
+def _processes_before() -> Iterator[None]:
+    """Remember the processes that existed before the test (other suites may leave some)."""
+    _before.clear()
+    _before.update(psutil.Process().children(recursive=True))
+    yield
+    _before.clear()
+
+
 def _descendants() -> set[psutil.Process]:
-    return set(psutil.Process().children(recursive=True))
+    """Processes under this one that the current test started."""
+    return set(psutil.Process().children(recursive=True)) - _before
 
 
 def _gone(proc: psutil.Process) -> bool:
@@ -283,7 +296,11 @@ def test_rss_breach_reports_the_measured_value(sandbox: Sandbox) -> None:
 def test_deep_recursion_ends_as_depth_and_the_worker_survives(sandbox: Sandbox) -> None:
     assert sandbox.run(double, 1) == Ok(2)
     worker = _only_worker(sandbox)
-    error = sandbox.call(recurse, (0,), limits=Limits(max_depth=100, timeout=BOUND)).unwrap_err()
+    with capture_logs() as logs:
+        error = sandbox.call(recurse, (0,),
+                             limits=Limits(max_depth=100, timeout=BOUND)).unwrap_err()
+    (breach,) = logs.find("sandbox limit breached")
+    assert (breach["reason"], breach["limit"]) == ("depth", 100)
     assert error.kind == "depth"
     assert error.limit == 100
     assert error.remote_type == "RecursionError"

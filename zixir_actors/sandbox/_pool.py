@@ -706,6 +706,8 @@ class WorkerPool:
         if status in ("timeout", "cpu", "memory"):
             self._replace(worker, status, limit, measured)
         else:
+            if status == "depth":
+                telemetry.breach(self.name, status, limit, measured)
             self._checkin(worker)
         return self._finish(call.started, Err(SandboxError(
             status, message, limit=limit, measured=measured, remote_type=remote_type,

@@ -117,6 +117,16 @@ class Telemetry:
             current.add_event("sandbox.kill", reason=reason, pid=pid, limit=limit,
                               measured=measured)
 
+    def breach(self, pool: str, kind: str, limit: Any, measured: Any) -> None:
+        """Log a limit breach the worker survived (depth): no kill, no restart."""
+        if not self._ready:
+            self._bind()
+        obs = self._obs
+        if obs is None:
+            return
+        obs.logger.bind(pool=pool, reason=kind, limit=limit, measured=measured).warning(
+            "sandbox limit breached: {} (limit {}, measured {})", kind, limit, measured)
+
     def restart(self, pool: str, reason: str, count: int) -> None:
         """Count and log a replaced worker."""
         if not self._ready:
