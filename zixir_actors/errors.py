@@ -708,8 +708,9 @@ class ExecutorUnavailableError(ExecutorError, ImportError):
     """An executor was asked for whose optional dependency is not installed.
 
     Example:
-        >>> str(ExecutorUnavailableError("ray", "ray"))
-        "the 'ray' executor needs its optional extra: pip install 'zixir-actors[ray]' (ray is not importable)"
+        >>> error = ExecutorUnavailableError("ray", "ray")
+        >>> "pip install 'zixir-actors[ray]'" in str(error), error.extra
+        (True, 'ray')
 
     Attributes:
         executor: the executor asked for (``"ray"``).
