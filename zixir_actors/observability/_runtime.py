@@ -17,8 +17,10 @@ While it runs, the actor:
   (`ChildExited` with an exception) counts ``zixir_actor_crashes_total``;
 - installs the supervised-actor message hook: ``zixir_actor_messages_total
   {actor,outcome}`` and ``zixir_actor_message_seconds{actor}`` per actor
-  (its registered name, else its class name), with label children bound once
-  per actor so a message costs two metric updates and no log line;
+  (its registered name, else its class name). Label children are bound once
+  per actor and a message costs one `deque.append` in the actor's thread (no
+  log line): the updates land before every collection of the registry (a
+  scrape, `Metrics.sample`, `Metrics.exposition`) and on every tick;
 - samples on a timer (every `interval` seconds, never per message): mailbox
   depth per named actor, process RSS, CPU and threads (psutil), and closes
   spans whose thread is gone;
