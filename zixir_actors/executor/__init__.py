@@ -47,6 +47,7 @@ from zixir_actors.executor._adapters import (
     remote_callable,
     run_sandboxed,
     sandbox_error,
+    submit_sandboxed,
 )
 from zixir_actors.executor._api import (
     EXECUTOR_NAMES,
@@ -68,6 +69,7 @@ from zixir_actors.executor._select import (
     configure,
     default_executor,
     get_executor,
+    is_executor_choice,
     offload,
     reset,
 )
@@ -100,10 +102,12 @@ __all__ = [
     "current_trace_context",
     "default_executor",
     "get_executor",
+    "is_executor_choice",
     "offload",
     "remote_callable",
     "reset",
     "run_sandboxed",
     "sandbox_error",
+    "submit_sandboxed",
     "warm_state",
 ]

@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import concurrent.futures
 import functools
 from collections.abc import Callable, Mapping
 from typing import Any
@@ -21,7 +22,7 @@ from zixir_actors.errors import (
 from zixir_actors.executor._api import Executor, Resources
 from zixir_actors.result import Err, Ok, Result
 
-__all__ = ["call_step", "remote_callable", "run_sandboxed", "sandbox_error"]
+__all__ = ["call_step", "remote_callable", "run_sandboxed", "sandbox_error", "submit_sandboxed"]
 
 
 def call_step(executor: Executor, fn: Callable[..., Any], call: Mapping[str, Any], *,
@@ -102,6 +103,44 @@ def run_sandboxed(executor: Executor, fn: Callable[..., Any], args: tuple[Any, .
         raise
     except Exception as exc:  # the call's failure is data
         return Err(sandbox_error(exc))
+
+
+def submit_sandboxed(executor: Executor, fn: Callable[..., Any], args: tuple[Any, ...] = (),
+                     kwargs: Mapping[str, Any] | None = None, limits: Any = None, *,
+                     resources: Resources | None = None, label: str | None = None
+                     ) -> concurrent.futures.Future[Result[Any, SandboxError]]:
+    """`run_sandboxed` without waiting: a future of the `Ok` or `Err`.
+
+    Example:
+        >>> from zixir_actors.executor import LocalExecutor
+        >>> submit_sandboxed(LocalExecutor(), abs, (-2,)).result(timeout=5.0)
+        Ok(value=2)
+
+    Raises:
+        ClusterConnectionError: the cluster is unreachable (now, or from the future).
+        ExecutorUnavailableError: the executor's library is missing.
+    """
+    out: concurrent.futures.Future[Result[Any, SandboxError]] = concurrent.futures.Future()
+    try:
+        future = executor.submit(fn, *args, kwargs=kwargs, limits=limits, resources=resources,
+                                 label=label)
+    except (ClusterConnectionError, ExecutorUnavailableError):
+        raise
+    except Exception as exc:  # refused before it ran: still the call's outcome
+        out.set_result(Err(sandbox_error(exc)))
+        return out
+
+    def settle(done: Any) -> None:
+        error = done.exception()
+        if error is None:
+            out.set_result(Ok(done.get()))
+        elif isinstance(error, ClusterConnectionError):
+            out.set_exception(error)
+        else:
+            out.set_result(Err(sandbox_error(error)))
+
+    future.add_done_callback(settle)
+    return out
 
 
 def remote_callable(fn: Callable[..., Any], executor: Executor, *,

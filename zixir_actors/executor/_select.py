@@ -8,7 +8,14 @@ from typing import Any
 from zixir_actors.errors import ConfigError
 from zixir_actors.executor._api import EXECUTOR_NAMES, Executor
 
-__all__ = ["configure", "default_executor", "get_executor", "offload", "reset"]
+__all__ = [
+    "configure",
+    "default_executor",
+    "get_executor",
+    "is_executor_choice",
+    "offload",
+    "reset",
+]
 
 _lock = threading.RLock()
 _default: Executor | None = None
@@ -20,12 +27,22 @@ _ray_options: dict[str, Any] = {}
 _local: Any = None
 
 
+def is_executor_choice(value: Any) -> bool:
+    """True for what ``executor=`` accepts: None, ``"local"``, ``"ray"`` or an `Executor`.
+
+    Example:
+        >>> is_executor_choice("ray"), is_executor_choice("spark")
+        (True, False)
+    """
+    if value is None or isinstance(value, Executor):
+        return True
+    return isinstance(value, str) and value in EXECUTOR_NAMES
+
+
 def _check(spec: Any) -> None:
-    if spec is None or isinstance(spec, Executor):
-        return
-    if isinstance(spec, str) and spec in EXECUTOR_NAMES:
-        return
-    raise ConfigError("executor", spec, f"must be one of {EXECUTOR_NAMES}, an Executor or None")
+    if not is_executor_choice(spec):
+        raise ConfigError("executor", spec,
+                          f"must be one of {EXECUTOR_NAMES}, an Executor or None")
 
 
 def get_executor(spec: str | Executor | None = None) -> Executor:
