@@ -454,9 +454,14 @@ def test_in_memory_exporter_waits_and_bounds() -> None:
         remove_exporter(memory)
 
 
-def test_opentelemetry_bridge_needs_the_api() -> None:
+def test_opentelemetry_bridge_needs_the_api(monkeypatch: Any) -> None:
+    # A None entry makes `import opentelemetry` fail, as when it is not installed.
+    monkeypatch.setitem(sys.modules, "opentelemetry", None)
+    monkeypatch.setitem(sys.modules, "opentelemetry.sdk.trace.id_generator", None)
     with pytest.raises(ObservabilityError, match="opentelemetry"):
         OpenTelemetryBridge()
+    with pytest.raises(ObservabilityError, match="SDK"):
+        OpenTelemetryBridge.id_generator()
 
 
 def test_opentelemetry_bridge_reemits_spans_with_our_trace_id(monkeypatch: Any) -> None:
@@ -491,18 +496,44 @@ def test_opentelemetry_bridge_reemits_spans_with_our_trace_id(monkeypatch: Any) 
     fake.Status = lambda code, message="": (code, message)  # type: ignore[attr-defined]
     fake.StatusCode = types.SimpleNamespace(OK="OK", ERROR="ERROR")  # type: ignore[attr-defined]
     fake.get_tracer = lambda name: FakeTracer()  # type: ignore[attr-defined]
+    context = types.ModuleType("opentelemetry.context")
+    context.Context = lambda: "empty context"  # type: ignore[attr-defined]
+    id_module = types.ModuleType("opentelemetry.sdk.trace.id_generator")
+
+    class RandomIdGenerator:
+        def generate_span_id(self) -> int:
+            return 7
+
+        def generate_trace_id(self) -> int:
+            return 8
+
+    id_module.IdGenerator = object  # type: ignore[attr-defined]
+    id_module.RandomIdGenerator = RandomIdGenerator  # type: ignore[attr-defined]
     package = types.ModuleType("opentelemetry")
     package.trace = fake  # type: ignore[attr-defined]
+    package.context = context  # type: ignore[attr-defined]
     monkeypatch.setitem(sys.modules, "opentelemetry", package)
     monkeypatch.setitem(sys.modules, "opentelemetry.trace", fake)
+    monkeypatch.setitem(sys.modules, "opentelemetry.context", context)
+    monkeypatch.setitem(sys.modules, "opentelemetry.sdk.trace.id_generator", id_module)
+    ids = OpenTelemetryBridge.id_generator()
+    generated: list[tuple[int, int]] = []
 
-    bridge = add_exporter(OpenTelemetryBridge())
+    class IdRecordingTracer(FakeTracer):
+        def start_span(self, name: str, **kw: Any) -> FakeSpan:
+            generated.append((ids.generate_trace_id(), ids.generate_span_id()))
+            return super().start_span(name, **kw)
+
+    bridge = add_exporter(OpenTelemetryBridge(IdRecordingTracer()))
     try:
         with span("root") as root, span("child", obj=object()) as child:
             child.add_event("tick")
             child.record_exception(ValueError("v"))
     finally:
         remove_exporter(bridge)
+    assert generated == [(int(child.trace_id, 16), int(child.span_id, 16)),
+                         (int(root.trace_id, 16), int(root.span_id, 16))]
+    assert (ids.generate_trace_id(), ids.generate_span_id()) == (8, 7)  # outside an export
     first, second = emitted
     assert first["name"] == "child" and second["name"] == "root"
     parent_ctx = first["context"]["parent"][1]
@@ -511,7 +542,7 @@ def test_opentelemetry_bridge_reemits_spans_with_our_trace_id(monkeypatch: Any) 
     assert first["attributes"]["zixir.span_id"] == child.span_id
     assert first["attributes"]["obj"].startswith("<object")
     assert first["events"] == ["tick"] and first["status"][0] == "ERROR"
-    assert second["context"] is None and second["status"] == ("OK", "")
+    assert second["context"] == "empty context" and second["status"] == ("OK", "")
 
 
 # --- metrics ----------------------------------------------------------------

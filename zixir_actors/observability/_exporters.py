@@ -196,12 +196,26 @@ class LogSpanExporter:
         """Nothing to release."""
 
 
+_EXPORTING = threading.local()
+"""The ids of the span `OpenTelemetryBridge.export` is re-emitting, for `ZixirIdGenerator`."""
+
+
 class OpenTelemetryBridge:
     """Re-emits finished spans through the OpenTelemetry API (`pip install zixir-actors[otel]`).
 
-    The OpenTelemetry span keeps our trace id and points at our parent span
-    id; its own span id is chosen by the OpenTelemetry SDK, and ours is kept
-    in the attribute ``zixir.span_id``.
+    Example:
+        >>> from opentelemetry.sdk.trace import TracerProvider   # doctest: +SKIP
+        >>> provider = TracerProvider(id_generator=OpenTelemetryBridge.id_generator())
+        >>> add_exporter(OpenTelemetryBridge(provider.get_tracer("zixir")))
+
+    Each span keeps its name, start and end times, attributes (values that
+    OpenTelemetry cannot hold are written as their `repr`), events and status;
+    our ids are also kept as the attributes ``zixir.trace_id`` and
+    ``zixir.span_id``. Child spans point at our parent span id within our
+    trace id. For the OpenTelemetry spans to carry exactly our ids (so roots
+    and children form one trace there too), give the SDK's `TracerProvider`
+    the `id_generator()`; otherwise the SDK picks the span ids, and a root
+    span's trace id.
 
     Args:
         tracer: an OpenTelemetry `Tracer`; default
@@ -213,29 +227,67 @@ class OpenTelemetryBridge:
 
     def __init__(self, tracer: Any = None) -> None:
         try:
+            from opentelemetry import context as otel_context
             from opentelemetry import trace
         except ImportError as exc:
             raise ObservabilityError(
                 "OpenTelemetryBridge needs the opentelemetry API: "
                 "pip install 'zixir-actors[otel]'") from exc
         self._trace = trace
+        self._root_context = otel_context.Context()
         self._tracer = tracer if tracer is not None else trace.get_tracer("zixir_actors")
+
+    @staticmethod
+    def id_generator() -> Any:
+        """An OpenTelemetry SDK `IdGenerator` that reuses our ids for re-emitted spans.
+
+        Other spans (made directly with OpenTelemetry) get random ids as usual.
+
+        Raises:
+            ObservabilityError: the OpenTelemetry SDK is not installed.
+        """
+        try:
+            from opentelemetry.sdk.trace.id_generator import IdGenerator, RandomIdGenerator
+        except ImportError as exc:
+            raise ObservabilityError(
+                "OpenTelemetryBridge.id_generator needs the opentelemetry SDK: "
+                "pip install 'zixir-actors[otel]'") from exc
+
+        class ZixirIdGenerator(IdGenerator):  # type: ignore[misc,unused-ignore]
+            def __init__(self) -> None:
+                self._random = RandomIdGenerator()
+
+            def generate_span_id(self) -> int:
+                ids = getattr(_EXPORTING, "ids", None)
+                return ids[1] if ids else int(self._random.generate_span_id())
+
+            def generate_trace_id(self) -> int:
+                ids = getattr(_EXPORTING, "ids", None)
+                return ids[0] if ids else int(self._random.generate_trace_id())
+
+        return ZixirIdGenerator()
 
     def export(self, record: SpanRecord) -> None:
         trace = self._trace
-        context = None
         if record.parent_id is not None:
             parent = trace.SpanContext(trace_id=int(record.trace_id, 16),
                                        span_id=int(record.parent_id, 16), is_remote=True,
                                        trace_flags=trace.TraceFlags(trace.TraceFlags.SAMPLED))
             context = trace.set_span_in_context(trace.NonRecordingSpan(parent))
+        else:
+            # A root here is a root there, whatever OpenTelemetry span is current.
+            context = self._root_context
         attributes = {k: v if isinstance(v, (str, bool, int, float)) else repr(v)
                       for k, v in record.attributes.items()}
         attributes["zixir.trace_id"] = record.trace_id
         attributes["zixir.span_id"] = record.span_id
-        otel_span = self._tracer.start_span(record.name, context=context,
-                                            attributes=attributes,
-                                            start_time=int(record.start_time * 1e9))
+        _EXPORTING.ids = (int(record.trace_id, 16), int(record.span_id, 16))
+        try:
+            otel_span = self._tracer.start_span(record.name, context=context,
+                                                attributes=attributes,
+                                                start_time=int(record.start_time * 1e9))
+        finally:
+            _EXPORTING.ids = None
         for event in record.events:
             otel_span.add_event(event.name, attributes={k: repr(v) if not isinstance(
                 v, (str, bool, int, float)) else v for k, v in event.attributes.items()},
