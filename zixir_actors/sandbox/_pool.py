@@ -598,7 +598,12 @@ class WorkerPool:
             return self._finish(started, Err(SandboxError(
                 "unpicklable", f"cannot pickle the call's function or arguments: "
                 f"{type(exc).__name__}: {exc}", cause=exc)), None)
-        worker = self._checkout(fresh)
+        try:
+            worker = self._checkout(fresh)
+        except (OSError, EOFError) as exc:
+            return self._finish(started, Err(SandboxError(
+                "crashed", f"could not start a worker process: {type(exc).__name__}: {exc}",
+                cause=exc)), None)
         if self._learn:
             module = getattr(fn, "__module__", None)
             if module and module not in self._learned:
