@@ -241,6 +241,10 @@ def test_consecutive_operators_fuse_and_boundaries_split() -> None:
         "range", "buf+s"]
     assert Stream.range(10).buffer(4, overflow="drop_new", name="buf").stages() == [
         "range", "buf"]
+    bounded = Stream.range(10).buffer(4).map(str, concurrency=2, name="m")
+    assert bounded.stages() == ["range", "m", "m.worker0", "m.worker1"]
+    assert bounded.bound() == DEFAULT_BUFFER + 4
+    assert bounded.to_list() == [str(x) for x in range(10)]
 
 
 def test_runs_under_the_runtime_streams_supervisor_when_it_runs() -> None:

@@ -160,10 +160,16 @@ class _Planner:
                                  {"overflow": spec.overflow, "bound": spec.bound})
                     prev = self.add(node, [prev] if prev is not None else [])
             else:  # concurrent map
-                close()
+                if forced and not ops and source is None:
+                    # `buffer(n)` right before it: n is this stage's own bound.
+                    cmap_bound = max(bound, spec.concurrency)
+                    names, bound, forced = [], DEFAULT_BUFFER, False
+                else:
+                    close()
+                    cmap_bound = max(DEFAULT_BUFFER, 2 * spec.concurrency)
                 node = _Node(ConcurrentMap, prefix + spec.name,
                              {"ordered": spec.ordered, "on_error": spec.on_error,
-                              "bound": max(DEFAULT_BUFFER, 2 * spec.concurrency)})
+                              "bound": cmap_bound})
                 prev = self.add(node, [prev] if prev is not None else [])
                 tries = 1 + (spec.retries if spec.on_error != "fail" else 0)
                 for i in range(spec.concurrency):
