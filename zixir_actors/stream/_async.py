@@ -47,8 +47,11 @@ class Future(Generic[T]):
     def __init__(self, future: concurrent.futures.Future[T] | None = None) -> None:
         self._future: concurrent.futures.Future[T] = future or concurrent.futures.Future()
 
-    def get(self, *, timeout: float | None = None) -> T:
+    def get(self, timeout: float | None = None) -> T:
         """The result, or the exception the call raised, re-raised here.
+
+        `timeout` may be given by position, as with Pykka's and concurrent.futures'
+        futures (``future.get(5.0)``).
 
         Raises:
             StreamTimeoutError: no result within `timeout` seconds.
