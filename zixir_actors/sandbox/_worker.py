@@ -120,7 +120,7 @@ def recv_frame(sock: socket.socket) -> bytes:
 _state: dict[str, Any] = {"in_call": False, "fired": None, "soft_exc": None}
 
 
-class _CpuTimeExceeded(BaseException):
+class CpuTimeLimitExceeded(BaseException):
     """Raised inside a call that used up its CPU time; BaseException so it is not swallowed."""
 
 
@@ -145,7 +145,7 @@ def _on_alarm(signum: int, frame: Any) -> None:
 def _on_prof(signum: int, frame: Any) -> None:
     if _state["in_call"]:
         _state["fired"] = "cpu"
-        raise _CpuTimeExceeded("CPU time limit exceeded")
+        raise CpuTimeLimitExceeded("CPU time limit exceeded")
 
 
 def _status_kb(field: bytes) -> int:
@@ -180,7 +180,7 @@ def _peak_rss(per_call: bool) -> int:
 def _describe(exc: BaseException) -> tuple[str, str, str, bytes | None]:
     cls = type(exc)
     name = cls.__qualname__
-    if cls.__module__ != "builtins":
+    if cls.__module__ not in ("builtins", "__main__"):
         name = f"{cls.__module__}.{name}"
     text = "".join(traceback.format_exception(cls, exc, exc.__traceback__))
     try:
@@ -240,6 +240,7 @@ def _execute(data: bytes) -> bytes:
         _soft_exception()
     _state["fired"] = None
     _state["in_call"] = True
+    caught: BaseException | None = None
     try:
         if soft:
             signal.setitimer(signal.ITIMER_REAL, soft)
@@ -250,8 +251,7 @@ def _execute(data: bytes) -> bytes:
         status, payload = "ok", value
     except BaseException as exc:
         _state["in_call"] = False
-        status = _classify(exc, config)
-        payload = _describe(exc)
+        caught = exc
     finally:
         _state["in_call"] = False
         if soft:
@@ -262,10 +262,15 @@ def _execute(data: bytes) -> bytes:
         if old_as is not None:
             import resource
             resource.setrlimit(resource.RLIMIT_AS, old_as)
-    if status == "ok" and _state["fired"]:
+    if caught is not None:
+        # Described only now, with the memory ceiling lifted again.
+        status = _classify(caught, config)
+        payload = _describe(caught)
+        caught = None
+    elif _state["fired"]:
         # The call caught the limit's exception and returned anyway.
         status = str(_state["fired"])
-        payload = ("SoftTimeoutError" if status == "timeout" else "CpuTimeExceeded",
+        payload = ("SoftTimeoutError" if status == "timeout" else "CpuTimeLimitExceeded",
                    "limit reached; the call caught the exception and returned", "", None)
     used, peak = time.process_time() - cpu0, _peak_rss(per_call_peak)
     try:
