@@ -203,10 +203,11 @@ _EXPORTING = threading.local()
 class OpenTelemetryBridge:
     """Re-emits finished spans through the OpenTelemetry API (`pip install zixir-actors[otel]`).
 
-    Example:
-        >>> from opentelemetry.sdk.trace import TracerProvider   # doctest: +SKIP
-        >>> provider = TracerProvider(id_generator=OpenTelemetryBridge.id_generator())
-        >>> add_exporter(OpenTelemetryBridge(provider.get_tracer("zixir")))
+    Example (needs the OpenTelemetry SDK, so not run as a doctest)::
+
+        from opentelemetry.sdk.trace import TracerProvider
+        provider = TracerProvider(id_generator=OpenTelemetryBridge.id_generator())
+        add_exporter(OpenTelemetryBridge(provider.get_tracer("zixir")))
 
     Each span keeps its name, start and end times, attributes (values that
     OpenTelemetry cannot hold are written as their `repr`), events and status;
