@@ -4,7 +4,7 @@ Example:
     >>> import io
     >>> from zixir_actors.observability import configure_logging, logger, span
     >>> out = io.StringIO()
-    >>> handler = configure_logging(json=True, level="INFO", sink=out)
+    >>> handler = configure_logging(json=True, level="INFO", sink=out, replace_default=False)
     >>> with span("step"):
     ...     logger.bind(run_id="r1").info("step done")
     >>> '"run_id":"r1"' in out.getvalue() and '"trace_id":' in out.getvalue()

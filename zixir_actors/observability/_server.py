@@ -4,7 +4,8 @@ Example:
     >>> import urllib.request
     >>> from zixir_actors.observability import serve_metrics, stop_metrics_server
     >>> port = serve_metrics(port=0)             # a free port on 127.0.0.1
-    >>> body = urllib.request.urlopen(f"http://127.0.0.1:{port}/metrics", timeout=5).read()
+    >>> with urllib.request.urlopen(f"http://127.0.0.1:{port}/metrics", timeout=5) as response:
+    ...     body = response.read()
     >>> stop_metrics_server(port, timeout=5.0)
 """
 
