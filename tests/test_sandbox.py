@@ -407,6 +407,20 @@ def test_idle_worker_killed_from_outside_is_replaced(sandbox: Sandbox) -> None:
     assert sandbox.pool.stats().restarts == 1
 
 
+def test_helper_process_killed_from_outside_is_restarted() -> None:
+    box = Sandbox(Limits(timeout=BOUND), fresh_process=True)
+    try:
+        assert box.run(double, 1) == Ok(2)
+        (helper,) = [p for p in psutil.Process().children() if p in _descendants()]
+        helper.kill()
+        wait_for(lambda: _gone(helper), timeout=5.0)
+        assert box.run(double, 2) == Ok(4)
+    finally:
+        seen = _descendants()
+        box.close()
+        assert_no_orphans(seen)
+
+
 def test_fresh_process_runs_every_call_in_a_new_process() -> None:
     box = Sandbox(Limits(timeout=BOUND), fresh_process=True)
     try:

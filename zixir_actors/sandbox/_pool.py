@@ -251,13 +251,16 @@ class _Zygote:
                 except (OSError, EOFError):
                     if attempt == 2:
                         raise
+                    # Dead or stuck (a preloaded module that hangs, say): start a
+                    # plain one, without preloads.
+                    self._learn = False
                     self._stop_locked(timeout=1.0)
         raise AssertionError("unreachable")
 
     def preload(self, module: str) -> None:
         """Have the helper import `module`, so workers forked from now on start with it."""
         with self._lock:
-            if self._ctl is None:
+            if self._ctl is None or not self._learn:
                 return
             with contextlib.suppress(OSError):
                 self._ctl.sendall(b"i")
