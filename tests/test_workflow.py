@@ -915,3 +915,59 @@ def test_spans_opened_by_a_step_nest_in_its_attempt_span(store: CheckpointClient
     assert by_name["llm.call"].parent_id == by_name["workflow.step"].span_id
     assert by_name["workflow.step"].parent_id == by_name["workflow.run"].span_id
     assert len({s.trace_id for s in spans.spans}) == 1
+
+
+# -- fingerprints -------------------------------------------------------------------------
+
+
+def test_code_hash_follows_the_body_not_the_position() -> None:
+    from zixir_actors.workflow import code_hash
+
+    def first(x: int) -> int:
+        return x + 1
+
+    def second(x: int) -> int:  # same body, other place: same hash
+        return x + 1
+
+    def changed(x: int) -> int:
+        return x + 2
+
+    assert code_hash(first) == code_hash(second)
+    assert code_hash(first) != code_hash(changed)
+    assert code_hash(first, version="2") == "v:2"
+
+
+def test_input_fingerprints_do_not_depend_on_hash_seed_or_order() -> None:
+    import os
+    import subprocess
+    import sys
+
+    from zixir_actors.workflow import fingerprint
+
+    value = {"tags": {"b", "a", "c"}, "n": 1, "nested": {"y": [1.5, None], "x": (b"z",)}}
+    reordered = {"nested": {"x": (b"z",), "y": [1.5, None]}, "n": 1, "tags": {"c", "a", "b"}}
+    assert fingerprint(value) == fingerprint(reordered)
+    assert fingerprint(value) != fingerprint({**value, "n": 2})
+    code = ("from zixir_actors.workflow import fingerprint; "
+            f"print(fingerprint({value!r}))")
+    seeds = {subprocess.run([sys.executable, "-c", code], capture_output=True, text=True,
+                            check=True, env={**os.environ, "PYTHONHASHSEED": s},
+                            timeout=60).stdout.strip() for s in ("1", "2", "3")}
+    assert seeds == {fingerprint(value)}
+
+
+def test_a_new_version_label_reruns_the_step(store: CheckpointClient) -> None:
+    calls: Counter[str] = Counter()
+
+    def build(version: str) -> Workflow:
+        wf = Workflow("versioned")
+        wf.add(Step("model", lambda: calls.update(["model"]) or "weights", version=version))
+        wf.add(Step("serve", lambda model: calls.update(["serve"]) or model.upper(),
+                    depends_on="model"))
+        return wf
+
+    build("1").run(run_id="v", store=store)
+    plan = build("2").plan("v", store=store)
+    assert plan["model"].reason == "code changed since its checkpoint"
+    assert plan.to_run == ("model", "serve")
+    assert build("1").plan("v", store=store).to_run == ()
