@@ -89,6 +89,9 @@ class Metrics:
     def __init__(self, registry: CollectorRegistry | None = None) -> None:
         self._registry = registry if registry is not None else CollectorRegistry()
         self._entries: dict[str, _Entry] = {}
+        # (kind, name as given, labels as given) -> metric, for metrics already
+        # created: repeated lookups skip validation (histograms: default buckets).
+        self._fast: dict[tuple[Any, ...], Any] = {}
         self._lock = threading.Lock()
         self._before_collect: tuple[Callable[[], object], ...] = ()
         # Registered first, so it runs before every metric is read: lets
@@ -116,7 +119,10 @@ class Metrics:
             MetricConflictError: `name` is registered with another type or labels.
             ConfigError: `name` or a label name is not a valid Prometheus name.
         """
-        return cast(Counter, self._get("counter", name, doc, labels, None))
+        try:
+            return cast(Counter, self._fast[("counter", name, labels)])
+        except (KeyError, TypeError):  # TypeError: unhashable labels (a list)
+            return cast(Counter, self._get("counter", name, doc, labels, None))
 
     def gauge(self, name: str, doc: str, labels: Sequence[str] = ()) -> Gauge:
         """A gauge (goes up and down: queue depth, memory).
@@ -125,7 +131,10 @@ class Metrics:
             MetricConflictError: `name` is registered with another type or labels.
             ConfigError: `name` or a label name is not a valid Prometheus name.
         """
-        return cast(Gauge, self._get("gauge", name, doc, labels, None))
+        try:
+            return cast(Gauge, self._fast[("gauge", name, labels)])
+        except (KeyError, TypeError):
+            return cast(Gauge, self._get("gauge", name, doc, labels, None))
 
     def histogram(self, name: str, doc: str, labels: Sequence[str] = (),
                   buckets: Sequence[float] = DEFAULT_BUCKETS) -> Histogram:
@@ -136,6 +145,11 @@ class Metrics:
                 labels or buckets.
             ConfigError: a bad name, label name or bucket list.
         """
+        if buckets is DEFAULT_BUCKETS:
+            try:
+                return cast(Histogram, self._fast[("histogram", name, labels)])
+            except (KeyError, TypeError):
+                pass
         bounds = tuple(float(b) for b in buckets)
         if not bounds or list(bounds) != sorted(set(bounds)):
             raise ConfigError("buckets", buckets, "must be a non-empty increasing sequence")
@@ -150,7 +164,10 @@ class Metrics:
             MetricConflictError: `name` is registered with another type or labels.
             ConfigError: `name` or a label name is not a valid Prometheus name.
         """
-        return cast(Summary, self._get("summary", name, doc, labels, None))
+        try:
+            return cast(Summary, self._fast[("summary", name, labels)])
+        except (KeyError, TypeError):
+            return cast(Summary, self._get("summary", name, doc, labels, None))
 
     def get(self, name: str) -> Any:
         """The metric registered as `name` (counters also answer to `<name>_total`), or None."""
@@ -167,6 +184,7 @@ class Metrics:
             entry = self._entries.pop(name, None) or self._entries.pop(_counter_key(name), None)
             if entry is not None:
                 self._registry.unregister(entry.metric)
+                self._fast = {k: v for k, v in self._fast.items() if v is not entry.metric}
 
     def exposition(self) -> bytes:
         """The registry in the Prometheus text format (what `/metrics` serves)."""
@@ -202,6 +220,8 @@ class Metrics:
         requested = _Entry(kind, label_names, buckets, None)
         if (entry.kind, entry.labels, entry.buckets) != (kind, label_names, buckets):
             raise MetricConflictError(name, entry.describe(), requested.describe())
+        if buckets is None or buckets == DEFAULT_BUCKETS:
+            self._fast[(kind, name, label_names)] = entry.metric
         return entry.metric
 
     def _create(self, kind: MetricKind, key: str, name: str, doc: str,
