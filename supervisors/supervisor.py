@@ -42,6 +42,7 @@ from __future__ import annotations
 
 import collections
 import contextlib
+import threading
 import time
 from collections.abc import Callable, Iterable, Sequence
 from dataclasses import dataclass
@@ -758,4 +759,45 @@ def _start_supervisor(cls: type[_SupervisorCore], name: str | None,
         raise
     if adopted and not is_supervisor_class(ref.actor_class):
         raise NameTakenError(name, ref)  # type: ignore[arg-type]
+    if not adopted:
+        _stop_at_exit(ref)
     return SupervisorRef(ref, already_started=adopted)
+
+
+_top_level: list[pykka.ActorRef[Any]] = []
+_top_level_lock = threading.Lock()
+_exit_hook_installed = False
+
+
+def _stop_at_exit(ref: pykka.ActorRef[Any]) -> None:
+    """Remember a top-level supervisor so interpreter exit stops its tree.
+
+    Actor threads are not daemons: a script that ends (or dies on an
+    exception) without `stop()` would otherwise wait for them forever.
+    `atexit` runs too late, after the interpreter joins non-daemon threads;
+    threading's own exit hooks run before that join, as concurrent.futures
+    relies on. Trees stop newest first, each child in reverse start order.
+    """
+    global _exit_hook_installed
+    with _top_level_lock:
+        _top_level[:] = [r for r in _top_level if r.is_alive()]
+        _top_level.append(ref)
+        if _exit_hook_installed:
+            return
+        register = getattr(threading, "_register_atexit", None)
+        if register is None:
+            return
+        register(_stop_top_level)
+        _exit_hook_installed = True
+
+
+def _stop_top_level() -> None:
+    with _top_level_lock:
+        trees = list(reversed(_top_level))
+        _top_level.clear()
+    for tree in trees:
+        if tree.is_alive():
+            try:
+                SupervisorRef(tree).stop(timeout=DEFAULT_CALL_TIMEOUT)
+            except Exception:  # noqa: BLE001 - exiting anyway; stop the others
+                logger.opt(exception=True).warning("stopping {} at exit failed", tree)

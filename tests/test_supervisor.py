@@ -5,8 +5,12 @@ and the `SupervisedActor` loop (let it crash, context propagation, kill)."""
 from __future__ import annotations
 
 import contextvars
+import os
+import subprocess
+import sys
 import threading
 from collections.abc import Callable, Iterator
+from pathlib import Path
 from typing import Any
 
 import pykka
@@ -970,3 +974,22 @@ def test_restart_child_that_fails_to_start_keeps_its_spec(journal: Journal) -> N
     fail[0] = False
     assert sup.restart_child("f").is_alive()
     sup.stop()
+
+
+def test_a_script_that_never_stops_its_tree_still_exits(tmp_path: Path) -> None:
+    script = tmp_path / "forgetful.py"
+    script.write_text(
+        "import pykka\n"
+        "from supervisors import ChildSpec, Supervisor\n"
+        "class Worker(pykka.ThreadingActor):\n"
+        "    def on_stop(self):\n"
+        "        print('stopped cleanly', flush=True)\n"
+        "Supervisor.start_link([ChildSpec('w', Worker)], name='forgetful')\n"
+        "raise RuntimeError('the script dies without stop()')\n"
+    )
+    root = Path(__file__).resolve().parent.parent
+    result = subprocess.run([sys.executable, str(script)], capture_output=True, text=True,
+                            timeout=60, check=False, env={**os.environ, "PYTHONPATH": str(root)})
+    assert result.returncode == 1
+    assert "the script dies without stop()" in result.stderr
+    assert result.stdout.strip() == "stopped cleanly"
