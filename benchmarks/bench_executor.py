@@ -74,6 +74,17 @@ def _workflow(name: str, count: int, fn: Any, executor: Any, store: Any) -> floa
 
 
 def run(quick: bool = False) -> list[Figure]:
+    from zixir_actors.observability import configure_logging, reset_logging
+
+    with open(os.devnull, "w") as devnull:
+        configure_logging(level="WARNING", sink=devnull, replace_default=True)
+        try:
+            return _run(quick)
+        finally:
+            reset_logging()
+
+
+def _run(quick: bool) -> list[Figure]:
     import ray
 
     from zixir_actors.executor import LocalExecutor, RayExecutor
