@@ -278,10 +278,12 @@ class Span:
             from zixir_actors.errors import ObservabilityError
 
             raise ObservabilityError(f"span {self.name!r} has not ended yet")
+        parent = self._parent
         return SpanRecord(
-            self.name, self.trace_id, self.span_id, self.parent_id, self.start_time,
-            self.end_time, self.duration, self.status, self.attributes,
-            self.events, self.error, self._owner.name)
+            self.name, f"{self._tid:032x}", f"{self._sid:016x}",
+            f"{parent:016x}" if parent else None, self.start_time, self.end_time,
+            self.duration, self.status, self.attributes,
+            tuple(self._events) if self._events else (), self.error, self._owner.name)
 
 
 _new_span = object.__new__
