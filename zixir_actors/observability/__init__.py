@@ -19,7 +19,20 @@ which adds runtime metrics from the supervision tree.
 Trace context crosses actors by itself: the current span lives in a
 `ContextVar`, and `supervisors.SupervisedActor` runs each message in the
 sender's context, so a span opened in a receiving actor's handler (for a
-`tell` or an `ask`) is a child of the sender's current span.
+`tell` or an `ask`) is a child of the sender's current span. `TracedActor`
+also opens one span per message, and closes with status ``"error"`` the
+spans its thread left open when it stops or crashes; the metrics actor's
+sampler does the same for spans of any thread that has ended.
+
+- Logging: `logger` (loguru's), `configure_logging`, `reset_logging`,
+  `format_json`; `zixir_actors.testing.capture_logs` in tests.
+- Tracing: `span`, `start_span`, `current_span`, `current_trace_ids`,
+  exporters (`InMemorySpanExporter`, `JsonLinesSpanExporter`,
+  `LogSpanExporter`, `OpenTelemetryBridge`) added with `add_exporter`;
+  `zixir_actors.testing.capture_spans` in tests.
+- Metrics: `metrics` (counter, gauge, histogram, summary on one registry,
+  `DEFAULT_BUCKETS` from 1 ms to 10 min), `serve_metrics`, the
+  `MetricsRegistry` actor and its `child_spec`.
 """
 
 from __future__ import annotations
