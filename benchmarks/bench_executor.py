@@ -85,6 +85,7 @@ def run(quick: bool = False) -> list[Figure]:
 
 
 def _run(quick: bool) -> list[Figure]:
+    os.environ.setdefault("RAY_ENABLE_WINDOWS_OR_OSX_CLUSTER", "0")  # a loopback-only cluster
     import ray
 
     from zixir_actors.executor import LocalExecutor, RayExecutor
@@ -95,8 +96,7 @@ def _run(quick: bool) -> list[Figure]:
     started = not ray.is_initialized()
     if started:
         ray.init(num_cpus=2, include_dashboard=False, log_to_driver=False,
-                 configure_logging=False, _node_ip_address="127.0.0.1",
-                 runtime_env={"env_vars": {"PYTHONPATH": str(ROOT)}})
+                 configure_logging=False, runtime_env={"env_vars": {"PYTHONPATH": str(ROOT)}})
     figures: list[Figure] = []
     try:
         local, ray_ex = LocalExecutor(), RayExecutor()

@@ -57,6 +57,7 @@ WAIT = 60.0
 """Seconds any single remote call of these tests may take (a cold Ray worker included)."""
 
 
+LOOPBACK_ONLY = "RAY_ENABLE_WINDOWS_OR_OSX_CLUSTER"
 NO_RAY = "Ray is not installed: pip install 'zixir-actors[ray]' to run the Ray executor tests"
 
 
@@ -67,6 +68,8 @@ def ray_session() -> Iterator[RayExecutor | None]:
     Autouse, so that it starts before the first test takes its snapshot of
     threads: Ray's own driver threads are not a test's leak.
     """
+    # Keep the cluster on the loopback address: Ray's single-machine mode, read on import.
+    os.environ.setdefault(LOOPBACK_ONLY, "0")
     try:
         import ray
     except ImportError:
@@ -77,8 +80,7 @@ def ray_session() -> Iterator[RayExecutor | None]:
         # Workers import this module to run its functions, as they would a user's module.
         path = os.pathsep.join([str(HERE), str(HERE.parent)])
         ray.init(num_cpus=2, include_dashboard=False, log_to_driver=False,
-                 configure_logging=False, _node_ip_address="127.0.0.1",
-                 runtime_env={"env_vars": {"PYTHONPATH": path}})
+                 configure_logging=False, runtime_env={"env_vars": {"PYTHONPATH": path}})
     yield RayExecutor()
     if started:
         ray.shutdown()
