@@ -495,6 +495,33 @@ def test_a_ray_actor_pool_keeps_warm_state_and_survives_a_lost_actor(
         assert again == {True}
 
 
+@pytest.mark.parametrize(("make", "outcome", "error", "reason"), [
+    (lambda e: e.OutOfMemoryError("node out of memory"), "memory", "RemoteMemoryError", None),
+    (lambda e: e.TaskCancelledError("t"), "cancelled", "RemoteCancelledError", None),
+    (lambda e: e.NodeDiedError("node gone"), "lost", "RemoteLostError", "node"),
+    (lambda e: e.LocalRayletDiedError(), "lost", "RemoteLostError", "node"),
+    (lambda e: e.WorkerCrashedError(), "lost", "RemoteLostError", "worker"),
+    (lambda e: e.RayActorError(), "lost", "RemoteLostError", "actor"),
+    (lambda e: e.ActorUnavailableError("restarting", None), "lost", "RemoteLostError", "actor"),
+    (lambda e: e.ObjectLostError("ab" * 14, None, ""), "lost", "RemoteLostError", "object"),
+    (lambda e: e.OwnerDiedError("ab" * 14, None, ""), "lost", "RemoteLostError", "object"),
+    (lambda e: e.RaySystemError("gcs unreachable"), "disconnected", "ClusterConnectionError",
+     None),
+    (lambda e: e.RpcError("socket closed"), "disconnected", "ClusterConnectionError", None),
+])
+def test_each_ray_failure_becomes_a_typed_error(ray_cluster: Any, make: Any, outcome: str,
+                                                 error: str, reason: str | None) -> None:
+    from zixir_actors.executor._ray import _translate
+
+    got, translated = _translate(ray_cluster, make(ray_cluster.exceptions), "step", "h:1",
+                                 2**20)
+    assert got == outcome and type(translated).__name__ == error
+    if reason is not None:
+        assert translated.reason == reason  # type: ignore[attr-defined]
+    if outcome == "memory":
+        assert translated.limit == 2**20 and translated.kind == "memory"  # type: ignore[attr-defined]
+
+
 def test_an_unreachable_cluster_is_a_clear_connection_error(ray_cluster: Any) -> None:
     address = f"127.0.0.1:{_free_port()}"
     with pytest.raises(ClusterConnectionError) as caught:
