@@ -148,23 +148,43 @@ def _on_prof(signum: int, frame: Any) -> None:
         raise CpuTimeLimitExceeded("CPU time limit exceeded")
 
 
+def _proc_fd(name: str, flags: int) -> int | None:
+    """A /proc/self file kept open (opened after the fork, so it is this worker's)."""
+    fds: dict[str, int | None] = _state.setdefault("fds", {})
+    if name not in fds:
+        try:
+            fds[name] = os.open(f"/proc/self/{name}", flags)
+        except OSError:
+            fds[name] = None
+    return fds[name]
+
+
 def _status_kb(field: bytes) -> int:
+    fd = _proc_fd("status", os.O_RDONLY)
+    if fd is None:
+        return 0
     try:
-        with open("/proc/self/status", "rb") as fh:
-            for line in fh:
-                if line.startswith(field):
-                    return int(line.split()[1]) * 1024
+        data = os.pread(fd, 8192, 0)
     except OSError:
-        pass
-    return 0
+        return 0
+    at = data.find(field)
+    if at < 0:
+        return 0
+    return int(data[at + len(field):data.index(b"\n", at)].split()[0]) * 1024
+
+
+def _vm_size() -> int:
+    fd = _proc_fd("statm", os.O_RDONLY)
+    if fd is None:
+        return _status_kb(b"VmSize:")
+    return int(os.pread(fd, 256, 0).split()[0]) * os.sysconf("SC_PAGE_SIZE")
 
 
 def _reset_peak() -> None:
-    try:
-        with open("/proc/self/clear_refs", "w") as fh:
-            fh.write("5")
-    except OSError:
-        pass
+    fd = _proc_fd("clear_refs", os.O_WRONLY)
+    if fd is not None:
+        with contextlib.suppress(OSError):
+            os.write(fd, b"5")
 
 
 def _peak_rss(per_call: bool) -> int:
@@ -231,9 +251,7 @@ def _execute(data: bytes) -> bytes:
     if config.get("memory"):
         import resource
         old_as = resource.getrlimit(resource.RLIMIT_AS)
-        with open("/proc/self/statm", "rb") as fh:
-            vm_size = int(fh.read().split()[0]) * os.sysconf("SC_PAGE_SIZE")
-        ceiling = vm_size + int(config["memory"])
+        ceiling = _vm_size() + int(config["memory"])
         if old_as[1] == resource.RLIM_INFINITY or ceiling < old_as[1]:
             resource.setrlimit(resource.RLIMIT_AS, (ceiling, old_as[1]))
     if soft:
