@@ -138,7 +138,7 @@ def _asks(quick: bool) -> list[Figure]:
 
 
 def _counters(quick: bool) -> list[Figure]:
-    n = 20_000 if quick else 100_000
+    n, rounds = 20_000, (25 if quick else 60)
     raw = Counter("zixir_bench_raw", "raw", registry=CollectorRegistry())
     raw_labelled = Counter("zixir_bench_raw_l", "raw", ["k"], registry=CollectorRegistry())
     m = Metrics()
@@ -149,7 +149,7 @@ def _counters(quick: bool) -> list[Figure]:
         m.counter("zixir_bench_ours_total", "ours").inc()
 
     times = _interleaved({"raw": raw.inc, "ours": ours.inc, "raw_l": raw_child.inc,
-                          "ours_l": ours_child.inc, "lookup": lookup_inc}, n, 25)
+                          "ours_l": ours_child.inc, "lookup": lookup_inc}, n, rounds)
     lookup = times["lookup"]
     return [
         Figure(SUBJECT, "counter inc", ours=times["ours"] * 1e6, baseline=times["raw"] * 1e6,
