@@ -37,9 +37,9 @@ class Figure:
 
     @property
     def ratio(self) -> float | None:
-        if self.baseline in (None, 0):
+        if self.baseline is None or self.baseline == 0:
             return None
-        return self.ours / self.baseline  # type: ignore[operator]
+        return self.ours / self.baseline
 
     @property
     def verdict(self) -> str:
@@ -77,8 +77,10 @@ def percentile(samples: Sequence[float], q: float) -> float:
         raise ValueError("no samples")
     if len(samples) == 1:
         return float(samples[0])
-    return statistics.quantiles(samples, n=100, method="inclusive")[max(0, min(98, int(q) - 1))] \
-        if 0 < q < 100 else float(min(samples) if q <= 0 else max(samples))
+    if q <= 0 or q >= 100:
+        return float(min(samples) if q <= 0 else max(samples))
+    cuts = statistics.quantiles(samples, n=100, method="inclusive")
+    return cuts[max(0, min(98, int(q) - 1))]
 
 
 def _fmt(value: float | None) -> str:
@@ -95,7 +97,8 @@ def print_table(figures: Sequence[Figure], out: object = None) -> None:
     header = ("subject", "figure", "ours", "baseline", "unit", "ratio", "target", "verdict")
     rows = [header]
     for f in figures:
-        target = "-" if f.target is None else ("<=" if f.better == "lower" else ">=") + f"{f.target}x"
+        sign = "<=" if f.better == "lower" else ">="
+        target = "-" if f.target is None else f"{sign}{f.target}x"
         base = _fmt(f.baseline) + (f" ({f.baseline_name})" if f.baseline_name else "")
         ratio = "-" if f.ratio is None else f"{f.ratio:.2f}x"
         rows.append((f.subject, f.name, _fmt(f.ours), base, f.unit, ratio, target, f.verdict))
@@ -142,7 +145,8 @@ def main(run: Callable[..., list[Figure]] | None = None, argv: Sequence[str] | N
     parser.add_argument("--quick", action="store_true", help="small counts, under 2 minutes in all")
     parser.add_argument("--json", type=Path, default=None, help="where to write the JSON report")
     if run is None:
-        parser.add_argument("subjects", nargs="*", help=f"subjects to run (default all: {available()})")
+        parser.add_argument("subjects", nargs="*",
+                            help=f"subjects to run (default all: {available()})")
     args = parser.parse_args(argv)
     if run is None:
         subjects = args.subjects or available()

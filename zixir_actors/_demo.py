@@ -13,6 +13,7 @@
 
 from __future__ import annotations
 
+import functools
 import json
 import os
 import subprocess
@@ -185,7 +186,8 @@ def run_demo(data_dir: str | os.PathLike[str] | None = None, *, as_json: bool = 
         _say(as_json, "\n== streaming a fake LLM response (backpressure) ==")
         summary["stream"] = _stream_section(as_json)
 
-        _say(as_json, "\n== workflow: ingest -> chunk -> embed (flaky) -> summarize; index (sandboxed) ==")
+        _say(as_json, "\n== workflow: ingest -> chunk -> embed (flaky) -> summarize;"
+                      " index (sandboxed) ==")
         cache = Cache.start("demo-embeddings", ttl=3600, persist=True)
         cache.clear()
         wf = demo_workflow(cache)
@@ -232,7 +234,7 @@ def run_demo(data_dir: str | os.PathLike[str] | None = None, *, as_json: bool = 
         _say(as_json, "\n== cache: second pass over the same chunks ==")
         before = cache.stats()
         for text in result.outputs.get("chunk", []):
-            cache.get_or_compute(text, lambda t=text: _embed(t))
+            cache.get_or_compute(text, functools.partial(_embed, text))
         after = cache.stats()
         summary["cache"] = {"first_pass_misses": before.misses, "second_pass_hits":
                             after.hits - before.hits, "entries": after.size}
@@ -241,7 +243,8 @@ def run_demo(data_dir: str | os.PathLike[str] | None = None, *, as_json: bool = 
         cache.stop()
 
         wanted = ("zixir_workflow_step_attempts_total", "zixir_workflow_retries_exhausted_total",
-                  "zixir_sandbox_kills_total", "zixir_cache_hits_total", "zixir_actor_restarts_total")
+                  "zixir_sandbox_kills_total", "zixir_cache_hits_total",
+                  "zixir_actor_restarts_total")
         exposition = metrics.exposition().decode()
         summary["metrics"] = [line for line in exposition.splitlines()
                               if line.startswith(wanted) and not line.startswith("#")][:12]

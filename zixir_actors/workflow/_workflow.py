@@ -9,7 +9,7 @@ import types
 import uuid
 import weakref
 from collections.abc import Callable, Iterable, Mapping
-from typing import Any
+from typing import Any, TypeVar, overload
 
 from supervisors import ChildSpec, DynamicSupervisor, SupervisorRef, whereis
 from zixir_actors._clock import SYSTEM_CLOCK, Clock
@@ -42,6 +42,7 @@ from zixir_actors.workflow._spec import (
 )
 from zixir_actors.workflow._telemetry import Telemetry, log
 
+F = TypeVar("F", bound=Callable[..., Any])
 __all__ = ["RESULT_GRACE", "RUN_SHUTDOWN", "WORKFLOWS_NAME", "Workflow", "child_spec",
            "find_workflow"]
 
@@ -158,17 +159,29 @@ class Workflow:
         self._order = None
         return step
 
-    def step(self, fn: Callable[..., Any] | None = None, *, name: str | None = None,
+    @overload
+    def step(self, fn: F, *, name: str | None = None,
              depends_on: str | Iterable[str] = (), retry: RetryPolicy = NO_RETRY,
              timeout: float | None = None, limits: Any = None,
-             version: str | None = None) -> Any:
+             version: str | None = None) -> F: ...
+
+    @overload
+    def step(self, fn: None = None, *, name: str | None = None,
+             depends_on: str | Iterable[str] = (), retry: RetryPolicy = NO_RETRY,
+             timeout: float | None = None, limits: Any = None,
+             version: str | None = None) -> Callable[[F], F]: ...
+
+    def step(self, fn: F | None = None, *, name: str | None = None,
+             depends_on: str | Iterable[str] = (), retry: RetryPolicy = NO_RETRY,
+             timeout: float | None = None, limits: Any = None,
+             version: str | None = None) -> F | Callable[[F], F]:
         """Decorator adding the function as a step (see `Step` for the options).
 
         Usable bare (``@wf.step``) or called (``@wf.step(depends_on=["a"])``);
         the function is returned unchanged. The step's name is `name` or the
         function's name.
         """
-        def add(func: Callable[..., Any]) -> Callable[..., Any]:
+        def add(func: F) -> F:
             deps = (depends_on,) if isinstance(depends_on, str) else tuple(depends_on)
             self.add(Step(name or func.__name__, func, deps, retry, timeout, limits, version))
             return func
