@@ -799,5 +799,5 @@ def _stop_top_level() -> None:
         if tree.is_alive():
             try:
                 SupervisorRef(tree).stop(timeout=DEFAULT_CALL_TIMEOUT)
-            except Exception:  # noqa: BLE001 - exiting anyway; stop the others
+            except Exception:  # exiting anyway: stop the others
                 logger.opt(exception=True).warning("stopping {} at exit failed", tree)

@@ -343,7 +343,8 @@ class MetricConflictError(ObservabilityError, ValueError):
         self.existing = existing
         self.requested = requested
         super().__init__(
-            f"metric {name!r} is already registered as {existing}, cannot register it as {requested}"
+            f"metric {name!r} is already registered as {existing}, "
+            f"cannot register it as {requested}"
         )
 
 
