@@ -48,13 +48,8 @@ from zixir_actors.sandbox._limits import (
     Limits,
     parse_size,
 )
-from zixir_actors.sandbox._pool import (
-    DEFAULT_POOL_SIZE,
-    SAMPLE_INTERVAL,
-    PoolStats,
-    WorkerPool,
-    nesting_level,
-)
+from zixir_actors.sandbox._pool import DEFAULT_POOL_SIZE, SAMPLE_INTERVAL, PoolStats, WorkerPool
+from zixir_actors.sandbox._process import nesting_level
 from zixir_actors.sandbox._sandbox import Sandbox, SandboxFuture
 
 __all__ = [

@@ -1,4 +1,4 @@
-"""`WorkerPool`: warm worker processes, the helper that forks them, and the limit monitor.
+"""`WorkerPool`: warm worker processes, checked out per call, and the limit monitor.
 
 The pool is thread-safe and does its work in the calling thread: a call takes
 an idle worker, sends the pickled call over a Unix socket and waits for the
@@ -14,10 +14,6 @@ from __future__ import annotations
 
 import contextlib
 import os
-import select
-import signal
-import socket
-import subprocess
 import sys
 import threading
 import time
@@ -34,6 +30,14 @@ from zixir_actors.errors import ConfigError, SandboxClosedError, SandboxError
 from zixir_actors.result import Err, Ok, Result
 from zixir_actors.sandbox import _worker
 from zixir_actors.sandbox._limits import Limits
+from zixir_actors.sandbox._process import (
+    KILL_WAIT,
+    LEARNED,
+    Worker,
+    Zygote,
+    nesting_level,
+    wait_gone,
+)
 from zixir_actors.sandbox._telemetry import telemetry
 
 __all__ = [
@@ -41,7 +45,6 @@ __all__ = [
     "SAMPLE_INTERVAL",
     "PoolStats",
     "WorkerPool",
-    "nesting_level",
 ]
 
 DEFAULT_POOL_SIZE = max(1, os.cpu_count() or 1)
@@ -55,25 +58,6 @@ CPU_TIME_GRACE = 0.5
 since the worker's own CPU timer fires first (the monitor's count also includes
 unpickling the call, imports included)."""
 
-SPAWN_TIMEOUT = 30.0
-"""Seconds the helper process gets to hand over a worker before it is restarted."""
-
-KILL_WAIT = 2.0
-"""Seconds `kill_tree` waits for killed processes to disappear."""
-
-_SCRIPT = _worker.__file__
-
-_LEARNED: set[str] = set()
-"""Modules of functions called in any pool of this process: later helpers preload them."""
-
-
-def nesting_level() -> tuple[int, int | None]:
-    """How many sandboxes deep this process runs, and the deepest level allowed from outside."""
-    level = int(os.environ.get(_worker.LEVEL_ENV, "0") or 0)
-    ceiling = os.environ.get(_worker.MAX_LEVEL_ENV)
-    return level, int(ceiling) if ceiling else None
-
-
 @dataclass(frozen=True, slots=True)
 class PoolStats:
     """A snapshot of a pool: warm idle workers, workers in use, restarts so far."""
@@ -85,213 +69,13 @@ class PoolStats:
     calls: int
 
 
-def _descendants(proc: psutil.Process) -> list[psutil.Process]:
-    """Every process under `proc`, read from /proc/PID/task/TID/children.
-
-    Much faster than `psutil.Process.children`, which scans every process on
-    the machine; it falls back to that where the kernel lacks the file.
-    """
-    found: list[psutil.Process] = []
-    stack = [proc.pid]
-    while stack:
-        pid = stack.pop()
-        try:
-            tids = os.listdir(f"/proc/{pid}/task")
-            texts = []
-            for tid in tids:
-                with open(f"/proc/{pid}/task/{tid}/children") as fh:
-                    texts.append(fh.read())
-        except FileNotFoundError:
-            if pid == proc.pid and os.path.exists(f"/proc/{pid}"):
-                with contextlib.suppress(psutil.Error):
-                    return list(proc.children(recursive=True))
-            continue
-        except OSError:
-            continue
-        for text in texts:
-            for child in text.split():
-                with contextlib.suppress(psutil.Error, ValueError):
-                    found.append(psutil.Process(int(child)))
-                    stack.append(int(child))
-    return found
-
-
-def _gone(proc: psutil.Process) -> bool:
-    try:
-        return not proc.is_running() or proc.status() == psutil.STATUS_ZOMBIE
-    except psutil.Error:
-        return True
-
-
-def _wait_gone(procs: list[psutil.Process], *, timeout: float) -> None:
-    """Wait until killed processes are dead or zombies, so their memory is free again.
-
-    Not our children (the helper forked them), so there is nothing to wait on:
-    poll with a short, growing interval; this only runs after a kill.
-    """
-    deadline = time.monotonic() + timeout
-    delay = 0.0005
-    left = [p for p in procs if not _gone(p)]
-    while left and time.monotonic() < deadline:
-        time.sleep(delay)
-        delay = min(delay * 2, 0.02)
-        left = [p for p in left if not _gone(p)]
-
-
-class _Worker:
-    """The parent's handle on one worker process."""
-
-    __slots__ = ("calls", "dead", "fresh", "pid", "proc", "sock")
-
-    def __init__(self, pid: int, sock: socket.socket, fresh: bool) -> None:
-        self.pid = pid
-        self.sock = sock
-        self.fresh = fresh
-        self.calls = 0
-        self.dead = False
-        # Bound now, while the pid surely is this worker: psutil then refuses
-        # to signal a later process that reuses the pid.
-        try:
-            self.proc: psutil.Process | None = psutil.Process(pid)
-        except psutil.Error:
-            self.proc = None
-
-    def process(self) -> psutil.Process:
-        if self.proc is None:
-            raise psutil.NoSuchProcess(self.pid)
-        return self.proc
-
-    def idle_ok(self) -> bool:
-        """True if the idle worker still listens (a dead one makes its socket readable: EOF)."""
-        try:
-            readable = select.select([self.sock], [], [], 0)[0]
-        except (OSError, ValueError):
-            return False
-        return not readable
-
-    def kill_tree(self) -> None:
-        """SIGKILL the worker and every process under it, and wait until they are gone."""
-        _wait_gone(self.signal_tree(), timeout=KILL_WAIT)
-
-    def signal_tree(self) -> list[psutil.Process]:
-        """SIGKILL the worker and every process under it; returns them (to wait on)."""
-        if self.dead:
-            return []
-        self.dead = True
-        procs: list[psutil.Process] = []
-        if self.proc is not None:
-            procs = [self.proc, *_descendants(self.proc)]
-        # The worker leads its own process group (setsid): this also reaches
-        # descendants that were orphaned before the tree walk could see them.
-        with contextlib.suppress(OSError):
-            os.killpg(self.pid, signal.SIGKILL)
-        for proc in procs:
-            with contextlib.suppress(psutil.Error):
-                proc.kill()
-        return procs
-
-    def retire(self) -> None:
-        """End a healthy worker (its process group) without the tree walk."""
-        if not self.dead:
-            self.dead = True
-            with contextlib.suppress(OSError):
-                os.killpg(self.pid, signal.SIGKILL)
-        self.sock.close()
-
-
-class _Zygote:
-    """The small helper process that forks workers."""
-
-    def __init__(self, name: str, spares: int, learn: bool) -> None:
-        self._name = name
-        self._spares = spares
-        self._learn = learn
-        self._stopped = False
-        self._lock = threading.Lock()
-        self._proc: subprocess.Popen[bytes] | None = None
-        self._ctl: socket.socket | None = None
-        self.starts = 0
-
-    def _start(self) -> None:
-        ours, theirs = socket.socketpair(socket.AF_UNIX, socket.SOCK_STREAM)
-        level, ceiling = nesting_level()
-        env = dict(os.environ)
-        env[_worker.PATH_ENV] = os.pathsep.join(p or os.getcwd() for p in sys.path)
-        env[_worker.LEVEL_ENV] = str(level + 1)
-        env[_worker.SPARES_ENV] = str(self._spares)
-        if ceiling is not None:
-            env[_worker.MAX_LEVEL_ENV] = str(ceiling)
-        env.pop(_worker.PRELOAD_ENV, None)
-        if self._learn and _LEARNED:
-            env[_worker.PRELOAD_ENV] = ",".join(sorted(_LEARNED))
-        try:
-            self._proc = subprocess.Popen(
-                [sys.executable, _SCRIPT, str(theirs.fileno())], pass_fds=(theirs.fileno(),),
-                env=env, stdin=subprocess.DEVNULL, close_fds=True)
-        finally:
-            theirs.close()
-        # A helper that does not answer is replaced rather than waited on forever.
-        ours.settimeout(SPAWN_TIMEOUT)
-        self._ctl = ours
-        self.starts += 1
-
-    def spawn(self, *, fresh: bool) -> _Worker:
-        with self._lock:
-            if self._stopped:
-                raise SandboxClosedError(self._name)
-            for attempt in (1, 2):
-                if self._proc is None or self._proc.poll() is not None:
-                    self._stop_locked(timeout=1.0)
-                    self._start()
-                assert self._ctl is not None
-                try:
-                    self._ctl.sendall(b"s")
-                    pid, sock = _worker.recv_worker(self._ctl)
-                    return _Worker(pid, sock, fresh)
-                except (OSError, EOFError):
-                    if attempt == 2:
-                        raise
-                    # Dead or stuck (a preloaded module that hangs, say): start a
-                    # plain one, without preloads.
-                    self._learn = False
-                    self._stop_locked(timeout=1.0)
-        raise AssertionError("unreachable")
-
-    def preload(self, module: str) -> None:
-        """Have the helper import `module`, so workers forked from now on start with it."""
-        with self._lock:
-            if self._ctl is None or not self._learn:
-                return
-            with contextlib.suppress(OSError):
-                self._ctl.sendall(b"i")
-                _worker.send_frame(self._ctl, module.encode())
-
-    def _stop_locked(self, *, timeout: float | None) -> None:
-        if self._ctl is not None:
-            self._ctl.close()
-            self._ctl = None
-        proc, self._proc = self._proc, None
-        if proc is not None:
-            try:
-                proc.wait(timeout=timeout)
-            except subprocess.TimeoutExpired:
-                proc.kill()
-                proc.wait()
-
-    def stop(self, *, timeout: float | None = 5.0) -> None:
-        """Stop the helper for good (it kills the workers it forked); idempotent."""
-        with self._lock:
-            self._stopped = True
-            self._stop_locked(timeout=timeout)
-
-
 class _Call:
     """One call in flight: what the monitor samples and what it decided."""
 
     __slots__ = ("cpu0", "cpu_mark", "cpu_peak", "cpu_used", "due", "limits", "peak", "sent",
                  "started", "verdict", "worker")
 
-    def __init__(self, worker: _Worker, limits: Limits, started: float) -> None:
+    def __init__(self, worker: Worker, limits: Limits, started: float) -> None:
         self.worker = worker
         self.limits = limits
         self.started = started
@@ -350,14 +134,14 @@ class WorkerPool:
         self.size = size
         self._interval = sample_interval
         self._clock = clock
-        self._zygote = _Zygote(name, spares, learn_imports)
+        self._zygote = Zygote(name, spares, learn_imports)
         # A pool dropped without close(): ending the helper ends every worker
         # it forked (it kills them when its control socket closes).
         weakref.finalize(self, self._zygote.stop, timeout=1.0)
         self._lock = threading.Lock()
         self._cond = threading.Condition(self._lock)
-        self._idle: list[_Worker] = []
-        self._busy: set[_Worker] = set()
+        self._idle: list[Worker] = []
+        self._busy: set[Worker] = set()
         self._watched: set[_Call] = set()
         self._monitor: threading.Thread | None = None
         self._monitor_idle = False
@@ -404,7 +188,7 @@ class WorkerPool:
         for worker in idle:
             worker.sock.close()
         # Busy callers wake up with EOF and close their sockets themselves.
-        _wait_gone(procs, timeout=KILL_WAIT)
+        wait_gone(procs, timeout=KILL_WAIT)
         if self._monitor is not None:
             self._monitor.join(timeout)
         if self._executor is not None:
@@ -428,7 +212,7 @@ class WorkerPool:
 
     # --- workers --------------------------------------------------------------
 
-    def _checkout(self, fresh: bool) -> _Worker:
+    def _checkout(self, fresh: bool) -> Worker:
         self._check_open()
         if not fresh:
             with self._lock:
@@ -451,7 +235,7 @@ class WorkerPool:
             self._busy.add(worker)
         return worker
 
-    def _checkin(self, worker: _Worker) -> None:
+    def _checkin(self, worker: Worker) -> None:
         with self._lock:
             self._busy.discard(worker)
             if self._closed or worker.fresh or worker.dead or len(self._idle) >= self.size:
@@ -462,7 +246,7 @@ class WorkerPool:
         if retire:
             worker.retire()
 
-    def _replace(self, worker: _Worker, reason: str, limit: Any, measured: Any) -> None:
+    def _replace(self, worker: Worker, reason: str, limit: Any, measured: Any) -> None:
         """Kill a worker that broke a limit or died; count it as a restart if it was warm.
 
         The replacement is the helper's pre-forked spare, handed over by the
@@ -574,7 +358,7 @@ class WorkerPool:
             call.verdict = (kind, message, limit, measured)
             # The caller blocked on the socket wakes up with EOF once the process is gone.
             procs = call.worker.signal_tree()
-        _wait_gone(procs, timeout=KILL_WAIT)
+        wait_gone(procs, timeout=KILL_WAIT)
 
     # --- calls ----------------------------------------------------------------
 
@@ -612,7 +396,7 @@ class WorkerPool:
             if module and module not in self._learned:
                 self._learned.add(module)
                 if module != "__main__" and module in sys.modules:
-                    _LEARNED.add(module)
+                    LEARNED.add(module)
                     self._zygote.preload(module)
         call = _Call(worker, limits, started)
         monitored = _monitored(limits)
@@ -629,7 +413,7 @@ class WorkerPool:
                 self._unwatch(call)
         return self._conclude(call, reply)
 
-    def _exchange(self, worker: _Worker, data: bytes, deadline: float | None) -> Any:
+    def _exchange(self, worker: Worker, data: bytes, deadline: float | None) -> Any:
         """Send the call and wait for the answer: bytes, or an exception instance."""
         sock = worker.sock
 

@@ -1,0 +1,252 @@
+"""Worker processes and the helper ("zygote") process that forks them.
+
+`_Zygote` starts the helper from a fresh interpreter (so forking stays cheap
+whatever the size of the application) and asks it for workers; `_Worker` is
+the parent's handle on one worker: its socket, and killing its whole process
+tree.
+"""
+
+from __future__ import annotations
+
+import contextlib
+import os
+import select
+import signal
+import socket
+import subprocess
+import sys
+import threading
+import time
+
+import psutil
+
+from zixir_actors.errors import SandboxClosedError
+from zixir_actors.sandbox import _worker
+
+__all__ = [
+    "KILL_WAIT",
+    "LEARNED",
+    "SPAWN_TIMEOUT",
+    "Worker",
+    "Zygote",
+    "nesting_level",
+    "wait_gone",
+]
+
+SPAWN_TIMEOUT = 30.0
+"""Seconds the helper process gets to hand over a worker before it is restarted."""
+
+KILL_WAIT = 2.0
+"""Seconds `kill_tree` waits for killed processes to disappear."""
+
+_SCRIPT = _worker.__file__
+
+LEARNED: set[str] = set()
+"""Modules of functions called in any pool of this process: later helpers preload them."""
+
+
+def nesting_level() -> tuple[int, int | None]:
+    """How many sandboxes deep this process runs, and the deepest level allowed from outside."""
+    level = int(os.environ.get(_worker.LEVEL_ENV, "0") or 0)
+    ceiling = os.environ.get(_worker.MAX_LEVEL_ENV)
+    return level, int(ceiling) if ceiling else None
+
+
+def _descendants(proc: psutil.Process) -> list[psutil.Process]:
+    """Every process under `proc`, read from /proc/PID/task/TID/children.
+
+    Much faster than `psutil.Process.children`, which scans every process on
+    the machine; it falls back to that where the kernel lacks the file.
+    """
+    found: list[psutil.Process] = []
+    stack = [proc.pid]
+    while stack:
+        pid = stack.pop()
+        try:
+            tids = os.listdir(f"/proc/{pid}/task")
+            texts = []
+            for tid in tids:
+                with open(f"/proc/{pid}/task/{tid}/children") as fh:
+                    texts.append(fh.read())
+        except FileNotFoundError:
+            if pid == proc.pid and os.path.exists(f"/proc/{pid}"):
+                with contextlib.suppress(psutil.Error):
+                    return list(proc.children(recursive=True))
+            continue
+        except OSError:
+            continue
+        for text in texts:
+            for child in text.split():
+                with contextlib.suppress(psutil.Error, ValueError):
+                    found.append(psutil.Process(int(child)))
+                    stack.append(int(child))
+    return found
+
+
+def _gone(proc: psutil.Process) -> bool:
+    try:
+        return not proc.is_running() or proc.status() == psutil.STATUS_ZOMBIE
+    except psutil.Error:
+        return True
+
+
+def wait_gone(procs: list[psutil.Process], *, timeout: float) -> None:
+    """Wait until killed processes are dead or zombies, so their memory is free again.
+
+    Not our children (the helper forked them), so there is nothing to wait on:
+    poll with a short, growing interval; this only runs after a kill.
+    """
+    deadline = time.monotonic() + timeout
+    delay = 0.0005
+    left = [p for p in procs if not _gone(p)]
+    while left and time.monotonic() < deadline:
+        time.sleep(delay)
+        delay = min(delay * 2, 0.02)
+        left = [p for p in left if not _gone(p)]
+
+
+class Worker:
+    """The parent's handle on one worker process."""
+
+    __slots__ = ("calls", "dead", "fresh", "pid", "proc", "sock")
+
+    def __init__(self, pid: int, sock: socket.socket, fresh: bool) -> None:
+        self.pid = pid
+        self.sock = sock
+        self.fresh = fresh
+        self.calls = 0
+        self.dead = False
+        # Bound now, while the pid surely is this worker: psutil then refuses
+        # to signal a later process that reuses the pid.
+        try:
+            self.proc: psutil.Process | None = psutil.Process(pid)
+        except psutil.Error:
+            self.proc = None
+
+    def process(self) -> psutil.Process:
+        if self.proc is None:
+            raise psutil.NoSuchProcess(self.pid)
+        return self.proc
+
+    def idle_ok(self) -> bool:
+        """True if the idle worker still listens (a dead one makes its socket readable: EOF)."""
+        try:
+            readable = select.select([self.sock], [], [], 0)[0]
+        except (OSError, ValueError):
+            return False
+        return not readable
+
+    def kill_tree(self) -> None:
+        """SIGKILL the worker and every process under it, and wait until they are gone."""
+        wait_gone(self.signal_tree(), timeout=KILL_WAIT)
+
+    def signal_tree(self) -> list[psutil.Process]:
+        """SIGKILL the worker and every process under it; returns them (to wait on)."""
+        if self.dead:
+            return []
+        self.dead = True
+        procs: list[psutil.Process] = []
+        if self.proc is not None:
+            procs = [self.proc, *_descendants(self.proc)]
+        # The worker leads its own process group (setsid): this also reaches
+        # descendants that were orphaned before the tree walk could see them.
+        with contextlib.suppress(OSError):
+            os.killpg(self.pid, signal.SIGKILL)
+        for proc in procs:
+            with contextlib.suppress(psutil.Error):
+                proc.kill()
+        return procs
+
+    def retire(self) -> None:
+        """End a healthy worker (its process group) without the tree walk."""
+        if not self.dead:
+            self.dead = True
+            with contextlib.suppress(OSError):
+                os.killpg(self.pid, signal.SIGKILL)
+        self.sock.close()
+
+
+class Zygote:
+    """The small helper process that forks workers."""
+
+    def __init__(self, name: str, spares: int, learn: bool) -> None:
+        self._name = name
+        self._spares = spares
+        self._learn = learn
+        self._stopped = False
+        self._lock = threading.Lock()
+        self._proc: subprocess.Popen[bytes] | None = None
+        self._ctl: socket.socket | None = None
+        self.starts = 0
+
+    def _start(self) -> None:
+        ours, theirs = socket.socketpair(socket.AF_UNIX, socket.SOCK_STREAM)
+        level, ceiling = nesting_level()
+        env = dict(os.environ)
+        env[_worker.PATH_ENV] = os.pathsep.join(p or os.getcwd() for p in sys.path)
+        env[_worker.LEVEL_ENV] = str(level + 1)
+        env[_worker.SPARES_ENV] = str(self._spares)
+        if ceiling is not None:
+            env[_worker.MAX_LEVEL_ENV] = str(ceiling)
+        env.pop(_worker.PRELOAD_ENV, None)
+        if self._learn and LEARNED:
+            env[_worker.PRELOAD_ENV] = ",".join(sorted(LEARNED))
+        try:
+            self._proc = subprocess.Popen(
+                [sys.executable, _SCRIPT, str(theirs.fileno())], pass_fds=(theirs.fileno(),),
+                env=env, stdin=subprocess.DEVNULL, close_fds=True)
+        finally:
+            theirs.close()
+        # A helper that does not answer is replaced rather than waited on forever.
+        ours.settimeout(SPAWN_TIMEOUT)
+        self._ctl = ours
+        self.starts += 1
+
+    def spawn(self, *, fresh: bool) -> Worker:
+        with self._lock:
+            if self._stopped:
+                raise SandboxClosedError(self._name)
+            for attempt in (1, 2):
+                if self._proc is None or self._proc.poll() is not None:
+                    self._stop_locked(timeout=1.0)
+                    self._start()
+                assert self._ctl is not None
+                try:
+                    self._ctl.sendall(b"s")
+                    pid, sock = _worker.recv_worker(self._ctl)
+                    return Worker(pid, sock, fresh)
+                except (OSError, EOFError):
+                    if attempt == 2:
+                        raise
+                    # Dead or stuck (a preloaded module that hangs, say): start a
+                    # plain one, without preloads.
+                    self._learn = False
+                    self._stop_locked(timeout=1.0)
+        raise AssertionError("unreachable")
+
+    def preload(self, module: str) -> None:
+        """Have the helper import `module`, so workers forked from now on start with it."""
+        with self._lock:
+            if self._ctl is None or not self._learn:
+                return
+            with contextlib.suppress(OSError):
+                self._ctl.sendall(b"i")
+                _worker.send_frame(self._ctl, module.encode())
+
+    def _stop_locked(self, *, timeout: float | None) -> None:
+        if self._ctl is not None:
+            self._ctl.close()
+            self._ctl = None
+        proc, self._proc = self._proc, None
+        if proc is not None:
+            try:
+                proc.wait(timeout=timeout)
+            except subprocess.TimeoutExpired:
+                proc.kill()
+                proc.wait()
+
+    def stop(self, *, timeout: float | None = 5.0) -> None:
+        """Stop the helper for good (it kills the workers it forked); idempotent."""
+        with self._lock:
+            self._stopped = True
+            self._stop_locked(timeout=timeout)
