@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import json
 import os
+import signal
 import subprocess
 import sys
 import textwrap
@@ -160,3 +161,23 @@ def test_python_dash_m_and_console_script_help() -> None:
     assert result.returncode == 0
     for command in ("demo", "run", "runs", "dlq", "cache", "graph", "tree", "metrics", "bench"):
         assert command in result.stdout
+
+
+def test_metrics_serves_prometheus_text_on_loopback(tmp_path: Path) -> None:
+    import re
+    import urllib.request
+
+    env = {**os.environ, "PYTHONPATH": str(ROOT)}
+    with subprocess.Popen([sys.executable, "-m", "zixir_actors", "--data-dir",
+                           str(tmp_path / "data"), "metrics", "--port", "0", "--duration", "20"],
+                          stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True,
+                          env=env) as proc:
+        assert proc.stdout is not None
+        first = proc.stdout.readline()
+        match = re.search(r"http://127\.0\.0\.1:(\d+)/metrics", first)
+        assert match, first
+        with urllib.request.urlopen(match.group(0), timeout=10) as response:
+            body = response.read().decode()
+        assert "zixir_process_resident_memory_bytes" in body or "zixir_" in body
+        proc.send_signal(signal.SIGTERM)  # a graceful stop, not a crash
+        assert proc.wait(timeout=30) == 0
