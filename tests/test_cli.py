@@ -181,3 +181,52 @@ def test_metrics_serves_prometheus_text_on_loopback(tmp_path: Path) -> None:
         assert "zixir_process_resident_memory_bytes" in body or "zixir_" in body
         proc.send_signal(signal.SIGTERM)  # a graceful stop, not a crash
         assert proc.wait(timeout=30) == 0
+
+
+SLOW = textwrap.dedent('''
+    import os, time
+    from zixir_actors.workflow import Workflow
+
+    slow = Workflow("cli-slow")
+
+    @slow.step()
+    def first(n):
+        return n + 1
+
+    @slow.step(depends_on=["first"])
+    def second(first, started, release):
+        open(started, "w").close()
+        deadline = time.monotonic() + 60
+        while not os.path.exists(release) and time.monotonic() < deadline:
+            time.sleep(0.01)          # a long model call
+        return first * 2
+''')
+
+
+def test_sigterm_stops_a_run_gracefully_and_resume_finishes_it(tmp_path: Path) -> None:
+    from zixir_actors.testing import wait_for
+
+    flows = tmp_path / "slow.py"
+    flows.write_text(SLOW)
+    data, started, release = tmp_path / "data", tmp_path / "started", tmp_path / "release"
+    env = {**os.environ, "PYTHONPATH": str(ROOT)}
+    with subprocess.Popen([sys.executable, "-m", "zixir_actors", "--data-dir", str(data), "run",
+                           str(flows), "--run-id", "s1", "--input", "n=20",
+                           "--input", f"started={json.dumps(str(started))}",
+                           "--input", f"release={json.dumps(str(release))}"],
+                          stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True,
+                          env=env) as proc:
+        wait_for(started.exists, timeout=60, what="the slow step to start")
+        proc.send_signal(signal.SIGTERM)
+        _, err = proc.communicate(timeout=60)
+    assert proc.returncode == 130, err
+    assert "interrupted" in err
+    listed = json.loads(zixir(data, "runs", "list", "--json").stdout)
+    assert [(r["run_id"], r["status"]) for r in listed] == [("s1", "running")]
+    release.touch()
+    resumed = zixir(data, "runs", "resume", "s1", "--json")
+    assert resumed.returncode == 0, resumed.stderr
+    summary = json.loads(resumed.stdout[resumed.stdout.index("{"):])
+    assert summary["status"] == "succeeded"
+    assert summary["steps"]["first"]["status"] == "cached"
+    assert summary["outputs"]["second"] == 42

@@ -122,6 +122,8 @@ def _source_of(data_dir: Path, run_id: str) -> str | None:
 def _runtime(args: argparse.Namespace, **options: Any) -> Any:
     import zixir_actors
 
+    # The CLI resumes runs only when asked (`runs resume`, `run --run-id`).
+    options.setdefault("resume_runs", False)
     runtime = zixir_actors.start(data_dir=_data_dir(args), **options)
     previous: dict[signal.Signals, Any] = {}
 
