@@ -121,7 +121,8 @@ def _fails(n: int) -> int:
 
 
 def _sleep_forever(path: str) -> None:
-    Path(path).write_text(str(os.getpid()))
+    Path(path + ".tmp").write_text(str(os.getpid()))
+    os.replace(path + ".tmp", path)  # atomic: the test reads it as soon as it exists
     threading.Event().wait()
 
 
@@ -238,6 +239,14 @@ def test_a_sandboxed_exception_is_err_exception_with_the_remote_type(executor: E
     assert outcome.error.kind == "exception"
     assert outcome.error.remote_type == "KeyError"
     assert isinstance(outcome.error.cause, KeyError)
+
+
+def test_limits_a_thread_cannot_enforce_go_to_a_worker_process() -> None:
+    with LocalExecutor() as executor:
+        outcome = run_sandboxed(executor, _recurse, (0,), limits=Limits(max_depth=100))
+        pid = executor.submit(os.getpid, limits=Limits(max_depth=100)).get(timeout=WAIT)
+    assert isinstance(outcome, Err) and outcome.error.kind == "depth"
+    assert pid != os.getpid()
 
 
 def test_a_local_timeout_abandons_the_call_and_says_so(tmp_path: Path) -> None:

@@ -97,8 +97,9 @@ class LocalExecutor(_Submitter):
     dill): `limits` are enforced there and a call past its `timeout` is
     killed with its process. In a thread, a call past its `timeout` is
     abandoned: its future fails with `RemoteTimeoutError` at once and its
-    result is dropped (a thread cannot be killed), and `limits` other than
-    `timeout` do not apply.
+    result is dropped (a thread cannot be killed). A call with `limits` that
+    a thread cannot enforce (memory, CPU time, depth) goes to one sandbox
+    worker process even without `processes` (`shutdown` ends it).
 
     Args:
         processes: worker processes (default None: a thread per call).
@@ -140,10 +141,10 @@ class LocalExecutor(_Submitter):
         """
         if self._closed:
             raise ExecutorError("the local executor was shut down")
+        threaded = self.processes is None and guard_of(limits) is None
         future, call, _, timeout = self._begin(fn, kwargs, resources, timeout, limits,
-                                               trace_context, label,
-                                               deadline=self.processes is None)
-        if self.processes is None:
+                                               trace_context, label, deadline=threaded)
+        if threaded:
             context = contextvars.copy_context()
             threading.Thread(target=context.run, daemon=True, name=f"zixir-exec-{call.label}",
                              args=(self._in_thread, future, call, fn, args, kwargs)).start()

@@ -122,15 +122,22 @@ def configure(executor: str | Executor | None = "local", *, ray_address: str | N
 
 
 def reset(*, timeout: float | None = None) -> None:
-    """Back to the local default; disconnect the shared Ray executor if it connected."""
-    global _default, _ray, _ray_address, _ray_options
+    """Back to the local default; disconnect the shared Ray executor if it connected.
+
+    Also ends the worker process the shared ``"local"`` executor may have
+    started for calls with limits.
+    """
+    global _default, _ray, _ray_address, _ray_options, _local
     with _lock:
         shared, _ray = _ray, None
+        local, _local = _local, None
         _default = None
         _ray_address = None
         _ray_options = {}
     if shared is not None:
         shared.shutdown(timeout=timeout)
+    if local is not None:
+        local.shutdown(timeout=timeout)
 
 
 def default_executor() -> Executor | None:
