@@ -45,6 +45,10 @@ RAY_EXTRA = "ray"
 DEFAULT_CONNECT_TIMEOUT = 10.0
 """Seconds to wait for a cluster's address to answer before `ClusterConnectionError`."""
 _RESOURCE_REFRESH = 5.0
+RESTART_PROBE = 0.2
+"""Seconds between two checks whether a restarting pool actor is back."""
+RESTART_PROBES = 300
+"""Checks before a pool actor that does not come back gets calls again (they then fail)."""
 
 
 def import_ray() -> Any:
@@ -431,16 +435,28 @@ class RayActorPool(_RayCalls):
             if index in self._down or index >= len(self._actors):
                 return
             self._down.add(index)
+        self._probe(index, RESTART_PROBES)
+
+    def _probe(self, index: int, left: int) -> None:
+        with self._lock:
+            if index >= len(self._actors):
+                return
             actor = self._actors[index]
 
-        def back(_: Any) -> None:
-            with self._lock:
-                self._down.discard(index)
+        def answered(done: Any) -> None:
+            if done.exception() is None or left <= 1:  # back, or let calls say why not
+                with self._lock:
+                    self._down.discard(index)
+            else:  # not back yet: ask again shortly
+                self._deadlines.add(RESTART_PROBE, lambda: self._probe(index, left - 1))
 
         try:  # retried by Ray until the new incarnation answers
-            actor.ready.options(max_task_retries=-1).remote().future().add_done_callback(back)
-        except Exception:
-            back(None)
+            ready = actor.ready.options(max_task_retries=-1).remote().future()
+        except Exception:  # the pool is shutting down, or the cluster is gone
+            with self._lock:
+                self._down.discard(index)
+            return
+        ready.add_done_callback(answered)
 
     def shutdown(self, *, timeout: float | None = None) -> None:
         """Kill the actors (no restart). Idempotent."""
