@@ -24,9 +24,14 @@ import lmdb
 
 from zixir_actors.errors import StoreError
 
-__all__ = ["DEFAULT_MAP_SIZE", "SharedEnv", "open_env", "release"]
+__all__ = ["DATA_DIR_ENV", "DEFAULT_DATA_DIR", "DEFAULT_MAP_SIZE", "SharedEnv", "open_env",
+           "release", "resolve_data_dir"]
 
 T = TypeVar("T")
+
+DATA_DIR_ENV = "ZIXIR_DATA_DIR"
+DEFAULT_DATA_DIR = "./.zixir"
+"""Where state lives when neither `data_dir` nor ``$ZIXIR_DATA_DIR`` says."""
 
 DEFAULT_MAP_SIZE = 256 * 1024**2
 """Initial map size; the map doubles whenever a write finds it full."""
@@ -161,6 +166,15 @@ class SharedEnv:
     def _check_open(self) -> None:
         if self._refs <= 0:
             raise StoreError(f"LMDB environment at {self.path} is closed")
+
+
+def resolve_data_dir(data_dir: str | os.PathLike[str] | None = None) -> Path:
+    """`data_dir`, else ``$ZIXIR_DATA_DIR``, else ``./.zixir``, made absolute.
+
+    The one rule every service (runtime, store, caches) uses to find its state.
+    """
+    chosen = data_dir if data_dir is not None else os.environ.get(DATA_DIR_ENV) or DEFAULT_DATA_DIR
+    return Path(chosen).expanduser().resolve()
 
 
 def open_env(path: str | os.PathLike[str], *, map_size: int = DEFAULT_MAP_SIZE) -> SharedEnv:

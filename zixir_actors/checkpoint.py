@@ -53,6 +53,7 @@ import pykka
 from supervisors import ChildSpec, SupervisedActor, whereis
 from zixir_actors import _codec, _lmdb
 from zixir_actors._clock import SYSTEM_CLOCK, Clock
+from zixir_actors._lmdb import DEFAULT_DATA_DIR, resolve_data_dir
 from zixir_actors.errors import (
     ConfigError,
     CorruptBlobError,
@@ -80,8 +81,6 @@ __all__ = [
 
 STORE_NAME = "zixir.store"
 """The registered name of the runtime's store actor."""
-DEFAULT_DATA_DIR = ".zixir"
-"""Data directory when neither `data_dir` nor ``$ZIXIR_DATA_DIR`` is given."""
 DEFAULT_TIMEOUT = 30.0
 """Default seconds a write waits for its commit."""
 
@@ -393,13 +392,6 @@ def _apply(env: _lmdb.SharedEnv, txn: Any, batch: Iterable[_Request]) -> None:
                 txn.delete(key, db=db)
             else:
                 txn.put(key, value, db=db)
-
-
-def resolve_data_dir(data_dir: str | os.PathLike[str] | None) -> str:
-    """`data_dir`, else ``$ZIXIR_DATA_DIR``, else `DEFAULT_DATA_DIR`."""
-    if data_dir is None:
-        data_dir = os.environ.get("ZIXIR_DATA_DIR") or DEFAULT_DATA_DIR
-    return os.fspath(data_dir)
 
 
 def child_spec(data_dir: str | os.PathLike[str] | None = None, *, durable: bool = True,

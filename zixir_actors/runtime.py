@@ -33,6 +33,7 @@ from types import TracebackType
 from typing import Any
 
 from supervisors import ChildSpec, NamedRef, Supervisor, SupervisorRef, ref
+from zixir_actors._lmdb import DATA_DIR_ENV, DEFAULT_DATA_DIR, resolve_data_dir
 from zixir_actors.errors import (
     DataDirError,
     DataDirLockedError,
@@ -52,8 +53,6 @@ __all__ = [
     "stop",
 ]
 
-DATA_DIR_ENV = "ZIXIR_DATA_DIR"
-DEFAULT_DATA_DIR = "./.zixir"
 ROOT_NAME = "zixir.root"
 SERVICE_NAMES = ("zixir.metrics", "zixir.store", "zixir.caches", "zixir.sandboxes",
                  "zixir.workflows", "zixir.streams")
@@ -63,12 +62,6 @@ DEFAULT_STOP_TIMEOUT = 30.0
 
 _lock = threading.RLock()
 _current: Runtime | None = None
-
-
-def resolve_data_dir(data_dir: str | os.PathLike[str] | None = None) -> Path:
-    """`data_dir`, else ``$ZIXIR_DATA_DIR``, else ``./.zixir``, made absolute."""
-    chosen = data_dir if data_dir is not None else os.environ.get(DATA_DIR_ENV) or DEFAULT_DATA_DIR
-    return Path(chosen).expanduser().resolve()
 
 
 def _prepare(path: Path) -> int:

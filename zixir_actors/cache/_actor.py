@@ -23,6 +23,7 @@ from prometheus_client.core import CounterMetricFamily, GaugeMetricFamily
 from prometheus_client.registry import Collector
 
 from supervisors import ChildSpec, DynamicSupervisor, SupervisedActor
+from zixir_actors._lmdb import resolve_data_dir
 from zixir_actors.cache._state import CacheOptions, CacheState
 from zixir_actors.cache._tables import Tables
 from zixir_actors.errors import CacheNotFoundError, ZixirTimeoutError
@@ -35,8 +36,6 @@ CACHES = "zixir.caches"
 """Registered name of the DynamicSupervisor that every cache actor runs under."""
 ACTOR_PREFIX = "zixir.cache."
 """A cache named ``n`` is registered as ``zixir.cache.n``."""
-DEFAULT_DATA_DIR = ".zixir"
-
 _live: dict[str, CacheState] = {}
 _live_changed = threading.Condition(threading.Lock())
 _configured_data_dir: list[str] = []
@@ -143,7 +142,7 @@ def default_data_dir() -> str:
     """
     if _configured_data_dir:
         return _configured_data_dir[-1]
-    return os.environ.get("ZIXIR_DATA_DIR") or DEFAULT_DATA_DIR
+    return str(resolve_data_dir())
 
 
 def _start_caches(*, data_dir: str | None, max_children: int | None,
