@@ -10,6 +10,7 @@ from __future__ import annotations
 
 import argparse
 import contextlib
+import dataclasses
 import importlib.util
 import json
 import signal
@@ -327,7 +328,7 @@ def cmd_dlq(args: argparse.Namespace) -> int:
                              "step": d.step, "error_type": d.error_type,
                              "error_message": d.error_message, "traceback": d.traceback,
                              "inputs": {k: repr(v) for k, v in d.inputs.items()},
-                             "attempts": [vars_of(a) for a in d.attempts]})
+                             "attempts": [dataclasses.asdict(a) for a in d.attempts]})
                 return 0
             print(f"dead letter {d.id}: step {d.step} of run {d.run_id} ({d.workflow})")
             print(f"error: {d.error_type}: {d.error_message}")
@@ -344,10 +345,6 @@ def cmd_dlq(args: argparse.Namespace) -> int:
     raise CliError(f"unknown dlq action {args.action!r}")
 
 
-def vars_of(obj: Any) -> dict[str, Any]:
-    return {name: getattr(obj, name) for name in getattr(obj, "__slots__", ())}
-
-
 def cmd_cache(args: argparse.Namespace) -> int:
     from zixir_actors.cache import Cache
 
@@ -356,7 +353,7 @@ def cmd_cache(args: argparse.Namespace) -> int:
         try:
             if args.action == "stats":
                 stats = cache.stats()
-                data = vars_of(stats)
+                data = dataclasses.asdict(stats)
                 if args.json:
                     _print_json(data)
                 else:
