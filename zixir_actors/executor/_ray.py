@@ -170,10 +170,12 @@ class RayExecutor(_RayCalls):
     counted as for local steps). A call past its `timeout` is cancelled with
     ``ray.cancel(force=True)``, which kills its worker. `limits` are enforced
     inside the worker (memory and CPU time sampled every `MONITOR_INTERVAL`;
-    the call is interrupted when over); a memory limit also reserves that much
-    of Ray's ``memory`` resource unless `resources` says otherwise. A worker or
-    node that dies is `RemoteLostError`; Ray's own out-of-memory killer is
-    `RemoteMemoryError`.
+    the call is interrupted between two Python bytecodes when over, and if it
+    is stuck in C code `STUCK_GRACE` seconds later its worker exits, which
+    reads as a lost worker); a memory limit also reserves that much of Ray's
+    ``memory`` resource unless `resources` says otherwise, so the scheduler
+    only places the call where that much is free. A worker or node that dies
+    is `RemoteLostError`; Ray's own out-of-memory killer is `RemoteMemoryError`.
 
     Args:
         address: the cluster (``"host:port"``, ``"auto"``, ``"ray://host:port"``);
