@@ -7,6 +7,7 @@ inside one actor, so the per-item cost is a list comprehension, not a message.
 
 from __future__ import annotations
 
+import abc
 from collections import deque
 from collections.abc import Callable, Hashable, Iterable
 from typing import Any, Literal
@@ -37,7 +38,7 @@ OnError = Literal["fail", "skip", "retry"]
 drop the item, or call again up to `retries` times and then fail."""
 
 
-class Op:
+class Op(abc.ABC):
     """One operator: `process` a chunk, `finish` at end of input, optional timer.
 
     Attributes:
@@ -53,8 +54,9 @@ class Op:
         self.done = False
         self.pending = 0
 
+    @abc.abstractmethod
     def process(self, items: list[Any]) -> list[Any]:
-        raise NotImplementedError
+        """Transform one chunk of items; return what goes downstream."""
 
     def finish(self) -> list[Any]:
         return []
@@ -95,11 +97,13 @@ class _Call(Op):
                 self.skipped += 1
         return out
 
+    @abc.abstractmethod
     def fast(self, items: list[Any]) -> list[Any]:
-        raise NotImplementedError
+        """The whole chunk at once (the path when no item fails)."""
 
+    @abc.abstractmethod
     def one(self, item: Any) -> Iterable[Any]:
-        raise NotImplementedError
+        """One item, for `on_error` handling item by item."""
 
 
 class Map(_Call):

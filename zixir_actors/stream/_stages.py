@@ -8,6 +8,7 @@ flight between a source and the terminal never exceed the sum of the bounds.
 
 from __future__ import annotations
 
+import abc
 import contextlib
 import time
 from collections import deque
@@ -149,8 +150,9 @@ class Stage(SupervisedActor):
     def wired(self, message: Wire) -> None:
         pass
 
+    @abc.abstractmethod
     def handle(self, message: Any) -> None:
-        raise NotImplementedError
+        """Handle a message that is not part of the shared stage protocol."""
 
     def cancel(self) -> None:
         self.finished = True
