@@ -9,8 +9,9 @@ collection of the generator) closes the run: every stage stops.
 from __future__ import annotations
 
 import asyncio
+import contextlib
 import time
-from collections.abc import AsyncGenerator, AsyncIterator, Callable, Iterator
+from collections.abc import AsyncGenerator, AsyncIterator, Callable, Generator, Iterator
 from typing import TYPE_CHECKING, Any, TypeVar
 
 from zixir_actors.errors import ConfigError
@@ -32,15 +33,15 @@ def deadline_of(timeout: float | None) -> float | None:
     return time.monotonic() + timeout
 
 
-def drain(stream: Stream[Any], timeout: float | None,
-           on_items: Callable[[list[Any]], None]) -> None:
+def chunks(stream: Stream[T], timeout: float | None) -> Generator[list[T], None, None]:
+    """Run `stream`, yielding its chunks; demand is returned once a chunk is consumed."""
     deadline = deadline_of(timeout)
     run = Run(stream)
     try:
         while True:
             message = run.next_message(deadline, timeout)
             if is_chunk(message):
-                on_items(message.items)
+                yield message.items
                 run.consumed_items(len(message.items))
             else:
                 error = outcome(message)
@@ -49,24 +50,19 @@ def drain(stream: Stream[Any], timeout: float | None,
                 return
     finally:
         run.close()
+
+
+def drain(stream: Stream[Any], timeout: float | None,
+          on_items: Callable[[list[Any]], None]) -> None:
+    with contextlib.closing(chunks(stream, timeout)) as running:
+        for items in running:
+            on_items(items)
 
 
 def iterate_items(stream: Stream[T], timeout: float | None) -> Iterator[T]:
-    deadline = deadline_of(timeout)
-    run = Run(stream)
-    try:
-        while True:
-            message = run.next_message(deadline, timeout)
-            if is_chunk(message):
-                yield from message.items
-                run.consumed_items(len(message.items))
-            else:
-                error = outcome(message)
-                if error is not None:
-                    raise error
-                return
-    finally:
-        run.close()
+    with contextlib.closing(chunks(stream, timeout)) as running:
+        for items in running:
+            yield from items
 
 
 async def achunks(stream: Stream[T], timeout: float | None) -> AsyncGenerator[list[T], None]:
