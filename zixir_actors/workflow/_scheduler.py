@@ -33,6 +33,7 @@ from zixir_actors.checkpoint import (
     StepCheckpoint,
 )
 from zixir_actors.errors import CorruptBlobError, StepTimeoutError, UnserializableError
+from zixir_actors.executor import call_step, offload
 from zixir_actors.observability import Span, span
 from zixir_actors.result import Ok
 from zixir_actors.workflow._hashing import fingerprint
@@ -332,6 +333,10 @@ class Scheduler:
         call = dict(kwargs)
         if ctx is not None:
             call["ctx"] = ctx
+        executor = offload(step.executor, self.wf.executor)
+        if executor is not None:  # its result comes back here, into the same checkpoint
+            return call_step(executor, step.fn, call, step=step.name, timeout=step.timeout,
+                             limits=step.limits, resources=step.resources)
         if step.limits is not None:
             return _sandboxed(step, call)
         if step.timeout is None:

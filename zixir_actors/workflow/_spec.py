@@ -150,9 +150,15 @@ class Step:
         version: a label that replaces the code hash, when a change that the
             hash cannot see (a closure, a global, a model file) must re-run
             the step, or a cosmetic one must not.
+        executor: where the step runs: ``"local"``, ``"ray"``, an `Executor`
+            (a `RayActorPool` for warm state...), or None (default: the
+            workflow's, else the runtime's; see `zixir_actors.executor`).
+        resources: a `zixir_actors.executor.Resources` the step reserves on
+            a cluster (``num_cpus``, ``num_gpus``, ``memory``).
 
     Raises:
-        InvalidStepError: a bad name, function, dependency list or timeout.
+        InvalidStepError: a bad name, function, dependency list, timeout,
+            executor or resources.
     """
 
     name: str
@@ -162,6 +168,8 @@ class Step:
     timeout: float | None = None
     limits: Any = None
     version: str | None = None
+    executor: Any = None
+    resources: Any = None
     _params: tuple[_Param, ...] = field(default=(), repr=False, compare=False)
 
     def __post_init__(self) -> None:
@@ -196,6 +204,14 @@ class Step:
                                    step=self.name)
         if self.version is not None and not isinstance(self.version, str):
             raise InvalidStepError("version", self.version, "must be a string", step=self.name)
+        from zixir_actors.executor import Resources, is_executor_choice
+
+        if not is_executor_choice(self.executor):
+            raise InvalidStepError("executor", self.executor,
+                                   "must be 'local', 'ray', an Executor or None", step=self.name)
+        if self.resources is not None and not isinstance(self.resources, Resources):
+            raise InvalidStepError("resources", self.resources,
+                                   "must be a zixir_actors.executor.Resources", step=self.name)
         object.__setattr__(self, "_params", _parameters(self))
 
     def bind(self, workflow: str, inputs: Mapping[str, Any],

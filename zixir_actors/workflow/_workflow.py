@@ -110,6 +110,11 @@ class Workflow:
         store: the `CheckpointClient` to use (default: the runtime's store).
         clock: what retry backoff sleeps on and timestamps read (tests pass a
             `FakeClock`).
+        executor: where steps run unless a step says otherwise: ``"local"``,
+            ``"ray"``, an `Executor`, or None (default: the runtime's, local
+            unless ``start(executor=...)`` chose another). Results come back
+            into the same checkpoints; retries, dead letters and resume work
+            the same on every executor.
 
     Raises:
         WorkflowDefinitionError: (and subclasses) a bad step or option.
@@ -118,7 +123,10 @@ class Workflow:
     def __init__(self, name: str, steps: Iterable[Step] = (), *,
                  on_failure: FailurePolicy = "stop",
                  max_concurrency: int = DEFAULT_MAX_CONCURRENCY,
-                 store: CheckpointClient | None = None, clock: Clock = SYSTEM_CLOCK) -> None:
+                 store: CheckpointClient | None = None, clock: Clock = SYSTEM_CLOCK,
+                 executor: Any = None) -> None:
+        from zixir_actors.executor import is_executor_choice
+
         if not isinstance(name, str) or not name or "\x00" in name:
             raise InvalidStepError("workflow name", name, "must be a non-empty string")
         if on_failure not in FAILURE_POLICIES:
@@ -129,6 +137,10 @@ class Workflow:
         self.max_concurrency = _check_concurrency(max_concurrency, name)
         self.store = store
         self.clock = clock
+        if not is_executor_choice(executor):
+            raise InvalidStepError("executor", executor,
+                                   "must be 'local', 'ray', an Executor or None", workflow=name)
+        self.executor = executor
         self._steps: dict[str, Step] = {}
         self._order: tuple[str, ...] | None = None
         self._children: dict[str, tuple[str, ...]] = {}
@@ -163,18 +175,21 @@ class Workflow:
     def step(self, fn: F, *, name: str | None = None,
              depends_on: str | Iterable[str] = (), retry: RetryPolicy = NO_RETRY,
              timeout: float | None = None, limits: Any = None,
-             version: str | None = None) -> F: ...
+             version: str | None = None, executor: Any = None,
+             resources: Any = None) -> F: ...
 
     @overload
     def step(self, fn: None = None, *, name: str | None = None,
              depends_on: str | Iterable[str] = (), retry: RetryPolicy = NO_RETRY,
              timeout: float | None = None, limits: Any = None,
-             version: str | None = None) -> Callable[[F], F]: ...
+             version: str | None = None, executor: Any = None,
+             resources: Any = None) -> Callable[[F], F]: ...
 
     def step(self, fn: F | None = None, *, name: str | None = None,
              depends_on: str | Iterable[str] = (), retry: RetryPolicy = NO_RETRY,
              timeout: float | None = None, limits: Any = None,
-             version: str | None = None) -> F | Callable[[F], F]:
+             version: str | None = None, executor: Any = None,
+             resources: Any = None) -> F | Callable[[F], F]:
         """Decorator adding the function as a step (see `Step` for the options).
 
         Usable bare (``@wf.step``) or called (``@wf.step(depends_on=["a"])``);
@@ -183,7 +198,8 @@ class Workflow:
         """
         def add(func: F) -> F:
             deps = (depends_on,) if isinstance(depends_on, str) else tuple(depends_on)
-            self.add(Step(name or func.__name__, func, deps, retry, timeout, limits, version))
+            self.add(Step(name or func.__name__, func, deps, retry, timeout, limits, version,
+                          executor, resources))
             return func
 
         return add(fn) if fn is not None else add
