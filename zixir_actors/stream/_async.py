@@ -185,12 +185,15 @@ def await_(future: Any, *, timeout: float | None = None) -> Any:
 
 
 def pmap(fn: Callable[[T], U], items: Iterable[T], *, concurrency: int = DEFAULT_CONCURRENCY,
-         ordered: bool = True, timeout: float | None = None) -> list[U]:
+         ordered: bool = True, timeout: float | None = None, executor: Any = None) -> list[U]:
     """`[fn(x) for x in items]` with up to `concurrency` calls at once.
 
     Example:
         >>> pmap(lambda x: x * 10, [1, 2, 3], concurrency=2)
         [10, 20, 30]
+
+    ``executor="ray"`` (or an `Executor`) runs the calls there, still at most
+    `concurrency` at once (see `Stream.map`).
 
     Raises:
         Exception: the first exception a call raised (its `stage` is ``"pmap(fn)"``);
@@ -200,11 +203,12 @@ def pmap(fn: Callable[[T], U], items: Iterable[T], *, concurrency: int = DEFAULT
     """
     name = f"pmap({getattr(fn, '__name__', type(fn).__name__)})"
     return Stream.from_iterable(list(items)).map(
-        fn, concurrency=concurrency, ordered=ordered, name=name).to_list(timeout=timeout)
+        fn, concurrency=concurrency, ordered=ordered, name=name,
+        executor=executor).to_list(timeout=timeout)
 
 
 def parallel(fns: Sequence[Callable[[], T]], *, max_concurrency: int | None = None,
-             timeout: float | None = None) -> list[T]:
+             timeout: float | None = None, executor: Any = None) -> list[T]:
     """Call each of `fns` (no arguments), up to `max_concurrency` at once; results in order.
 
     Example:
@@ -215,6 +219,8 @@ def parallel(fns: Sequence[Callable[[], T]], *, max_concurrency: int | None = No
         fns: zero-argument callables.
         max_concurrency: the cap (default: one per call, at most `DEFAULT_CONCURRENCY`).
         timeout: for all of them together.
+        executor: where the calls run (as for `Stream.map`; default: the
+            runtime's executor, this process unless configured).
 
     Raises:
         as `pmap` (the stage is ``"parallel"``).
@@ -226,8 +232,8 @@ def parallel(fns: Sequence[Callable[[], T]], *, max_concurrency: int | None = No
     if not calls:
         return []
     cap = max_concurrency if max_concurrency is not None else min(len(calls), DEFAULT_CONCURRENCY)
-    return Stream.from_iterable(calls).map(_call, concurrency=cap,
-                                           name="parallel").to_list(timeout=timeout)
+    return Stream.from_iterable(calls).map(_call, concurrency=cap, name="parallel",
+                                           executor=executor).to_list(timeout=timeout)
 
 
 def _call(fn: Callable[[], T]) -> T:

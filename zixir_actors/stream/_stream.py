@@ -219,7 +219,7 @@ class Stream(Generic[T]):
 
     def map(self, fn: Callable[[T], U], *, concurrency: int | None = None, ordered: bool = True,
             on_error: OnError = "fail", retries: int | None = None,
-            name: str | None = None) -> Stream[U]:
+            name: str | None = None, executor: Any = None) -> Stream[U]:
         """Apply `fn` to each item.
 
         Example:
@@ -241,11 +241,25 @@ class Stream(Generic[T]):
             retries: extra attempts before skipping or failing (default
                 `DEFAULT_RETRIES` for ``"retry"``, 0 for ``"skip"``).
             name: the stage name in errors and metrics (default ``map#i(fn)``).
+            executor: where each call runs: ``"local"``, ``"ray"`` or an
+                `Executor` (see `zixir_actors.executor`); default: in this
+                process, or the runtime's executor for a stage with
+                `concurrency`. A worker waits for its remote call, so no
+                more than `concurrency` calls are in flight: backpressure holds.
 
         Raises:
             ConfigError: `fn` is not callable, `concurrency` is not a positive
-                int, or `on_error`/`retries` is invalid.
+                int, `on_error`/`retries` is invalid, or `executor` is unknown.
+            ExecutorUnavailableError: ``executor="ray"`` without Ray installed.
         """
+        if executor is not None or concurrency is not None:
+            from zixir_actors.executor import offload, remote_callable
+
+            _callable("fn", fn)
+            target = offload(executor)
+            if target is not None:
+                name = self._name("map", name, fn)
+                fn = remote_callable(fn, target)
         if concurrency is None:
             return self._call_op("map", _ops.Map, fn, on_error, retries, name)
         _callable("fn", fn)
