@@ -98,16 +98,28 @@ class Sandbox:
         learn_imports: of the private pool: let its helper process import
             the module of each function called, so new workers start with it
             (see `WorkerPool`).
+        executor: run the calls on this executor instead (``"ray"``, an
+            `Executor`; see `zixir_actors.executor`): the limits go with each
+            call (memory and CPU time sampled in the remote worker, `timeout`
+            cancels the task) and outcomes are the same `Ok`/`Err` kinds.
+            Default None: the runtime's executor, this machine unless
+            ``start(executor=...)`` chose another; ``"local"`` keeps calls here.
 
     Raises:
-        ConfigError: `limits` is not a `Limits`, or `pool` is of the wrong type.
+        ConfigError: `limits` is not a `Limits`, `pool` is of the wrong type,
+            or `executor` is unknown.
     """
 
     def __init__(self, limits: Limits | None = None, *,
                  pool: WorkerPool | str | pykka.ActorRef[Any] | None = None,
                  fresh_process: bool = False, size: int = 1, name: str = "sandbox",
                  pool_timeout: float = DEFAULT_RESOLVE_TIMEOUT,
-                 learn_imports: bool = True) -> None:
+                 learn_imports: bool = True, executor: Any = None) -> None:
+        from zixir_actors.executor import is_executor_choice
+
+        if not is_executor_choice(executor):
+            raise ConfigError("executor", executor, "expected 'local', 'ray', an Executor or None")
+        self.executor = executor
         if limits is None:
             limits = Limits()
         if not isinstance(limits, Limits):
@@ -198,6 +210,11 @@ class Sandbox:
         if not isinstance(use, Limits):
             raise ConfigError("limits", use, "expected a zixir_actors.sandbox.Limits")
         fresh = self.fresh_process if fresh_process is None else fresh_process
+        target = self._offload()
+        if target is not None:
+            from zixir_actors.executor import run_sandboxed
+
+            return run_sandboxed(target, fn, tuple(args), kwargs, use, label=self.name)
         for attempt in (1, 2):
             pool = self.pool
             try:
@@ -223,8 +240,22 @@ class Sandbox:
             SandboxClosedError: the sandbox (or its pool) is closed.
             NotStartedError: the named pool actor is not running.
         """
+        target = self._offload()
+        if target is not None:
+            from zixir_actors.executor import submit_sandboxed
+
+            return SandboxFuture(submit_sandboxed(target, fn, args, kwargs, self.limits,
+                                                  label=self.name))
         return SandboxFuture(self.pool.submit(fn, args, kwargs, self.limits,
                                               fresh=self.fresh_process))
+
+    def _offload(self) -> Any:
+        """The executor calls go to, or None to run them in this machine's workers."""
+        from zixir_actors.executor import offload
+
+        if self._closed:
+            raise SandboxClosedError(self.name)
+        return offload(self.executor)
 
     def close(self, *, timeout: float | None = 5.0) -> None:
         """End the private pool's workers and helper process (a shared pool is left running).
