@@ -125,6 +125,7 @@ class Runtime:
         self.data_dir = data_dir
         self.supervisor = supervisor
         self._lock_fd: int | None = lock_fd
+        self._executor_set = False
         self.resumed: list[Any] = []
         """Handles of the interrupted runs that `start(resume_runs=True)` continued."""
 
@@ -202,6 +203,10 @@ class Runtime:
             finally:
                 os.close(self._lock_fd)
                 self._lock_fd = None
+                if self._executor_set:
+                    from zixir_actors.executor import reset
+
+                    reset()
                 if _current is self:
                     _current = None
 
@@ -215,6 +220,7 @@ def current() -> Runtime | None:
 def start(data_dir: str | os.PathLike[str] | None = None, *, metrics_port: int | None = None,
           log_json: bool | None = None, log_level: str = "INFO",
           sandbox_workers: int | None = None, resume_runs: bool = True,
+          executor: Any = None, ray_address: str | None = None,
           **options: Any) -> Runtime:
     """Start the root tree, or return the one already running (idempotent).
 
@@ -230,6 +236,14 @@ def start(data_dir: str | os.PathLike[str] | None = None, *, metrics_port: int |
         resume_runs: continue the runs that were in flight when the previous
             runtime on this data directory stopped or died, for the workflows
             defined in this process by now (see `Runtime.resume_interrupted`).
+        executor: where workflow steps, concurrent stream stages, `pmap`,
+            `parallel` and sandboxed calls run unless they say otherwise:
+            ``"local"`` (default), ``"ray"`` or an `Executor` (see
+            `zixir_actors.executor`). The orchestration (this tree, the
+            checkpoints, retries, metrics) stays in this process.
+        ray_address: the Ray cluster for ``"ray"`` (``"host:port"``,
+            ``"ray://..."``; implies ``executor="ray"``). None: join this
+            process's Ray instance or start a local one.
         **options: per-service options: ``metrics``, ``store``, ``cache``,
             ``sandbox``, ``workflow``, ``stream`` dicts passed to their `child_spec`.
 
@@ -238,6 +252,9 @@ def start(data_dir: str | os.PathLike[str] | None = None, *, metrics_port: int |
         DataDirLockedError: another process runs a runtime on it.
         RuntimeConflictError: this process runs a runtime on another directory.
         ChildStartError: a service failed to start (its cause attached).
+        ExecutorUnavailableError: ``executor="ray"`` without Ray installed
+            (names the extra: ``pip install 'zixir-actors[ray]'``).
+        ClusterConnectionError: the Ray cluster cannot be reached.
     """
     global _current
     with _lock:
@@ -252,16 +269,26 @@ def start(data_dir: str | os.PathLike[str] | None = None, *, metrics_port: int |
 
             configure_logging(json=log_json, level=log_level)
         fd = _prepare(path)
+        chosen = executor if executor is not None else "ray" if ray_address is not None else None
         try:
+            if chosen is not None:
+                from zixir_actors.executor import configure
+
+                configure(chosen, ray_address=ray_address)
             specs = _service_specs(path, metrics_port=metrics_port,
                                    sandbox_workers=sandbox_workers, options=options)
             root = Supervisor.start_link(specs, strategy="one_for_one",
                                          max_restarts=ROOT_MAX_RESTARTS,
                                          max_seconds=ROOT_MAX_SECONDS, name=ROOT_NAME)
         except BaseException:
+            if chosen is not None:
+                from zixir_actors.executor import reset
+
+                reset()
             os.close(fd)
             raise
         runtime = _current = Runtime(path, root, fd)
+        runtime._executor_set = chosen is not None
         _stop_before_thread_join()
         if resume_runs:
             runtime.resumed = runtime.resume_interrupted()
