@@ -8,10 +8,14 @@ the reason shown, only when Ray is not installed.
 from __future__ import annotations
 
 import asyncio
+import functools
+import json
 import os
 import signal
 import socket
+import subprocess
 import sys
+import textwrap
 import threading
 from collections.abc import Callable, Iterator
 from pathlib import Path
@@ -19,11 +23,13 @@ from typing import Any
 
 import pytest
 
+from zixir_actors.checkpoint import CheckpointClient, open_store
 from zixir_actors.errors import (
     ClusterConnectionError,
     ConfigError,
     ExecutorError,
     ExecutorUnavailableError,
+    InvalidStepError,
     RemoteCancelledError,
     RemoteError,
     RemoteLostError,
@@ -49,8 +55,10 @@ from zixir_actors.executor import (
 )
 from zixir_actors.observability import metrics, span
 from zixir_actors.result import Err, Ok
-from zixir_actors.sandbox import Limits
-from zixir_actors.testing import capture_spans
+from zixir_actors.sandbox import Limits, Sandbox
+from zixir_actors.stream import Stream, parallel, pmap
+from zixir_actors.testing import FakeClock, capture_spans, wait_for
+from zixir_actors.workflow import DeadLetters, RetryPolicy, Step, StepContext, Workflow
 
 HERE = Path(__file__).resolve().parent
 WAIT = 60.0
@@ -419,8 +427,6 @@ def test_a_ray_timeout_cancels_the_task_and_kills_its_worker(ray_executor: RayEx
         future.get(timeout=WAIT)
     assert caught.value.executor == "ray" and caught.value.timeout == 3.0
     pid = int(marker.read_text())
-    from zixir_actors.testing import wait_for
-
     wait_for(lambda: not _alive(pid), timeout=WAIT, what="the timed-out worker to be killed")
     assert ray_executor.submit(abs, -4).get(timeout=WAIT) == 4
 
@@ -437,8 +443,6 @@ def _alive(pid: int) -> bool:
 def test_cancel_kills_a_running_ray_task(ray_executor: RayExecutor, tmp_path: Path) -> None:
     marker = tmp_path / "pid"
     future = ray_executor.submit(_sleep_forever, str(marker))
-    from zixir_actors.testing import wait_for
-
     wait_for(marker.exists, timeout=WAIT, what="the task to start")
     assert future.cancel() is True
     assert future.cancel() is False and future.cancelled()
@@ -554,3 +558,344 @@ def test_configure_ray_makes_it_the_default(ray_cluster: Any) -> None:
     finally:
         reset()
     assert ray_cluster.is_initialized()  # a session's own connection stays
+
+
+# -- the services on both executors -------------------------------------------------------
+#
+# The same workflow behaviour on the in-process default and on Ray: outputs,
+# retries under our RetryPolicy, dead letters, timeouts, kill -9 and resume.
+# Step functions live at module level or use files, since on Ray they run in
+# other processes.
+
+BOTH = pytest.mark.parametrize("where", ["local", "ray"])
+
+
+@pytest.fixture
+def store(tmp_path: Path) -> Iterator[CheckpointClient]:
+    with open_store(tmp_path / "store", clock=FakeClock()) as client:
+        yield client
+
+
+def _on(where: str, request: pytest.FixtureRequest) -> str:
+    if where == "ray":
+        request.getfixturevalue("ray_executor")
+    return where
+
+
+def _pid() -> int:
+    return os.getpid()
+
+
+def _add(a: int, b: int) -> int:
+    return a + b
+
+
+def _flaky_step(path: str, ctx: StepContext) -> int:
+    with open(path, "a") as log:
+        log.write(f"{ctx.attempt} {os.getpid()}\n")
+    if ctx.attempt < 3:
+        raise ConnectionError(f"attempt {ctx.attempt} refused")
+    return ctx.attempt
+
+
+def _enrich(a: int, model: str, fixed: str) -> str:
+    if not os.path.exists(fixed):
+        raise ValueError(f"model {model} rejected {a}")
+    return f"{model}:{a}"
+
+
+_RELEASE = threading.Event()
+"""Lets a timed-out step's abandoned local thread end with its test (a Ray worker is killed)."""
+
+
+def _slow_step(gate: str) -> str:
+    Path(gate).write_text(str(os.getpid()))
+    _RELEASE.wait(30)
+    return "late"
+
+
+@BOTH
+def test_a_diamond_gives_the_same_outputs_on_both_executors(
+        where: str, request: pytest.FixtureRequest, store: CheckpointClient) -> None:
+    wf = Workflow(f"diamond-{where}", executor=_on(where, request))
+    wf.add(Step("a", _add, version="1"))
+    wf.add(Step("b", lambda a: a * 2, depends_on=["a"]))
+    wf.add(Step("c", lambda a: a * 3, depends_on=["a"]))
+    wf.add(Step("d", lambda b, c: b + c, depends_on=["b", "c"]))
+    wf.add(Step("pid", _pid))
+    result = wf.run({"a": 1, "b": 2}, store=store, timeout=WAIT)
+    assert result.status == "succeeded"
+    assert {k: result.outputs[k] for k in "abcd"} == {"a": 3, "b": 6, "c": 9, "d": 15}
+    assert (result.outputs["pid"] == os.getpid()) == (where == "local")
+    assert store.steps(result.run_id)["d"].output == 15  # the same checkpoint path
+
+
+@BOTH
+def test_retries_stay_under_our_retry_policy(where: str, request: pytest.FixtureRequest,
+                                             store: CheckpointClient, tmp_path: Path) -> None:
+    log = tmp_path / "attempts"
+    step = Step("x", functools.partial(_flaky_step, str(log)),
+                retry=RetryPolicy(max_attempts=3, initial_delay=0.5, jitter=0.0))
+    result = Workflow(f"retry-{where}", [step], executor=_on(where, request),
+                      clock=FakeClock()).run(store=store, timeout=WAIT)
+    assert result.status == "succeeded" and result.outputs["x"] == 3
+    assert result.attempts == {"x": 3}
+    assert [line.split()[0] for line in log.read_text().splitlines()] == ["1", "2", "3"]
+
+
+@BOTH
+def test_an_exhausted_step_is_dead_lettered_and_its_retry_completes_the_run(
+        where: str, request: pytest.FixtureRequest, store: CheckpointClient,
+        tmp_path: Path) -> None:
+    fixed = tmp_path / "fixed"
+    wf = Workflow(f"dlq-{where}", executor=_on(where, request), clock=FakeClock())
+    wf.add(Step("a", lambda: 7))
+    wf.add(Step("enrich", functools.partial(_enrich, fixed=str(fixed)), depends_on=["a"],
+                retry=RetryPolicy(max_attempts=2)))
+    wf.add(Step("publish", lambda enrich: enrich.upper(), depends_on=["enrich"]))
+    result = wf.run({"model": "small"}, store=store, timeout=WAIT)
+    assert result.status == "failed" and result.steps["publish"].status == "not_run"
+    dlq = DeadLetters(store)
+    [letter] = dlq.list(workflow=wf.name)
+    assert letter.error_type == "ValueError" and "rejected 7" in letter.error_message
+    assert [a.attempt for a in letter.attempts] == [1, 2]
+    assert "_enrich" in letter.traceback
+    fixed.write_text("yes")
+    again = dlq.retry(letter.id, workflow=wf)
+    assert again.status == "succeeded" and again.outputs["publish"] == "SMALL:7"
+    assert again.steps["a"].status == "cached"
+    assert dlq.list(workflow=wf.name) == []
+
+
+@BOTH
+def test_a_step_timeout_is_recorded_as_timed_out(where: str, request: pytest.FixtureRequest,
+                                                 store: CheckpointClient,
+                                                 tmp_path: Path) -> None:
+    step = Step("slow", functools.partial(_slow_step, str(tmp_path / "gate")), timeout=1.0)
+    _RELEASE.clear()
+    try:
+        result = Workflow(f"timeout-{where}", [step], executor=_on(where, request)).run(
+            store=store, timeout=WAIT)
+    finally:
+        _RELEASE.set()
+    assert result.steps["slow"].status == "timed_out"
+    [letter] = DeadLetters(store).list(workflow=f"timeout-{where}")
+    assert letter.error_type == "StepTimeoutError" and letter.attempts[0].timed_out
+
+
+def test_a_lost_ray_worker_is_a_failed_attempt_the_retry_policy_repeats(
+        ray_executor: RayExecutor, store: CheckpointClient, tmp_path: Path) -> None:
+    step = Step("fragile", functools.partial(_die_once, str(tmp_path / "died")),
+                retry=RetryPolicy(max_attempts=2, initial_delay=0.0, jitter=0.0))
+    result = Workflow("lost-worker", [step], executor="ray").run(store=store, timeout=WAIT)
+    assert result.status == "succeeded" and result.outputs["fragile"] == "second try"
+    assert result.attempts == {"fragile": 2}
+
+
+def test_a_memory_limit_on_ray_fails_the_step_as_memory(ray_executor: RayExecutor,
+                                                        store: CheckpointClient) -> None:
+    step = Step("hog", _hog_memory, limits=Limits(memory="400MB", timeout=WAIT))
+    result = Workflow("hog-ray", [step], executor="ray").run(store=store, timeout=WAIT)
+    assert result.steps["hog"].status == "failed"
+    [letter] = DeadLetters(store).list(workflow="hog-ray")
+    assert letter.error_type == "SandboxError" and "(memory)" in letter.error_message
+
+
+def test_a_step_executor_wins_over_its_workflows(ray_executor: RayExecutor,
+                                                 store: CheckpointClient) -> None:
+    wf = Workflow("mixed", [Step("here", _pid, executor="local"), Step("there", _pid)],
+                  executor="ray")
+    outputs = wf.run(store=store, timeout=WAIT).outputs
+    assert outputs["here"] == os.getpid() and outputs["there"] != os.getpid()
+
+
+def test_steps_take_resources_and_actor_pools(ray_executor: RayExecutor,
+                                              store: CheckpointClient) -> None:
+    def assigned() -> float:
+        import ray
+
+        return float(ray.get_runtime_context().get_assigned_resources()["CPU"])
+
+    with ray_executor.actor_pool(lambda: "warm model", size=1) as pool:
+        wf = Workflow("resources", [
+            Step("big", assigned, resources=Resources(num_cpus=2), executor="ray"),
+            Step("warm", lambda: warm_state().upper(), executor=pool)])
+        outputs = wf.run(store=store, timeout=WAIT).outputs
+    assert outputs == {"big": 2.0, "warm": "WARM MODEL"}
+
+
+def test_bad_step_and_workflow_executors_are_refused() -> None:
+    with pytest.raises(InvalidStepError, match="executor"):
+        Step("x", abs, executor="spark")
+    with pytest.raises(InvalidStepError, match="resources"):
+        Step("x", abs, resources={"num_cpus": 1})
+    with pytest.raises(InvalidStepError, match="executor"):
+        Workflow("bad-executor", executor=3)
+
+
+CRASH_CHILD = textwrap.dedent('''
+    import json, os, sys, threading
+    from pathlib import Path
+    from zixir_actors import executor
+    from zixir_actors.checkpoint import open_store
+    from zixir_actors.workflow import Step, Workflow
+
+    data_dir, marks, where, address, mode = sys.argv[1:6]
+    if where == "ray":
+        executor.configure("ray", ray_address=address)
+
+    def make(name):
+        def step(**deps):
+            marks_dir = Path(marks)
+            with open(marks_dir / name, "a") as f:
+                f.write("ran\\n")
+            if name == "c" and mode == "first":
+                threading.Event().wait(120)  # killed here
+            return name + "".join(sorted(str(v) for v in deps.values()))
+        return step
+
+    wf = Workflow("kill-resume", executor=where)
+    wf.add(Step("a", make("a"), version="1"))
+    wf.add(Step("b", make("b"), depends_on=["a"], version="1"))
+    wf.add(Step("c", make("c"), depends_on=["b"], version="1"))
+    wf.add(Step("d", make("d"), depends_on=["c"], version="1"))
+    with open_store(data_dir) as store:
+        if mode == "first":
+            result = wf.run({}, run_id="crash", store=store)
+        else:
+            result = wf.resume("crash", store=store)
+    print(json.dumps({"status": result.status, "outputs": result.outputs}))
+    executor.reset()
+''')
+
+
+@BOTH
+def test_kill_9_of_the_orchestrator_then_resume_runs_committed_steps_once(
+        where: str, request: pytest.FixtureRequest, tmp_path: Path) -> None:
+    address = ""
+    if _on(where, request) == "ray":
+        import ray
+
+        address = ray.get_runtime_context().gcs_address
+    script, data, marks = tmp_path / "child.py", tmp_path / "data", tmp_path / "marks"
+    script.write_text(CRASH_CHILD)
+    marks.mkdir()
+    env = {**os.environ, "PYTHONPATH": str(HERE.parent)}
+    command = [sys.executable, str(script), str(data), str(marks), where, address]
+    child = subprocess.Popen([*command, "first"], env=env, stdout=subprocess.DEVNULL,
+                             stderr=subprocess.DEVNULL)
+    try:
+        wait_for(lambda: (marks / "c").exists() or child.poll() is not None, timeout=WAIT,
+                 what="step c to start")
+        assert child.poll() is None
+    finally:
+        child.kill()
+        child.wait(WAIT)
+    with open_store(data) as store:
+        assert set(store.steps("crash")) == {"a", "b"}
+    final = subprocess.run([*command, "resume"], env=env, capture_output=True, text=True,
+                           timeout=WAIT * 2, check=True)
+    report = json.loads(final.stdout.strip().splitlines()[-1])
+    assert report == {"status": "succeeded",
+                      "outputs": {"a": "a", "b": "ba", "c": "cba", "d": "dcba"}}
+    ran = {name: len((marks / name).read_text().splitlines()) for name in "abcd"}
+    assert ran == {"a": 1, "b": 1, "c": 2, "d": 1}
+
+
+class _Counting:
+    """An `Executor` that forwards to another and records the most calls in flight."""
+
+    name = "counting"
+
+    def __init__(self, inner: Executor) -> None:
+        self.inner = inner
+        self.lock = threading.Lock()
+        self.now = 0
+        self.most = 0
+
+    def submit(self, fn: Callable[..., Any], /, *args: Any, **options: Any) -> Any:
+        with self.lock:
+            self.now += 1
+            self.most = max(self.most, self.now)
+        future = self.inner.submit(fn, *args, **options)
+        future.add_done_callback(lambda _: self._done())
+        return future
+
+    def _done(self) -> None:
+        with self.lock:
+            self.now -= 1
+
+    def shutdown(self, *, timeout: float | None = None) -> None:
+        self.inner.shutdown(timeout=timeout)
+
+
+def test_a_ray_stream_stage_keeps_its_bound_of_calls_in_flight(
+        ray_executor: RayExecutor) -> None:
+    counting = _Counting(ray_executor)
+    out = Stream.range(40).map(_double, concurrency=3, executor=counting).to_list(timeout=WAIT)
+    assert out == [2 * i for i in range(40)]
+    assert 1 <= counting.most <= 3
+
+
+def _double(x: int) -> int:
+    return 2 * x
+
+
+def test_pmap_and_parallel_run_on_ray(ray_executor: RayExecutor) -> None:
+    assert pmap(_double, range(6), concurrency=2, executor="ray", timeout=WAIT) == \
+        [0, 2, 4, 6, 8, 10]
+    pids = parallel([_pid, _pid], max_concurrency=2, executor="ray", timeout=WAIT)
+    assert os.getpid() not in pids
+
+
+def test_a_sandbox_on_ray_returns_ok_and_err_memory(ray_executor: RayExecutor) -> None:
+    with Sandbox(Limits(memory="400MB", timeout=WAIT), executor="ray") as sandbox:
+        assert sandbox.run(_add, 2, 3) == Ok(5)
+        outcome = sandbox.run(_hog_memory)
+        assert isinstance(outcome, Err) and outcome.error.kind == "memory"
+        assert asyncio.run(_awaited(sandbox)) == Ok(8)
+
+
+async def _awaited(sandbox: Sandbox) -> Any:
+    return await sandbox.run_async(_add, 4, 4)
+
+
+def test_the_runtime_executor_is_the_default_of_everything(ray_executor: RayExecutor,
+                                                            tmp_path: Path) -> None:
+    import zixir_actors
+
+    with zixir_actors.start(data_dir=tmp_path / "rt", executor="ray") as runtime:
+        assert isinstance(default_executor(), RayExecutor)
+        result = Workflow("runtime-ray", [Step("pid", _pid)]).run(timeout=WAIT)
+        assert result.outputs["pid"] != os.getpid()
+        assert pmap(_double, [1, 2], timeout=WAIT) == [2, 4]
+        assert runtime.is_alive()
+    assert default_executor() is None
+
+
+def test_a_remote_step_is_traced_under_its_attempt_span(ray_executor: RayExecutor,
+                                                        store: CheckpointClient) -> None:
+    with capture_spans() as spans, span("caller") as caller:
+        result = Workflow("traced-ray", [Step("ids", current_trace_context)],
+                          executor="ray").run(store=store, timeout=WAIT)
+    [attempt] = spans.named("workflow.step")
+    [task] = spans.named("executor.task")
+    assert task.parent_id == attempt.span_id and task.trace_id == caller.trace_id
+    assert result.outputs["ids"] == TraceContext(caller.trace_id, task.span_id)
+
+
+def test_a_lost_cluster_fails_the_run_clearly_and_resume_finishes_it(
+        ray_cluster: Any, ray_executor: RayExecutor, store: CheckpointClient,
+        monkeypatch: pytest.MonkeyPatch) -> None:
+    wf = Workflow("cluster-gone", executor=ray_executor)
+    wf.add(Step("a", lambda: 1, executor="local"))
+    wf.add(Step("b", _add, depends_on=["a"]))
+    monkeypatch.setattr(ray_cluster, "is_initialized", lambda: False)
+    result = wf.run({"b": 2}, store=store, timeout=WAIT)
+    assert result.status == "failed"
+    assert result.steps["b"].error.type == "ClusterConnectionError"
+    assert "not connected" in result.steps["b"].error.message
+    monkeypatch.undo()
+    resumed = wf.resume(result.run_id, store=store, timeout=WAIT)
+    assert resumed.status == "succeeded" and resumed.outputs["b"] == 3
+    assert resumed.steps["a"].status == "cached"
