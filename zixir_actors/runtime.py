@@ -163,9 +163,9 @@ class Runtime:
         """Stored runs still marked running that no actor of this process executes:
         their process died or the runtime was stopped in the middle of them."""
         from zixir_actors.checkpoint import connect
-        from zixir_actors.workflow._run import active_run
+        from zixir_actors.workflow import running_here
 
-        return [r for r in connect().list_runs(status="running") if active_run(r.run_id) is None]
+        return [r for r in connect().list_runs(status="running") if not running_here(r.run_id)]
 
     def resume_interrupted(self) -> list[Any]:
         """Continue every interrupted run whose workflow is defined in this process.

@@ -46,7 +46,7 @@ from zixir_actors.workflow._results import (
     StepResult,
     StepStatus,
 )
-from zixir_actors.workflow._run import MAX_CRASHES, WorkflowRun
+from zixir_actors.workflow._run import MAX_CRASHES, WorkflowRun, running_here
 from zixir_actors.workflow._spec import (
     DEFAULT_MAX_CONCURRENCY,
     NO_RETRY,
@@ -92,4 +92,5 @@ __all__ = [
     "code_hash",
     "find_workflow",
     "fingerprint",
+    "running_here",
 ]

@@ -86,6 +86,11 @@ def active_run(run_id: str) -> _Control | None:
         return _ACTIVE.get(run_id)
 
 
+def running_here(run_id: str) -> bool:
+    """Whether a `WorkflowRun` of this process is executing `run_id` now."""
+    return active_run(run_id) is not None
+
+
 _DRIVE = object()
 
 
