@@ -659,6 +659,27 @@ def test_first_insert_creates_the_table_with_its_key_field(caches: SupervisorRef
         c.create_table("people")
 
 
+def test_insert_without_the_key_field_generates_an_id(caches: SupervisorRef,
+                                                      tmp_path: Path) -> None:
+    c = Cache.start("generated-ids", persist=True, data_dir=tmp_path)
+    record = {"title": "OTP"}
+    first = c.insert("docs", record)
+    second = c.insert("docs", {"title": "OTP"})
+    assert isinstance(first, str) and len(first) == 32 and first != second
+    assert record == {"title": "OTP"}          # the caller's mapping is not changed
+    assert c.get_record("docs", first) == {"id": first, "title": "OTP"}
+    c.create_table("people", key="email")
+    made = c.insert("people", {"name": "Ada"})
+    assert c.get_record("people", made) == {"email": made, "name": "Ada"}
+    assert c.table("people").insert({"name": "Bob"}) in {
+        r["email"] for r in c.query("people", where={"name": "Bob"})}
+    c.stop()
+    c = Cache.start("generated-ids", persist=True, data_dir=tmp_path)
+    assert c.get_record("docs", first) == {"id": first, "title": "OTP"}
+    assert c.count("docs") == 2
+    c.stop()
+
+
 def test_table_errors_name_the_bad_input(caches: SupervisorRef) -> None:
     c = Cache.start("bad-tables")
     with pytest.raises(UnknownTableError, match="nope") as unknown:
@@ -676,8 +697,6 @@ def test_table_errors_name_the_bad_input(caches: SupervisorRef) -> None:
     assert dup.value.key == 1 and c.get_record("t", 1) == {"id": 1, "v": "a"}
     with pytest.raises(InvalidRecordError, match="mapping"):
         c.insert("t", ["not", "a", "dict"])  # type: ignore[arg-type]
-    with pytest.raises(InvalidRecordError, match="no key"):
-        c.insert("t", {"v": "c"})
     with pytest.raises(InvalidRecordError, match="keyed by 'id', not 'v'"):
         c.insert("t", {"id": 3, "v": "d"}, key="v")
     with pytest.raises(ConfigError):

@@ -70,6 +70,10 @@ class TableMethods:
                timeout: float | None = DEFAULT_TIMEOUT) -> Hashable:
         """Add `record` to `table` (created by its first insert); returns the record's key.
 
+        A record without the key field gets a generated key (32 random hex
+        digits), stored in the key field of the stored copy; the mapping you
+        pass is not changed.
+
         Example:
             >>> from supervisors import DynamicSupervisor
             >>> from zixir_actors.cache import Cache
@@ -77,6 +81,9 @@ class TableMethods:
             >>> c = Cache.start("doc-insert")
             >>> c.insert("users", {"email": "ada@example.org", "name": "Ada"}, key="email")
             'ada@example.org'
+            >>> generated = c.insert("users", {"name": "Bob"})
+            >>> c.get_record("users", generated) == {"email": generated, "name": "Bob"}
+            True
             >>> caches.stop()
 
         Args:
@@ -86,8 +93,8 @@ class TableMethods:
 
         Raises:
             DuplicateKeyError: a record with this key exists.
-            InvalidRecordError: not a mapping, no key field, or `key` names
-                another field than the table's key field.
+            InvalidRecordError: not a mapping, or `key` names another field
+                than the table's key field.
             InvalidKeyError: the key is unhashable.
             ConfigError: an empty or non-string table name or `key`.
             UnserializableError: a persistent cache cannot serialize the record.

@@ -10,6 +10,7 @@ key field; ``R<len>:<table><key bytes>`` holds ``(table, key, record)``.
 
 from __future__ import annotations
 
+import uuid
 from collections.abc import Callable, Hashable, Mapping, Sequence
 from dataclasses import dataclass, field
 from types import MappingProxyType
@@ -33,10 +34,17 @@ from zixir_actors.observability import logger
 if TYPE_CHECKING:
     from zixir_actors.cache._state import CacheState
 
-__all__ = ["DEFAULT_KEY_FIELD", "OrderBy", "Tables", "Where"]
+__all__ = ["DEFAULT_KEY_FIELD", "OrderBy", "Tables", "Where", "new_record_id"]
 
 DEFAULT_KEY_FIELD = "id"
 """The record field that holds a table's primary key unless `create_table` says otherwise."""
+
+
+
+def new_record_id() -> str:
+    """The key `insert` generates for a record without its key field: 32 random hex digits."""
+    return uuid.uuid4().hex
+
 
 Where = Callable[[Mapping[str, Any]], object] | Mapping[str, Any] | None
 OrderBy = str | Sequence[str] | Callable[[Mapping[str, Any]], Any] | None
@@ -121,16 +129,17 @@ class Tables:
             kf = t.key_field if t is not None else key_field or DEFAULT_KEY_FIELD
             if key_field is not None and key_field != kf:
                 raise InvalidRecordError(table, f"the table is keyed by {kf!r}, not {key_field!r}")
-            if kf not in record:
-                raise InvalidRecordError(table, f"no key: the record has no {kf!r} field")
-            key = record[kf]
+            row = dict(record)
+            if kf not in row:
+                # Like Zixir: a record without its key gets a generated one, stored in it.
+                row[kf] = new_record_id()
+            key = row[kf]
             try:
                 hash(key)
             except TypeError:
                 raise InvalidKeyError(key, "unhashable") from None
             if t is not None and key in t.rows:
                 raise DuplicateKeyError(table, key)
-            row = dict(record)
             if t is None:
                 # The first insert creates the table, in the same transaction.
                 catalog = (b"T" + table.encode(), _codec.encode(kf))
