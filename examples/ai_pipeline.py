@@ -14,7 +14,7 @@ import time
 from collections.abc import Iterator
 
 import zixir_actors
-from zixir_actors import Limits, RetryPolicy, Stream, Workflow, span
+from zixir_actors import Cache, Limits, RetryPolicy, Stream, Workflow, span
 
 DOCUMENTS = {
     "otp.txt": "Erlang/OTP supervisors restart crashed processes. Restart intensity stops "
@@ -85,7 +85,7 @@ def build(cache: zixir_actors.Cache) -> Workflow:
 
 def main() -> None:
     with zixir_actors.start() as runtime:
-        cache = zixir_actors.cache("embeddings", ttl=24 * 3600, persist=True)
+        cache = Cache.start("embeddings", ttl=24 * 3600, persist=True)
         with span("example.ai_pipeline"):
             result = build(cache).run({"documents": DOCUMENTS}, timeout=120)
         result.raise_for_status()

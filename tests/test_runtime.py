@@ -127,7 +127,7 @@ def test_a_crashed_service_is_restarted_and_found_by_name(tmp_path: Path) -> Non
 
 def test_workflow_runs_through_the_front_door(tmp_path: Path) -> None:
     with zixir_actors.start(data_dir=tmp_path):
-        wf = zixir_actors.workflow("front-door-test")
+        wf = zixir_actors.Workflow("front-door-test")
 
         @wf.step()
         def square(n: int) -> int:
@@ -136,7 +136,7 @@ def test_workflow_runs_through_the_front_door(tmp_path: Path) -> None:
         result = wf.run({"n": 7}, timeout=30)
         assert result.status == "succeeded"
         assert result.outputs["square"] == 49
-        cache = zixir_actors.cache("front-door-cache", ttl=60)
+        cache = zixir_actors.Cache.start("front-door-cache", ttl=60)
         cache.put("k", "v")
         assert cache.get("k") == "v"
         cache.stop()

@@ -13,18 +13,10 @@ Example:
 
 Everything long-lived is a Pykka actor under the runtime's supervision tree
 (`start()`): workflows with checkpoints (`Workflow`), sandboxes (`Sandbox`),
-streams (`Stream`), caches (`Cache`) and the metrics registry. The submodules
-`zixir_actors.workflow` and `zixir_actors.cache` are also callable, for app
-code that wants no imports: ``zixir_actors.workflow("etl")`` is
-``Workflow("etl")`` and ``zixir_actors.cache("answers", ttl=60)`` is
-``Cache.start("answers", ttl=60)``.
+streams (`Stream`), caches (`Cache`) and the metrics registry.
 """
 
 from __future__ import annotations
-
-import sys
-import types
-from typing import Any
 
 from zixir_actors import errors
 from zixir_actors.cache import Cache
@@ -74,23 +66,3 @@ __all__ = [
     "start",
     "stop",
 ]
-
-
-class _CallableModule(types.ModuleType):
-    """A module that is also a shortcut: calling it builds its main object."""
-
-    _factory: Any = None
-
-    def __call__(self, *args: Any, **kwargs: Any) -> Any:
-        return type(self)._factory(*args, **kwargs)
-
-
-def _make_callable(module_name: str, factory: Any) -> None:
-    module = sys.modules[module_name]
-    cls = type(f"_{module_name.rsplit('.', 1)[-1].title()}Module", (_CallableModule,),
-               {"_factory": staticmethod(factory)})
-    module.__class__ = cls
-
-
-_make_callable("zixir_actors.workflow", Workflow)
-_make_callable("zixir_actors.cache", Cache.start)
