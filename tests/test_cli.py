@@ -75,7 +75,8 @@ def test_run_then_list_show_and_delete(tmp_path: Path, flows: Path) -> None:
 
 def test_resume_skips_finished_steps(tmp_path: Path, flows: Path) -> None:
     data = tmp_path / "data"
-    assert zixir(data, "run", f"{flows}:cli-etl", "--input", "n=3", "--run-id", "r2").returncode == 0
+    ran = zixir(data, "run", f"{flows}:cli-etl", "--input", "n=3", "--run-id", "r2")
+    assert ran.returncode == 0, ran.stderr
     resumed = zixir(data, "runs", "resume", "r2")
     assert resumed.returncode == 0, resumed.stderr
     assert "skip" in resumed.stdout
@@ -152,6 +153,31 @@ def test_demo_json_shows_retry_dead_letter_resume_and_cache_hits(tmp_path: Path)
     assert "load" in summary["resume"]["skipped"]
     assert summary["cache"]["second_pass_hits"] > 0
     assert summary["seconds"] < 30
+    listed = {r["run_id"]: r["status"]
+              for r in json.loads(zixir(tmp_path / "data", "runs", "list", "--json").stdout)}
+    assert listed == {summary["workflow"]["run_id"]: summary["workflow"]["status"],
+                      summary["resume"]["run_id"]: summary["resume"]["status"]}
+
+
+def test_demo_prints_steps_in_order_and_never_cuts_a_word(tmp_path: Path) -> None:
+    from zixir_actors._demo import demo_workflow
+
+    data = tmp_path / "data"
+    result = zixir(data, "demo", timeout=180.0)
+    assert result.returncode == 0, result.stderr[-3000:]
+    lines = result.stdout.splitlines()
+    start = next(i for i, line in enumerate(lines) if line.startswith("step ")) + 2
+    rows = [line.split(None, 3) for line in lines[start:start + 5]]
+    assert [row[0] for row in rows] == list(demo_workflow(None).order)
+    cell = next(row[3] for row in rows if row[0] == "index")
+    letter = json.loads(zixir(data, "dlq", "list", "--json").stdout)[0]
+    full = letter["error"]
+    assert cell.endswith("…") and len(cell) < len(full)
+    assert (full + " ").startswith(cell[:-1] + " "), (cell, full)
+    run_line = next(line for line in lines if line.strip().startswith("run demo-"))
+    run_id, status = run_line.split()[1].rstrip(":"), run_line.split()[2]
+    listed = json.loads(zixir(data, "runs", "list", "--json", "--workflow", "demo-pipeline").stdout)
+    assert [(r["run_id"], r["status"]) for r in listed] == [(run_id, status)]
 
 
 def test_python_dash_m_and_console_script_help() -> None:

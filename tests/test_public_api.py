@@ -62,12 +62,35 @@ def test_timeout_errors_are_timeout_errors() -> None:
             assert issubclass(value, TimeoutError), name
 
 
-def test_callable_modules_are_shortcuts() -> None:
-    import zixir_actors.workflow as workflow_module
+def test_submodules_are_plain_modules() -> None:
+    import types
 
-    wf = zixir_actors.workflow("api-shortcut")
-    assert isinstance(wf, workflow_module.Workflow)
-    assert zixir_actors.workflow is workflow_module
+    import zixir_actors.cache
+    import zixir_actors.workflow
+
+    for module in (zixir_actors.workflow, zixir_actors.cache):
+        assert type(module) is types.ModuleType, module
+        assert not callable(module), module
+
+
+def _imported_modules(path: Path) -> set[str]:
+    """Every module `path` imports, at the top or inside functions."""
+    import ast
+
+    found: set[str] = set()
+    for node in ast.walk(ast.parse(path.read_text())):
+        if isinstance(node, ast.Import):
+            found.update(alias.name for alias in node.names)
+        elif isinstance(node, ast.ImportFrom) and node.module:
+            found.add(node.module)
+            found.update(f"{node.module}.{alias.name}" for alias in node.names)
+    return found
+
+
+def test_the_cli_imports_the_demo_never_the_reverse() -> None:
+    package = ROOT / "zixir_actors"
+    assert "zixir_actors._demo" in _imported_modules(package / "cli.py")
+    assert "zixir_actors.cli" not in _imported_modules(package / "_demo.py")
 
 
 def test_importing_starts_nothing_and_writes_nothing(tmp_path: Path) -> None:

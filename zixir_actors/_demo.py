@@ -170,9 +170,9 @@ def _stream_section(as_json: bool) -> dict[str, Any]:
 def run_demo(data_dir: str | os.PathLike[str] | None = None, *, as_json: bool = False) -> int:
     """Run the showcase; returns the process exit status (0 when every part behaved)."""
     import zixir_actors
+    from zixir_actors._console import shorten, table, wait_with_progress
     from zixir_actors.cache import Cache
-    from zixir_actors.checkpoint import connect, open_store
-    from zixir_actors.cli import _progress, table
+    from zixir_actors.checkpoint import connect
     from zixir_actors.observability import metrics
     from zixir_actors.workflow import DeadLetters
 
@@ -194,9 +194,10 @@ def run_demo(data_dir: str | os.PathLike[str] | None = None, *, as_json: bool = 
         store = connect()
         run_id = f"demo-{uuid.uuid4().hex[:8]}"
         handle = wf.start({"document": DOCUMENT}, run_id=run_id)
-        result = _progress(handle, store, len(wf.order), quiet=as_json)
-        rows = [(n, s.status, s.attempts, "" if s.error is None else str(s.error)[:58])
-                for n, s in result.steps.items()]
+        result = wait_with_progress(handle, store, len(wf.order), quiet=as_json)
+        rows = [(n, result.steps[n].status, result.steps[n].attempts,
+                 "" if result.steps[n].error is None else shorten(str(result.steps[n].error), 58))
+                for n in wf.order if n in result.steps]
         _say(as_json, table(rows, ("step", "status", "attempts", "error")))
         letters = DeadLetters().list(run_id=run_id)
         summary["workflow"] = {
@@ -211,19 +212,21 @@ def run_demo(data_dir: str | os.PathLike[str] | None = None, *, as_json: bool = 
         _say(as_json, f"  embed succeeded after {result.steps['embed'].attempts} attempts; "
                       f"{len(letters)} dead letter(s): "
                       + ", ".join(f"{d.step} ({d.error_type})" for d in letters))
+        _say(as_json, f"  run {run_id}: {result.status} (on_failure='continue': the other "
+                      "steps finished; `zixir runs list` shows the same)")
 
         _say(as_json, "\n== a crash (SIGKILL) and a resume ==")
-        crash_dir = runtime.data_dir / "demo-crash"
+        # The child shares this data directory (LMDB allows many processes), so
+        # `zixir runs list` shows the crashed and resumed run beside the others.
         crash_run = f"crash-{uuid.uuid4().hex[:8]}"
-        marker = str(crash_dir / f"{crash_run}.marker")
-        crash_dir.mkdir(exist_ok=True)
+        marker = str(runtime.data_dir / f"{crash_run}.marker")
         child = subprocess.run(
-            [sys.executable, "-m", "zixir_actors._demo", "crash-child", str(crash_dir),
+            [sys.executable, "-m", "zixir_actors._demo", "crash-child", str(runtime.data_dir),
              crash_run, marker], capture_output=True, text=True, timeout=60, check=False)
-        with open_store(crash_dir) as crash_store:
-            cwf = crash_workflow()
-            plan = cwf.plan(crash_run, store=crash_store)
-            resumed = cwf.resume(crash_run, store=crash_store, timeout=30)
+        cwf = crash_workflow()
+        plan = cwf.plan(crash_run)
+        resumed = cwf.resume(crash_run, timeout=30)
+        Path(marker).unlink(missing_ok=True)
         summary["resume"] = {"run_id": crash_run, "child_exit": child.returncode,
                              "skipped": list(plan.to_skip), "ran": list(plan.to_run),
                              "status": resumed.status, "output": resumed.outputs.get("report")}

@@ -16,13 +16,15 @@ import json
 import signal
 import sys
 import threading
-import time
 import traceback
 from collections.abc import Callable, Sequence
 from contextlib import contextmanager
 from pathlib import Path
 from typing import Any, NoReturn
 
+from zixir_actors._console import fmt_time as _fmt_time
+from zixir_actors._console import shorten, table
+from zixir_actors._console import wait_with_progress as _progress
 from zixir_actors.errors import ZixirError
 
 __all__ = ["CliError", "main"]
@@ -146,42 +148,6 @@ def _print_json(data: Any) -> None:
     print(json.dumps(data, indent=2, default=str))
 
 
-def _fmt_time(ts: float | None) -> str:
-    if not ts:
-        return "-"
-    return time.strftime("%Y-%m-%d %H:%M:%S", time.localtime(ts))
-
-
-def table(rows: Sequence[Sequence[Any]], header: Sequence[str]) -> str:
-    """Plain-text table with aligned columns."""
-    cells = [list(map(str, header))] + [[str(c) for c in row] for row in rows]
-    widths = [max(len(r[i]) for r in cells) for i in range(len(header))]
-    lines = ["  ".join(c.ljust(w) for c, w in zip(r, widths, strict=True)).rstrip() for r in cells]
-    lines.insert(1, "  ".join("-" * w for w in widths))
-    return "\n".join(lines)
-
-
-def _progress(handle: Any, store: Any, total: int, *, quiet: bool) -> Any:
-    """Wait for a run, drawing a progress bar from the committed checkpoints."""
-    from zixir_actors.errors import ZixirTimeoutError
-
-    interactive = sys.stderr.isatty() and not quiet
-    while True:
-        try:
-            result = handle.result(timeout=0.1)
-        except ZixirTimeoutError:
-            if interactive:
-                done = len(store.steps(handle.run_id))
-                width = 30
-                filled = int(width * done / max(total, 1))
-                print(f"\r  [{'#' * filled}{'.' * (width - filled)}] {done}/{total} steps",
-                      end="", file=sys.stderr, flush=True)
-            continue
-        if interactive:
-            print("\r" + " " * 60 + "\r", end="", file=sys.stderr, flush=True)
-        return result
-
-
 def run_summary(result: Any) -> dict[str, Any]:
     """A JSON-friendly summary of a `RunResult`."""
     return {
@@ -197,9 +163,13 @@ def run_summary(result: Any) -> dict[str, Any]:
     }
 
 
-def _print_run(result: Any) -> None:
+def _print_run(result: Any, order: Sequence[str] = ()) -> None:
+    """The run's steps in the workflow's order (`order`), then any others, and its status."""
+    names = [n for n in order if n in result.steps]
+    names += [n for n in result.steps if n not in names]
     rows = [(name, s.status, s.attempts, f"{s.duration:.3f}s",
-             "" if s.error is None else str(s.error)[:60]) for name, s in result.steps.items()]
+             "" if s.error is None else shorten(str(s.error), 60))
+            for name, s in ((n, result.steps[n]) for n in names)]
     print(table(rows, ("step", "status", "attempts", "time", "error")))
     print(f"\nrun {result.run_id}: {result.status} in {result.duration:.2f}s")
 
@@ -220,7 +190,7 @@ def cmd_run(args: argparse.Namespace) -> int:
     if args.json:
         _print_json(run_summary(result))
     else:
-        _print_run(result)
+        _print_run(result, wf.order)
     return 0 if result.ok else 1
 
 
@@ -244,7 +214,7 @@ def cmd_runs(args: argparse.Namespace) -> int:
             if not args.json:
                 print(plan)
             result = wf.resume(args.run_id, from_step=args.from_step)
-        _print_json(run_summary(result)) if args.json else _print_run(result)
+        _print_json(run_summary(result)) if args.json else _print_run(result, wf.order)
         return 0 if result.ok else 1
     with open_store(_data_dir(args)) as store:
         if args.action == "list":
@@ -302,7 +272,7 @@ def cmd_dlq(args: argparse.Namespace) -> int:
         wf = _workflow_for_run(args, letter.run_id)
         with _runtime(args):
             result = DeadLetters().retry(args.letter_id, workflow=wf)
-        _print_json(run_summary(result)) if args.json else _print_run(result)
+        _print_json(run_summary(result)) if args.json else _print_run(result, wf.order)
         return 0 if result.ok else 1
     with open_store(_data_dir(args)) as store:
         letters = DeadLetters(store)
@@ -316,7 +286,8 @@ def cmd_dlq(args: argparse.Namespace) -> int:
                 print("no dead letters")
             else:
                 print(table([(d.id, d.workflow, d.run_id, d.step, len(d.attempts),
-                              f"{d.error_type}: {d.error_message}"[:60]) for d in found],
+                              shorten(f"{d.error_type}: {d.error_message}", 60))
+                             for d in found],
                             ("letter", "workflow", "run", "step", "attempts", "error")))
             return 0
         if not args.letter_id:
@@ -332,7 +303,8 @@ def cmd_dlq(args: argparse.Namespace) -> int:
                 return 0
             print(f"dead letter {d.id}: step {d.step} of run {d.run_id} ({d.workflow})")
             print(f"error: {d.error_type}: {d.error_message}")
-            print(table([(a.attempt, f"{a.duration:.3f}s", a.error_type, a.error_message[:50],
+            print(table([(a.attempt, f"{a.duration:.3f}s", a.error_type,
+                          shorten(a.error_message, 50),
                           "yes" if a.timed_out else "") for a in d.attempts],
                         ("attempt", "time", "error", "message", "timed out")))
             if d.traceback:
