@@ -1,0 +1,415 @@
+"""Code-first workflows across kill -9: an agent loop, timers, a child run, a changed body.
+
+Every step appends its label to one file (O_APPEND, one short write per line)
+just before it returns, so the file counts executions across processes.
+After each kill the parent reads which calls were committed. The contract:
+a committed call never runs again; a call in flight at the kill (it ran,
+but its record was not committed) runs again. So every call ran exactly
+once, plus once per kill that caught it in flight, and the outputs are right.
+"""
+
+from __future__ import annotations
+
+import contextlib
+import json
+import os
+import random
+import signal
+import subprocess
+import sys
+import textwrap
+from collections import Counter
+from pathlib import Path
+from typing import Any
+
+import pytest
+
+from zixir_actors.checkpoint import open_store
+from zixir_actors.testing import FakeClock, wait_for
+
+pytestmark = pytest.mark.slow
+
+ROOT = Path(__file__).resolve().parent.parent
+PROCESS_TIMEOUT = 60.0
+WAIT = 30.0
+
+# The agent's decisions, shared by the child script and the parent's expectation.
+LOGIC = textwrap.dedent('''
+    def decide(seed, total, turn):
+        h = (seed * 31 + total * 7 + turn * 13) % 97
+        if turn >= 16 or (turn >= 9 and h % 4 == 0):
+            return {"action": "stop"}
+        if h % 3 == 0:
+            return {"action": "fanout", "items": [h % 7 + k for k in range(2 + h % 3)]}
+        return {"action": "tool", "arg": h}
+
+    def use_tool(x):
+        return x * 2 + 1
+
+    def simulate(seed):
+        total, turn, calls = 0, 0, 0
+        while True:
+            turn += 1
+            decision = decide(seed, total, turn)
+            calls += 1
+            if decision["action"] == "stop":
+                break
+            if decision["action"] == "fanout":
+                total += sum(use_tool(x) for x in decision["items"])
+                calls += len(decision["items"])
+            else:
+                total += use_tool(decision["arg"])
+                calls += 1
+        return {"total": total, "turns": turn}, calls
+''')
+
+COMMON = textwrap.dedent('''
+    import json, os, random, sys, threading, time
+    from zixir_actors import durable
+    from zixir_actors.checkpoint import open_store
+
+    def mark(ctx):
+        time.sleep(random.random() * 0.01)
+        fd = os.open(COUNTS, os.O_WRONLY | os.O_APPEND | os.O_CREAT)
+        os.write(fd, f"{ctx.run_id}/{ctx.step}\\n".encode())
+        os.close(fd)
+        time.sleep(random.random() * 0.01)
+''')
+
+AGENT = COMMON + LOGIC + textwrap.dedent('''
+    data_dir, COUNTS, seed, run_id = sys.argv[1], sys.argv[2], int(sys.argv[3]), sys.argv[4]
+
+    def think(seed, total, turn, ctx):
+        mark(ctx)
+        return decide(seed, total, turn)
+
+    def tool(x, ctx):
+        mark(ctx)
+        return use_tool(x)
+
+    @durable("crash-agent", max_concurrency=3)
+    def agent(ctx, seed):
+        total, turn = 0, 0
+        while True:
+            turn += 1
+            decision = ctx.step(think, seed, total, turn)
+            if decision["action"] == "stop":
+                break
+            if decision["action"] == "fanout":
+                total += sum(ctx.map(tool, decision["items"], concurrency=3))
+            else:
+                total += ctx.step(tool, decision["arg"])
+            if turn % 4 == 0:
+                ctx.sleep(0.001)
+        return {"total": total, "turns": turn}
+
+    with open_store(data_dir) as store:
+        result = agent.run({"seed": seed}, run_id=run_id, store=store)
+    print(json.dumps({"status": result.status, "output": result.output}))
+''')
+
+
+def python(script: Path, *args: str) -> list[str]:
+    return [sys.executable, str(script), *map(str, args)]
+
+
+def env() -> dict[str, str]:
+    return {**os.environ, "PYTHONPATH": str(ROOT)}
+
+
+def counts(path: Path) -> Counter[str]:
+    return Counter(path.read_text().splitlines()) if path.exists() else Counter()
+
+
+def committed(data_dir: Path, run_id: str) -> set[str]:
+    """The labels (``run_id/label``) of the step calls committed for `run_id`."""
+    with open_store(data_dir) as store:
+        return {f"{run_id}/{label}" for label in _step_labels(store.calls(run_id))}
+
+
+def _step_labels(calls: list[tuple[int, Any]]) -> list[str]:
+    labels = []
+    for _, record in calls:
+        kind = getattr(record, "kind", "step")
+        label = getattr(record, "label", None)
+        if kind == "step" and label is not None:
+            labels.append(label)
+    return labels
+
+
+def finish(command: list[str]) -> dict[str, Any]:
+    done = subprocess.run(command, env=env(), capture_output=True, text=True,
+                          timeout=PROCESS_TIMEOUT, check=False)
+    assert done.returncode == 0, done.stderr[-3000:]
+    report: dict[str, Any] = json.loads(done.stdout.strip().splitlines()[-1])
+    return report
+
+
+def kill_at(command: list[str], reached: Any, rng: random.Random) -> bool:
+    """Start `command`, SIGKILL it once `reached()` is true; False if it finished first."""
+    child = subprocess.Popen(command, env=env(), stdout=subprocess.DEVNULL,
+                             stderr=subprocess.DEVNULL)
+    try:
+        wait_for(lambda: child.poll() is not None or reached(), timeout=PROCESS_TIMEOUT,
+                 interval=0.002)
+        if child.poll() is not None:
+            return False
+        # A little later still, so that kills also land between calls, in a commit,
+        # in a timer or in the replay of the next process.
+        if rng.random() < 0.5:
+            with contextlib.suppress(subprocess.TimeoutExpired):
+                child.wait(rng.random() * 0.02)
+        child.send_signal(signal.SIGKILL)
+        return True
+    finally:
+        child.wait(PROCESS_TIMEOUT)
+
+
+def test_agent_loop_killed_30_times_at_random_points_runs_each_call_once(
+        tmp_path: Path) -> None:
+    logic: dict[str, Any] = {}
+    exec(LOGIC, logic)
+    script = tmp_path / "agent.py"
+    script.write_text(AGENT)
+    data_dir, count_file = tmp_path / "data", tmp_path / "counts"
+    kills = 0
+    for seed in (3, 18, 21):  # 46, 43 and 42 step calls
+        rng = random.Random(seed)
+        run_id = f"agent-{seed}"
+        command = python(script, data_dir, count_file, seed, run_id)
+        expected_output, expected_calls = logic["simulate"](seed)
+        reruns: Counter[str] = Counter()
+        for _ in range(11):
+            before = counts(count_file)
+            goal = sum(before.values()) + rng.randint(1, 3)
+            if not kill_at(command, lambda g=goal: sum(counts(count_file).values()) >= g, rng):
+                break
+            kills += 1
+            after, done = counts(count_file), committed(data_dir, run_id)
+            for label in after:
+                if after[label] > before[label] and label not in done:
+                    reruns[label] += 1  # it ran, but was killed before its commit
+        report = finish(command)
+        assert report == {"status": "succeeded", "output": expected_output}
+        ran = {k: v for k, v in counts(count_file).items() if k.startswith(f"{run_id}/")}
+        assert len(ran) == expected_calls
+        assert set(ran) == committed(data_dir, run_id)
+        assert ran == {label: 1 + reruns[label] for label in ran}
+    assert kills >= 30
+
+
+NAP = textwrap.dedent('''
+    from zixir_actors import durable
+
+    def note(text, ctx):
+        fd = os.open(COUNTS, os.O_WRONLY | os.O_APPEND | os.O_CREAT)
+        os.write(fd, f"{ctx.step}:{text}\\n".encode())
+        os.close(fd)
+        return text
+
+    def build(clock):
+        @durable("restart-nap", clock=clock)
+        def napper(ctx):
+            ctx.step(note, "before")
+            ctx.sleep(3600)
+            return ctx.step(note, "after")
+        return napper
+''')
+
+NAP_CHILD = COMMON + NAP + textwrap.dedent('''
+    from zixir_actors.testing import FakeClock, wait_for
+    data_dir, COUNTS = sys.argv[1], sys.argv[2]
+    napper = build(FakeClock(wall=1_700_000_000.0))
+    with open_store(data_dir) as store:
+        handle = napper.start({}, run_id="nap", store=store)
+        wait_for(lambda: handle.status() == "parked", timeout=60)
+        print("parked", flush=True)
+        threading.Event().wait(120)  # until the parent kills this process
+''')
+
+
+def test_a_timer_survives_kill_9_and_sleeps_only_what_is_left(tmp_path: Path) -> None:
+    script = tmp_path / "nap.py"
+    script.write_text(NAP_CHILD)
+    data_dir, count_file = tmp_path / "data", tmp_path / "counts"
+    child = subprocess.Popen(python(script, data_dir, count_file), env=env(),
+                             stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True)
+    try:
+        assert child.stdout is not None
+        line = child.stdout.readline()
+        assert line.strip() == "parked", child.stderr.read() if child.stderr else ""
+        child.send_signal(signal.SIGKILL)
+    finally:
+        child.wait(PROCESS_TIMEOUT)
+        for pipe in (child.stdout, child.stderr):
+            if pipe is not None:
+                pipe.close()
+
+    namespace: dict[str, Any] = {"os": os, "COUNTS": str(count_file)}
+    exec(NAP, namespace)
+    clock = FakeClock(wall=1_700_001_000.0)  # the new process starts 1000 s later
+    napper = namespace["build"](clock)
+    with open_store(data_dir) as store:
+        record = store.get_run("nap")
+        assert record.status == "parked"
+        assert record.waiting == {"kind": "timer", "until": 1_700_003_600.0}
+        handle = napper.start({}, run_id="nap", store=store)
+        wait_for(lambda: handle.status() == "parked", timeout=WAIT)
+        assert store.get_run("nap").waiting["until"] == 1_700_003_600.0
+        clock.advance(2599)
+        assert not handle.done()
+        clock.advance(1)
+        result = handle.result(timeout=WAIT)
+    assert result.status == "succeeded" and result.output == "after"
+    assert counts(count_file) == {"note#1:before": 1, "note#2:after": 1}
+
+
+CHILD_RUN = COMMON + textwrap.dedent('''
+    data_dir, COUNTS = sys.argv[1], sys.argv[2]
+
+    def prepare(n, ctx):
+        mark(ctx)
+        return n + 1
+
+    def chunk(i, base, ctx):
+        mark(ctx)
+        return base * 10 + i
+
+    def finish(parts, ctx):
+        mark(ctx)
+        return sum(parts)
+
+    @durable("crash-child")
+    def child(ctx, base):
+        return {"parts": [ctx.step(chunk, i, base) for i in range(8)]}
+
+    @durable("crash-parent")
+    def parent(ctx, n):
+        base = ctx.step(prepare, n)
+        out = ctx.run(child, {"base": base})
+        return ctx.step(finish, out["parts"])
+
+    with open_store(data_dir) as store:
+        result = parent.run({"n": 4}, run_id="parent", store=store)
+        children = [r.run_id for r in store.list_runs(workflow="crash-child")]
+    print(json.dumps({"status": result.status, "output": result.output,
+                      "children": children}))
+''')
+
+
+def test_a_child_run_killed_midway_resumes_inside_its_parent(tmp_path: Path) -> None:
+    script = tmp_path / "parent.py"
+    script.write_text(CHILD_RUN)
+    data_dir, count_file = tmp_path / "data", tmp_path / "counts"
+    command = python(script, data_dir, count_file)
+    rng = random.Random(5)
+    reruns: Counter[str] = Counter()
+
+    def child_lines() -> int:
+        return sum(n for label, n in counts(count_file).items() if "chunk" in label)
+
+    for goal in (2, 5):
+        before = counts(count_file)
+        assert kill_at(command, lambda g=goal: child_lines() >= g, rng)
+        after = counts(count_file)
+        with open_store(data_dir) as store:
+            runs = [r.run_id for r in store.list_runs(workflow="crash-child")]
+            assert len(runs) == 1
+            done = {f"parent/{label}" for label in _step_labels(store.calls("parent"))}
+            done |= {f"{runs[0]}/{label}" for label in _step_labels(store.calls(runs[0]))}
+        for label in after:
+            if after[label] > before[label] and label not in done:
+                reruns[label] += 1
+    report = finish(command)
+    assert report["status"] == "succeeded"
+    assert report["output"] == sum(50 + i for i in range(8))
+    assert len(report["children"]) == 1
+    ran = counts(count_file)
+    assert len(ran) == 10  # prepare, 8 chunks, finish
+    assert ran == {label: 1 + reruns[label] for label in ran}
+
+
+CHANGING = COMMON + textwrap.dedent('''
+    data_dir, COUNTS = sys.argv[1], sys.argv[2]
+
+    def fetch(ctx):
+        mark(ctx)
+        return "page"
+
+    def parse(page, ctx):
+        mark(ctx)
+        return len(page)
+
+    @durable("changing")
+    def body(ctx):
+        n = ctx.step(parse, ctx.step(fetch))
+        return {"n": n, "approval": ctx.wait_for("approval")}
+
+    with open_store(data_dir) as store:
+        handle = body.start({}, run_id="changing", store=store)
+        while handle.status() != "parked":
+            time.sleep(0.01)
+        print("parked", flush=True)
+        threading.Event().wait(120)
+''')
+
+
+def test_a_body_changed_between_kill_and_resume(tmp_path: Path) -> None:
+    from zixir_actors import durable
+
+    script = tmp_path / "changing.py"
+    script.write_text(CHANGING)
+    data_dir, count_file = tmp_path / "data", tmp_path / "counts"
+    child = subprocess.Popen(python(script, data_dir, count_file), env=env(),
+                             stdout=subprocess.PIPE, stderr=subprocess.DEVNULL, text=True)
+    try:
+        assert child.stdout is not None
+        assert child.stdout.readline().strip() == "parked"
+        child.send_signal(signal.SIGKILL)
+    finally:
+        child.wait(PROCESS_TIMEOUT)
+        if child.stdout is not None:
+            child.stdout.close()
+    calls: Counter[str] = Counter()
+
+    def fetch() -> str:
+        calls["fetch"] += 1
+        return "other page"
+
+    def parse(page: str) -> int:
+        calls["parse"] += 1
+        return -1
+
+    def summarize(page: str) -> str:
+        calls["summarize"] += 1
+        return page[:3]
+
+    @durable("changing")
+    def harmful(ctx: Any) -> Any:
+        summary = ctx.step(summarize, ctx.step(fetch))  # parse#1 is recorded here
+        return {"n": summary, "approval": ctx.wait_for("approval")}
+
+    with open_store(data_dir) as store:
+        plan = harmful.plan("changing", store=store)
+        assert [e.action for e in plan if e.reason.startswith("nondeterminism:")] == ["rerun"]
+        broken = harmful.resume("changing", store=store)
+        assert broken.status == "failed"
+        assert broken.error is not None and broken.error.type == "NondeterminismError"
+
+        logged: list[str] = []
+
+        @durable("changing")
+        def harmless(ctx: Any) -> Any:
+            n = ctx.step(parse, ctx.step(fetch))  # new implementations, recorded names
+            logged.append(f"parsed {n} characters")
+            return {"n": n, "approval": ctx.wait_for("approval")}
+
+        handle = harmless.start({}, run_id="changing", store=store)
+        wait_for(lambda: handle.status() == "parked", timeout=WAIT)
+        harmless.send("changing", "approval", True, store=store)
+        result = handle.result(timeout=WAIT)
+    assert result.status == "succeeded"
+    assert result.output == {"n": 4, "approval": True}  # the recorded values
+    assert calls == {}  # nothing ran again: every call was replayed
+    assert logged == ["parsed 4 characters"]
+    assert counts(count_file) == {"changing/fetch#1": 1, "changing/parse#1": 1}
