@@ -2,11 +2,16 @@
 
 from __future__ import annotations
 
+import ast
 import asyncio
+import contextlib
+import json
+import mmap
 import os
 import pickle
 import signal
 import subprocess
+import sys
 from collections.abc import Iterator
 from pathlib import Path
 
@@ -116,6 +121,87 @@ def wait_for_file(path: str) -> int:
     """Block until `path` exists (the test creates it), then return this worker's pid."""
     wait_for(lambda: Path(path).exists(), timeout=BOUND, interval=0.001)
     return os.getpid()
+
+
+SLEEP_WITH_GRANDCHILD = (
+    "import subprocess, time\n"
+    "child = subprocess.Popen(['sleep', '60'])\n"
+    "print(child.pid, flush=True)\n"
+    "time.sleep(60)\n")
+DAEMON = (
+    "import os\n"
+    "pid = os.fork()\n"
+    "if pid == 0:\n"
+    "    os.setsid()\n"
+    "    os.execvp('sleep', ['sleep', '60'])\n"
+    "print(pid, flush=True)\n")
+"""Double fork: a `sleep 60` in its own session whose parent has already exited."""
+
+
+def spawn_tree(pid_file: str) -> list[tuple[int, float]]:
+    """Start processes the way calls do; write and return their (pid, create_time).
+
+    Two `sleep 60` children, a child with a `sleep 60` grandchild, and a
+    daemon (own session, orphaned at once) that neither the process group nor
+    a walk of the call's children can see without a subreaper.
+    """
+    procs = [subprocess.Popen(["sleep", "60"]) for _ in range(2)]
+    middle = subprocess.Popen([sys.executable, "-c", SLEEP_WITH_GRANDCHILD],
+                              stdout=subprocess.PIPE)
+    daemonizer = subprocess.Popen([sys.executable, "-c", DAEMON], stdout=subprocess.PIPE)
+    assert middle.stdout is not None and daemonizer.stdout is not None
+    pids = [p.pid for p in procs] + [middle.pid, int(middle.stdout.readline()),
+                                     int(daemonizer.stdout.readline())]
+    daemonizer.wait()
+    found = [(p, psutil.Process(p).create_time()) for p in pids]
+    Path(pid_file + ".tmp").write_text(json.dumps(found))
+    os.replace(pid_file + ".tmp", pid_file)
+    return found
+
+
+def spawn_tree_then(pid_file: str, then: str) -> object:
+    found = spawn_tree(pid_file)
+    if then == "spin":
+        spin()
+    if then == "allocate":
+        allocate_gradually(64 * MEMORY_LIMIT)
+    if then == "raise":
+        raise ValueError("failed, leaving processes behind")
+    return found
+
+
+CHILD_HOG = (
+    "import time\n"
+    "chunks = []\n"
+    "try:\n"
+    "    for _ in range({mb}):\n"
+    "        chunks.append(b'x' * 2**20)\n"
+    "except MemoryError:\n"
+    "    pass\n"
+    "time.sleep(60)\n")
+
+
+def child_hogs_memory(mb: int) -> int:
+    """The call itself stays small; the process it starts holds up to `mb` MiB."""
+    return subprocess.Popen([sys.executable, "-c", CHILD_HOG.format(mb=mb)]).wait()
+
+
+def map_anonymous(size: int) -> int:
+    with mmap.mmap(-1, size) as mapped:
+        return len(mapped)
+
+
+def allocate_bytearray(size: int) -> int:
+    return len(bytearray(size))
+
+
+def rss_now() -> int:
+    return psutil.Process().memory_info().rss
+
+
+def write_bytes(size: int) -> int:
+    """Touch `size` fresh bytes (RSS grows by about that much), then let them go."""
+    return len(b"x" * size)
 
 
 # --- helpers ---------------------------------------------------------------------
@@ -394,6 +480,164 @@ def test_a_kill_takes_the_whole_process_tree(sandbox: Sandbox, tmp_path: Path) -
     grandchild = int(pid_file.read_text())
     wait_for(lambda: not psutil.pid_exists(grandchild) or _gone(psutil.Process(grandchild)),
              timeout=5.0, what="the grandchild to be killed")
+
+
+def _alive(procs: list[list[float]] | list[tuple[int, float]]) -> list[int]:
+    """The pids of `procs` that still exist (zombies included; a reused pid is not ours)."""
+    alive = []
+    for pid_, created in procs:
+        try:
+            if psutil.Process(int(pid_)).create_time() == created:
+                alive.append(int(pid_))
+        except psutil.NoSuchProcess:
+            pass
+    return alive
+
+
+def _kill_leftovers(pid_file: Path) -> None:
+    if pid_file.exists():
+        for pid_ in _alive(json.loads(pid_file.read_text())):
+            with contextlib.suppress(psutil.Error):
+                psutil.Process(pid_).kill()
+
+
+KILLS = {
+    "timeout": ("spin", Limits(timeout=1.0)),
+    "soft-timeout": ("spin", Limits(soft_timeout=1.0, timeout=BOUND)),
+    "cpu": ("spin", Limits(cpu_time=1.0, timeout=BOUND)),
+    # Room for the tree itself (two Python interpreters): the allocation breaks the limit.
+    "memory": ("allocate", Limits(memory=4 * MEMORY_LIMIT, timeout=BOUND)),
+}
+
+
+@pytest.mark.parametrize("kind", sorted(KILLS))
+def test_a_killed_call_takes_its_whole_process_tree_before_err_returns(
+        sandbox: Sandbox, tmp_path: Path, kind: str) -> None:
+    then, limits = KILLS[kind]
+    pid_file = tmp_path / "pids"
+    try:
+        error = sandbox.call(spawn_tree_then, (str(pid_file), then), limits=limits).unwrap_err()
+        assert error.kind == kind.removeprefix("soft-")
+        procs = json.loads(pid_file.read_text())
+        assert len(procs) == 5
+        # Killed and reaped by the time the Err is back: not even a zombie is left.
+        assert _alive(procs) == []
+        assert sandbox.run(double, 1) == Ok(2)
+    finally:
+        _kill_leftovers(pid_file)
+
+
+@pytest.mark.parametrize("then", ["return", "raise"])
+@pytest.mark.parametrize("fresh", [False, True], ids=["warm", "fresh"])
+def test_processes_a_call_leaves_running_end_before_its_result_returns(
+        tmp_path: Path, then: str, fresh: bool) -> None:
+    pid_file = tmp_path / "pids"
+    box = Sandbox(Limits(timeout=BOUND), fresh_process=fresh, size=1, name="leftovers")
+    try:
+        worker = None if fresh else box.run(pid).unwrap()
+        result = box.call(spawn_tree_then, (str(pid_file), then))
+        if then == "return":
+            procs = result.unwrap()
+        else:
+            assert result.unwrap_err().kind == "exception"
+            procs = json.loads(pid_file.read_text())
+        assert len(procs) == 5
+        assert _alive(procs) == []
+        if worker is not None:  # the warm worker was cleaned, not replaced
+            assert box.run(pid) == Ok(worker)
+            assert box.pool.stats().restarts == 0
+    finally:
+        _kill_leftovers(pid_file)
+        seen = _descendants()
+        box.close()
+        assert_no_orphans(seen)
+
+
+@pytest.mark.parametrize("allocate", [map_anonymous, allocate_bytearray])
+def test_a_2gb_allocation_under_a_256mb_limit_is_memory(sandbox: Sandbox,
+                                                        allocate: object) -> None:
+    error = sandbox.call(allocate, (2 * 1024**3,),  # type: ignore[arg-type]
+                         limits=Limits(memory="256MB", timeout=BOUND)).unwrap_err()
+    assert error.kind == "memory", error
+    assert error.limit == 256 * MB
+    assert sandbox.run(double, 1) == Ok(2)
+
+
+@pytest.mark.parametrize("fresh", [False, True], ids=["warm", "fresh"])
+def test_a_one_byte_memory_limit_never_returns_ok(fresh: bool) -> None:
+    box = Sandbox(Limits(timeout=BOUND, memory=1), fresh_process=fresh, size=1, name="one-byte")
+    try:
+        for fn, args in [(double, (1,)), (pow, (2, 8)), (fail, ("x",)), (pid, ())]:
+            error = box.call(fn, args).unwrap_err()
+            assert error.kind == "memory", (fn, error)
+            assert error.limit == 1
+            assert error.measured is not None and error.measured > 1
+        assert box.call(double, (2,), limits=Limits(timeout=BOUND)) == Ok(4)
+    finally:
+        seen = _descendants()
+        box.close()
+        assert_no_orphans(seen)
+
+
+def test_a_call_shorter_than_the_sampling_interval_is_checked_when_it_ends() -> None:
+    # The monitor's first sample would come an hour in: only the end-of-call check can see it.
+    pool = WorkerPool(size=1, name="unsampled", sample_interval=3600.0)
+    try:
+        with Sandbox(Limits(timeout=BOUND), pool=pool) as box:
+            base = box.run(rss_now).unwrap()
+            limit = base + 32 * MB
+            # 40 MiB more RSS breaks the limit, yet stays under the address-space cap.
+            error = box.call(write_bytes, (40 * MB,),
+                             limits=Limits(memory=limit, timeout=BOUND)).unwrap_err()
+            assert error.kind == "memory", error
+            assert error.limit == limit
+            assert error.measured is not None and error.measured > limit
+            assert error.peak_memory is not None and error.peak_memory >= error.measured
+            assert box.call(write_bytes, (MB,), limits=Limits(memory=limit + 64 * MB,
+                                                              timeout=BOUND)) == Ok(MB)
+            assert pool.stats().restarts == 1
+    finally:
+        seen = _descendants()
+        pool.close()
+        assert_no_orphans(seen)
+
+
+def test_memory_of_processes_the_call_starts_counts_toward_its_limit(sandbox: Sandbox) -> None:
+    error = sandbox.call(child_hogs_memory, (4 * MEMORY_LIMIT // MB,),
+                         limits=Limits(memory=MEMORY_LIMIT, timeout=BOUND)).unwrap_err()
+    assert error.kind == "memory", error
+    assert error.measured is not None and error.measured > MEMORY_LIMIT
+
+
+def test_the_sandbox_never_imports_the_executor() -> None:
+    """The executor uses sandbox workers; the sandbox reaches executors through a seam only."""
+    package = Path(__file__).resolve().parent.parent / "zixir_actors"
+
+    def imported(folder: str) -> set[str]:
+        names: set[str] = set()
+        for file in (package / folder).glob("*.py"):
+            for node in ast.walk(ast.parse(file.read_text())):
+                if isinstance(node, ast.Import):
+                    names.update(alias.name for alias in node.names)
+                elif isinstance(node, ast.ImportFrom):
+                    if node.level:  # relative: resolve against zixir_actors.<folder>
+                        parts = ["zixir_actors", folder][:3 - node.level]
+                        base = ".".join(parts + ([node.module] if node.module else []))
+                    else:
+                        base = node.module or ""
+                    names.add(base)
+                    names.update(f"{base}.{alias.name}" for alias in node.names)
+                elif isinstance(node, ast.Call) and node.args \
+                        and isinstance(node.args[0], ast.Constant) \
+                        and isinstance(node.args[0].value, str):
+                    names.add(node.args[0].value)  # import_module("..."), __import__("...")
+        return names
+
+    def reaches(names: set[str], target: str) -> list[str]:
+        return sorted(n for n in names if n == target or n.startswith(target + "."))
+
+    assert reaches(imported("sandbox"), "zixir_actors.executor") == []
+    assert reaches(imported("executor"), "zixir_actors.sandbox")  # the one way
 
 
 def test_idle_worker_killed_from_outside_is_replaced(sandbox: Sandbox) -> None:

@@ -36,6 +36,7 @@ from zixir_actors.sandbox._process import (
     Worker,
     Zygote,
     nesting_level,
+    tree_rss,
     wait_gone,
 )
 from zixir_actors.sandbox._telemetry import telemetry
@@ -311,18 +312,20 @@ class WorkerPool:
     def _sample(self, call: _Call) -> None:
         limits = call.limits
         cpu_limited = limits.cpu_time is not None or limits.max_cpu_percent is not None
+        memory = limits.memory_bytes
         try:
             proc = call.worker.process()
             with proc.oneshot():
                 rss = proc.memory_info().rss
                 times = proc.cpu_times() if cpu_limited else None
+            if memory is not None:
+                rss = tree_rss(proc, rss)
         except psutil.Error:
             return
         call.peak = max(call.peak, rss)
-        memory = limits.memory_bytes
         if memory is not None and rss > memory:
-            self._breach(call, "memory", f"resident memory {rss} B over the {memory} B limit",
-                         memory, rss)
+            self._breach(call, "memory", f"resident memory of the call's processes {rss} B "
+                         f"over the {memory} B limit", memory, rss)
             return
         if times is None:
             return
@@ -462,15 +465,25 @@ class WorkerPool:
                 "crashed", f"worker process {worker.pid} died during the call "
                 f"({type(reply).__name__})", peak_memory=peak, duration=duration)), peak)
         try:
-            status, payload, cpu_time, peak_rss = _worker.loads(reply)
+            status, payload, cpu_time, peak_rss, clean = _worker.loads(reply)
         except Exception as exc:
             self._checkin(worker)
             return self._finish(call.started, Err(SandboxError(
                 "unpicklable", f"cannot unpickle the result here: {type(exc).__name__}: {exc}",
                 cause=exc, duration=duration)), peak)
         peak = max(peak or 0, peak_rss or 0) or None
+        memory = limits.memory_bytes
+        if memory is not None and peak_rss and peak_rss > memory \
+                and status not in ("timeout", "cpu", "memory"):
+            # Checked when every call ends, so one shorter than a sampling interval counts too.
+            self._replace(worker, "memory", memory, peak_rss)
+            return self._finish(call.started, Err(SandboxError(
+                "memory", f"peak resident memory {peak_rss} B over the {memory} B limit "
+                "(checked when the call ended; its outcome was discarded)",
+                limit=memory, measured=peak_rss, peak_memory=peak, cpu_time=cpu_time,
+                cpu_percent=call.cpu_peak, duration=duration)), peak)
         if status == "ok":
-            self._checkin(worker)
+            self._release(worker, clean)
             return self._finish(call.started, Ok(payload), peak)
         remote_type, message, text, pickled = payload
         cause = None
@@ -500,11 +513,18 @@ class WorkerPool:
         else:
             if status == "depth":
                 telemetry.breach(self.name, status, limit, measured)
-            self._checkin(worker)
+            self._release(worker, clean)
         return self._finish(call.started, Err(SandboxError(
             status, message, limit=limit, measured=measured, remote_type=remote_type,
             remote_traceback=text or None, cause=cause, peak_memory=peak, cpu_time=cpu_time,
             cpu_percent=call.cpu_peak, duration=duration)), peak)
+
+    def _release(self, worker: Worker, clean: bool) -> None:
+        """Back to the pool after a call, unless processes it started would not die."""
+        if clean:
+            self._checkin(worker)
+        else:
+            self._replace(worker, "leftover processes", None, None)
 
     def _finish(self, started: float, result: Result[Any, SandboxError],
                 peak: int | None) -> Result[Any, SandboxError]:

@@ -30,6 +30,7 @@ __all__ = [
     "Worker",
     "Zygote",
     "nesting_level",
+    "tree_rss",
     "wait_gone",
 ]
 
@@ -37,7 +38,9 @@ SPAWN_TIMEOUT = 30.0
 """Seconds the helper process gets to hand over a worker before it is restarted."""
 
 KILL_WAIT = 2.0
-"""Seconds `kill_tree` waits for killed processes to disappear."""
+"""Seconds `kill_tree` waits for killed processes to die, and again for them to be reaped."""
+
+_PAGE = os.sysconf("SC_PAGE_SIZE") if hasattr(os, "sysconf") else 4096
 
 _SCRIPT = _worker.__file__
 
@@ -83,26 +86,60 @@ def _descendants(proc: psutil.Process) -> list[psutil.Process]:
     return found
 
 
-def _gone(proc: psutil.Process) -> bool:
+def _dead(proc: psutil.Process) -> bool:
     try:
         return not proc.is_running() or proc.status() == psutil.STATUS_ZOMBIE
     except psutil.Error:
         return True
 
 
-def wait_gone(procs: list[psutil.Process], *, timeout: float) -> None:
-    """Wait until killed processes are dead or zombies, so their memory is free again.
+def _reaped(proc: psutil.Process) -> bool:
+    try:
+        return not proc.is_running()  # also False for a pid reused by another process
+    except psutil.Error:
+        return True
 
-    Not our children (the helper forked them), so there is nothing to wait on:
-    poll with a short, growing interval; this only runs after a kill.
+
+def wait_gone(procs: list[psutil.Process], *, timeout: float) -> None:
+    """Wait until killed processes are gone: dead (their memory is free), then reaped.
+
+    Not our children (the helper forked them), so there is nothing to wait
+    on: poll with a short, growing interval; this only runs after a kill. The
+    helper is their subreaper and reaps them at once; a zombie that nobody
+    reaps (the helper itself died) is waited for at most `timeout` more.
     """
-    deadline = time.monotonic() + timeout
-    delay = 0.0005
-    left = [p for p in procs if not _gone(p)]
-    while left and time.monotonic() < deadline:
-        time.sleep(delay)
-        delay = min(delay * 2, 0.02)
-        left = [p for p in left if not _gone(p)]
+    for gone in (_dead, _reaped):
+        deadline = time.monotonic() + timeout
+        delay = 0.0005
+        left = [p for p in procs if not gone(p)]
+        while left and time.monotonic() < deadline:
+            time.sleep(delay)
+            delay = min(delay * 2, 0.02)
+            left = [p for p in left if not gone(p)]
+        procs = left
+
+
+def tree_rss(proc: psutil.Process, rss: int) -> int:
+    """`rss` (the worker's, already read) plus the RSS of every process under it.
+
+    Each process counts all its resident pages, so pages shared between them
+    (copy-on-write after a fork) count once per process: never less than
+    what the tree really uses.
+    """
+    pids = _worker.descendants(proc.pid)
+    if not pids and not os.path.isdir("/proc/self/task"):
+        with contextlib.suppress(psutil.Error):
+            for child in proc.children(recursive=True):
+                with contextlib.suppress(psutil.Error):
+                    rss += child.memory_info().rss
+        return rss
+    for pid in pids:
+        try:
+            with open(f"/proc/{pid}/statm", "rb") as fh:
+                rss += int(fh.read().split()[1]) * _PAGE
+        except (OSError, ValueError, IndexError):
+            continue  # ended, or a zombie (no pages)
+    return rss
 
 
 class Worker:

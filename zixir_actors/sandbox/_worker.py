@@ -15,14 +15,22 @@ Protocol, all over Unix stream sockets with 4-byte big-endian length frames:
   process costs a file-descriptor hand-over, not a fork. EOF: the zygote
   kills the workers it still knows and exits.
 - parent -> worker: ``dumps((config, fn, args, kwargs))`` (pickle, or dill when needed).
-- worker -> parent: ``dumps((status, payload, cpu_seconds, peak_rss))``
+- worker -> parent: ``dumps((status, payload, cpu_seconds, peak_rss, clean))``
   where status is ``"ok"`` (payload = the value) or a failure kind with
-  payload = ``(type_name, message, traceback_text, pickled_exception)``.
+  payload = ``(type_name, message, traceback_text, pickled_exception)``;
+  `clean` is False when processes the call started could not be ended.
+
+Process trees: the zygote and every worker are child subreapers
+(``PR_SET_CHILD_SUBREAPER`` on Linux), so a process whose parent exits is
+handed to the nearest of them instead of init. A worker ends every process
+under it when a call ends, before it answers; the zygote kills and reaps
+whatever a dead worker left behind, and everything under it when it exits.
 """
 
 from __future__ import annotations
 
 import contextlib
+import errno
 import os
 import pickle
 import signal
@@ -33,7 +41,17 @@ import time
 import traceback
 from typing import Any
 
-__all__ = ["LEVEL_ENV", "MAX_LEVEL_ENV", "PATH_ENV", "dumps", "loads", "recv_frame", "send_frame"]
+__all__ = [
+    "LEVEL_ENV",
+    "MAX_LEVEL_ENV",
+    "PATH_ENV",
+    "descendants",
+    "dumps",
+    "end_descendants",
+    "loads",
+    "recv_frame",
+    "send_frame",
+]
 
 LEVEL_ENV = "ZIXIR_SANDBOX_LEVEL"
 """Environment variable holding how many sandboxes deep a process runs (0: not sandboxed)."""
@@ -45,8 +63,13 @@ SPARES_ENV = "ZIXIR_SANDBOX_SPARES"
 PRELOAD_ENV = "ZIXIR_SANDBOX_PRELOAD"
 """Environment variable: comma-separated modules the zygote imports before forking."""
 
+CLEANUP_WAIT = 2.0
+"""Seconds a worker gets to end the processes a call left running before it gives up
+(and reports the worker unclean, so the parent replaces it)."""
+
 _HEADER = struct.Struct("!I")
 _PID = struct.Struct("!q")
+_PR_SET_CHILD_SUBREAPER = 36
 
 
 def dumps(value: Any) -> bytes:
@@ -115,6 +138,120 @@ def recv_frame(sock: socket.socket) -> bytes:
     return body
 
 
+# --- process trees -------------------------------------------------------------
+
+def _children(pid: int) -> list[int] | None:
+    """Child pids of `pid` from /proc/PID/task/TID/children; None where the kernel lacks it."""
+    try:
+        tids = os.listdir(f"/proc/{pid}/task")
+    except FileNotFoundError:
+        return [] if os.path.isdir("/proc/self/task") else None
+    except OSError:
+        return []
+    found: list[int] = []
+    for tid in tids:
+        try:
+            with open(f"/proc/{pid}/task/{tid}/children", "rb") as fh:
+                found.extend(int(child) for child in fh.read().split())
+        except FileNotFoundError:
+            if not os.path.exists(f"/proc/{pid}/task/{tid}"):
+                continue  # the thread ended
+            return None  # no children file: a kernel without CONFIG_PROC_CHILDREN
+        except (OSError, ValueError):
+            continue
+    return found
+
+
+def _scan_children() -> dict[int, list[int]]:
+    """Every process's children, from the parent field of each /proc/PID/stat (slow path)."""
+    tree: dict[int, list[int]] = {}
+    for entry in os.listdir("/proc"):
+        if not entry.isdigit():
+            continue
+        try:
+            with open(f"/proc/{entry}/stat", "rb") as fh:
+                stat = fh.read()
+            parent = int(stat[stat.rindex(b")") + 2:].split()[1])
+        except (OSError, ValueError, IndexError):
+            continue
+        tree.setdefault(parent, []).append(int(entry))
+    return tree
+
+
+def descendants(pid: int) -> list[int]:
+    """Pids of every process under `pid`, zombies included, parents before children.
+
+    Reads /proc/PID/task/TID/children (a few syscalls for a small tree); on
+    kernels without that file it scans /proc once. Empty without /proc.
+    """
+    found: list[int] = []
+    stack = [pid]
+    tree: dict[int, list[int]] | None = None
+    while stack:
+        current = stack.pop()
+        children = _children(current) if tree is None else tree.get(current, [])
+        if children is None:
+            try:
+                tree = _scan_children()
+            except OSError:
+                return found
+            children = tree.get(current, [])
+        found.extend(children)
+        stack.extend(children)
+    return found
+
+
+def _reap() -> bool:
+    """Reap every child that has ended; True while some child is still running."""
+    while True:
+        try:
+            pid, _ = os.waitpid(-1, os.WNOHANG)
+        except ChildProcessError:
+            return False
+        if pid == 0:
+            return True
+
+
+def end_descendants(*, timeout: float) -> bool:
+    """SIGKILL every process under this one and reap them; False if some outlived `timeout`.
+
+    For a subreaper (the worker, the zygote): the killed processes' orphans
+    are handed to us, so everything ends as our child and is reaped here.
+    The tree is walked again until it is empty, which also catches a process
+    forked between a walk and its kill. A process with no children costs one
+    `waitpid`.
+    """
+    if not _reap():
+        return True
+    deadline = time.monotonic() + timeout
+    delay = 0.0002
+    me = os.getpid()
+    while True:
+        for pid in descendants(me):
+            with contextlib.suppress(OSError):
+                os.kill(pid, signal.SIGKILL)
+        if not _reap():
+            return True
+        if time.monotonic() >= deadline:
+            return False
+        time.sleep(delay)
+        delay = min(delay * 2, 0.01)
+
+
+def _become_subreaper() -> None:
+    """Orphans under this process are handed to it instead of init (Linux; else a no-op)."""
+    prctl = _state.get("prctl", False)
+    if prctl is False:
+        try:
+            import ctypes
+            prctl = ctypes.CDLL(None, use_errno=True).prctl
+        except (OSError, AttributeError):
+            prctl = None
+        _state["prctl"] = prctl
+    if prctl is not None:
+        prctl(_PR_SET_CHILD_SUBREAPER, 1, 0, 0, 0)
+
+
 # --- worker -------------------------------------------------------------------
 
 _state: dict[str, Any] = {"in_call": False, "fired": None, "soft_exc": None}
@@ -180,21 +317,57 @@ def _vm_size() -> int:
     return int(os.pread(fd, 256, 0).split()[0]) * os.sysconf("SC_PAGE_SIZE")
 
 
-def _reset_peak() -> None:
+def _reset_peak() -> bool:
+    """Start a per-call peak: VmHWM back to the current RSS; False where that is refused."""
     fd = _proc_fd("clear_refs", os.O_WRONLY)
-    if fd is not None:
-        with contextlib.suppress(OSError):
-            os.write(fd, b"5")
+    if fd is None:
+        return False
+    try:
+        os.write(fd, b"5")
+    except OSError:
+        return False
+    return True
 
 
-def _peak_rss(per_call: bool) -> int:
-    """Peak RSS: of this call if `_reset_peak` ran before it, else of the worker so far."""
-    if per_call:
-        peak = _status_kb(b"VmHWM:")
-        if peak:
-            return peak
+def _maxrss() -> tuple[int, int]:
+    """Peak RSS in bytes so far of this process, and of the largest process it reaped."""
     import resource
-    return resource.getrusage(resource.RUSAGE_SELF).ru_maxrss * 1024
+    me = resource.getrusage(resource.RUSAGE_SELF).ru_maxrss * 1024
+    children = resource.getrusage(resource.RUSAGE_CHILDREN).ru_maxrss * 1024
+    return me, children
+
+
+def _peak_rss(per_call: bool, before: tuple[int, int] | None) -> int:
+    """Peak RSS of this call: the worker's, or a process it started if that one was larger.
+
+    `per_call`: VmHWM was reset when the call started, so it is this call's
+    peak. Otherwise a lifetime peak that rose during the call is this call's;
+    one that did not is an older call's, so the current RSS is used instead.
+    Processes the call started count once they are reaped (``RUSAGE_CHILDREN``
+    keeps the largest peak of any reaped descendant).
+    """
+    if before is None:
+        import resource
+        return resource.getrusage(resource.RUSAGE_SELF).ru_maxrss * 1024
+    me, children = _maxrss()
+    peak = _status_kb(b"VmHWM:") if per_call else 0
+    if not peak:
+        peak = me if me > before[0] else _status_kb(b"VmRSS:") or me
+    if children > before[1]:
+        peak = max(peak, children)
+    return peak
+
+
+def _out_of_memory(exc: BaseException | None) -> bool:
+    """An allocation refused: MemoryError or ENOMEM, also as the cause of what was raised."""
+    for _ in range(16):
+        if exc is None:
+            return False
+        if isinstance(exc, MemoryError) \
+                or (isinstance(exc, OSError) and exc.errno == errno.ENOMEM):
+            return True
+        exc = exc.__cause__ or exc.__context__
+    return False
 
 
 def _describe(exc: BaseException) -> tuple[str, str, str, bytes | None]:
@@ -217,7 +390,7 @@ def _classify(exc: BaseException, config: dict[str, Any]) -> str:
         return "depth"
     if getattr(exc, "kind", None) == "depth" and type(exc).__name__ == "SandboxError":
         return "depth"
-    if isinstance(exc, MemoryError) and config.get("memory"):
+    if config.get("memory") and _out_of_memory(exc):
         return "memory"
     return "exception"
 
@@ -231,11 +404,13 @@ def _execute(data: bytes) -> bytes:
         config, fn, args, kwargs = loads(data)
     except BaseException as exc:
         payload = _describe(exc)
-        return dumps((status, payload, time.process_time() - cpu0, _peak_rss(False)))
-    # Per-call peak memory costs two /proc round trips: only for calls with a memory limit.
-    per_call_peak = bool(config.get("memory"))
-    if per_call_peak:
-        _reset_peak()
+        return dumps((status, payload, time.process_time() - cpu0, _peak_rss(False, None), True))
+    # The per-call peak costs a few syscalls: only for calls with a memory limit.
+    before: tuple[int, int] | None = None
+    per_call_peak = False
+    if config.get("memory"):
+        before = _maxrss()
+        per_call_peak = _reset_peak()
     if config.get("max_nesting"):
         os.environ[MAX_LEVEL_ENV] = str(config["max_nesting"])
     old_limit = sys.getrecursionlimit()
@@ -280,6 +455,8 @@ def _execute(data: bytes) -> bytes:
         if old_as is not None:
             import resource
             resource.setrlimit(resource.RLIMIT_AS, old_as)
+    # Processes the call started end with it, before anyone sees its result.
+    clean = end_descendants(timeout=CLEANUP_WAIT)
     if caught is not None:
         # Described only now, with the memory ceiling lifted again.
         status = _classify(caught, config)
@@ -290,14 +467,15 @@ def _execute(data: bytes) -> bytes:
         status = str(_state["fired"])
         payload = ("SoftTimeoutError" if status == "timeout" else "CpuTimeLimitExceeded",
                    "limit reached; the call caught the exception and returned", "", None)
-    used, peak = time.process_time() - cpu0, _peak_rss(per_call_peak)
+    used, peak = time.process_time() - cpu0, _peak_rss(per_call_peak, before)
     try:
-        return dumps((status, payload, used, peak))
+        return dumps((status, payload, used, peak, clean))
     except BaseException as exc:
-        return dumps(("unpicklable", _describe(exc), used, peak))
+        return dumps(("unpicklable", _describe(exc), used, peak, clean))
 
 
 def _serve(sock: socket.socket) -> None:
+    _become_subreaper()
     signal.signal(signal.SIGALRM, _on_alarm)
     signal.signal(signal.SIGPROF, _on_prof)
     while True:
@@ -320,24 +498,36 @@ def _zygote(ctl: socket.socket) -> None:
     spares: list[tuple[int, socket.socket]] = []
     live: set[int] = set()
     want = int(os.environ.get(SPARES_ENV, "1"))
+    me = os.getpid()
+    chld = {signal.SIGCHLD}
 
     def reap(signum: int = 0, frame: Any = None) -> None:
         while True:
             try:
                 pid, _ = os.waitpid(-1, os.WNOHANG)
             except ChildProcessError:
-                return
+                break
             if pid == 0:
-                return
+                break
             live.discard(pid)
+        # A worker that ended handed us the processes it left (we are their
+        # subreaper); they belong to no call any more: end them. Their own
+        # orphans come back here the same way when they die.
+        for pid in _children(me) or ():
+            if pid not in live:
+                with contextlib.suppress(OSError):
+                    os.kill(pid, signal.SIGKILL)
 
     def fork() -> tuple[int, socket.socket]:
         ours, theirs = socket.socketpair(socket.AF_UNIX, socket.SOCK_STREAM)
+        # No reap() between the fork and live.add: it would take the new worker for an orphan.
+        signal.pthread_sigmask(signal.SIG_BLOCK, chld)
         pid = os.fork()
         if pid == 0:
             try:
                 signal.signal(signal.SIGCHLD, signal.SIG_DFL)
                 signal.signal(signal.SIGTERM, signal.SIG_DFL)
+                signal.pthread_sigmask(signal.SIG_UNBLOCK, chld)
                 os.setsid()
                 ctl.close()
                 ours.close()
@@ -346,17 +536,21 @@ def _zygote(ctl: socket.socket) -> None:
                 _serve(theirs)
             finally:
                 os._exit(0)
-        theirs.close()
         live.add(pid)
+        signal.pthread_sigmask(signal.SIG_UNBLOCK, chld)
+        theirs.close()
         return pid, ours
 
     def shutdown() -> None:
         signal.signal(signal.SIGCHLD, signal.SIG_DFL)
+        # Every worker, spare and whatever runs under them, all at once.
         for pid in list(live):
             with contextlib.suppress(OSError):
-                os.kill(pid, signal.SIGKILL)
+                os.killpg(pid, signal.SIGKILL)
+        end_descendants(timeout=CLEANUP_WAIT)
         os._exit(0)
 
+    _become_subreaper()
     signal.signal(signal.SIGCHLD, reap)
     signal.signal(signal.SIGTERM, lambda signum, frame: shutdown())
     for _ in range(want):
