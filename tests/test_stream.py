@@ -243,7 +243,8 @@ def test_consecutive_operators_fuse_and_boundaries_split() -> None:
         "range", "buf"]
     bounded = Stream.range(10).buffer(4).map(str, concurrency=2, name="m")
     assert bounded.stages() == ["range", "m", "m.worker0", "m.worker1"]
-    assert bounded.bound() == DEFAULT_BUFFER + 4
+    # The buffer's 4 items (the map's own bound) + a terminal window of one chunk (4).
+    assert bounded.bound() == 4 + 4
     assert bounded.to_list() == [str(x) for x in range(10)]
 
 
@@ -344,6 +345,135 @@ def test_inline_source_is_bounded_by_the_consumers_demand() -> None:
         if consumed >= 3 * DEFAULT_BUFFER:
             break
     assert 0 < worst <= stream.bound()
+
+
+class _Enough(Exception):
+    """Ends a gated run once the consumer has taken what the test wanted."""
+
+
+class _Gate:
+    """A producer that counts what it makes and a consumer that takes an item per permit.
+
+    The lead (produced - consumed, in source items: a batch weighs its length)
+    is recorded at every production, where it peaks, so the worst lead is exact.
+    """
+
+    def __init__(self, limit: int) -> None:
+        self.limit = limit
+        self.produced = 0
+        self.consumed = 0
+        self.worst = 0
+        self.lock = threading.Lock()
+        self.permits = threading.Semaphore(0)
+
+    def source(self) -> Iterator[int]:
+        for i in itertools.count():
+            with self.lock:
+                self.produced += 1
+                self.worst = max(self.worst, self.produced - self.consumed)
+            yield i
+
+    def lead(self) -> int:
+        with self.lock:
+            return self.produced - self.consumed
+
+    def take(self, item: Any) -> Any:
+        if self.consumed >= self.limit:
+            raise _Enough
+        if not self.permits.acquire(timeout=WAIT):
+            raise TimeoutError("the test did not release the consumer")
+        with self.lock:
+            self.consumed += len(item) if isinstance(item, list) else 1
+        return item
+
+
+def _same(x: Any) -> Any:
+    return x
+
+
+# (pipeline after the source, its documented bound, a lead it always gets back to while
+# the consumer waits: a buffer refills once half empty, a terminal window once half used)
+_BOUNDED = {
+    # buffer(16): 16 held + one chunk of at most the smallest bound (16) at the terminal.
+    "buffer": (lambda s: s.buffer(16).map(_same), 16 + 16, 8),
+    # Demand after batch(4) counts 4 source items per batch: 32 + a window of 32 items.
+    "batch": (lambda s: s.buffer(32).map(_same).batch(4), 32 + 32, 16),
+    # map(concurrency=3) after buffer(8): at most 8 in calls or waiting + a window of 8.
+    "concurrent map": (lambda s: s.buffer(8).map(_same, concurrency=3), 8 + 8, 4),
+    # The demo's shape: 16 tokens + 4 batches of 8 (32 tokens) + a window of 16 tokens.
+    "buffer, batch, buffer": (lambda s: s.buffer(16).map(_same).batch(8).buffer(4),
+                              16 + 4 * 8 + 16, 8),
+    # No buffer anywhere: the terminal's window of DEFAULT_BUFFER items is the bound.
+    "no buffer": (lambda s: s.map(_same).async_boundary().map(_same), DEFAULT_BUFFER,
+                  DEFAULT_BUFFER // 8),
+}
+
+
+def _consume_for(stream: Stream[Any], gate: _Gate) -> None:
+    for item in stream:
+        gate.take(item)
+
+
+def _consume_for_each(stream: Stream[Any], gate: _Gate) -> None:
+    stream.for_each(gate.take)
+
+
+def _consume_to_list(stream: Stream[Any], gate: _Gate) -> None:
+    # The slow consumer is the last stage: an actor of its own, pulled by to_list.
+    stream.async_boundary().map(gate.take).to_list()
+
+
+def _consume_async_for(stream: Stream[Any], gate: _Gate) -> None:
+    async def main() -> None:
+        async for item in stream:
+            gate.take(item)  # blocks the loop on purpose: a consumer that cannot keep up
+
+    asyncio.run(main())
+
+
+def _consume_run_async(stream: Stream[Any], gate: _Gate) -> None:
+    asyncio.run(stream.async_boundary().map(gate.take).run_async())
+
+
+_TERMINALS = {"for": _consume_for, "for_each": _consume_for_each, "to_list": _consume_to_list,
+              "async for": _consume_async_for, "run_async": _consume_run_async}
+
+
+@pytest.mark.parametrize("terminal", list(_TERMINALS))
+@pytest.mark.parametrize("shape", list(_BOUNDED))
+def test_a_slow_consumer_holds_the_producer_within_the_documented_bound(
+        shape: str, terminal: str) -> None:
+    build, bound, floor = _BOUNDED[shape]
+    gate = _Gate(limit=3 * bound)
+    stream = build(Stream.from_iterator(gate.source()))
+    assert stream.bound() == bound
+    outcome: list[BaseException] = []
+
+    def consume() -> None:
+        try:
+            _TERMINALS[terminal](stream, gate)
+        except _Enough:
+            pass
+        except BaseException as exc:
+            outcome.append(exc)
+
+    thread = threading.Thread(target=consume)
+    thread.start()
+    try:
+        step = max(1, bound // 8)
+        while gate.consumed < gate.limit and not outcome:
+            # The consumer is blocked: let the producer run as far ahead as it will.
+            wait_for(lambda: gate.lead() >= floor or bool(outcome), timeout=WAIT)
+            target = gate.consumed + 1
+            for _ in range(step):
+                gate.permits.release()
+            wait_for(lambda t=target: gate.consumed >= t or bool(outcome), timeout=WAIT)
+    finally:
+        for _ in range(gate.limit):
+            gate.permits.release()
+        thread.join(WAIT)
+    assert not thread.is_alive() and not outcome, outcome
+    assert floor <= gate.worst <= bound, (gate.worst, bound)
 
 
 def _fill_buffer_then_drain(overflow: str) -> list[int]:

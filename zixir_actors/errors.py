@@ -75,7 +75,9 @@ __all__ = [
     "SoftTimeoutError",
     "StageCrashedError",
     "StepTimeoutError",
+    "StoreCorruptError",
     "StoreError",
+    "StoreFullError",
     "StreamConsumedError",
     "StreamError",
     "StreamTimeoutError",
@@ -160,6 +162,55 @@ class CorruptBlobError(StoreError):
         self.key = key
         where = f" at {key!r}" if key is not None else ""
         super().__init__(f"corrupt or foreign blob{where}: {reason}")
+
+
+class StoreFullError(StoreError, OSError):
+    """A write failed because the filesystem of the data directory is full.
+
+    Nothing of the failed write was committed; the store keeps working once
+    space is freed.
+
+    Attributes:
+        data_dir: the data directory.
+        errno: the error number (``errno.ENOSPC``).
+        free: bytes left on the filesystem when the write failed.
+        detail: LMDB's own message.
+    """
+
+    def __init__(self, data_dir: str, *, free: int, detail: str = "") -> None:
+        import errno as _errno
+
+        self.data_dir = data_dir
+        self.free = free
+        self.detail = detail
+        text = (f"disk full: cannot write to the store in {data_dir} "
+                f"({free} bytes free){': ' + detail if detail else ''}")
+        super().__init__(_errno.ENOSPC, text)
+
+    def __str__(self) -> str:
+        return str(self.args[1])
+
+    def __reduce__(self) -> tuple[Any, ...]:
+        return (_store_full, (self.data_dir, self.free, self.detail))
+
+
+def _store_full(data_dir: str, free: int, detail: str) -> StoreFullError:
+    return StoreFullError(data_dir, free=free, detail=detail)
+
+
+class StoreCorruptError(StoreError):
+    """An LMDB data file is damaged (truncated, zeroed or foreign): refused before mapping it.
+
+    Attributes:
+        path: the damaged file.
+        reason: what check failed.
+    """
+
+    def __init__(self, path: str, reason: str) -> None:
+        self.path = path
+        self.reason = reason
+        super().__init__(f"corrupt store file {path}: {reason} "
+                         "(restore a backup, or move the directory away to start empty)")
 
 
 # --- cache ------------------------------------------------------------------

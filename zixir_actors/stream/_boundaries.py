@@ -129,6 +129,9 @@ class Worker(SupervisedActor):
 class ConcurrentMap(Stage):
     """`map(fn, concurrency=N)`: up to N calls at once in N worker actors.
 
+    It holds at most the larger of N, a `buffer(n)` written right before it,
+    and the demand of its downstream.
+
     Each idle worker gets one item per message while calls are slow (the
     I/O-bound case this is for, where an idle worker must never wait behind
     a busy one), and up to `MAX_CALLS_PER_MESSAGE` when the running mean
@@ -136,8 +139,9 @@ class ConcurrentMap(Stage):
     """
 
     def __init__(self, *, control: Control, name: str, bound: int, chunk: int, ordered: bool,
-                 on_error: str) -> None:
+                 on_error: str, prefetch: int = 0) -> None:
         super().__init__(control=control, name=name, bound=max(bound, 1), chunk=chunk)
+        self.prefetch = prefetch
         self.ordered = ordered
         self.on_error = on_error
         self.workers: list[Any] = []
@@ -173,9 +177,13 @@ class ConcurrentMap(Stage):
                 self.collect(seq, ok, value)
         self.dispatch()
         self.send()
+        # Hold (queued, in calls, waiting for order, ready or requested) at most
+        # what downstream asked for, or enough to keep every worker busy, or
+        # the `buffer(n)` written right before this map.
         held = len(self.todo) + self.inflight + len(self.results) + len(self.out) + self.requested
-        credit = self.bound - held
-        if not self.up_done and credit >= max(1, min(self.refill, len(self.workers))):
+        credit = max(self.prefetch, len(self.workers), self.demand) - held
+        if not self.up_done and credit > 0 and (
+                held < self.demand or credit >= max(1, min(self.refill, len(self.workers)))):
             self.requested += credit
             self.upstreams[0].tell(Demand(credit))
         if self.up_done and not self.todo and not self.inflight and not self.out:

@@ -1,15 +1,20 @@
 """Chunk operators: the per-stage logic that fused stages run over lists of items.
 
 Each operator turns one input chunk (a list) into one output chunk, keeping
-whatever state it needs between chunks. A fused stage runs a chain of them
-inside one actor, so the per-item cost is a list comprehension, not a message.
+whatever state it needs between chunks, and converts demand for its outputs
+into demand for its inputs (`need`: k items per `batch(k)` list), so a stage
+pulls no more upstream items than its downstream asked for. A fused stage
+runs a chain of them inside one actor; consecutive `map`/`filter`/`tap` calls
+are compiled into one loop (`fuse`), so the per-item cost is the user's
+function calls and nothing else.
 """
 
 from __future__ import annotations
 
 import abc
+import types
 from collections import deque
-from collections.abc import Callable, Hashable, Iterable
+from collections.abc import Callable, Hashable, Iterable, Iterator
 from typing import Any, Literal
 
 from zixir_actors._clock import Clock
@@ -19,6 +24,7 @@ __all__ = [
     "Distinct",
     "Filter",
     "FlatMap",
+    "Fused",
     "Map",
     "OnError",
     "Op",
@@ -30,6 +36,8 @@ __all__ = [
     "Throttle",
     "Window",
     "flush_chain",
+    "fuse",
+    "need_of",
     "run_chain",
 ]
 
@@ -57,6 +65,14 @@ class Op(abc.ABC):
     @abc.abstractmethod
     def process(self, items: list[Any]) -> list[Any]:
         """Transform one chunk of items; return what goes downstream."""
+
+    def need(self, n: int) -> int:
+        """Input items to take so that this operator can emit `n` more items.
+
+        One input per output unless the operator says otherwise; an operator
+        that may drop items (filter) asks again once it has seen the result.
+        """
+        return n
 
     def finish(self) -> list[Any]:
         return []
@@ -151,6 +167,9 @@ class Take(Op):
         self.left = n
         self.done = n <= 0
 
+    def need(self, n: int) -> int:
+        return min(n, self.left)
+
     def process(self, items: list[Any]) -> list[Any]:
         if len(items) < self.left:
             self.left -= len(items)
@@ -163,6 +182,9 @@ class Skip(Op):
     def __init__(self, name: str, n: int) -> None:
         super().__init__(name)
         self.left = n
+
+    def need(self, n: int) -> int:
+        return n + max(0, self.left)
 
     def process(self, items: list[Any]) -> list[Any]:
         if self.left <= 0:
@@ -235,6 +257,9 @@ class Batch(Op):
         self.buf: list[Any] = []
         self.last = 0.0
 
+    def need(self, n: int) -> int:
+        return max(0, n * self.size - len(self.buf))
+
     def process(self, items: list[Any]) -> list[Any]:
         if not items:
             return items
@@ -270,6 +295,13 @@ class Window(Op):
         self.buf: deque[Any] = deque(maxlen=size)
         self.seen = 0
 
+    def need(self, n: int) -> int:
+        if n <= 0:
+            return 0
+        seen, size, step = self.seen, self.size, self.step
+        first = size - seen if seen < size else step - (seen - size) % step
+        return first + (n - 1) * step
+
     def process(self, items: list[Any]) -> list[Any]:
         buf, size, step, out = self.buf, self.size, self.step, []
         seen = self.seen
@@ -294,6 +326,9 @@ class Throttle(Op):
         self.queue: deque[Any] = deque()
         self.next_at = float("-inf")
 
+    def need(self, n: int) -> int:
+        return max(0, n - len(self.queue))
+
     def process(self, items: list[Any]) -> list[Any]:
         self.queue.extend(items)
         return self.tick(self.clock.monotonic())
@@ -317,6 +352,135 @@ class Throttle(Op):
         return self.next_at if self.queue else None
 
 
+_FUSIBLE = {Map: "map", Filter: "filter", Tap: "tap"}
+
+_compiled: dict[tuple[str, ...], tuple[Callable[..., Any], dict[int, int], int]] = {}
+
+
+def _compile(kinds: tuple[str, ...]) -> tuple[Callable[..., Any], dict[int, int], int]:
+    """Source of one loop running `kinds` over each item, built once per shape.
+
+    Returns a factory taking the functions, the line of each call (to name
+    the operator that raised, at no cost per item) and the line of the
+    source's `for` (an exception there is the source's).
+    """
+    found = _compiled.get(kinds)
+    if found is not None:
+        return found
+    fns = [f"f{i}" for i in range(len(kinds))]
+    lines: list[str] = [f"def make({', '.join(fns)}):"]
+    calls: dict[int, int] = {}
+    filters = "filter" in kinds
+
+    def body(indent: str, on_drop: list[str], after: list[str]) -> None:
+        for i, kind in enumerate(kinds):
+            calls[len(lines) + 1] = i
+            if kind == "map":
+                lines.append(f"{indent}x = f{i}(x)")
+            elif kind == "tap":
+                lines.append(f"{indent}f{i}(x)")
+            else:
+                lines.append(f"{indent}if not f{i}(x):")
+                lines.extend(indent + "    " + line for line in on_drop)
+        lines.append(f"{indent}append(x)")
+        lines.extend(indent + line for line in after)
+
+    lines += ["    def process(items):", "        out = []", "        append = out.append",
+              "        for x in items:"]
+    body("            ", ["continue"], [])
+    lines += ["        return out"]
+    lines += ["    def pull(it, want, cap):", "        out = []", "        append = out.append",
+              "        pulled = 0", "        limit = cap if want > cap else want"]
+    source_line = len(lines) + 1
+    lines += ["        for x in it:", "            pulled += 1"]
+    if filters:
+        body("            ", ["if pulled >= cap:", "    return out, pulled, False", "continue"],
+             ["if pulled >= cap or len(out) >= want:", "    return out, pulled, False"])
+    else:
+        body("            ", [], ["if pulled >= limit:", "    return out, pulled, False"])
+    lines += ["        return out, pulled, True", "    return process, pull"]
+    namespace: dict[str, Any] = {}
+    exec(compile("\n".join(lines), f"<zixir fused {'-'.join(kinds)}>", "exec"), namespace)
+    found = (namespace["make"], calls, source_line)
+    _compiled[kinds] = found
+    return found
+
+
+class Fused(Op):
+    """Consecutive `map`/`filter`/`tap` calls (``on_error="fail"``) as one compiled loop.
+
+    The plain loop a person would write by hand: no intermediate list per
+    operator, no method call per operator and chunk. An exception names the
+    operator whose function raised, found from the line of the loop it came from.
+    """
+
+    def __init__(self, members: list[_Call]) -> None:
+        super().__init__("+".join(op.name for op in members))
+        self.members = members
+        make, self.calls, self.source_line = _compile(
+            tuple(_FUSIBLE[type(op)] for op in members))
+        self._process, self._pull = make(*(op.fn for op in members))
+        self.codes = {self._process.__code__, self._pull.__code__}
+
+    def process(self, items: list[Any]) -> list[Any]:
+        try:
+            return self._process(items)  # type: ignore[no-any-return]
+        except Exception as exc:
+            raise self._failed(exc) from exc
+
+    def pull(self, it: Iterator[Any], want: int, cap: int) -> tuple[list[Any], int, bool]:
+        """Pull `it` until `want` items came out or `cap` went in: (items, pulled, exhausted).
+
+        Raises:
+            OpFailed: an operator's function raised.
+            Exception: the source itself raised.
+        """
+        try:
+            return self._pull(it, want, cap)  # type: ignore[no-any-return]
+        except Exception as exc:
+            line = self._line(exc.__traceback__)
+            if line is None or line == self.source_line:
+                raise
+            raise self._failed(exc) from exc
+
+    def _line(self, tb: types.TracebackType | None) -> int | None:
+        while tb is not None:
+            if tb.tb_frame.f_code in self.codes:
+                return tb.tb_lineno
+            tb = tb.tb_next
+        return None
+
+    def _failed(self, exc: Exception) -> _OpFailed:
+        line = self._line(exc.__traceback__)
+        index = self.calls.get(line, 0) if line is not None else 0
+        return _OpFailed(self.members[index], exc)
+
+
+def fuse(ops: list[Op]) -> list[Op]:
+    """`ops` with each run of plain `map`/`filter`/`tap` replaced by one `Fused` op."""
+    out: list[Op] = []
+    run: list[_Call] = []
+    for op in [*ops, None]:
+        if op is not None and type(op) in _FUSIBLE and op.on_error == "fail":  # type: ignore[attr-defined]
+            run.append(op)  # type: ignore[arg-type]
+            continue
+        if run:
+            out.append(Fused(run))
+            run = []
+        if op is not None:
+            out.append(op)
+    return out
+
+
+def need_of(ops: list[Op], n: int, start: int = 0) -> int:
+    """Input items `ops[start:]` must take to emit `n` more items (0: wait, e.g. for ticks)."""
+    for i in range(len(ops) - 1, start - 1, -1):
+        if n <= 0:
+            return 0
+        n = ops[i].need(n)
+    return max(0, n)
+
+
 def run_chain(ops: list[Op], items: list[Any], start: int = 0) -> list[Any]:
     """Pass `items` through `ops[start:]`; an exception carries the failing op in `op`."""
     for i in range(start, len(ops)):
@@ -325,6 +489,8 @@ def run_chain(ops: list[Op], items: list[Any], start: int = 0) -> list[Any]:
         op = ops[i]
         try:
             items = op.process(items)
+        except _OpFailed:
+            raise
         except Exception as exc:
             raise _OpFailed(op, exc) from exc
     return items
@@ -342,6 +508,8 @@ def flush_chain(ops: list[Op], start: int = 0) -> tuple[list[Any], int | None]:
         op = ops[i]
         try:
             carry = (op.process(carry) if carry else []) + op.finish()
+        except _OpFailed:
+            raise
         except Exception as exc:
             raise _OpFailed(op, exc) from exc
         if op.pending:

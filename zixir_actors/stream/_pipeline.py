@@ -84,16 +84,54 @@ class _Node:
     workers: list[int] = field(default_factory=list)
     down: int | None = None
     port: int = 0
+    hold: int = 0  # the most source items this node holds ahead of demand
+
+
+def _survey(stream: Stream[Any]) -> tuple[list[int], int]:
+    """The explicit bounds of `stream` in source items, and source items per output item.
+
+    A bound is a `buffer(n)` (n items at that point: n lists of k after
+    `batch(k)` are n * k source items) or a source's ``buffer=n``.
+    """
+    src = stream._source
+    bounds: list[int] = []
+    factor = 1
+    if src.kind == "junction":
+        factors = []
+        for sub in src.streams:
+            sub_bounds, sub_factor = _survey(sub)
+            bounds += sub_bounds
+            factors.append(sub_factor)
+        factor = max(factors)
+    elif src.bound is not None:
+        bounds.append(src.bound)
+    for spec in stream._ops:
+        if spec.kind == "buffer":
+            bounds.append(spec.bound * factor)
+        factor *= spec.factor
+    return bounds, factor
 
 
 class _Planner:
-    def __init__(self, control: Control, chunk: int, loop: asyncio.AbstractEventLoop | None,
-                 consume: bool) -> None:
+    """Builds the stage nodes of a stream.
+
+    The sizes follow from what the user asked for: `chunk` is
+    `DEFAULT_CHUNK` or the smallest explicit bound if smaller; the terminal's
+    window is `DEFAULT_BUFFER` source items when no bound is given and one
+    chunk otherwise, in the terminal's units (`window` lists after `batch(k)`).
+    """
+
+    def __init__(self, stream: Stream[Any], control: Control,
+                 loop: asyncio.AbstractEventLoop | None, consume: bool) -> None:
         self.control = control
-        self.chunk = chunk
         self.loop = loop
         self.consume = consume
         self.nodes: list[_Node] = []
+        bounds, self.factor = _survey(stream)
+        self.chunk = min([DEFAULT_CHUNK, *bounds])
+        items = self.chunk if bounds else DEFAULT_BUFFER
+        self.window = max(1, items // self.factor)
+        self.out = self.build(stream)[0]
 
     def add(self, node: _Node, ups: list[int]) -> int:
         index = len(self.nodes)
@@ -104,7 +142,7 @@ class _Planner:
         self.nodes.append(node)
         return index
 
-    def source(self, stream: Stream[Any], prefix: str) -> IterSource | Pump | None:
+    def source(self, stream: Stream[Any], prefix: str) -> IterSource | Pump:
         src = stream._source
         if src.kind == "iterable":
             return IterSource(src.payload, prefix + src.name)
@@ -113,36 +151,48 @@ class _Planner:
                 raise StreamConsumedError(src.name)
             src.once[0] = True
         pump = Pump(src.kind, src.payload, bound=src.bound or DEFAULT_BUFFER, control=self.control,
-                    stage=prefix + src.name, sentinel=src.sentinel, loop=self.loop)
+                    stage=prefix + src.name, sentinel=src.sentinel, loop=self.loop,
+                    prefetch=src.bound is not None)
         self.control.pumps.append(pump)
         return pump
 
-    def build(self, stream: Stream[Any], prefix: str = "") -> int:
+    def build(self, stream: Stream[Any], prefix: str = "") -> tuple[int, int]:
+        """Add the nodes of `stream`; its last node and its source items per output item."""
         src = stream._source
         prev: int | None = None
         source: IterSource | Pump | None = None
         names: list[str] = []
         if src.kind == "junction":
-            ups = [self.build(sub, f"{prefix}{src.name}.{i}/") for i, sub in enumerate(src.streams)]
+            built = [self.build(sub, f"{prefix}{src.name}.{i}/")
+                     for i, sub in enumerate(src.streams)]
+            factor = max(f for _, f in built)
             prev = self.add(_Node(Junction, prefix + src.name,
-                                   {"mode": src.mode, "bound": DEFAULT_BUFFER}), ups)
+                                  {"mode": src.mode, "bound": self.chunk},
+                                  hold=self.chunk * factor * len(built)), [u for u, _ in built])
         else:
+            factor = 1
             source = self.source(stream, prefix)
             names.append(prefix + src.name)
         ops: list[Any] = []
-        bound = DEFAULT_BUFFER
+        prefetch = 0
+        start_factor = factor
         forced = False
+        source_hold = source.bound if isinstance(source, Pump) and source.prefetch else 0
 
         def close(force: bool = False) -> None:
-            nonlocal prev, source, ops, names, bound, forced
+            nonlocal prev, source, ops, names, prefetch, forced, source_hold, start_factor
             if ops or source is not None or force or forced:
                 name = "+".join(names) or f"{prefix}segment"
                 built = [spec.build() for spec in ops]
                 for op, spec in zip(built, ops, strict=True):
                     op.name = prefix + spec.name
-                node = _Node(Segment, name, {"ops": built, "source": source, "bound": bound})
+                node = _Node(Segment, name, {"ops": built, "source": source,
+                                             "bound": prefetch or self.chunk,
+                                             "prefetch": prefetch},
+                             hold=prefetch * start_factor + source_hold)
                 prev = self.add(node, [prev] if prev is not None else [])
-            source, ops, names, bound, forced = None, [], [], DEFAULT_BUFFER, False
+            source, ops, names, prefetch, forced, source_hold = None, [], [], 0, False, 0
+            start_factor = factor
 
         for spec in stream._ops:
             if spec.kind == "op":
@@ -153,23 +203,25 @@ class _Planner:
             elif spec.kind == "buffer":
                 close()
                 if spec.overflow == "backpressure":
-                    bound, forced = spec.bound, True
+                    prefetch, forced = spec.bound, True
                     names.append(prefix + spec.name)
                 else:
                     node = _Node(BufferStage, prefix + spec.name,
-                                 {"overflow": spec.overflow, "bound": spec.bound})
+                                 {"overflow": spec.overflow, "bound": spec.bound},
+                                 hold=(spec.bound + min(self.chunk, spec.bound)) * factor)
                     prev = self.add(node, [prev] if prev is not None else [])
             else:  # concurrent map
+                cap = 0
                 if forced and not ops and source is None:
                     # `buffer(n)` right before it: n is this stage's own bound.
-                    cmap_bound = max(bound, spec.concurrency)
-                    names, bound, forced = [], DEFAULT_BUFFER, False
+                    cap = prefetch
+                    names, prefetch, forced = [], 0, False
                 else:
                     close()
-                    cmap_bound = max(DEFAULT_BUFFER, 2 * spec.concurrency)
                 node = _Node(ConcurrentMap, prefix + spec.name,
                              {"ordered": spec.ordered, "on_error": spec.on_error,
-                              "bound": cmap_bound})
+                              "bound": max(cap, spec.concurrency), "prefetch": cap},
+                             hold=max(cap, spec.concurrency) * factor)
                 prev = self.add(node, [prev] if prev is not None else [])
                 tries = 1 + (spec.retries if spec.on_error != "fail" else 0)
                 for i in range(spec.concurrency):
@@ -178,60 +230,56 @@ class _Planner:
                     worker.down = prev
                     self.nodes[prev].workers.append(len(self.nodes))
                     self.nodes.append(worker)
+                start_factor = factor
+            factor *= spec.factor
         close(force=prev is None)
         assert prev is not None
-        return prev
+        return prev, factor
 
 
-def _plan(stream: Stream[Any]) -> list[_Node]:
-    planner = _Planner(Control("plan", Sink(), SYSTEM_CLOCK), DEFAULT_CHUNK, None, consume=False)
-    planner.build(stream)
-    return planner.nodes
+def _plan(stream: Stream[Any]) -> _Planner:
+    return _Planner(stream, Control("plan", Sink(), SYSTEM_CLOCK), None, consume=False)
 
 
 def plan_bound(stream: Stream[Any]) -> int:
-    """How many items may be in flight between the source and the consumer, at most."""
-    total = DEFAULT_BUFFER  # the terminal's demand window
-    for node in _plan(stream):
-        source = node.kwargs.get("source")
-        if isinstance(source, Pump):
-            total += source.bound
-        if node.cls is Junction:
-            total += node.kwargs["bound"] * len(node.ups)
-        elif node.cls is not Worker and (node.cls is not Segment or source is None):
-            total += node.kwargs["bound"]
-    return total
+    """How many source items may be in flight between the source and the consumer, at most.
+
+    The sum of what each stage may hold ahead of demand (a `buffer(n)`, a
+    source's ``buffer=n``, a concurrent map's calls, a junction's chunk per
+    input), plus the terminal's window, all counted in source items.
+    """
+    planner = _plan(stream)
+    return sum(node.hold for node in planner.nodes) + planner.window * planner.factor
 
 
 def stage_names(stream: Stream[Any]) -> list[str]:
     """The actors a run of `stream` starts, in start order."""
-    return [node.name for node in _plan(stream)]
+    return [node.name for node in _plan(stream).nodes]
 
 
 class Run:
     """One running pipeline: its supervisor, stage refs, sink and control block."""
 
-    def __init__(self, stream: Stream[Any], *, loop: asyncio.AbstractEventLoop | None = None,
-                 demand: int = DEFAULT_BUFFER) -> None:
+    def __init__(self, stream: Stream[Any], *,
+                 loop: asyncio.AbstractEventLoop | None = None) -> None:
         self.id = f"stream-{next(_ids)}"
         self.sink = Sink(loop)
         self.control = Control(self.id, self.sink, _clock_of(stream))
-        self.demand = demand
-        self.refill = max(1, demand // 2)
-        self.consumed = 0
         self._dynamic: SupervisorRef | None = None
         self._sup_ref: Any = None
         self._closed = False
         self.supervisor: SupervisorRef | None = None
-        planner = _Planner(self.control, DEFAULT_CHUNK, loop, consume=True)
-        out = planner.build(stream)
-        nodes = planner.nodes
-        chunk = DEFAULT_CHUNK
+        planner = _Planner(stream, self.control, loop, consume=True)
+        # The terminal's window, in its own items: it asks for that many and
+        # asks again for what the consumer has finished, in half-window steps.
+        demand = self.demand = planner.window
+        self.refill = max(1, demand // 2)
+        self.consumed = 0
+        out, nodes, chunk = planner.out, planner.nodes, planner.chunk
         specs = []
         for i, node in enumerate(nodes):
             kwargs = dict(node.kwargs, control=self.control)
             if node.cls is not Worker:
-                kwargs.setdefault("bound", DEFAULT_BUFFER)
                 kwargs.update(name=node.name, chunk=min(chunk, kwargs["bound"]))
             specs.append(ChildSpec(id=f"{i}:{node.name}", start=node.cls, kwargs=kwargs,
                                    restart="temporary", shutdown=STAGE_SHUTDOWN))

@@ -264,19 +264,26 @@ _ACLOSE_WAIT = 1.0
 
 
 class Pump:
-    """Pulls a blocking source in its own thread into a buffer of at most `bound` items.
+    """Pulls a blocking source in its own thread into a buffer its stage drains.
 
-    The buffer is shared with the stage under a condition: the pump never
-    pulls while the buffer is full, and it rings the stage (one message) when
-    the first item lands in a buffer the stage has drained, so a slow source
-    never holds items back and a fast one costs one message per chunk.
+    With `prefetch` (the source's own ``buffer=n``) the pump keeps up to
+    `bound` items ready whatever the demand; without, it pulls only the items
+    its stage has asked for (`ask`), so it is never ahead of the demand. The
+    buffer is shared with the stage under a condition, and the pump rings the
+    stage (one message) when the first item lands in a buffer the stage has
+    drained, so a slow source never holds items back and a fast one costs one
+    message per chunk.
     """
 
     def __init__(self, kind: str, source: Any, *, bound: int, control: Control, stage: str,
-                 sentinel: Any = None, loop: asyncio.AbstractEventLoop | None = None) -> None:
+                 sentinel: Any = None, loop: asyncio.AbstractEventLoop | None = None,
+                 prefetch: bool = True) -> None:
         self.kind = kind
         self.source = source
         self.bound = bound
+        self.prefetch = prefetch
+        self.credit = 0
+        self._pulling = 0
         self.control = control
         self.stage = stage
         self.sentinel = sentinel
@@ -297,6 +304,14 @@ class Pump:
         self._thread = threading.Thread(target=self._run, name=f"zixir-stream-pump-{self.stage}",
                                         daemon=True)
         self._thread.start()
+
+    def ask(self, n: int) -> None:
+        """The stage needs `n` items from now on: pull what is not buffered or on its way."""
+        with self._cond:
+            short = n - len(self._buf) - self._pulling
+            if short > self.credit:
+                self.credit = short
+                self._cond.notify()
 
     def take(self, n: int) -> tuple[list[Any], bool]:
         """Up to `n` buffered items, and whether the source is exhausted and drained."""
@@ -328,6 +343,7 @@ class Pump:
     def _put(self, item: Any) -> None:
         with self._cond:
             self._buf.append(item)
+            self._pulling = 0
             self.pulled += 1
             ring = not self._rung
             self._rung = True
@@ -337,9 +353,22 @@ class Pump:
 
     def _room(self) -> bool:
         with self._cond:
-            while len(self._buf) >= self.bound and not self._stop:
-                self._cond.wait()
+            if self.prefetch:
+                while len(self._buf) >= self.bound and not self._stop:
+                    self._cond.wait()
+            else:
+                while self.credit <= 0 and not self._stop:
+                    self._cond.wait()
+                self.credit -= 1
+            self._pulling = 1
             return not self._stop
+
+    def _unreserve(self) -> None:
+        # `_room` reserved an item that did not come (a queue poll timed out).
+        with self._cond:
+            self._pulling = 0
+            if not self.prefetch:
+                self.credit += 1
 
     def _run(self) -> None:
         try:
@@ -377,6 +406,7 @@ class Pump:
                 try:
                     item = q.get(timeout=_QUEUE_POLL)
                 except queue.Empty:
+                    self._unreserve()
                     continue
                 if item is sentinel:
                     return

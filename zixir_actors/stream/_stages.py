@@ -1,9 +1,11 @@
 """Stage actors: the protocol every stage speaks, and fused segments.
 
 Every stage is a `supervisors.SupervisedActor` that exchanges `Chunk`s with
-its neighbours and asks upstream for more with `Demand(n)` only while it holds
-fewer than `bound` items (received, processed or requested), so the items in
-flight between a source and the terminal never exceed the sum of the bounds.
+its neighbours. A stage sends at most what its downstream asked for
+(`Demand(n)`) and asks upstream for only the input items that demand needs,
+converted by its operators (k per list after `batch(k)`); only a `buffer(n)`
+(and a concurrent map's calls) hold items ahead of demand, so the items in
+flight between a source and the terminal never exceed `Stream.bound()`.
 """
 
 from __future__ import annotations
@@ -20,7 +22,7 @@ import pykka
 
 from supervisors import SupervisedActor
 from zixir_actors.observability import start_span
-from zixir_actors.stream._ops import Op, OpFailed, flush_chain, run_chain
+from zixir_actors.stream._ops import Fused, Op, OpFailed, flush_chain, fuse, need_of, run_chain
 from zixir_actors.stream._runtime import (
     PULL,
     TICK,
@@ -210,13 +212,21 @@ class Stage(SupervisedActor):
 
 
 class Segment(Stage):
-    """Fused operators in one actor, fed by an upstream stage or by a source inline."""
+    """Fused operators in one actor, fed by an upstream stage or by a source inline.
+
+    Demand drives everything: the segment converts what downstream asked for
+    into input items (`need_of`: k per `batch(k)` list) and takes, processes
+    and asks upstream for only that many. A segment that starts at
+    `buffer(n)` (`prefetch=n`) also keeps up to n input items ready ahead of
+    demand; any other segment holds nothing beyond it.
+    """
 
     def __init__(self, *, control: Control, name: str, bound: int, chunk: int, ops: list[Op],
-                 source: IterSource | Pump | None = None) -> None:
+                 source: IterSource | Pump | None = None, prefetch: int = 0) -> None:
         super().__init__(control=control, name=name, bound=bound, chunk=chunk)
-        self.ops = ops
+        self.ops = fuse(ops)
         self.source = source
+        self.prefetch = prefetch
         self.inbox: deque[list[Any]] = deque()
         self.in_count = 0
         self.requested = 0
@@ -225,7 +235,9 @@ class Segment(Stage):
         self.flush_from: int | None = None
         self.flushed = False
         self.tick_at: float | None = None
-        self.timed = [i for i, op in enumerate(ops) if op.timed]
+        self.timed = [i for i, op in enumerate(self.ops) if op.timed]
+        first = self.ops[0] if self.ops else None
+        self.fused = first if type(first) is Fused else None
 
     def wired(self, message: Wire) -> None:
         if self.source is not None:
@@ -242,9 +254,6 @@ class Segment(Stage):
         super().cancel()
         if self.source is not None:
             self.source.stop()
-
-    def pending(self) -> int:
-        return sum(op.pending for op in self.ops) if self.timed else 0
 
     def handle(self, message: Any) -> None:
         if type(message) is Chunk:
@@ -263,43 +272,75 @@ class Segment(Stage):
             self.drive()
 
     def drive(self) -> None:
-        ops, chunk = self.ops, self.chunk
+        ops, chunk, out = self.ops, self.chunk, self.out
+        idle = self.actor_inbox.empty
         while True:
             self.send()
-            if self.finished or self.cut is not None or len(self.out) >= chunk:
+            out = self.out
+            if self.finished or self.cut is not None:
+                break
+            want = self.demand - len(out)
+            need = need_of(ops, want) if want > 0 else 0
+            if need <= 0:
                 break
             if self.inbox:
-                items = self.inbox.popleft()
-                self.in_count -= len(items)
-                self.out.extend(run_chain(ops, items))
+                out.extend(run_chain(ops, self.take_inbox(min(need, chunk))))
                 self.check_cut()
                 continue
             source = self.source
-            want = self.demand - len(self.out) - self.pending()
-            if source is None or self.up_done or want <= 0 or self.control.stopping.is_set():
+            if source is None or self.up_done or self.control.stopping.is_set():
                 break
-            n = min(chunk, want)
-            try:
-                items, exhausted = source.take(n)
-            except Exception as exc:
-                self.fail(exc, source.stage)
-                return
+            if type(source) is IterSource:
+                try:
+                    fused = self.fused
+                    if fused is not None:
+                        items, pulled, exhausted = fused.pull(source.it, need_of(ops, want, 1),
+                                                              chunk)
+                    else:
+                        items, exhausted = source.take(min(chunk, need))
+                        pulled = len(items)
+                except OpFailed:
+                    raise
+                except Exception as exc:
+                    self.fail(exc, source.stage)
+                    return
+                if pulled:
+                    self.received(pulled)
+                    out.extend(run_chain(ops, items, 1 if fused is not None else 0))
+                    self.check_cut()
+                if exhausted:
+                    self.up_done = True
+                elif not idle():
+                    break  # a message is waiting (Cancel, Demand, TICK): it drives on
+                continue
+            assert type(source) is Pump
+            n = min(chunk, need)
+            if not source.prefetch:
+                source.ask(need)
+            items, exhausted = source.take(n)
             if items:
                 self.received(len(items))
-                self.out.extend(run_chain(ops, items))
+                out.extend(run_chain(ops, items))
                 self.check_cut()
             if exhausted:
                 self.up_done = True
             elif len(items) < n:
-                break  # a pump rings when it has more
-            elif type(source) is IterSource:
-                # More wanted: continue after any queued message (Cancel, Demand, TICK).
-                self.actor_ref.tell(PULL)
-                break
+                break  # the pump rings when it has more
         self.send()
         self.request()
         self.end_of_input()
         self.schedule()
+
+    def take_inbox(self, n: int) -> list[Any]:
+        inbox = self.inbox
+        items = inbox[0]
+        if len(items) <= n:
+            inbox.popleft()
+        else:
+            inbox[0] = items[n:]
+            items = items[:n]
+        self.in_count -= len(items)
+        return items
 
     def check_cut(self) -> None:
         if self.cut is not None:
@@ -316,10 +357,14 @@ class Segment(Stage):
                 return
 
     def request(self) -> None:
+        """Ask upstream for what the demand needs, and with `prefetch`, for up to that many."""
         if self.up_done or not self.upstreams:
             return
-        credit = self.bound - self.in_count - len(self.out) - self.requested - self.pending()
-        if credit >= self.refill:
+        held = self.in_count + self.requested
+        want = self.demand - len(self.out)
+        need = need_of(self.ops, want) if want > 0 else 0
+        credit = max(self.prefetch, need) - held
+        if credit > 0 and (held < need or credit >= self.refill):
             self.requested += credit
             self.upstreams[0].tell(Demand(credit))
 

@@ -56,6 +56,7 @@ class _OpSpec:
     on_error: str = "fail"
     retries: int = 0
     clock: Clock | None = None
+    factor: int = 1  # source items per item after this op: k after batch(k), size after window
 
 
 def _positive(field: str, value: Any, *, zero: bool = False) -> None:
@@ -314,7 +315,7 @@ class Stream(Generic[T]):
         label = self._name("batch", name)
         the_clock = clock or _default_clock()
         return self._then(_OpSpec("op", label, lambda: _ops.Batch(label, size, timeout, the_clock),
-                                  clock=clock))
+                                  clock=clock, factor=size))
 
     def window(self, size: int, step: int = 1, *, name: str | None = None) -> Stream[list[T]]:
         """Sliding windows: lists of `size` consecutive items, starting every `step` items.
@@ -328,7 +329,8 @@ class Stream(Generic[T]):
         _positive("size", size)
         _positive("step", step)
         label = self._name("window", name)
-        return self._then(_OpSpec("op", label, lambda: _ops.Window(label, size, step)))
+        return self._then(_OpSpec("op", label, lambda: _ops.Window(label, size, step),
+                                  factor=size))
 
     def take(self, n: int, *, name: str | None = None) -> Stream[T]:
         """The first `n` items; then the source and every stage upstream stop."""
