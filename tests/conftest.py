@@ -13,10 +13,11 @@ import pytest
 LEAK_GRACE = 5.0
 """How long a test's threads and processes get to finish after it returns."""
 
-PROCESS_WIDE_THREADS: tuple[str, ...] = ("asyncio_",)
+PROCESS_WIDE_THREADS: tuple[str, ...] = ("asyncio_", "zixir-loop")
 """Name prefixes of threads that live for the whole process by design (the
 default executor of asyncio.run is shut down by it, but its idle workers may
-linger a moment)."""
+linger a moment), and the shared event loop of async bodies and steps
+(``zixir-loop``: lives for the process unless `zixir_actors.stop()` closes it)."""
 
 
 def _live_threads() -> set[threading.Thread]:

@@ -25,9 +25,11 @@ assume a single owner.) Read-only CLI commands open the store without the lock.
 
 from __future__ import annotations
 
+import contextlib
 import fcntl
 import os
 import threading
+import time
 from pathlib import Path
 from types import TracebackType
 from typing import Any
@@ -55,7 +57,7 @@ __all__ = [
 
 ROOT_NAME = "zixir.root"
 SERVICE_NAMES = ("zixir.metrics", "zixir.store", "zixir.caches", "zixir.sandboxes",
-                 "zixir.workflows", "zixir.streams")
+                 "zixir.workflows", "zixir.streams", "zixir.timers")
 ROOT_MAX_RESTARTS = 10
 ROOT_MAX_SECONDS = 60.0
 DEFAULT_STOP_TIMEOUT = 30.0
@@ -110,6 +112,7 @@ def _service_specs(path: Path, *, metrics_port: int | None, sandbox_workers: int
         sandbox.child_spec(**sandbox_opts),
         workflow.child_spec(**options.get("workflow", {})),
         stream.child_spec(**options.get("stream", {})),
+        workflow.timers_child_spec(),
     ]
 
 
@@ -165,7 +168,8 @@ class Runtime:
         from zixir_actors.checkpoint import connect
         from zixir_actors.workflow import running_here
 
-        return [r for r in connect().list_runs(status="running") if not running_here(r.run_id)]
+        return [r for r in connect().list_runs() if r.status in ("running", "parked")
+                and not running_here(r.run_id)]
 
     def resume_interrupted(self) -> list[Any]:
         """Continue every interrupted run whose workflow is defined in this process.
@@ -173,14 +177,34 @@ class Runtime:
         Committed steps are skipped; the steps that were in flight run again.
         Returns the `RunHandle` of each resumed run (runs of workflows this
         process does not define are left for `zixir runs resume`).
+
+        A run that cannot be continued is logged and skipped, never fatal; one
+        whose checkpoints are damaged is marked ``"failed"`` (with the error)
+        so that later starts do not try it again. Corrupt run headers are
+        listed with status ``"corrupt"`` and never resumed.
         """
+        import dataclasses
+
+        from zixir_actors.checkpoint import connect
+        from zixir_actors.errors import CorruptBlobError
+        from zixir_actors.observability import logger
         from zixir_actors.workflow import find_workflow
 
         handles = []
         for record in self.interrupted_runs():
             wf = find_workflow(record.workflow)
-            if wf is not None:
+            if wf is None:
+                continue
+            try:
                 handles.append(wf.start(dict(record.inputs), run_id=record.run_id))
+            except Exception as exc:
+                logger.bind(workflow=record.workflow, run_id=record.run_id).error(
+                    "cannot resume an interrupted run", error=f"{type(exc).__name__}: {exc}")
+                if isinstance(exc, CorruptBlobError):
+                    with contextlib.suppress(Exception):
+                        connect().save_run(dataclasses.replace(
+                            record, status="failed", error=f"cannot resume: {exc}",
+                            updated_at=time.time()))
         return handles
 
     def tree(self, *, timeout: float | None = 10.0) -> str:
@@ -197,10 +221,14 @@ class Runtime:
         with _lock:
             if self._lock_fd is None:
                 return
+            from zixir_actors.workflow import interrupt_parked, shutdown_loop
+
             try:
+                interrupt_parked("the runtime stopped")
                 if self.supervisor.is_alive():
                     self.supervisor.stop(timeout=timeout)
             finally:
+                shutdown_loop()
                 os.close(self._lock_fd)
                 self._lock_fd = None
                 if self._executor_set:
@@ -291,7 +319,11 @@ def start(data_dir: str | os.PathLike[str] | None = None, *, metrics_port: int |
         runtime._executor_set = chosen is not None
         _stop_before_thread_join()
         if resume_runs:
-            runtime.resumed = runtime.resume_interrupted()
+            try:
+                runtime.resumed = runtime.resume_interrupted()
+            except BaseException:  # a start() that raises leaves nothing running
+                runtime.stop()
+                raise
         return runtime
 
 

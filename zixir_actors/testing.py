@@ -39,6 +39,7 @@ class FakeClock:
         self._now = start
         self._wall_offset = wall - start
         self.sleeps: list[float] = []
+        self._listeners: list[Callable[[], object]] = []
 
     def monotonic(self) -> float:
         with self._lock:
@@ -53,6 +54,9 @@ class FakeClock:
             self.sleeps.append(seconds)
             if seconds > 0:
                 self._now += seconds
+            listeners = list(self._listeners)
+        for listener in listeners:
+            listener()
 
     def advance(self, seconds: float) -> None:
         """Move the clock forward by `seconds`."""
@@ -60,6 +64,14 @@ class FakeClock:
             raise ValueError(f"cannot move a clock backwards: {seconds}")
         with self._lock:
             self._now += seconds
+            listeners = list(self._listeners)
+        for listener in listeners:
+            listener()
+
+    def add_listener(self, fn: Callable[[], object]) -> None:
+        """Call `fn()` after every `advance` (durable timers wake on it)."""
+        with self._lock:
+            self._listeners.append(fn)
 
 
 def wait_for(predicate: Callable[[], object], *, timeout: float = 5.0,
@@ -132,14 +144,17 @@ def capture_logs(level: str | int = "DEBUG") -> Iterator[CapturedLogs]:
 
     Records are the dicts JSON logging would write (see
     `zixir_actors.observability.format_json`): message, level, trace and span
-    ids, bound fields, exception.
+    ids, bound fields, exception. The library's loggers, quiet by default,
+    are enabled inside the block.
     """
     from zixir_actors.observability import logger
+    from zixir_actors.observability._logging import library_logs
 
     captured = CapturedLogs()
     handler = logger.add(captured._write, level=level, format="{message}", catch=False)
     try:
-        yield captured
+        with library_logs():  # the library is quiet by default: listen inside the block
+            yield captured
     finally:
         logger.remove(handler)
 

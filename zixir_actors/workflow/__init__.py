@@ -23,6 +23,10 @@ and re-runs the ones that were in flight (at-least-once; `ctx.idempotency_key`
 is stable). `Workflow.plan(run_id)` tells what a resume will skip, run or
 re-run and why: each checkpoint records a hash of its step's code and inputs.
 
+Code-first workflows: `durable(name)` decorates ``body(ctx, **inputs)`` (or
+``Workflow(name, body=fn)``): loops, branches and waits in plain Python,
+each `ctx` call recorded and replayed after a crash (see `DurableContext`).
+
 Inside the runtime (`zixir_actors.start()`), runs are `WorkflowRun` actors
 under the ``zixir.workflows`` DynamicSupervisor (`child_spec`) and use the
 ``zixir.store`` checkpoint store; a crashed run actor is restarted and
@@ -32,8 +36,25 @@ continues from its checkpoints.
 from __future__ import annotations
 
 from zixir_actors.checkpoint import AttemptInfo, DeadLetter
+from zixir_actors.errors import (
+    EventTimeoutError,
+    NondeterminismError,
+    RunEndedError,
+    StepFailedError,
+)
 from zixir_actors.workflow._dead import DeadLetters
+from zixir_actors.workflow._durable import (
+    AsyncDurableContext,
+    BodyRun,
+    CallFuture,
+    DurableContext,
+    durable,
+    interrupt_parked,
+    send,
+)
 from zixir_actors.workflow._hashing import code_hash, fingerprint
+from zixir_actors.workflow._loop import shutdown_loop
+from zixir_actors.workflow._progress import ProgressItem, ProgressStream
 from zixir_actors.workflow._results import (
     Plan,
     PlanAction,
@@ -54,6 +75,8 @@ from zixir_actors.workflow._spec import (
     RetryPolicy,
     Step,
 )
+from zixir_actors.workflow._timers import TIMERS_NAME, TimerService
+from zixir_actors.workflow._timers import child_spec as timers_child_spec
 from zixir_actors.workflow._workflow import (
     RESULT_GRACE,
     RUN_SHUTDOWN,
@@ -69,28 +92,45 @@ __all__ = [
     "NO_RETRY",
     "RESULT_GRACE",
     "RUN_SHUTDOWN",
+    "TIMERS_NAME",
     "WORKFLOWS_NAME",
+    "AsyncDurableContext",
     "AttemptInfo",
+    "BodyRun",
+    "CallFuture",
     "DeadLetter",
     "DeadLetters",
+    "DurableContext",
+    "EventTimeoutError",
     "FailurePolicy",
+    "NondeterminismError",
     "Plan",
     "PlanAction",
     "PlanEntry",
+    "ProgressItem",
+    "ProgressStream",
     "RetryPolicy",
+    "RunEndedError",
     "RunHandle",
     "RunResult",
     "RunStatus",
     "Step",
     "StepContext",
     "StepError",
+    "StepFailedError",
     "StepResult",
     "StepStatus",
+    "TimerService",
     "Workflow",
     "WorkflowRun",
     "child_spec",
     "code_hash",
+    "durable",
     "find_workflow",
     "fingerprint",
+    "interrupt_parked",
     "running_here",
+    "send",
+    "shutdown_loop",
+    "timers_child_spec",
 ]

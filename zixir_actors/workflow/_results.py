@@ -56,6 +56,38 @@ class StepContext:
     attempt: int
     idempotency_key: str
     workflow: str
+    progress: Any = field(default=None, repr=False, compare=False)
+    store: Any = field(default=None, repr=False, compare=False)
+
+    def emit(self, value: Any) -> None:
+        """Append `value` to the run's progress stream (a token, a partial result).
+
+        Raises:
+            WorkflowError: the step belongs to a DAG workflow, which has no
+                progress stream (emit from a code-first run's step).
+        """
+        if self.progress is None:
+            from zixir_actors.errors import WorkflowError
+
+            raise WorkflowError(f"step {self.step!r}: ctx.emit needs a code-first run "
+                                "(a body decorated with durable())")
+        self.progress.append("emit", self.step, value)
+
+    def run(self, workflow: Any, inputs: Mapping[str, Any] | None = None, *,
+            timeout: float | None = None) -> Any:
+        """Run `workflow` as a child of this step and return its outputs.
+
+        The child's run id is ``"<run_id>/<step>"``: a retry or a resume of
+        this step continues the same child instead of starting another.
+
+        Raises:
+            WorkflowError: the child run did not succeed.
+            ZixirTimeoutError: it did not end within `timeout` seconds.
+        """
+        from zixir_actors.workflow._durable import run_child_blocking
+
+        return run_child_blocking(workflow, f"{self.run_id}/{self.step}", inputs, self.store,
+                                  timeout)
 
     @property
     def logger(self) -> Logger:
@@ -105,9 +137,14 @@ class RunResult:
         run_id: the run.
         workflow: the workflow's name.
         status: ``"succeeded"``, ``"failed"``, ``"cancelled"`` or ``"timed_out"``.
-        outputs: the output of every step that has one (run now or cached).
-        steps: each step's `StepResult`.
+        outputs: the output of every step that has one (run now or cached);
+            for a code-first run, the body's return value if it is a
+            mapping, else ``{"result": value}``.
+        steps: each step's `StepResult` (a code-first run: each call, by label
+            ``"name#n"``).
         duration: seconds from start to end of this execution.
+        output: a code-first run's return value (a DAG run: None).
+        error: why a code-first run's body failed (None otherwise).
     """
 
     run_id: str
@@ -116,6 +153,14 @@ class RunResult:
     outputs: Mapping[str, Any]
     steps: Mapping[str, StepResult]
     duration: float = 0.0
+    output: Any = None
+    error: StepError | None = None
+
+    def progress(self, *, after: int | None = None, store: Any = None) -> Any:
+        """The run's stored progress items (see `RunHandle.progress`)."""
+        from zixir_actors.workflow._durable import progress_of
+
+        return progress_of(self.run_id, store, after, None)
 
     @property
     def ok(self) -> bool:
@@ -213,10 +258,39 @@ class RunHandle:
     """
 
     def __init__(self, run_id: str, future: concurrent.futures.Future[RunResult],
-                 cancel: Any) -> None:
+                 cancel: Any, *, store: Any = None) -> None:
         self.run_id = run_id
         self.future = future
         self._cancel = cancel
+        self._store = store
+
+    def status(self) -> str:
+        """``"running"``, ``"parked"`` (a code-first run waiting), or how it ended."""
+        if self.future.done():
+            try:
+                return self.future.result().status
+            except Exception:
+                return "interrupted"
+        if self._store is not None:
+            record = self._store.find_run(self.run_id)
+            if record is not None:
+                return str(record.status)
+        return "running"
+
+    def progress(self, *, after: int | None = None, timeout: float | None = None) -> Any:
+        """Iterate the run's progress: past items first, then live ones until it ends.
+
+        Example:
+            ``for item in handle.progress(): print(item.value, end="")``
+            (``async for`` works too). Pass ``after=item.seq`` to continue
+            after an item already seen.
+
+        Raises (while iterating):
+            ZixirTimeoutError: the run did not end within `timeout` seconds.
+        """
+        from zixir_actors.workflow._durable import progress_of
+
+        return progress_of(self.run_id, self._store, after, timeout)
 
     def __repr__(self) -> str:
         state = "done" if self.future.done() else "running"

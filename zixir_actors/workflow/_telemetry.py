@@ -34,6 +34,12 @@ class _Metrics:
         self.runs = metrics.counter(
             "zixir_workflow_runs_total", "Runs that ended, by status.",
             labels=("workflow", "status"))
+        self.parked = metrics.gauge(
+            "zixir_workflow_parked_runs",
+            "Code-first runs of this process parked on an event, a timer or a child run.")
+        self.events = metrics.counter(
+            "zixir_workflow_events_total", "Events sent to runs, by outcome.",
+            labels=("workflow", "outcome"))
         self._children: dict[tuple[Any, ...], Any] = {}
         self._lock = threading.Lock()
 
@@ -88,3 +94,11 @@ class Telemetry:
 
     def dead_letters(self, count: int) -> None:
         self._m.dead_letters.set(count)
+
+    def parked(self, delta: int) -> None:
+        """A run of this process parked (+1) or woke (-1)."""
+        self._m.parked.inc(delta)
+
+    def event(self, outcome: str) -> None:
+        """An event was ``sent`` to, or ``consumed`` by, a run of this workflow."""
+        self._m.child(self._m.events, self.workflow, outcome).inc()

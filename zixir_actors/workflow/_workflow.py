@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import contextvars
 import dataclasses
+import inspect
 import time
 import types
 import uuid
@@ -124,7 +125,7 @@ class Workflow:
                  on_failure: FailurePolicy = "stop",
                  max_concurrency: int = DEFAULT_MAX_CONCURRENCY,
                  store: CheckpointClient | None = None, clock: Clock = SYSTEM_CLOCK,
-                 executor: Any = None) -> None:
+                 executor: Any = None, body: Callable[..., Any] | None = None) -> None:
         from zixir_actors.executor import is_executor_choice
 
         if not isinstance(name, str) or not name or "\x00" in name:
@@ -146,6 +147,10 @@ class Workflow:
         self._children: dict[str, tuple[str, ...]] = {}
         self._hashes: dict[str, str] = {}
         self._telemetry: Telemetry | None = None
+        self.body = _check_body(body, name)
+        if body is not None and tuple(steps):
+            raise WorkflowDefinitionError("has a body and steps: a code-first workflow's "
+                                          "steps are the ctx calls of its body", workflow=name)
         for step in steps:
             self.add(step)
         if self._steps:
@@ -153,6 +158,8 @@ class Workflow:
         _WORKFLOWS[name] = self
 
     def __repr__(self) -> str:
+        if self.body is not None:
+            return f"Workflow({self.name!r}, body={getattr(self.body, '__qualname__', self.body)})"
         return f"Workflow({self.name!r}, steps={list(self._steps)})"
 
     # -- building --
@@ -165,6 +172,9 @@ class Workflow:
         """
         if not isinstance(step, Step):
             raise InvalidStepError("step", step, "must be a Step", workflow=self.name)
+        if self.body is not None:
+            raise WorkflowDefinitionError("is code-first (it has a body): call steps from the "
+                                          "body with ctx.step", workflow=self.name)
         if step.name in self._steps:
             raise DuplicateStepError(self.name, step.name)
         self._steps[step.name] = step
@@ -222,7 +232,7 @@ class Workflow:
     def order(self) -> tuple[str, ...]:
         """Step names in a dependency order (validates the workflow)."""
         if self._order is None:
-            self._order = self._build()
+            self._order = () if self.body is not None else self._build()
         return self._order
 
     @property
@@ -311,6 +321,8 @@ class Workflow:
         """Start a run and return its `RunHandle` at once (same arguments as `run`)."""
         order = self.order
         inputs = _check_inputs(inputs, self.name)
+        if self.body is not None:
+            _check_body_inputs(self.body, inputs, self.name)
         for name in order:
             self._steps[name].bind(self.name, inputs, _Anything())
         client = self._store(store)
@@ -343,12 +355,17 @@ class Workflow:
         client = self._store(store)
         record = client.get_run(run_id)
         self._check_owner(record)
-        if from_step is not None and from_step not in self.steps:
+        if self.body is None and from_step is not None and from_step not in self.steps:
             raise UnknownStepError(self.name, from_step)
         if active_run(run_id) is not None:
             raise RunActiveError(run_id)
         if from_step is not None:
-            client.invalidate(run_id, descendants(self.steps, [from_step]))
+            if self.body is not None:
+                from zixir_actors.workflow._durable import drop_from
+
+                drop_from(self, client, run_id, from_step)
+            else:
+                client.invalidate(run_id, descendants(self.steps, [from_step]))
         log.bind(workflow=self.name, run_id=run_id).info("run resumed", from_step=from_step)
         handle = self._launch(client, run_id, dict(record.inputs), record, max_concurrency,
                               timeout)
@@ -371,6 +388,10 @@ class Workflow:
         client = self._store(store)
         record = client.get_run(run_id)
         self._check_owner(record)
+        if self.body is not None:
+            from zixir_actors.workflow._durable import plan
+
+            return plan(self, client, record)
         if from_step is not None and from_step not in self.steps:
             raise UnknownStepError(self.name, from_step)
         used = dict(record.inputs) if inputs is None else _check_inputs(inputs, self.name)
@@ -392,11 +413,48 @@ class Workflow:
             return control.cancel()
         client = self._store(store)
         record = client.get_run(run_id)
-        if record.status != "running":
+        if record.status not in ("running", "parked"):
             return False
-        client.save_run(dataclasses.replace(record, status="cancelled",
+        client.save_run(dataclasses.replace(record, status="cancelled", waiting=None,
                                             updated_at=self.clock.time()))
         return True
+
+    def send(self, run_id: str, event: str, payload: Any = None, *,
+             store: CheckpointClient | None = None) -> None:
+        """Send `event` to a code-first run of this workflow (see `zixir_actors.send`).
+
+        Raises:
+            RunNotFoundError: no such run.
+            RunEndedError: the run has ended.
+            WorkflowError: the run belongs to another workflow.
+        """
+        from zixir_actors.workflow._durable import send_checked
+
+        send_checked(self, run_id, event, payload, store)
+
+    async def run_async(self, inputs: Mapping[str, Any] | None = None, *,
+                        run_id: str | None = None, max_concurrency: int | None = None,
+                        timeout: float | None = None,
+                        store: CheckpointClient | None = None) -> RunResult:
+        """`run`, awaitable: the event loop is not blocked while the run works.
+
+        Example:
+            ``result = await agent.run_async({"question": q})`` in a FastAPI handler.
+        """
+        import asyncio
+
+        handle = await asyncio.to_thread(self.start, inputs, run_id=run_id,
+                                         max_concurrency=max_concurrency, timeout=timeout,
+                                         store=store)
+        wait = asyncio.wrap_future(handle.future)
+        if timeout is None:
+            return await wait
+        try:
+            return await asyncio.wait_for(wait, timeout + RESULT_GRACE)
+        except asyncio.TimeoutError:
+            from zixir_actors.errors import ZixirTimeoutError
+
+            raise ZixirTimeoutError(f"run {handle.run_id!r}", timeout) from None
 
     # -- internals --
 
@@ -406,6 +464,11 @@ class Workflow:
         if self.store is not None:
             return self.store
         return connect(clock=self.clock)
+
+    def _telemetry_for(self) -> Telemetry:
+        if self._telemetry is None:
+            self._telemetry = Telemetry(self.name)
+        return self._telemetry
 
     def _check_owner(self, record: RunRecord) -> None:
         if record.workflow != self.name:
@@ -419,6 +482,12 @@ class Workflow:
             self.max_concurrency if max_concurrency is None else max_concurrency, self.name)
         if timeout is not None and (not isinstance(timeout, (int, float)) or timeout <= 0):
             raise ConfigError("timeout", timeout, "must be a number > 0 or None")
+        if self.body is not None:
+            from zixir_actors.workflow._durable import launch
+
+            return launch(self, client, run_id, inputs, existing, concurrency, timeout)
+        if existing is not None:  # a damaged checkpoint fails here, before the status changes
+            compute_plan(self, run_id, inputs, client.steps(run_id))
         control = register_run(run_id)
         try:
             now = self.clock.time()
@@ -460,6 +529,36 @@ class _Anything(dict):  # type: ignore[type-arg]
 
     def __getitem__(self, key: Any) -> None:
         return None
+
+
+def _check_body(body: Any, workflow: str) -> Callable[..., Any] | None:
+    if body is None:
+        return None
+    if not callable(body):
+        raise InvalidStepError("body", body, "must be a function body(ctx, **inputs)",
+                               workflow=workflow)
+    try:
+        params = list(inspect.signature(body).parameters.values())
+    except (TypeError, ValueError):
+        return body  # type: ignore[no-any-return]
+    if not params or params[0].kind not in (inspect.Parameter.POSITIONAL_ONLY,
+                                            inspect.Parameter.POSITIONAL_OR_KEYWORD):
+        raise InvalidStepError("body", body, "must take ctx as its first parameter",
+                               workflow=workflow)
+    return body  # type: ignore[no-any-return]
+
+
+def _check_body_inputs(body: Callable[..., Any], inputs: Mapping[str, Any],
+                       workflow: str) -> None:
+    try:
+        signature = inspect.signature(body)
+    except (TypeError, ValueError):
+        return
+    try:
+        signature.bind(None, **inputs)
+    except TypeError as exc:
+        raise ConfigError("inputs", sorted(inputs), f"do not fit the body of {workflow!r}: "
+                          f"{exc}") from None
 
 
 def _check_inputs(inputs: Mapping[str, Any] | None, workflow: str) -> dict[str, Any]:
