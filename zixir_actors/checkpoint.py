@@ -40,7 +40,9 @@ Sub-databases in the shared environment: ``zixir.runs`` (run id ->
 
 from __future__ import annotations
 
+import contextlib
 import os
+import struct
 import threading
 import time
 from collections.abc import Iterable, Iterator, Mapping, Sequence
@@ -60,7 +62,9 @@ from zixir_actors.errors import (
     DeadLetterNotFoundError,
     NotStartedError,
     RunNotFoundError,
+    StoreCorruptError,
     StoreError,
+    StoreFullError,
     ZixirTimeoutError,
 )
 
@@ -69,11 +73,16 @@ __all__ = [
     "DEFAULT_TIMEOUT",
     "STORE_NAME",
     "AttemptInfo",
+    "Batch",
     "CheckpointClient",
     "CheckpointStore",
     "DeadLetter",
     "RunRecord",
     "StepCheckpoint",
+    "StoreCheck",
+    "backup_store",
+    "check_record",
+    "check_store",
     "child_spec",
     "connect",
     "open_store",
@@ -87,7 +96,12 @@ DEFAULT_TIMEOUT = 30.0
 RUNS_DB = "zixir.runs"
 STEPS_DB = "zixir.steps"
 DEAD_DB = "zixir.dead"
+CALLS_DB = "zixir.calls"
+EVENTS_DB = "zixir.events"
+PROGRESS_DB = "zixir.progress"
 _SEP = b"\x00"
+CORRUPT = "corrupt"
+"""The status `list_runs` gives a run whose stored header cannot be decoded."""
 _MAX_KEY = 511  # LMDB's default maximum key size
 
 
@@ -99,6 +113,8 @@ class RunRecord:
     """A run's durable header: which workflow, its inputs, its status.
 
     `steps` maps each step to its last known status (filled when the run ends).
+    A code-first run waiting for an event or a timer is stored as ``"parked"``
+    with `waiting` saying what it waits for.
     """
 
     run_id: str
@@ -109,6 +125,10 @@ class RunRecord:
     updated_at: float
     error: str | None = None
     steps: Mapping[str, str] = field(default_factory=dict)
+    waiting: Mapping[str, Any] | None = None
+    """What a parked code-first run waits for: ``{"kind": "event", "event": ...,
+    "until": ...}``, ``{"kind": "timer", "until": ...}`` or ``{"kind": "child",
+    "run_id": ...}``; None otherwise."""
 
 
 @dataclass(frozen=True, slots=True)
@@ -200,6 +220,14 @@ def _unpack_step(run_id: str, step: str, blob: bytes) -> StepCheckpoint:
                                key=where) from None
     return StepCheckpoint(run_id, step, output, code_hash, input_hash, attempts, duration,
                           finished_at, key or f"{run_id}/{step}")
+
+
+def _letter_of(blob: bytes, run_id: str) -> bool:
+    """Whether a stored dead letter belongs to `run_id` (a corrupt one belongs to none)."""
+    try:
+        return bool(_codec.decode(blob).run_id == run_id)
+    except (CorruptBlobError, AttributeError):
+        return False
 
 
 _Op = tuple[str, bytes, "bytes | None"]  # (sub-database, key, value or None to delete)
@@ -297,6 +325,9 @@ class _Channel:
         env = self.env
         try:
             env.write(lambda txn: _apply(env, txn, batch), durable=self.durable)
+        except StoreFullError as exc:  # no neighbour can fit either: fail them all at once
+            for request in batch:
+                request.error = exc
         except StoreError as exc:
             if len(batch) == 1:
                 batch[0].error = exc
@@ -308,6 +339,9 @@ class _Channel:
                               durable=self.durable)
                 except StoreError as one:
                     request.error = one
+        except BaseException as exc:  # every caller must hear how its write ended
+            for request in batch:
+                request.error = exc
 
     def close(self) -> None:
         with self.lock:
@@ -358,7 +392,7 @@ class CheckpointStore(SupervisedActor):
         self.data_dir = str(resolve_data_dir(data_dir))
         self.durable = durable
         self._env = _lmdb.open_env(self.data_dir, map_size=map_size)
-        for name in (RUNS_DB, STEPS_DB, DEAD_DB):
+        for name in (RUNS_DB, STEPS_DB, DEAD_DB, CALLS_DB, EVENTS_DB, PROGRESS_DB):
             self._env.db(name)
         self._channel: _Channel | None = None
 
@@ -550,8 +584,20 @@ class CheckpointClient:
 
     def list_runs(self, *, workflow: str | None = None,
                   status: str | None = None) -> list[RunRecord]:
-        """All runs, oldest first, optionally of one workflow or status."""
-        runs = [_decode(v, f"run {k.decode(errors='replace')}") for k, v in self._scan(RUNS_DB)]
+        """All runs, oldest first, optionally of one workflow or status.
+
+        A run whose header cannot be decoded is quarantined, not fatal: it is
+        listed as a `RunRecord` with status ``"corrupt"``, workflow ``""``,
+        times 0 and the decoding error in `error`. Only `delete_run` removes
+        it (`prune` leaves it alone); `get_run` on it raises `CorruptBlobError`.
+        """
+        runs: list[RunRecord] = []
+        for key, value in self._scan(RUNS_DB):
+            run_id = key.decode(errors="replace")
+            try:
+                runs.append(_decode(value, f"run {run_id}"))
+            except CorruptBlobError as exc:
+                runs.append(RunRecord(run_id, "", CORRUPT, {}, 0.0, 0.0, str(exc)))
         return sorted((r for r in runs if (workflow is None or r.workflow == workflow)
                        and (status is None or r.status == status)),
                       key=lambda r: (r.created_at, r.run_id))
@@ -563,10 +609,13 @@ class CheckpointClient:
             False if there was no such run.
         """
         key = _key(run_id)
-        existed = self.find_run(run_id) is not None
+        with self._read() as (env, txn):  # a corrupt header must stay deletable
+            existed = txn.get(key, db=env.db(RUNS_DB)) is not None
         ops: list[_Op] = [(RUNS_DB, key, None)]
         ops += [(STEPS_DB, k, None) for k, _ in self._scan(STEPS_DB, key + _SEP)]
-        ops += [(DEAD_DB, _key(letter.id), None) for letter in self.dead_letters(run_id=run_id)]
+        for db_name in (CALLS_DB, EVENTS_DB, PROGRESS_DB):
+            ops += [(db_name, k, None) for k, _ in self._scan(db_name, key + _SEP)]
+        ops += [(DEAD_DB, k, None) for k, v in self._scan(DEAD_DB) if _letter_of(v, run_id)]
         self._write(ops, timeout)
         return existed
 
@@ -602,7 +651,7 @@ class CheckpointClient:
         doomed = [r.run_id for r in runs
                   if r.run_id not in protected
                   and (cutoff is None or r.created_at < cutoff)
-                  and (include_running or r.status != "running")]
+                  and (include_running or r.status != "running") and r.status != CORRUPT]
         for run_id in doomed:
             self.delete_run(run_id, timeout=timeout)
         return doomed
@@ -659,9 +708,16 @@ class CheckpointClient:
     # -- dead letters --
 
     def save_dead_letter(self, letter: DeadLetter, *, run: RunRecord | None = None,
+                         replaces: Iterable[str] = (),
                          timeout: float | None = None) -> None:
-        """Park a dead letter (and update its run's header) in one commit."""
-        ops: list[_Op] = [(DEAD_DB, _key(letter.id), _codec.encode(letter))]
+        """Park a dead letter (and update its run's header) in one commit.
+
+        Args:
+            replaces: ids of older letters this one supersedes, deleted in the
+                same commit (a step has one letter per failure, not per resume).
+        """
+        ops: list[_Op] = [(DEAD_DB, _key(old), None) for old in replaces if old != letter.id]
+        ops.append((DEAD_DB, _key(letter.id), _codec.encode(letter)))
         if run is not None:
             ops.append((RUNS_DB, _key(run.run_id), _codec.encode(run)))
         self._write(ops, timeout)
@@ -700,6 +756,150 @@ class CheckpointClient:
         with self._read() as (env, txn):
             return int(txn.stat(env.db(DEAD_DB))["entries"])
 
+    # -- code-first runs: call records, event mailboxes, progress -------------
+
+    def batch(self) -> Batch:
+        """A set of writes to commit together with `commit` (one transaction)."""
+        return Batch()
+
+    def commit(self, batch: Batch, *, durable: bool = True,
+               timeout: float | None = None) -> None:
+        """Commit `batch` in one transaction.
+
+        Args:
+            durable: go through the group commit and fsync (default); False
+                commits at once without a disk sync (progress items: a crash
+                of the machine may lose them, a crash of the process cannot).
+
+        Raises:
+            StoreError, ZixirTimeoutError: the commit failed or took too long.
+        """
+        if not batch.ops:
+            return
+        if durable:
+            self._write(batch.ops, timeout)
+            return
+        env = self._get_channel().env
+        ops = batch.ops
+        env.write(lambda txn: _apply_ops(env, txn, ops), durable=False)
+
+    def calls(self, run_id: str) -> list[tuple[int, Any]]:
+        """Every call record of a code-first run, as ``(position, record)`` in order.
+
+        Raises:
+            CorruptBlobError: a record is damaged (the error names it).
+        """
+        prefix = _key(run_id) + _SEP
+        return [(_SEQ.unpack(key[len(prefix):])[0],
+                 _decode(blob, f"call {run_id}/{key[len(prefix):].hex()}"))
+                for key, blob in self._scan(CALLS_DB, prefix)]
+
+    def get_call(self, run_id: str, position: int) -> Any:
+        """The call record at `position` of a code-first run, or None."""
+        key = _key(run_id) + _SEP + _SEQ.pack(position)
+        return self._get(CALLS_DB, key, f"call {run_id}/{position}")
+
+    def drop_calls(self, run_id: str, from_position: int = 0, *,
+                   timeout: float | None = None) -> int:
+        """Delete the call records at `from_position` and after; returns how many."""
+        prefix = _key(run_id) + _SEP
+        doomed = [key for key, _ in self._scan(CALLS_DB, prefix)
+                  if _SEQ.unpack(key[len(prefix):])[0] >= from_position]
+        if doomed:
+            self._write([(CALLS_DB, key, None) for key in doomed], timeout)
+        return len(doomed)
+
+    def events(self, run_id: str) -> list[tuple[int, str, Any, float]]:
+        """The run's mailbox: ``(seq, event, payload, sent_at)``, oldest first."""
+        prefix = _key(run_id) + _SEP
+        out = []
+        for key, blob in self._scan(EVENTS_DB, prefix):
+            event, payload, sent_at = _decode(blob, f"event {run_id}")
+            out.append((_SEQ.unpack(key[len(prefix):])[0], event, payload, sent_at))
+        return out
+
+    def progress(self, run_id: str, after: int = -1,
+                 limit: int | None = None) -> list[tuple[int, Any]]:
+        """Stored progress items of a run with a sequence number above `after`."""
+        prefix = _key(run_id) + _SEP
+        start = prefix + _SEQ.pack(after + 1) if after >= 0 else prefix
+        out: list[tuple[int, Any]] = []
+        with self._read() as (env, txn):
+            cursor = txn.cursor(db=env.db(PROGRESS_DB))
+            if not cursor.set_range(start):
+                return out
+            for key, blob in cursor:
+                if not key.startswith(prefix):
+                    break
+                out.append((_SEQ.unpack(key[len(prefix):])[0],
+                            _decode(blob, f"progress {run_id}")))
+                if limit is not None and len(out) >= limit:
+                    break
+        return out
+
+    def last_seq(self, db: str, run_id: str) -> int:
+        """The highest sequence number stored for `run_id` in `db` (-1 if none)."""
+        prefix = _key(run_id) + _SEP
+        upper = _key(run_id) + b"\x01"
+        with self._read() as (env, txn):
+            cursor = txn.cursor(db=env.db(db))
+            found = cursor.prev() if cursor.set_range(upper) else cursor.last()
+            if not found or not cursor.key().startswith(prefix):
+                return -1
+            return int(_SEQ.unpack(cursor.key()[len(prefix):])[0])
+
+
+_SEQ = struct.Struct(">Q")
+
+
+class Batch:
+    """Writes of a code-first run that commit together (`CheckpointClient.commit`)."""
+
+    __slots__ = ("ops",)
+
+    def __init__(self) -> None:
+        self.ops: list[_Op] = []
+
+    def __len__(self) -> int:
+        return len(self.ops)
+
+    def put_call(self, run_id: str, position: int, record: Any) -> None:
+        self.ops.append((CALLS_DB, _key(run_id) + _SEP + _SEQ.pack(position),
+                         _codec.encode(record)))
+
+    def put_event(self, run_id: str, seq: int, event: str, payload: Any,
+                  sent_at: float) -> None:
+        self.ops.append((EVENTS_DB, _key(run_id) + _SEP + _SEQ.pack(seq),
+                         _codec.encode((event, payload, sent_at))))
+
+    def delete_event(self, run_id: str, seq: int) -> None:
+        self.ops.append((EVENTS_DB, _key(run_id) + _SEP + _SEQ.pack(seq), None))
+
+    def put_progress(self, run_id: str, seq: int, item: Any) -> None:
+        self.ops.append((PROGRESS_DB, _key(run_id) + _SEP + _SEQ.pack(seq),
+                         _codec.encode(item)))
+
+    def put_run(self, record: RunRecord) -> None:
+        self.ops.append((RUNS_DB, _key(record.run_id), _codec.encode(record)))
+
+    def put_dead_letter(self, letter: DeadLetter) -> None:
+        self.ops.append((DEAD_DB, _key(letter.id), _codec.encode(letter)))
+
+    def delete_dead_letter(self, letter_id: str) -> None:
+        self.ops.append((DEAD_DB, _key(letter_id), None))
+
+    def extend(self, other: Batch) -> None:
+        self.ops.extend(other.ops)
+
+
+def _apply_ops(env: _lmdb.SharedEnv, txn: Any, ops: Iterable[_Op]) -> None:
+    for db_name, key, value in ops:
+        db = env.db(db_name)
+        if value is None:
+            txn.delete(key, db=db)
+        else:
+            txn.put(key, value, db=db)
+
 
 def connect(target: Any = STORE_NAME, *, clock: Clock = SYSTEM_CLOCK,
             timeout: float | None = DEFAULT_TIMEOUT) -> CheckpointClient:
@@ -731,4 +931,152 @@ def open_store(data_dir: str | os.PathLike[str] | None = None, *, durable: bool 
         yield CheckpointClient(actor, clock=clock, timeout=timeout)
     finally:
         actor.stop(timeout=timeout)
+
+
+# -- integrity and backup ----------------------------------------------------------
+
+
+@dataclass(frozen=True, slots=True)
+class StoreCheck:
+    """What `check_store` found in a data directory.
+
+    Attributes:
+        data_dir: the directory checked.
+        records: records read, per sub-database.
+        problems: one line per damaged file part, page or record (empty: sound).
+    """
+
+    data_dir: str
+    records: Mapping[str, int]
+    problems: tuple[str, ...]
+
+    @property
+    def ok(self) -> bool:
+        return not self.problems
+
+
+def check_record(db: str, key: bytes, value: bytes) -> str | None:
+    """What is wrong with one record of the checkpoint store's sub-databases, or None.
+
+    Records of other sub-databases (caches) are only read, not decoded.
+    """
+    name = key.decode(errors="replace")
+    try:
+        if db in (RUNS_DB, DEAD_DB):
+            _codec.decode(value, key=name)
+        elif db == STEPS_DB:
+            run_id, _, step = name.partition("\x00")
+            _unpack_step(run_id, step, value)
+    except CorruptBlobError as exc:
+        return exc.reason
+    return None
+
+
+CHECK_TIMEOUT = 600.0
+"""Default seconds `check_store` lets its reader process walk the records."""
+
+
+def check_store(data_dir: str | os.PathLike[str] | None = None, *,
+                timeout: float | None = CHECK_TIMEOUT) -> StoreCheck:
+    """Check a data directory's ``data.mdb`` without risking the caller.
+
+    Checks the file against its meta pages, every page header (a zeroed or
+    overwritten page is named), then reads every record of every sub-database
+    and decodes the checkpoint store's records. The reading runs in a child
+    process: LMDB aborts on a damaged B-tree page, which then ends only the
+    child and is reported with the sub-database it was reading. Safe on a
+    live directory (a runtime may be writing: the check reads one snapshot).
+
+    Example:
+        ``report = check_store(".zixir"); print(report.ok, report.problems)``
+
+    Args:
+        data_dir: the directory (default ``$ZIXIR_DATA_DIR`` or ``./.zixir``).
+        timeout: seconds the reader process may take (None: no limit).
+
+    Raises:
+        StoreError: there is no store in `data_dir`.
+        ZixirTimeoutError: the reader did not finish within `timeout`.
+    """
+    import json
+    import subprocess
+    import sys
+
+    path = str(resolve_data_dir(data_dir))
+    data = os.path.join(path, "data.mdb")
+    if not os.path.isfile(data):
+        raise StoreError(f"no store in {path} (no data.mdb)")
+    try:
+        problems = _lmdb.scan_pages(data)
+    except StoreCorruptError as exc:
+        return StoreCheck(path, {}, (exc.reason,))
+    code = "import sys; from zixir_actors._lmdb import _walk_main; _walk_main()"
+    try:
+        child = subprocess.run([sys.executable, "-c", code, path], capture_output=True,
+                               text=True, timeout=timeout, check=False)
+    except subprocess.TimeoutExpired:
+        raise ZixirTimeoutError(f"checking the store in {path}", timeout) from None
+    counts: dict[str, int] = {}
+    reading = None
+    for line in child.stdout.splitlines():
+        try:
+            message = json.loads(line)
+        except ValueError:
+            continue
+        if "db" in message:
+            reading = message["db"]
+        elif "counts" in message:
+            counts = message["counts"]
+            problems += message["problems"]
+            reading = None
+    if child.returncode != 0 or reading is not None:
+        how = (f"signal {-child.returncode}" if child.returncode < 0
+               else f"exit status {child.returncode}")
+        where = f"sub-database {reading!r}" if reading else "the database list"
+        last = (child.stderr.strip().splitlines() or [""])[-1][:300]
+        problems.append(f"reading {where} ended the reader ({how}): a damaged B-tree page"
+                        + (f"; {last}" if last else ""))
+    return StoreCheck(path, counts, tuple(problems))
+
+
+def backup_store(data_dir: str | os.PathLike[str] | None, dest: str | os.PathLike[str]) -> str:
+    """Write a consistent, compacted copy of a data directory's store into `dest`.
+
+    The copy is one read snapshot (LMDB's ``mdb_env_copy2`` with compaction),
+    so it is consistent even while a runtime writes to the directory; free
+    pages are left out. `dest` is created owner-only and must be empty.
+    Open the copy like any data directory (``start(data_dir=dest)``).
+
+    Example:
+        ``backup_store(".zixir", "/backups/zixir-2026-01-01")``
+
+    Returns:
+        The path of the copy's ``data.mdb``.
+
+    Raises:
+        StoreError: no store in `data_dir`, or `dest` exists and is not an
+            empty directory.
+        StoreCorruptError: the source file is damaged (see `check_store`).
+        StoreFullError: `dest`'s filesystem filled up (the partial copy is removed).
+    """
+    path = str(resolve_data_dir(data_dir))
+    target = os.path.abspath(os.fspath(dest))
+    if not os.path.isfile(os.path.join(path, "data.mdb")):
+        raise StoreError(f"no store in {path} (no data.mdb)")
+    if os.path.exists(target) and (not os.path.isdir(target) or os.listdir(target)):
+        raise StoreError(f"backup destination {target} exists and is not an empty directory")
+    os.makedirs(target, mode=0o700, exist_ok=True)
+    out = os.path.join(target, "data.mdb")
+    env = _lmdb.open_env(path)
+    try:
+        env.copy(target, compact=True)
+    except StoreError:
+        with contextlib.suppress(OSError):
+            os.remove(out)
+        raise
+    finally:
+        _lmdb.release(env)
+    os.chmod(out, _lmdb.FILE_MODE)
+    _lmdb.check_file(out)
+    return out
 

@@ -12,6 +12,7 @@ from typing import Any
 from supervisors.errors import (
     AlreadyStartedError,
     ChildNotFoundError,
+    ChildRestartingError,
     ChildStartError,
     InvalidSpecError,
     MaxChildrenError,
@@ -30,6 +31,7 @@ __all__ = [
     "CacheError",
     "CacheNotFoundError",
     "ChildNotFoundError",
+    "ChildRestartingError",
     "ChildStartError",
     "ClusterConnectionError",
     "ConfigError",
@@ -42,6 +44,7 @@ __all__ = [
     "DuplicateStepError",
     "EmptyStreamError",
     "EntryTooLargeError",
+    "EventTimeoutError",
     "ExecutorError",
     "ExecutorUnavailableError",
     "InvalidKeyError",
@@ -53,6 +56,7 @@ __all__ = [
     "MetricConflictError",
     "MissingInputError",
     "NameNotFoundError",
+    "NondeterminismError",
     "NotAnActorError",
     "NotStartedError",
     "ObservabilityError",
@@ -65,6 +69,7 @@ __all__ = [
     "RemoteTimeoutError",
     "RestartIntensityError",
     "RunActiveError",
+    "RunEndedError",
     "RunFailedError",
     "RunInterruptedError",
     "RunNotFoundError",
@@ -74,6 +79,7 @@ __all__ = [
     "ShutdownTimeoutError",
     "SoftTimeoutError",
     "StageCrashedError",
+    "StepFailedError",
     "StepTimeoutError",
     "StoreCorruptError",
     "StoreError",
@@ -566,6 +572,68 @@ class WorkflowNotFoundError(WorkflowError, LookupError):
         self.name = name
         super().__init__(f"no workflow named {name!r} is defined in this process; "
                          "pass workflow= explicitly")
+
+
+class StepFailedError(WorkflowError):
+    """A `ctx.step` call of a code-first workflow exhausted its retries.
+
+    Raised in the body, where it can be caught; a body that lets it escape
+    ends the run as failed with a dead letter for the call.
+
+    Attributes:
+        step: the call's label (``"name#occurrence"``).
+        error: the last attempt's `StepError` (type, message, traceback).
+        attempts: how many attempts ran.
+    """
+
+    def __init__(self, step: str, error: Any, attempts: int = 0) -> None:
+        self.step = step
+        self.error = error
+        self.attempts = attempts
+        super().__init__(f"step {step!r} failed after {attempts} attempt(s): {error}")
+
+
+class EventTimeoutError(WorkflowError, TimeoutError):
+    """`ctx.wait_for(event, timeout=...)` saw no such event in time (raised in the body)."""
+
+    def __init__(self, run_id: str, event: str, timeout: float | None) -> None:
+        self.run_id = run_id
+        self.event = event
+        self.timeout = timeout
+        super().__init__(f"run {run_id!r} received no event {event!r} within {timeout}s")
+
+
+class NondeterminismError(WorkflowError):
+    """A replayed body asked for another call than the one recorded at that position.
+
+    The code changed in a way that matters between the run's start and its
+    resume. `Workflow.plan(run_id)` shows it beforehand; `resume(run_id,
+    from_step=...)` drops the records from a call on.
+
+    Attributes:
+        run_id: the run.
+        position: the call's position in the body (0-based).
+        recorded: the call recorded there (``"step fetch#1"``).
+        requested: the call the body asks for now.
+    """
+
+    def __init__(self, run_id: str, position: int, recorded: str, requested: str) -> None:
+        self.run_id = run_id
+        self.position = position
+        self.recorded = recorded
+        self.requested = requested
+        super().__init__(f"run {run_id!r}: call {position} was recorded as {recorded} but the "
+                         f"body now asks for {requested} (the code changed; resume with "
+                         "from_step= to run again from an earlier call)")
+
+
+class RunEndedError(WorkflowError):
+    """An event was sent to a run that has already ended."""
+
+    def __init__(self, run_id: str, status: str) -> None:
+        self.run_id = run_id
+        self.status = status
+        super().__init__(f"run {run_id!r} has ended ({status}); it takes no more events")
 
 
 # --- sandbox ----------------------------------------------------------------
