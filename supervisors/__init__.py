@@ -25,15 +25,25 @@ Example:
     >>> sup.stop()
 
 This package knows nothing about zixir_actors and never imports it.
+
+Logging is off until the application turns it on: the package disables its
+loguru logger on import (``logger.disable("supervisors")``, no sink is
+touched). ``logger.enable("supervisors")`` (or zixir_actors'
+`configure_logging`) shows crash reports: one compact record per crash,
+without the values of local variables (see `set_crash_diagnose`).
 """
 
 from __future__ import annotations
 
+from loguru import logger as _logger
+
 from supervisors._actor import SupervisedActor, kill, set_message_hook, supervised_class
+from supervisors._report import set_crash_diagnose
 from supervisors.dynamic import DynamicSupervisor
 from supervisors.errors import (
     AlreadyStartedError,
     ChildNotFoundError,
+    ChildRestartingError,
     ChildStartError,
     InvalidSpecError,
     MaxChildrenError,
@@ -79,6 +89,8 @@ from supervisors.spec import (
 )
 from supervisors.supervisor import Child, ChildCounts, Supervisor, SupervisorRef
 
+_logger.disable("supervisors")  # a library is quiet until the application enables it
+
 __all__ = [
     "DEFAULT_MAX_RESTARTS",
     "DEFAULT_MAX_SECONDS",
@@ -90,6 +102,7 @@ __all__ = [
     "ChildExited",
     "ChildNotFoundError",
     "ChildRestarted",
+    "ChildRestartingError",
     "ChildSpec",
     "ChildStartError",
     "ChildStarted",
@@ -125,6 +138,7 @@ __all__ = [
     "register",
     "registered",
     "remove_listener",
+    "set_crash_diagnose",
     "set_message_hook",
     "spawn",
     "supervised_class",

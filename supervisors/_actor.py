@@ -38,12 +38,11 @@ from types import TracebackType
 from typing import Any, TypeVar, cast
 
 import pykka
-from loguru import logger
 from pykka import ActorDeadError, ActorRegistry
 from pykka._envelope import Envelope
 from pykka.messages import _ActorStop
 
-from supervisors import _registry
+from supervisors import _registry, _report
 from supervisors.monitor import Down, Monitor
 
 __all__ = ["SupervisedActor", "kill", "set_message_hook", "supervised_class"]
@@ -276,8 +275,9 @@ class SupervisedActor(pykka.ThreadingActor):
                     self._zx_crash_reply = (reply_to, exc_info)
                 try:
                     self.on_failure(*exc_info)
-                except Exception:
-                    logger.opt(exception=True).error("on_failure of {} raised", self)
+                except Exception as failure:
+                    _report.log_crash("ERROR", failure, "on_failure of {} raised: {}", self,
+                                      _report.summary(failure))
             else:
                 self._zx_inflight = None
             if hook is not None:
@@ -338,8 +338,9 @@ class SupervisedActor(pykka.ThreadingActor):
             for m in monitors:
                 try:
                     m._fire(down)
-                except Exception:
-                    logger.opt(exception=True).error("monitor {} of {} failed", m, self)
+                except Exception as failure:
+                    _report.log_crash("ERROR", failure, "monitor {} of {} failed: {}", m, self,
+                                      _report.summary(failure))
         crash, self._zx_crash_reply = self._zx_crash_reply, None
         if crash is not None:
             with contextlib.suppress(queue.Full):  # unless kill() answered it already
@@ -349,9 +350,10 @@ class SupervisedActor(pykka.ThreadingActor):
             return
         _registry.forget(self.actor_ref)
         if not monitors and isinstance(reason, BaseException):
-            # A supervisor reports the crash of its child (with the traceback);
-            # a crash nobody watches is logged here.
-            logger.bind(actor=str(self)).debug("actor {} crashed: {!r}", self, reason)
+            # A supervisor reports the crash of its child; a crash nobody watches is
+            # logged here, at DEBUG (the library is quiet until logging is configured).
+            _report.log_crash("DEBUG", reason, "actor {} crashed: {}", self,
+                              _report.summary(reason), actor=str(self))
 
     def _zx_on_kill(self) -> None:
         """Called in the killer's thread after the actor was marked killed."""
@@ -374,6 +376,9 @@ class SupervisedActor(pykka.ThreadingActor):
     def exit_reason(self) -> Any:
         """Why the actor stopped, or ``None`` while it runs."""
         return self._zx_reason if self._zx_monitors is None else None
+
+
+_report.register_loop_code(SupervisedActor._zx_run.__code__, SupervisedActor._zx_live.__code__)
 
 
 def _overrides_on_start(cls: type[pykka.Actor]) -> bool:

@@ -11,6 +11,7 @@ from typing import Any
 __all__ = [
     "AlreadyStartedError",
     "ChildNotFoundError",
+    "ChildRestartingError",
     "ChildStartError",
     "InvalidSpecError",
     "MaxChildrenError",
@@ -91,6 +92,20 @@ class AlreadyStartedError(SupervisorError):
     def __init__(self, child_id: Any) -> None:
         self.child_id = child_id
         super().__init__(f"child {child_id!r} is already running")
+
+
+class ChildRestartingError(AlreadyStartedError):
+    """The child's restart keeps failing and its supervisor is retrying it
+    (OTP's ``{error, restarting}``): `terminate_child` ends the retries first.
+
+    Attributes:
+        child_id: the child being restarted.
+    """
+
+    def __init__(self, child_id: Any) -> None:
+        super().__init__(child_id)
+        self.args = (f"child {child_id!r} is being restarted (its last restart failed and is "
+                     "retried); terminate_child it first",)
 
 
 class MaxChildrenError(SupervisorError):

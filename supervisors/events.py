@@ -14,7 +14,7 @@ from collections.abc import Callable
 from dataclasses import dataclass
 from typing import Any
 
-from loguru import logger
+from supervisors import _report
 
 __all__ = [
     "ChildExited",
@@ -103,5 +103,6 @@ def emit(event: SupervisionEvent) -> None:
     for listener in _listeners:
         try:
             listener(event)
-        except Exception:
-            logger.opt(exception=True).warning("supervision listener {} failed", listener)
+        except Exception as failure:
+            _report.log_crash("WARNING", failure, "supervision listener {} failed: {}", listener,
+                              _report.summary(failure))

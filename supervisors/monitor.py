@@ -23,6 +23,7 @@ from typing import Any
 
 import pykka
 
+from supervisors import _report
 from supervisors.errors import NameNotFoundError, SupervisorError, SupervisorTimeoutError
 
 __all__ = ["NORMAL_REASONS", "Down", "Monitor", "monitor"]
@@ -83,10 +84,9 @@ class Monitor:
         elif watcher is not None:
             try:
                 watcher(down)
-            except Exception:
-                from loguru import logger
-
-                logger.opt(exception=True).error("monitor watcher {!r} raised", watcher)
+            except Exception as failure:
+                _report.log_crash("ERROR", failure, "monitor watcher {!r} raised: {}", watcher,
+                                  _report.summary(failure))
         self._done = True
         event = self._event
         if event is not None:

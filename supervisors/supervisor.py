@@ -49,9 +49,8 @@ from dataclasses import dataclass
 from typing import Any, cast
 
 import pykka
-from loguru import logger
 
-from supervisors import events
+from supervisors import _report, events
 from supervisors._actor import (
     SupervisedActor,
     kill,
@@ -62,6 +61,7 @@ from supervisors._actor import (
 from supervisors.errors import (
     AlreadyStartedError,
     ChildNotFoundError,
+    ChildRestartingError,
     ChildStartError,
     InvalidSpecError,
     MaxChildrenError,
@@ -70,7 +70,7 @@ from supervisors.errors import (
     SupervisorError,
     SupervisorTimeoutError,
 )
-from supervisors.monitor import Down, Monitor, monitor
+from supervisors.monitor import NORMAL_REASONS, Down, Monitor, monitor
 from supervisors.registry import NameTakenError, name_of, register, whereis
 from supervisors.spec import (
     DEFAULT_MAX_RESTARTS,
@@ -108,6 +108,9 @@ class Child:
     restart: str
     name: str | None
     actor_class: str
+    restarting: bool = False
+    """True while a restart of this child is due: its last start failed and the
+    supervisor retries it through its mailbox, or it waits for a group restart."""
 
 
 @dataclass(frozen=True, slots=True)
@@ -132,14 +135,30 @@ class _Reply:
     error: BaseException | None = None
 
 
+@dataclass(frozen=True, slots=True, eq=False)
+class _TryAgain:
+    """Told by a supervisor to itself after a failed restart (OTP's try_again_restart)."""
+
+    child: _Child
+    reason: Any
+    error: BaseException
+
+
 class _Child:
-    __slots__ = ("monitor", "ref", "restarts", "spec")
+    __slots__ = ("last_urn", "monitor", "pending", "ref", "restarts", "retry", "spec")
 
     def __init__(self, spec: ChildSpec) -> None:
         self.spec = spec
         self.ref: pykka.ActorRef[Any] | None = None
         self.monitor: Monitor | None = None
         self.restarts = 0
+        # A restart is due: its start failed and is retried, or it waits for its group.
+        self.pending = False
+        # The one retry message that counts; others still queued are stale.
+        self.retry: _TryAgain | None = None
+        # Its last incarnation's urn: a DynamicSupervisor finds a child whose
+        # restart keeps failing by the ref it had.
+        self.last_urn: str | None = None
 
 
 def _class_name(spec: ChildSpec) -> str:
@@ -188,6 +207,11 @@ def start_actor(spec: ChildSpec, *, start_timeout: float | None,
                                        spec.args, spec.start_kwargs, before_loop=before_loop)
             else:
                 new = spec.start(*spec.args, **spec.start_kwargs)
+                if isinstance(new, SupervisorRef):
+                    # OTP's idiom: a start function that calls start_link. The new
+                    # supervisor belongs to this tree now, not to the exit hook.
+                    _unlink_top_level(new.actor_ref)
+                    new = new.actor_ref
                 if isinstance(new, pykka.ActorRef):
                     try:
                         before_loop(new)
@@ -279,6 +303,9 @@ class _SupervisorCore(SupervisedActor):
         if isinstance(message, Down):
             self._on_down(message)
             return None
+        if isinstance(message, _TryAgain):
+            self._on_try_again(message)
+            return None
         if isinstance(message, _Call):
             try:
                 return _Reply(value=getattr(self, f"_op_{message.op}")(*message.args))
@@ -296,6 +323,7 @@ class _SupervisorCore(SupervisedActor):
             self._by_id[child.spec.id] = child
 
     def _remove(self, child: _Child) -> None:
+        self._settle(child)
         self._children.remove(child)
         if not self._dynamic:
             self._by_id.pop(child.spec.id, None)
@@ -340,8 +368,10 @@ class _SupervisorCore(SupervisedActor):
             except pykka.Timeout:
                 kill(ref)
                 reason = "killed"
-                logger.bind(supervisor=self.label, child=str(child.spec.id)).warning(
-                    "child {} did not stop within {}s and was killed", child.spec.id, shutdown)
+                _report.log_crash("WARNING", None,
+                                  "child {} did not stop within {}s and was killed",
+                                  child.spec.id, shutdown, supervisor=self.label,
+                                  child=str(child.spec.id))
         if events.listening():
             events.emit(events.ChildExited(self.label, child.spec.id, ref, reason))
 
@@ -349,8 +379,10 @@ class _SupervisorCore(SupervisedActor):
         for child in reversed(self._children):
             try:
                 self._terminate(child)
-            except Exception:
-                logger.opt(exception=True).error("stopping child {} failed", child.spec.id)
+            except Exception as failure:
+                _report.log_crash("ERROR", failure, "stopping child {} failed: {}", child.spec.id,
+                                  _report.summary(failure), supervisor=self.label,
+                                  child=str(child.spec.id))
 
     def _on_down(self, down: Down) -> None:
         child = self._by_urn.pop(down.ref.actor_urn, None)
@@ -363,12 +395,29 @@ class _SupervisorCore(SupervisedActor):
             events.emit(events.ChildExited(self.label, child.spec.id, down.ref, reason))
         restart = child.spec.restart
         if restart == "temporary" or (restart == "transient" and not down.abnormal):
+            if down.abnormal:
+                self._report_exit(child, reason, "not restarted (temporary)")
             if restart == "temporary" or self._dynamic:
                 self._remove(child)
             return
         if not self._note_restart():
+            self._report_exit(child, reason, "restart intensity reached")
             self._give_up(child, reason)
+        self._report_exit(child, reason, f"restarting (restart #{child.restarts + 1})",
+                          restart_count=child.restarts + 1)
+        child.last_urn = down.ref.actor_urn
         self._restart_group(child, reason)
+
+    def _report_exit(self, child: _Child, reason: Any, action: str, **fields: Any) -> None:
+        """One compact record per exit worth reporting (see `supervisors._report`)."""
+        crash = reason if isinstance(reason, BaseException) else None
+        abnormal = crash is not None or reason not in NORMAL_REASONS
+        _report.log_crash("WARNING" if abnormal else "INFO", crash,
+                          "child {} of {} {}: {}; {}", child.spec.id, self.label,
+                          "crashed" if crash is not None else "exited",
+                          _report.summary(reason), action, depth=1,
+                          supervisor=self.label, child=str(child.spec.id), reason=repr(reason),
+                          **fields)
 
     def _note_restart(self) -> bool:
         now = self._clock()
@@ -379,9 +428,10 @@ class _SupervisorCore(SupervisedActor):
         return len(times) <= self._max_restarts
 
     def _give_up(self, child: _Child, reason: Any) -> None:
-        logger.bind(supervisor=self.label, child=str(child.spec.id), reason=repr(reason)).error(
-            "supervisor {} reached max restart intensity ({} in {}s); stopping all children",
-            self.label, self._max_restarts, self._max_seconds)
+        _report.log_crash(
+            "ERROR", None, "supervisor {} reached max restart intensity ({} in {}s); "
+            "stopping all children", self.label, self._max_restarts, self._max_seconds,
+            supervisor=self.label, child=str(child.spec.id), reason=repr(reason))
         if events.listening():
             events.emit(events.IntensityExceeded(self.label, child.spec.id, reason,
                                                  self._max_restarts, self._max_seconds))
@@ -390,13 +440,20 @@ class _SupervisorCore(SupervisedActor):
                                     self._max_seconds, reason)
 
     def _restart_group(self, crashed: _Child, reason: Any) -> None:
+        """Restart `crashed` with its strategy's group (OTP's restart/3).
+
+        The group is every child of one_for_all, or `crashed` and the children
+        after it for rest_for_one, that is running or waiting for a restart;
+        the running ones stop first, last first. Children stopped by
+        `terminate_child` are left alone.
+        """
         if self._strategy == "one_for_one" or self._dynamic:
             group = [crashed]
         else:
             index = self._children.index(crashed)
-            group = self._children[:] if self._strategy == "one_for_all" \
+            members = self._children if self._strategy == "one_for_all" \
                 else self._children[index:]
-            group = [c for c in group if c is crashed or c.ref is not None]
+            group = [c for c in members if c is crashed or c.ref is not None or c.pending]
             for other in reversed(group):
                 if other is not crashed:
                     self._terminate(other)
@@ -404,29 +461,55 @@ class _SupervisorCore(SupervisedActor):
                 self._remove(other)
                 group.remove(other)
         for child in group:
-            self._restart_one(child, reason if child is crashed else "sibling_restart")
+            child.pending = True
+            child.retry = None
+        self._start_group(group, crashed, reason)
 
-    def _restart_one(self, child: _Child, reason: Any) -> None:
-        while True:
+    def _start_group(self, group: list[_Child], crashed: _Child, reason: Any) -> None:
+        for child in group:
+            cause = reason if child is crashed else "sibling_restart"
             child.restarts += 1
             try:
                 self._start(child)
             except SupervisorError as exc:
-                logger.bind(supervisor=self.label, child=str(child.spec.id)).warning(
-                    "restart of child {} failed: {}", child.spec.id, exc)
-                if not self._note_restart():
-                    self._give_up(child, exc)
-                continue
-            crash = reason if isinstance(reason, BaseException) else None
-            logger.bind(supervisor=self.label, child=str(child.spec.id),
-                        restart_count=child.restarts, reason=repr(reason)).opt(
-                exception=crash).warning(
-                "restarted child {} after {!r} (restart #{})", child.spec.id, reason,
-                child.restarts)
+                # OTP-9549: leave the rest of the group down and retry through our
+                # own mailbox, so calls queued meanwhile are answered, and
+                # terminate_child can end the retries.
+                self._retry_later(child, cause, exc)
+                return
+            self._settle(child)
             if events.listening():
-                events.emit(events.ChildRestarted(self.label, child.spec.id, reason,
+                events.emit(events.ChildRestarted(self.label, child.spec.id, cause,
                                                   child.restarts))
-            return
+
+    def _retry_later(self, child: _Child, reason: Any, error: SupervisorError) -> None:
+        cause = error.cause if isinstance(error, ChildStartError) and \
+            isinstance(error.cause, BaseException) else error
+        _report.log_crash("WARNING", cause, "restart of child {} of {} failed: {}; retrying",
+                          child.spec.id, self.label, _report.summary(cause),
+                          supervisor=self.label, child=str(child.spec.id),
+                          restart_count=child.restarts)
+        retry = child.retry = _TryAgain(child, reason, error)
+        if child.last_urn is not None:
+            self._by_urn[child.last_urn] = child
+        self.actor_ref.tell(retry)
+
+    def _on_try_again(self, retry: _TryAgain) -> None:
+        child = retry.child
+        if child.retry is not retry:
+            return  # terminated, deleted, restarted meanwhile, or superseded
+        child.retry = None
+        if not self._note_restart():
+            self._give_up(child, retry.error)
+        self._restart_group(child, retry.reason)
+
+    def _settle(self, child: _Child) -> None:
+        """`child` needs no restart any more: running, or stopped on request."""
+        child.pending = False
+        child.retry = None
+        urn, child.last_urn = child.last_urn, None
+        if urn is not None and self._by_urn.get(urn) is child:
+            del self._by_urn[urn]
 
     def _find(self, key: Any) -> _Child:
         if isinstance(key, pykka.ActorRef):
@@ -441,7 +524,7 @@ class _SupervisorCore(SupervisedActor):
 
     def _op_which_children(self) -> list[Child]:
         return [Child(c.spec.id, c.ref, c.spec.type, c.spec.restart, c.spec.name,
-                      _class_name(c.spec)) for c in self._children]
+                      _class_name(c.spec), c.pending) for c in self._children]
 
     def _op_count_children(self) -> ChildCounts:
         sups = sum(1 for c in self._children if c.spec.type == "supervisor")
@@ -459,6 +542,8 @@ class _SupervisorCore(SupervisedActor):
             if existing is not None:
                 if existing.ref is not None:
                     raise AlreadyStartedError(spec.id)
+                if existing.pending:
+                    raise ChildRestartingError(spec.id)
                 raise InvalidSpecError("id", spec.id, "a child with this id is already present;"
                                        " restart_child or delete_child it", child_id=spec.id)
         child = _Child(spec)
@@ -469,6 +554,7 @@ class _SupervisorCore(SupervisedActor):
     def _op_terminate_child(self, key: Any) -> None:
         child = self._find(key)
         self._terminate(child)
+        self._settle(child)  # ends a restart that keeps failing (OTP)
         if self._dynamic or child.spec.restart == "temporary":
             self._remove(child)
 
@@ -476,12 +562,16 @@ class _SupervisorCore(SupervisedActor):
         child = self._find(key)
         if child.ref is not None:
             raise AlreadyStartedError(child.spec.id)
+        if child.pending:
+            raise ChildRestartingError(child.spec.id)
         return self._start(child)
 
     def _op_delete_child(self, key: Any) -> None:
         child = self._find(key)
         if child.ref is not None:
             raise AlreadyStartedError(child.spec.id)
+        if child.pending:
+            raise ChildRestartingError(child.spec.id)
         self._remove(child)
 
     def _op_describe(self) -> dict[str, Any]:
@@ -659,7 +749,8 @@ class SupervisorRef:
                     continue
                 except SupervisorError:
                     pass
-            state = "running" if child.ref is not None else "stopped"
+            state = "running" if child.ref is not None else \
+                "restarting" if child.restarting else "stopped"
             name = f" ({child.name})" if child.name else ""
             lines.append(f"{rest}{branch}{child.id}{name}  {child.actor_class}  {state}")
 
@@ -791,6 +882,11 @@ def _stop_at_exit(ref: pykka.ActorRef[Any]) -> None:
         _exit_hook_installed = True
 
 
+def _unlink_top_level(ref: pykka.ActorRef[Any]) -> None:
+    with _top_level_lock:
+        _top_level[:] = [r for r in _top_level if r.actor_urn != ref.actor_urn and r.is_alive()]
+
+
 def _stop_top_level() -> None:
     with _top_level_lock:
         trees = list(reversed(_top_level))
@@ -799,5 +895,6 @@ def _stop_top_level() -> None:
         if tree.is_alive():
             try:
                 SupervisorRef(tree).stop(timeout=DEFAULT_CALL_TIMEOUT)
-            except Exception:  # exiting anyway: stop the others
-                logger.opt(exception=True).warning("stopping {} at exit failed", tree)
+            except Exception as failure:  # exiting anyway: stop the others
+                _report.log_crash("WARNING", failure, "stopping {} at exit failed: {}", tree,
+                                  _report.summary(failure))

@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import threading
 from typing import Any
 
 import pykka
@@ -21,7 +22,7 @@ from supervisors import (
     monitor,
     whereis,
 )
-from zixir_actors.testing import FakeClock
+from zixir_actors.testing import FakeClock, wait_for
 
 WAIT = 5.0
 
@@ -175,3 +176,42 @@ def test_nested_dynamic_supervisor_and_restart_of_it() -> None:
     with pytest.raises(MaxChildrenError):
         again.start_child(ChildSpec("j", Job))
     root.stop()
+
+
+class Gated(Job):
+    """Starts only while `gate` is set; counts its starts."""
+
+    def __init__(self, gate: threading.Event, starts: list[int]) -> None:
+        super().__init__()
+        self.gate = gate
+        self.starts = starts
+
+    def on_start(self) -> None:
+        self.starts.append(1)
+        if not self.gate.is_set():
+            raise Boom("not now")
+
+
+def test_a_child_whose_restart_keeps_failing_is_terminated_by_its_last_ref() -> None:
+    gate, starts = threading.Event(), []
+    gate.set()
+    ticks = iter(range(0, 10**9, 1000))  # each restart in a window of its own: never gives up
+    jobs = DynamicSupervisor.start_link(max_seconds=1.0, clock=lambda: float(next(ticks)))
+    try:
+        job = jobs.start_child(ChildSpec("job", Gated, kwargs={"gate": gate, "starts": starts}))
+        gate.clear()
+        job.tell("crash")
+        wait_for(lambda: len(starts) >= 3, timeout=WAIT)
+        (row,) = jobs.which_children(timeout=WAIT)  # answers between the retries
+        assert (row.ref, row.restarting) == (None, True)
+        other = jobs.start_child(ChildSpec("other", Job), timeout=WAIT)
+        assert other.ask("ping", timeout=WAIT) == 1
+        jobs.terminate_child(job, timeout=WAIT)  # the ref it had ends the retries
+        ended_at = len(starts)
+        jobs.count_children(timeout=WAIT)
+        assert jobs.count_children(timeout=WAIT).specs == 1 and len(starts) == ended_at
+        with pytest.raises(ChildNotFoundError):
+            jobs.terminate_child(job, timeout=WAIT)
+    finally:
+        gate.set()
+    jobs.stop()

@@ -15,13 +15,13 @@ from typing import Any
 
 import pykka
 import pytest
-from loguru import logger
 
 from supervisors import (
     AlreadyStartedError,
     ChildExited,
     ChildNotFoundError,
     ChildRestarted,
+    ChildRestartingError,
     ChildSpec,
     ChildStarted,
     ChildStartError,
@@ -44,7 +44,7 @@ from supervisors import (
     spawn,
     whereis,
 )
-from zixir_actors.testing import FakeClock, wait_for
+from zixir_actors.testing import FakeClock, capture_logs, wait_for
 
 WAIT = 5.0
 
@@ -754,9 +754,7 @@ def test_a_failing_listener_does_not_disturb_supervision(journal: Journal) -> No
 
 
 def test_restarts_and_escalations_are_logged(journal: Journal) -> None:
-    records: list[dict[str, Any]] = []
-    handler = logger.add(lambda m: records.append(m.record), level="WARNING", format="{message}")
-    try:
+    with capture_logs(level="WARNING") as logs:
         sup = Supervisor.start_link([spec("a", journal)], max_restarts=1, name="log.sup")
         watch = monitor(sup.actor_ref)
         crash_and_settle(sup, "a")
@@ -764,14 +762,64 @@ def test_restarts_and_escalations_are_logged(journal: Journal) -> None:
         assert target is not None
         target.tell("crash")
         watch.wait(timeout=WAIT)
-    finally:
-        logger.remove(handler)
-    restart = next(r for r in records if "restarted child" in r["message"])
-    assert restart["extra"]["supervisor"] == "log.sup" and restart["extra"]["child"] == "a"
-    assert restart["extra"]["restart_count"] == 1 and "Boom" in restart["extra"]["reason"]
-    assert restart["exception"] is not None  # the crash's traceback, once
-    gave_up = next(r for r in records if "max restart intensity" in r["message"])
-    assert gave_up["level"].name == "ERROR" and gave_up["extra"]["child"] == "a"
+    first, second = logs.find("child a of log.sup crashed")
+    assert first["message"].endswith("; restarting (restart #1)")
+    assert "Boom: a at " in first["message"] and first["level"] == "WARNING"
+    assert first["supervisor"] == "log.sup" and first["child"] == "a"
+    assert first["restart_count"] == 1 and "Boom" in first["reason"]
+    assert (first["error_type"], first["error"]) == ("Boom", "a")
+    assert first["where"].endswith(" in on_receive")
+    assert first["traceback"].startswith("Traceback") and "raise Boom" in first["traceback"]
+    assert "_zx_run" not in first["traceback"]  # the actor loop's frames are left out
+    assert first["exception"] is None  # no exception object: no sink can print locals
+    assert second["message"].endswith("; restart intensity reached")
+    (gave_up,) = logs.find("max restart intensity")
+    assert gave_up["level"] == "ERROR" and gave_up["child"] == "a"
+
+
+def test_a_failed_restart_is_one_compact_record(journal: Journal) -> None:
+    gate = new_gate()
+    sup = Supervisor.start_link([refusing("f", journal, gate)], max_restarts=5,
+                                clock=FakeClock().monotonic)
+    gate["fails"] = 1
+    with capture_logs(level="WARNING") as logs:
+        crash_and_settle(sup, "f")
+        wait_for(lambda: child_ref(sup, "f") is not None, timeout=WAIT)
+    sup.stop()
+    (failed,) = logs.find("restart of child f")
+    assert failed["message"].endswith("failed: Boom: f refuses to start at "
+                                      f"{failed['where']}; retrying")
+    assert failed["where"].endswith(" in on_start") and failed["error_type"] == "Boom"
+    assert "Traceback" in failed["traceback"] and failed["exception"] is None
+
+
+def test_importing_supervisors_alone_logs_nothing(tmp_path: Path) -> None:
+    script = tmp_path / "quiet.py"
+    script.write_text(
+        "import pykka\n"
+        "from supervisors import ChildSpec, SupervisedActor, Supervisor, ref\n"
+        "class Crashy(pykka.ThreadingActor):\n"
+        "    def on_receive(self, message):\n"
+        "        api_key = 'sk-live-quiet-0123456789'\n"
+        "        raise RuntimeError('crash')\n"
+        "class Alone(SupervisedActor):\n"
+        "    def on_receive(self, message):\n"
+        "        raise RuntimeError('nobody watches')\n"
+        "sup = Supervisor.start_link([ChildSpec('c', Crashy, name='c')])\n"
+        "try:\n"
+        "    ref('c').ask('go', timeout=5)\n"
+        "except RuntimeError:\n"
+        "    pass\n"
+        "alone = Alone.start()\n"
+        "alone.tell('go')\n"
+        "alone.actor_stopped.wait(5)\n"
+        "sup.stop()\n"
+    )
+    root = Path(__file__).resolve().parent.parent
+    result = subprocess.run([sys.executable, str(script)], capture_output=True, text=True,
+                            timeout=60, check=False, env={**os.environ, "PYTHONPATH": str(root)})
+    assert result.returncode == 0, result.stderr
+    assert result.stderr == ""  # loguru's default stderr sink got nothing from the library
 
 
 # --- the SupervisedActor loop ---------------------------------------------------------
@@ -993,3 +1041,202 @@ def test_a_script_that_never_stops_its_tree_still_exits(tmp_path: Path) -> None:
     assert result.returncode == 1
     assert "the script dies without stop()" in result.stderr
     assert result.stdout.strip() == "stopped cleanly"
+
+
+# --- restarts that keep failing (OTP-9549: try_again_restart) --------------------------
+
+
+class Refusing(Worker):
+    """A Worker whose starts fail while `gate["refuse"]` is set, or for `gate["fails"]` starts."""
+
+    def __init__(self, who: str, journal: Journal, gate: dict[str, Any]) -> None:
+        super().__init__(who, journal)
+        self.gate = gate
+
+    def on_start(self) -> None:
+        gate = self.gate
+        with gate["lock"]:
+            gate["attempts"] += 1
+            refuse = gate["refuse"].is_set() or gate["fails"] > 0
+            if gate["fails"] > 0:
+                gate["fails"] -= 1
+        if refuse:
+            raise Boom(f"{self.who} refuses to start")
+        super().on_start()
+
+
+def new_gate() -> dict[str, Any]:
+    return {"lock": threading.Lock(), "attempts": 0, "fails": 0, "refuse": threading.Event()}
+
+
+def attempts(gate: dict[str, Any]) -> int:
+    with gate["lock"]:
+        return int(gate["attempts"])
+
+
+def refusing(who: str, journal: Journal, gate: dict[str, Any], **options: Any) -> ChildSpec:
+    return ChildSpec(who, Refusing, kwargs={"who": who, "journal": journal, "gate": gate},
+                     **options)
+
+
+def endless_window() -> Callable[[], float]:
+    """A clock that jumps past any window at each restart: intensity is never reached."""
+    ticks = iter(range(0, 10**9, 1000))
+    return lambda: float(next(ticks))
+
+
+def test_supervisor_answers_calls_while_a_restart_keeps_failing(journal: Journal) -> None:
+    gate = new_gate()
+    sup = Supervisor.start_link([refusing("f", journal, gate)], max_restarts=3, max_seconds=1.0,
+                                clock=endless_window())
+    try:
+        f = child_ref(sup, "f")
+        assert f is not None
+        gate["refuse"].set()
+        f.tell("crash")
+        wait_for(lambda: attempts(gate) >= 4, timeout=WAIT)  # the start, then 3 failed restarts
+        (row,) = sup.which_children(timeout=WAIT)
+        assert (row.id, row.ref, row.restarting) == ("f", None, True)
+        other = sup.start_child(spec("other", journal), timeout=WAIT)
+        assert other.ask("ping", timeout=WAIT) == 1
+        assert sup.count_children(timeout=WAIT).active == 1
+        with pytest.raises(ChildRestartingError):
+            sup.restart_child("f", timeout=WAIT)
+        with pytest.raises(ChildRestartingError):
+            sup.delete_child("f", timeout=WAIT)
+        assert "f  Refusing  restarting" in sup.tree(timeout=WAIT)
+        sup.terminate_child("f", timeout=WAIT)  # ends the retries, as in OTP
+        ended_at = attempts(gate)
+        sup.which_children(timeout=WAIT)  # a retry queued before terminate_child is handled
+        rows = {c.id: c for c in sup.which_children(timeout=WAIT)}
+        assert attempts(gate) == ended_at
+        assert (rows["f"].ref, rows["f"].restarting) == (None, False)
+    finally:
+        gate["refuse"].clear()
+    assert sup.restart_child("f", timeout=WAIT).ask("ping", timeout=WAIT) == 1
+    sup.stop()
+
+
+def test_failed_restarts_are_retried_until_the_child_starts(
+        journal: Journal, events: list[SupervisionEvent]) -> None:
+    gate = new_gate()
+    sup = Supervisor.start_link([refusing("f", journal, gate, name="retry.f")],
+                                max_restarts=5, clock=FakeClock().monotonic)
+    gate["fails"] = 2
+    crash_and_settle(sup, "f")
+    wait_for(lambda: child_ref(sup, "f") is not None, timeout=WAIT)
+    assert ref("retry.f").ask("ping", timeout=WAIT) == 1
+    restarted = [e for e in events if isinstance(e, ChildRestarted)]
+    assert [(e.child_id, e.restart_count) for e in restarted] == [("f", 3)]
+    assert isinstance(restarted[0].reason, Boom)  # the crash, not the failed starts
+    sup.stop()
+
+
+def test_retries_count_towards_the_intensity_and_then_escalate(journal: Journal) -> None:
+    gate = new_gate()
+    sup = Supervisor.start_link([refusing("f", journal, gate), spec("ok", journal)],
+                                max_restarts=3, clock=FakeClock().monotonic)
+    watch = monitor(sup.actor_ref)
+    f = child_ref(sup, "f")
+    assert f is not None
+    gate["refuse"].set()
+    f.tell("crash")
+    reason = watch.wait(timeout=WAIT).reason
+    assert isinstance(reason, RestartIntensityError)
+    assert isinstance(reason.last_reason, ChildStartError)
+    assert attempts(gate) == 4  # the start, then 3 restarts; the 4th exceeds
+    assert ("stop", "ok") in journal.take()
+
+
+def test_one_for_all_retries_the_whole_group_when_a_sibling_fails_to_restart(
+        journal: Journal) -> None:
+    gate = new_gate()
+    sup = Supervisor.start_link([spec("a", journal), refusing("b", journal, gate),
+                                 spec("c", journal)], strategy="one_for_all", max_restarts=5,
+                                clock=FakeClock().monotonic)
+    assert journal.take() == [("start", "a"), ("start", "b"), ("start", "c")]
+    gate["fails"] = 2
+    crash_and_settle(sup, "a")
+    wait_for(lambda: all(c.ref is not None for c in sup.which_children(timeout=WAIT)),
+             timeout=WAIT)
+    # OTP: b's failed start leaves c down, shuts the restarted a down again, and
+    # the next try restarts the whole group in order.
+    assert journal.take() == [("stop", "c"), ("stop", "b"),
+                              ("start", "a"), ("stop", "a"),
+                              ("start", "a"), ("stop", "a"),
+                              ("start", "a"), ("start", "b"), ("start", "c")]
+    sup.stop()
+
+
+def test_rest_for_one_keeps_later_siblings_down_while_a_restart_keeps_failing(
+        journal: Journal) -> None:
+    gate = new_gate()
+    sup = Supervisor.start_link([spec("a", journal), spec("b", journal),
+                                 refusing("c", journal, gate), spec("d", journal)],
+                                strategy="rest_for_one", max_seconds=1.0, clock=endless_window())
+    journal.take()
+    try:
+        gate["refuse"].set()
+        b = child_ref(sup, "b")
+        assert b is not None
+        b.tell("crash")
+        wait_for(lambda: attempts(gate) >= 3, timeout=WAIT)
+        rows = [(c.id, c.ref is not None, c.restarting) for c in sup.which_children(timeout=WAIT)]
+        assert rows == [("a", True, False), ("b", True, False), ("c", False, True),
+                        ("d", False, True)]
+        assert journal.take() == [("stop", "d"), ("stop", "c"), ("start", "b")]
+    finally:
+        gate["refuse"].clear()
+    wait_for(lambda: all(c.ref is not None for c in sup.which_children(timeout=WAIT)),
+             timeout=WAIT)
+    # The retries restart the failed child and those after it, never b again.
+    assert journal.take() == [("start", "c"), ("start", "d")]
+    sup.stop()
+
+
+# --- a start function that returns a supervisor (OTP's nested start_link) -------------
+
+
+def test_a_start_function_may_return_a_supervisor(journal: Journal,
+                                                  events: list[SupervisionEvent]) -> None:
+    def start_inner() -> SupervisorRef:
+        return Supervisor.start_link([spec("w", journal, name="nest.w")], name="nest.inner")
+
+    sup = Supervisor.start_link([spec("a", journal),
+                                 ChildSpec("inner", start=start_inner, type="supervisor")],
+                                name="nest.root")
+    inner = child_ref(sup, "inner")
+    assert inner is not None and whereis("nest.inner") == inner
+    assert [c.id for c in SupervisorRef(inner).which_children(timeout=WAIT)] == ["w"]
+    assert "inner: nest.inner  Supervisor, one_for_one, 1/1 running" in sup.tree(timeout=WAIT)
+    assert ref("nest.w").ask("ping", timeout=WAIT) == 1
+    exit_and_settle(sup, inner, lambda: kill(inner))  # restarted through the start function
+    again = child_ref(sup, "inner")
+    assert again is not None and again != inner and whereis("nest.inner") == again
+    assert ref("nest.w").ask("ping", timeout=WAIT) == 1
+    assert any(isinstance(e, ChildRestarted) and e.child_id == "inner" for e in events)
+    watch = monitor(again)
+    sup.stop()
+    assert watch.wait(timeout=WAIT).reason == "shutdown"
+    assert journal.take()[-2:] == [("stop", "w"), ("stop", "a")]
+
+
+def test_a_nested_supervisor_from_a_start_function_is_stopped_by_its_parent_only(
+        tmp_path: Path) -> None:
+    script = tmp_path / "nested.py"
+    script.write_text(
+        "import pykka\n"
+        "from supervisors import ChildSpec, Supervisor, add_listener\n"
+        "class Worker(pykka.ThreadingActor):\n"
+        "    def on_stop(self):\n"
+        "        print('worker stopped', flush=True)\n"
+        "add_listener(lambda e: print(type(e).__name__, e.child_id, flush=True)\n"
+        "             if type(e).__name__ == 'ChildRestarted' else None)\n"
+        "inner = lambda: Supervisor.start_link([ChildSpec('w', Worker)])\n"
+        "Supervisor.start_link([ChildSpec('inner', inner, type='supervisor')], name='outer')\n"
+    )
+    root = Path(__file__).resolve().parent.parent
+    result = subprocess.run([sys.executable, str(script)], capture_output=True, text=True,
+                            timeout=60, check=False, env={**os.environ, "PYTHONPATH": str(root)})
+    assert result.returncode == 0, result.stderr
+    assert result.stdout.strip() == "worker stopped"  # once: the exit stops the outer tree

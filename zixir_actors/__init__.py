@@ -18,6 +18,8 @@ streams (`Stream`), caches (`Cache`) and the metrics registry.
 
 from __future__ import annotations
 
+from loguru import logger as _loguru
+
 from zixir_actors import errors
 from zixir_actors.cache import Cache
 from zixir_actors.checkpoint import CheckpointStore
@@ -34,6 +36,9 @@ from zixir_actors.runtime import Runtime, current, start, stop
 from zixir_actors.sandbox import Limits, Sandbox, SandboxError
 from zixir_actors.stream import Stream, async_, await_, parallel, pmap
 from zixir_actors.workflow import DeadLetters, RetryPolicy, RunResult, Step, Workflow
+
+# A library is quiet until the application turns logging on (configure_logging).
+_loguru.disable("zixir_actors")
 
 __all__ = [
     "Cache",

@@ -14,6 +14,19 @@ Example:
 Importing this module adds no sink: the library only logs, the application
 decides where logs go by calling `configure_logging` once (calling it again
 replaces the previous configuration, it never duplicates lines).
+
+Quiet by default: the library's own loggers (`LIBRARY_LOGGERS`: every module
+of ``supervisors`` and ``zixir_actors``) are disabled when the packages are
+imported (loguru's ``logger.disable``, which removes no sink), so a program
+that merely imports them prints nothing, not even to loguru's default stderr
+sink. `configure_logging` turns them on; an application with loguru sinks of
+its own calls ``logger.enable("zixir_actors")`` and ``logger.enable("supervisors")``.
+
+Safe by default: a crash is one compact record (message, and the bound fields
+``error_type``, ``error``, ``where`` and ``traceback`` with the plain traceback
+text) with no exception object attached, so no sink ever prints the values of
+local variables (API keys, prompts, user data) unless `configure_logging` was
+called with ``diagnose=True``.
 """
 
 from __future__ import annotations
@@ -23,15 +36,24 @@ import json as _json
 import sys
 import threading
 import traceback
+from collections.abc import Iterator
 from datetime import timezone
 from typing import Any, Literal
 
 from loguru import logger
 
+from supervisors import set_crash_diagnose
 from zixir_actors.errors import ConfigError
 from zixir_actors.observability._tracing import _CURRENT
 
-__all__ = ["JSON_FIELDS", "configure_logging", "format_json", "logger", "reset_logging"]
+__all__ = [
+    "JSON_FIELDS",
+    "LIBRARY_LOGGERS",
+    "configure_logging",
+    "format_json",
+    "logger",
+    "reset_logging",
+]
 
 JSON_FIELDS: tuple[str, ...] = (
     "time", "level", "message", "logger", "module", "function", "line",
@@ -40,10 +62,15 @@ JSON_FIELDS: tuple[str, ...] = (
 """The fixed keys of a JSON log line; bound fields (`logger.bind(...)`) follow them.
 A bound field whose name is one of these appears under ``"extra"`` instead."""
 
+LIBRARY_LOGGERS: tuple[str, ...] = ("supervisors", "zixir_actors")
+"""The loguru logger names of the library: disabled on import, enabled by `configure_logging`."""
+
 LoggingMode = Literal["json", "human"]
 
 _LOCK = threading.Lock()
 _HANDLERS: list[int] = []
+_configured = False
+_captures = 0
 _HUMAN = ("<green>{time:YYYY-MM-DD HH:mm:ss.SSS}</green> | <level>{level: <8}</level> | "
           "<cyan>{name}</cyan>:<cyan>{function}</cyan>:<cyan>{line}</cyan> | "
           "<level>{message}</level>")
@@ -121,17 +148,20 @@ def _human_format(record: Any) -> str:
     trace_id = extra.get("trace_id")
     if trace_id is None and _CURRENT.get() is not None:
         trace_id = _CURRENT.get().trace_id  # type: ignore[union-attr]
-    fields = [k for k in extra if k not in ("trace_id", "span_id") and not k.startswith("_")]
+    fields = [k for k in extra
+              if k not in ("trace_id", "span_id", "traceback") and not k.startswith("_")]
     if trace_id is not None:
         template += f" <dim>trace={trace_id[:16]}</dim>"
     if fields:
         template += " <dim>" + " ".join(f"{k}={{extra[{k}]}}" for k in fields) + "</dim>"
+    if isinstance(extra.get("traceback"), str):  # a crash report: its text below the line
+        return template + "\n{extra[traceback]}{exception}"
     return template + "\n{exception}"
 
 
 def configure_logging(json: bool = True, level: str | int = "INFO", sink: Any = None,
                       *, colorize: bool | None = None, enqueue: bool = False,
-                      replace_default: bool = True) -> int:
+                      replace_default: bool = True, diagnose: bool = False) -> int:
     """Send logs to `sink` as JSON lines (or human-readable text); idempotent.
 
     Example:
@@ -148,6 +178,11 @@ def configure_logging(json: bool = True, level: str | int = "INFO", sink: Any = 
         enqueue: format and write in a background thread (loguru's `enqueue`).
         replace_default: also remove loguru's own default stderr handler, so
             lines are not printed twice.
+        diagnose: show the values of local variables in crash tracebacks
+            (loguru's ``diagnose``, human mode and your own loguru sinks). Off
+            by default: those values may be API keys, prompts or user data.
+
+    The library's loggers (`LIBRARY_LOGGERS`) are enabled from here on.
 
     Returns:
         The loguru handler id (removed again by the next `configure_logging`
@@ -161,8 +196,12 @@ def configure_logging(json: bool = True, level: str | int = "INFO", sink: Any = 
             logger.level(level)
     except ValueError as exc:
         raise ConfigError("level", level, "not a loguru level") from exc
+    global _configured
     with _LOCK:
         _remove_ours()
+        _configured = True
+        _sync_activation()
+        set_crash_diagnose(diagnose)
         if replace_default:
             with contextlib.suppress(ValueError):
                 logger.remove(0)
@@ -174,17 +213,47 @@ def configure_logging(json: bool = True, level: str | int = "INFO", sink: Any = 
             colorize=False if json else colorize,
             enqueue=enqueue,
             backtrace=False,
-            diagnose=False,
+            diagnose=diagnose,
         )
         _HANDLERS.append(handler)
         return handler
 
 
 def reset_logging() -> None:
-    """Remove the handler `configure_logging` added (loguru's default is not restored)."""
+    """Remove the handler `configure_logging` added (loguru's default is not restored)
+    and make the library quiet again, as after import."""
+    global _configured
     with _LOCK:
         _remove_ours()
         logger.configure(patcher=None)
+        _configured = False
+        _sync_activation()
+        set_crash_diagnose(False)
+
+
+@contextlib.contextmanager
+def library_logs() -> Iterator[None]:
+    """Enable the library's loggers inside the block (`capture_logs` uses it);
+    afterwards they are as `configure_logging` / `reset_logging` left them."""
+    global _captures
+    with _LOCK:
+        _captures += 1
+        _sync_activation()
+    try:
+        yield
+    finally:
+        with _LOCK:
+            _captures -= 1
+            _sync_activation()
+
+
+def _sync_activation() -> None:
+    on = _configured or _captures > 0
+    for name in LIBRARY_LOGGERS:
+        if on:
+            logger.enable(name)
+        else:
+            logger.disable(name)
 
 
 def _remove_ours() -> None:

@@ -1,0 +1,118 @@
+"""Crash reports: what a log record says about an exception, cheaply and safely.
+
+A crash report is one log record per crash with bound fields
+``error_type``, ``error`` (the message), ``where`` (``file:line in function``
+of the innermost frame) and ``traceback`` (the plain traceback text). No
+exception object is attached to the record, so a loguru sink with
+``diagnose=True`` (loguru's default for `logger.add` and for its own stderr
+sink) never prints the values of local variables: those hold API keys,
+prompts and user data. `set_crash_diagnose(True)` attaches the exception
+again, for sinks that should show the values (a debugging session).
+
+The fields are built by a loguru patcher, which runs only when some sink
+takes the record: a crash that nobody logs costs a few microseconds.
+"""
+
+from __future__ import annotations
+
+import os
+import traceback
+from types import CodeType, TracebackType
+from typing import Any
+
+import pykka
+from loguru import logger
+
+__all__ = ["crash_fields", "log_crash", "set_crash_diagnose", "where"]
+
+_diagnose = False
+_PYKKA_DIR = os.path.dirname(pykka.__file__) + os.sep
+_loop_codes: set[CodeType] = set()
+"""Code of the actor loop's frames: a traceback is shown from below them."""
+
+
+def set_crash_diagnose(enabled: bool) -> bool:
+    """Attach the exception itself to crash reports (off by default); returns the previous value.
+
+    Example:
+        >>> from supervisors import set_crash_diagnose
+        >>> previous = set_crash_diagnose(False)
+
+    With it on, a loguru sink added with ``diagnose=True`` prints the value
+    of every local variable of the crashed frames: turn it on only where logs
+    may hold secrets. `zixir_actors.observability.configure_logging(diagnose=True)`
+    turns it on together with its sink's ``diagnose``.
+    """
+    global _diagnose
+    previous, _diagnose = _diagnose, bool(enabled)
+    return previous
+
+
+def register_loop_code(*codes: CodeType) -> None:
+    """Frames of these code objects (the actor loop) and above are left out of reports."""
+    _loop_codes.update(codes)
+
+
+def _user_tb(tb: TracebackType | None) -> TracebackType | None:
+    # The crash's traceback starts in the actor loop; an asker that re-raised the
+    # same exception object may have put its own frames in front meanwhile.
+    # Show the frames below the loop (and below pykka's dispatch) only.
+    start = tb
+    node = tb
+    while node is not None:
+        if node.tb_frame.f_code in _loop_codes:
+            start = node.tb_next
+        node = node.tb_next
+    while start is not None and start.tb_frame.f_code.co_filename.startswith(_PYKKA_DIR) \
+            and start.tb_next is not None:
+        start = start.tb_next
+    return start
+
+
+def where(exc: BaseException) -> str:
+    """``file:line in function`` of the frame that raised `exc` (``"?"`` if unknown)."""
+    tb = exc.__traceback__
+    if tb is None:
+        return "?"
+    while tb.tb_next is not None:
+        tb = tb.tb_next
+    code = tb.tb_frame.f_code
+    return f"{code.co_filename}:{tb.tb_lineno} in {code.co_name}"
+
+
+def crash_fields(exc: BaseException) -> dict[str, Any]:
+    """The fields of a crash report: ``error_type``, ``error``, ``where``, ``traceback``."""
+    fields: dict[str, Any] = {
+        "error_type": type(exc).__qualname__,
+        "error": str(exc),
+        "where": where(exc),
+    }
+    if not _diagnose:  # with diagnose on, the attached exception carries it
+        fields["traceback"] = "".join(
+            traceback.format_exception(type(exc), exc, _user_tb(exc.__traceback__)))
+    return fields
+
+
+def summary(reason: Any) -> str:
+    """One line for an exit reason: ``Type: message at file:line in fn`` or its repr."""
+    if isinstance(reason, BaseException):
+        text = f"{type(reason).__qualname__}: {reason}" if str(reason) \
+            else type(reason).__qualname__
+        return f"{text} at {where(reason)}"
+    return repr(reason)
+
+
+def log_crash(level: str, exc: BaseException | None, message: str, *args: Any,
+              depth: int = 0, **fields: Any) -> None:
+    """Log one compact record: `message` formatted with `args`, bound `fields`, and,
+    when `exc` is given, its crash fields (built only if a sink takes the record)."""
+    bound = logger.bind(**fields) if fields else logger
+    if exc is not None:
+        bound = bound.patch(lambda record: record["extra"].update(crash_fields(exc)))
+        if _diagnose:
+            bound = bound.opt(exception=exc, depth=depth + 1)
+        else:
+            bound = bound.opt(depth=depth + 1)
+    else:
+        bound = bound.opt(depth=depth + 1)
+    bound.log(level, message, *args)
