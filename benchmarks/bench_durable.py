@@ -78,11 +78,10 @@ _continued: queue.SimpleQueue[int] = queue.SimpleQueue()
 
 
 @durable("bench-durable-send")
-def ping_body(ctx: Any, n: int) -> int:
-    for i in range(n):
-        ctx.wait_for("ping")
-        _continued.put(i)  # the body continued: the benchmark's clock stops here
-    return n
+def ping_body(ctx: Any, tag: int) -> int:
+    ctx.wait_for("ping")
+    _continued.put(tag)  # the body continued: the benchmark's clock stops here
+    return tag
 
 
 def chatty(count: int, ctx: Any) -> int:
@@ -205,18 +204,19 @@ def _replay(store: CheckpointClient, n: int, repeat: int) -> float:
 
 
 def _send_latencies(store: CheckpointClient, samples: int) -> list[float]:
-    handle = ping_body.start({"n": samples}, store=store)
+    """Seconds from `send` to the body running past its `wait_for`, one parked run each."""
     times = []
     for i in range(samples):
-        wait_for(lambda: handle.status() == "parked", timeout=60, interval=0.0005)
+        handle = ping_body.start({"tag": i}, store=store)
+        wait_for(lambda h=handle: h.status() == "parked", timeout=60, interval=0.0005)
         began = time.perf_counter()
         ping_body.send(handle.run_id, "ping", i, store=store)
         got = _continued.get(timeout=60)
         times.append(time.perf_counter() - began)
         if got != i:
-            raise RuntimeError(f"the body continued at {got}, not {i}")
-    handle.result(timeout=60).raise_for_status()
-    store.delete_run(handle.run_id)
+            raise RuntimeError(f"run {i} continued as {got}")
+        handle.result(timeout=60).raise_for_status()
+        store.delete_run(handle.run_id)
     return times
 
 
