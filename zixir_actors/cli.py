@@ -186,6 +186,8 @@ def cmd_run(args: argparse.Namespace) -> int:
         store = connect()
         handle = wf.start(inputs, run_id=args.run_id, max_concurrency=args.max_concurrency)
         _remember_source(_data_dir(args), handle.run_id, args.target)
+        if wf.body is not None:
+            return _settle(handle, wf, quiet=args.json, as_json=args.json)
         result = _progress(handle, store, len(wf.order), quiet=args.json)
     if args.json:
         _print_json(run_summary(result))
@@ -205,6 +207,10 @@ def _workflow_for_run(args: argparse.Namespace, run_id: str) -> Any:
 def cmd_runs(args: argparse.Namespace) -> int:
     from zixir_actors.checkpoint import open_store
 
+    if args.action == "send":
+        return _send_event(args)
+    if args.action == "watch":
+        return _watch(args)
     if args.action == "resume":
         if not args.run_id:
             raise CliError("runs resume needs a RUN_ID")
@@ -218,10 +224,14 @@ def cmd_runs(args: argparse.Namespace) -> int:
         return 0 if result.ok else 1
     with open_store(_data_dir(args)) as store:
         if args.action == "list":
-            runs = store.list_runs(workflow=args.workflow)
+            # Corrupt headers are listed (status "corrupt") whatever --workflow says,
+            # so that they can be found and deleted.
+            runs = [r for r in store.list_runs() if args.workflow in (None, r.workflow)
+                    or r.status == "corrupt"]
             if args.json:
                 _print_json([{"run_id": r.run_id, "workflow": r.workflow, "status": r.status,
-                              "created_at": r.created_at, "updated_at": r.updated_at}
+                              "created_at": r.created_at, "updated_at": r.updated_at,
+                              **({"error": r.error} if r.status == "corrupt" else {})}
                              for r in runs])
             elif not runs:
                 print("no runs")
@@ -229,6 +239,10 @@ def cmd_runs(args: argparse.Namespace) -> int:
                 print(table([(r.run_id, r.workflow, r.status, _fmt_time(r.created_at),
                               _fmt_time(r.updated_at)) for r in runs],
                             ("run", "workflow", "status", "created", "updated")))
+                corrupt = [r for r in runs if r.status == "corrupt"]
+                for r in corrupt:
+                    print(f"\ncorrupt run record {r.run_id}: {r.error}; "
+                          f"remove it with `zixir runs delete {r.run_id}`")
             return 0
         if not args.run_id:
             raise CliError(f"runs {args.action} needs a RUN_ID")
@@ -258,6 +272,94 @@ def cmd_runs(args: argparse.Namespace) -> int:
             print(f"deleted run {args.run_id}")
             return 0
     raise CliError(f"unknown runs action {args.action!r}")
+
+
+def _send_event(args: argparse.Namespace) -> int:
+    """`runs send RUN_ID EVENT [--data JSON]`: commit the event, then continue the run
+    here if it waits for it and its workflow file is known."""
+    from zixir_actors.checkpoint import open_store
+    from zixir_actors.workflow import send
+
+    if not args.run_id or not args.event:
+        raise CliError("runs send needs a RUN_ID and an EVENT")
+    try:
+        payload = None if args.data is None else json.loads(args.data)
+    except json.JSONDecodeError as exc:
+        raise CliError(f"--data is not valid JSON: {exc}") from None
+    data_dir = _data_dir(args)
+    if not data_dir.exists():
+        from zixir_actors.errors import RunNotFoundError
+
+        raise RunNotFoundError(args.run_id)
+    with open_store(data_dir) as store:
+        send(args.run_id, args.event, payload, store=store)
+        record = store.get_run(args.run_id)
+    print(f"sent {args.event!r} to run {args.run_id}")
+    waiting = record.waiting or {}
+    if record.status != "parked" or waiting.get("kind") != "event" \
+            or waiting.get("event") != args.event:
+        return 0
+    target = getattr(args, "file", None) or _source_of(data_dir, args.run_id)
+    if target is None:
+        print(f"run {args.run_id} continues when a process that defines workflow "
+              f"{record.workflow!r} resumes it (zixir runs resume {args.run_id} --file FILE)")
+        return 0
+    wf = load_workflow(target)[0]
+    with _runtime(args):
+        handle = wf.start(dict(record.inputs), run_id=args.run_id)
+        return _settle(handle, wf, quiet=args.json, as_json=args.json)
+
+
+def _settle(handle: Any, wf: Any, *, quiet: bool, as_json: bool) -> int:
+    """Wait until a code-first run ends or parks again, and say which."""
+    from zixir_actors.workflow._durable import describe_waiting
+
+    status = handle.wait()
+    if status == "parked":
+        from zixir_actors.checkpoint import connect
+
+        record = connect().get_run(handle.run_id)
+        if as_json:
+            _print_json({"run_id": handle.run_id, "workflow": wf.name, "status": "parked",
+                         "waiting": record.waiting})
+        else:
+            print(f"run {handle.run_id}: parked, waiting for "
+                  f"{describe_waiting(record.waiting)}")
+            if (record.waiting or {}).get("kind") == "event":
+                print(f"send it with: zixir runs send {handle.run_id} "
+                      f"{record.waiting['event']} --data JSON")  # type: ignore[index]
+        return 0
+    result = handle.result()
+    if as_json:
+        _print_json(run_summary(result))
+    else:
+        _print_run(result, wf.order)
+        if result.output is not None and wf.body is not None:
+            print(f"output: {json.dumps(result.output, default=repr)[:2000]}")
+    return 0 if result.ok else 1
+
+
+def _watch(args: argparse.Namespace) -> int:
+    """`runs watch RUN_ID`: print a run's progress items as they come, until it ends."""
+    from zixir_actors.checkpoint import open_store
+    from zixir_actors.workflow import ProgressStream
+
+    if not args.run_id:
+        raise CliError("runs watch needs a RUN_ID")
+    with open_store(_data_dir(args)) as store:
+        store.get_run(args.run_id)
+        for item in ProgressStream(args.run_id, store):
+            if args.json:
+                _print_json({"seq": item.seq, "time": item.time, "kind": item.kind,
+                             "step": item.step, "value": item.value})
+            elif item.kind == "emit":
+                text = item.value if isinstance(item.value, str) else \
+                    json.dumps(item.value, default=repr) + "\n"
+                print(text, end="", flush=True)
+            else:
+                where = f" {item.step}" if item.step else ""
+                print(f"\n[{item.kind}{where}] {item.value}", flush=True)
+    return 0
 
 
 def cmd_dlq(args: argparse.Namespace) -> int:
@@ -315,6 +417,32 @@ def cmd_dlq(args: argparse.Namespace) -> int:
             print(f"discarded {args.letter_id}")
             return 0
     raise CliError(f"unknown dlq action {args.action!r}")
+
+
+def cmd_store(args: argparse.Namespace) -> int:
+    from zixir_actors.checkpoint import backup_store, check_store
+
+    if args.action == "check":
+        report = check_store(_data_dir(args))
+        if args.json:
+            _print_json({"data_dir": report.data_dir, "ok": report.ok,
+                         "records": dict(report.records), "problems": list(report.problems)})
+        else:
+            counts = ", ".join(f"{n} {db}" for db, n in sorted(report.records.items()))
+            print(f"store {report.data_dir}: {counts or 'no records read'}")
+            for problem in report.problems:
+                print(f"  corrupt: {problem}")
+            print("ok" if report.ok else f"{len(report.problems)} problem(s) found")
+        return 0 if report.ok else 1
+    if not args.dest:
+        raise CliError("store backup needs a DEST directory")
+    out = backup_store(_data_dir(args), args.dest)
+    size = Path(out).stat().st_size
+    if args.json:
+        _print_json({"backup": out, "bytes": size})
+    else:
+        print(f"backed up {_data_dir(args)} to {out} ({size} bytes, compacted)")
+    return 0
 
 
 def cmd_cache(args: argparse.Namespace) -> int:
@@ -417,9 +545,13 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--input", action="append", default=[], metavar="KEY=VALUE")
     p.add_argument("--run-id", default=None)
     p.add_argument("--max-concurrency", type=int, default=None)
-    p = add("runs", cmd_runs, "list, show, resume or delete workflow runs")
-    p.add_argument("action", choices=("list", "show", "resume", "delete"))
+    p = add("runs", cmd_runs, "list, show, resume, delete, watch workflow runs, or send "
+            "an event to one")
+    p.add_argument("action", choices=("list", "show", "resume", "delete", "send", "watch"))
     p.add_argument("run_id", nargs="?")
+    p.add_argument("event", nargs="?", help="(send) the event's name, e.g. approval")
+    p.add_argument("--data", default=None, metavar="JSON",
+                   help="(send) the event's payload, parsed as JSON (default null)")
     p.add_argument("--workflow", default=None, help="only runs of this workflow (list)")
     p.add_argument("--file", default=None, metavar="FILE[:WORKFLOW]", help="(resume)")
     p.add_argument("--from-step", default=None, help="force a re-run from this step (resume)")
@@ -428,6 +560,10 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("letter_id", nargs="?")
     p.add_argument("--workflow", default=None)
     p.add_argument("--file", default=None, metavar="FILE[:WORKFLOW]", help="(retry)")
+    p = add("store", cmd_store, "check the store for damage, or back it up (consistent, "
+            "compacted; also of a live directory)")
+    p.add_argument("action", choices=("check", "backup"))
+    p.add_argument("dest", nargs="?", metavar="DEST", help="(backup) an empty or new directory")
     p = add("cache", cmd_cache, "stats or clear a persistent cache")
     p.add_argument("action", choices=("stats", "clear"))
     p.add_argument("name")

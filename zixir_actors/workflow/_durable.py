@@ -144,6 +144,9 @@ class _Options:
 
 def _options(retry: RetryPolicy | None, timeout: float | None, limits: Any, executor: Any,
              resources: Any, label: str) -> _Options:
+    if (retry is None and timeout is None and limits is None and executor is None
+            and resources is None):
+        return _PLAIN
     from zixir_actors.errors import InvalidStepError
     from zixir_actors.executor import Resources, is_executor_choice
 
@@ -161,6 +164,9 @@ def _options(retry: RetryPolicy | None, timeout: float | None, limits: Any, exec
         raise InvalidStepError("resources", resources,
                                "must be a zixir_actors.executor.Resources", step=label)
     return _Options(retry, timeout, limits, executor, resources)
+
+
+_PLAIN = _Options(NO_RETRY, None, None, None, None)
 
 
 @functools.lru_cache(maxsize=4096)
@@ -355,9 +361,12 @@ class _Body:
         self.gen = 0
         self.stopping: str | None = None
         self.committing = 0
+        self.commit_lock = threading.Lock()
+        self.commits_done = threading.Event()
         self.inflight = 0
         self.incarnation = 0
         self.hold = threading.Event()
+        self.settled = threading.Event()  # set while parked, and once ended
         self.spawn_slots = threading.BoundedSemaphore(max_concurrency)
         self.progress = log_for(run_id, store)
         self.started = time.perf_counter()
@@ -392,11 +401,12 @@ class _Body:
         with self.cond:
             if self.state == "ended" or self.stopping is not None:
                 return False
-            self.stopping = status
+            with self.commit_lock:
+                self.stopping = status
+                busy = self.committing > 0
             was_parked = self.state == "parked"
-            deadline = time.monotonic() + 30.0
-            while self.committing and time.monotonic() < deadline:
-                self.cond.wait(0.5)
+        if busy:  # a commit in flight finishes first; none starts after this returns
+            self.commits_done.wait(30.0)
         self.hold.set()
         if was_parked:
             self._unparked()
@@ -436,6 +446,7 @@ class _Body:
                 return False
             self.state = "running"
             self.waiting = None
+            self.settled.clear()
         self._unparked()
         self.progress.reopen()
         try:
@@ -564,6 +575,7 @@ class _Body:
                 return False
             self.state = "parked"
             self.waiting = waiting
+            self.settled.set()
         self.telemetry.parked(1)
         until = waiting.get("until")
         if until is not None:
@@ -609,6 +621,7 @@ class _Body:
         self._release(result, None)
 
     def _release(self, result: RunResult | None, error: BaseException | None) -> None:
+        self.settled.set()
         self.progress.end()
         forget(self.run_id)
         with _BODIES_LOCK:
@@ -675,7 +688,8 @@ class _Body:
         self.commit(batch)
 
     def commit(self, batch: Any) -> None:
-        with self.cond:
+        lock = self.commit_lock
+        with lock:
             if self.stopping is not None:
                 raise _Stop(self.stopping)  # a late result of a stopped run is not kept
             self.committing += 1
@@ -684,9 +698,10 @@ class _Body:
         except (StoreError, ZixirTimeoutError) as exc:
             raise _StoreFailed(exc) from exc
         finally:
-            with self.cond:
+            with lock:
                 self.committing -= 1
-                self.cond.notify_all()
+                if not self.committing and self.stopping is not None:
+                    self.commits_done.set()
 
     # -- one step call --
 
@@ -698,7 +713,7 @@ class _Body:
         total = 0.0
         attempt = 0
         key = f"{self.run_id}/{label}"
-        bound = log.bind(workflow=self.wf.name, run_id=self.run_id, step=label)
+        progress = self.progress
         while True:
             attempt += 1
             self.check_live()
@@ -707,7 +722,8 @@ class _Body:
                 call = dict(kwargs)
                 call["ctx"] = StepContext(self.run_id, label, attempt, key, self.wf.name,
                                           progress=self.progress, store=self.store)
-            self.progress.append("step_started", label, attempt)
+            if progress.readers:
+                progress.append("step_started", label, attempt)
             scope = span("workflow.step", step=label, attempt=attempt, run_id=self.run_id,
                          workflow=self.wf.name)
             attempt_span = scope.__enter__()
@@ -735,7 +751,8 @@ class _Body:
             if failure is None:
                 self.telemetry.attempt(name, "succeeded", seconds)
                 self.steps[label] = StepResult(label, "succeeded", attempt, total)
-                self.progress.append("step_finished", label, "succeeded")
+                if progress.readers:
+                    progress.append("step_finished", label, "succeeded")
                 return value
             timed_out = _is_timeout(failure)
             self.telemetry.attempt(name, "timed_out" if timed_out else "failed", seconds)
@@ -744,8 +761,9 @@ class _Body:
             if (not isinstance(failure, UnserializableError) and self.stopping is None
                     and opts.retry.should_retry(failure, attempt)):
                 delay = opts.retry.delay(attempt)
-                bound.warning("step failed, retrying", attempt=attempt, delay=delay,
-                              error=f"{type(failure).__qualname__}: {failure}")
+                log.bind(workflow=self.wf.name, run_id=self.run_id, step=label).warning(
+                    "step failed, retrying", attempt=attempt, delay=delay,
+                    error=f"{type(failure).__qualname__}: {failure}")
                 self._sleep(delay)
                 continue
             self.check_live()
@@ -1617,3 +1635,25 @@ def progress_of(run_id: str, store: CheckpointClient | None, after: int | None,
     body = _registered(run_id)
     client = store if store is not None else (body.store if body is not None else connect())
     return ProgressStream(run_id, client, after=after, timeout=timeout)
+
+
+def wait_settled(run_id: str, future: concurrent.futures.Future[Any],
+                 timeout: float | None) -> bool:
+    """Wait until a run ends or (a code-first run) parks; False on timeout."""
+    deadline = None if timeout is None else time.monotonic() + timeout
+    while not future.done():
+        body = _registered(run_id)
+        left = None if deadline is None else deadline - time.monotonic()
+        if left is not None and left <= 0:
+            return False
+        if body is None:
+            try:
+                future.exception(left)
+            except concurrent.futures.TimeoutError:
+                return False
+            return True
+        if body.settled.wait(0.1 if left is None else min(left, 0.1)):
+            with body.cond:
+                if body.state in ("parked", "ended"):
+                    return True
+    return True

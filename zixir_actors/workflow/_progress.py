@@ -72,6 +72,7 @@ class ProgressLog:
         self.live: deque[ProgressItem] = deque(maxlen=_LIVE_KEEP)
         self.pending: list[ProgressItem] = []
         self.ended = False
+        self.readers = 0  # live readers: step starts and ends are only made for them
         self.next_seq = store.last_seq(PROGRESS_DB, run_id) + 1
         self._flush_armed = False
 
@@ -204,6 +205,16 @@ class ProgressStream:
             time.sleep(_POLL if left is None else min(_POLL, left))
 
     def _follow(self, log: ProgressLog, deadline: float | None) -> Iterator[ProgressItem]:
+        with log.cond:
+            log.readers += 1
+        try:
+            yield from self._follow_live(log, deadline)
+        finally:
+            with log.cond:
+                log.readers -= 1
+
+    def _follow_live(self, log: ProgressLog,
+                     deadline: float | None) -> Iterator[ProgressItem]:
         while True:
             with log.cond:
                 fresh = [item for item in log.live if item.seq > self.cursor]

@@ -277,6 +277,18 @@ class RunHandle:
                 return str(record.status)
         return "running"
 
+    def wait(self, *, timeout: float | None = None) -> str:
+        """Wait until the run ends or, a code-first run, parks; return its status.
+
+        Raises:
+            ZixirTimeoutError: neither happened within `timeout` seconds.
+        """
+        from zixir_actors.workflow._durable import wait_settled
+
+        if not wait_settled(self.run_id, self.future, timeout):
+            raise ZixirTimeoutError(f"run {self.run_id!r}", timeout)
+        return self.status()
+
     def progress(self, *, after: int | None = None, timeout: float | None = None) -> Any:
         """Iterate the run's progress: past items first, then live ones until it ends.
 
