@@ -234,6 +234,138 @@ def test_configure_logging_replaces_loguru_default_stderr_handler() -> None:
     assert json.loads(emitted[0])["message"] == "only once"
 
 
+SECRET = "sk-live-0123456789abcdef"
+
+
+class Leaky(SupervisedActor):
+    """Crashes with an API-key-like value in a local variable."""
+
+    def on_receive(self, message: Any) -> Any:
+        api_key = SECRET
+        return self.call_upstream(api_key, message)  # diagnose would print both values
+
+    def call_upstream(self, api_key: str, prompt: Any) -> Any:
+        raise RuntimeError("upstream refused the request")
+
+
+def crash_and_restart(name: str) -> None:
+    sup = Supervisor.start_link([ChildSpec("leaky", Leaky, name=name)], name=f"{name}.sup")
+    try:
+        target = ref(name).whereis()
+        assert target is not None
+        watch = monitor(target)
+        with pytest.raises(RuntimeError):
+            ref(name).ask("go", timeout=5)
+        watch.wait(timeout=5)
+        sup.which_children(timeout=5)  # the supervisor has handled the crash by now
+    finally:
+        sup.stop()
+
+
+def test_crash_reports_never_show_local_variable_values() -> None:
+    human, users_own = io.StringIO(), io.StringIO()
+    configure_logging(json=False, sink=human, colorize=False, replace_default=False)
+    # An application's own loguru sink, with loguru's defaults (diagnose=True, backtrace=True).
+    own = logger.add(users_own, level="DEBUG")
+    try:
+        crash_and_restart("leak.human")
+    finally:
+        logger.remove(own)
+        reset_logging()
+    assert SECRET not in users_own.getvalue() and SECRET not in human.getvalue()
+    for text in (human.getvalue(), users_own.getvalue()):
+        assert "crashed: RuntimeError: upstream refused the request at " in text
+    report = human.getvalue()
+    assert "Traceback (most recent call last)" in report and "in call_upstream" in report
+    assert report.count("crashed: RuntimeError") == 1
+
+
+def test_a_crash_is_one_json_line_with_type_message_where_and_traceback() -> None:
+    out = io.StringIO()
+    configure_logging(json=True, sink=out, level="INFO", replace_default=False)
+    try:
+        crash_and_restart("leak.json")
+    finally:
+        reset_logging()
+    assert SECRET not in out.getvalue()
+    (report,) = [line for line in lines(out) if "crashed" in line["message"]]
+    assert report["level"] == "WARNING" and report["child"] == "leaky"
+    assert (report["error_type"], report["error"]) == ("RuntimeError",
+                                                       "upstream refused the request")
+    assert report["where"].endswith(" in call_upstream") and __file__ in report["where"]
+    assert report["traceback"].startswith("Traceback") and report["exception"] is None
+    assert report["restart_count"] == 1
+
+
+def test_diagnose_shows_local_values_only_when_asked() -> None:
+    out = io.StringIO()
+    configure_logging(json=False, sink=out, colorize=False, replace_default=False,
+                      diagnose=True)
+    try:
+        crash_and_restart("leak.diagnose")
+    finally:
+        reset_logging()
+    assert SECRET in out.getvalue()  # the user turned it on
+    quiet = io.StringIO()
+    configure_logging(json=False, sink=quiet, colorize=False, replace_default=False)
+    try:
+        crash_and_restart("leak.after")
+    finally:
+        reset_logging()
+    assert "crashed" in quiet.getvalue() and SECRET not in quiet.getvalue()
+
+
+def test_a_library_merely_imported_logs_nothing(tmp_path: Any) -> None:
+    code = (
+        "import zixir_actors\n"
+        "from supervisors import ChildSpec, Supervisor, ref\n"
+        "from zixir_actors import Workflow\n"
+        "class Leaky(__import__('pykka').ThreadingActor):\n"
+        "    def on_receive(self, message):\n"
+        f"        api_key = {SECRET!r}\n"
+        "        raise RuntimeError('crash')\n"
+        "with zixir_actors.start(data_dir=" + repr(str(tmp_path)) + "):\n"
+        "    wf = Workflow('quiet')\n"
+        "    @wf.step()\n"
+        "    def one():\n"
+        "        return 1\n"
+        "    assert wf.run().outputs['one'] == 1\n"
+        "    sup = Supervisor.start_link([ChildSpec('c', Leaky, name='c')])\n"
+        "    try:\n"
+        "        ref('c').ask('go', timeout=5)\n"
+        "    except RuntimeError:\n"
+        "        pass\n"
+        "    sup.stop()\n"
+        "print('done')\n"
+    )
+    done = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True,
+                          timeout=120, check=False, cwd=tmp_path)
+    assert done.stdout.strip() == "done", done.stderr
+    assert done.stderr == ""  # not one line on loguru's default stderr sink (DEBUG level)
+
+
+def test_reset_logging_makes_the_library_quiet_again() -> None:
+    seen: list[str] = []
+    own = logger.add(lambda m: seen.append(m.record["message"]), level="DEBUG")
+    try:
+        configure_logging(sink=io.StringIO(), replace_default=False)
+        crash_and_restart("quiet.before")
+        assert any("crashed" in m for m in seen)
+        reset_logging()
+        seen.clear()
+        crash_and_restart("quiet.after")
+        assert seen == []
+        with capture_logs() as logs:  # capture_logs listens anyway, and restores quiet
+            crash_and_restart("quiet.captured")
+        assert logs.find("crashed") and seen != []
+        seen.clear()
+        crash_and_restart("quiet.again")
+        assert seen == []
+    finally:
+        logger.remove(own)
+        reset_logging()
+
+
 # --- spans ------------------------------------------------------------------
 
 
