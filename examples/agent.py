@@ -104,14 +104,16 @@ def agent(ctx: Any, question: str = QUESTION, max_turns: int = 6) -> dict[str, A
     sources: list[str] = []
     for _ in range(max_turns):
         action = ctx.step(decide, question, observations, name="llm")
-        ctx.emit(f"llm chose {action['tool']}")
+        ctx.emit(f"llm: {action['tool']}({action['args']!r})")
         if action["tool"] == "answer":
             sources = action["args"]
             break
         if action["tool"] == "read_page":
             result: Any = ctx.map(read_page, action["args"], concurrency=4)
+            ctx.emit(f"read {len(result)} pages in parallel")
         else:
             result = ctx.step(search, action["args"])
+            ctx.emit(f"search found {result}")
         observations.append({"tool": action["tool"], "result": result})
     if not sources:
         return {"answer": None, "approved": False, "reason": "no answer found"}
@@ -146,8 +148,6 @@ def main() -> None:
                 print(item.value, end="", flush=True)
             elif item.kind == "emit":
                 print(f"[agent] {item.value}")
-            elif item.kind == "step_started":
-                print(f"[step] {item.step}")
         print()
         approver.join()
         result = handle.result(timeout=60).raise_for_status()

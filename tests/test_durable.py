@@ -718,9 +718,11 @@ def test_progress_past_then_live_items_with_a_cursor(store: CheckpointClient) ->
     assert kinds.index("step_finished") > started
     seqs = [i.seq for i in collected]
     assert seqs == sorted(seqs) and len(set(seqs)) == len(seqs)
-    assert list(result.progress()) == collected
-    cursor = collected[2].seq
-    assert list(handle.progress(after=cursor)) == collected[3:]
+    # step starts and ends are live-only; emits, parks and the end are stored
+    stored = [i for i in collected if i.kind not in ("step_started", "step_finished")]
+    assert list(result.progress(store=store)) == stored
+    cursor = stored[2].seq
+    assert list(handle.progress(after=cursor)) == stored[3:]
 
 
 def test_progress_async_for(store: CheckpointClient) -> None:
@@ -757,7 +759,7 @@ def test_ten_thousand_emits_from_one_step(store: CheckpointClient) -> None:
         return ctx.step(chatty)
 
     result = body.run({}, store=store)
-    emitted = [i.value for i in result.progress() if i.kind == "emit"]
+    emitted = [i.value for i in result.progress(store=store) if i.kind == "emit"]
     assert emitted == list(range(10_000))
 
 
@@ -908,9 +910,37 @@ def test_zixir_runs_send_on_the_command_line_wakes_a_parked_run(tmp_path: Path) 
         assert sent.returncode == 0, sent.stderr
         result = handle.result(timeout=WAIT)
     assert result.output == {"approved": True}
-    missing = subprocess.run(
-        [sys.executable, "-m", "zixir_actors", "--data-dir", str(data_dir), "runs", "send",
-         "no-such-run", "approval"], capture_output=True, text=True, timeout=120, env=env,
-        check=False)
+    missing = zixir(data_dir, "runs", "send", "no-such-run", "approval")
     assert missing.returncode == 2
     assert "no-such-run" in missing.stderr
+
+
+def zixir(data_dir: Path, *args: str) -> subprocess.CompletedProcess[str]:
+    env = {**os.environ, "PYTHONPATH": str(ROOT)}
+    env.pop("ZIXIR_DATA_DIR", None)
+    return subprocess.run([sys.executable, "-m", "zixir_actors", "--data-dir", str(data_dir),
+                           *args], capture_output=True, text=True, timeout=120, env=env,
+                          check=False)
+
+
+def test_agent_example_parks_under_zixir_run_and_an_approval_from_the_cli_finishes_it(
+        tmp_path: Path) -> None:
+    started = zixir(tmp_path, "run", str(ROOT / "examples" / "agent.py") + ":agent",
+                    "--run-id", "agent-1", "--json")
+    assert started.returncode == 0, started.stderr
+    parked = json.loads(started.stdout)
+    assert parked["status"] == "parked"
+    assert parked["waiting"]["kind"] == "event" and parked["waiting"]["event"] == "approval"
+    listed = zixir(tmp_path, "runs", "list", "--json")
+    assert [(r["run_id"], r["status"]) for r in json.loads(listed.stdout)] == \
+        [("agent-1", "parked")]
+    approved = zixir(tmp_path, "runs", "send", "agent-1", "approval", "--data",
+                     json.dumps({"approved": True}), "--json")
+    assert approved.returncode == 0, approved.stderr
+    summary = json.loads(approved.stdout[approved.stdout.index("{"):])
+    assert summary["status"] == "succeeded"
+    assert summary["outputs"]["approved"] is True
+    assert "rest_for_one" in summary["outputs"]["answer"]
+    again = zixir(tmp_path, "runs", "send", "agent-1", "approval")
+    assert again.returncode == 2 and "agent-1" in again.stderr  # the run has ended
+
