@@ -65,7 +65,7 @@ from collections.abc import Callable, Sequence
 from dataclasses import dataclass, field
 from importlib import metadata
 from pathlib import Path
-from typing import Annotated, Any, TypedDict
+from typing import Annotated, Any, TypedDict, TypeVar
 
 from benchmarks._harness import Figure, main
 
@@ -96,6 +96,7 @@ KILL_AT = 11
 START_TIMEOUT = 240.0
 OP_TIMEOUT = 600.0
 REPO = Path(__file__).resolve().parent.parent
+T = TypeVar("T")
 
 
 class PeerError(RuntimeError):
@@ -189,15 +190,7 @@ class _Ours:
     def loop(self, n: int) -> float:
         wf = self._flows.get(("loop", 0))
         if wf is None:
-            durable = ours_durable()
-
-            @durable("peers-loop")
-            def body(ctx: Any, n: int) -> int:
-                for i in range(n):
-                    ctx.step(_noop, i)
-                return n
-
-            wf = self._flows[("loop", 0)] = body
+            wf = self._flows[("loop", 0)] = ours_durable()("peers-loop")(_loop_body)
         began = time.perf_counter()
         wf.run({"n": n}, store=self.store).raise_for_status()
         return time.perf_counter() - began
@@ -208,6 +201,13 @@ class _Ours:
 
         reset_logging()
         self._devnull.close()
+
+
+def _loop_body(ctx: Any, n: int) -> int:
+    """Our side of the code-first loop: `n` durable no-op calls."""
+    for i in range(n):
+        ctx.step(_noop, i)
+    return n
 
 
 class _Dbos:
@@ -356,7 +356,9 @@ def _append(i: int) -> Callable[[Any], dict[str, list[int]]]:
 
 PREFECT_ENV = {"PREFECT_RESULTS_PERSIST_BY_DEFAULT": "true", "PREFECT_LOGGING_LEVEL": "WARNING",
                "PREFECT_SERVER_ANALYTICS_ENABLED": "false", "DO_NOT_TRACK": "1",
-               "PREFECT_SERVER_ALLOW_EPHEMERAL_MODE": "true"}
+               "PREFECT_SERVER_ALLOW_EPHEMERAL_MODE": "true",
+               # its default 20 s is not enough for the server to start on a loaded machine
+               "PREFECT_SERVER_EPHEMERAL_STARTUP_TIMEOUT_SECONDS": "180"}
 
 
 def _prefect_env(data_dir: str) -> dict[str, str]:
@@ -798,15 +800,14 @@ class _Plan:
         return cls(rounds=9, prefect_rounds=3, cold=7, prefect_cold=3, kills=3, prefect_kills=1)
 
     def count(self, peer: str, what: str) -> int:
-        base = getattr(self, what)
-        return getattr(self, f"prefect_{what}") if peer == "prefect" else base
+        return int(getattr(self, f"prefect_{what}" if peer == "prefect" else what))
 
 
 def _say(text: str) -> None:
     print(f"# peers: {text}", flush=True)
 
 
-def _rotated(items: Sequence[str], shift: int) -> list[str]:
+def _rotated(items: Sequence[T], shift: int) -> list[T]:
     shift %= max(1, len(items))
     return [*items[shift:], *items[:shift]]
 
@@ -900,14 +901,15 @@ def _kills(peers: Sequence[str], plan: _Plan, root: str) -> KillSamples:
         variants.append(("langgraph", "async"))
     scripts = {v: _Script(v[0], root, v[1]) for v in variants}
     results: KillSamples = {}
-    for v in variants:
-        if plan.count(v[0], "kills") == 0:
-            _say(f"{NAMES[v[0]]} kill test skipped in --quick (about 20 s per process)")
+    for peer in peers:
+        if plan.count(peer, "kills") == 0:
+            _say(f"{NAMES[peer]} kill test skipped in --quick (about 20 s per process)")
     for r in range(max(plan.kills, plan.prefect_kills)):
-        for v in _rotated([v for v in variants if r < plan.count(v[0], "kills")], r):
-            label = v[0] if v[1] == "sync" else f"{v[0]}-async"
+        due = [v for v in variants if r < plan.count(v[0], "kills")]
+        for peer, durability in _rotated(due, r):
+            label = peer if durability == "sync" else f"{peer}-async"
             try:
-                results.setdefault(label, []).append(_kill_test(scripts[v]))
+                results.setdefault(label, []).append(_kill_test(scripts[(peer, durability)]))
             except PeerError as exc:
                 _say(f"{label} kill test failed: {exc}")
     return results
