@@ -4,19 +4,23 @@ Run alone with `python -m benchmarks.bench_supervisors [--quick]`.
 
 Figures (each beside a baseline measured in the same run):
 
-- ``restart latency p50`` / ``p99``: from the moment a supervised child's
-  handler raises to the moment its next incarnation has answered an ask sent
-  through `ref(name)` (the crash is provoked by an ask through the same name,
-  so the time includes the asker hearing of the crash, the `Down`, the
-  supervisor's restart, the new thread and the re-resolved name), against a
-  raw Pykka ``start()`` plus first ``ask``. Target: p50 within 2x.
-  Supervision's log lines are switched off while it runs (`logger.disable`),
-  so the figure is the machinery, not the log sink: each restart logs a
-  report with the crash's traceback, which costs what the sink makes of it
-  (loguru's default stderr sink with ``diagnose=True`` adds about 2 ms).
-  Samples of ours and of the baseline alternate, so both see the same noise.
-  ``restart latency p50, asker's view`` starts the clock when the crash
-  reaches the asker instead (reported).
+- ``restart latency p50, default logging`` / ``p99``: from the moment a
+  supervised child's handler raises to the moment its next incarnation has
+  answered an ask sent through `ref(name)` (the crash is provoked by an ask
+  through the same name, so the time includes the asker hearing of the crash,
+  the `Down`, the supervisor's restart, the new thread and the re-resolved
+  name), against a raw Pykka ``start()`` plus first ``ask``, with logging as
+  a program gets it by importing the library (quiet until configured).
+  Target: p50 within 2x. Samples of ours and of the baseline alternate, so
+  both see the same noise. ``restart latency p50, asker's view`` starts the
+  clock when the crash reaches the asker instead (reported).
+- ``restart latency p50, JSON logs``: the same with
+  ``configure_logging(json=True, level="INFO")`` writing every crash report
+  (one JSON line with the traceback text) to a null sink. Target 2x.
+- ``restart latency p50, loguru defaults``: the same with the library's
+  loggers enabled and a loguru sink with loguru's own defaults
+  (``diagnose=True``, its text format) writing to a null sink: what crash
+  reports cost an application with loguru sinks of its own (reported).
 - ``ask via ref(name)``: an ``ask`` through `ref(name)` to a supervised child,
   against a raw ``ActorRef.ask`` to a plain `pykka.ThreadingActor`: the whole
   price of names and supervision on the hot path. Target 1.15x.
@@ -34,8 +38,10 @@ from __future__ import annotations
 
 import contextlib
 import gc
+import sys
 import threading
 import time
+from collections.abc import Iterator
 from typing import Any
 
 import pykka
@@ -43,6 +49,7 @@ from loguru import logger
 
 from benchmarks._harness import Figure, main, percentile
 from supervisors import ChildSpec, Supervisor, ref, whereis
+from zixir_actors.observability import configure_logging, reset_logging
 
 SUBJECT = "supervisors"
 
@@ -71,6 +78,57 @@ def _settle(threads: int) -> None:
     deadline = time.monotonic() + 0.05
     while threading.active_count() > threads and time.monotonic() < deadline:
         time.sleep(0.0002)
+
+
+class _Null:
+    """A sink that drops what it is given (a file-like object for loguru)."""
+
+    def write(self, text: str) -> int:
+        return len(text)
+
+    def flush(self) -> None:
+        pass
+
+
+_stderr_handler = 0
+"""loguru's own stderr sink (id 0 until this module sets it aside and back)."""
+
+
+@contextlib.contextmanager
+def _logging(mode: str) -> Iterator[None]:
+    """``default``: as imported; ``json``: configure_logging to a null sink;
+    ``loguru``: the library's loggers on, one sink with loguru's defaults.
+
+    loguru's own stderr sink is set aside meanwhile (it would print every
+    report to the terminal) and put back after.
+    """
+    global _stderr_handler
+    if mode == "default":
+        yield
+        return
+    try:
+        logger.remove(_stderr_handler)
+        removed = True
+    except ValueError:
+        removed = False
+    try:
+        if mode == "json":
+            configure_logging(json=True, level="INFO", sink=_Null(), replace_default=False)
+            try:
+                yield
+            finally:
+                reset_logging()
+        else:
+            handler = logger.add(_Null(), level="DEBUG")  # diagnose=True, backtrace=True
+            logger.enable("supervisors")
+            try:
+                yield
+            finally:
+                logger.disable("supervisors")
+                logger.remove(handler)
+    finally:
+        if removed:
+            _stderr_handler = logger.add(sys.stderr)
 
 
 def _restart_samples(n: int) -> tuple[list[float], list[float], list[float]]:
@@ -149,25 +207,38 @@ def run(quick: bool = False) -> list[Figure]:
     threads_before = threading.active_count()
     figures: list[Figure] = []
 
-    # (1) restart latency
-    logger.disable("supervisors")
-    try:
+    # (1) restart latency, with logging as imported, as configured, and with loguru's defaults
+    with _logging("default"):
         ours, heard, base = _restart_samples(restarts)
-    finally:
-        logger.enable("supervisors")
     figures += [
-        Figure(SUBJECT, "restart latency p50", ours=percentile(ours, 50) * 1e6,
+        Figure(SUBJECT, "restart latency p50, default logging", ours=percentile(ours, 50) * 1e6,
                baseline=percentile(base, 50) * 1e6, unit="us", better="lower", target=2.0,
                baseline_name="pykka start + first ask",
-               note=f"{restarts} crashes, supervision logs off"),
-        Figure(SUBJECT, "restart latency p99", ours=percentile(ours, 99) * 1e6,
+               note=f"{restarts} crashes, logging as imported (quiet until configured)"),
+        Figure(SUBJECT, "restart latency p99, default logging", ours=percentile(ours, 99) * 1e6,
                baseline=percentile(base, 99) * 1e6, unit="us", better="lower",
-               baseline_name="pykka start + first ask", note="supervision logs off"),
+               baseline_name="pykka start + first ask"),
         Figure(SUBJECT, "restart latency p50, asker's view", ours=percentile(heard, 50) * 1e6,
                baseline=percentile(base, 50) * 1e6, unit="us", better="lower",
                baseline_name="pykka start + first ask",
                note="from the crash reaching the asker to the next answer"),
     ]
+    _wait_threads_gone(threads_before)
+    with _logging("json"):
+        ours, _, base = _restart_samples(restarts)
+    figures.append(
+        Figure(SUBJECT, "restart latency p50, JSON logs", ours=percentile(ours, 50) * 1e6,
+               baseline=percentile(base, 50) * 1e6, unit="us", better="lower", target=2.0,
+               baseline_name="pykka start + first ask",
+               note="configure_logging(json=True): one JSON line with the traceback per crash"))
+    _wait_threads_gone(threads_before)
+    with _logging("loguru"):
+        ours, _, base = _restart_samples(restarts)
+    figures.append(
+        Figure(SUBJECT, "restart latency p50, loguru defaults", ours=percentile(ours, 50) * 1e6,
+               baseline=percentile(base, 50) * 1e6, unit="us", better="lower",
+               baseline_name="pykka start + first ask",
+               note="logger.enable('supervisors') + logger.add(sink) (diagnose=True)"))
     _wait_threads_gone(threads_before)
 
     # (2) ask through a name

@@ -15,6 +15,7 @@ takes the record: a crash that nobody logs costs a few microseconds.
 
 from __future__ import annotations
 
+import linecache
 import os
 import traceback
 from types import CodeType, TracebackType
@@ -27,8 +28,9 @@ __all__ = ["crash_fields", "log_crash", "set_crash_diagnose", "where"]
 
 _diagnose = False
 _PYKKA_DIR = os.path.dirname(pykka.__file__) + os.sep
-_loop_codes: set[CodeType] = set()
-"""Code of the actor loop's frames: a traceback is shown from below them."""
+_loop_codes: set[int] = set()
+"""ids of the actor loop's code objects (hashing a code object hashes its
+bytecode): a traceback is shown from below them."""
 
 
 def set_crash_diagnose(enabled: bool) -> bool:
@@ -50,7 +52,7 @@ def set_crash_diagnose(enabled: bool) -> bool:
 
 def register_loop_code(*codes: CodeType) -> None:
     """Frames of these code objects (the actor loop) and above are left out of reports."""
-    _loop_codes.update(codes)
+    _loop_codes.update(id(code) for code in codes)
 
 
 def _user_tb(tb: TracebackType | None) -> TracebackType | None:
@@ -60,7 +62,7 @@ def _user_tb(tb: TracebackType | None) -> TracebackType | None:
     start = tb
     node = tb
     while node is not None:
-        if node.tb_frame.f_code in _loop_codes:
+        if id(node.tb_frame.f_code) in _loop_codes:
             start = node.tb_next
         node = node.tb_next
     while start is not None and start.tb_frame.f_code.co_filename.startswith(_PYKKA_DIR) \
@@ -88,9 +90,34 @@ def crash_fields(exc: BaseException) -> dict[str, Any]:
         "where": where(exc),
     }
     if not _diagnose:  # with diagnose on, the attached exception carries it
-        fields["traceback"] = "".join(
-            traceback.format_exception(type(exc), exc, _user_tb(exc.__traceback__)))
+        lines: list[str] = []
+        _format(exc, _user_tb(exc.__traceback__), lines, set())
+        fields["traceback"] = "".join(lines)
     return fields
+
+
+def _format(exc: BaseException, tb: TracebackType | None, lines: list[str],
+            seen: set[int]) -> None:
+    """The standard traceback text, without 3.11's column carets (a third of the cost)."""
+    seen.add(id(exc))
+    cause, context = exc.__cause__, exc.__context__
+    if cause is not None and id(cause) not in seen:
+        _format(cause, cause.__traceback__, lines, seen)
+        lines.append("\nThe above exception was the direct cause of the following exception:\n\n")
+    elif context is not None and not exc.__suppress_context__ and id(context) not in seen:
+        _format(context, context.__traceback__, lines, seen)
+        lines.append("\nDuring handling of the above exception, another exception occurred:\n\n")
+    if tb is not None:
+        lines.append("Traceback (most recent call last):\n")
+    while tb is not None:
+        frame = tb.tb_frame
+        code = frame.f_code
+        lines.append(f'  File "{code.co_filename}", line {tb.tb_lineno}, in {code.co_name}\n')
+        source = linecache.getline(code.co_filename, tb.tb_lineno, frame.f_globals).strip()
+        if source:
+            lines.append(f"    {source}\n")
+        tb = tb.tb_next
+    lines.extend(traceback.format_exception_only(type(exc), exc))
 
 
 def summary(reason: Any) -> str:
@@ -102,17 +129,49 @@ def summary(reason: Any) -> str:
     return repr(reason)
 
 
+class Summary:
+    """`summary(reason)`, computed only when a message is formatted (a record is built)."""
+
+    __slots__ = ("reason",)
+
+    def __init__(self, reason: Any) -> None:
+        self.reason = reason
+
+    def __format__(self, spec: str) -> str:
+        return format(summary(self.reason), spec)
+
+    def __str__(self) -> str:
+        return summary(self.reason)
+
+
+_NOTHING = object()
+
+
+def _add_crash_fields(record: Any) -> None:
+    extra = record["extra"]
+    exc = extra.pop("_crash", None)
+    reason = extra.pop("_reason", _NOTHING)
+    if reason is not _NOTHING:
+        extra["reason"] = repr(reason)
+    if exc is not None:
+        extra.update(crash_fields(exc))
+
+
+_logger = logger.patch(_add_crash_fields)
+"""Runs only for records some sink takes: a disabled logger costs a few microseconds."""
+
+
 def log_crash(level: str, exc: BaseException | None, message: str, *args: Any,
               depth: int = 0, **fields: Any) -> None:
-    """Log one compact record: `message` formatted with `args`, bound `fields`, and,
-    when `exc` is given, its crash fields (built only if a sink takes the record)."""
-    bound = logger.bind(**fields) if fields else logger
-    if exc is not None:
-        bound = bound.patch(lambda record: record["extra"].update(crash_fields(exc)))
-        if _diagnose:
-            bound = bound.opt(exception=exc, depth=depth + 1)
-        else:
-            bound = bound.opt(depth=depth + 1)
+    """Log one compact record: `message` formatted with `args`, `fields` bound, and,
+    when `exc` is given, its crash fields (built only if a sink takes the record).
+
+    A ``_reason`` field becomes ``reason``, its repr (also built only then).
+    """
+    if exc is not None and _diagnose:
+        options = _logger.opt(exception=exc, depth=depth + 1)
     else:
-        bound = bound.opt(depth=depth + 1)
-    bound.log(level, message, *args)
+        options = _logger.opt(depth=depth + 1)
+    # loguru's capture puts the keyword arguments in `extra`; the message only
+    # uses positional fields.
+    options.log(level, message, *args, _crash=exc, **fields)

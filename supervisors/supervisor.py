@@ -32,10 +32,31 @@ the other running children (last first) and restarts them all in order;
 for a group restart exit with ``"shutdown"``, are restarted with reason
 ``"sibling_restart"``, and temporary ones among them are dropped, as in OTP.
 A child's name is registered before its thread runs, so `ref(name)` callers
-queue their messages during a restart instead of failing. Each restart is
-logged (loguru, WARNING, with the crash's traceback, bound fields
-``supervisor``, ``child``, ``reason``, ``restart_count``), and so is giving up
-(ERROR), besides the `ChildRestarted` and `IntensityExceeded` events.
+queue their messages during a restart instead of failing.
+
+A restart whose start fails (the constructor or `on_start` raises) is
+retried through the supervisor's own mailbox, as OTP's ``try_again_restart``
+(OTP-9549): calls queued meanwhile (`which_children`, `start_child`,
+`terminate_child`, ...) are answered between attempts, each attempt counts
+towards the intensity, and `terminate_child` of the child ends the retries.
+While it is retried, the child's `Child.restarting` is True and
+`restart_child` / `delete_child` raise `ChildRestartingError`. For
+one_for_all (and rest_for_one), the children of the group after the one
+that failed stay down, and the next attempt stops the ones already
+restarted and restarts the group again in order; rest_for_one retries from
+the child that failed.
+
+A start function may return a `SupervisorRef` (``start=lambda:
+Supervisor.start_link([...])``, with ``type="supervisor"``): the nested
+supervisor is supervised, restarted and stopped like any child.
+
+Each exit worth reporting is one compact log record (loguru, bound fields
+``supervisor``, ``child``, ``reason``, ``restart_count``, and for a crash
+``error_type``, ``error``, ``where``, ``traceback``; see
+`supervisors._report`): WARNING for a crash, INFO for a normal exit of a
+permanent child; a failed restart is one WARNING, and giving up one ERROR,
+besides the `ChildRestarted` and `IntensityExceeded` events. The package
+logs nothing until the application enables it (``logger.enable("supervisors")``).
 """
 
 from __future__ import annotations
@@ -159,6 +180,18 @@ class _Child:
         # Its last incarnation's urn: a DynamicSupervisor finds a child whose
         # restart keeps failing by the ref it had.
         self.last_urn: str | None = None
+
+
+class _Restarting:
+    """``restarting (restart #n)``, formatted only when a report is built."""
+
+    __slots__ = ("count",)
+
+    def __init__(self, count: int) -> None:
+        self.count = count
+
+    def __format__(self, spec: str) -> str:
+        return f"restarting (restart #{self.count})"
 
 
 def _class_name(spec: ChildSpec) -> str:
@@ -403,21 +436,21 @@ class _SupervisorCore(SupervisedActor):
         if not self._note_restart():
             self._report_exit(child, reason, "restart intensity reached")
             self._give_up(child, reason)
-        self._report_exit(child, reason, f"restarting (restart #{child.restarts + 1})",
+        self._report_exit(child, reason, _Restarting(child.restarts + 1),
                           restart_count=child.restarts + 1)
         child.last_urn = down.ref.actor_urn
         self._restart_group(child, reason)
 
-    def _report_exit(self, child: _Child, reason: Any, action: str, **fields: Any) -> None:
+    def _report_exit(self, child: _Child, reason: Any, action: object, **fields: Any) -> None:
         """One compact record per exit worth reporting (see `supervisors._report`)."""
         crash = reason if isinstance(reason, BaseException) else None
         abnormal = crash is not None or reason not in NORMAL_REASONS
+        label = self.label
         _report.log_crash("WARNING" if abnormal else "INFO", crash,
-                          "child {} of {} {}: {}; {}", child.spec.id, self.label,
+                          "child {} of {} {}: {}; {}", child.spec.id, label,
                           "crashed" if crash is not None else "exited",
-                          _report.summary(reason), action, depth=1,
-                          supervisor=self.label, child=str(child.spec.id), reason=repr(reason),
-                          **fields)
+                          _report.Summary(reason), action, depth=1,
+                          supervisor=label, child=str(child.spec.id), _reason=reason, **fields)
 
     def _note_restart(self) -> bool:
         now = self._clock()
