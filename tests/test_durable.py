@@ -944,3 +944,27 @@ def test_agent_example_parks_under_zixir_run_and_an_approval_from_the_cli_finish
     again = zixir(tmp_path, "runs", "send", "agent-1", "approval")
     assert again.returncode == 2 and "agent-1" in again.stderr  # the run has ended
 
+
+def test_the_readme_web_handler_serves_an_agent_with_run_async(
+        tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> None:
+    pytest.importorskip("fastapi")
+    pytest.importorskip("httpx")
+    import re
+    import runpy
+
+    from fastapi.testclient import TestClient
+
+    readme = (ROOT / "README.md").read_text()
+    [block] = [b for b in re.findall(r"```py\n(.*?)```", readme, re.DOTALL) if "FastAPI(" in b]
+    script = tmp_path / "web.py"
+    script.write_text(block)
+    monkeypatch.setenv("ZIXIR_DATA_DIR", str(tmp_path / "data"))
+    app = runpy.run_path(str(script))["app"]
+    with TestClient(app) as client:
+        answered = client.post("/ask", params={"question": "why"})
+        assert answered.status_code == 200
+        assert answered.json()["answer"] == "answer to why from 3 facts"
+        run_id = answered.json()["run_id"]
+        assert client.post(f"/runs/{run_id}/events/approval", json={}).status_code == 409
+        assert client.post("/runs/nope/events/approval", json={}).status_code == 404
+
