@@ -14,7 +14,7 @@ from __future__ import annotations
 import abc
 import types
 from collections import deque
-from collections.abc import Callable, Hashable, Iterable, Iterator
+from collections.abc import Callable, Hashable, Iterable
 from typing import Any, Literal
 
 from zixir_actors._clock import Clock
@@ -354,15 +354,14 @@ class Throttle(Op):
 
 _FUSIBLE = {Map: "map", Filter: "filter", Tap: "tap"}
 
-_compiled: dict[tuple[str, ...], tuple[Callable[..., Any], dict[int, int], int]] = {}
+_compiled: dict[tuple[str, ...], tuple[Callable[..., Any], dict[int, int]]] = {}
 
 
-def _compile(kinds: tuple[str, ...]) -> tuple[Callable[..., Any], dict[int, int], int]:
-    """Source of one loop running `kinds` over each item, built once per shape.
+def _compile(kinds: tuple[str, ...]) -> tuple[Callable[..., Any], dict[int, int]]:
+    """One loop running `kinds` over each item of a chunk, built once per shape.
 
-    Returns a factory taking the functions, the line of each call (to name
-    the operator that raised, at no cost per item) and the line of the
-    source's `for` (an exception there is the source's).
+    Returns a factory taking the functions, and the line of each call, to
+    name the operator that raised at no cost per item.
     """
     found = _compiled.get(kinds)
     if found is not None:
@@ -370,38 +369,21 @@ def _compile(kinds: tuple[str, ...]) -> tuple[Callable[..., Any], dict[int, int]
     fns = [f"f{i}" for i in range(len(kinds))]
     lines: list[str] = [f"def make({', '.join(fns)}):"]
     calls: dict[int, int] = {}
-    filters = "filter" in kinds
-
-    def body(indent: str, on_drop: list[str], after: list[str]) -> None:
-        for i, kind in enumerate(kinds):
-            calls[len(lines) + 1] = i
-            if kind == "map":
-                lines.append(f"{indent}x = f{i}(x)")
-            elif kind == "tap":
-                lines.append(f"{indent}f{i}(x)")
-            else:
-                lines.append(f"{indent}if not f{i}(x):")
-                lines.extend(indent + "    " + line for line in on_drop)
-        lines.append(f"{indent}append(x)")
-        lines.extend(indent + line for line in after)
-
     lines += ["    def process(items):", "        out = []", "        append = out.append",
               "        for x in items:"]
-    body("            ", ["continue"], [])
-    lines += ["        return out"]
-    lines += ["    def pull(it, want, cap):", "        out = []", "        append = out.append",
-              "        pulled = 0", "        limit = cap if want > cap else want"]
-    source_line = len(lines) + 1
-    lines += ["        for x in it:", "            pulled += 1"]
-    if filters:
-        body("            ", ["if pulled >= cap:", "    return out, pulled, False", "continue"],
-             ["if pulled >= cap or len(out) >= want:", "    return out, pulled, False"])
-    else:
-        body("            ", [], ["if pulled >= limit:", "    return out, pulled, False"])
-    lines += ["        return out, pulled, True", "    return process, pull"]
+    for i, kind in enumerate(kinds):
+        calls[len(lines) + 1] = i
+        if kind == "map":
+            lines.append(f"            x = f{i}(x)")
+        elif kind == "tap":
+            lines.append(f"            f{i}(x)")
+        else:
+            lines += [f"            if not f{i}(x):", "                continue"]
+    lines += ["            append(x)", "        return out"]
+    lines += ["    return process"]
     namespace: dict[str, Any] = {}
     exec(compile("\n".join(lines), f"<zixir fused {'-'.join(kinds)}>", "exec"), namespace)
-    found = (namespace["make"], calls, source_line)
+    found = (namespace["make"], calls)
     _compiled[kinds] = found
     return found
 
@@ -417,10 +399,8 @@ class Fused(Op):
     def __init__(self, members: list[_Call]) -> None:
         super().__init__("+".join(op.name for op in members))
         self.members = members
-        make, self.calls, self.source_line = _compile(
-            tuple(_FUSIBLE[type(op)] for op in members))
-        self._process, self._pull = make(*(op.fn for op in members))
-        self.codes = {self._process.__code__, self._pull.__code__}
+        make, self.calls = _compile(tuple(_FUSIBLE[type(op)] for op in members))
+        self._process = make(*(op.fn for op in members))
 
     def process(self, items: list[Any]) -> list[Any]:
         try:
@@ -428,24 +408,9 @@ class Fused(Op):
         except Exception as exc:
             raise self._failed(exc) from exc
 
-    def pull(self, it: Iterator[Any], want: int, cap: int) -> tuple[list[Any], int, bool]:
-        """Pull `it` until `want` items came out or `cap` went in: (items, pulled, exhausted).
-
-        Raises:
-            OpFailed: an operator's function raised.
-            Exception: the source itself raised.
-        """
-        try:
-            return self._pull(it, want, cap)  # type: ignore[no-any-return]
-        except Exception as exc:
-            line = self._line(exc.__traceback__)
-            if line is None or line == self.source_line:
-                raise
-            raise self._failed(exc) from exc
-
     def _line(self, tb: types.TracebackType | None) -> int | None:
         while tb is not None:
-            if tb.tb_frame.f_code in self.codes:
+            if tb.tb_frame.f_code is self._process.__code__:
                 return tb.tb_lineno
             tb = tb.tb_next
         return None

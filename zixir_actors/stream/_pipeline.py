@@ -56,7 +56,7 @@ __all__ = [
 STREAMS_NAME = "zixir.streams"
 """The runtime's dynamic supervisor of running pipelines."""
 
-DEFAULT_CHUNK = 256
+DEFAULT_CHUNK = 1024
 """Items per message between stages: per-item messages cost ~6 us, a chunk amortises it."""
 
 DEFAULT_BUFFER = 1024
@@ -260,10 +260,10 @@ def stage_names(stream: Stream[Any]) -> list[str]:
 class Run:
     """One running pipeline: its supervisor, stage refs, sink and control block."""
 
-    def __init__(self, stream: Stream[Any], *,
-                 loop: asyncio.AbstractEventLoop | None = None) -> None:
+    def __init__(self, stream: Stream[Any], *, loop: asyncio.AbstractEventLoop | None = None,
+                 collect: Callable[[list[Any]], object] | None = None) -> None:
         self.id = f"stream-{next(_ids)}"
-        self.sink = Sink(loop)
+        self.sink = Sink(loop, collect)
         self.control = Control(self.id, self.sink, _clock_of(stream))
         self._dynamic: SupervisorRef | None = None
         self._sup_ref: Any = None

@@ -116,10 +116,18 @@ def annotate(error: BaseException, stage: str) -> BaseException:
 
 
 class Sink:
-    """The terminal's inbox: a thread queue, or an asyncio queue on a running loop."""
+    """The terminal's inbox: a thread queue, or an asyncio queue on a running loop.
 
-    def __init__(self, loop: asyncio.AbstractEventLoop | None = None) -> None:
+    A terminal that only collects (`to_list`, `run_async`) gives `collect`:
+    the last stage then appends each chunk itself and its demand is
+    replenished at once, so no chunk waits for the caller's thread; only the
+    end of the run (`Complete` or `Failed`) goes through the queue.
+    """
+
+    def __init__(self, loop: asyncio.AbstractEventLoop | None = None,
+                 collect: Callable[[list[Any]], object] | None = None) -> None:
         self.loop = loop
+        self.collect = collect
         self.queue: queue.SimpleQueue[Any] = queue.SimpleQueue()
         self.aqueue: asyncio.Queue[Any] | None = asyncio.Queue() if loop is not None else None
 

@@ -22,7 +22,7 @@ import pykka
 
 from supervisors import SupervisedActor
 from zixir_actors.observability import start_span
-from zixir_actors.stream._ops import Fused, Op, OpFailed, flush_chain, fuse, need_of, run_chain
+from zixir_actors.stream._ops import Op, OpFailed, flush_chain, fuse, need_of, run_chain
 from zixir_actors.stream._runtime import (
     PULL,
     TICK,
@@ -32,6 +32,7 @@ from zixir_actors.stream._runtime import (
     Control,
     Demand,
     Pump,
+    Sink,
     Wire,
 )
 
@@ -103,6 +104,7 @@ class Stage(SupervisedActor):
         self.refill = max(1, min(chunk, bound // 2))
         self.upstreams: tuple[Any, ...] = ()
         self.downstream: Any = None
+        self.deliver: Callable[[list[Any]], object] | None = None  # the sink's `collect`
         self.port = 0
         self.demand = 0
         self.out: list[Any] = []
@@ -134,6 +136,8 @@ class Stage(SupervisedActor):
             if type(message) is Wire:
                 self.upstreams = message.upstreams
                 self.downstream = message.downstream
+                if type(message.downstream) is Sink:
+                    self.deliver = message.downstream.collect
                 self.port = message.port
                 self.wired(message)
             else:
@@ -193,6 +197,11 @@ class Stage(SupervisedActor):
             if self._blocked_since is not None:
                 m.waited.inc(time.perf_counter() - self._blocked_since)
                 self._blocked_since = None
+        deliver = self.deliver
+        if deliver is not None:
+            deliver(items)  # the terminal's consumer took them: its demand is back at once
+            self.demand += n
+            return
         try:
             self.downstream.tell(Chunk(self.port, items))
         except pykka.ActorDeadError:
@@ -236,8 +245,6 @@ class Segment(Stage):
         self.flushed = False
         self.tick_at: float | None = None
         self.timed = [i for i, op in enumerate(self.ops) if op.timed]
-        first = self.ops[0] if self.ops else None
-        self.fused = first if type(first) is Fused else None
 
     def wired(self, message: Wire) -> None:
         if self.source is not None:
@@ -274,6 +281,7 @@ class Segment(Stage):
     def drive(self) -> None:
         ops, chunk, out = self.ops, self.chunk, self.out
         idle = self.actor_inbox.empty
+        self.check_cut()  # `take(0)` wants nothing from the start
         while True:
             self.send()
             out = self.out
@@ -291,22 +299,15 @@ class Segment(Stage):
             if source is None or self.up_done or self.control.stopping.is_set():
                 break
             if type(source) is IterSource:
+                # Exactly what the demand needs (never ahead of it), in one C call.
                 try:
-                    fused = self.fused
-                    if fused is not None:
-                        items, pulled, exhausted = fused.pull(source.it, need_of(ops, want, 1),
-                                                              chunk)
-                    else:
-                        items, exhausted = source.take(min(chunk, need))
-                        pulled = len(items)
-                except OpFailed:
-                    raise
+                    items, exhausted = source.take(min(chunk, need))
                 except Exception as exc:
                     self.fail(exc, source.stage)
                     return
-                if pulled:
-                    self.received(pulled)
-                    out.extend(run_chain(ops, items, 1 if fused is not None else 0))
+                if items:
+                    self.received(len(items))
+                    out.extend(run_chain(ops, items))
                     self.check_cut()
                 if exhausted:
                     self.up_done = True

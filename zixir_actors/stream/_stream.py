@@ -13,7 +13,7 @@ from zixir_actors.stream import _ops
 from zixir_actors.stream._ops import OnError
 from zixir_actors.stream._pipeline import plan_bound, stage_names
 from zixir_actors.stream._runtime import annotate
-from zixir_actors.stream._terminals import achunks, aiterate_items, drain, iterate_items
+from zixir_actors.stream._terminals import acollect, aiterate_items, collect, drain, iterate_items
 
 __all__ = ["DEFAULT_RETRIES", "Overflow", "Stream"]
 
@@ -480,9 +480,7 @@ class Stream(Generic[T]):
             StreamTimeoutError: not finished within `timeout` seconds.
             StreamConsumedError: a single-use source was already run.
         """
-        out: list[T] = []
-        drain(self, timeout, out.extend)
-        return out
+        return collect(self, timeout)
 
     def for_each(self, fn: Callable[[T], object], *, timeout: float | None = None) -> None:
         """Call `fn` on each item in the calling thread.
@@ -556,10 +554,7 @@ class Stream(Generic[T]):
             >>> asyncio.run(Stream.range(3).map(lambda x: x + 1).run_async())
             [1, 2, 3]
         """
-        out: list[T] = []
-        async for chunk in achunks(self, timeout):
-            out.extend(chunk)
-        return out
+        return await acollect(self, timeout)
 
 
 def _default_clock() -> Clock:
