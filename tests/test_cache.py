@@ -1133,3 +1133,24 @@ print(json.dumps({"threads": threading.active_count() - before}))
 """, tmp_path)
     assert seen == {"threads": 0}
     assert list(tmp_path.iterdir()) == []      # no data directory, no file
+
+
+def test_persistent_hit_and_miss_counts_continue_after_a_restart(caches: SupervisorRef,
+                                                                 tmp_path: Path) -> None:
+    from zixir_actors.cache import stored_caches
+
+    c = Cache.start("counted", persist=True, data_dir=tmp_path)
+    c.put("k", 1)
+    c.get("k"), c.get("k"), c.get("missing")
+    c.stop()
+    c = Cache.start("counted", persist=True, data_dir=tmp_path)
+    c.get("k")
+    assert (c.stats().hits, c.stats().misses) == (3, 1)
+    c.stop()
+    [stored] = stored_caches(tmp_path)
+    assert (stored.name, stored.persistent, stored.entries, stored.hits, stored.misses) == \
+        ("counted", True, 1, 3, 1)
+    memory_only = Cache.start("scratch")      # no runtime: records nothing anywhere
+    memory_only.put("k", 1)
+    memory_only.stop()
+    assert [s.name for s in stored_caches(tmp_path)] == ["counted"]

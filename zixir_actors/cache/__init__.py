@@ -55,6 +55,7 @@ from __future__ import annotations
 
 from zixir_actors.cache._actor import CACHES, CacheActor, child_spec
 from zixir_actors.cache._cache import Cache
+from zixir_actors.cache._catalog import StoredCache, stored_caches
 from zixir_actors.cache._options import DEFAULT_SYNC_INTERVAL, DEFAULT_TIMEOUT, CacheStats
 from zixir_actors.cache._table_api import Table
 from zixir_actors.cache._tables import DEFAULT_KEY_FIELD
@@ -69,8 +70,10 @@ __all__ = [
     "Cache",
     "CacheActor",
     "CacheStats",
+    "StoredCache",
     "Table",
     "WarmProgress",
     "WarmReport",
     "child_spec",
+    "stored_caches",
 ]

@@ -30,7 +30,7 @@ from zixir_actors.errors import CacheNotFoundError, ZixirTimeoutError
 from zixir_actors.observability import logger
 
 __all__ = ["ACTOR_PREFIX", "CACHES", "CacheActor", "child_spec", "current_state",
-           "default_data_dir", "ensure_collector", "live_names"]
+           "default_data_dir", "ensure_collector", "live_names", "runtime_data_dir"]
 
 CACHES = "zixir.caches"
 """Registered name of the DynamicSupervisor that every cache actor runs under."""
@@ -143,6 +143,16 @@ def default_data_dir() -> str:
     if _configured_data_dir:
         return _configured_data_dir[-1]
     return str(resolve_data_dir())
+
+
+def runtime_data_dir() -> str | None:
+    """The running runtime's data directory, where memory-only caches record
+    their size and counts when they stop (for `zixir cache list`); None
+    without a runtime, so a cache alone never creates a directory."""
+    from zixir_actors.runtime import current
+
+    runtime = current()
+    return None if runtime is None else str(runtime.data_dir)
 
 
 def _start_caches(*, data_dir: str | None, max_children: int | None,

@@ -24,6 +24,7 @@ from zixir_actors.cache._actor import (
     default_data_dir,
     ensure_collector,
     live_names,
+    runtime_data_dir,
 )
 from zixir_actors.cache._keys import memo_key, parse_size, signature_of
 from zixir_actors.cache._options import (
@@ -134,6 +135,8 @@ class Cache(TableMethods):
                 or a size string (``"64MB"`` is 64 x 1024^2). Sizes are the
                 encoded (pickled) size of the value.
             persist: mirror entries and tables in LMDB so they survive restarts.
+                Its hit and miss counts are stored when it stops and continue
+                in the next process (`zixir cache stats NAME`).
             data_dir: LMDB directory for ``persist=True``; default the runtime's
                 (given to `child_spec`), else ``$ZIXIR_DATA_DIR``, else ``./.zixir``.
             clock: time source for TTLs (`zixir_actors.testing.FakeClock` in
@@ -166,7 +169,7 @@ class Cache(TableMethods):
             max_entries=check_count(max_entries, "max_entries"),
             max_bytes=parse_size(max_bytes, "max_bytes"), persist=bool(persist),
             data_dir=(os.fspath(data_dir) if data_dir is not None else default_data_dir())
-            if persist else None,
+            if persist else runtime_data_dir(),
             clock=check_clock(clock), refresh_ahead=check_ratio(refresh_ahead),
             loader=check_callable(loader, "loader"), durable=bool(durable),
             sync_interval=check_ttl(sync_interval, "sync_interval") or DEFAULT_SYNC_INTERVAL)

@@ -14,6 +14,7 @@ persisted entries, and `INF` when the entry never expires.
 
 from __future__ import annotations
 
+import contextlib
 import contextvars
 import heapq
 import itertools
@@ -36,7 +37,7 @@ from zixir_actors.observability import logger, span
 if TYPE_CHECKING:
     from zixir_actors.cache._tables import Tables
 
-__all__ = ["INF", "CacheOptions", "CacheState", "Closed"]
+__all__ = ["INF", "STATS_DB", "CacheOptions", "CacheState", "Closed"]
 
 INF = float("inf")
 ACCESS_LOG_SIZE = 65_536
@@ -47,6 +48,8 @@ REAP_PER_TICK = 10_000
 """Expired entries reclaimed by one maintenance tick, at most."""
 MAX_TICK_DELAY = 60.0
 BACKGROUND_WORKERS = 2
+STATS_DB = "cache-stats"
+"""LMDB sub-database of every cache's record: name -> persistence, size and counters."""
 
 Loader = Callable[[Any], Any]
 _MISSING: Any = object()
@@ -108,6 +111,8 @@ class CacheState:
         self.inflight: dict[Hashable, Future[Any]] = {}
         self.inflight_lock = threading.Lock()
         self.warm_loaded = self.warm_errors = 0
+        # Hits and misses already added to the stored counters (see `_save_record`).
+        self._saved_hits = self._saved_misses = 0
         self._dirty = False
         self._timer: threading.Timer | None = None   # armed and not yet fired
         self._last_timer: threading.Timer | None = None   # joined by close()
@@ -124,6 +129,8 @@ class CacheState:
             try:
                 self.db = self.env.db(f"cache:{self.name}")
                 self._load()
+                if predecessor is None:
+                    self._load_counters()
             except BaseException:
                 release(self.env)
                 self.env = None
@@ -456,6 +463,55 @@ class CacheState:
         self.evictions, self.expirations = old.evictions, old.expirations
         self.refreshes, self.refresh_errors = old.refreshes, old.refresh_errors
         self.warm_loaded, self.warm_errors = old.warm_loaded, old.warm_errors
+        self._saved_hits, self._saved_misses = old._saved_hits, old._saved_misses
+
+    def _load_counters(self) -> None:
+        """Continue the hit and miss counts that earlier processes stored."""
+        assert self.env is not None
+        db = self.env.db(STATS_DB)
+        with self.env.read() as txn:
+            blob = txn.get(self.name.encode(), db=db)
+        if blob is None:
+            return
+        try:
+            stored = _codec.decode(blob, key=self.name.encode())
+        except (CorruptBlobError, ValueError, TypeError) as exc:
+            logger.bind(cache=self.name).warning("ignoring unreadable cache counters: {}", exc)
+            return
+        self.hits += int(stored.get("hits", 0))
+        self.misses += int(stored.get("misses", 0))
+        self._saved_hits, self._saved_misses = self.hits, self.misses
+
+    def _save_record(self, env: SharedEnv) -> None:
+        """Store this cache's record for `zixir cache list/stats`.
+
+        A persistent cache adds the hits and misses counted since the last
+        save to the stored ones, so the counts of several processes (and of
+        processes one after another) add up; a memory-only cache records its
+        own counts.
+        """
+        hits, misses = self.hits, self.misses
+        db = env.db(STATS_DB)
+        key = self.name.encode()
+        persist = self.persist
+
+        def write(txn: Any) -> None:
+            stored: dict[str, Any] = {}
+            blob = txn.get(key, db=db)
+            if blob is not None and persist:
+                with contextlib.suppress(CorruptBlobError, ValueError, TypeError):
+                    stored = dict(_codec.decode(blob, key=key))
+            record = {
+                "persistent": persist, "entries": len(self.data), "bytes": self.bytes,
+                "hits": int(stored.get("hits", 0)) + hits - self._saved_hits if persist else hits,
+                "misses": int(stored.get("misses", 0)) + misses - self._saved_misses
+                if persist else misses,
+                "updated_at": self.clock.time(),
+            }
+            txn.put(key, _codec.encode(record), db=db)
+
+        env.write(write)
+        self._saved_hits, self._saved_misses = hits, misses
 
     def _load(self) -> None:
         now = self.now()
@@ -519,9 +575,23 @@ class CacheState:
         if self.env is not None:
             env, self.env = self.env, None
             try:
+                self._save_record_logged(env)
                 env.sync()
             finally:
                 release(env)
+        elif self.options.data_dir is not None:
+            # A memory-only cache under a runtime: recorded in the runtime's directory.
+            env = open_env(self.options.data_dir)
+            try:
+                self._save_record_logged(env)
+            finally:
+                release(env)
+
+    def _save_record_logged(self, env: SharedEnv) -> None:
+        try:
+            self._save_record(env)
+        except Exception as exc:  # the entries are safe; only the counters are lost
+            logger.bind(cache=self.name).warning("cannot store the cache's counters: {}", exc)
 
 
 def _memory_size(value: Any, *, exact: bool) -> int:
