@@ -818,6 +818,12 @@ class CheckpointClient:
             out.append((_SEQ.unpack(key[len(prefix):])[0], event, payload, sent_at))
         return out
 
+    def mailbox_mark(self) -> int:
+        """The sequence number of the last event sent to any run (0 if none)."""
+        with self._read() as (env, txn):
+            raw = txn.get(_MAILBOX_MARK, db=env.db(EVENTS_DB))
+        return 0 if raw is None else int(_SEQ.unpack(raw)[0])
+
     def progress(self, run_id: str, after: int = -1,
                  limit: int | None = None) -> list[tuple[int, Any]]:
         """Stored progress items of a run with a sequence number above `after`."""
@@ -850,6 +856,7 @@ class CheckpointClient:
 
 
 _SEQ = struct.Struct(">Q")
+_MAILBOX_MARK = b"\xff.sent"  # no UTF-8 run id starts with 0xff
 
 
 class Batch:
@@ -874,6 +881,10 @@ class Batch:
 
     def delete_event(self, run_id: str, seq: int) -> None:
         self.ops.append((EVENTS_DB, _key(run_id) + _SEP + _SEQ.pack(seq), None))
+
+    def touch_mailbox(self, seq: int) -> None:
+        """Mark that an event was sent (processes watching their parked runs read it)."""
+        self.ops.append((EVENTS_DB, _MAILBOX_MARK, _SEQ.pack(seq)))
 
     def put_progress(self, run_id: str, seq: int, item: Any) -> None:
         self.ops.append((PROGRESS_DB, _key(run_id) + _SEP + _SEQ.pack(seq),

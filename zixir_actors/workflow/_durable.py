@@ -577,6 +577,8 @@ class _Body:
             self.waiting = waiting
             self.settled.set()
         self.telemetry.parked(1)
+        if waiting.get("kind") == "event":
+            _watch_mailboxes(self.store)
         until = waiting.get("until")
         if until is not None:
             timers_for(self.clock).add(until, ("wake", self.run_id), self.wake)
@@ -592,6 +594,10 @@ class _Body:
         timers_for(SYSTEM_CLOCK).cancel(("deadline", self.run_id))
         outputs = dict(output) if isinstance(output, Mapping) else (
             {} if output is None and status != "succeeded" else {"result": output})
+        letter = None if letter_for is None or store_broken else self._letter(letter_for)
+        if letter is not None and letter_for is not None and letter_for.step in self.steps:
+            self.steps[letter_for.step] = dataclasses.replace(self.steps[letter_for.step],
+                                                              dead_letter=letter.id)
         result = RunResult(self.run_id, self.wf.name, status, outputs,  # type: ignore[arg-type]
                            dict(self.steps), time.perf_counter() - self.started,
                            output=output, error=error)
@@ -601,9 +607,13 @@ class _Body:
         if not store_broken:
             batch = self.store.batch()
             self._take_records(batch)
-            batch.put_call(self.run_id, RESULT_POS, ("result", status, output, error))
-            if letter_for is not None:
-                self._dead_letter(batch, letter_for)
+            failed_call = None if letter_for is None else letter_for.step
+            batch.put_call(self.run_id, RESULT_POS,
+                           ("result", status, output, error, failed_call))
+            if letter is not None:
+                for old in self.letters.get(letter.step, ()):  # one letter per call
+                    batch.delete_dead_letter(old)
+                batch.put_dead_letter(letter)
             self.progress.append("ended", None, status)
             self.progress.take_pending(batch)
             batch.put_run(record)
@@ -627,27 +637,26 @@ class _Body:
         with _BODIES_LOCK:
             if _BODIES.get(self.run_id) is self:
                 del _BODIES[self.run_id]
+        # Released before the future resolves: whoever waits on it may resume at once.
+        release_run(self.control)
         future = self.control.future
         if not future.done():
             if result is not None:
                 future.set_result(result)
             else:
                 future.set_exception(error or RunInterruptedError(self.run_id, "stopped"))
-        release_run(self.control)
 
-    def _dead_letter(self, batch: Any, exc: StepFailedError) -> None:
+    def _letter(self, exc: StepFailedError) -> DeadLetter:
         inputs, history = self.failures.get(exc.step, ({}, ()))
         error = exc.error
         letter = DeadLetter(uuid.uuid4().hex, self.run_id, self.wf.name, exc.step,
                             inputs if isinstance(inputs, Mapping) else {"args": inputs},
                             error.type, error.message, error.traceback, tuple(history),
                             self.clock.time())
-        for old in self.letters.get(exc.step, ()):  # one letter per call, never two
-            batch.delete_dead_letter(old)
-        batch.put_dead_letter(letter)
         self.telemetry.exhausted(exc.step.split("#", 1)[0])
         log.bind(workflow=self.wf.name, run_id=self.run_id, step=exc.step).error(
             "step dead-lettered", letter=letter.id, error=str(error))
+        return letter
 
     def emit_once(self, index: int) -> bool:
         """Whether the body's `index`-th emit is new (not already in the stream)."""
@@ -853,7 +862,7 @@ def stored_result(wf: Workflow, record: RunRecord, store: CheckpointClient) -> R
     if wf.body is not None:
         outcome = store.get_call(record.run_id, RESULT_POS)
         if outcome is not None:
-            _, _, output, error = outcome
+            output, error = outcome[2], outcome[3]
         outputs = dict(output) if isinstance(output, Mapping) else (
             {} if output is None else {"result": output})
     else:
@@ -897,6 +906,7 @@ class BodyRun(SupervisedActor):
         super().__init__()
         self.body = body
         self.supervised = supervised
+        self.released = False  # the body ended or parked under this incarnation
 
     def on_start(self) -> None:
         self.actor_ref.tell(_DRIVE)
@@ -937,6 +947,7 @@ class BodyRun(SupervisedActor):
         except BaseException as exc:  # an engine failure crashes the run actor
             self._tell(_Crash(exc))
             return
+        self.released = True
         self._tell(_DONE)
 
     def _ended(self, future: concurrent.futures.Future[None]) -> None:
@@ -945,12 +956,14 @@ class BodyRun(SupervisedActor):
         except BaseException as exc:  # an engine failure (or the loop closing)
             self._tell(_Crash(exc))
             return
+        self.released = True
         self._tell(_DONE)
 
     def on_stop(self) -> None:
-        body = self.body
-        if body.state == "running":
-            body.interrupt("shutdown")
+        # Stopped while its body still runs (a shutdown): the run is let go. Once
+        # the body parked, a later wake-up belongs to the next incarnation.
+        if not self.released and self.body.state == "running":
+            self.body.interrupt("shutdown")
 
     def on_failure(self, exc_type: Any = None, exc: Any = None, tb: Any = None) -> None:
         body = self.body
@@ -1420,7 +1433,9 @@ def send(run_id: str, event: str, payload: Any = None, *,
     if record.status in ENDED:
         raise RunEndedError(run_id, record.status)
     batch = client.batch()
-    batch.put_event(run_id, _next_event_seq(), event, payload, time.time())
+    seq = _next_event_seq()
+    batch.put_event(run_id, seq, event, payload, time.time())
+    batch.touch_mailbox(seq)
     client.commit(batch)
     Telemetry(record.workflow).event("sent")
     body = _registered(run_id)
@@ -1436,6 +1451,8 @@ def launch(wf: Workflow, client: CheckpointClient, run_id: str, inputs: dict[str
            timeout: float | None) -> RunHandle:
     """Start (or continue) a code-first run; the `Workflow` methods call this."""
     records = client.calls(run_id) if existing is not None else []  # corrupt: fail first
+    if existing is not None and existing.status == "failed":
+        records = _retry_failed_call(client, run_id, records)
     control = register_run(run_id)
     try:
         now = wf.clock.time()
@@ -1461,6 +1478,18 @@ def launch(wf: Workflow, client: CheckpointClient, run_id: str, inputs: dict[str
         raise
     return RunHandle(run_id, control.future, lambda rid: wf.cancel(rid, store=client),
                      store=client)
+
+
+def _retry_failed_call(client: CheckpointClient, run_id: str,
+                       records: list[tuple[int, Any]]) -> list[tuple[int, Any]]:
+    """Resuming a run that failed on a call runs that call again (a caught failure replays)."""
+    outcome = dict(records).get(RESULT_POS)
+    failed = outcome[4] if outcome is not None and len(outcome) > 4 else None
+    position = labels(records).get(failed) if failed else None
+    if position is None:
+        return records
+    client.drop_calls(run_id, position)
+    return [(p, r) for p, r in records if p < position]
 
 
 def _enter_span(name: str, **attributes: Any) -> Span:
@@ -1538,6 +1567,54 @@ def run_child_blocking(workflow: Workflow, child_id: str, inputs: Mapping[str, A
         raise WorkflowError(f"child run {child_id!r} ended {result.status}"
                             + (f": {result.error}" if result.error else ""))
     return result.output if workflow.body is not None else dict(result.outputs)
+
+
+MAILBOX_POLL = 0.1
+"""Seconds between two looks at the store for events that another process sent
+to runs parked in this one."""
+_watched: dict[int, int] = {}  # id(store) -> the mailbox mark last seen
+_watched_lock = threading.Lock()
+
+
+def _watch_mailboxes(store: CheckpointClient) -> None:
+    """Arm the poll that wakes runs parked here when another process sends them an event."""
+    key = id(store)
+    with _watched_lock:
+        if key in _watched:
+            return
+        try:
+            _watched[key] = store.mailbox_mark()
+        except (StoreError, CorruptBlobError):
+            return
+    timers_for(SYSTEM_CLOCK).add(time.time() + MAILBOX_POLL, ("mailbox", key),
+                                 lambda: _poll_mailboxes(store))
+
+
+def _poll_mailboxes(store: CheckpointClient) -> None:
+    key = id(store)
+    with _BODIES_LOCK:
+        waiting = [b for b in _BODIES.values() if b.store is store and b.state == "parked"
+                   and (b.waiting or {}).get("kind") == "event"]
+    if not waiting:
+        with _watched_lock:
+            _watched.pop(key, None)
+        return
+    try:
+        mark = store.mailbox_mark()
+        with _watched_lock:
+            changed, _watched[key] = mark != _watched.get(key), mark
+        if changed:
+            for body in waiting:
+                event = (body.waiting or {}).get("event")
+                if any(name == event for _, name, _, _ in store.events(body.run_id)):
+                    body.signal(event)
+    except (StoreError, CorruptBlobError) as exc:  # the store went away: stop watching
+        log.warning("cannot read the mailboxes", error=str(exc))
+        with _watched_lock:
+            _watched.pop(key, None)
+        return
+    timers_for(SYSTEM_CLOCK).add(time.time() + MAILBOX_POLL, ("mailbox", key),
+                                 lambda: _poll_mailboxes(store))
 
 
 def rearm_all() -> None:
