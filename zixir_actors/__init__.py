@@ -18,6 +18,8 @@ streams (`Stream`), caches (`Cache`) and the metrics registry.
 
 from __future__ import annotations
 
+from importlib import metadata as _metadata
+
 from loguru import logger as _loguru
 
 from zixir_actors import errors
@@ -36,6 +38,12 @@ from zixir_actors.runtime import Runtime, current, start, stop
 from zixir_actors.sandbox import Limits, Sandbox, SandboxError
 from zixir_actors.stream import Stream, async_, await_, parallel, pmap
 from zixir_actors.workflow import DeadLetters, RetryPolicy, RunResult, Step, Workflow
+
+try:
+    # One source of truth: the version in pyproject.toml, as installed.
+    __version__: str = _metadata.version("zixir-actors")
+except _metadata.PackageNotFoundError:  # a source tree that was never installed
+    __version__ = "0+unknown"
 
 # A library is quiet until the application turns logging on (configure_logging).
 _loguru.disable("zixir_actors")
