@@ -27,6 +27,11 @@ supervision, checkpoints in LMDB, retries under the step's `RetryPolicy`
 Each call is an ``executor.task`` span, child of the caller's span; its ids
 travel with the call (`current_trace_context()` inside it), and
 `zixir_executor_*` metrics count outcomes and remote durations.
+
+Dependencies point one way: this package uses `zixir_actors.sandbox` (its
+worker processes, `Limits`) and, when imported, registers `SandboxOffload`
+with it, which is how ``Sandbox(executor=...)`` reaches an executor without
+the sandbox importing this package.
 """
 
 from __future__ import annotations
@@ -43,6 +48,7 @@ from zixir_actors.errors import (
     RemoteTimeoutError,
 )
 from zixir_actors.executor._adapters import (
+    SandboxOffload,
     call_step,
     remote_callable,
     run_sandboxed,
@@ -73,6 +79,10 @@ from zixir_actors.executor._select import (
     offload,
     reset,
 )
+from zixir_actors.sandbox import register_offload
+
+# The sandbox reaches executors through this seam and never imports this package.
+register_offload(SandboxOffload())
 
 __all__ = [
     "DEFAULT_CONNECT_TIMEOUT",

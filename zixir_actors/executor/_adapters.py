@@ -20,9 +20,17 @@ from zixir_actors.errors import (
     StepTimeoutError,
 )
 from zixir_actors.executor._api import Executor, Resources
+from zixir_actors.executor._select import is_executor_choice, offload
 from zixir_actors.result import Err, Ok, Result
 
-__all__ = ["call_step", "remote_callable", "run_sandboxed", "sandbox_error", "submit_sandboxed"]
+__all__ = [
+    "SandboxOffload",
+    "call_step",
+    "remote_callable",
+    "run_sandboxed",
+    "sandbox_error",
+    "submit_sandboxed",
+]
 
 
 def call_step(executor: Executor, fn: Callable[..., Any], call: Mapping[str, Any], *,
@@ -164,3 +172,37 @@ def remote_callable(fn: Callable[..., Any], executor: Executor, *,
                                label=label).get()
 
     return call
+
+
+class SandboxOffload:
+    """How a `Sandbox` with ``executor=`` reaches executors (a `zixir_actors.sandbox.Offload`).
+
+    Registered by `zixir_actors.executor` when it is imported, so the sandbox
+    never imports the executor package: the dependency points one way.
+    """
+
+    def accepts(self, choice: Any) -> bool:
+        """True for None, ``"local"``, ``"ray"`` or an `Executor`."""
+        return is_executor_choice(choice)
+
+    def target(self, choice: Any) -> Executor | None:
+        """The executor calls go to, or None for this machine's sandbox workers.
+
+        Raises:
+            ConfigError: an unknown executor name.
+            ExecutorUnavailableError: ``"ray"`` without Ray installed.
+            ClusterConnectionError: the Ray cluster cannot be reached.
+        """
+        return offload(choice)
+
+    def run(self, target: Executor, fn: Callable[..., Any], args: tuple[Any, ...],
+            kwargs: Mapping[str, Any] | None, limits: Any, *,
+            label: str) -> Result[Any, SandboxError]:
+        """`run_sandboxed` on `target`."""
+        return run_sandboxed(target, fn, args, kwargs, limits, label=label)
+
+    def submit(self, target: Executor, fn: Callable[..., Any], args: tuple[Any, ...],
+               kwargs: Mapping[str, Any] | None, limits: Any, *, label: str
+               ) -> concurrent.futures.Future[Result[Any, SandboxError]]:
+        """`submit_sandboxed` on `target`."""
+        return submit_sandboxed(target, fn, args, kwargs, limits, label=label)

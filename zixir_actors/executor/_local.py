@@ -24,6 +24,7 @@ from zixir_actors.executor._core import Deadlines, check_submit, finish, label_o
 from zixir_actors.executor._remote import Guard, Reply, execute, guard_of, set_warm_state
 from zixir_actors.executor._telemetry import Call, Telemetry
 from zixir_actors.result import Ok
+from zixir_actors.sandbox import Limits, WorkerPool
 
 __all__ = ["LocalActorPool", "LocalExecutor"]
 
@@ -114,7 +115,7 @@ class LocalExecutor(_Submitter):
                                       or not isinstance(processes, int) or processes < 1):
             raise ConfigError("processes", processes, "must be a positive int or None")
         self.processes = processes
-        self._pool: Any = None
+        self._pool: WorkerPool | None = None
         self._lock = threading.Lock()
         self._closed = False
 
@@ -150,8 +151,6 @@ class LocalExecutor(_Submitter):
                              args=(self._in_thread, future, call, fn, args, kwargs)).start()
             return future
         # A sandbox worker enforces the limits and the timeout, killing the process.
-        from zixir_actors.sandbox import Limits
-
         use = limits if limits is not None else Limits()
         if timeout is not None and use.hard_timeout != timeout:
             use = dataclasses.replace(use, timeout=timeout, soft_timeout=None)
@@ -195,8 +194,6 @@ class LocalExecutor(_Submitter):
     def _worker_pool(self) -> Any:
         with self._lock:
             if self._pool is None:
-                from zixir_actors.sandbox import WorkerPool
-
                 self._pool = WorkerPool(size=self.processes or 1, name="executor.local")
             return self._pool
 

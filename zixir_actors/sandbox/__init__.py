@@ -48,6 +48,7 @@ from zixir_actors.sandbox._limits import (
     Limits,
     parse_size,
 )
+from zixir_actors.sandbox._offload import Offload, register_offload
 from zixir_actors.sandbox._pool import DEFAULT_POOL_SIZE, SAMPLE_INTERVAL, PoolStats, WorkerPool
 from zixir_actors.sandbox._process import nesting_level
 from zixir_actors.sandbox._sandbox import Sandbox, SandboxFuture
@@ -62,6 +63,7 @@ __all__ = [
     "GetStats",
     "GetWorkerPool",
     "Limits",
+    "Offload",
     "PoolStats",
     "Sandbox",
     "SandboxClosedError",
@@ -73,4 +75,5 @@ __all__ = [
     "child_spec",
     "nesting_level",
     "parse_size",
+    "register_offload",
 ]

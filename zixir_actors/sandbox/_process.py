@@ -116,7 +116,6 @@ def wait_gone(procs: list[psutil.Process], *, timeout: float) -> None:
             time.sleep(delay)
             delay = min(delay * 2, 0.02)
             left = [p for p in left if not gone(p)]
-        procs = left
 
 
 def tree_rss(proc: psutil.Process, rss: int) -> int:
@@ -145,7 +144,7 @@ def tree_rss(proc: psutil.Process, rss: int) -> int:
 class Worker:
     """The parent's handle on one worker process."""
 
-    __slots__ = ("calls", "dead", "fresh", "pid", "proc", "sock")
+    __slots__ = ("_kill_lock", "calls", "dead", "fresh", "killed", "pid", "proc", "sock")
 
     def __init__(self, pid: int, sock: socket.socket, fresh: bool) -> None:
         self.pid = pid
@@ -153,6 +152,8 @@ class Worker:
         self.fresh = fresh
         self.calls = 0
         self.dead = False
+        self.killed: list[psutil.Process] = []
+        self._kill_lock = threading.Lock()
         # Bound now, while the pid surely is this worker: psutil then refuses
         # to signal a later process that reuses the pid.
         try:
@@ -174,32 +175,47 @@ class Worker:
         return not readable
 
     def kill_tree(self) -> None:
-        """SIGKILL the worker and every process under it, and wait until they are gone."""
-        wait_gone(self.signal_tree(), timeout=KILL_WAIT)
+        """SIGKILL the worker and every process under it, and wait until they are gone.
+
+        Also waits for a kill that another thread (the limit monitor) started.
+        """
+        self.signal_tree()
+        wait_gone(self.killed, timeout=KILL_WAIT)
 
     def signal_tree(self) -> list[psutil.Process]:
-        """SIGKILL the worker and every process under it; returns them (to wait on)."""
-        if self.dead:
-            return []
-        self.dead = True
-        procs: list[psutil.Process] = []
-        if self.proc is not None:
-            procs = [self.proc, *_descendants(self.proc)]
-        # The worker leads its own process group (setsid): this also reaches
-        # descendants that were orphaned before the tree walk could see them.
-        with contextlib.suppress(OSError):
-            os.killpg(self.pid, signal.SIGKILL)
-        for proc in procs:
-            with contextlib.suppress(psutil.Error):
-                proc.kill()
-        return procs
+        """SIGKILL the worker and every process under it; returns them (to wait on).
 
-    def retire(self) -> None:
-        """End a healthy worker (its process group) without the tree walk."""
-        if not self.dead:
+        A second caller (the limit monitor and the call's thread may both kill)
+        gets an empty list, once the first one's processes are all signalled.
+        """
+        with self._kill_lock:
+            if self.dead:
+                return []
+            procs: list[psutil.Process] = []
+            if self.proc is not None:
+                procs = [self.proc, *_descendants(self.proc)]
+            self.killed = procs
             self.dead = True
+            # The worker leads its own process group (setsid): this also reaches a
+            # process forked after the walk. Orphans are the worker's (a subreaper).
             with contextlib.suppress(OSError):
                 os.killpg(self.pid, signal.SIGKILL)
+            for proc in procs:
+                with contextlib.suppress(psutil.Error):
+                    proc.kill()
+            return procs
+
+    def retire(self) -> None:
+        """End a healthy worker (its process group) without the tree walk.
+
+        Its calls left no process behind (the worker ends them after each
+        call); the helper ends whatever an unfinished call may have left.
+        """
+        with self._kill_lock:
+            if not self.dead:
+                self.dead = True
+                with contextlib.suppress(OSError):
+                    os.killpg(self.pid, signal.SIGKILL)
         self.sock.close()
 
 

@@ -20,6 +20,7 @@ from zixir_actors.errors import (
 )
 from zixir_actors.result import Result
 from zixir_actors.sandbox._limits import Limits
+from zixir_actors.sandbox._offload import Offload, accepts_executor, route
 from zixir_actors.sandbox._pool import WorkerPool
 
 __all__ = ["DEFAULT_RESOLVE_TIMEOUT", "Sandbox", "SandboxFuture"]
@@ -115,9 +116,7 @@ class Sandbox:
                  fresh_process: bool = False, size: int = 1, name: str = "sandbox",
                  pool_timeout: float = DEFAULT_RESOLVE_TIMEOUT,
                  learn_imports: bool = True, executor: Any = None) -> None:
-        from zixir_actors.executor import is_executor_choice
-
-        if not is_executor_choice(executor):
+        if not accepts_executor(executor):
             raise ConfigError("executor", executor, "expected 'local', 'ray', an Executor or None")
         self.executor = executor
         if limits is None:
@@ -210,11 +209,10 @@ class Sandbox:
         if not isinstance(use, Limits):
             raise ConfigError("limits", use, "expected a zixir_actors.sandbox.Limits")
         fresh = self.fresh_process if fresh_process is None else fresh_process
-        target = self._offload()
-        if target is not None:
-            from zixir_actors.executor import run_sandboxed
-
-            return run_sandboxed(target, fn, tuple(args), kwargs, use, label=self.name)
+        remote = self._route()
+        if remote is not None:
+            offload, target = remote
+            return offload.run(target, fn, tuple(args), kwargs, use, label=self.name)
         for attempt in (1, 2):
             pool = self.pool
             try:
@@ -240,22 +238,19 @@ class Sandbox:
             SandboxClosedError: the sandbox (or its pool) is closed.
             NotStartedError: the named pool actor is not running.
         """
-        target = self._offload()
-        if target is not None:
-            from zixir_actors.executor import submit_sandboxed
-
-            return SandboxFuture(submit_sandboxed(target, fn, args, kwargs, self.limits,
-                                                  label=self.name))
+        remote = self._route()
+        if remote is not None:
+            offload, target = remote
+            return SandboxFuture(offload.submit(target, fn, tuple(args), kwargs, self.limits,
+                                                label=self.name))
         return SandboxFuture(self.pool.submit(fn, args, kwargs, self.limits,
                                               fresh=self.fresh_process))
 
-    def _offload(self) -> Any:
+    def _route(self) -> tuple[Offload, Any] | None:
         """The executor calls go to, or None to run them in this machine's workers."""
-        from zixir_actors.executor import offload
-
         if self._closed:
             raise SandboxClosedError(self.name)
-        return offload(self.executor)
+        return route(self.executor)
 
     def close(self, *, timeout: float | None = 5.0) -> None:
         """End the private pool's workers and helper process (a shared pool is left running).
