@@ -546,7 +546,8 @@ def test_metrics_count_parked_runs_and_events(store: CheckpointClient) -> None:
               sample("zixir_workflow_runs_total", runs))
     handle = body.start({}, store=store)
     wait_status(handle, "parked")
-    assert sample("zixir_workflow_parked_runs") == before[0] + 1
+    # the gauge follows the stored status a moment later
+    wait_for(lambda: sample("zixir_workflow_parked_runs") == before[0] + 1, timeout=WAIT)
     body.send(handle.run_id, "go", 1, store=store)
     assert handle.result(timeout=WAIT).output == 1
     assert sample("zixir_workflow_parked_runs") == before[0]
