@@ -8,14 +8,40 @@ Example:
     [1, 2, 3]
 
 A `Stream` is a description; a terminal (`to_list`, iteration, `async for`,
-`run_async`...) runs it as Pykka actors exchanging chunks of items, each
-asking upstream for more only while below its bound. Consecutive operators
-are fused into one actor; `async_boundary()`, `buffer(n)`,
+`run_async`...) runs it as Pykka actors exchanging chunks of items.
+Consecutive operators are fused into one actor (consecutive `map`, `filter`
+and `tap` into one compiled loop); `async_boundary()`, `buffer(n)`,
 `map(concurrency=N)`, `merge`, `zip` and `chain` start new actors. A run is a
 `rest_for_one` supervisor over its stages, under the runtime's
 `zixir.streams` dynamic supervisor (see `child_spec`) when it is running, and
 a top-level supervisor of its own otherwise, so streams work without
 `zixir_actors.start()`.
+
+Backpressure, exactly. Demand flows from the consumer to the source and is
+counted in source items: a stage asks upstream only for the items its own
+demand needs (k per list after `batch(k)`, n + k for `skip(k)`), and only
+what the user asked for holds items ahead of demand:
+
+- `buffer(n)`: up to n items (n lists of k after `batch(k)`, so n * k source
+  items); a source's ``buffer=n``: n items;
+- `map(fn, concurrency=N)`: up to N items in calls (or the `buffer(n)` just
+  before it, if larger); `merge`, `zip`, `chain`: one chunk per input;
+- the terminal: a window of `DEFAULT_BUFFER` source items when the pipeline
+  has none of the above, else one chunk, C = min(`DEFAULT_CHUNK`, the
+  smallest bound), in source items (rounded up to whole lists after `batch`).
+
+`Stream.bound()` is that sum, and a producer is never more than
+`bound()` items ahead of a slow consumer, whatever the terminal (`for`,
+`for_each`, `to_list`, `reduce`, `async for`, `run_async`): with one
+`buffer(n)`, n + min(`DEFAULT_CHUNK`, n). A chunk never exceeds C, and a
+terminal returns demand in half-window steps as its consumer goes.
+
+    >>> Stream.range(10**6).buffer(128).map(str).bound()  # 128 + one chunk of 128
+    256
+    >>> Stream.range(10**6).buffer(16).batch(8).buffer(4).bound()  # 16 + 4 * 8 + 16
+    64
+
+Only `buffer(n, overflow="drop_...")` does not hold a source back: it drops.
 """
 
 from __future__ import annotations

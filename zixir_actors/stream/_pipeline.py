@@ -57,10 +57,12 @@ STREAMS_NAME = "zixir.streams"
 """The runtime's dynamic supervisor of running pipelines."""
 
 DEFAULT_CHUNK = 1024
-"""Items per message between stages: per-item messages cost ~6 us, a chunk amortises it."""
+"""The most items a stage takes or sends at once (per-item messages cost ~6 us, a
+chunk amortises it); smaller when a bound in the pipeline is smaller."""
 
 DEFAULT_BUFFER = 1024
-"""Items a stage (and the terminal) may hold or have requested when no `buffer(n)` says."""
+"""The terminal's window, in source items, for a pipeline with no explicit bound
+(no `buffer(n)`, no source ``buffer=n``): the most such a pipeline holds."""
 
 STAGE_SHUTDOWN = 5.0
 """Seconds each stage gets to stop (a stage busy in user code finishes that call first)."""

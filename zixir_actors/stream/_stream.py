@@ -101,10 +101,12 @@ class Stream(Generic[T]):
     streams work without `zixir_actors.start()`): consecutive operators
     are fused into one actor, and `async_boundary()`, `buffer(n)`,
     `map(concurrency=N)`, `merge`, `zip` and `chain` start new ones. Stages
-    pass chunks of items and ask upstream for more only while below their
-    bound, so memory stays flat whatever the speed of the source (see
-    `bound()`). A `Stream` is immutable: every operator returns a new one,
-    and a stream over a re-iterable source can run many times.
+    pass chunks of items and ask upstream only for what the consumer's
+    demand needs, counted in source items; only a `buffer(n)` holds items
+    ahead of it, so a producer is never more than `bound()` items ahead of
+    the consumer whatever the speed of the source. A `Stream` is immutable:
+    every operator returns a new one, and a stream over a re-iterable source
+    can run many times.
 
     Failure: an exception in a stage fails the run with that exception
     (same type; its `stage` attribute and a note name the stage), stops
@@ -151,11 +153,13 @@ class Stream(Generic[T]):
                       name: str = "from_iterator") -> Stream[T]:
         """Items of an iterator that may block: a generator, an LLM client's token stream.
 
-        A pump thread pulls it into a buffer of `buffer` items (default
-        `DEFAULT_BUFFER`) and hands each item on as soon as it arrives, so a
-        slow source is never held back to fill a chunk. Single use: a second
-        run raises `StreamConsumedError`. On early close the generator is
-        closed once its current `next()` returns.
+        A pump thread pulls it and hands each item on as soon as it
+        arrives, so a slow source is never held back to fill a chunk. It
+        pulls only what the pipeline's demand asks for; with `buffer` it
+        keeps up to that many items ready ahead of demand (a bound, see
+        `bound()`). Single use: a second run raises `StreamConsumedError`.
+        On early close the generator is closed once its current `next()`
+        returns.
 
         Raises:
             ConfigError: `iterator` is not an iterator, or `buffer` is not positive.
@@ -283,7 +287,8 @@ class Stream(Generic[T]):
             >>> Stream.from_iterable(["ab", "c"]).flat_map(list).to_list()
             ['a', 'b', 'c']
 
-        The items made from one input chunk count once against the bound.
+        Demand counts source items: the items made from one input item are
+        that one item against the bound.
         """
         return self._call_op("flat_map", _ops.FlatMap, fn, on_error, retries, name)
 
@@ -390,17 +395,21 @@ class Stream(Generic[T]):
 
     def buffer(self, n: int, *, overflow: Overflow = "backpressure",
                name: str | None = None) -> Stream[T]:
-        """An asynchronous boundary holding up to `n` items.
+        """An asynchronous boundary holding up to `n` items ahead of demand.
 
         Example:
             >>> Stream.range(5).buffer(2).to_list()
             [0, 1, 2, 3, 4]
 
         With ``overflow="backpressure"`` (default) upstream sends only what
-        fits. The other policies never slow upstream, for sources that cannot
-        wait (webhooks, sensors): ``"drop_head"`` drops the oldest buffered
-        item, ``"drop_tail"`` the newest buffered item, ``"drop_new"`` the
-        arriving item, and ``"fail"`` fails the pipeline with `BufferOverflowError`.
+        fits, and `n` bounds the whole pipeline: its producer is never more
+        than `bound()` items ahead of the consumer (n + one chunk of at most
+        n when it is the only bound; items here are lists after `batch`).
+        The other policies never slow upstream, for sources that cannot wait
+        (webhooks, sensors): ``"drop_head"`` drops the oldest buffered item,
+        ``"drop_tail"`` the newest buffered item, ``"drop_new"`` the
+        arriving item, and ``"fail"`` fails the pipeline with
+        `BufferOverflowError`.
 
         Raises:
             ConfigError: `n` is not a positive int or `overflow` is unknown.
@@ -440,11 +449,20 @@ class Stream(Generic[T]):
     # -- introspection ------------------------------------------------------------
 
     def bound(self) -> int:
-        """The most items that can be in flight between the source and the consumer.
+        """The most source items in flight between the source and the consumer.
 
-        A producer is never further than this ahead of a slow consumer: the
-        sum of every stage's bound (`buffer(n)` or `DEFAULT_BUFFER`) plus
-        the terminal's demand window.
+        Example:
+            >>> Stream.range(100).buffer(16).map(str).bound()  # 16 + one chunk of 16
+            32
+            >>> Stream.range(100).map(str).bound()  # no bound given: DEFAULT_BUFFER
+            1024
+
+        A producer is never further than this ahead of a slow consumer,
+        whatever the terminal: the items every `buffer(n)` (n * k source
+        items after `batch(k)`), source ``buffer=n`` and `map(concurrency=N)`
+        may hold ahead of demand, plus the terminal's window: one chunk of
+        min(`DEFAULT_CHUNK`, the smallest of those bounds), or
+        `DEFAULT_BUFFER` items when there is none (see the module docs).
         """
         return plan_bound(self)
 
