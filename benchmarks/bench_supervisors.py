@@ -90,6 +90,10 @@ class _Null:
         pass
 
 
+def _drop(message: Any) -> None:
+    """A loguru sink that drops each formatted message."""
+
+
 _stderr_handler = 0
 """loguru's own stderr sink (id 0 until this module sets it aside and back)."""
 
@@ -119,7 +123,8 @@ def _logging(mode: str) -> Iterator[None]:
             finally:
                 reset_logging()
         else:
-            handler = logger.add(_Null(), level="DEBUG")  # diagnose=True, backtrace=True
+            # loguru's defaults: its text format, diagnose=True, backtrace=True
+            handler = logger.add(_drop, level="DEBUG")
             logger.enable("supervisors")
             try:
                 yield

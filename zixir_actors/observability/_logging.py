@@ -65,6 +65,8 @@ A bound field whose name is one of these appears under ``"extra"`` instead."""
 LIBRARY_LOGGERS: tuple[str, ...] = ("supervisors", "zixir_actors")
 """The loguru logger names of the library: disabled on import, enabled by `configure_logging`."""
 
+_CRASH_FIELDS = ("trace_id", "span_id", "traceback", "error_type", "error", "where", "reason")
+
 LoggingMode = Literal["json", "human"]
 
 _LOCK = threading.Lock()
@@ -148,8 +150,9 @@ def _human_format(record: Any) -> str:
     trace_id = extra.get("trace_id")
     if trace_id is None and _CURRENT.get() is not None:
         trace_id = _CURRENT.get().trace_id  # type: ignore[union-attr]
-    fields = [k for k in extra
-              if k not in ("trace_id", "span_id", "traceback") and not k.startswith("_")]
+    # A crash report's message already says its type, message and where.
+    hidden = _CRASH_FIELDS if isinstance(extra.get("traceback"), str) else ("trace_id", "span_id")
+    fields = [k for k in extra if k not in hidden and not k.startswith("_")]
     if trace_id is not None:
         template += f" <dim>trace={trace_id[:16]}</dim>"
     if fields:
