@@ -16,15 +16,29 @@ travel) and returns `Ok(value)` or `Err(SandboxError)` with a `kind`:
 
 - ``timeout``: `soft_timeout` raised `SoftTimeoutError` inside the call, or
   the hard `timeout` killed the worker.
-- ``memory``: the worker's resident memory went over `memory` (sampled every
-  `SAMPLE_INTERVAL` seconds; the worker is killed), or an allocation failed
-  under the RLIMIT_AS ceiling set for the call.
+- ``memory``: the call's processes used more resident memory than `memory`.
+  What is counted is the RSS of the call's process tree: the worker
+  (interpreter included) plus every process the call started. While the call
+  runs, their summed RSS is sampled every `SAMPLE_INTERVAL` seconds (over the
+  limit: the tree is killed); when it ends, however short, the worker's peak
+  RSS during the call (VmHWM, reset per call) and that of the largest process
+  it started are checked (over the limit: its value is discarded); and the
+  worker's address space may grow by at most `memory` during the call
+  (RLIMIT_AS, inherited by its processes), so a larger allocation fails at
+  once with MemoryError or ENOMEM. The worker is replaced in each case.
 - ``cpu``: `cpu_time` CPU seconds used, or CPU use above `max_cpu_percent`.
 - ``depth``: recursion deeper than `max_depth`, or sandboxed calls nested
   deeper than `max_nesting`.
 - ``exception``: the call raised; `remote_type` and `remote_traceback` say what.
 - ``crashed``: the worker died (a segfault, `os._exit`, a kill from outside).
 - ``unpicklable``: the function, arguments or result could not be pickled.
+
+A call's processes end with the call: one killed for a limit takes its whole
+process tree with it (killed at once and reaped before the `Err` returns),
+and processes left running by a call that returned or raised are killed and
+reaped by the worker before it answers, so a warm worker starts each call
+clean. On Linux, workers and the helper are child subreapers: orphaned
+grandchildren and double-forked daemons stay in the tree.
 
 Workers come from a small helper process started from a fresh interpreter,
 so a new process costs the same whatever the size of the application. A

@@ -106,8 +106,12 @@ class Limits:
             inside the call so it can clean up; the call still ends as
             ``Err(kind="timeout")``. Without `timeout`, the hard kill follows
             `DEFAULT_SOFT_GRACE` seconds later.
-        memory: limit on the worker's resident memory (RSS, interpreter
-            included): ``"512MB"``, ``"1.5GiB"`` or bytes. Stored as bytes.
+        memory: limit on the resident memory (RSS) of the call's processes:
+            the worker (interpreter included) plus every process the call
+            started, summed; checked while the call runs and when it ends,
+            with an address-space cap of the same size on the call's growth
+            (see `zixir_actors.sandbox`): ``"512MB"``, ``"1.5GiB"`` or bytes.
+            Stored as bytes.
         cpu_time: CPU seconds (user + system) the call may use.
         max_cpu_percent: highest CPU use, averaged over `cpu_window` seconds,
             in percent of one core (a busy loop is about 100).

@@ -2,9 +2,11 @@
 
 The pool is thread-safe and does its work in the calling thread: a call takes
 an idle worker, sends the pickled call over a Unix socket and waits for the
-answer with the hard timeout. One monitor thread per pool samples the RSS and
-CPU of the calls that have memory or CPU limits (every `SAMPLE_INTERVAL`
-seconds, only while such calls run) and kills a worker that breaks them.
+answer with the hard timeout. One monitor thread per pool samples the RSS (of
+the worker and every process under it) and CPU of the calls that have memory
+or CPU limits (every `SAMPLE_INTERVAL` seconds, only while such calls run) and
+kills a worker's tree when it breaks them; the peak RSS the worker reports
+with each answer is checked too, so a call shorter than a sample is not missed.
 Workers are forked by a small helper process started from a fresh
 interpreter, so the cost of a new process does not grow with the size of the
 application process.
