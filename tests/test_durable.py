@@ -386,6 +386,29 @@ def test_step_failure_caught_in_the_body_is_replayed_and_an_uncaught_one_is_a_de
     assert DeadLetters(store).list(run_id="r-dlq") == []
 
 
+def test_a_step_timeout_is_a_step_failed_error_the_body_can_catch(
+        store: CheckpointClient) -> None:
+    release = threading.Event()
+
+    def hang() -> str:
+        release.wait(WAIT)
+        return "late"
+
+    @durable("step-timeout")
+    def body(ctx: Any) -> str:
+        try:
+            return ctx.step(hang, name="hang", timeout=0.05)
+        except StepFailedError as exc:
+            return f"{exc.step}: {exc.error.type}"
+
+    try:
+        result = body.run({}, store=store)
+    finally:
+        release.set()
+    assert result.output == "hang#1: StepTimeoutError"
+    assert result.steps["hang#1"].status == "timed_out"
+
+
 # -- fan-out -----------------------------------------------------------------------
 
 

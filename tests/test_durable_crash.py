@@ -432,3 +432,48 @@ def test_a_body_changed_between_kill_and_resume(tmp_path: Path) -> None:
     assert calls == {}  # nothing ran again: every call was replayed
     assert set(logged) == {"parsed 4 characters"}  # the body replays; its calls do not run
     assert counts(count_file) == {"changing/fetch#1": 1, "changing/parse#1": 1}
+
+
+TALKER = COMMON + textwrap.dedent('''
+    data_dir, COUNTS = sys.argv[1], sys.argv[2]
+
+    def speak(i, ctx):
+        for t in range(40):
+            ctx.emit(f"{i}:{t}")
+        mark(ctx)
+        return i
+
+    @durable("crash-progress")
+    def talker(ctx):
+        return sum(ctx.step(speak, i) for i in range(30))
+
+    with open_store(data_dir) as store:
+        result = talker.run({}, run_id="talker", store=store)
+    print(json.dumps({"status": result.status, "output": result.output}))
+''')
+
+
+def test_a_kill_never_loses_the_progress_of_a_committed_step(tmp_path: Path) -> None:
+    script = tmp_path / "talker.py"
+    script.write_text(TALKER)
+    data_dir, count_file = tmp_path / "data", tmp_path / "counts"
+    command = python(script, data_dir, count_file)
+    rng = random.Random(9)
+    for _ in range(3):
+        goal = sum(counts(count_file).values()) + rng.randint(2, 8)
+        assert kill_at(command, lambda g=goal: sum(counts(count_file).values()) >= g, rng)
+        with open_store(data_dir) as store:
+            calls = store.calls("talker")
+            emitted = [(step, value) for _, (_, kind, step, value) in store.progress("talker")
+                       if kind == "emit"]
+        done = [label for label, position in _labels(calls).items()
+                if dict(calls)[position][0] == "step"]
+        assert done  # the kill came after some steps committed
+        for label in done:
+            i = int(label.split("#")[1]) - 1
+            tokens = [value for step, value in emitted if step == label]
+            # the last 40 are those of the attempt that committed (an attempt cut
+            # short by an earlier kill may have left some before them)
+            assert tokens[-40:] == [f"{i}:{t}" for t in range(40)], label
+    assert finish(command) == {"status": "succeeded", "output": sum(range(30))}
+
