@@ -2,11 +2,18 @@
 
 from __future__ import annotations
 
+import errno
+import os
+import stat
+import struct
+import subprocess
+import sys
 import threading
 from collections.abc import Iterator
 from pathlib import Path
 
 import pytest
+from _smallfs import fill, small_filesystem
 from hypothesis import HealthCheck, given, settings
 from hypothesis import strategies as st
 
@@ -19,6 +26,8 @@ from zixir_actors.checkpoint import (
     DeadLetter,
     RunRecord,
     StepCheckpoint,
+    backup_store,
+    check_store,
     child_spec,
     connect,
     open_store,
@@ -29,6 +38,9 @@ from zixir_actors.errors import (
     DeadLetterNotFoundError,
     NotStartedError,
     RunNotFoundError,
+    StoreCorruptError,
+    StoreError,
+    StoreFullError,
     UnserializableError,
     ZixirTimeoutError,
 )
@@ -321,3 +333,223 @@ def test_a_full_map_grows_instead_of_failing(tmp_path: Path) -> None:
             small.save_step(step("big", f"s{i}", b"x" * 50_000))
         assert len(small.steps("big")) == 40
         assert small.get_step("big", "s39").output == b"x" * 50_000  # type: ignore[union-attr]
+
+
+# -- hardening: files, full disk, damaged files, quarantine, backup -------------------
+
+
+def test_data_files_are_created_owner_only(tmp_path: Path) -> None:
+    with open_store(tmp_path / "d") as client:
+        client.save_run(run("r1"))
+    for name in ("data.mdb", "lock.mdb"):
+        assert stat.S_IMODE((tmp_path / "d" / name).stat().st_mode) == 0o600, name
+    assert stat.S_IMODE((tmp_path / "d").stat().st_mode) == 0o700
+
+
+def test_existing_world_readable_data_files_are_made_owner_only(tmp_path: Path) -> None:
+    with open_store(tmp_path) as client:
+        client.save_run(run("r1"))
+    for name in ("data.mdb", "lock.mdb"):
+        (tmp_path / name).chmod(0o644)
+    with open_store(tmp_path) as client:
+        assert client.get_run("r1").run_id == "r1"
+    for name in ("data.mdb", "lock.mdb"):
+        assert stat.S_IMODE((tmp_path / name).stat().st_mode) == 0o600, name
+
+
+def test_a_full_disk_is_a_typed_error_and_the_store_recovers_when_space_is_freed(
+        tmp_path: Path) -> None:
+    with small_filesystem(tmp_path, "4m") as mount_point:
+        data_dir = mount_point / "d"
+        with open_store(data_dir) as client:
+            client.save_run(run("before"))
+            filler = fill(mount_point)
+            with pytest.raises(StoreFullError) as info:
+                for i in range(50):
+                    client.save_step(step("r1", f"s{i}", os.urandom(200_000)))
+            assert info.value.data_dir == str(data_dir)
+            assert info.value.errno == errno.ENOSPC
+            assert "disk full" in str(info.value) and str(data_dir) in str(info.value)
+            # Concurrent writers sharing one commit each get the error; none hangs.
+            errors: list[BaseException] = []
+
+            def writer(n: int) -> None:
+                try:
+                    client.save_step(step("r2", f"s{n}", os.urandom(200_000)), timeout=30)
+                except BaseException as exc:
+                    errors.append(exc)
+
+            threads = [threading.Thread(target=writer, args=(n,)) for n in range(6)]
+            for t in threads:
+                t.start()
+            for t in threads:
+                t.join(60)
+            assert not any(t.is_alive() for t in threads)
+            assert len(errors) == 6 and all(isinstance(e, StoreFullError) for e in errors)
+            filler.unlink()
+            client.save_step(step("r1", "after", os.urandom(200_000)))
+            assert client.get_step("r1", "after") is not None
+            assert client.get_run("before").run_id == "before"
+
+
+def _open_in_child(data_dir: Path) -> subprocess.CompletedProcess[str]:
+    code = ("import sys\n"
+            "from zixir_actors.checkpoint import open_store\n"
+            "from zixir_actors.errors import StoreCorruptError\n"
+            "try:\n"
+            "    with open_store(sys.argv[1]) as s:\n"
+            "        print('opened', len(s.list_runs()))\n"
+            "except StoreCorruptError as exc:\n"
+            "    print('refused', exc.path, '|', exc.reason)\n")
+    return subprocess.run([sys.executable, "-c", code, str(data_dir)], capture_output=True,
+                          text=True, timeout=120, check=False)
+
+
+def _fill_store(data_dir: Path, runs: int = 300) -> None:
+    with open_store(data_dir, durable=False) as client:
+        for i in range(runs):
+            client.save_run(run(f"run-{i:04d}", created=float(i)))
+            client.save_step(step(f"run-{i:04d}", "s", "x" * 300))
+
+
+def test_a_truncated_data_file_is_refused_before_it_is_mapped(tmp_path: Path) -> None:
+    _fill_store(tmp_path)
+    data = tmp_path / "data.mdb"
+    size = data.stat().st_size
+    with open(data, "r+b") as f:
+        f.truncate(size // 2)
+    child = _open_in_child(tmp_path)
+    assert child.returncode == 0, child.stderr[-2000:]  # before: killed by SIGBUS
+    assert child.stdout.startswith(f"refused {data} |"), child.stdout
+    assert "truncated" in child.stdout
+    with pytest.raises(StoreCorruptError) as info:
+        _lmdb.check_file(str(data))
+    assert info.value.path == str(data)
+
+
+def test_zeroed_meta_pages_are_refused(tmp_path: Path) -> None:
+    _fill_store(tmp_path, runs=10)
+    data = tmp_path / "data.mdb"
+    with open(data, "r+b") as f:
+        f.write(b"\0" * 4096)
+    child = _open_in_child(tmp_path)
+    assert child.returncode == 0, child.stderr[-2000:]
+    assert "refused" in child.stdout and "meta page 0" in child.stdout
+
+
+def _zero_leaf_pages(data: Path) -> list[int]:
+    """Zero every leaf page that no meta page points at (not a root); returns their numbers."""
+    raw = data.read_bytes()
+    page = 4096
+    zeroed = []
+    for pgno in range(3, len(raw) // page):
+        number, _, flags = struct.unpack_from("=QHH", raw, pgno * page)
+        if number == pgno and flags & 0x02:
+            with open(data, "r+b") as f:
+                f.seek(pgno * page)
+                f.write(b"\0" * page)
+            try:
+                _lmdb.check_file(str(data))
+                zeroed.append(pgno)
+            except StoreCorruptError:  # a root page: put it back
+                with open(data, "r+b") as f:
+                    f.seek(pgno * page)
+                    f.write(raw[pgno * page:(pgno + 1) * page])
+    assert zeroed, "no leaf page found"
+    return zeroed
+
+
+def test_check_store_reports_zeroed_pages_without_crashing(tmp_path: Path) -> None:
+    _fill_store(tmp_path)
+    assert check_store(tmp_path).ok
+    zeroed = _zero_leaf_pages(tmp_path / "data.mdb")
+    report = check_store(tmp_path)  # LMDB reads the damaged B-tree in a child, not here
+    assert not report.ok
+    for pgno in zeroed:
+        assert f"page {pgno}: header says page 0 (flags 0x0): zeroed or overwritten" \
+            in report.problems
+    assert any("zixir.steps" in p or "ended the reader" in p for p in report.problems), \
+        report.problems
+
+
+def test_check_store_reports_corrupt_records_and_counts_the_rest(tmp_path: Path) -> None:
+    with open_store(tmp_path) as client:
+        for i in range(5):
+            client.save_run(run(f"r{i}"))
+        client.save_step(step("r1", "a", 1))
+        raw_put(client, checkpoint.RUNS_DB, b"r3", b"ZX\x01\x00garbage")
+        raw_put(client, checkpoint.STEPS_DB, b"r1\x00b", b"junk")
+    report = check_store(tmp_path)
+    assert report.records[checkpoint.RUNS_DB] == 5
+    assert report.records[checkpoint.STEPS_DB] == 2
+    assert len(report.problems) == 2
+    assert any("zixir.runs 'r3'" in p for p in report.problems)
+    assert any("zixir.steps" in p and "r1" in p for p in report.problems)
+
+
+def test_check_store_without_a_store_is_a_store_error(tmp_path: Path) -> None:
+    with pytest.raises(StoreError, match="no store"):
+        check_store(tmp_path)
+
+
+def test_backup_of_a_live_store_is_a_consistent_compacted_copy(tmp_path: Path) -> None:
+    source = tmp_path / "live"
+    with open_store(source, durable=False) as client:
+        for i in range(200):
+            client.save_step(step("r", f"s{i}", "y" * 2000))
+        for i in range(150):  # free pages that a compacted copy leaves out
+            client.invalidate("r", [f"s{i}"])
+        stop = threading.Event()
+
+        def keep_writing() -> None:
+            n = 0
+            while not stop.is_set():
+                client.save_step(step("w", f"s{n % 50}", n))
+                n += 1
+
+        writer = threading.Thread(target=keep_writing)
+        writer.start()
+        try:
+            out = backup_store(source, tmp_path / "copy")
+        finally:
+            stop.set()
+            writer.join(30)
+        assert Path(out) == tmp_path / "copy" / "data.mdb"
+        assert stat.S_IMODE(Path(out).stat().st_mode) == 0o600
+        assert Path(out).stat().st_size < (source / "data.mdb").stat().st_size
+    with open_store(tmp_path / "copy") as copy:
+        assert sorted(copy.steps("r")) == sorted(f"s{i}" for i in range(150, 200))
+    assert check_store(tmp_path / "copy").ok
+    with pytest.raises(StoreError, match="not an empty directory"):
+        backup_store(source, tmp_path / "copy")
+
+
+def test_a_corrupt_run_header_is_quarantined_listed_and_deletable(
+        store: CheckpointClient) -> None:
+    store.save_run(run("good-1", created=1.0))
+    store.save_run(run("bad", created=2.0, status="running"))
+    store.save_run(run("good-2", created=3.0))
+    store.save_step(step("bad", "a", 1))
+    store.save_dead_letter(letter("L1", "bad"))
+    blob = _codec.encode(run("bad"))
+    raw_put(store, checkpoint.RUNS_DB, b"bad", blob[: len(blob) // 2])
+    runs = store.list_runs()
+    assert [(r.run_id, r.status) for r in runs] == [
+        ("bad", "corrupt"), ("good-1", "succeeded"), ("good-2", "succeeded")]
+    assert "truncated" in (runs[0].error or "") or "corrupt" in (runs[0].error or "")
+    assert [r.run_id for r in store.list_runs(status="running")] == []
+    assert [r.run_id for r in store.list_runs(workflow="wf")] == ["good-1", "good-2"]
+    with pytest.raises(CorruptBlobError):
+        store.get_run("bad")
+    assert store.prune(keep_last=0) == ["good-1", "good-2"]  # never a corrupt one
+    assert store.delete_run("bad") is True
+    assert store.list_runs() == []
+    assert store.steps("bad") == {}
+    assert store.dead_letters() == []
+
+
+def test_a_dead_letter_can_replace_older_ones_in_one_commit(store: CheckpointClient) -> None:
+    store.save_dead_letter(letter("L1", "r1"))
+    store.save_dead_letter(letter("L2", "r1"))
+    store.save_dead_letter(letter("L3", "r1"), replaces=["L1", "L2"])
+    assert [d.id for d in store.dead_letters()] == ["L3"]

@@ -190,3 +190,78 @@ def test_runs_in_flight_when_the_process_died_resume_on_the_next_start(tmp_path:
         assert resumed.outputs["second"] == 50
         assert resumed.steps["first"].status == "cached"
         assert runtime.interrupted_runs() == []
+
+
+# -- hardening: corrupt records never block start(); a failed start leaves nothing ----
+
+
+def _corrupt_run_header(data_dir: Path, run_id: str) -> None:
+    from zixir_actors import _codec, _lmdb, checkpoint
+
+    env = _lmdb.open_env(data_dir)
+    try:
+        db = env.db(checkpoint.RUNS_DB)
+        blob = _codec.encode(checkpoint.RunRecord(run_id, "wf", "running", {}, 0.0, 0.0))
+        env.write(lambda txn: txn.put(run_id.encode(), blob[: len(blob) // 2], db=db))
+    finally:
+        _lmdb.release(env)
+
+
+def test_a_corrupt_run_record_never_blocks_start_and_can_be_deleted(tmp_path: Path) -> None:
+    from zixir_actors.checkpoint import RunRecord, connect, open_store
+
+    with open_store(tmp_path) as store:
+        store.save_run(RunRecord("fine", "wf", "succeeded", {}, 1.0, 1.0))
+    _corrupt_run_header(tmp_path, "broken")
+    with zixir_actors.start(data_dir=tmp_path) as runtime:
+        store = connect()
+        assert [(r.run_id, r.status) for r in store.list_runs()] == [
+            ("broken", "corrupt"), ("fine", "succeeded")]
+        assert runtime.interrupted_runs() == []
+        assert store.delete_run("broken") is True
+        assert [r.run_id for r in store.list_runs()] == ["fine"]
+
+
+def test_an_interrupted_run_with_a_corrupt_checkpoint_is_failed_once_not_retried(
+        tmp_path: Path) -> None:
+    from zixir_actors import _lmdb, checkpoint
+    from zixir_actors.checkpoint import RunRecord, connect, open_store
+    from zixir_actors.workflow import Step, Workflow
+
+    wf = Workflow("rt-corrupt", [Step("a", lambda: 1), Step("b", lambda a: a, depends_on="a")])
+    with open_store(tmp_path) as store:
+        store.save_run(RunRecord("r1", "rt-corrupt", "running", {}, 0.0, 0.0))
+    env = _lmdb.open_env(tmp_path)
+    try:
+        db = env.db(checkpoint.STEPS_DB)
+        env.write(lambda txn: txn.put(b"r1\x00a", b"ZX\x01\x00garbage", db=db))
+    finally:
+        _lmdb.release(env)
+    with zixir_actors.start(data_dir=tmp_path) as runtime:
+        assert runtime.resumed == []
+        record = connect().get_run("r1")
+        assert record.status == "failed"
+        assert "cannot resume" in (record.error or "") and "r1/a" in (record.error or "")
+        assert runtime.interrupted_runs() == []
+    with zixir_actors.start(data_dir=tmp_path) as runtime:  # not tried again
+        assert runtime.resumed == []
+        assert connect().get_run("r1") == record
+    del wf
+
+
+def test_a_start_that_raises_leaves_nothing_running(tmp_path: Path,
+                                                    monkeypatch: pytest.MonkeyPatch) -> None:
+    from zixir_actors.runtime import Runtime
+
+    def explode(self: Runtime) -> list[object]:
+        raise RuntimeError("resume failed")
+
+    monkeypatch.setattr(Runtime, "resume_interrupted", explode)
+    with pytest.raises(RuntimeError, match="resume failed"):
+        zixir_actors.start(data_dir=tmp_path)
+    assert current() is None
+    assert pykka.ActorRegistry.get_all() == []
+    assert all(whereis(n) is None for n in SERVICE_NAMES)
+    monkeypatch.undo()
+    with zixir_actors.start(data_dir=tmp_path) as runtime:  # the directory lock was released
+        assert runtime.is_alive()

@@ -971,3 +971,160 @@ def test_a_new_version_label_reruns_the_step(store: CheckpointClient) -> None:
     assert plan["model"].reason == "code changed since its checkpoint"
     assert plan.to_run == ("model", "serve")
     assert build("1").plan("v", store=store).to_run == ()
+
+
+# -- hardening: full disk, abandoned steps, one letter per step, corrupt resume ----------
+
+
+def test_a_full_disk_ends_every_run_with_a_typed_error_and_the_service_stays_up(
+        tmp_path: Path) -> None:
+    import os
+
+    from _smallfs import fill, small_filesystem
+
+    import zixir_actors
+    from supervisors import IntensityExceeded, whereis
+    from zixir_actors.errors import StoreFullError
+    from zixir_actors.workflow import running_here
+
+    wf = Workflow("fill-disk", max_concurrency=2)
+
+    @wf.step()
+    def a(n: int) -> bytes:
+        return os.urandom(300_000)
+
+    @wf.step(depends_on=["a"])
+    def b(a: bytes) -> bytes:
+        return os.urandom(300_000)
+
+    events: list[object] = []
+    add_listener(events.append)
+    try:
+        with small_filesystem(tmp_path, "8m") as mount_point, \
+                zixir_actors.start(data_dir=mount_point / "d"):
+            workflows = whereis("zixir.workflows")
+            assert wf.run({"n": 0}).status == "succeeded"
+            filler = fill(mount_point, leave=500_000)
+            outcomes: list[object] = []
+            lock = threading.Lock()
+
+            def go(i: int) -> None:
+                try:
+                    # Half the callers give no timeout: they must end all the same.
+                    outcome: object = wf.run({"n": i}, timeout=None if i % 2 else 60)
+                except BaseException as exc:
+                    outcome = exc
+                with lock:
+                    outcomes.append(outcome)
+
+            callers = [threading.Thread(target=go, args=(i,)) for i in range(1, 9)]
+            for t in callers:
+                t.start()
+            for t in callers:
+                t.join(120)
+            assert not any(t.is_alive() for t in callers), "a wf.run() call never ended"
+            assert len(outcomes) == 8
+            for outcome in outcomes:
+                assert isinstance(outcome, StoreFullError), outcome
+                assert "disk full" in str(outcome) and str(mount_point / "d") in str(outcome)
+            assert whereis("zixir.workflows") is workflows  # no crash, no restart
+            assert not [e for e in events if isinstance(e, IntensityExceeded)]
+            store = checkpoint.connect()
+            runs = store.list_runs(workflow="fill-disk")
+            assert not any(running_here(r.run_id) for r in runs)
+            for r in runs[1:]:  # what fitted says failed, with the reason
+                assert r.status in ("failed", "running")
+                if r.status == "failed":
+                    assert "disk full" in (r.error or "")
+            filler.unlink()
+            assert wf.run({"n": 99}).status == "succeeded"  # space is back: so is the service
+    finally:
+        remove_listener(events.append)
+
+
+def test_an_abandoned_steps_late_result_is_discarded_and_resume_runs_it(
+        store: CheckpointClient) -> None:
+    started, release = threading.Event(), threading.Event()
+    calls: Counter[str] = Counter()
+
+    def slow() -> str:
+        calls["slow"] += 1
+        if calls["slow"] == 1:
+            started.set()
+            release.wait(10)
+            return "late"
+        return "fresh"
+
+    wf = Workflow("abandon")
+    wf.add(Step("slow", slow))
+    wf.add(Step("next", lambda slow: slow.upper(), depends_on=["slow"]))
+    handle = wf.start(store=store)
+    assert started.wait(5)
+    assert handle.cancel() is True
+    assert handle.result(timeout=RESULT_TIMEOUT).steps["slow"].status == "cancelled"
+    release.set()  # the abandoned step now returns "late"
+    prefix = f"zixir-wf-{handle.run_id[:12]}"
+    wait_for(lambda: not any(t.name.startswith(prefix) for t in threading.enumerate()),
+             timeout=RESULT_TIMEOUT)
+    assert store.get_step(handle.run_id, "slow") is None  # discarded, as cancel() says
+    resumed = wf.resume(handle.run_id, store=store)
+    assert resumed.status == "succeeded"
+    assert resumed.steps["slow"].status == "succeeded"
+    assert resumed.outputs["next"] == "FRESH"
+    assert calls["slow"] == 2
+
+
+def test_a_run_timeout_discards_the_late_result_too(store: CheckpointClient) -> None:
+    release = threading.Event()
+    wf = Workflow("abandon-timeout", [Step("slow", lambda: release.wait(10) and "late")])
+    result = wf.run(timeout=0.2, store=store)
+    assert result.status == "timed_out"
+    release.set()
+    prefix = f"zixir-wf-{result.run_id[:12]}"
+    wait_for(lambda: not any(t.name.startswith(prefix) for t in threading.enumerate()),
+             timeout=RESULT_TIMEOUT)
+    assert store.get_step(result.run_id, "slow") is None
+
+
+def test_resuming_a_failed_run_keeps_one_dead_letter_per_step(
+        store: CheckpointClient, clock: FakeClock) -> None:
+    fixed = threading.Event()
+
+    def flaky() -> int:
+        if not fixed.is_set():
+            raise ValueError("still broken")
+        return 1
+
+    wf = Workflow("one-letter", clock=clock)
+    wf.add(Step("flaky", flaky, retry=RetryPolicy(max_attempts=2)))
+    first = wf.run(store=store)
+    assert first.status == "failed"
+    [letter] = store.dead_letters()
+    second = wf.resume(first.run_id, store=store)
+    assert second.status == "failed"
+    [again] = store.dead_letters()  # replaced, not added
+    assert again.id == second.steps["flaky"].dead_letter != letter.id
+    assert [a.attempt for a in again.attempts] == [1, 2, 1, 2]  # every attempt so far
+    assert len(DeadLetters(store)) == 1
+    fixed.set()
+    assert wf.resume(first.run_id, store=store).status == "succeeded"
+    assert store.dead_letters() == []
+
+
+def test_a_resume_failing_on_a_corrupt_checkpoint_leaves_the_run_as_it_was(
+        store: CheckpointClient) -> None:
+    wf = Workflow("corrupt-kept", [Step("a", lambda: 1), Step("b", lambda a: a, depends_on="a")])
+    wf.run(run_id="k1", store=store)
+    before = store.get_run("k1")
+    assert before.status == "succeeded"
+    env = _lmdb.open_env(store.data_dir)
+    try:
+        db = env.db(checkpoint.STEPS_DB)
+        env.write(lambda txn: txn.put(b"k1\x00a", b"ZX\x01\x00garbage", db=db))
+    finally:
+        _lmdb.release(env)
+    with pytest.raises(CorruptBlobError):
+        wf.resume("k1", store=store)
+    with pytest.raises(CorruptBlobError):
+        wf.run(run_id="k1", store=store)
+    assert store.get_run("k1") == before  # nothing ran: still succeeded

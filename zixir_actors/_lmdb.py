@@ -5,15 +5,28 @@ checkpoint store and the caches both keep their data in the runtime's single
 environment. `open_env` hands out one reference-counted `SharedEnv` per path.
 
 Writes from any thread go through `SharedEnv.write`, which grows the map when
-it is full instead of failing. Commits do not fsync by themselves (the
-environment is opened with ``sync=False``): a committed write survives the
-death of the process (it is in the OS page cache), and `write(...,
-durable=True)` or `sync()` also makes it survive a power cut.
+it is full instead of failing (the map is address space, not disk). A write
+that fails because the filesystem is full raises `StoreFullError`; nothing of
+it is committed and the environment keeps working once space is freed.
+
+Before mapping ``data.mdb``, `open_env` checks it against its meta pages
+(`check_file`): a truncated file would kill the process with SIGBUS on first
+touch, so it is refused with `StoreCorruptError` instead. `scan_pages` and
+`walk` go further (every page header, every record) for ``zixir store check``.
+The files are created owner-only (0600), like the directory (0700).
+
+Commits do not fsync by themselves (the environment is opened with
+``sync=False``): a committed write survives the death of the process (it is
+in the OS page cache), and `write(..., durable=True)` or `sync()` also makes
+it survive a power cut.
 """
 
 from __future__ import annotations
 
+import errno
 import os
+import struct
+import sys
 import threading
 from collections.abc import Callable, Iterator
 from contextlib import contextmanager
@@ -22,10 +35,10 @@ from typing import Any, TypeVar
 
 import lmdb
 
-from zixir_actors.errors import StoreError
+from zixir_actors.errors import StoreCorruptError, StoreError, StoreFullError
 
-__all__ = ["DATA_DIR_ENV", "DEFAULT_DATA_DIR", "DEFAULT_MAP_SIZE", "SharedEnv", "open_env",
-           "release", "resolve_data_dir"]
+__all__ = ["DATA_DIR_ENV", "DEFAULT_DATA_DIR", "DEFAULT_MAP_SIZE", "FILE_MODE", "SharedEnv",
+           "check_file", "open_env", "release", "resolve_data_dir", "scan_pages", "walk"]
 
 T = TypeVar("T")
 
@@ -36,6 +49,12 @@ DEFAULT_DATA_DIR = "./.zixir"
 DEFAULT_MAP_SIZE = 256 * 1024**2
 """Initial map size; the map doubles whenever a write finds it full."""
 MAX_DBS = 128
+FILE_MODE = 0o600
+"""Permissions of ``data.mdb`` and ``lock.mdb`` (owner-only, like the 0700 directory)."""
+FULL_SLACK = 64 * 1024**2
+"""A write that fails with EIO is reported as a full disk when the filesystem
+has less than this many bytes (or 1% of its size) left: LMDB turns a short
+write (ENOSPC halfway through a page) into EIO."""
 
 _envs: dict[str, SharedEnv] = {}
 _envs_lock = threading.Lock()
@@ -88,13 +107,23 @@ class SharedEnv:
         self._gate = _Gate()
         self._dbs: dict[bytes, Any] = {}
         self._dbs_lock = threading.Lock()
+        check_file(os.path.join(path, "data.mdb"))
         try:
             self.env = lmdb.open(
                 path, map_size=map_size, max_dbs=MAX_DBS, sync=False, metasync=False,
-                max_readers=1024, readahead=False,
+                max_readers=1024, readahead=False, mode=FILE_MODE,
             )
         except lmdb.Error as exc:
+            if _is_full(exc):
+                raise StoreFullError(path, free=_free_bytes(path), detail=str(exc)) from exc
             raise StoreError(f"cannot open LMDB environment at {path}: {exc}") from exc
+        for name in ("data.mdb", "lock.mdb"):  # files made before 0600 was the rule
+            file = os.path.join(path, name)
+            try:
+                if os.stat(file).st_mode & 0o077:
+                    os.chmod(file, FILE_MODE)
+            except OSError:
+                pass  # not ours to change (a read-only copy): reading still works
 
     @property
     def closed(self) -> bool:
@@ -143,10 +172,30 @@ class SharedEnv:
         return result
 
     def sync(self) -> None:
-        """Flush committed writes to disk (fsync)."""
+        """Flush committed writes to disk (fsync).
+
+        Raises:
+            StoreFullError, StoreError: the flush failed.
+        """
         self._check_open()
-        with self._gate.shared():
-            self.env.sync(True)
+        try:
+            with self._gate.shared():
+                self.env.sync(True)
+        except lmdb.Error as exc:
+            raise self._failure("sync", exc) from exc
+
+    def copy(self, dest: str, *, compact: bool = True) -> None:
+        """Write a consistent copy of the environment (one read snapshot) into `dest`.
+
+        Raises:
+            StoreFullError, StoreError: the copy failed.
+        """
+        self._check_open()
+        try:
+            with self._gate.shared():
+                self.env.copy(dest, compact=compact)
+        except lmdb.Error as exc:
+            raise self._failure("copy", exc) from exc
 
     def _resizing_call(self, fn: Callable[[], T]) -> T:
         while True:
@@ -156,7 +205,12 @@ class SharedEnv:
             except lmdb.MapFullError:
                 self._grow()
             except lmdb.Error as exc:
-                raise StoreError(f"LMDB write failed in {self.path}: {exc}") from exc
+                raise self._failure("write", exc) from exc
+
+    def _failure(self, what: str, exc: lmdb.Error) -> StoreError:
+        if _is_full(exc, self.path):
+            return StoreFullError(self.path, free=_free_bytes(self.path), detail=str(exc))
+        return StoreError(f"LMDB {what} failed in {self.path}: {exc}")
 
     def _grow(self) -> None:
         with self._gate.exclusive():
@@ -166,6 +220,247 @@ class SharedEnv:
     def _check_open(self) -> None:
         if self._refs <= 0:
             raise StoreError(f"LMDB environment at {self.path} is closed")
+
+
+def _free_bytes(path: str) -> int:
+    try:
+        st = os.statvfs(path)
+    except OSError:
+        return -1
+    return st.f_bavail * st.f_frsize
+
+
+def _is_full(exc: BaseException, path: str | None = None) -> bool:
+    """Whether an LMDB failure means the filesystem is full.
+
+    ENOSPC and EDQUOT say so directly; LMDB reports a short write as EIO, so
+    an EIO counts when the filesystem is (nearly) out of space.
+    """
+    text = str(exc)
+    if isinstance(exc, lmdb.DiskError) or getattr(exc, "errno", None) in (
+            errno.ENOSPC, errno.EDQUOT) or os.strerror(errno.ENOSPC) in text:
+        return True
+    if path is None or os.strerror(errno.EIO) not in text:
+        return False
+    try:
+        st = os.statvfs(path)
+    except OSError:
+        return False
+    free = st.f_bavail * st.f_frsize
+    return free < max(FULL_SLACK, st.f_blocks * st.f_frsize // 100)
+
+
+# -- integrity -----------------------------------------------------------------------
+# LMDB's on-disk layout (lmdb.h / mdb.c, 64-bit): every page starts with a
+# 16-byte header (pgno u64, pad u16, flags u16, lower/upper u16 or overflow
+# page count u32). Pages 0 and 1 are meta pages; after the header comes
+# MDB_meta: magic u32, version u32, address u64, mapsize u64, two MDB_db
+# records of 48 bytes (the free DB, whose md_pad holds the page size, and the
+# main DB, whose root is its last u64), then last_pg u64 and txnid u64.
+
+_PAGE_HEADER = struct.Struct("=QHHI")
+_META = struct.Struct("=IIQQ")
+_DB = struct.Struct("=IHHQQQQQ")
+_TAIL = struct.Struct("=QQ")
+_MAGIC = 0xBEEFC0DE
+_VERSION = 1
+_P_BRANCH, _P_LEAF, _P_OVERFLOW, _P_META, _P_LEAF2 = 0x01, 0x02, 0x04, 0x08, 0x20
+_NO_PAGE = 2**64 - 1
+_HEAD = 256  # enough bytes of a meta page for the header and MDB_meta
+
+
+def _parse_meta(raw: bytes, index: int) -> tuple[int, int, int, int, int] | str:
+    """(page size, last page, txn id, main root, free root) of a meta page, or what is wrong."""
+    if len(raw) < _PAGE_HEADER.size + _META.size + 2 * _DB.size + _TAIL.size:
+        return "shorter than a meta page"
+    pgno, _, flags, _ = _PAGE_HEADER.unpack_from(raw, 0)
+    magic, version, _, _ = _META.unpack_from(raw, _PAGE_HEADER.size)
+    if magic != _MAGIC:
+        return f"bad magic 0x{magic:08x} (zeroed or not an LMDB file)"
+    if version != _VERSION:
+        return f"unsupported LMDB data version {version}"
+    if pgno != index or not flags & _P_META:
+        return f"page number {pgno} / flags 0x{flags:x} do not mark meta page {index}"
+    offset = _PAGE_HEADER.size + _META.size
+    free_db = _DB.unpack_from(raw, offset)
+    main_db = _DB.unpack_from(raw, offset + _DB.size)
+    last_pg, txnid = _TAIL.unpack_from(raw, offset + 2 * _DB.size)
+    page_size = free_db[0]
+    if page_size < 512 or page_size > 65536 or page_size & (page_size - 1):
+        return f"impossible page size {page_size}"
+    return page_size, last_pg, txnid, main_db[7], free_db[7]
+
+
+def _read_page_header(f: Any, page_size: int, pgno: int) -> tuple[int, int, int]:
+    f.seek(pgno * page_size)
+    raw = f.read(_PAGE_HEADER.size)
+    if len(raw) < _PAGE_HEADER.size:
+        return (-1, 0, 0)
+    number, _, flags, pages = _PAGE_HEADER.unpack(raw)
+    return number, flags, pages
+
+
+def check_file(path: str) -> None:
+    """Check an LMDB ``data.mdb`` against its meta pages before it is mapped.
+
+    A missing or empty file passes (LMDB creates it). Checks both meta pages
+    (magic, version, page number), that the file covers every page the newest
+    meta page counts, and the headers of the main and free DBs' root pages.
+
+    Raises:
+        StoreCorruptError: what is wrong, naming the file.
+    """
+    try:
+        size = os.path.getsize(path)
+    except FileNotFoundError:
+        return
+    except OSError as exc:
+        raise StoreError(f"cannot read {path}: {exc}") from exc
+    if size == 0:
+        return
+    try:
+        with open(path, "rb") as f:
+            first = f.read(_HEAD)
+            parsed0 = _parse_meta(first, 0)
+            if isinstance(parsed0, str):
+                raise StoreCorruptError(path, f"meta page 0: {parsed0}")
+            page_size = parsed0[0]
+            if size < 2 * page_size:
+                raise StoreCorruptError(path, f"{size} bytes is shorter than its two "
+                                              f"{page_size}-byte meta pages (truncated)")
+            f.seek(page_size)
+            parsed1 = _parse_meta(f.read(_HEAD), 1)
+            if isinstance(parsed1, str):
+                raise StoreCorruptError(path, f"meta page 1: {parsed1}")
+            newest = max(parsed0, parsed1, key=lambda m: m[2])
+            _, last_pg, txnid, main_root, free_root = newest
+            needed = (last_pg + 1) * page_size
+            if size < needed:
+                raise StoreCorruptError(
+                    path, f"{size} bytes, but its meta page (txn {txnid}) counts {last_pg + 1} "
+                          f"pages of {page_size} bytes = {needed} bytes (truncated)")
+            for label, root in (("main", main_root), ("free", free_root)):
+                if root == _NO_PAGE:
+                    continue
+                if root > last_pg:
+                    raise StoreCorruptError(path, f"{label} DB root page {root} is past the "
+                                                  f"last page {last_pg}")
+                number, flags, _ = _read_page_header(f, page_size, root)
+                if number != root or not flags & (_P_BRANCH | _P_LEAF):
+                    raise StoreCorruptError(path, f"{label} DB root page {root} is damaged "
+                                                  f"(header says page {number}, flags 0x{flags:x})")
+    except OSError as exc:
+        raise StoreError(f"cannot read {path}: {exc}") from exc
+
+
+def scan_pages(path: str) -> list[str]:
+    """Check every page header of a ``data.mdb`` (reads the file, never maps it).
+
+    Each page up to the meta page's last one must carry its own page number,
+    except the continuation pages of a large value. A zeroed or overwritten
+    page is reported, by number.
+
+    Returns:
+        One line per problem (empty: every page header is sound).
+
+    Raises:
+        StoreCorruptError: the meta pages themselves are damaged (see `check_file`).
+    """
+    check_file(path)
+    problems: list[str] = []
+    if not os.path.exists(path) or os.path.getsize(path) == 0:
+        return problems
+    with open(path, "rb") as f:
+        first = _parse_meta(f.read(_HEAD), 0)
+        assert not isinstance(first, str)
+        page_size = first[0]
+        f.seek(page_size)
+        second = _parse_meta(f.read(_HEAD), 1)
+        assert not isinstance(second, str)
+        last_pg = max(first, second, key=lambda m: m[2])[1]
+        pgno = 2
+        while pgno <= last_pg:
+            number, flags, pages = _read_page_header(f, page_size, pgno)
+            if number != pgno:
+                problems.append(f"page {pgno}: header says page {number} "
+                                f"(flags 0x{flags:x}): zeroed or overwritten")
+                pgno += 1
+                continue
+            if flags & _P_OVERFLOW:
+                if pages < 1 or pgno + pages - 1 > last_pg:
+                    problems.append(f"page {pgno}: large value of {pages} pages runs past "
+                                    f"the last page {last_pg}")
+                    pgno += 1
+                    continue
+                pgno += pages
+                continue
+            pgno += 1
+    return problems
+
+
+def walk(path: str, decode: Callable[[str, bytes, bytes], str | None] | None = None,
+         progress: Callable[[str], None] | None = None) -> tuple[dict[str, int], list[str]]:
+    """Read every record of every named database of the environment in `path`.
+
+    Runs LMDB's own B-tree code over every page, so a damaged page can abort
+    the process: call it in a child process (``zixir store check`` does).
+
+    Args:
+        decode: called with (database, key, value) for each record; returns
+            what is wrong with it, or None.
+        progress: told each database's name before it is read (so the parent
+            knows where a crash happened).
+
+    Returns:
+        Records per database, and one line per bad record.
+    """
+    check_file(os.path.join(path, "data.mdb"))
+    try:  # with the lock file, a live writer's freed pages are not reused under us
+        env = lmdb.open(path, readonly=True, max_dbs=MAX_DBS, max_readers=1024)
+    except lmdb.Error:
+        env = lmdb.open(path, readonly=True, lock=False, max_dbs=MAX_DBS)
+    counts: dict[str, int] = {}
+    problems: list[str] = []
+    try:
+        with env.begin(buffers=False) as txn:
+            names = [bytes(k) for k, _ in txn.cursor()]
+        for raw_name in names:
+            name = raw_name.decode(errors="replace")
+            if progress is not None:
+                progress(name)
+            try:
+                db = env.open_db(raw_name, create=False)
+            except lmdb.Error:
+                continue  # a plain key in the main DB, not a sub-database
+            n = 0
+            try:
+                with env.begin(buffers=False) as txn:
+                    for key, value in txn.cursor(db=db):
+                        n += 1
+                        if decode is not None:
+                            wrong = decode(name, key, value)
+                            if wrong is not None:
+                                problems.append(
+                                    f"{name} {key.decode(errors='replace')!r}: {wrong}")
+            except lmdb.Error as exc:
+                problems.append(f"{name}: damaged B-tree after {n} records: {exc}")
+            counts[name] = n
+    finally:
+        env.close()
+    return counts, problems
+
+
+def _walk_main() -> None:  # pragma: no cover - runs in a child process
+    """``python -c 'from zixir_actors._lmdb import _walk_main; _walk_main()' PATH``."""
+    import json
+
+    from zixir_actors.checkpoint import check_record
+
+    def progress(name: str) -> None:
+        print(json.dumps({"db": name}), flush=True)
+
+    counts, problems = walk(sys.argv[1], check_record, progress)
+    print(json.dumps({"counts": counts, "problems": problems}), flush=True)
 
 
 def resolve_data_dir(data_dir: str | os.PathLike[str] | None = None) -> Path:

@@ -9,6 +9,11 @@ If the actor crashes, its supervisor (``zixir.workflows``) starts it again
 with the same arguments: the new incarnation plans from the checkpoints and
 continues. Steps that were in flight run again (at-least-once); their
 `ctx.idempotency_key` does not change.
+
+A store that cannot write (full disk) ends the run instead: its header is
+saved as failed with the error if that still fits, and the run's future gets
+the store's error (`StoreFullError`) either way, so no caller waits forever
+and the supervisor's restart intensity is not spent on a disk that is full.
 """
 
 from __future__ import annotations
@@ -22,8 +27,9 @@ from typing import Any
 import pykka
 
 from supervisors import SupervisedActor
+from zixir_actors._runtimes import current_owner
 from zixir_actors.checkpoint import RunRecord
-from zixir_actors.errors import RunActiveError, RunInterruptedError
+from zixir_actors.errors import RunActiveError, RunInterruptedError, StoreError
 from zixir_actors.workflow._plan import compute_plan
 from zixir_actors.workflow._results import RunResult
 from zixir_actors.workflow._scheduler import Crash, Finished, Job, Scheduler
@@ -111,6 +117,7 @@ class WorkflowRun(SupervisedActor):
         self.supervised = supervised
         self.scheduler: Scheduler | None = None
         self.result: RunResult | None = None
+        self.error: BaseException | None = None  # ends the future instead of `result`
         self.timer: threading.Timer | None = None
 
     def on_start(self) -> None:
@@ -137,6 +144,10 @@ class WorkflowRun(SupervisedActor):
             plan = compute_plan(job.workflow, job.run_id, job.inputs,
                                 job.store.steps(job.run_id))
         except Exception as exc:  # a corrupt checkpoint fails the run, clearly
+            # This incarnation was restarted mid-run (a first launch checks the
+            # checkpoints before marking the run running): record that it cannot
+            # go on, so that later `start()`s do not try it again and again.
+            self._save_header("failed", f"cannot resume: {exc}", {})
             job.span.end(error=exc)
             control.future.set_exception(exc)
             self.stop()
@@ -161,15 +172,29 @@ class WorkflowRun(SupervisedActor):
         with contextlib.suppress(pykka.ActorDeadError):
             self.actor_ref.tell(message)
 
+    def _save_header(self, status: str, error: str | None, steps: dict[str, str]) -> bool:
+        job = self.job
+        try:
+            job.store.save_run(RunRecord(job.run_id, job.workflow.name, status, job.inputs,
+                                         job.created_at, job.clock.time(), error, steps,
+                                         owner=current_owner()))
+        except StoreError as exc:
+            if self.error is None:
+                self.error = exc
+            log.bind(workflow=job.workflow.name, run_id=job.run_id).error(
+                "cannot record the run's end", status=status, error=str(exc))
+            return False
+        return True
+
     def _finish(self) -> None:
         job, scheduler = self.job, self.scheduler
         assert scheduler is not None
         result = scheduler.result()
-        record = RunRecord(job.run_id, job.workflow.name, result.status, job.inputs,
-                           job.created_at, job.clock.time(),
-                           "; ".join(f"{n}: {e}" for n, e in result.errors.items()) or None,
-                           {n: s.status for n, s in result.steps.items()})
-        job.store.save_run(record)
+        if scheduler.store_error is not None:
+            self.error = scheduler.store_error
+        self._save_header(result.status,
+                          "; ".join(f"{n}: {e}" for n, e in result.errors.items()) or None,
+                          {n: s.status for n, s in result.steps.items()})
         job.telemetry.run_ended(result.status)
         job.span.set_attribute("status", result.status)
         job.span.end(status="ok" if result.ok else "error")
@@ -188,14 +213,19 @@ class WorkflowRun(SupervisedActor):
 
     def on_stop(self) -> None:
         self._teardown()
+        # Released before the future resolves: whoever waits on it may resume at once.
+        release_run(self.control)
         future = self.control.future
         if not future.done():
-            if self.result is not None:
+            if self.error is not None:
+                if self.result is None:
+                    self.job.span.end(status="error")
+                future.set_exception(self.error)
+            elif self.result is not None:
                 future.set_result(self.result)
             else:
                 self.job.span.end(status="error")
                 future.set_exception(RunInterruptedError(self.job.run_id, "shutdown"))
-        release_run(self.control)
 
     def on_failure(self, exc_type: Any = None, exc: Any = None, tb: Any = None) -> None:
         self._teardown()
@@ -204,7 +234,7 @@ class WorkflowRun(SupervisedActor):
         log.bind(workflow=self.job.workflow.name, run_id=self.job.run_id).error(
             "run actor crashed", error=repr(exc), crashes=control.crashes)
         if not self.supervised or control.crashes >= MAX_CRASHES:
+            release_run(control)
             if not control.future.done():
                 self.job.span.end(status="error")
                 control.future.set_exception(RunInterruptedError(self.job.run_id, exc))
-            release_run(control)

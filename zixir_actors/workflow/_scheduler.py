@@ -6,11 +6,19 @@ picks the next ready step, so a chain of steps costs no thread hand-off
 besides the store's commit. When nothing is left, the last worker tells the
 run's actor (`Finished`); an unexpected error in a worker tells it `Crash`,
 which crashes the actor so that its supervisor restarts the run.
+
+A store that cannot write (a full disk) is not a crash: restarting would only
+fail again and burn the supervisor's restart intensity. The run stops
+scheduling, ends as failed, and the store's error (`StoreFullError`) is what
+its caller gets (`store_error`).
+
+A step abandoned by `stop` (cancel, run timeout) may still return later; its
+result is discarded, never committed: a commit starts only while the run has
+not ended, and `stop` waits for the commits already under way.
 """
 
 from __future__ import annotations
 
-import asyncio
 import contextvars
 import inspect
 import random
@@ -32,7 +40,12 @@ from zixir_actors.checkpoint import (
     DeadLetter,
     StepCheckpoint,
 )
-from zixir_actors.errors import CorruptBlobError, StepTimeoutError, UnserializableError
+from zixir_actors.errors import (
+    CorruptBlobError,
+    StepTimeoutError,
+    StoreError,
+    UnserializableError,
+)
 from zixir_actors.executor import call_step, offload
 from zixir_actors.observability import Span, span
 from zixir_actors.result import Ok
@@ -129,6 +142,10 @@ class Scheduler:
         self.ended: str | None = None
         self.started = time.perf_counter()
         self.letters: dict[str, list[str]] = {}
+        self.parked: dict[str, DeadLetter] = {}  # the newest letter of each step, to replace
+        self.store_error: StoreError | None = None
+        self.committing = 0  # step commits under way; `stop` waits for them
+        self.commit_done = threading.Condition(self.lock)
         self._workers = 0
         for name in self.wf.order:
             if name in plan.checkpoints:
@@ -154,6 +171,7 @@ class Scheduler:
             letters = []
         for letter in letters:
             self.letters.setdefault(letter.step, []).append(letter.id)
+            self.parked[letter.step] = letter  # oldest first: the last one is the newest
         self.job.telemetry.dead_letters(self.job.store.count_dead_letters())
         with self.lock:
             if not self.waiting:
@@ -169,6 +187,8 @@ class Scheduler:
             if self.ended is not None:
                 return False
             self.ended = status
+            while self.committing:  # a step whose commit began before the end keeps it
+                self.commit_done.wait()
             for name in self.running:
                 self.status[name] = "cancelled"
                 self.results[name] = StepResult(name, "cancelled")
@@ -215,7 +235,10 @@ class Scheduler:
                     name = self.ready.popleft()
                     self.running.add(name)
                     self.status[name] = "running"
-                outcome = self._execute(name)
+                try:
+                    outcome = self._execute(name)
+                except StoreError as exc:  # cannot write: end the run, don't crash it
+                    outcome = self._store_failed(name, exc)
                 with self.lock:
                     self.running.discard(name)
                     if self.ended is None:
@@ -228,6 +251,15 @@ class Scheduler:
             else:  # an abandoned step finished after its run ended (store may be gone)
                 log.bind(workflow=self.wf.name, run_id=self.job.run_id).debug(
                     "abandoned step ended after its run", error=repr(exc))
+
+    def _store_failed(self, name: str, exc: StoreError) -> _Outcome:
+        log.bind(workflow=self.wf.name, run_id=self.job.run_id, step=name).error(
+            "the store cannot write; ending the run", error=str(exc))
+        with self.lock:
+            if self.store_error is None:
+                self.store_error = exc
+            self.failed = self.closing = True
+        return _Outcome(StepResult(name, "failed", error=_error_of(exc)))
 
     def _maybe_end_locked(self) -> bool:
         if self.ended is not None or self.running or self.active:
@@ -281,7 +313,8 @@ class Scheduler:
             attempt += 1
             if self.ended is not None:
                 return _Outcome(StepResult(name, "cancelled", attempt - 1, total))
-            ctx = StepContext(job.run_id, name, attempt, key, wf.name) if step.takes_ctx else None
+            ctx = StepContext(job.run_id, name, attempt, key, wf.name,
+                              store=job.store) if step.takes_ctx else None
             # The attempt's span is current while the step runs (this worker's
             # context descends from the run's), so spans the step opens nest in it.
             scope = span("workflow.step", step=name, attempt=attempt, run_id=job.run_id,
@@ -299,13 +332,30 @@ class Scheduler:
                 seconds = time.perf_counter() - began
                 total += seconds
                 if failure is None:
+                    with self.lock:
+                        if self.ended is not None:  # abandoned: its result is discarded
+                            return _Outcome(StepResult(name, "cancelled", attempt, total))
+                        self.committing += 1
+                    committed = False
                     try:
                         job.store.save_step(
                             StepCheckpoint(job.run_id, name, value, wf.code_hashes[name],
                                            input_hash, attempt, total, job.clock.time(), key),
                             resolve_letters=self.letters.get(name, ()))
+                        committed = True
                     except UnserializableError as exc:
                         failure = exc
+                    finally:
+                        with self.lock:
+                            self.committing -= 1
+                            if committed and self.ended is not None:
+                                # `stop` waits for this commit: report the step as done
+                                self.running.discard(name)
+                                self.status[name] = "succeeded"
+                                self.outputs[name] = value
+                                self.results[name] = StepResult(name, "succeeded", attempt,
+                                                                total)
+                            self.commit_done.notify_all()
                 if failure is not None:
                     attempt_span.record_exception(failure)
             finally:
@@ -372,10 +422,18 @@ class Scheduler:
                  history: list[AttemptInfo], total: float, timed_out: bool) -> _Outcome:
         job = self.job
         error = _error_of(exc)
-        letter = DeadLetter(uuid.uuid4().hex, job.run_id, self.wf.name, step.name,
-                            _safe_inputs(kwargs), error.type, error.message, error.traceback,
-                            tuple(history), job.clock.time())
-        job.store.save_dead_letter(letter)
+        # One letter per stuck step: a resumed run that fails again replaces the
+        # step's letter (in the same commit; it keeps every attempt so far)
+        # instead of adding a second one.
+        previous = self.parked.get(step.name)
+        letter = DeadLetter(uuid.uuid4().hex, job.run_id,
+                            self.wf.name, step.name, _safe_inputs(kwargs), error.type,
+                            error.message, error.traceback,
+                            (() if previous is None else previous.attempts) + tuple(history),
+                            job.clock.time())
+        job.store.save_dead_letter(letter, replaces=self.letters.get(step.name, ()))
+        self.parked[step.name] = letter
+        self.letters[step.name] = [letter.id]
         job.telemetry.exhausted(step.name)
         job.telemetry.dead_letters(job.store.count_dead_letters())
         log.bind(workflow=self.wf.name, run_id=job.run_id, step=step.name).error(
@@ -386,10 +444,12 @@ class Scheduler:
 
 
 def invoke(fn: Callable[..., Any], kwargs: dict[str, Any]) -> Any:
-    """Call a step function; an ``async def`` step runs on its own event loop."""
+    """Call a step function; an ``async def`` step runs on the runtime's shared event loop."""
     value = fn(**kwargs)
     if inspect.isawaitable(value):
-        return asyncio.run(_await(value))
+        from zixir_actors.workflow._loop import run_coro
+
+        return run_coro(_await(value))
     return value
 
 
