@@ -117,7 +117,23 @@ def _format(exc: BaseException, tb: TracebackType | None, lines: list[str],
         if source:
             lines.append(f"    {source}\n")
         tb = tb.tb_next
-    lines.extend(traceback.format_exception_only(type(exc), exc))
+    lines.extend(_exception_only(exc))
+
+
+def _exception_only(exc: BaseException) -> list[str]:
+    # traceback.format_exception_only builds a TracebackException; the common
+    # case (no notes, not a SyntaxError) is one line in the same words.
+    cls = type(exc)
+    if isinstance(exc, SyntaxError) or getattr(exc, "__notes__", None) is not None:
+        return traceback.format_exception_only(cls, exc)
+    name = cls.__qualname__
+    if cls.__module__ not in ("__main__", "builtins"):
+        name = f"{cls.__module__}.{name}"
+    try:
+        text = str(exc)
+    except Exception:
+        return traceback.format_exception_only(cls, exc)
+    return [f"{name}: {text}\n" if text else f"{name}\n"]
 
 
 def summary(reason: Any) -> str:
