@@ -111,15 +111,6 @@ def test_tree_prints_the_runtime_tree(tmp_path: Path) -> None:
         assert name in result.stdout
 
 
-def test_cache_stats_and_clear(tmp_path: Path) -> None:
-    data = tmp_path / "data"
-    stats = zixir(data, "cache", "stats", "answers", "--json")
-    assert stats.returncode == 0, stats.stderr
-    assert "hits" in json.loads(stats.stdout)
-    cleared = zixir(data, "cache", "clear", "answers")
-    assert cleared.returncode == 0 and "cleared" in cleared.stdout
-
-
 @pytest.mark.parametrize("args, needle", [
     (("run", "missing.py"), "no such file"),
     (("run", "{flows}:nope"), "no workflow 'nope'"),
@@ -256,3 +247,265 @@ def test_sigterm_stops_a_run_gracefully_and_resume_finishes_it(tmp_path: Path) -
     assert summary["status"] == "succeeded"
     assert summary["steps"]["first"]["status"] == "cached"
     assert summary["outputs"]["second"] == 42
+
+
+# -- the command line as an operator uses it -------------------------------------------------
+
+NO_WORKFLOW = "value = 42\n"
+
+
+def zixir_at(cwd: Path, *args: str, timeout: float = 120.0) -> subprocess.CompletedProcess[str]:
+    """`zixir ARGS` run in `cwd`, without an implicit --data-dir."""
+    env = {**os.environ, "PYTHONPATH": str(ROOT)}
+    env.pop("ZIXIR_DATA_DIR", None)
+    return subprocess.run([sys.executable, "-m", "zixir_actors", *args], cwd=cwd,
+                          capture_output=True, text=True, timeout=timeout, env=env, check=False)
+
+
+def first_error_line(result: subprocess.CompletedProcess[str]) -> str:
+    assert "Traceback" not in result.stderr, result.stderr
+    lines = [line for line in result.stderr.splitlines() if line.strip()]
+    assert lines, (result.stdout, result.stderr)
+    return lines[0]
+
+
+def test_data_dir_is_accepted_before_or_after_the_command(tmp_path: Path, flows: Path) -> None:
+    data = tmp_path / "data"
+    ran = zixir_at(tmp_path, "run", f"{flows}:cli-etl", "--input", "n=2", "--run-id", "a1",
+                   "--data-dir", str(data))
+    assert ran.returncode == 0, ran.stderr
+    before = zixir_at(tmp_path, "--data-dir", str(data), "runs", "list", "--json")
+    after = zixir_at(tmp_path, "runs", "list", "--json", "--data-dir", str(data))
+    assert json.loads(before.stdout) == json.loads(after.stdout)
+    assert [r["run_id"] for r in json.loads(after.stdout)] == ["a1"]
+    assert not (tmp_path / ".zixir").exists()
+
+
+def test_version_comes_from_the_package_metadata(tmp_path: Path) -> None:
+    import importlib.metadata
+
+    import zixir_actors
+
+    version = importlib.metadata.version("zixir-actors")
+    assert zixir_actors.__version__ == version
+    result = zixir_at(tmp_path, "--version")
+    assert result.returncode == 0 and result.stdout.strip() == f"zixir {version}"
+
+
+def test_every_option_and_command_has_help_text() -> None:
+    import argparse
+
+    from zixir_actors.cli import build_parser
+
+    def walk(parser: argparse.ArgumentParser, where: str) -> list[str]:
+        missing = []
+        for action in parser._actions:
+            if isinstance(action, argparse._SubParsersAction):
+                helped = {choice.dest: choice.help for choice in action._choices_actions}
+                for name, sub in action.choices.items():
+                    if not helped.get(name):
+                        missing.append(f"{where} {name}")
+                    missing += walk(sub, f"{where} {name}")
+            elif not action.help or action.help == argparse.SUPPRESS:
+                missing.append(f"{where} {'/'.join(action.option_strings) or action.dest}")
+        return missing
+
+    assert walk(build_parser(), "zixir") == []
+
+
+def test_input_values_are_json_and_unknown_inputs_are_errors(tmp_path: Path, flows: Path) -> None:
+    helped = zixir_at(tmp_path, "run", "--help")
+    assert "parsed as JSON" in " ".join(helped.stdout.split())
+    data = tmp_path / "data"
+    bad = zixir(data, "run", f"{flows}:cli-etl", "--input", "n=2", "--input", "limit=3")
+    assert bad.returncode == 2
+    assert first_error_line(bad) == \
+        "zixir: error: workflow 'cli-etl' takes no input 'limit' (it takes: n)"
+    good = zixir(data, "run", f"{flows}:cli-etl", "--input", 'n=4', "--json")
+    assert json.loads(good.stdout)["outputs"]["total"] == 6
+
+
+def test_resume_uses_the_absolute_path_of_the_workflow_file(tmp_path: Path, flows: Path) -> None:
+    data = tmp_path / "data"
+    ran = zixir_at(tmp_path, "--data-dir", str(data), "run", "flows.py:cli-etl",
+                   "--input", "n=3", "--run-id", "rel")
+    assert ran.returncode == 0, ran.stderr
+    elsewhere = tmp_path / "elsewhere"
+    elsewhere.mkdir()
+    resumed = zixir_at(elsewhere, "--data-dir", str(data), "runs", "resume", "rel", "--json")
+    assert resumed.returncode == 0, resumed.stderr
+    assert json.loads(resumed.stdout[resumed.stdout.index("{"):])["status"] == "succeeded"
+
+
+@pytest.mark.parametrize("args, first_line", [
+    (("runs", "resume", "nope"), "zixir: error: no stored run 'nope'"),
+    (("runs", "show", "nope"), "zixir: error: no stored run 'nope'"),
+    (("runs", "delete", "nope"), "zixir: error: no stored run 'nope'"),
+    (("run", "missing.py"), "zixir: error: no such file: missing.py"),
+    (("run", "empty.py"), "zixir: error: empty.py defines no workflow"),
+    (("run", "flows.py:nope"),
+     "zixir: error: no workflow 'nope' in flows.py (found: cli-broken, cli-etl)"),
+    (("run", "flows.py"), "zixir: error: flows.py defines 2 workflows (cli-broken, cli-etl); "
+                          "say which with FILE:WORKFLOW"),
+    (("run", "flows.py:cli-etl", "--input", "oops"),
+     "zixir: error: --input expects KEY=VALUE, got 'oops'"),
+    (("dlq", "show", "nope"), "zixir: error: no dead letter 'nope'"),
+    (("cache", "stats", "nope"), "zixir: error: no cache 'nope' in {data}"),
+    (("cache", "clear", "nope"), "zixir: error: no cache 'nope' in {data}"),
+    (("runs", "list", "--since", "soon"),
+     "zixir: error: --since expects a duration like 90s, 15m, 1h or 2d, got 'soon'"),
+    (("metrics", "--port", "99999"),
+     "zixir: error: invalid port: 99999 (must be an int from 0 to 65535)"),
+])
+def test_errors_print_one_exact_first_line(tmp_path: Path, flows: Path, args: tuple[str, ...],
+                                           first_line: str) -> None:
+    (tmp_path / "empty.py").write_text(NO_WORKFLOW)
+    data = tmp_path / "data"
+    if args[0] in ("runs", "dlq", "cache"):   # an existing data directory
+        assert zixir(data, "run", f"{flows}:cli-etl", "--input", "n=1").returncode == 0
+    result = zixir_at(tmp_path, "--data-dir", str(data), *args)
+    assert result.returncode == 2, (result.stdout, result.stderr)
+    assert first_error_line(result) == first_line.format(data=data)
+
+
+@pytest.mark.parametrize("args", [
+    ("runs", "list"), ("runs", "list", "--json"), ("runs", "show", "x"), ("runs", "delete", "x"),
+    ("runs", "resume", "x"), ("dlq", "list"), ("dlq", "show", "x"), ("cache", "list"),
+    ("cache", "stats", "x"), ("cache", "clear", "x"), ("tree",),
+])
+def test_read_only_commands_create_no_data_directory(tmp_path: Path, args: tuple[str, ...]) -> None:
+    data = tmp_path / "never"
+    result = zixir(data, *args)
+    assert result.returncode in (0, 2), result.stderr
+    assert "Traceback" not in result.stderr
+    assert not data.exists()
+    assert not (tmp_path / ".zixir").exists()
+
+
+def test_runs_list_filters_by_workflow_status_and_age_newest_first(tmp_path: Path,
+                                                                   flows: Path) -> None:
+    import time
+
+    from zixir_actors.checkpoint import RunRecord, open_store
+
+    data = tmp_path / "data"
+    for target, run_id, status in (("cli-etl", "e1", 0), ("cli-broken", "b1", 1),
+                                   ("cli-etl", "e2", 0)):
+        ran = zixir(data, "run", f"{flows}:{target}", "--input", "n=1", "--run-id", run_id)
+        assert ran.returncode == status, ran.stderr
+    old = time.time() - 3 * 3600
+    with open_store(data) as store:
+        store.save_run(RunRecord("old", "cli-etl", "succeeded", {"n": 0}, old, old))
+
+    def listed(*args: str) -> list[str]:
+        result = zixir(data, "runs", "list", "--json", *args)
+        assert result.returncode == 0, result.stderr
+        return [r["run_id"] for r in json.loads(result.stdout)]
+
+    assert listed() == ["e2", "b1", "e1", "old"]
+    assert listed("--workflow", "cli-etl") == ["e2", "e1", "old"]
+    assert listed("--status", "failed") == ["b1"]
+    assert listed("--since", "1h") == ["e2", "b1", "e1"]
+    assert listed("--since", "4h", "--status", "succeeded") == ["e2", "e1", "old"]
+    table = zixir(data, "runs", "list", "--since", "90m").stdout.splitlines()
+    assert [line.split()[0] for line in table[2:]] == ["e2", "b1", "e1"]
+
+
+CACHE_USER = textwrap.dedent('''
+    import sys
+    import zixir_actors
+    from zixir_actors import Cache
+
+    with zixir_actors.start(data_dir=sys.argv[1]):
+        answers = Cache.start("answers", persist=True)
+        answers.put("q1", "a1")
+        answers.put("q2", "a" * 1000)
+        answers.get("q1")            # a hit
+        answers.get("nothing")       # a miss
+        print(answers.stats().hits, answers.stats().misses)
+        scratch = Cache.start("scratch")
+        scratch.put("k", "v")
+        answers.stop()
+        scratch.stop()
+''')
+
+
+def test_cache_list_and_stats_keep_hits_and_misses_across_processes(tmp_path: Path) -> None:
+    data = tmp_path / "data"
+    script = tmp_path / "use_cache.py"
+    script.write_text(CACHE_USER)
+    env = {**os.environ, "PYTHONPATH": str(ROOT)}
+    counts = []
+    for _ in range(2):
+        used = subprocess.run([sys.executable, str(script), str(data)], capture_output=True,
+                              text=True, timeout=120, env=env, check=False)
+        assert used.returncode == 0, used.stderr
+        counts.append(used.stdout.split())
+    assert counts == [["1", "1"], ["2", "2"]]      # the second process starts from the first's
+    listed = zixir(data, "cache", "list", "--json")
+    assert listed.returncode == 0, listed.stderr
+    caches = {c["name"]: c for c in json.loads(listed.stdout)}
+    assert caches["answers"]["persistent"] is True and caches["answers"]["entries"] == 2
+    assert caches["answers"]["bytes"] > 1000
+    assert caches["scratch"]["persistent"] is False and caches["scratch"]["entries"] == 1
+    human = zixir(data, "cache", "list").stdout.splitlines()
+    assert human[0].split() == ["cache", "persistent", "entries", "bytes", "hits", "misses"]
+    stats = json.loads(zixir(data, "cache", "stats", "answers", "--json").stdout)
+    assert (stats["hits"], stats["misses"], stats["size"]) == (2, 2, 2)
+    cleared = zixir(data, "cache", "clear", "answers")
+    assert cleared.returncode == 0 and cleared.stdout.strip() == \
+        "cleared 2 entries from cache answers"
+    assert json.loads(zixir(data, "cache", "stats", "answers", "--json").stdout)["size"] == 0
+
+
+SIGINT_FLOW = textwrap.dedent('''
+    import os, time
+    from zixir_actors.sandbox import Limits
+    from zixir_actors.workflow import Workflow
+
+    slow = Workflow("cli-ctrl-c")
+
+    @slow.step(limits=Limits(timeout=60))          # in a sandbox worker process
+    def first(n):
+        return n + 1
+
+    @slow.step(depends_on=["first"])
+    def second(first, started, release):
+        open(started, "w").close()
+        deadline = time.monotonic() + 60
+        while not os.path.exists(release) and time.monotonic() < deadline:
+            time.sleep(0.01)          # a long model call
+        return first * 2
+''')
+
+
+def test_ctrl_c_stops_cleanly_with_status_130_and_keeps_committed_steps(tmp_path: Path) -> None:
+    from zixir_actors.testing import wait_for
+
+    flows = tmp_path / "ctrl_c.py"
+    flows.write_text(SIGINT_FLOW)
+    data, started, release = tmp_path / "data", tmp_path / "started", tmp_path / "release"
+    env = {**os.environ, "PYTHONPATH": str(ROOT)}
+    # A terminal sends SIGINT to the whole foreground process group: the CLI
+    # and every worker process it started.
+    with subprocess.Popen([sys.executable, "-m", "zixir_actors", "--data-dir", str(data), "run",
+                           str(flows), "--run-id", "c1", "--input", "n=20",
+                           "--input", f"started={json.dumps(str(started))}",
+                           "--input", f"release={json.dumps(str(release))}"],
+                          stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True,
+                          env=env, start_new_session=True) as proc:
+        wait_for(lambda: started.exists() or proc.poll() is not None, timeout=60,
+                 what="the slow step to start")
+        assert proc.poll() is None, proc.stderr.read() if proc.stderr else ""
+        os.killpg(proc.pid, signal.SIGINT)
+        _, err = proc.communicate(timeout=60)
+    assert proc.returncode == 130, err
+    assert "Traceback" not in err and "KeyboardInterrupt" not in err, err
+    assert err.strip().splitlines() == [
+        "zixir: interrupted; runs in flight are checkpointed (zixir runs resume)"]
+    shown = zixir(data, "runs", "show", "c1", "--json")
+    assert list(json.loads(shown.stdout)["checkpoints"]) == ["first"]
+    release.touch()
+    resumed = zixir(data, "runs", "resume", "c1", "--json")
+    summary = json.loads(resumed.stdout[resumed.stdout.index("{"):])
+    assert summary["steps"]["first"]["status"] == "cached" and summary["outputs"]["second"] == 42

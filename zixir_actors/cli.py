@@ -16,8 +16,9 @@ import json
 import signal
 import sys
 import threading
+import time
 import traceback
-from collections.abc import Callable, Sequence
+from collections.abc import Callable, Iterator, Sequence
 from contextlib import contextmanager
 from pathlib import Path
 from typing import Any, NoReturn
@@ -75,20 +76,23 @@ def load_workflow(target: str) -> tuple[Any, Path, str]:
     path = Path(file_part).expanduser().resolve()
     if not path.is_file():
         raise CliError(f"no such file: {file_part}")
-    module_name = f"_zixir_user_{abs(hash(str(path)))}"
+    module_name = _module_name(path)
     spec = importlib.util.spec_from_file_location(module_name, path)
     if spec is None or spec.loader is None:
         raise CliError(f"cannot load {file_part} as Python")
     module = importlib.util.module_from_spec(spec)
     sys.modules[module_name] = module
-    sys.path.insert(0, str(path.parent))
+    # The file's directory stays on sys.path, which sandbox workers inherit: they
+    # import the module by its name to unpickle its sandboxed steps.
+    if str(path.parent) not in sys.path:
+        sys.path.insert(0, str(path.parent))
     try:
         spec.loader.exec_module(module)
     except Exception as exc:
         raise CliError(f"{file_part} failed to import: {type(exc).__name__}: {exc}") from exc
-    finally:
-        sys.path.remove(str(path.parent))
     found = {name: value for name, value in vars(module).items() if isinstance(value, Workflow)}
+    if not found:
+        raise CliError(f"{file_part} defines no workflow")
     if wanted:
         for var, wf in found.items():
             if wanted in (var, wf.name):
@@ -101,6 +105,56 @@ def load_workflow(target: str) -> tuple[Any, Path, str]:
                        "say which with FILE:WORKFLOW")
     wf = next(iter(found.values()))
     return wf, path, wf.name
+
+
+def _module_name(path: Path) -> str:
+    """The file's stem when it imports as nothing else (so workers can import it too)."""
+    stem = path.stem
+    if stem.isidentifier() and stem not in sys.modules:
+        try:
+            taken = importlib.util.find_spec(stem) is not None
+        except (ImportError, ValueError):
+            taken = True
+        if not taken:
+            return stem
+    return f"_zixir_user_{abs(hash(str(path)))}"
+
+
+def accepted_inputs(wf: Any) -> set[str] | None:
+    """The input names `wf` takes, or None when it takes any (a ``**kwargs`` parameter)."""
+    import inspect
+
+    # A code-first body is body(ctx, **inputs); a step's parameters are its
+    # dependencies' outputs, `ctx`, and inputs.
+    functions = [(wf.body, 1, ())] if getattr(wf, "body", None) is not None else \
+        [(step.fn, 0, step.depends_on) for step in wf.steps.values()]
+    names: set[str] = set()
+    for fn, skip, depends_on in functions:
+        try:
+            params = list(inspect.signature(fn).parameters.values())[skip:]
+        except (TypeError, ValueError):
+            return None
+        for p in params:
+            if p.kind is p.VAR_KEYWORD:
+                return None
+            if p.kind is not p.VAR_POSITIONAL and p.name != "ctx" and p.name not in depends_on:
+                names.add(p.name)
+    return names
+
+
+def check_inputs(wf: Any, inputs: dict[str, Any]) -> None:
+    """Refuse an input that no step (or body) of `wf` takes: it is a typo, never used.
+
+    Raises:
+        CliError: naming the first unknown input and the inputs the workflow takes.
+    """
+    accepted = accepted_inputs(wf)
+    if accepted is None:
+        return
+    for key in inputs:
+        if key not in accepted:
+            takes = ", ".join(sorted(accepted)) or "no inputs"
+            raise CliError(f"workflow {wf.name!r} takes no input {key!r} (it takes: {takes})")
 
 
 def _remember_source(data_dir: Path, run_id: str, target: str) -> None:
@@ -119,6 +173,60 @@ def _source_of(data_dir: Path, run_id: str) -> str | None:
         return json.loads(path.read_text()).get(run_id) if path.exists() else None
     except (OSError, json.JSONDecodeError):
         return None
+
+
+class _NoStore:
+    """What a data directory without a store holds: nothing (read-only commands)."""
+
+    def list_runs(self, **_: Any) -> list[Any]:
+        return []
+
+    def get_run(self, run_id: str) -> Any:
+        from zixir_actors.errors import RunNotFoundError
+
+        raise RunNotFoundError(run_id)
+
+    def delete_run(self, run_id: str, **_: Any) -> bool:
+        return False
+
+    def dead_letters(self, **_: Any) -> list[Any]:
+        return []
+
+    def get_dead_letter(self, letter_id: str) -> Any:
+        from zixir_actors.errors import DeadLetterNotFoundError
+
+        raise DeadLetterNotFoundError(letter_id)
+
+
+@contextmanager
+def _existing_store(args: argparse.Namespace) -> Iterator[Any]:
+    """The data directory's store, or a `_NoStore` if it has none: reading never
+    creates a data directory (or a store in an empty one)."""
+    from zixir_actors.checkpoint import open_store
+
+    data_dir = _data_dir(args)
+    if not (data_dir / "data.mdb").is_file():
+        yield _NoStore()
+        return
+    with open_store(data_dir) as store:
+        yield store
+
+
+DURATION_UNITS = {"": 1.0, "s": 1.0, "m": 60.0, "h": 3600.0, "d": 86400.0}
+
+
+def parse_duration(text: str) -> float:
+    """``"90s"``, ``"15m"``, ``"1h"``, ``"2d"`` (or plain seconds) -> seconds.
+
+    Raises:
+        CliError: not a duration.
+    """
+    import re
+
+    match = re.fullmatch(r"\s*(\d+(?:\.\d+)?)\s*([smhd]?)\s*", text)
+    if match is None:
+        raise CliError(f"--since expects a duration like 90s, 15m, 1h or 2d, got {text!r}")
+    return float(match.group(1)) * DURATION_UNITS[match.group(2)]
 
 
 @contextmanager
@@ -180,12 +288,14 @@ def _print_run(result: Any, order: Sequence[str] = ()) -> None:
 def cmd_run(args: argparse.Namespace) -> int:
     from zixir_actors.checkpoint import connect
 
-    wf, _, _ = load_workflow(args.target)
+    wf, path, name = load_workflow(args.target)
     inputs = parse_inputs(args.input)
+    check_inputs(wf, inputs)
     with _runtime(args):
         store = connect()
         handle = wf.start(inputs, run_id=args.run_id, max_concurrency=args.max_concurrency)
-        _remember_source(_data_dir(args), handle.run_id, args.target)
+        # Absolute, so `runs resume` works from any directory.
+        _remember_source(_data_dir(args), handle.run_id, f"{path}:{name}")
         if wf.body is not None:
             return _settle(handle, wf, quiet=args.json, as_json=args.json)
         result = _progress(handle, store, len(wf.order), quiet=args.json)
@@ -205,8 +315,6 @@ def _workflow_for_run(args: argparse.Namespace, run_id: str) -> Any:
 
 
 def cmd_runs(args: argparse.Namespace) -> int:
-    from zixir_actors.checkpoint import open_store
-
     if args.action == "send":
         return _send_event(args)
     if args.action == "watch":
@@ -214,6 +322,8 @@ def cmd_runs(args: argparse.Namespace) -> int:
     if args.action == "resume":
         if not args.run_id:
             raise CliError("runs resume needs a RUN_ID")
+        with _existing_store(args) as store:
+            store.get_run(args.run_id)   # an unknown run is "no stored run", as in `show`
         wf = _workflow_for_run(args, args.run_id)
         with _runtime(args):
             plan = wf.plan(args.run_id, from_step=args.from_step)
@@ -222,12 +332,15 @@ def cmd_runs(args: argparse.Namespace) -> int:
             result = wf.resume(args.run_id, from_step=args.from_step)
         _print_json(run_summary(result)) if args.json else _print_run(result, wf.order)
         return 0 if result.ok else 1
-    with open_store(_data_dir(args)) as store:
+    with _existing_store(args) as store:
         if args.action == "list":
-            # Corrupt headers are listed (status "corrupt") whatever --workflow says,
+            since = None if args.since is None else time.time() - parse_duration(args.since)
+            # Corrupt headers are listed (status "corrupt") whatever the filters say,
             # so that they can be found and deleted.
-            runs = [r for r in store.list_runs() if args.workflow in (None, r.workflow)
-                    or r.status == "corrupt"]
+            runs = [r for r in store.list_runs() if r.status == "corrupt" or (
+                args.workflow in (None, r.workflow) and args.status in (None, r.status)
+                and (since is None or r.created_at >= since))]
+            runs.sort(key=lambda r: (r.created_at, r.run_id), reverse=True)   # newest first
             if args.json:
                 _print_json([{"run_id": r.run_id, "workflow": r.workflow, "status": r.status,
                               "created_at": r.created_at, "updated_at": r.updated_at,
@@ -363,20 +476,19 @@ def _watch(args: argparse.Namespace) -> int:
 
 
 def cmd_dlq(args: argparse.Namespace) -> int:
-    from zixir_actors.checkpoint import open_store
     from zixir_actors.workflow import DeadLetters
 
     if args.action == "retry":
         if not args.letter_id:
             raise CliError("dlq retry needs a LETTER_ID")
-        with open_store(_data_dir(args)) as store:
+        with _existing_store(args) as store:
             letter = DeadLetters(store).get(args.letter_id)
         wf = _workflow_for_run(args, letter.run_id)
         with _runtime(args):
             result = DeadLetters().retry(args.letter_id, workflow=wf)
         _print_json(run_summary(result)) if args.json else _print_run(result, wf.order)
         return 0 if result.ok else 1
-    with open_store(_data_dir(args)) as store:
+    with _existing_store(args) as store:
         letters = DeadLetters(store)
         if args.action == "list":
             found = letters.list(workflow=args.workflow)
@@ -446,23 +558,51 @@ def cmd_store(args: argparse.Namespace) -> int:
 
 
 def cmd_cache(args: argparse.Namespace) -> int:
+    from zixir_actors.cache import stored_caches
+
+    caches = {c.name: c for c in stored_caches(_data_dir(args))}   # read-only
+    if args.action == "list":
+        rows = [{"name": c.name, "persistent": c.persistent, "entries": c.entries,
+                 "bytes": c.bytes, "hits": c.hits, "misses": c.misses,
+                 "updated_at": c.updated_at} for c in caches.values()]
+        if args.json:
+            _print_json(rows)
+        elif not rows:
+            print("no caches")
+        else:
+            print(table([(r["name"], "yes" if r["persistent"] else "no", r["entries"], r["bytes"],
+                          r["hits"], r["misses"]) for r in rows],
+                        ("cache", "persistent", "entries", "bytes", "hits", "misses")))
+        return 0
+    if not args.name:
+        raise CliError(f"cache {args.action} needs a NAME")
+    found = caches.get(args.name)
+    if found is None:
+        raise CliError(f"no cache {args.name!r} in {_data_dir(args)}")
+    if args.action == "stats":
+        total = found.hits + found.misses
+        data = {"name": found.name, "persistent": found.persistent, "size": found.entries,
+                "bytes": found.bytes, "hits": found.hits, "misses": found.misses,
+                "hit_ratio": round(found.hits / total, 4) if total else 0.0,
+                "updated_at": found.updated_at}
+        if args.json:
+            _print_json(data)
+        else:
+            data["updated_at"] = _fmt_time(found.updated_at)
+            print(table(list(data.items()), ("cache " + args.name, "value")))
+        return 0
+    if not found.persistent:
+        raise CliError(f"cache {args.name!r} is memory-only: only the process running it "
+                       "can clear it")
     from zixir_actors.cache import Cache
 
     with _runtime(args):
         cache = Cache.start(args.name, persist=True)
         try:
-            if args.action == "stats":
-                stats = cache.stats()
-                data = dataclasses.asdict(stats)
-                if args.json:
-                    _print_json(data)
-                else:
-                    print(table(sorted(data.items()), ("cache " + args.name, "value")))
-            else:
-                removed = cache.clear()
-                print(f"cleared {removed} entries from cache {args.name}")
+            removed = cache.clear()
         finally:
             cache.stop()
+    print(f"cleared {removed} entries from cache {args.name}")
     return 0
 
 
@@ -487,8 +627,15 @@ def render_graph(wf: Any, fmt: str) -> str:
 
 
 def cmd_tree(args: argparse.Namespace) -> int:
-    with _runtime(args) as runtime:
-        print(runtime.tree())
+    import tempfile
+
+    # The tree's shape does not depend on the data directory: build it in a
+    # scratch one, so this read-only command creates nothing and works while
+    # another process runs a runtime on the real one.
+    with tempfile.TemporaryDirectory(prefix="zixir-tree-") as scratch:
+        args = argparse.Namespace(**{**vars(args), "data_dir": scratch})
+        with _runtime(args) as runtime:
+            print(runtime.tree())
     return 0
 
 
@@ -520,12 +667,18 @@ def cmd_demo(args: argparse.Namespace) -> int:
 
 # -- parser -------------------------------------------------------------------------
 
+DATA_DIR_HELP = "state directory (default $ZIXIR_DATA_DIR or ./.zixir); before or after COMMAND"
+TARGET_HELP = "a Python file that defines workflows, and which one if it defines several"
+
 
 def build_parser() -> argparse.ArgumentParser:
+    from zixir_actors import __version__
+
     parser = argparse.ArgumentParser(
         prog="zixir", description="OTP-style supervised workflows, sandboxes, streams and caches.")
-    parser.add_argument("--data-dir", default=None,
-                        help="state directory (default $ZIXIR_DATA_DIR or ./.zixir)")
+    parser.add_argument("--version", action="version", version=f"zixir {__version__}",
+                        help="print the version and exit")
+    parser.add_argument("--data-dir", default=None, help=DATA_DIR_HELP)
     parser.add_argument("--debug", action="store_true", help="show tracebacks on errors")
     parser.add_argument("--log-level", default="WARNING", help="log level (default WARNING)")
     parser.add_argument("--log-json", action="store_true", help="logs as JSON lines on stderr")
@@ -535,49 +688,69 @@ def build_parser() -> argparse.ArgumentParser:
             json_flag: bool = True) -> argparse.ArgumentParser:
         p = sub.add_parser(name, help=help_, description=help_)
         p.set_defaults(fn=fn)
+        # Also after the command; SUPPRESS keeps a --data-dir given before it.
+        p.add_argument("--data-dir", default=argparse.SUPPRESS, help=DATA_DIR_HELP)
         if json_flag:
             p.add_argument("--json", action="store_true", help="machine-readable output")
         return p
 
     add("demo", cmd_demo, "run the end-to-end showcase (offline, under 30 s)")
     p = add("run", cmd_run, "run a workflow defined in a Python file")
-    p.add_argument("target", metavar="FILE[:WORKFLOW]")
-    p.add_argument("--input", action="append", default=[], metavar="KEY=VALUE")
-    p.add_argument("--run-id", default=None)
-    p.add_argument("--max-concurrency", type=int, default=None)
+    p.add_argument("target", metavar="FILE[:WORKFLOW]", help=TARGET_HELP)
+    p.add_argument("--input", action="append", default=[], metavar="KEY=VALUE",
+                   help="an input of the workflow, repeatable; VALUE is parsed as JSON "
+                        "(n=3 is a number, tags='[\"a\"]' a list) and kept as a string "
+                        "when it is not JSON (name=ada); an input no step takes is an error")
+    p.add_argument("--run-id", default=None,
+                   help="the run's id (default a new random one); an existing run's id "
+                        "continues that run")
+    p.add_argument("--max-concurrency", type=int, default=None,
+                   help="most steps running at once (default the workflow's)")
     p = add("runs", cmd_runs, "list, show, resume, delete, watch workflow runs, or send "
             "an event to one")
-    p.add_argument("action", choices=("list", "show", "resume", "delete", "send", "watch"))
-    p.add_argument("run_id", nargs="?")
+    p.add_argument("action", choices=("list", "show", "resume", "delete", "send", "watch"),
+                   help="what to do")
+    p.add_argument("run_id", nargs="?", help="the run (all but list)")
     p.add_argument("event", nargs="?", help="(send) the event's name, e.g. approval")
     p.add_argument("--data", default=None, metavar="JSON",
                    help="(send) the event's payload, parsed as JSON (default null)")
     p.add_argument("--workflow", default=None, help="only runs of this workflow (list)")
-    p.add_argument("--file", default=None, metavar="FILE[:WORKFLOW]", help="(resume)")
+    p.add_argument("--status", default=None,
+                   help="only runs with this status, e.g. failed or running (list)")
+    p.add_argument("--since", default=None, metavar="DURATION",
+                   help="only runs created in the last DURATION: 90s, 15m, 1h, 2d (list)")
+    p.add_argument("--file", default=None, metavar="FILE[:WORKFLOW]",
+                   help="(resume) the file that defines the run's workflow, if it moved "
+                        "(default the one `zixir run` recorded)")
     p.add_argument("--from-step", default=None, help="force a re-run from this step (resume)")
     p = add("dlq", cmd_dlq, "list, show, retry or discard dead letters")
-    p.add_argument("action", choices=("list", "show", "retry", "discard"))
-    p.add_argument("letter_id", nargs="?")
-    p.add_argument("--workflow", default=None)
-    p.add_argument("--file", default=None, metavar="FILE[:WORKFLOW]", help="(retry)")
+    p.add_argument("action", choices=("list", "show", "retry", "discard"), help="what to do")
+    p.add_argument("letter_id", nargs="?", help="the dead letter (all but list)")
+    p.add_argument("--workflow", default=None, help="only letters of this workflow (list)")
+    p.add_argument("--file", default=None, metavar="FILE[:WORKFLOW]",
+                   help="(retry) the file that defines the run's workflow, if it moved")
     p = add("store", cmd_store, "check the store for damage, or back it up (consistent, "
             "compacted; also of a live directory)")
-    p.add_argument("action", choices=("check", "backup"))
+    p.add_argument("action", choices=("check", "backup"), help="what to do")
     p.add_argument("dest", nargs="?", metavar="DEST", help="(backup) an empty or new directory")
-    p = add("cache", cmd_cache, "stats or clear a persistent cache")
-    p.add_argument("action", choices=("stats", "clear"))
-    p.add_argument("name")
+    p = add("cache", cmd_cache, "list the caches of the data directory, show one's stats, "
+            "or clear a persistent one")
+    p.add_argument("action", choices=("list", "stats", "clear"), help="what to do")
+    p.add_argument("name", nargs="?", help="the cache (stats, clear)")
     p = add("graph", cmd_graph, "print a workflow's DAG as Mermaid or DOT", json_flag=False)
-    p.add_argument("target", metavar="FILE[:WORKFLOW]")
-    p.add_argument("--format", choices=("mermaid", "dot"), default="mermaid")
+    p.add_argument("target", metavar="FILE[:WORKFLOW]", help=TARGET_HELP)
+    p.add_argument("--format", choices=("mermaid", "dot"), default="mermaid",
+                   help="Mermaid (default) or Graphviz DOT")
     add("tree", cmd_tree, "print the supervision tree that start() builds", json_flag=False)
     p = add("metrics", cmd_metrics, "serve /metrics for this data directory", json_flag=False)
-    p.add_argument("--port", type=int, default=9464)
+    p.add_argument("--port", type=int, default=9464,
+                   help="port on 127.0.0.1 (default 9464; 0 picks a free one)")
     p.add_argument("--duration", type=float, default=None,
                    help="seconds to serve (default forever)")
     p = add("bench", cmd_bench, "run the benchmarks beside their baselines", json_flag=False)
-    p.add_argument("--quick", action="store_true")
-    p.add_argument("subjects", nargs="*")
+    p.add_argument("--quick", action="store_true", help="small counts (under two minutes)")
+    p.add_argument("subjects", nargs="*",
+                   help="subjects to run, e.g. cache stream (default all)")
     return parser
 
 
@@ -599,15 +772,22 @@ def main(argv: Sequence[str] | None = None) -> int:
         print("zixir: interrupted; runs in flight are checkpointed (zixir runs resume)",
               file=sys.stderr)
         return 130
-    except (ZixirError, OSError) as exc:
-        if args.debug:
-            traceback.print_exc()
-        message = str(exc).splitlines()[0] if str(exc) else type(exc).__name__
-        _fail(message, 2)
     except Exception as exc:
         if args.debug:
             traceback.print_exc()
-        _fail(f"{type(exc).__name__}: {exc}".splitlines()[0], 1)
+        cause = _root_cause(exc)
+        if isinstance(cause, (ZixirError, OSError)):
+            _fail(str(cause).splitlines()[0] if str(cause) else type(cause).__name__, 2)
+        _fail(f"{type(cause).__name__}: {cause}".splitlines()[0], 1)
+
+
+def _root_cause(exc: BaseException) -> BaseException:
+    """The error a service raised, not the supervisor's "child failed to start" around it."""
+    from supervisors.errors import ChildStartError
+
+    while isinstance(exc, ChildStartError) and isinstance(exc.cause, BaseException):
+        exc = exc.cause
+    return exc
 
 
 if __name__ == "__main__":

@@ -602,6 +602,11 @@ def recv_worker(ctl: socket.socket) -> tuple[int, socket.socket]:
 
 
 def _main() -> None:
+    # Ctrl-C in a terminal reaches the whole process group: the application
+    # decides what an interrupt means and ends its workers itself, so the
+    # helper and the workers it forks (they inherit this) ignore SIGINT
+    # instead of printing a KeyboardInterrupt traceback each.
+    signal.signal(signal.SIGINT, signal.SIG_IGN)
     paths = os.environ.pop(PATH_ENV, "")
     if paths:
         sys.path[:] = [p for p in paths.split(os.pathsep)]
