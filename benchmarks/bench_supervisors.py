@@ -144,7 +144,7 @@ def _crash_report_cost(n: int) -> tuple[float, float]:
         Crashy().on_receive("crash")
     except RuntimeError as exc:
         crash = exc
-    fields = {"supervisor": "bench.sup", "child": "c", "restart_count": 1}
+    fields: dict[str, Any] = {"supervisor": "bench.sup", "child": "c", "restart_count": 1}
     report = measure(lambda: _report.log_crash(
         "WARNING", crash, "child {} of {} {}: {}; {}", "c", "bench.sup", "crashed",
         _report.Summary(crash), "restarting (restart #1)", _reason=crash, **fields), n)
