@@ -89,7 +89,7 @@ def test_env_var_sets_the_default_data_dir(tmp_path: Path, monkeypatch: pytest.M
     assert resolve_data_dir() == (tmp_path / ".zixir").resolve()
 
 
-def test_second_process_on_the_same_data_dir_gets_a_clear_error(tmp_path: Path) -> None:
+def test_a_process_beside_an_exclusive_runtime_gets_a_clear_error(tmp_path: Path) -> None:
     script = (
         "import sys, zixir_actors\n"
         "from zixir_actors.errors import DataDirLockedError\n"
@@ -99,7 +99,7 @@ def test_second_process_on_the_same_data_dir_gets_a_clear_error(tmp_path: Path) 
         "    print('LOCKED', e.pid); sys.exit(3)\n"
         "sys.exit(0)\n"
     )
-    with zixir_actors.start(data_dir=tmp_path):
+    with zixir_actors.start(data_dir=tmp_path, exclusive=True):
         result = subprocess.run([sys.executable, "-c", script], capture_output=True, text=True,
                                 timeout=60, env={**os.environ, "PYTHONPATH": str(ROOT)},
                                 check=False)

@@ -47,7 +47,7 @@ import threading
 import time
 from collections.abc import Iterable, Iterator, Mapping, Sequence
 from contextlib import ExitStack, contextmanager
-from dataclasses import dataclass, field
+from dataclasses import dataclass, field, replace
 from typing import Any, cast
 
 import pykka
@@ -99,6 +99,7 @@ DEAD_DB = "zixir.dead"
 CALLS_DB = "zixir.calls"
 EVENTS_DB = "zixir.events"
 PROGRESS_DB = "zixir.progress"
+RUNTIMES_DB = "zixir.runtimes"
 _SEP = b"\x00"
 CORRUPT = "corrupt"
 """The status `list_runs` gives a run whose stored header cannot be decoded."""
@@ -125,6 +126,8 @@ class RunRecord:
     updated_at: float
     error: str | None = None
     steps: Mapping[str, str] = field(default_factory=dict)
+    owner: str | None = None
+    """The id of the runtime that runs it (``host:pid:start``; None outside a runtime)."""
     waiting: Mapping[str, Any] | None = None
     """What a parked code-first run waits for: ``{"kind": "event", "event": ...,
     "until": ...}``, ``{"kind": "timer", "until": ...}`` or ``{"kind": "child",
@@ -392,7 +395,8 @@ class CheckpointStore(SupervisedActor):
         self.data_dir = str(resolve_data_dir(data_dir))
         self.durable = durable
         self._env = _lmdb.open_env(self.data_dir, map_size=map_size)
-        for name in (RUNS_DB, STEPS_DB, DEAD_DB, CALLS_DB, EVENTS_DB, PROGRESS_DB):
+        for name in (RUNS_DB, STEPS_DB, DEAD_DB, CALLS_DB, EVENTS_DB, PROGRESS_DB,
+                     RUNTIMES_DB):
             self._env.db(name)
         self._channel: _Channel | None = None
 
@@ -817,6 +821,63 @@ class CheckpointClient:
             event, payload, sent_at = _decode(blob, f"event {run_id}")
             out.append((_SEQ.unpack(key[len(prefix):])[0], event, payload, sent_at))
         return out
+
+    # -- runtimes sharing the directory ---------------------------------------
+
+    def save_runtime(self, info: Any, *, durable: bool = True) -> None:
+        """Write a runtime's lease record (`zixir_actors._runtimes.RuntimeInfo`)."""
+        batch = Batch()
+        batch.ops.append((RUNTIMES_DB, _key(info.id), _codec.encode(info)))
+        self.commit(batch, durable=durable)
+
+    def delete_runtime(self, runtime_id: str) -> None:
+        self._write([(RUNTIMES_DB, _key(runtime_id), None)], None)
+
+    def runtimes(self) -> list[Any]:
+        """Every runtime lease record on the directory (dead ones included)."""
+        out = []
+        for key, blob in self._scan(RUNTIMES_DB):
+            try:
+                out.append(_decode(blob, f"runtime {key.decode(errors='replace')}"))
+            except CorruptBlobError:
+                continue  # a damaged lease is as good as an expired one
+        return out
+
+    def claim_runs(self, run_ids: Iterable[str], *, allowed: Any, owner: str,
+                   statuses: tuple[str, ...] = ("running", "parked")) -> list[RunRecord]:
+        """Make `owner` the owner of each run whose current owner is in `allowed`.
+
+        One write transaction reads and rewrites the records, so when several
+        runtimes claim the same run at once exactly one gets it.
+
+        Returns:
+            The claimed runs' records (with the new owner).
+        """
+        wanted = list(run_ids)
+        claimed: list[RunRecord] = []
+
+        def claim(txn: Any) -> None:
+            claimed.clear()
+            db = env.db(RUNS_DB)
+            for run_id in wanted:
+                blob = txn.get(_key(run_id), db=db)
+                if blob is None:
+                    continue
+                try:
+                    record = _codec.decode(blob, key=f"run {run_id}")
+                except CorruptBlobError:
+                    continue
+                if record.status not in statuses or record.owner not in allowed:
+                    continue
+                record = replace(record, owner=owner)
+                txn.put(_key(run_id), _codec.encode(record), db=db)
+                claimed.append(record)
+
+        if not wanted:
+            return claimed
+        env = self._get_channel().env
+        env.write(claim, durable=True)
+        return claimed
 
     def mailbox_mark(self) -> int:
         """The sequence number of the last event sent to any run (0 if none)."""

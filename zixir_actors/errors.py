@@ -515,11 +515,18 @@ class RunNotFoundError(WorkflowError, LookupError):
 
 
 class RunActiveError(WorkflowError):
-    """The run is already executing in this process (resume or retry it later)."""
+    """The run is already executing, here or in another live runtime (resume it later).
 
-    def __init__(self, run_id: str) -> None:
+    Attributes:
+        run_id: the run.
+        owner: the id of the other runtime that runs it (None: this process).
+    """
+
+    def __init__(self, run_id: str, *, owner: str | None = None) -> None:
         self.run_id = run_id
-        super().__init__(f"run {run_id!r} is already running in this process")
+        self.owner = owner
+        where = "in this process" if owner is None else f"in runtime {owner}"
+        super().__init__(f"run {run_id!r} is already running {where}")
 
 
 class RunInterruptedError(WorkflowError):

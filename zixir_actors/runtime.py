@@ -36,6 +36,7 @@ from typing import Any
 
 from supervisors import ChildSpec, NamedRef, Supervisor, SupervisorRef, ref
 from zixir_actors._lmdb import DATA_DIR_ENV, DEFAULT_DATA_DIR, resolve_data_dir
+from zixir_actors._runtimes import new_runtime_id
 from zixir_actors.errors import (
     DataDirError,
     DataDirLockedError,
@@ -57,7 +58,7 @@ __all__ = [
 
 ROOT_NAME = "zixir.root"
 SERVICE_NAMES = ("zixir.metrics", "zixir.store", "zixir.caches", "zixir.sandboxes",
-                 "zixir.workflows", "zixir.streams", "zixir.timers")
+                 "zixir.workflows", "zixir.streams", "zixir.timers", "zixir.lease")
 ROOT_MAX_RESTARTS = 10
 ROOT_MAX_SECONDS = 60.0
 DEFAULT_STOP_TIMEOUT = 30.0
@@ -66,8 +67,11 @@ _lock = threading.RLock()
 _current: Runtime | None = None
 
 
-def _prepare(path: Path) -> int:
-    """Create the directory (owner-only) and take its lock; returns the lock's fd."""
+def _prepare(path: Path, *, exclusive: bool = False) -> int:
+    """Create the directory (owner-only) and take its lock; returns the lock's fd.
+
+    Runtimes share a directory with a shared lock; `exclusive` takes it alone
+    (and fails while any other runtime is on it)."""
     if path.exists() and not path.is_dir():
         raise DataDirError(str(path), "exists and is not a directory")
     try:
@@ -82,7 +86,7 @@ def _prepare(path: Path) -> int:
     except OSError as exc:
         raise DataDirError(str(path), f"cannot open {lock_path.name}: {exc.strerror}") from exc
     try:
-        fcntl.flock(fd, fcntl.LOCK_EX | fcntl.LOCK_NB)
+        fcntl.flock(fd, (fcntl.LOCK_EX if exclusive else fcntl.LOCK_SH) | fcntl.LOCK_NB)
     except BlockingIOError:
         try:
             pid = int(os.pread(fd, 32, 0).decode().strip() or 0) or None
@@ -90,14 +94,16 @@ def _prepare(path: Path) -> int:
             pid = None
         os.close(fd)
         raise DataDirLockedError(str(path), pid) from None
-    os.ftruncate(fd, 0)
-    os.pwrite(fd, str(os.getpid()).encode(), 0)
+    if exclusive:  # the pid tells a refused runtime who holds the directory alone
+        os.ftruncate(fd, 0)
+        os.pwrite(fd, str(os.getpid()).encode(), 0)
     return fd
 
 
 def _service_specs(path: Path, *, metrics_port: int | None, sandbox_workers: int | None,
-                   options: dict[str, Any]) -> list[ChildSpec]:
-    from zixir_actors import cache, checkpoint, observability, sandbox, stream, workflow
+                   options: dict[str, Any], runtime_id: str,
+                   started_at: float) -> list[ChildSpec]:
+    from zixir_actors import _runtimes, cache, checkpoint, observability, sandbox, stream, workflow
 
     metrics_opts: dict[str, Any] = dict(options.get("metrics", {}))
     if metrics_port is not None:
@@ -113,7 +119,30 @@ def _service_specs(path: Path, *, metrics_port: int | None, sandbox_workers: int
         workflow.child_spec(**options.get("workflow", {})),
         stream.child_spec(**options.get("stream", {})),
         workflow.timers_child_spec(),
+        _runtimes.child_spec(runtime_id=runtime_id, started_at=started_at,
+                             find_workflow=workflow.find_workflow,
+                             defined=workflow.defined_workflows, resume=_continue_runs,
+                             **options.get("lease", {})),
     ]
+
+
+def _continue_runs(records: list[Any]) -> list[Any]:
+    """Continue runs this runtime has claimed (their owner now says so)."""
+    from zixir_actors.workflow import find_workflow
+
+    handles = []
+    for record in records:
+        wf = find_workflow(record.workflow)
+        if wf is None:
+            continue
+        try:
+            handles.append(wf.start(dict(record.inputs), run_id=record.run_id))
+        except Exception as exc:  # one run that cannot continue must not stop the others
+            from zixir_actors.observability import logger
+
+            logger.bind(service="runtime", run_id=record.run_id).error(
+                "cannot continue a run", error=str(exc))
+    return handles
 
 
 class Runtime:
@@ -124,7 +153,10 @@ class Runtime:
         supervisor: the root `SupervisorRef` (``zixir.root``).
     """
 
-    def __init__(self, data_dir: Path, supervisor: SupervisorRef, lock_fd: int) -> None:
+    def __init__(self, data_dir: Path, supervisor: SupervisorRef, lock_fd: int,
+                 runtime_id: str = "") -> None:
+        self.id = runtime_id
+        """``host:pid:start-ms``: the owner its runs record, the key of its lease."""
         self.data_dir = data_dir
         self.supervisor = supervisor
         self._lock_fd: int | None = lock_fd
@@ -165,11 +197,14 @@ class Runtime:
     def interrupted_runs(self) -> list[Any]:
         """Stored runs still marked running that no actor of this process executes:
         their process died or the runtime was stopped in the middle of them."""
+        from zixir_actors._runtimes import live_runtimes
         from zixir_actors.checkpoint import connect
         from zixir_actors.workflow import running_here
 
-        return [r for r in connect().list_runs() if r.status in ("running", "parked")
-                and not running_here(r.run_id)]
+        store = connect()
+        live = {info.id for info in live_runtimes(store)} - {self.id}
+        return [r for r in store.list_runs() if r.status in ("running", "parked")
+                and not running_here(r.run_id) and r.owner not in live]
 
     def resume_interrupted(self) -> list[Any]:
         """Continue every interrupted run whose workflow is defined in this process.
@@ -191,7 +226,12 @@ class Runtime:
         from zixir_actors.workflow import find_workflow
 
         handles = []
-        for record in self.interrupted_runs():
+        runs = [r for r in self.interrupted_runs() if find_workflow(r.workflow) is not None]
+        # Claimed in one transaction: a runtime starting beside this one, or
+        # taking over the same dead runtime, cannot continue the same run.
+        claimed = connect().claim_runs([r.run_id for r in runs], owner=self.id,
+                                       allowed={r.owner for r in runs})
+        for record in claimed:
             wf = find_workflow(record.workflow)
             if wf is None:
                 continue
@@ -248,7 +288,7 @@ def current() -> Runtime | None:
 def start(data_dir: str | os.PathLike[str] | None = None, *, metrics_port: int | None = None,
           log_json: bool | None = None, log_level: str = "INFO",
           sandbox_workers: int | None = None, resume_runs: bool = True,
-          executor: Any = None, ray_address: str | None = None,
+          executor: Any = None, ray_address: str | None = None, exclusive: bool = False,
           **options: Any) -> Runtime:
     """Start the root tree, or return the one already running (idempotent).
 
@@ -272,12 +312,17 @@ def start(data_dir: str | os.PathLike[str] | None = None, *, metrics_port: int |
         ray_address: the Ray cluster for ``"ray"`` (``"host:port"``,
             ``"ray://..."``; implies ``executor="ray"``). None: join this
             process's Ray instance or start a local one.
-        **options: per-service options: ``metrics``, ``store``, ``cache``,
+        exclusive: hold the directory alone (default False: any number of
+            processes on this machine share it; each holds a lease, and a
+            live one takes over the runs of one that died).
+        **options: per-service options (``lease``: ``{"lease": 5.0,
+            "renew_every": 1.0}``); ``metrics``, ``store``, ``cache``,
             ``sandbox``, ``workflow``, ``stream`` dicts passed to their `child_spec`.
 
     Raises:
         DataDirError: the directory cannot be created or written.
-        DataDirLockedError: another process runs a runtime on it.
+        DataDirLockedError: `exclusive` and another runtime is on it, or another
+            process holds it exclusively.
         RuntimeConflictError: this process runs a runtime on another directory.
         ChildStartError: a service failed to start (its cause attached).
         ExecutorUnavailableError: ``executor="ray"`` without Ray installed
@@ -296,7 +341,9 @@ def start(data_dir: str | os.PathLike[str] | None = None, *, metrics_port: int |
             from zixir_actors.observability import configure_logging
 
             configure_logging(json=log_json, level=log_level)
-        fd = _prepare(path)
+        fd = _prepare(path, exclusive=exclusive)
+        started_at = time.time()
+        runtime_id = new_runtime_id(started_at)
         chosen = executor if executor is not None else "ray" if ray_address is not None else None
         try:
             if chosen is not None:
@@ -304,7 +351,8 @@ def start(data_dir: str | os.PathLike[str] | None = None, *, metrics_port: int |
 
                 configure(chosen, ray_address=ray_address)
             specs = _service_specs(path, metrics_port=metrics_port,
-                                   sandbox_workers=sandbox_workers, options=options)
+                                   sandbox_workers=sandbox_workers, options=options,
+                                   runtime_id=runtime_id, started_at=started_at)
             root = Supervisor.start_link(specs, strategy="one_for_one",
                                          max_restarts=ROOT_MAX_RESTARTS,
                                          max_seconds=ROOT_MAX_SECONDS, name=ROOT_NAME)
@@ -315,7 +363,7 @@ def start(data_dir: str | os.PathLike[str] | None = None, *, metrics_port: int |
                 reset()
             os.close(fd)
             raise
-        runtime = _current = Runtime(path, root, fd)
+        runtime = _current = Runtime(path, root, fd, runtime_id)
         runtime._executor_set = chosen is not None
         _stop_before_thread_join()
         if resume_runs:

@@ -83,6 +83,7 @@ from zixir_actors.workflow._workflow import (
     WORKFLOWS_NAME,
     Workflow,
     child_spec,
+    defined_workflows,
     find_workflow,
 )
 
@@ -125,6 +126,7 @@ __all__ = [
     "WorkflowRun",
     "child_spec",
     "code_hash",
+    "defined_workflows",
     "durable",
     "find_workflow",
     "fingerprint",

@@ -38,6 +38,7 @@ import pykka
 from supervisors import ChildSpec, SupervisedActor, SupervisorRef, whereis
 from zixir_actors import _codec
 from zixir_actors._clock import SYSTEM_CLOCK, SystemClock
+from zixir_actors._runtimes import current_owner
 from zixir_actors.checkpoint import AttemptInfo, CheckpointClient, DeadLetter, RunRecord
 from zixir_actors.errors import (
     ConfigError,
@@ -555,7 +556,8 @@ class _Body:
         waiting = park.waiting
         record = RunRecord(self.run_id, self.wf.name, "parked", self.inputs, self.created_at,
                            self.clock.time(), None,
-                           {label: s.status for label, s in self.steps.items()}, waiting)
+                           {label: s.status for label, s in self.steps.items()},
+                           owner=current_owner(), waiting=waiting)
         batch = self.store.batch()
         self._take_records(batch)
         self.progress.append("parked", None, waiting)
@@ -603,7 +605,8 @@ class _Body:
                            output=output, error=error)
         record = RunRecord(self.run_id, self.wf.name, status, self.inputs, self.created_at,
                            self.clock.time(), None if error is None else str(error),
-                           {label: s.status for label, s in self.steps.items()})
+                           {label: s.status for label, s in self.steps.items()},
+                           owner=current_owner())
         if not store_broken:
             batch = self.store.batch()
             self._take_records(batch)
@@ -1457,7 +1460,8 @@ def launch(wf: Workflow, client: CheckpointClient, run_id: str, inputs: dict[str
     try:
         now = wf.clock.time()
         created = existing.created_at if existing is not None else now
-        client.save_run(RunRecord(run_id, wf.name, "running", inputs, created, now))
+        client.save_run(RunRecord(run_id, wf.name, "running", inputs, created, now,
+                                  owner=current_owner()))
         context = contextvars.copy_context()
         run_span = context.run(_enter_span, "workflow.run", workflow=wf.name, run_id=run_id,
                                resumed=existing is not None)

@@ -14,6 +14,7 @@ from typing import Any, TypeVar, overload
 
 from supervisors import ChildSpec, DynamicSupervisor, SupervisorRef, whereis
 from zixir_actors._clock import SYSTEM_CLOCK, Clock
+from zixir_actors._runtimes import current_owner, owned_elsewhere
 from zixir_actors.checkpoint import CheckpointClient, RunRecord, connect
 from zixir_actors.errors import (
     ConfigError,
@@ -45,7 +46,7 @@ from zixir_actors.workflow._telemetry import Telemetry, log
 
 F = TypeVar("F", bound=Callable[..., Any])
 __all__ = ["RESULT_GRACE", "RUN_SHUTDOWN", "WORKFLOWS_NAME", "Workflow", "child_spec",
-           "find_workflow"]
+           "defined_workflows", "find_workflow"]
 
 WORKFLOWS_NAME = "zixir.workflows"
 """The registered name of the DynamicSupervisor of `WorkflowRun` actors."""
@@ -55,6 +56,11 @@ RESULT_GRACE = 30.0
 """Extra seconds `run(timeout=t)` waits past `t` for the run to record its end."""
 
 _WORKFLOWS: weakref.WeakValueDictionary[str, Workflow] = weakref.WeakValueDictionary()
+
+
+def defined_workflows() -> list[str]:
+    """Names of the workflows defined in this process."""
+    return list(_WORKFLOWS.keys())
 
 
 def find_workflow(name: str) -> Workflow | None:
@@ -333,6 +339,8 @@ class Workflow:
         existing = client.find_run(run_id)
         if existing is not None:
             self._check_owner(existing)
+            if owned_elsewhere(existing, client) is not None:
+                raise RunActiveError(run_id, owner=existing.owner)
         return self._launch(client, run_id, inputs, existing, max_concurrency, timeout)
 
     def resume(self, run_id: str, *, from_step: str | None = None,
@@ -359,6 +367,8 @@ class Workflow:
             raise UnknownStepError(self.name, from_step)
         if active_run(run_id) is not None:
             raise RunActiveError(run_id)
+        if owned_elsewhere(record, client) is not None:
+            raise RunActiveError(run_id, owner=record.owner)
         if from_step is not None:
             if self.body is not None:
                 from zixir_actors.workflow._durable import drop_from
@@ -492,7 +502,8 @@ class Workflow:
         try:
             now = self.clock.time()
             created = existing.created_at if existing is not None else now
-            client.save_run(RunRecord(run_id, self.name, "running", inputs, created, now))
+            client.save_run(RunRecord(run_id, self.name, "running", inputs, created, now,
+                                      owner=current_owner()))
             if self._telemetry is None:
                 self._telemetry = Telemetry(self.name)
             # The run's span is current in a context of its own, copied from the
