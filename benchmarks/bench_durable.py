@@ -41,7 +41,6 @@ from benchmarks._harness import Figure, main, percentile
 from zixir_actors import durable
 from zixir_actors.checkpoint import CheckpointClient, open_store
 from zixir_actors.observability import configure_logging, reset_logging
-from zixir_actors.testing import wait_for
 
 SUBJECT = "durable"
 LOOP_CALLS = 1_000
@@ -55,7 +54,7 @@ PEER_TARGET = 0.333  # at least 3x faster
 Cleanup = Callable[[], object]
 
 
-def noop() -> None:
+def noop() -> object:
     return None
 
 
@@ -208,7 +207,8 @@ def _send_latencies(store: CheckpointClient, samples: int) -> list[float]:
     times = []
     for i in range(samples):
         handle = ping_body.start({"tag": i}, store=store)
-        wait_for(lambda h=handle: h.status() == "parked", timeout=60, interval=0.0005)
+        if handle.wait(timeout=60) != "parked":
+            raise RuntimeError(f"run {handle.run_id} did not park")
         began = time.perf_counter()
         ping_body.send(handle.run_id, "ping", i, store=store)
         got = _continued.get(timeout=60)
