@@ -505,5 +505,9 @@ def release(shared: SharedEnv) -> None:
             return
         _envs.pop(shared.path, None)
     with shared._gate.exclusive():
-        shared.env.sync(True)
-        shared.env.close()
+        try:
+            shared.env.sync(True)
+        except lmdb.Error:
+            pass  # a full or failing disk: the commits are in the page cache; close anyway
+        finally:
+            shared.env.close()
