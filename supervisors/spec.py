@@ -65,7 +65,9 @@ class ChildSpec:
     Args:
         id: unique among the supervisor's children (any hashable).
         start: a `pykka.Actor` subclass (started with ``args``/``kwargs``), or
-            a callable returning a `pykka.ActorRef`.
+            a callable returning a `pykka.ActorRef`, or a `SupervisorRef` (OTP's
+            nesting idiom: ``start=lambda: Supervisor.start_link([...])``, with
+            ``type="supervisor"``).
         args: positional arguments for ``start``.
         kwargs: keyword arguments for ``start``.
         restart: ``"permanent"`` (default), ``"transient"`` or ``"temporary"``.
