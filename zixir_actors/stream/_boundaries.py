@@ -183,7 +183,7 @@ class ConcurrentMap(Stage):
         held = len(self.todo) + self.inflight + len(self.results) + len(self.out) + self.requested
         credit = max(self.prefetch, len(self.workers), self.demand) - held
         if not self.up_done and credit > 0 and (
-                held < self.demand or credit >= max(1, min(self.refill, len(self.workers)))):
+                held == 0 or credit >= max(1, min(self.refill, len(self.workers)))):
             self.requested += credit
             self.upstreams[0].tell(Demand(credit))
         if self.up_done and not self.todo and not self.inflight and not self.out:

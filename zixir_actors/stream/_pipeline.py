@@ -60,7 +60,7 @@ DEFAULT_CHUNK = 1024
 """The most items a stage takes or sends at once (per-item messages cost ~6 us, a
 chunk amortises it); smaller when a bound in the pipeline is smaller."""
 
-DEFAULT_BUFFER = 1024
+DEFAULT_BUFFER = 4096
 """The terminal's window, in source items, for a pipeline with no explicit bound
 (no `buffer(n)`, no source ``buffer=n``): the most such a pipeline holds."""
 

@@ -39,8 +39,12 @@ from zixir_actors.stream._runtime import (
 __all__ = ["IterSource", "Segment", "Stage"]
 
 
+METRICS_EVERY = 64
+"""Chunks a stage may take within one message before it updates its metrics."""
+
+
 class _Metrics:
-    """Per-stage metric children, bound once; updated per chunk, never per item."""
+    """Per-stage metric children, bound once; updated per message, never per item."""
 
     __slots__ = ("depth", "items_in", "items_out", "waited")
 
@@ -70,17 +74,29 @@ def _stage_metrics(stage: str) -> _Metrics | None:
 
 
 class IterSource:
-    """A non-blocking iterable pulled inline by its stage, a chunk at a time."""
+    """A non-blocking iterable pulled inline by its stage, a chunk at a time.
+
+    A range, list or tuple is cut into slices (a range slice makes no item
+    until an operator reads it); anything else is pulled with `islice`.
+    """
 
     def __init__(self, iterable: Any, stage: str) -> None:
         self.iterable = iterable
         self.stage = stage
         self.it: Any = None
+        self.sliced = type(iterable) in (range, list, tuple)
+        self.pos = 0
 
     def start(self, ring: Callable[[], None]) -> None:
-        self.it = iter(self.iterable)
+        if not self.sliced:
+            self.it = iter(self.iterable)
 
-    def take(self, n: int) -> tuple[list[Any], bool]:
+    def take(self, n: int) -> tuple[Any, bool]:
+        if self.sliced:
+            seq, pos = self.iterable, self.pos
+            items = seq[pos:pos + n]
+            self.pos = pos = pos + len(items)
+            return items, pos >= len(seq)
         items = list(islice(self.it, n))
         return items, len(items) < n
 
@@ -113,6 +129,9 @@ class Stage(SupervisedActor):
         self._blocked_since: float | None = None
         self.items_in = 0
         self.items_out = 0
+        self._counted_in = 0   # what the metrics already show: they catch up per
+        self._counted_out = 0  # message (or every METRICS_EVERY chunks), not per chunk
+        self._chunks = 0
         self.span: Any = None
 
     def on_start(self) -> None:
@@ -122,6 +141,7 @@ class Stage(SupervisedActor):
                                    stage=self.name, run=self.control.name)
 
     def on_stop(self) -> None:
+        self.count()
         span = self.span
         if span is not None:
             span.set_attributes(items_in=self.items_in, items_out=self.items_out)
@@ -151,7 +171,22 @@ class Stage(SupervisedActor):
             self.fail(failed.error, failed.op.name)
         except Exception as exc:
             self.fail(exc, self.name)
+        self.count()
         return None
+
+    def count(self) -> None:
+        """Bring the stage's metrics up to date."""
+        m = self.metrics
+        self._chunks = 0
+        if m is None:
+            return
+        if self.items_in != self._counted_in:
+            m.items_in.inc(self.items_in - self._counted_in)
+            self._counted_in = self.items_in
+            m.depth.set(self.actor_inbox.qsize())  # type: ignore[attr-defined]
+        if self.items_out != self._counted_out:
+            m.items_out.inc(self.items_out - self._counted_out)
+            self._counted_out = self.items_out
 
     def wired(self, message: Wire) -> None:
         pass
@@ -192,11 +227,9 @@ class Stage(SupervisedActor):
             del out[:n]
         self.demand -= n
         self.items_out += n
-        if m is not None:
-            m.items_out.inc(n)
-            if self._blocked_since is not None:
-                m.waited.inc(time.perf_counter() - self._blocked_since)
-                self._blocked_since = None
+        if self._blocked_since is not None and m is not None:
+            m.waited.inc(time.perf_counter() - self._blocked_since)
+            self._blocked_since = None
         deliver = self.deliver
         if deliver is not None:
             deliver(items)  # the terminal's consumer took them: its demand is back at once
@@ -214,10 +247,9 @@ class Stage(SupervisedActor):
 
     def received(self, n: int) -> None:
         self.items_in += n
-        m = self.metrics
-        if m is not None:
-            m.items_in.inc(n)
-            m.depth.set(self.actor_inbox.qsize())  # type: ignore[attr-defined]
+        self._chunks += 1
+        if self._chunks >= METRICS_EVERY:  # a long drive (an inline source) stays visible
+            self.count()
 
 
 class Segment(Stage):
@@ -364,8 +396,10 @@ class Segment(Stage):
         held = self.in_count + self.requested
         want = self.demand - len(self.out)
         need = need_of(self.ops, want) if want > 0 else 0
-        credit = max(self.prefetch, need) - held
-        if credit > 0 and (held < need or credit >= self.refill):
+        target = max(self.prefetch, need)
+        credit = target - held
+        # Top up once half used (or when nothing is on its way): chunks, not dribbles.
+        if credit > 0 and (held == 0 or credit >= max(1, min(self.chunk, target // 2))):
             self.requested += credit
             self.upstreams[0].tell(Demand(credit))
 
