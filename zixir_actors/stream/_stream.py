@@ -455,7 +455,7 @@ class Stream(Generic[T]):
             >>> Stream.range(100).buffer(16).map(str).bound()  # 16 + one chunk of 16
             32
             >>> Stream.range(100).map(str).bound()  # no bound given: DEFAULT_BUFFER
-            1024
+            4096
 
         A producer is never further than this ahead of a slow consumer,
         whatever the terminal: the items every `buffer(n)` (n * k source
