@@ -117,7 +117,7 @@ def test_store_backup_makes_a_compacted_owner_only_copy(tmp_path: Path) -> None:
     assert stat.S_IMODE(copy.stat().st_mode) == 0o600
     assert copy.stat().st_size < (source / "data.mdb").stat().st_size
     listed = json.loads(zixir(dest, "runs", "list", "--json").stdout)
-    assert [r["run_id"] for r in listed] == [f"run-{i:04d}" for i in range(180, 200)]
+    assert sorted(r["run_id"] for r in listed) == [f"run-{i:04d}" for i in range(180, 200)]
     again = zixir(source, "store", "backup", str(dest))
     assert again.returncode == 2 and "not an empty directory" in again.stderr
     missing = zixir(source, "store", "backup")
@@ -153,4 +153,4 @@ def test_runs_list_shows_a_corrupt_record_and_runs_delete_removes_it(tmp_path: P
     deleted = zixir(tmp_path, "runs", "delete", "bad")
     assert deleted.returncode == 0, deleted.stderr
     rows = json.loads(zixir(tmp_path, "runs", "list", "--json").stdout)
-    assert [r["run_id"] for r in rows] == ["run-0000", "run-0001"]
+    assert sorted(r["run_id"] for r in rows) == ["run-0000", "run-0001"]
