@@ -17,7 +17,14 @@ from typing import Literal
 
 __all__ = ["Figure", "main", "measure", "percentile", "print_table", "run_modules", "write_json"]
 
-RESULTS = Path(__file__).parent / "results"
+def _results_dir() -> Path:
+    # A source checkout keeps reports in benchmarks/results; an installed copy
+    # (site-packages, read-only for users) writes them where it is run.
+    here = Path(__file__).parent / "results"
+    return here if here.is_dir() else Path.cwd() / "zixir-bench-results"
+
+
+RESULTS = _results_dir()
 
 
 @dataclass(frozen=True, slots=True)
@@ -129,7 +136,14 @@ def run_modules(names: Sequence[str], *, quick: bool) -> list[Figure]:
 
     figures: list[Figure] = []
     for name in names:
-        module = importlib.import_module(f"benchmarks.bench_{name}")
+        try:
+            module = importlib.import_module(f"benchmarks.bench_{name}")
+        except ModuleNotFoundError as exc:
+            if exc.name is None or exc.name.startswith("benchmarks"):
+                raise
+            # A baseline library (cachetools, diskcache...) of the dev extra is missing.
+            raise SystemExit(f"benchmark {name!r} needs {exc.name!r} for its baseline: "
+                             "pip install 'zixir-actors[dev]'") from None
         print(f"# running {name}{' (quick)' if quick else ''}...", file=sys.stderr, flush=True)
         figures.extend(module.run(quick=quick))
     return figures

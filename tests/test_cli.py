@@ -509,3 +509,93 @@ def test_ctrl_c_stops_cleanly_with_status_130_and_keeps_committed_steps(tmp_path
     resumed = zixir(data, "runs", "resume", "c1", "--json")
     summary = json.loads(resumed.stdout[resumed.stdout.index("{"):])
     assert summary["steps"]["first"]["status"] == "cached" and summary["outputs"]["second"] == 42
+
+
+# -- installed copies ------------------------------------------------------------------------
+
+
+def _source_copy(dest: Path) -> Path:
+    """What a source distribution holds: the packages and the packaging files."""
+    import shutil
+
+    ignore = shutil.ignore_patterns("__pycache__", "results", "*.egg-info")
+    dest.mkdir()
+    for name in ("pyproject.toml", "setup.cfg", "README.md"):
+        shutil.copy2(ROOT / name, dest / name)
+    for package in ("supervisors", "zixir_actors", "benchmarks"):
+        shutil.copytree(ROOT / package, dest / package, ignore=ignore)
+    return dest
+
+
+def _pip(*args: str, python: Path | None = None) -> None:
+    into = [] if python is None else ["--python", str(python)]
+    result = subprocess.run([sys.executable, "-m", "pip", "--disable-pip-version-check", *into,
+                             "install", "--quiet", "--no-deps", *args],
+                            capture_output=True, text=True, timeout=600, check=False)
+    assert result.returncode == 0, result.stdout + result.stderr
+
+
+@pytest.mark.slow
+def test_zixir_bench_runs_from_an_installed_copy(tmp_path: Path) -> None:
+    site = tmp_path / "site"
+    _pip("--target", str(site), str(_source_copy(tmp_path / "src")))
+    outside = tmp_path / "elsewhere"
+    outside.mkdir()
+    env = {**os.environ, "PYTHONPATH": str(site)}
+    where = subprocess.run([sys.executable, "-c", "import benchmarks, zixir_actors; "
+                            "print(benchmarks.__file__); print(zixir_actors.__file__)"],
+                           cwd=outside, env=env, capture_output=True, text=True, timeout=60,
+                           check=True).stdout.split()
+    assert all(path.startswith(str(site)) for path in where), where
+    bench = subprocess.run([sys.executable, str(site / "bin" / "zixir"), "bench", "--quick",
+                            "supervisors"], cwd=outside, env=env, capture_output=True, text=True,
+                           timeout=300, check=False)
+    assert bench.returncode == 0, bench.stderr[-3000:]
+    assert "ask via ref(name)" in bench.stdout
+    report = json.loads((outside / "zixir-bench-results" / "latest.json").read_text())
+    assert {f["subject"] for f in report["figures"]} == {"supervisors"}
+
+
+USER_CODE = textwrap.dedent('''
+    import zixir_actors
+    from zixir_actors import Cache, Workflow
+
+    wf: Workflow = Workflow("typed")
+    version: str = zixir_actors.__version__
+    cache: Cache | None = None
+''')
+
+
+@pytest.mark.slow
+def test_an_editable_install_gives_mypy_strict_the_package_types(tmp_path: Path) -> None:
+    import sysconfig
+
+    pytest.importorskip("mypy")
+    venv = tmp_path / "venv"
+    subprocess.run([sys.executable, "-m", "venv", "--without-pip", str(venv)], check=True,
+                   timeout=120)
+    python = venv / "bin" / "python"
+    purelib = subprocess.run([str(python), "-c", "import sysconfig; "
+                              "print(sysconfig.get_paths()['purelib'])"],
+                             capture_output=True, text=True, check=True, timeout=60).stdout.strip()
+    # The venv sees this interpreter's packages (mypy, pykka...) as a plain path: the
+    # .pth files there (this checkout's own editable install) are not processed.
+    ours = {sysconfig.get_paths()["purelib"], sysconfig.get_paths()["platlib"]}
+    (Path(purelib) / "parent.pth").write_text("\n".join(sorted(ours)) + "\n")
+    _pip("-e", str(_source_copy(tmp_path / "src")), python=python)
+    user = tmp_path / "app"
+    user.mkdir()
+    (user / "main.py").write_text(USER_CODE)
+    (user / "wrong.py").write_text(USER_CODE + "count: int = Workflow('x')\n")
+
+    def mypy(name: str) -> subprocess.CompletedProcess[str]:
+        env = {k: v for k, v in os.environ.items() if k not in ("PYTHONPATH", "MYPYPATH")}
+        return subprocess.run([str(python), "-m", "mypy", "--strict", "--no-incremental",
+                               name], cwd=user, env=env, capture_output=True, text=True,
+                              timeout=600, check=False)
+
+    typed = mypy("main.py")
+    assert typed.returncode == 0, typed.stdout + typed.stderr
+    wrong = mypy("wrong.py")   # the package's types are really used
+    assert wrong.returncode == 1 and 'Incompatible types in assignment (expression has type ' \
+        '"Workflow", variable has type "int")' in wrong.stdout, wrong.stdout

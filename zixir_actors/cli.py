@@ -652,9 +652,9 @@ def cmd_metrics(args: argparse.Namespace) -> int:
 def cmd_bench(args: argparse.Namespace) -> int:
     try:
         from benchmarks._harness import main as bench_main
-    except ImportError:
-        raise CliError("the benchmarks are not installed: run from a source checkout "
-                       "(python -m benchmarks)") from None
+    except ImportError:   # a copy installed without its `benchmarks` package
+        raise CliError("the benchmarks are not installed with this copy of zixir-actors "
+                       "(reinstall it, or run python -m benchmarks in a checkout)") from None
     argv = (["--quick"] if args.quick else []) + list(args.subjects)
     return bench_main(None, argv)
 
