@@ -265,3 +265,24 @@ def test_a_start_that_raises_leaves_nothing_running(tmp_path: Path,
     monkeypatch.undo()
     with zixir_actors.start(data_dir=tmp_path) as runtime:  # the directory lock was released
         assert runtime.is_alive()
+
+
+def test_start_on_a_truncated_store_raises_a_typed_error_and_leaves_nothing(
+        tmp_path: Path) -> None:
+    from supervisors.errors import ChildStartError
+    from zixir_actors.checkpoint import RunRecord, open_store
+    from zixir_actors.errors import StoreCorruptError
+
+    with open_store(tmp_path, durable=False) as store:
+        for i in range(300):
+            store.save_run(RunRecord(f"r{i}", "wf", "succeeded", {"pad": "x" * 200}, 0.0, 0.0))
+    data = tmp_path / "data.mdb"
+    with open(data, "r+b") as f:
+        f.truncate(data.stat().st_size // 2)
+    with pytest.raises(ChildStartError) as info:
+        zixir_actors.start(data_dir=tmp_path)
+    cause = info.value.cause
+    assert isinstance(cause, StoreCorruptError), info.value
+    assert cause.path == str(data) and "truncated" in cause.reason
+    assert current() is None
+    assert pykka.ActorRegistry.get_all() == []
