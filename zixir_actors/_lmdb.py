@@ -61,26 +61,21 @@ _envs_lock = threading.Lock()
 
 
 class _Gate:
-    """A readers-writer gate: many transactions, or one map resize."""
+    """A readers-writer gate: many transactions, or one map resize.
+
+    ``with gate.shared():`` is on every read and write, so it is a plain
+    object with ``__enter__``/``__exit__`` (a generator-based context manager
+    costs a few microseconds more per transaction).
+    """
 
     def __init__(self) -> None:
         self._cond = threading.Condition(threading.Lock())
         self._active = 0
         self._resizing = False
+        self._shared = _Shared(self)
 
-    @contextmanager
-    def shared(self) -> Iterator[None]:
-        with self._cond:
-            while self._resizing:
-                self._cond.wait()
-            self._active += 1
-        try:
-            yield
-        finally:
-            with self._cond:
-                self._active -= 1
-                if self._active == 0:
-                    self._cond.notify_all()
+    def shared(self) -> _Shared:
+        return self._shared
 
     @contextmanager
     def exclusive(self) -> Iterator[None]:
@@ -96,6 +91,27 @@ class _Gate:
             with self._cond:
                 self._resizing = False
                 self._cond.notify_all()
+
+
+class _Shared:
+    __slots__ = ("_gate",)
+
+    def __init__(self, gate: _Gate) -> None:
+        self._gate = gate
+
+    def __enter__(self) -> None:
+        gate = self._gate
+        with gate._cond:
+            while gate._resizing:
+                gate._cond.wait()
+            gate._active += 1
+
+    def __exit__(self, *exc: object) -> None:
+        gate = self._gate
+        with gate._cond:
+            gate._active -= 1
+            if gate._active == 0 and gate._resizing:
+                gate._cond.notify_all()
 
 
 class SharedEnv:
@@ -146,8 +162,19 @@ class SharedEnv:
     def read(self) -> Iterator[Any]:
         """A read-only transaction; many may run at once in any threads."""
         self._check_open()
-        with self._gate.shared(), self.env.begin(buffers=False) as txn:
-            yield txn
+        shared = self._gate.shared()
+        for _ in range(3):
+            with shared:
+                try:
+                    txn = self.env.begin(buffers=False)
+                except lmdb.MapResizedError:
+                    txn = None
+                if txn is not None:
+                    with txn:
+                        yield txn
+                    return
+            self._adopt_map()
+        raise StoreError(f"LMDB environment at {self.path} keeps being resized")
 
     def write(self, fn: Callable[[Any], T], *, durable: bool = False) -> T:
         """Run `fn(txn)` in one write transaction and commit it.
@@ -161,12 +188,19 @@ class SharedEnv:
             StoreError: LMDB refused the write (closed environment, disk full).
         """
         self._check_open()
-
-        def attempt() -> T:
-            with self.env.begin(write=True) as txn:
-                return fn(txn)
-
-        result = self._resizing_call(attempt)
+        shared = self._gate.shared()
+        env = self.env
+        while True:
+            try:
+                with shared, env.begin(write=True) as txn:
+                    result = fn(txn)
+                break
+            except lmdb.MapFullError:
+                self._grow()
+            except lmdb.MapResizedError:
+                self._adopt_map()
+            except lmdb.Error as exc:
+                raise self._failure("write", exc) from exc
         if durable:
             self.sync()
         return result
@@ -204,6 +238,8 @@ class SharedEnv:
                     return fn()
             except lmdb.MapFullError:
                 self._grow()
+            except lmdb.MapResizedError:
+                self._adopt_map()
             except lmdb.Error as exc:
                 raise self._failure("write", exc) from exc
 
@@ -211,6 +247,11 @@ class SharedEnv:
         if _is_full(exc, self.path):
             return StoreFullError(self.path, free=_free_bytes(self.path), detail=str(exc))
         return StoreError(f"LMDB {what} failed in {self.path}: {exc}")
+
+    def _adopt_map(self) -> None:
+        # Another process grew the map: take its size before the next transaction.
+        with self._gate.exclusive():
+            self.env.set_mapsize(0)
 
     def _grow(self) -> None:
         with self._gate.exclusive():
