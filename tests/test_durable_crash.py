@@ -445,7 +445,7 @@ TALKER = COMMON + textwrap.dedent('''
 
     @durable("crash-progress")
     def talker(ctx):
-        return sum(ctx.step(speak, i) for i in range(30))
+        return sum(ctx.step(speak, i) for i in range(20))
 
     with open_store(data_dir) as store:
         result = talker.run({}, run_id="talker", store=store)
@@ -459,7 +459,7 @@ def test_a_kill_never_loses_the_progress_of_a_committed_step(tmp_path: Path) -> 
     data_dir, count_file = tmp_path / "data", tmp_path / "counts"
     command = python(script, data_dir, count_file)
     rng = random.Random(9)
-    for _ in range(3):
+    for _ in range(2):
         goal = sum(counts(count_file).values()) + rng.randint(2, 8)
         assert kill_at(command, lambda g=goal: sum(counts(count_file).values()) >= g, rng)
         with open_store(data_dir) as store:
@@ -475,5 +475,60 @@ def test_a_kill_never_loses_the_progress_of_a_committed_step(tmp_path: Path) -> 
             # the last 40 are those of the attempt that committed (an attempt cut
             # short by an earlier kill may have left some before them)
             assert tokens[-40:] == [f"{i}:{t}" for t in range(40)], label
-    assert finish(command) == {"status": "succeeded", "output": sum(range(30))}
+    assert finish(command) == {"status": "succeeded", "output": sum(range(20))}
+
+
+WAITER = textwrap.dedent('''
+    from zixir_actors import durable
+
+    def build(calls):
+        def fetch(n):
+            calls.append(n)
+            return n * 2
+
+        @durable("restart-waiter")
+        def waiter(ctx, n):
+            doubled = ctx.step(fetch, n, name="fetch")
+            return doubled + ctx.wait_for("go")
+        return waiter
+''')
+
+WAITER_CHILD = WAITER + textwrap.dedent('''
+    import sys, threading
+    import zixir_actors
+    waiter = build([])
+    with zixir_actors.start(data_dir=sys.argv[1]):
+        handle = waiter.start({"n": 20}, run_id="waiter")
+        print(handle.wait(timeout=60), flush=True)
+        threading.Event().wait(120)  # until the parent kills this process
+''')
+
+
+def test_a_parked_run_survives_kill_9_and_the_next_runtime_wakes_it(tmp_path: Path) -> None:
+    import zixir_actors
+
+    script = tmp_path / "waiter.py"
+    script.write_text(WAITER_CHILD)
+    data_dir = tmp_path / "data"
+    child = subprocess.Popen(python(script, data_dir), env=env(), stdout=subprocess.PIPE,
+                             stderr=subprocess.DEVNULL, text=True)
+    try:
+        assert child.stdout is not None
+        assert child.stdout.readline().strip() == "parked"
+        child.send_signal(signal.SIGKILL)
+    finally:
+        child.wait(PROCESS_TIMEOUT)
+        if child.stdout is not None:
+            child.stdout.close()
+    namespace: dict[str, Any] = {}
+    exec(WAITER, namespace)
+    calls: list[int] = []
+    waiter = namespace["build"](calls)
+    with zixir_actors.start(data_dir=data_dir) as runtime:  # resumes interrupted runs
+        [handle] = [h for h in runtime.resumed if h.run_id == "waiter"]
+        assert handle.wait(timeout=WAIT) == "parked"
+        waiter.send("waiter", "go", 2)
+        result = handle.result(timeout=WAIT)
+    assert result.status == "succeeded" and result.output == 42
+    assert calls == []  # fetch ran once, in the killed process
 
