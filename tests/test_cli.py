@@ -599,3 +599,42 @@ def test_an_editable_install_gives_mypy_strict_the_package_types(tmp_path: Path)
     wrong = mypy("wrong.py")   # the package's types are really used
     assert wrong.returncode == 1 and 'Incompatible types in assignment (expression has type ' \
         '"Workflow", variable has type "int")' in wrong.stdout, wrong.stdout
+
+
+HOG = textwrap.dedent('''
+    from zixir_actors.sandbox import Limits
+    from zixir_actors.workflow import RetryPolicy, Workflow
+
+    hog = Workflow("cli-hog", on_failure="continue")
+
+    @hog.step(retry=RetryPolicy(max_attempts=2, initial_delay=0.0123456789, jitter=0.0))
+    def flaky(n, ctx):
+        if ctx.attempt < 2:
+            raise ConnectionError("try again")
+        return n
+
+    @hog.step(limits=Limits(memory="64MB", timeout=60), retry=RetryPolicy(max_attempts=1))
+    def eat(n):
+        blocks = [bytearray(16 * 1024 * 1024) for _ in range(16)]
+        return len(blocks)
+''')
+
+
+def test_human_log_lines_name_the_step_and_run_and_round_floats(tmp_path: Path) -> None:
+    import re
+
+    flows = tmp_path / "hog.py"
+    flows.write_text(HOG)
+    ran = zixir(tmp_path / "data", "run", str(flows), "--run-id", "m1", "--input", "n=1")
+    assert ran.returncode == 1, ran.stderr       # `eat` is killed by its memory limit
+    lines = {line.split(" | ")[3].split(" workflow=")[0]: line
+             for line in ran.stderr.splitlines() if line.count(" | ") >= 3}
+    for message, step in (("step failed, retrying", "flaky"),
+                          ("sandbox worker killed: memory", "eat"),   # logged by the sandbox
+                          ("step dead-lettered", "eat")):
+        line = next(text for key, text in lines.items() if key.startswith(message))
+        assert f"workflow=cli-hog run_id=m1 step={step} " in line, line
+    assert " delay=0.01235 " in lines["step failed, retrying"]
+    floats = re.findall(r" \w+=(-?\d+\.\d+)\b", ran.stderr)
+    assert floats and all(len(f.replace("-", "").replace(".", "").lstrip("0")) <= 5
+                          for f in floats), floats

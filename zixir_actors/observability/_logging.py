@@ -33,6 +33,7 @@ from __future__ import annotations
 
 import contextlib
 import json as _json
+import math
 import sys
 import threading
 import traceback
@@ -65,6 +66,9 @@ A bound field whose name is one of these appears under ``"extra"`` instead."""
 LIBRARY_LOGGERS: tuple[str, ...] = ("supervisors", "zixir_actors")
 """The loguru logger names of the library: disabled on import, enabled by `configure_logging`."""
 
+_RUN_FIELDS = ("workflow", "run_id", "step")
+"""Fields that name the run a line is about: copied from the step's span, shown first."""
+
 _CRASH_FIELDS = ("trace_id", "span_id", "traceback", "error_type", "error", "where", "reason")
 
 LoggingMode = Literal["json", "human"]
@@ -87,6 +91,12 @@ def _patch_trace(record: Any) -> None:
         if current is not None:
             extra["trace_id"] = current.trace_id
             extra["span_id"] = current.span_id
+            # Work done for a workflow step (a sandboxed call, a cache, a stream
+            # stage) runs in the step's span: its lines name the step and run too.
+            attributes = current.attributes
+            for key in _RUN_FIELDS:
+                if key in attributes and key not in extra:
+                    extra[key] = attributes[key]
 
 
 def format_json(record: Any) -> str:
@@ -144,6 +154,13 @@ def _json_format(record: Any) -> str:
     return "{extra[_zixir_json]}\n"
 
 
+def _human_value(value: Any) -> Any:
+    """Floats rounded for reading (4 significant digits; whole-ish above 1000)."""
+    if isinstance(value, float) and math.isfinite(value) and value != 0:
+        return f"{value:.1f}" if abs(value) >= 1000 else f"{value:.4g}"
+    return value
+
+
 def _human_format(record: Any) -> str:
     template = _HUMAN
     extra = record["extra"]
@@ -153,10 +170,14 @@ def _human_format(record: Any) -> str:
     # A crash report's message already says its type, message and where.
     hidden = _CRASH_FIELDS if isinstance(extra.get("traceback"), str) else ("trace_id", "span_id")
     fields = [k for k in extra if k not in hidden and not k.startswith("_")]
+    # The workflow, run and step first: what a reader looks for.
+    fields.sort(key=lambda k: _RUN_FIELDS.index(k) if k in _RUN_FIELDS else len(_RUN_FIELDS))
+    if fields:
+        # Finished text handed through `extra`, so braces in values are never interpreted.
+        extra["_zixir_fields"] = " ".join(f"{k}={_human_value(extra[k])}" for k in fields)
+        template += " <dim>{extra[_zixir_fields]}</dim>"
     if trace_id is not None:
         template += f" <dim>trace={trace_id[:16]}</dim>"
-    if fields:
-        template += " <dim>" + " ".join(f"{k}={{extra[{k}]}}" for k in fields) + "</dim>"
     if isinstance(extra.get("traceback"), str):  # a crash report: its text below the line
         return template + "\n{extra[traceback]}{exception}"
     return template + "\n{exception}"
