@@ -967,6 +967,10 @@ def test_agent_example_parks_under_zixir_run_and_an_approval_from_the_cli_finish
     assert "rest_for_one" in summary["outputs"]["answer"]
     again = zixir(tmp_path, "runs", "send", "agent-1", "approval")
     assert again.returncode == 2 and "agent-1" in again.stderr  # the run has ended
+    watched = zixir(tmp_path, "runs", "watch", "agent-1")  # an ended run: its stored items
+    assert watched.returncode == 0, watched.stderr
+    assert "earlier siblings keep running" in watched.stdout
+    assert watched.stdout.rstrip().endswith("succeeded")
 
 
 def test_the_readme_web_handler_serves_an_agent_with_run_async(
