@@ -29,6 +29,7 @@ from zixir_actors.errors import (
 from zixir_actors.observability import metrics
 from zixir_actors.stream import (
     DEFAULT_BUFFER,
+    DEFAULT_CHUNK,
     STREAMS_NAME,
     Future,
     Stream,
@@ -474,6 +475,28 @@ def test_a_slow_consumer_holds_the_producer_within_the_documented_bound(
         thread.join(WAIT)
     assert not thread.is_alive() and not outcome, outcome
     assert floor <= gate.worst <= bound, (gate.worst, bound)
+
+
+@pytest.mark.parametrize(("build", "chunk"), [
+    (lambda s: s.buffer(10).map(str), 10),
+    (lambda s: s.buffer(10).async_boundary().map(str), 10),  # the bound is further up
+    (lambda s: s.map(str).async_boundary().buffer(300).filter(bool), 300),
+    (lambda s: s.flat_map(lambda x: [x] * 3).async_boundary().map(str), DEFAULT_CHUNK),
+])
+def test_no_chunk_exceeds_the_smallest_bound(build: Any, chunk: int) -> None:
+    run = Run(build(Stream.range(5000)))
+    sizes: list[int] = []
+    try:
+        while True:
+            message = run.next_message(None, WAIT)
+            if not hasattr(message, "items"):
+                assert getattr(message, "error", None) is None
+                break
+            sizes.append(len(message.items))
+            run.consumed_items(len(message.items))
+    finally:
+        run.close()
+    assert sum(sizes) in (5000, 15000) and max(sizes) <= chunk
 
 
 def _fill_buffer_then_drain(overflow: str) -> list[int]:

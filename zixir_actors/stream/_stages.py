@@ -210,7 +210,7 @@ class Stage(SupervisedActor):
                 up.tell(message)
 
     def send(self) -> None:
-        """Send ready output, as one chunk, up to the downstream demand."""
+        """Send ready output up to the downstream demand, in chunks of at most `chunk`."""
         out = self.out
         if not out:
             return
@@ -235,8 +235,13 @@ class Stage(SupervisedActor):
             deliver(items)  # the terminal's consumer took them: its demand is back at once
             self.demand += n
             return
+        chunk, port, downstream = self.chunk, self.port, self.downstream
         try:
-            self.downstream.tell(Chunk(self.port, items))
+            if n <= chunk:
+                downstream.tell(Chunk(port, items))
+            else:  # never more than a chunk per message
+                for i in range(0, n, chunk):
+                    downstream.tell(Chunk(port, items[i:i + chunk]))
         except pykka.ActorDeadError:
             self.finished = True
 
