@@ -973,6 +973,22 @@ def test_agent_example_parks_under_zixir_run_and_an_approval_from_the_cli_finish
     assert watched.stdout.rstrip().endswith("succeeded")
 
 
+def test_runs_list_and_show_say_what_a_parked_run_waits_for_and_until_when(
+        tmp_path: Path) -> None:
+    started = zixir(tmp_path, "run", str(ROOT / "examples" / "agent.py") + ":agent",
+                    "--run-id", "agent-2", "--json")
+    assert started.returncode == 0, started.stderr
+    until = json.loads(started.stdout)["waiting"]["until"]
+    shown = zixir(tmp_path, "runs", "show", "agent-2", "--json")
+    assert shown.returncode == 0, shown.stderr
+    assert json.loads(shown.stdout)["waiting"] == {"kind": "event", "event": "approval",
+                                                   "until": until}
+    text = zixir(tmp_path, "runs", "show", "agent-2")
+    assert "approval" in text.stdout
+    listed = zixir(tmp_path, "runs", "list")
+    assert "approval" in listed.stdout
+
+
 def test_the_readme_web_handler_serves_an_agent_with_run_async(
         tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> None:
     pytest.importorskip("fastapi")
