@@ -450,6 +450,34 @@ def test_map_returns_results_in_order_with_bounded_concurrency(store: Checkpoint
     assert sum(1 for label in result.steps if label.startswith("work#")) == 10
 
 
+def test_labels_survive_the_gap_a_cancelled_map_leaves(store: CheckpointClient) -> None:
+    calls = Counter[int]()
+    release = threading.Event()
+
+    def work(x: int) -> int:
+        calls[x] += 1
+        if x == 1 and calls[x] == 1:
+            release.wait(WAIT)  # the middle item is in flight when the run is cancelled
+        return x * 10
+
+    @durable("gappy")
+    def body(ctx: Any) -> list[int]:
+        return ctx.map(work, [0, 1, 2], concurrency=3, name="work")
+
+    handle = body.start({}, run_id="r-gap", store=store)
+    wait_for(lambda: len(store.calls("r-gap")) == 2, timeout=WAIT)  # items 0 and 2 recorded
+    try:
+        assert handle.cancel()
+        assert handle.result(timeout=WAIT).status == "cancelled"
+    finally:
+        release.set()
+    # the record of item 2 is work#3, whatever is missing before it
+    result = body.resume("r-gap", from_step="work#3", store=store)
+    assert result.output == [0, 10, 20]
+    assert calls == {0: 1, 1: 2, 2: 2}
+    assert result.steps["work#1"].status == "cached"
+
+
 def test_spawn_returns_futures_the_body_collects(store: CheckpointClient) -> None:
     @durable("spawned")
     def body(ctx: Any, n: int) -> list[int]:
