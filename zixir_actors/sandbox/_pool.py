@@ -361,9 +361,10 @@ class WorkerPool:
             if call.verdict is not None or call not in self._watched:
                 return
             call.verdict = (kind, message, limit, measured)
-            # The caller blocked on the socket wakes up with EOF once the process is gone.
+            # The caller blocked on the socket wakes up with EOF once the process is gone;
+            # it waits for the tree to be reaped (`Worker.kill_tree`).
             procs = call.worker.signal_tree()
-        wait_gone(procs, timeout=KILL_WAIT)
+        wait_gone(procs, timeout=KILL_WAIT, reaped=[])
 
     # --- calls ----------------------------------------------------------------
 

@@ -100,21 +100,27 @@ def _reaped(proc: psutil.Process) -> bool:
         return True
 
 
-def wait_gone(procs: list[psutil.Process], *, timeout: float) -> None:
-    """Wait until killed processes are gone: dead (their memory is free), then reaped.
+def wait_gone(procs: list[psutil.Process], *, timeout: float,
+              reaped: list[psutil.Process] | None = None) -> None:
+    """Wait until killed processes are dead (their memory is free), then `reaped` reaped.
 
     Not our children (the helper forked them), so there is nothing to wait
     on: poll with a short, growing interval; this only runs after a kill. The
     helper is their subreaper and reaps them at once; a zombie that nobody
     reaps (the helper itself died) is waited for at most `timeout` more.
+
+    Args:
+        procs: the killed processes.
+        timeout: seconds for each of the two waits.
+        reaped: those of `procs` that must also be reaped (default: all).
     """
-    for gone in (_dead, _reaped):
+    for gone, which in ((_dead, procs), (_reaped, procs if reaped is None else reaped)):
         deadline = time.monotonic() + timeout
-        delay = 0.0005
-        left = [p for p in procs if not gone(p)]
+        delay = 0.0002
+        left = [p for p in which if not gone(p)]
         while left and time.monotonic() < deadline:
             time.sleep(delay)
-            delay = min(delay * 2, 0.02)
+            delay = min(delay * 1.5, 0.01)
             left = [p for p in left if not gone(p)]
 
 
@@ -180,7 +186,9 @@ class Worker:
         Also waits for a kill that another thread (the limit monitor) started.
         """
         self.signal_tree()
-        wait_gone(self.killed, timeout=KILL_WAIT)
+        # The worker itself is the pool's business: dead is enough. The processes
+        # of the call must be gone for good (reaped) before the call's Err returns.
+        wait_gone(self.killed, timeout=KILL_WAIT, reaped=self.killed[1:])
 
     def signal_tree(self) -> list[psutil.Process]:
         """SIGKILL the worker and every process under it; returns them (to wait on).
