@@ -795,7 +795,7 @@ class _Plan:
     @classmethod
     def of(cls, quick: bool) -> _Plan:
         if quick:
-            return cls(rounds=3, prefect_rounds=1, cold=3, prefect_cold=0, kills=1,
+            return cls(rounds=3, prefect_rounds=1, cold=2, prefect_cold=0, kills=1,
                        prefect_kills=0)
         return cls(rounds=9, prefect_rounds=3, cold=7, prefect_cold=3, kills=3, prefect_kills=1)
 
