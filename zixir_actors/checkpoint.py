@@ -45,10 +45,10 @@ import os
 import struct
 import threading
 import time
-from collections.abc import Iterable, Iterator, Mapping, Sequence
+from collections.abc import Callable, Iterable, Iterator, Mapping, Sequence
 from contextlib import ExitStack, contextmanager
 from dataclasses import dataclass, field, replace
-from typing import Any, cast
+from typing import Any, TypeVar, cast
 
 import pykka
 
@@ -100,10 +100,13 @@ CALLS_DB = "zixir.calls"
 EVENTS_DB = "zixir.events"
 PROGRESS_DB = "zixir.progress"
 RUNTIMES_DB = "zixir.runtimes"
+QUEUE_DBS = ("zixir.queues", "zixir.queued", "zixir.queue_runs", "zixir.queue_keys",
+             "zixir.schedules")  # zixir_actors.queue and .schedule keep their records here
 _SEP = b"\x00"
 CORRUPT = "corrupt"
 """The status `list_runs` gives a run whose stored header cannot be decoded."""
 _MAX_KEY = 511  # LMDB's default maximum key size
+_T = TypeVar("_T")
 
 
 # -- records ------------------------------------------------------------------
@@ -396,7 +399,7 @@ class CheckpointStore(SupervisedActor):
         self.durable = durable
         self._env = _lmdb.open_env(self.data_dir, map_size=map_size)
         for name in (RUNS_DB, STEPS_DB, DEAD_DB, CALLS_DB, EVENTS_DB, PROGRESS_DB,
-                     RUNTIMES_DB):
+                     RUNTIMES_DB, *QUEUE_DBS):
             self._env.db(name)
         self._channel: _Channel | None = None
 
@@ -878,6 +881,24 @@ class CheckpointClient:
         env = self._get_channel().env
         env.write(claim, durable=True)
         return claimed
+
+    def transact(self, fn: Callable[[Any, Callable[[str], Any]], _T], *,
+                 durable: bool = True) -> _T:
+        """Run ``fn(txn, db)`` in one LMDB write transaction and commit it.
+
+        ``db(name)`` gives a sub-database handle (only those the store opens at
+        start). LMDB serializes write transactions across every process on the
+        directory, so a read-check-write inside `fn` is atomic. `fn` may run
+        again if the map had to grow: it must only touch the transaction.
+        """
+        env = self._get_channel().env
+        return env.write(lambda txn: fn(txn, env.db), durable=durable)
+
+    @contextmanager
+    def snapshot(self) -> Iterator[tuple[Any, Callable[[str], Any]]]:
+        """A read transaction and ``db(name)``: one consistent view of the store."""
+        with self._read() as (env, txn):
+            yield txn, env.db
 
     def mailbox_mark(self) -> int:
         """The sequence number of the last event sent to any run (0 if none)."""
