@@ -41,6 +41,7 @@ __all__ = [
     "DataDirLockedError",
     "DeadLetterNotFoundError",
     "DuplicateKeyError",
+    "DuplicateRunError",
     "DuplicateStepError",
     "EmptyStreamError",
     "EntryTooLargeError",
@@ -60,6 +61,7 @@ __all__ = [
     "NotAnActorError",
     "NotStartedError",
     "ObservabilityError",
+    "QueueError",
     "RecordNotFoundError",
     "RemoteCancelledError",
     "RemoteError",
@@ -76,6 +78,7 @@ __all__ = [
     "RuntimeConflictError",
     "SandboxClosedError",
     "SandboxError",
+    "ScheduleNotFoundError",
     "ShutdownTimeoutError",
     "SoftTimeoutError",
     "StageCrashedError",
@@ -757,6 +760,45 @@ class RuntimeConflictError(ZixirError, RuntimeError):
         self.requested = requested
         super().__init__(f"a runtime is already running on {running}; "
                          f"stop it before starting one on {requested}")
+
+
+# --- queues and schedules -----------------------------------------------------
+
+
+class QueueError(ZixirError):
+    """Base of durable queue and schedule errors."""
+
+
+class DuplicateRunError(QueueError):
+    """A run with this dedupe key (or run id) is already queued or running.
+
+    Attributes:
+        queue: the queue.
+        dedupe_key: the key given to `enqueue` (None: the run id was the duplicate).
+        run_id: the id of the existing run (its handle: `Queue.handle(run_id)`).
+        status: the existing run's status (``"queued"``, ``"running"``, ``"parked"``).
+    """
+
+    def __init__(self, queue: str, run_id: str, status: str,
+                 dedupe_key: str | None = None) -> None:
+        self.queue = queue
+        self.dedupe_key = dedupe_key
+        self.run_id = run_id
+        self.status = status
+        what = (f"dedupe key {dedupe_key!r}" if dedupe_key is not None
+                else f"run id {run_id!r}")
+        super().__init__(f"queue {queue!r}: {what} is already {status} as run {run_id!r}")
+
+    def __reduce__(self) -> Any:
+        return (type(self), (self.queue, self.run_id, self.status, self.dedupe_key))
+
+
+class ScheduleNotFoundError(QueueError, LookupError):
+    """No stored schedule has this name."""
+
+    def __init__(self, name: str) -> None:
+        self.name = name
+        super().__init__(f"no schedule {name!r}")
 
 
 # --- stream -----------------------------------------------------------------
