@@ -545,6 +545,31 @@ def test_duplicate_events_are_each_consumed_once_in_order(store: CheckpointClien
     assert store.events("r-fifo") == []  # each event consumed once, none left over
 
 
+def test_events_from_concurrent_senders_each_arrive_once_in_order_per_sender(
+        store: CheckpointClient) -> None:
+    per_sender = 40
+
+    @durable("ticker")
+    def body(ctx: Any) -> list[Any]:
+        return [ctx.wait_for("tick") for _ in range(2 * per_sender)]
+
+    handle = body.start({}, run_id="r-ticks", store=store)
+
+    def sender(tag: int) -> None:
+        for i in range(per_sender):  # while the run parks, wakes and replays
+            body.send("r-ticks", "tick", (tag, i), store=store)
+
+    senders = [threading.Thread(target=sender, args=(tag,)) for tag in range(2)]
+    for thread in senders:
+        thread.start()
+    for thread in senders:
+        thread.join(WAIT)
+    received = handle.result(timeout=WAIT).output
+    assert sorted(received) == [(tag, i) for tag in range(2) for i in range(per_sender)]
+    for tag in range(2):
+        assert [p for p in received if p[0] == tag] == [(tag, i) for i in range(per_sender)]
+
+
 def test_wait_timeout_raises_event_timeout_error_in_the_body(store: CheckpointClient,
                                                              clock: FakeClock) -> None:
     @durable("approval-timeout", clock=clock)
@@ -562,6 +587,26 @@ def test_wait_timeout_raises_event_timeout_error_in_the_body(store: CheckpointCl
     result = handle.result(timeout=WAIT)
     assert result.status == "succeeded"
     assert result.output == "timed out waiting for approval"
+
+
+def test_a_wait_deadline_survives_a_runtime_restart(tmp_path: Path, clock: FakeClock) -> None:
+    @durable("deadline", clock=clock)
+    def body(ctx: Any) -> str:
+        try:
+            return ctx.wait_for("approval", timeout=3600)
+        except EventTimeoutError:
+            return "expired"
+
+    with zixir_actors.start(data_dir=tmp_path):
+        assert body.start({}, run_id="r-deadline").wait(timeout=WAIT) == "parked"
+        clock.advance(1000)
+    with zixir_actors.start(data_dir=tmp_path) as runtime:  # resumes the parked run
+        [handle] = runtime.resumed
+        assert handle.wait(timeout=WAIT) == "parked"
+        clock.advance(2599)
+        assert not handle.done()
+        clock.advance(1)  # the deadline set before the restart
+        assert handle.result(timeout=WAIT).output == "expired"
 
 
 def test_sending_to_an_unknown_or_ended_run_is_a_typed_error(store: CheckpointClient) -> None:
