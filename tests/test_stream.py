@@ -419,6 +419,10 @@ def _consume_for_each(stream: Stream[Any], gate: _Gate) -> None:
     stream.for_each(gate.take)
 
 
+def _consume_reduce(stream: Stream[Any], gate: _Gate) -> None:
+    stream.reduce(lambda acc, item: (gate.take(item), acc)[1], 0)
+
+
 def _consume_to_list(stream: Stream[Any], gate: _Gate) -> None:
     # The slow consumer is the last stage: an actor of its own, pulled by to_list.
     stream.async_boundary().map(gate.take).to_list()
@@ -436,8 +440,9 @@ def _consume_run_async(stream: Stream[Any], gate: _Gate) -> None:
     asyncio.run(stream.async_boundary().map(gate.take).run_async())
 
 
-_TERMINALS = {"for": _consume_for, "for_each": _consume_for_each, "to_list": _consume_to_list,
-              "async for": _consume_async_for, "run_async": _consume_run_async}
+_TERMINALS = {"for": _consume_for, "for_each": _consume_for_each, "reduce": _consume_reduce,
+              "to_list": _consume_to_list, "async for": _consume_async_for,
+              "run_async": _consume_run_async}
 
 
 @pytest.mark.parametrize("terminal", list(_TERMINALS))
