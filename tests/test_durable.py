@@ -27,6 +27,7 @@ from zixir_actors.errors import (
     RunEndedError,
     RunNotFoundError,
     StepFailedError,
+    ZixirTimeoutError,
 )
 from zixir_actors.observability import metrics
 from zixir_actors.testing import FakeClock, capture_spans, wait_for
@@ -409,6 +410,21 @@ def test_a_step_timeout_is_a_step_failed_error_the_body_can_catch(
     assert result.steps["hang#1"].status == "timed_out"
 
 
+def test_a_step_whose_value_cannot_be_stored_fails_as_a_step(store: CheckpointClient) -> None:
+    def generator() -> Any:
+        return (i for i in range(3))  # neither pickle nor dill can store it
+
+    @durable("unstorable")
+    def body(ctx: Any) -> str:
+        try:
+            ctx.step(generator, name="generator")
+        except StepFailedError as exc:
+            return exc.error.type
+        return "stored"
+
+    assert body.run({}, store=store).output == "UnserializableError"
+
+
 # -- fan-out -----------------------------------------------------------------------
 
 
@@ -673,6 +689,19 @@ def test_sleep_is_a_durable_timer_on_the_workflows_clock(store: CheckpointClient
     assert result.output == start + 60
 
 
+def test_an_async_body_sleeps_on_a_durable_timer(store: CheckpointClient,
+                                                 clock: FakeClock) -> None:
+    @durable("async-napper", clock=clock)
+    async def body(ctx: Any) -> float:
+        await ctx.sleep(100)
+        return ctx.now()
+
+    handle = body.start({}, store=store)
+    assert handle.wait(timeout=WAIT) == "parked"
+    clock.advance(100)
+    assert handle.result(timeout=WAIT).output == 1_700_000_100.0
+
+
 def test_sleep_on_the_real_clock_wakes_by_itself(store: CheckpointClient) -> None:
     @durable("short-nap")
     def body(ctx: Any) -> str:
@@ -843,6 +872,23 @@ def test_progress_async_for(store: CheckpointClient) -> None:
     items = asyncio.run(consume())
     assert [i.value for i in items if i.kind == "emit"] == ["a", "b", "c"]
     assert items[-1].kind == "ended"
+
+
+def test_progress_of_a_run_that_does_not_end_times_out(store: CheckpointClient) -> None:
+    @durable("progress-timeout")
+    def body(ctx: Any) -> Any:
+        ctx.emit("waiting")
+        return ctx.wait_for("never")
+
+    handle = body.start({}, store=store)
+    assert handle.wait(timeout=WAIT) == "parked"
+    seen: list[str] = []
+    with pytest.raises(ZixirTimeoutError):
+        for item in handle.progress(timeout=0.2):
+            seen.append(item.kind)
+    assert seen == ["emit", "parked"]  # the past items came before the timeout
+    assert handle.cancel()
+    assert handle.result(timeout=WAIT).status == "cancelled"
 
 
 def test_ten_thousand_emits_from_one_step(store: CheckpointClient) -> None:
