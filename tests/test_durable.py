@@ -425,6 +425,39 @@ def test_a_step_whose_value_cannot_be_stored_fails_as_a_step(store: CheckpointCl
     assert body.run({}, store=store).output == "UnserializableError"
 
 
+def hog() -> int:
+    return len(bytearray(512 * 1024 * 1024))
+
+
+def triple(n: int) -> int:
+    return n * 3
+
+
+def test_steps_run_in_a_sandbox_with_limits(store: CheckpointClient) -> None:
+    from zixir_actors import Limits
+
+    @durable("sandboxed-agent")
+    def body(ctx: Any) -> Any:
+        value = ctx.step(triple, 2, limits=Limits(timeout=30))
+        try:
+            ctx.step(hog, limits=Limits(memory="128MB", timeout=30))
+        except StepFailedError as exc:
+            return value, exc.step, exc.error.type, "memory" in exc.error.message
+        return value, "no limit hit"
+
+    assert body.run({}, store=store).output == (6, "hog#1", "SandboxError", True)
+
+
+def test_a_run_timeout_ends_a_parked_run(store: CheckpointClient) -> None:
+    @durable("parked-timeout")
+    def body(ctx: Any) -> Any:
+        return ctx.wait_for("never")
+
+    result = body.run({}, store=store, timeout=0.3)
+    assert result.status == "timed_out"
+    assert stored_status(store, result.run_id) == "timed_out"
+
+
 # -- fan-out -----------------------------------------------------------------------
 
 
