@@ -38,6 +38,7 @@ from zixir_actors.cache._options import (
     check_timeout,
     check_ttl,
 )
+from zixir_actors.cache._shared import DEFAULT_VISIBILITY
 from zixir_actors.cache._state import _MISSING, CacheOptions, CacheState, Closed
 from zixir_actors.cache._table_api import TableMethods
 from zixir_actors.cache._warm import DEFAULT_WARM_CONCURRENCY, WarmProgress, WarmReport, run_warm
@@ -112,6 +113,7 @@ class Cache(TableMethods):
               refresh_ahead: float | None = None, loader: Callable[[Any], Any] | None = None,
               warm: Iterable[Any] | Callable[[], Iterable[Any]] | None = None,
               durable: bool = False, sync_interval: float = DEFAULT_SYNC_INTERVAL,
+              visibility: float = DEFAULT_VISIBILITY,
               timeout: float | None = DEFAULT_TIMEOUT) -> Cache:
         """Start the cache `name` under ``zixir.caches``, or return it if it runs.
 
@@ -152,6 +154,9 @@ class Cache(TableMethods):
                 the cache started; see `warm_async`.
             durable: fsync every write before it returns (see class docs).
             sync_interval: seconds between a write and its group fsync.
+            visibility: a persistent cache shared by several processes: a
+                confirmed write in one is seen by `get` in the others within
+                this many seconds (default 0.1; a miss reads through to LMDB).
             timeout: seconds to wait for the actor to start.
 
         Raises:
@@ -172,7 +177,8 @@ class Cache(TableMethods):
             if persist else runtime_data_dir(),
             clock=check_clock(clock), refresh_ahead=check_ratio(refresh_ahead),
             loader=check_callable(loader, "loader"), durable=bool(durable),
-            sync_interval=check_ttl(sync_interval, "sync_interval") or DEFAULT_SYNC_INTERVAL)
+            sync_interval=check_ttl(sync_interval, "sync_interval") or DEFAULT_SYNC_INTERVAL,
+            visibility=check_ttl(visibility, "visibility") or DEFAULT_VISIBILITY)
         timeout = check_timeout(timeout)
         with _start_lock:
             if whereis(ACTOR_PREFIX + name) is not None:

@@ -31,6 +31,15 @@ from zixir_actors import _codec
 from zixir_actors._clock import Clock
 from zixir_actors._lmdb import SharedEnv, open_env, release
 from zixir_actors.cache._keys import key_bytes
+from zixir_actors.cache._shared import (
+    CLEAR,
+    DEFAULT_VISIBILITY,
+    DELETE,
+    PUT,
+    Journal,
+    follow,
+    unfollow,
+)
 from zixir_actors.errors import CorruptBlobError, EntryTooLargeError, InvalidKeyError
 from zixir_actors.observability import logger, span
 
@@ -75,6 +84,7 @@ class CacheOptions:
     loader: Loader | None
     durable: bool
     sync_interval: float
+    visibility: float = DEFAULT_VISIBILITY
 
 
 class CacheState:
@@ -120,6 +130,7 @@ class CacheState:
         self._pool_lock = threading.Lock()
         self.env: SharedEnv | None = None
         self.db: Any = None
+        self.journal: Journal | None = None
         if predecessor is not None:
             self._inherit(predecessor)
         if options.persist:
@@ -128,6 +139,7 @@ class CacheState:
             self.env = open_env(options.data_dir)
             try:
                 self.db = self.env.db(f"cache:{self.name}")
+                self.journal = Journal(self, self.env.db(f"cache-journal:{self.name}"))
                 self._load()
                 if predecessor is None:
                     self._load_counters()
@@ -135,6 +147,7 @@ class CacheState:
                 release(self.env)
                 self.env = None
                 raise
+            follow(self.journal)
         elif predecessor is not None:
             # Like an ETS heir: a memory-only cache keeps its entries across
             # a restart of its actor, so a crash loses no confirmed write.
@@ -152,8 +165,11 @@ class CacheState:
         except TypeError:
             raise InvalidKeyError(key, "unhashable") from None
         if e is None:
-            self.misses += 1
-            return default
+            if self.persist and self.env is not None:
+                e = self._read_through(key)
+            if e is None:
+                self.misses += 1
+                return default
         if e[1] != INF:
             now = self.now()
             if now >= e[1]:
@@ -215,7 +231,7 @@ class CacheState:
                                or self.bytes + size - (old[3] if old else 0) > self.cap_bytes):
                 victims = self._plan_evictions(key, size, expired)
             if kb is not None:
-                self._commit_put(kb, blob, expired, victims)
+                self._commit_put(kb, blob, expired, victims, key)
             data[key] = entry
             if old is not None:
                 self.bytes += size - old[3]
@@ -236,14 +252,17 @@ class CacheState:
                 self._after_write()
 
     def _commit_put(self, kb: bytes, blob: bytes | None, expired: list[Hashable],
-                    victims: list[Hashable]) -> None:
+                    victims: list[Hashable], key: Hashable) -> None:
         dels = [key_bytes(k) for k in itertools.chain(expired, victims)]
         db = self.db
+        journal = self.journal
 
         def write(txn: Any) -> None:
             txn.put(kb, blob, db=db)
             for d in dels:
                 txn.delete(d, db=db)
+            if journal is not None:
+                journal.record(txn, PUT, key)
 
         try:
             self.env.write(write, durable=self.options.durable)  # type: ignore[union-attr]
@@ -265,9 +284,14 @@ class CacheState:
             if e is None:
                 return False
             if self.persist:
-                db = self.db
-                self.env.write(lambda txn: txn.delete(kb, db=db),  # type: ignore[union-attr]
-                               durable=self.options.durable)
+                db, journal = self.db, self.journal
+
+                def write(txn: Any) -> None:
+                    txn.delete(kb, db=db)
+                    if journal is not None:
+                        journal.record(txn, DELETE, key)
+
+                self.env.write(write, durable=self.options.durable)  # type: ignore[union-attr]
             self._forget(key)
             self._after_write()
             return e[1] == INF or self.now() < e[1]
@@ -277,9 +301,14 @@ class CacheState:
             if self.closed:
                 raise Closed
             if self.persist:
-                db = self.db
-                self.env.write(lambda txn: txn.drop(db, delete=False),  # type: ignore[union-attr]
-                               durable=self.options.durable)
+                db, journal = self.db, self.journal
+
+                def drop(txn: Any) -> None:
+                    txn.drop(db, delete=False)
+                    if journal is not None:
+                        journal.record(txn, CLEAR)
+
+                self.env.write(drop, durable=self.options.durable)  # type: ignore[union-attr]
             count = len(self.data)
             self.data.clear()
             self.heap.clear()
@@ -316,6 +345,54 @@ class CacheState:
             if len(self.heap) > 2 * len(self.data) + 1024:
                 self._compact_heap()
             return len(expired)
+
+    # -- other processes' writes ---------------------------------------------
+
+    def _read_through(self, key: Hashable) -> tuple[Any, float, float, int, float | None] | None:
+        """A memory miss of a persistent cache: the entry another process may have stored."""
+        env = self.env
+        try:
+            kb = key_bytes(key)
+            with env.read() as txn:  # type: ignore[union-attr]
+                blob = txn.get(kb, db=self.db)
+        except Exception:  # a closed or failing store: a plain miss
+            return None
+        if blob is None:
+            return None
+        self.apply_remote(PUT, key, blob)
+        return self.data.get(key)
+
+    def apply_remote(self, op: bytes, key: Hashable, blob: bytes | None) -> None:
+        """Apply a write another process committed (see `zixir_actors.cache._shared`)."""
+        with self.lock:
+            if self.closed:
+                return
+            if op == CLEAR:
+                self.data.clear()
+                self.heap.clear()
+                self.access.clear()
+                self.bytes = 0
+                return
+            if op == DELETE or blob is None:
+                self._forget(key)
+                return
+            try:
+                _, value, expires, ttl = _codec.decode(blob, key=key_bytes(key))
+            except (CorruptBlobError, ValueError, TypeError):
+                return
+            if expires <= self.now():
+                self._forget(key)
+                return
+            refresh_at = expires - ttl * self.ratio if self.ratio and ttl else INF
+            old = self.data.get(key)
+            self.data[key] = (value, expires, refresh_at, len(blob), ttl)
+            self.bytes += len(blob) - (old[3] if old else 0)
+            if expires != INF:
+                heapq.heappush(self.heap, (expires, next(self.seq), key))
+            if self.track and (len(self.data) > self.cap_entries or self.bytes > self.cap_bytes):
+                for victim in self._plan_evictions(_MISSING, 0, []):
+                    self._forget(victim)
+                    self.evictions += 1
 
     # -- internals -----------------------------------------------------------
 
@@ -564,6 +641,8 @@ class CacheState:
                 return
             self.closed = True
             timer, self._timer = self._last_timer, None
+        if self.journal is not None:
+            unfollow(self.journal)
         with self._pool_lock:
             pool, self._pool = self._pool, None
         if timer is not None:
