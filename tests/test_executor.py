@@ -8,6 +8,7 @@ the reason shown, only when Ray is not installed.
 from __future__ import annotations
 
 import asyncio
+import errno
 import functools
 import json
 import os
@@ -51,6 +52,7 @@ from zixir_actors.executor import (
     remote_callable,
     reset,
     run_sandboxed,
+    sandbox_error,
     warm_state,
 )
 from zixir_actors.observability import metrics, span
@@ -229,6 +231,31 @@ def test_a_memory_limit_ends_as_err_memory(executor: Executor) -> None:
     assert outcome.error.kind == "memory"
     assert outcome.error.limit == 400 * 2**20
     assert outcome.error.measured > outcome.error.limit
+
+
+@ISOLATED
+def test_a_one_byte_memory_limit_is_never_ok_even_for_a_short_call(executor: Executor) -> None:
+    # Far shorter than a sampling interval: only the check when the call ends can see it.
+    for fn, args in [(pow, (2, 5)), (abs, (-1,))]:
+        outcome = run_sandboxed(executor, fn, args, limits=Limits(memory=1, timeout=WAIT))
+        assert isinstance(outcome, Err), (fn, outcome)
+        assert outcome.error.kind == "memory"
+        assert outcome.error.limit == 1
+        assert outcome.error.measured is not None and outcome.error.measured > 1
+    assert run_sandboxed(executor, pow, (2, 5), limits=Limits(memory="1GB")) == Ok(32)
+
+
+def test_an_allocation_refused_with_enomem_is_a_memory_error() -> None:
+    refused = OSError(errno.ENOMEM, "Cannot allocate memory")
+    assert sandbox_error(refused).kind == "memory"
+    try:
+        try:
+            raise refused
+        except OSError as exc:
+            raise RuntimeError("could not map the model") from exc
+    except RuntimeError as wrapped:
+        assert sandbox_error(wrapped).kind == "memory"
+    assert sandbox_error(OSError(errno.ENOENT, "No such file")).kind == "exception"
 
 
 @ISOLATED

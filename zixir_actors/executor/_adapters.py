@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import concurrent.futures
+import errno
 import functools
 from collections.abc import Callable, Mapping
 from typing import Any
@@ -60,6 +61,18 @@ def call_step(executor: Executor, fn: Callable[..., Any], call: Mapping[str, Any
         raise StepTimeoutError(step, timeout) from None  # type: ignore[arg-type]
 
 
+def _out_of_memory(error: BaseException | None) -> bool:
+    """MemoryError or ENOMEM, also as the cause of what the call raised."""
+    for _ in range(16):
+        if error is None:
+            return False
+        if isinstance(error, MemoryError) \
+                or (isinstance(error, OSError) and error.errno == errno.ENOMEM):
+            return True
+        error = error.__cause__ or error.__context__
+    return False
+
+
 def sandbox_error(error: BaseException) -> SandboxError:
     """A remote call's failure as the `SandboxError` a sandboxed call returns."""
     if isinstance(error, RemoteMemoryError):
@@ -70,9 +83,9 @@ def sandbox_error(error: BaseException) -> SandboxError:
         return SandboxError(error.kind, str(error), limit=error.limit, measured=error.measured)
     if isinstance(error, (RemoteLostError, RemoteCancelledError)):
         return SandboxError("crashed", str(error))
-    if isinstance(error, MemoryError):
-        return SandboxError("memory", f"the call raised MemoryError: {error}",
-                            remote_type="MemoryError", cause=error)
+    if _out_of_memory(error):
+        return SandboxError("memory", f"an allocation failed: {type(error).__qualname__}: "
+                            f"{error}", remote_type=type(error).__qualname__, cause=error)
     if isinstance(error, RecursionError):
         return SandboxError("depth", str(error), remote_type="RecursionError", cause=error)
     if isinstance(error, RemoteError):

@@ -7,6 +7,7 @@ imports nothing heavy and never imports Ray.
 from __future__ import annotations
 
 import asyncio
+import contextlib
 import contextvars
 import ctypes
 import inspect
@@ -140,12 +141,39 @@ def set_warm_state(state: Any, *, process_wide: bool) -> None:
         _THREAD_WARM.state = state
 
 
+def _reset_peak() -> bool:
+    """Start a per-call peak: VmHWM back to the current RSS (Linux); False where refused."""
+    try:
+        with open("/proc/self/clear_refs", "wb", buffering=0) as fh:
+            fh.write(b"5")
+    except OSError:
+        return False
+    return True
+
+
+def _peak_rss() -> int:
+    """VmHWM of this process in bytes (0 where /proc is missing)."""
+    try:
+        with open("/proc/self/status", "rb") as fh:
+            for line in fh:
+                if line.startswith(b"VmHWM:"):
+                    return int(line.split()[1]) * 1024
+    except (OSError, ValueError, IndexError):
+        pass
+    return 0
+
+
 class _Monitor:
-    """Samples the process's memory and CPU time during one call; breaks it when over."""
+    """Samples the process's memory and CPU time during one call; breaks it when over.
+
+    With a memory limit, the process's peak RSS is also checked when the call
+    ends (`finish`), so a call shorter than `MONITOR_INTERVAL` is not missed.
+    """
 
     def __init__(self, guard: Guard, target: int) -> None:
         import psutil
 
+        self.per_call_peak = guard.memory is not None and _reset_peak()
         self.guard = guard
         self.target = target
         self.process = psutil.Process()
@@ -192,6 +220,15 @@ class _Monitor:
             if self.kind:  # clear an exception that was set but not raised yet
                 ctypes.pythonapi.PyThreadState_SetAsyncExc(ctypes.c_ulong(self.target), None)
         self.thread.join()
+        memory = self.guard.memory
+        if memory is not None and not self.kind:
+            # The peak since the call began (VmHWM), else the RSS now: a last sample.
+            peak = _peak_rss() if self.per_call_peak else 0
+            if not peak:
+                with contextlib.suppress(Exception):
+                    peak = self.process.memory_info().rss
+            if peak > memory:
+                self.kind, self.limit, self.measured = "memory", memory, peak
 
 
 def _depth() -> int:
