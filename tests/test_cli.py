@@ -356,6 +356,7 @@ def test_resume_uses_the_absolute_path_of_the_workflow_file(tmp_path: Path, flow
      "zixir: error: --since expects a duration like 90s, 15m, 1h or 2d, got 'soon'"),
     (("metrics", "--port", "99999"),
      "zixir: error: invalid port: 99999 (must be an int from 0 to 65535)"),
+    (("bench", "--quick", "nope"), "zixir: error: no benchmark subject 'nope' (known: cache, "),
 ])
 def test_errors_print_one_exact_first_line(tmp_path: Path, flows: Path, args: tuple[str, ...],
                                            first_line: str) -> None:
@@ -365,7 +366,11 @@ def test_errors_print_one_exact_first_line(tmp_path: Path, flows: Path, args: tu
         assert zixir(data, "run", f"{flows}:cli-etl", "--input", "n=1").returncode == 0
     result = zixir_at(tmp_path, "--data-dir", str(data), *args)
     assert result.returncode == 2, (result.stdout, result.stderr)
-    assert first_error_line(result) == first_line.format(data=data)
+    expected = first_line.format(data=data)
+    if expected.endswith(", "):   # a list that grows with the project: its start
+        assert first_error_line(result).startswith(expected), result.stderr
+    else:
+        assert first_error_line(result) == expected
 
 
 @pytest.mark.parametrize("args", [

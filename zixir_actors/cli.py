@@ -651,10 +651,15 @@ def cmd_metrics(args: argparse.Namespace) -> int:
 
 def cmd_bench(args: argparse.Namespace) -> int:
     try:
+        from benchmarks._harness import available
         from benchmarks._harness import main as bench_main
     except ImportError:   # a copy installed without its `benchmarks` package
         raise CliError("the benchmarks are not installed with this copy of zixir-actors "
                        "(reinstall it, or run python -m benchmarks in a checkout)") from None
+    known = available()
+    for subject in args.subjects:
+        if subject not in known:
+            raise CliError(f"no benchmark subject {subject!r} (known: {', '.join(known)})")
     argv = (["--quick"] if args.quick else []) + list(args.subjects)
     return bench_main(None, argv)
 
