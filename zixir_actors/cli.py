@@ -112,7 +112,9 @@ def _module_name(path: Path) -> str:
     stem = path.stem
     if stem.isidentifier() and stem not in sys.modules:
         try:
-            taken = importlib.util.find_spec(stem) is not None
+            found = importlib.util.find_spec(stem)
+            # Free, or this very file (its directory is already on sys.path).
+            taken = found is not None and Path(found.origin or "").resolve() != path
         except (ImportError, ValueError):
             taken = True
         if not taken:
