@@ -104,8 +104,44 @@ AGENT = COMMON + LOGIC + textwrap.dedent('''
                 ctx.sleep(0.001)
         return {"total": total, "turns": turn}
 
+    # The same agent as an async body with async steps, on the runtime's event loop.
+    import asyncio
+
+    async def amark(ctx):
+        await asyncio.sleep(random.random() * 0.01)
+        fd = os.open(COUNTS, os.O_WRONLY | os.O_APPEND | os.O_CREAT)
+        os.write(fd, f"{ctx.run_id}/{ctx.step}\\n".encode())
+        os.close(fd)
+        await asyncio.sleep(random.random() * 0.01)
+
+    async def athink(seed, total, turn, ctx):
+        await amark(ctx)
+        return decide(seed, total, turn)
+
+    async def atool(x, ctx):
+        await amark(ctx)
+        return use_tool(x)
+
+    @durable("crash-agent-async", max_concurrency=3)
+    async def async_agent(ctx, seed):
+        total, turn = 0, 0
+        while True:
+            turn += 1
+            decision = await ctx.step(athink, seed, total, turn, name="think")
+            if decision["action"] == "stop":
+                break
+            if decision["action"] == "fanout":
+                total += sum(await ctx.map(atool, decision["items"], concurrency=3,
+                                           name="tool"))
+            else:
+                total += await ctx.step(atool, decision["arg"], name="tool")
+            if turn % 4 == 0:
+                await ctx.sleep(0.001)
+        return {"total": total, "turns": turn}
+
+    chosen = async_agent if sys.argv[5] == "async" else agent
     with open_store(data_dir) as store:
-        result = agent.run({"seed": seed}, run_id=run_id, store=store)
+        result = chosen.run({"seed": seed}, run_id=run_id, store=store)
     print(json.dumps({"status": result.status, "output": result.output}))
 ''')
 
@@ -179,10 +215,11 @@ def test_agent_loop_killed_30_times_at_random_points_runs_each_call_once(
     script.write_text(AGENT)
     data_dir, count_file = tmp_path / "data", tmp_path / "counts"
     kills = 0
-    for seed in (3, 18, 21):  # 46, 43 and 42 step calls
+    # 46, 43 and 42 step calls; the last agent is an async body with async steps
+    for seed, flavour in ((3, "sync"), (18, "sync"), (21, "async")):
         rng = random.Random(seed)
         run_id = f"agent-{seed}"
-        command = python(script, data_dir, count_file, seed, run_id)
+        command = python(script, data_dir, count_file, seed, run_id, flavour)
         expected_output, expected_calls = logic["simulate"](seed)
         snapshots = []  # (ran before, ran after, committed positions) at each kill
         for _ in range(11):
