@@ -6,7 +6,10 @@ Figures, each beside its peer measured in the same run:
 - a fresh process per call vs a bare `multiprocess.Process` start + join (target 1.5x),
   with a small parent and with a parent holding 512 MiB (where fork gets slow);
 - time from a worker crossing its memory limit to `run` returning
-  ``Err(kind="memory")``: p50 and max (reported, no peer).
+  ``Err(kind="memory")``: p50 and max (reported, no peer);
+- a call killed by its timeout with three `sleep` children: how many of
+  them still exist, zombies included, when `Err` returns (reported; the
+  contract is 0).
 
 Run: ``python -m benchmarks.bench_sandbox [--quick]``.
 """
@@ -15,12 +18,14 @@ from __future__ import annotations
 
 import importlib
 import os
+import subprocess
 import tempfile
 import time
 from collections.abc import Callable
 from pathlib import Path
 
 import multiprocess
+import psutil
 
 from benchmarks._harness import Figure, main, measure, percentile
 from zixir_actors.sandbox import SAMPLE_INTERVAL, Limits, Sandbox
@@ -51,6 +56,15 @@ def cross_memory_limit(limit: int, stamp: str) -> int:
                 os.replace(stamp + ".tmp", stamp)  # atomic: the kill may land mid-write
             if len(chunks) * MB > 16 * limit:
                 return len(chunks)
+
+
+def spawn_children_then_spin(stamp: str, count: int) -> None:
+    """Start `count` `sleep 60` children, write their pids, then spin until killed."""
+    pids = [subprocess.Popen(["sleep", "60"]).pid for _ in range(count)]
+    Path(stamp + ".tmp").write_text(" ".join(map(str, pids)))
+    os.replace(stamp + ".tmp", stamp)
+    while True:
+        pass
 
 
 def _process_start_join() -> None:
@@ -153,6 +167,24 @@ def _run(quick: bool) -> list[Figure]:
                               ours=worst, baseline=None, unit="ms",
                               note="includes the kill, waiting for the process to die and "
                                    "the replacement worker"))
+
+    # A killed call's process tree: how many of its processes are left when the Err is back.
+    left: list[int] = []
+    with tempfile.TemporaryDirectory() as tmp, \
+            Sandbox(Limits(timeout=0.3), size=1, name="bench-tree") as box:
+        stamp = str(Path(tmp) / "pids")
+        box.run(trivial)  # the worker imports this module before the timed rounds
+        for _ in range(5 if quick else 20):
+            Path(stamp).unlink(missing_ok=True)
+            result = box.run(spawn_children_then_spin, stamp, 3)
+            if result.is_err and Path(stamp).exists():
+                pids = [int(pid) for pid in Path(stamp).read_text().split()]
+                left.append(sum(psutil.pid_exists(pid) for pid in pids))
+    if left:
+        figures.append(Figure("sandbox", "killed call: children left when its Err returns",
+                              ours=float(sum(left)), baseline=None, unit="processes",
+                              note=f"{len(left)} rounds, each a call with 3 `sleep 60` children "
+                                   "killed by its 0.3 s timeout; zombies count"))
     return figures
 
 

@@ -195,6 +195,13 @@ def allocate_bytearray(size: int) -> int:
     return len(bytearray(size))
 
 
+def map_then_wrap(size: int) -> int:
+    try:
+        return map_anonymous(size)
+    except OSError as exc:
+        raise RuntimeError("could not map the model") from exc
+
+
 def rss_now() -> int:
     return psutil.Process().memory_info().rss
 
@@ -553,7 +560,7 @@ def test_processes_a_call_leaves_running_end_before_its_result_returns(
         assert_no_orphans(seen)
 
 
-@pytest.mark.parametrize("allocate", [map_anonymous, allocate_bytearray])
+@pytest.mark.parametrize("allocate", [map_anonymous, allocate_bytearray, map_then_wrap])
 def test_a_2gb_allocation_under_a_256mb_limit_is_memory(sandbox: Sandbox,
                                                         allocate: object) -> None:
     error = sandbox.call(allocate, (2 * 1024**3,),  # type: ignore[arg-type]
