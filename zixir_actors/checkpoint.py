@@ -609,6 +609,61 @@ class CheckpointClient:
                        and (status is None or r.status == status)),
                       key=lambda r: (r.created_at, r.run_id))
 
+    def page_runs(self, *, after: str | None = None, limit: int = 50, prefix: str = "",
+                  match: Callable[[RunRecord], bool] | None = None,
+                  max_scan: int | None = None) -> tuple[list[RunRecord], str | None]:
+        """One page of runs in key (run id) order, read with a cursor: never every run.
+
+        Example:
+            ``page, cursor = store.page_runs(limit=50)``, then
+            ``store.page_runs(after=cursor, limit=50)`` for the next page.
+
+        Args:
+            after: continue after this run id (the cursor a previous page gave).
+            limit: most runs on the page.
+            prefix: only run ids that start with it.
+            match: keep only the records it accepts (a corrupt header is kept,
+                with status ``"corrupt"`` as in `list_runs`).
+            max_scan: read at most this many records (a filter that matches
+                little stops early and returns the cursor where it stopped).
+
+        Returns:
+            The page, and the cursor to pass as `after` for the next one
+            (None when the scan reached the last run).
+        """
+        if limit < 1:
+            raise ConfigError("limit", limit, "must be >= 1")
+        pfx = prefix.encode()
+        start = (after.encode() + b"\x00") if after is not None else pfx
+        start = max(start, pfx)
+        out: list[RunRecord] = []
+        scanned = 0
+        with self._read() as (env, txn):
+            cursor = txn.cursor(db=env.db(RUNS_DB))
+            if not cursor.set_range(start):
+                return out, None
+            for key, value in cursor:
+                if not key.startswith(pfx):
+                    return out, None
+                run_id = key.decode(errors="replace")
+                scanned += 1
+                try:
+                    record: RunRecord = _decode(value, f"run {run_id}")
+                    keep = match is None or match(record)
+                except CorruptBlobError as exc:
+                    record, keep = RunRecord(run_id, "", CORRUPT, {}, 0.0, 0.0, str(exc)), True
+                if keep:
+                    out.append(record)
+                if len(out) >= limit or (max_scan is not None and scanned >= max_scan):
+                    return out, (run_id if cursor.next() and cursor.key().startswith(pfx)
+                                 else None)
+        return out, None
+
+    def count_runs(self) -> int:
+        """How many runs are stored (one LMDB stat, no scan)."""
+        with self._read() as (env, txn):
+            return int(txn.stat(env.db(RUNS_DB))["entries"])
+
     def delete_run(self, run_id: str, *, timeout: float | None = None) -> bool:
         """Delete a run, its checkpoints and its dead letters in one commit.
 
