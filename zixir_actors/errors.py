@@ -37,6 +37,8 @@ __all__ = [
     "ConfigError",
     "CorruptBlobError",
     "CycleError",
+    "DashboardError",
+    "DashboardUnavailableError",
     "DataDirError",
     "DataDirLockedError",
     "DeadLetterNotFoundError",
@@ -1063,3 +1065,26 @@ class RemoteError(ExecutorError):
 
     def __reduce__(self) -> Any:
         return (type(self), (self.task, self.remote_type, self.message, self.remote_traceback))
+
+
+# --- dashboard --------------------------------------------------------------
+
+
+class DashboardError(ZixirError):
+    """Base class for errors raised by `zixir_actors.dashboard`."""
+
+
+class DashboardUnavailableError(DashboardError, ImportError):
+    """The dashboard's web libraries (its optional extra) are not installed.
+
+    Example:
+        >>> "pip install 'zixir-actors[dashboard]'" in str(DashboardUnavailableError("starlette"))
+        True
+
+    Attributes:
+        module: the module that could not be imported.
+    """
+
+    def __init__(self, module: str) -> None:
+        self.module = module
+        super().__init__(f"the dashboard needs {module}: pip install 'zixir-actors[dashboard]'")
