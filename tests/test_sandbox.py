@@ -12,6 +12,7 @@ import pickle
 import signal
 import subprocess
 import sys
+import time
 from collections.abc import Iterator
 from pathlib import Path
 
@@ -141,17 +142,22 @@ DAEMON = (
 def spawn_tree(pid_file: str) -> list[tuple[int, float]]:
     """Start processes the way calls do; write and return their (pid, create_time).
 
-    Two `sleep 60` children, a child with a `sleep 60` grandchild, and a
-    daemon (own session, orphaned at once) that neither the process group nor
-    a walk of the call's children can see without a subreaper.
+    Two `sleep 60` children, a child with a `sleep 60` grandchild, a
+    `multiprocess` child (a fork of the worker), and a daemon (own session,
+    orphaned at once) that neither the process group nor a walk of the call's
+    children can see without a subreaper.
     """
+    import multiprocess
+
     procs = [subprocess.Popen(["sleep", "60"]) for _ in range(2)]
     middle = subprocess.Popen([sys.executable, "-c", SLEEP_WITH_GRANDCHILD],
                               stdout=subprocess.PIPE)
     daemonizer = subprocess.Popen([sys.executable, "-c", DAEMON], stdout=subprocess.PIPE)
+    forked = multiprocess.Process(target=time.sleep, args=(60,), daemon=False)
+    forked.start()
     assert middle.stdout is not None and daemonizer.stdout is not None
     pids = [p.pid for p in procs] + [middle.pid, int(middle.stdout.readline()),
-                                     int(daemonizer.stdout.readline())]
+                                     int(daemonizer.stdout.readline()), forked.pid]
     daemonizer.wait()
     found = [(p, psutil.Process(p).create_time()) for p in pids]
     Path(pid_file + ".tmp").write_text(json.dumps(found))
@@ -526,7 +532,7 @@ def test_a_killed_call_takes_its_whole_process_tree_before_err_returns(
         error = sandbox.call(spawn_tree_then, (str(pid_file), then), limits=limits).unwrap_err()
         assert error.kind == kind.removeprefix("soft-")
         procs = json.loads(pid_file.read_text())
-        assert len(procs) == 5
+        assert len(procs) == 6
         # Killed and reaped by the time the Err is back: not even a zombie is left.
         assert _alive(procs) == []
         assert sandbox.run(double, 1) == Ok(2)
@@ -548,7 +554,7 @@ def test_processes_a_call_leaves_running_end_before_its_result_returns(
         else:
             assert result.unwrap_err().kind == "exception"
             procs = json.loads(pid_file.read_text())
-        assert len(procs) == 5
+        assert len(procs) == 6
         assert _alive(procs) == []
         if worker is not None:  # the warm worker was cleaned, not replaced
             assert box.run(pid) == Ok(worker)
