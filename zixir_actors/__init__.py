@@ -33,8 +33,9 @@ from zixir_actors.observability import (
     serve_metrics,
     span,
 )
+from zixir_actors.queue import Queue
 from zixir_actors.result import Err, Ok, Result
-from zixir_actors.runtime import Runtime, current, start, stop
+from zixir_actors.runtime import Runtime, current, schedules, start, stop
 from zixir_actors.sandbox import Limits, Sandbox, SandboxError
 from zixir_actors.stream import Stream, async_, await_, parallel, pmap
 from zixir_actors.workflow import DeadLetters, RetryPolicy, RunResult, Step, Workflow
@@ -55,6 +56,7 @@ __all__ = [
     "Err",
     "Limits",
     "Ok",
+    "Queue",
     "Result",
     "RetryPolicy",
     "RunResult",
@@ -74,6 +76,7 @@ __all__ = [
     "metrics",
     "parallel",
     "pmap",
+    "schedules",
     "serve_metrics",
     "span",
     "start",

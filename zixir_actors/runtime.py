@@ -52,13 +52,15 @@ __all__ = [
     "Runtime",
     "current",
     "resolve_data_dir",
+    "schedules",
     "start",
     "stop",
 ]
 
 ROOT_NAME = "zixir.root"
 SERVICE_NAMES = ("zixir.metrics", "zixir.store", "zixir.caches", "zixir.sandboxes",
-                 "zixir.workflows", "zixir.streams", "zixir.timers", "zixir.lease")
+                 "zixir.workflows", "zixir.streams", "zixir.timers", "zixir.lease",
+                 "zixir.queues", "zixir.scheduler")
 ROOT_MAX_RESTARTS = 10
 ROOT_MAX_SECONDS = 60.0
 DEFAULT_STOP_TIMEOUT = 30.0
@@ -103,7 +105,17 @@ def _prepare(path: Path, *, exclusive: bool = False) -> int:
 def _service_specs(path: Path, *, metrics_port: int | None, sandbox_workers: int | None,
                    options: dict[str, Any], runtime_id: str,
                    started_at: float) -> list[ChildSpec]:
-    from zixir_actors import _runtimes, cache, checkpoint, observability, sandbox, stream, workflow
+    from zixir_actors import (
+        _runtimes,
+        cache,
+        checkpoint,
+        observability,
+        queue,
+        sandbox,
+        schedule,
+        stream,
+        workflow,
+    )
 
     metrics_opts: dict[str, Any] = dict(options.get("metrics", {}))
     if metrics_port is not None:
@@ -123,6 +135,8 @@ def _service_specs(path: Path, *, metrics_port: int | None, sandbox_workers: int
                              find_workflow=workflow.find_workflow,
                              defined=workflow.defined_workflows, resume=_continue_runs,
                              **options.get("lease", {})),
+        queue.child_spec(**options.get("queues", {})),
+        schedule.child_spec(**options.get("scheduler", {})),
     ]
 
 
@@ -316,7 +330,8 @@ def start(data_dir: str | os.PathLike[str] | None = None, *, metrics_port: int |
             processes on this machine share it; each holds a lease, and a
             live one takes over the runs of one that died).
         **options: per-service options (``lease``: ``{"lease": 5.0,
-            "renew_every": 1.0}``); ``metrics``, ``store``, ``cache``,
+            "renew_every": 1.0}``; ``queues``: ``{"max_local": 64}``;
+            ``scheduler``: ``{"clock": FakeClock()}``); ``metrics``, ``store``, ``cache``,
             ``sandbox``, ``workflow``, ``stream`` dicts passed to their `child_spec`.
 
     Raises:
@@ -398,3 +413,14 @@ def stop(*, timeout: float | None = DEFAULT_STOP_TIMEOUT) -> None:
         runtime = _current
     if runtime is not None:
         runtime.stop(timeout=timeout)
+
+
+def schedules(store: Any = None) -> list[Any]:
+    """Every schedule stored in the data directory (`zixir_actors.schedule.Schedule`).
+
+    Raises:
+        NotStartedError: no store given and no runtime running.
+    """
+    from zixir_actors.schedule import schedules as stored
+
+    return stored(store)

@@ -321,16 +321,42 @@ class Workflow:
                             timeout=timeout, store=store)
         return handle.result(timeout=None if timeout is None else timeout + RESULT_GRACE)
 
+    def validate_inputs(self, inputs: Mapping[str, Any] | None) -> dict[str, Any]:
+        """Check `inputs` as `start` does (a queue checks them when it stores a run).
+
+        Raises:
+            ConfigError: not a mapping of names, or they do not fit the body.
+            MissingInputError: a step parameter matches no input or dependency.
+        """
+        order = self.order
+        checked = _check_inputs(inputs, self.name)
+        if self.body is not None:
+            _check_body_inputs(self.body, checked, self.name)
+        for name in order:
+            self._steps[name].bind(self.name, checked, _Anything())
+        return checked
+
+    def schedule(self, cron: str, inputs: Mapping[str, Any] | None = None, *,
+                 name: str | None = None, timezone: str = "UTC", catch_up: str = "latest",
+                 queue: Any = None) -> Any:
+        """Run this workflow on a cron schedule, stored in the data directory.
+
+        Example:
+            ``nightly.schedule("0 2 * * *", {"full": True}, timezone="Europe/Paris")``
+
+        See `zixir_actors.schedule.schedule` for the arguments, the catch-up
+        rules and the exactly-once promise.
+        """
+        from zixir_actors.schedule import schedule
+
+        return schedule(self, cron, inputs, name=name, timezone=timezone, catch_up=catch_up,
+                        queue=queue)
+
     def start(self, inputs: Mapping[str, Any] | None = None, *, run_id: str | None = None,
               max_concurrency: int | None = None, timeout: float | None = None,
               store: CheckpointClient | None = None) -> RunHandle:
         """Start a run and return its `RunHandle` at once (same arguments as `run`)."""
-        order = self.order
-        inputs = _check_inputs(inputs, self.name)
-        if self.body is not None:
-            _check_body_inputs(self.body, inputs, self.name)
-        for name in order:
-            self._steps[name].bind(self.name, inputs, _Anything())
+        inputs = self.validate_inputs(inputs)
         client = self._store(store)
         if run_id is None:
             run_id = uuid.uuid4().hex
