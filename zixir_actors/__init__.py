@@ -25,7 +25,12 @@ from loguru import logger as _loguru
 from zixir_actors import errors
 from zixir_actors.cache import Cache
 from zixir_actors.checkpoint import CheckpointStore
-from zixir_actors.errors import ZixirError
+from zixir_actors.errors import (
+    EventTimeoutError,
+    NondeterminismError,
+    StepFailedError,
+    ZixirError,
+)
 from zixir_actors.observability import (
     configure_logging,
     logger,
@@ -38,7 +43,15 @@ from zixir_actors.result import Err, Ok, Result
 from zixir_actors.runtime import Runtime, current, schedules, start, stop
 from zixir_actors.sandbox import Limits, Sandbox, SandboxError
 from zixir_actors.stream import Stream, async_, await_, parallel, pmap
-from zixir_actors.workflow import DeadLetters, RetryPolicy, RunResult, Step, Workflow
+from zixir_actors.workflow import (
+    DeadLetters,
+    RetryPolicy,
+    RunResult,
+    Step,
+    Workflow,
+    durable,
+    send,
+)
 
 try:
     # One source of truth: the version in pyproject.toml, as installed.
@@ -54,7 +67,9 @@ __all__ = [
     "CheckpointStore",
     "DeadLetters",
     "Err",
+    "EventTimeoutError",
     "Limits",
+    "NondeterminismError",
     "Ok",
     "Queue",
     "Result",
@@ -64,6 +79,7 @@ __all__ = [
     "Sandbox",
     "SandboxError",
     "Step",
+    "StepFailedError",
     "Stream",
     "Workflow",
     "ZixirError",
@@ -71,12 +87,14 @@ __all__ = [
     "await_",
     "configure_logging",
     "current",
+    "durable",
     "errors",
     "logger",
     "metrics",
     "parallel",
     "pmap",
     "schedules",
+    "send",
     "serve_metrics",
     "span",
     "start",

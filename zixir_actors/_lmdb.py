@@ -376,6 +376,10 @@ def check_file(path: str) -> None:
             newest = max(parsed0, parsed1, key=lambda m: m[2])
             _, last_pg, txnid, main_root, free_root = newest
             needed = (last_pg + 1) * page_size
+            # Another process may commit while this reads: the size read before
+            # the meta pages can predate their newest commit. The file only
+            # grows, so its size read now is the one to judge by.
+            size = os.path.getsize(path)
             if size < needed:
                 raise StoreCorruptError(
                     path, f"{size} bytes, but its meta page (txn {txnid}) counts {last_pg + 1} "
