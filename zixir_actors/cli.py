@@ -608,6 +608,101 @@ def cmd_cache(args: argparse.Namespace) -> int:
     return 0
 
 
+def _rate_text(rate: Any) -> str:
+    return "-" if rate is None else f"{rate[0]}/{rate[1]:g}s"
+
+
+def _queue_row(found: Any) -> dict[str, Any]:
+    c = found.config
+    return {"queue": found.name, "depth": found.depth, "running": found.running,
+            "oldest_wait": round(found.oldest_wait, 3), "concurrency": c.concurrency,
+            "per_process": c.per_process, "rate": _rate_text(c.rate), "priority": c.priority}
+
+
+def cmd_queues(args: argparse.Namespace) -> int:
+    from zixir_actors.queue import queue_stats
+
+    with _existing_store(args) as store:  # read-only, beside live runtimes
+        found = [] if isinstance(store, _NoStore) else \
+            queue_stats(store, waiting=args.action == "show")
+    if args.action == "list":
+        rows = [_queue_row(q) for q in found]
+        if args.json:
+            _print_json(rows)
+        elif not rows:
+            print("no queues")
+        else:
+            print(table([(r["queue"], r["depth"], r["running"], f"{r['oldest_wait']:.1f}s",
+                          r["concurrency"] or "-", r["per_process"] or "-", r["rate"])
+                         for r in rows],
+                        ("queue", "depth", "running", "oldest wait", "concurrency",
+                         "per process", "rate")))
+        return 0
+    if not args.name:
+        raise CliError("queues show needs a NAME")
+    match = [q for q in found if q.name == args.name]
+    if not match:
+        raise CliError(f"no queue {args.name!r} in {_data_dir(args)}")
+    row = _queue_row(match[0])
+    now = time.time()
+    waiting = [{"run_id": run_id, "workflow": workflow, "waited": round(now - at, 3)}
+               for run_id, workflow, at in match[0].waiting]
+    if args.json:
+        _print_json({**row, "waiting": waiting})
+        return 0
+    print(table([(k, "-" if v is None else v) for k, v in row.items()],
+                ("queue " + args.name, "value")))
+    if waiting:
+        print(table([(w["run_id"], w["workflow"], f"{w['waited']:.1f}s") for w in waiting],
+                    ("waiting run", "workflow", "waited")))
+    return 0
+
+
+def cmd_schedules(args: argparse.Namespace) -> int:
+    from zixir_actors.schedule import (
+        delete_schedule,
+        pause_schedule,
+        resume_schedule,
+        schedules,
+    )
+
+    if args.action == "list":
+        with _existing_store(args) as store:
+            found = [] if isinstance(store, _NoStore) else schedules(store)
+        rows: list[dict[str, Any]] = [{"name": s.name, "workflow": s.workflow, "cron": s.cron,
+                 "timezone": s.timezone, "catch_up": s.catch_up,
+                 "queue": None if s.queue is None else s.queue.name, "paused": s.paused,
+                 "last_tick": s.last_tick, "next_tick": None if s.paused
+                 else s.next_tick(max(time.time(), s.last_tick))} for s in found]
+        if args.json:
+            _print_json(rows)
+        elif not rows:
+            print("no schedules")
+        else:
+            print(table([(r["name"], r["workflow"], r["cron"], r["timezone"],
+                          "paused" if r["paused"] else "active", _fmt_time(r["next_tick"]),
+                          r["queue"] or "-") for r in rows],
+                        ("schedule", "workflow", "cron", "timezone", "state", "next tick",
+                         "queue")))
+        return 0
+    if not args.name:
+        raise CliError(f"schedules {args.action} needs a NAME")
+    if not (_data_dir(args) / "data.mdb").is_file():
+        raise CliError(f"no schedule {args.name!r} in {_data_dir(args)}")
+    change = {"pause": pause_schedule, "resume": resume_schedule,
+              "delete": delete_schedule}[args.action]
+    from zixir_actors.checkpoint import open_store
+
+    with open_store(_data_dir(args)) as store:
+        change(args.name, store=store)
+    done = {"pause": "paused", "resume": "resumed", "delete": "deleted"}[args.action]
+    if args.json:
+        _print_json({"schedule": args.name, "action": done})
+    else:
+        print(f"{done} schedule {args.name}")
+    return 0
+
+
 def cmd_graph(args: argparse.Namespace) -> int:
     wf, _, _ = load_workflow(args.target)
     print(render_graph(wf, args.format))
@@ -744,6 +839,14 @@ def build_parser() -> argparse.ArgumentParser:
             "or clear a persistent one")
     p.add_argument("action", choices=("list", "stats", "clear"), help="what to do")
     p.add_argument("name", nargs="?", help="the cache (stats, clear)")
+    p = add("queues", cmd_queues, "list the durable queues of the data directory (depth, "
+            "running, oldest wait) or show one with its waiting runs")
+    p.add_argument("action", choices=("list", "show"), help="what to do")
+    p.add_argument("name", nargs="?", help="the queue (show)")
+    p = add("schedules", cmd_schedules, "list the stored schedules, or pause, resume or "
+            "delete one (every process on the directory follows)")
+    p.add_argument("action", choices=("list", "pause", "resume", "delete"), help="what to do")
+    p.add_argument("name", nargs="?", help="the schedule (all but list)")
     p = add("graph", cmd_graph, "print a workflow's DAG as Mermaid or DOT", json_flag=False)
     p.add_argument("target", metavar="FILE[:WORKFLOW]", help=TARGET_HELP)
     p.add_argument("--format", choices=("mermaid", "dot"), default="mermaid",

@@ -73,7 +73,7 @@ RELOAD = 1.0
 sleeps: pauses, resumes and deletions from other processes are seen within that."""
 
 log = logger.bind(service="scheduler")
-_declared: dict[str, tuple[Any, Schedule]] = {}
+_declared: dict[str, Schedule] = {}  # declared while no scheduler ran: stored at its start
 _declared_lock = threading.Lock()
 _clock: Clock = SYSTEM_CLOCK  # the running scheduler's clock (declarations read it)
 
@@ -201,7 +201,7 @@ def schedule(wf: Any, cron: str, inputs: Mapping[str, Any] | None = None, *,
     Declaring it again (every process does at start, say) updates its
     expression, inputs and options and keeps whether it is paused and the
     ticks it handled. Called before `zixir_actors.start()`, it is stored when
-    the runtime's scheduler starts.
+    the runtime's scheduler starts (on the directory of that runtime).
 
     Args:
         wf: the workflow.
@@ -232,9 +232,9 @@ def schedule(wf: Any, cron: str, inputs: Mapping[str, Any] | None = None, *,
     now = _clock.time()
     s = Schedule(name, wf.name, cron, checked, timezone, catch_up,
                  None if queue is None else queue.config, False, now, now)
-    with _declared_lock:
-        _declared[name] = (wf, s)
     if whereis(SCHEDULER_NAME) is None:
+        with _declared_lock:
+            _declared[name] = s
         return s
     stored = _declare(connect(), s)
     _kick()
@@ -357,7 +357,8 @@ class Scheduler(SupervisedActor):
         _clock = self.clock
         self._store = connect()
         with _declared_lock:
-            declared = [s for _, s in _declared.values()]
+            declared = list(_declared.values())
+            _declared.clear()
         now = self.clock.time()
         for s in declared:
             _declare(self._store, dataclasses.replace(s, last_tick=now, created_at=now))
