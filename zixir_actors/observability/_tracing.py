@@ -448,6 +448,22 @@ def _exit(closing: Span, exc: BaseException | None) -> None:
         closing.end(error=exc)
 
 
+def enter_span(name: str, attributes: dict[str, Any]) -> Span:
+    """Open a span and make it current, without a scope object (a service's hot path).
+
+    `attributes` is taken as is (not copied). Pair it with `exit_span` in the
+    same context, in a ``finally``.
+    """
+    opened = Span(name, attributes, _CURRENT.get())
+    opened._token = _CURRENT.set(opened)
+    return opened
+
+
+def exit_span(opened: Span, exc: BaseException | None = None) -> None:
+    """End a span from `enter_span` (status error with `exc`), restoring its parent."""
+    _exit(opened, exc)
+
+
 def span(name: str, **attributes: Any) -> _SpanScope:
     """Trace a block or a function (sync or async) as a span, child of the current one.
 

@@ -47,7 +47,8 @@ from zixir_actors.errors import (
     UnserializableError,
 )
 from zixir_actors.executor import call_step, offload
-from zixir_actors.observability import Span, span
+from zixir_actors.observability import Span
+from zixir_actors.observability._tracing import enter_span, exit_span
 from zixir_actors.result import Ok
 from zixir_actors.workflow._hashing import fingerprint
 from zixir_actors.workflow._plan import idempotency_key
@@ -81,10 +82,14 @@ class Job:
     rng: random.Random = field(default_factory=random.Random)
 
 
-@dataclass(frozen=True, slots=True)
 class _Outcome:
-    result: StepResult
-    output: Any = None
+    # A plain slotted class: built once per step, where a frozen dataclass's
+    # field-by-field ``object.__setattr__`` costs a microsecond.
+    __slots__ = ("output", "result")
+
+    def __init__(self, result: StepResult, output: Any = None) -> None:
+        self.result = result
+        self.output = output
 
 
 class Finished:
@@ -147,6 +152,9 @@ class Scheduler:
         self.committing = 0  # step commits under way; `stop` waits for them
         self.commit_done = threading.Condition(self.lock)
         self._workers = 0
+        self._steps = self.wf.steps
+        self._hashes = self.wf.code_hashes
+        self._children = self.wf.children
         for name in self.wf.order:
             if name in plan.checkpoints:
                 self.status[name] = "cached"
@@ -224,10 +232,13 @@ class Scheduler:
             thread.start()
 
     def _work(self) -> None:
+        lock = self.lock
         try:
             finished = False
-            while True:
-                with self.lock:
+            # One lock round per step: recording a step's outcome and taking the
+            # next ready step (its successor, in a chain) happen under one hold.
+            with lock:
+                while True:
                     if self.ended is not None or self.closing or not self.ready:
                         self.active -= 1
                         finished = self._maybe_end_locked()
@@ -235,11 +246,13 @@ class Scheduler:
                     name = self.ready.popleft()
                     self.running.add(name)
                     self.status[name] = "running"
-                try:
-                    outcome = self._execute(name)
-                except StoreError as exc:  # cannot write: end the run, don't crash it
-                    outcome = self._store_failed(name, exc)
-                with self.lock:
+                    lock.release()
+                    try:
+                        outcome = self._execute(name)
+                    except StoreError as exc:  # cannot write: end the run, don't crash it
+                        outcome = self._store_failed(name, exc)
+                    finally:
+                        lock.acquire()
                     self.running.discard(name)
                     if self.ended is None:
                         self._record_locked(name, outcome)
@@ -281,7 +294,7 @@ class Scheduler:
         self.status[name] = result.status
         if result.status == "succeeded":
             self.outputs[name] = outcome.output
-            for child in self.wf.children[name]:
+            for child in self._children[name]:
                 if self.status.get(child) == "pending":
                     self.waiting[child] -= 1
                     if self.waiting[child] == 0:
@@ -300,12 +313,16 @@ class Scheduler:
     # -- one step --
 
     def _execute(self, name: str) -> _Outcome:
+        # The per-step hot path of every run: no bound logger (the fields go
+        # with each record instead), the attempt's span opened and closed
+        # without a scope object, one clock read for the checkpoint.
         job, wf = self.job, self.wf
-        step = wf.steps[name]
+        run_id, store, telemetry = job.run_id, job.store, job.telemetry
+        step = self._steps[name]
         kwargs = step.bind(wf.name, job.inputs, self.outputs)
         input_hash = fingerprint(kwargs)
-        key = idempotency_key(job.run_id, name)
-        bound = log.bind(workflow=wf.name, run_id=job.run_id, step=name)
+        key = idempotency_key(run_id, name)
+        takes_ctx = step.takes_ctx
         history: list[AttemptInfo] = []
         total = 0.0
         attempt = 0
@@ -313,16 +330,16 @@ class Scheduler:
             attempt += 1
             if self.ended is not None:
                 return _Outcome(StepResult(name, "cancelled", attempt - 1, total))
-            ctx = StepContext(job.run_id, name, attempt, key, wf.name,
-                              store=job.store) if step.takes_ctx else None
+            ctx = StepContext(run_id, name, attempt, key, wf.name,
+                              store=store) if takes_ctx else None
             # The attempt's span is current while the step runs (this worker's
             # context descends from the run's), so spans the step opens nest in it.
-            scope = span("workflow.step", step=name, attempt=attempt, run_id=job.run_id,
-                         workflow=wf.name)
-            attempt_span = scope.__enter__()
+            attempt_span = enter_span("workflow.step", {
+                "step": name, "attempt": attempt, "run_id": run_id, "workflow": wf.name})
             started_at = job.clock.time()
             began = time.perf_counter()
-            bound.debug("step started", attempt=attempt)
+            log.debug("step started", workflow=wf.name, run_id=run_id, step=name,
+                      attempt=attempt)
             failure: Exception | None = None
             try:
                 try:
@@ -338,8 +355,8 @@ class Scheduler:
                         self.committing += 1
                     committed = False
                     try:
-                        job.store.save_step(
-                            StepCheckpoint(job.run_id, name, value, wf.code_hashes[name],
+                        store.save_step(
+                            StepCheckpoint(run_id, name, value, self._hashes[name],
                                            input_hash, attempt, total, job.clock.time(), key),
                             resolve_letters=self.letters.get(name, ()))
                         committed = True
@@ -348,35 +365,37 @@ class Scheduler:
                     finally:
                         with self.lock:
                             self.committing -= 1
-                            if committed and self.ended is not None:
-                                # `stop` waits for this commit: report the step as done
-                                self.running.discard(name)
-                                self.status[name] = "succeeded"
-                                self.outputs[name] = value
-                                self.results[name] = StepResult(name, "succeeded", attempt,
-                                                                total)
-                            self.commit_done.notify_all()
+                            if self.ended is not None:  # `stop` may be waiting for this commit
+                                if committed:  # report the step as done
+                                    self.running.discard(name)
+                                    self.status[name] = "succeeded"
+                                    self.outputs[name] = value
+                                    self.results[name] = StepResult(name, "succeeded", attempt,
+                                                                    total)
+                                self.commit_done.notify_all()
                 if failure is not None:
                     attempt_span.record_exception(failure)
             finally:
-                scope.__exit__(*sys.exc_info())
+                exit_span(attempt_span, sys.exc_info()[1])
             if failure is not None:
                 timed_out = _is_timeout(failure)
-                job.telemetry.attempt(name, "timed_out" if timed_out else "failed", seconds)
+                telemetry.attempt(name, "timed_out" if timed_out else "failed", seconds)
                 history.append(AttemptInfo(attempt, started_at, seconds,
                                            type(failure).__qualname__, str(failure), timed_out))
                 if (not isinstance(failure, UnserializableError) and self.ended is None
                         and step.retry.should_retry(failure, attempt)):
                     delay = step.retry.delay(attempt, job.rng)
-                    bound.warning("step failed, retrying", attempt=attempt, delay=delay,
-                                  error=f"{type(failure).__qualname__}: {failure}")
+                    log.warning("step failed, retrying", workflow=wf.name, run_id=run_id,
+                                step=name, attempt=attempt, delay=delay,
+                                error=f"{type(failure).__qualname__}: {failure}")
                     self._sleep(delay)
                     continue
                 if self.ended is not None:
                     return _Outcome(StepResult(name, "cancelled", attempt, total))
                 return self._give_up(step, kwargs, failure, history, total, timed_out)
-            job.telemetry.attempt(name, "succeeded", seconds)
-            bound.info("step succeeded", attempt=attempt, duration=seconds)
+            telemetry.attempt(name, "succeeded", seconds)
+            log.info("step succeeded", workflow=wf.name, run_id=run_id, step=name,
+                     attempt=attempt, duration=seconds)
             return _Outcome(StepResult(name, "succeeded", attempt, total), value)
 
     def _call(self, step: Step, kwargs: dict[str, Any], ctx: StepContext | None) -> Any:
@@ -443,10 +462,14 @@ class Scheduler:
                                    error, letter.id))
 
 
+_PLAIN = frozenset({bool, int, float, str, bytes, dict, list, tuple})
+"""Types of step results that are never awaitable: `invoke` skips the check for them."""
+
+
 def invoke(fn: Callable[..., Any], kwargs: dict[str, Any]) -> Any:
     """Call a step function; an ``async def`` step runs on the runtime's shared event loop."""
     value = fn(**kwargs)
-    if inspect.isawaitable(value):
+    if value is not None and type(value) not in _PLAIN and inspect.isawaitable(value):
         from zixir_actors.workflow._loop import run_coro
 
         return run_coro(_await(value))
