@@ -72,7 +72,7 @@ COMMON = textwrap.dedent('''
     def mark(ctx):
         time.sleep(random.random() * 0.01)
         fd = os.open(COUNTS, os.O_WRONLY | os.O_APPEND | os.O_CREAT)
-        os.write(fd, f"{ctx.run_id}/{ctx.step}\\n".encode())
+        os.write(fd, f"{ctx.run_id}/{ctx.step} {ctx.idempotency_key}\\n".encode())
         os.close(fd)
         time.sleep(random.random() * 0.01)
 ''')
@@ -110,7 +110,7 @@ AGENT = COMMON + LOGIC + textwrap.dedent('''
     async def amark(ctx):
         await asyncio.sleep(random.random() * 0.01)
         fd = os.open(COUNTS, os.O_WRONLY | os.O_APPEND | os.O_CREAT)
-        os.write(fd, f"{ctx.run_id}/{ctx.step}\\n".encode())
+        os.write(fd, f"{ctx.run_id}/{ctx.step} {ctx.idempotency_key}\\n".encode())
         os.close(fd)
         await asyncio.sleep(random.random() * 0.01)
 
@@ -155,7 +155,18 @@ def env() -> dict[str, str]:
 
 
 def counts(path: Path) -> Counter[str]:
-    return Counter(path.read_text().splitlines()) if path.exists() else Counter()
+    """Executions per call label (``run_id/label``), from the lines the steps wrote."""
+    lines = path.read_text().splitlines() if path.exists() else []
+    return Counter(line.split(" ")[0] for line in lines)
+
+
+def keys(path: Path) -> dict[str, set[str]]:
+    """The idempotency keys each call label ran with (one per call, across processes)."""
+    found: dict[str, set[str]] = {}
+    for line in path.read_text().splitlines():
+        label, _, key = line.partition(" ")
+        found.setdefault(label, set()).add(key)
+    return found
 
 
 def committed(data_dir: Path, run_id: str) -> set[int]:
@@ -243,6 +254,8 @@ def test_agent_loop_killed_30_times_at_random_points_runs_each_call_once(
         assert set(ran) == set(label_of.values())
         assert ran == {label: 1 + reruns[label] for label in ran}
     assert kills >= 30
+    # a call that ran again after a kill had the same idempotency key
+    assert all(len(found) == 1 for found in keys(count_file).values())
 
 
 NAP = textwrap.dedent('''
