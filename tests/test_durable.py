@@ -735,6 +735,21 @@ def test_an_async_body_sleeps_on_a_durable_timer(store: CheckpointClient,
     assert handle.result(timeout=WAIT).output == 1_700_000_100.0
 
 
+def test_an_event_sent_during_a_sleep_waits_in_the_mailbox(store: CheckpointClient,
+                                                           clock: FakeClock) -> None:
+    @durable("nap-then-wait", clock=clock)
+    def body(ctx: Any) -> Any:
+        ctx.sleep(100)
+        return ctx.wait_for("x")
+
+    handle = body.start({}, store=store)
+    assert handle.wait(timeout=WAIT) == "parked"
+    body.send(handle.run_id, "x", "early", store=store)  # the run is parked on its timer
+    assert store.get_run(handle.run_id).waiting["kind"] == "timer"
+    clock.advance(100)
+    assert handle.result(timeout=WAIT).output == "early"
+
+
 def test_sleep_on_the_real_clock_wakes_by_itself(store: CheckpointClient) -> None:
     @durable("short-nap")
     def body(ctx: Any) -> str:
@@ -826,6 +841,34 @@ def test_child_workflow_run_from_a_body_and_from_a_dag_step(store: CheckpointCli
     dag_result = dag.run({}, store=store)
     assert dag_result.status == "succeeded"
     assert dag_result.outputs["notes"] == "EF"
+
+
+def test_a_parent_parks_on_its_child_and_a_failed_child_is_a_step_failure(
+        store: CheckpointClient) -> None:
+    @durable("waiting-kid")
+    def kid(ctx: Any, n: int) -> dict[str, int]:
+        return {"v": n + ctx.wait_for("go")}
+
+    @durable("broken-kid")
+    def broken_kid(ctx: Any) -> None:
+        raise ValueError("kid broke")
+
+    @durable("patient-parent")
+    def parent(ctx: Any) -> Any:
+        out = ctx.run(kid, {"n": 1})
+        try:
+            ctx.run(broken_kid, {})
+        except StepFailedError as exc:
+            return out, exc.step, exc.error.type
+        return out, "no failure"
+
+    handle = parent.start({}, run_id="r-patient", store=store)
+    assert handle.wait(timeout=WAIT) == "parked"
+    waiting = store.get_run("r-patient").waiting
+    assert waiting["kind"] == "child"
+    assert store.get_run(waiting["run_id"]).workflow == "waiting-kid"
+    kid.send(waiting["run_id"], "go", 10, store=store)
+    assert handle.result(timeout=WAIT).output == ({"v": 11}, "broken-kid#1", "ValueError")
 
 
 def test_dag_workflows_keep_working_beside_code_first_ones(store: CheckpointClient) -> None:
