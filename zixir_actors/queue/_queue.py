@@ -104,9 +104,10 @@ class Queue:
     Each decision is made in one LMDB write transaction that reads what the
     store says (runs' statuses and owners' leases), so nothing is counted in
     memory and nothing drifts when a process is killed. A run whose process
-    died stops counting at once and is taken over by a live runtime (then it
-    counts again). Queued runs survive the death of every process and start
-    after the next `zixir_actors.start()`.
+    died keeps its slot while a live runtime that defines its workflow will
+    take it over (and continue it); with none, the slot is free. Queued runs
+    survive the death of every process and start after the next
+    `zixir_actors.start()`.
 
     The limits are stored with the queue by each `enqueue`: declare a queue
     the same way in every process (the last enqueue's limits hold).

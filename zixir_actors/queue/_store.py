@@ -9,7 +9,8 @@ Sub-databases (opened by the checkpoint store at start):
   the waiting runs, in the order they start.
 - ``zixir.queue_runs``: ``queue NUL run_id`` -> ``(owner, started_at)``: the runs a
   queue started; a run counts against the queue's concurrency while its record
-  says running or parked and its owner's lease holds.
+  says running or parked and its owner's lease holds, or a live runtime that
+  defines its workflow will take it over (`Live.holds`).
 - ``zixir.queue_keys``: ``queue NUL dedupe_key`` -> run id.
 
 Every decision (dedupe, concurrency, rate) is a read-check-write inside one
@@ -30,7 +31,7 @@ from zixir_actors.checkpoint import RUNS_DB, RUNTIMES_DB, RunRecord
 from zixir_actors.errors import CorruptBlobError, DuplicateRunError, WorkflowError
 
 __all__ = ["ACTIVE", "CONFIG_DB", "KEYS_DB", "MARK", "PENDING_DB", "RUNS_OF_DB",
-           "QueueConfig", "QueueStats", "enqueue_in", "live_owners", "pending_key"]
+           "Live", "QueueConfig", "QueueStats", "enqueue_in", "live_owners", "pending_key"]
 
 CONFIG_DB = "zixir.queues"
 PENDING_DB = "zixir.queued"
@@ -143,20 +144,34 @@ def put_run(txn: Any, db: Db, record: RunRecord) -> None:
     txn.put(record.run_id.encode(), _codec.encode(record), db=db(RUNS_DB))
 
 
-def live_owners(txn: Any, db: Db, now: float | None = None) -> set[str]:
-    """Ids of the runtimes on the directory whose lease holds (read in `txn`)."""
+@dataclass(frozen=True, slots=True)
+class Live:
+    """The runtimes on the directory whose lease holds, and the workflows they define."""
+
+    ids: frozenset[str]
+    workflows: frozenset[str]
+
+    def holds(self, record: RunRecord) -> bool:
+        """Whether a running or parked run holds its slot: its owner lives, or a live
+        runtime that defines its workflow will take it over."""
+        return record.owner in self.ids or record.workflow in self.workflows
+
+
+def live_owners(txn: Any, db: Db, now: float | None = None) -> Live:
+    """The live runtimes on the directory (read in `txn`)."""
     from zixir_actors._runtimes import is_alive
 
     now = time.time() if now is None else now
-    live = set()
+    ids, workflows = set(), set()
     for key, blob in txn.cursor(db=db(RUNTIMES_DB)):
         try:
             info = _codec.decode(blob, key=f"runtime {key.decode(errors='replace')}")
         except CorruptBlobError:
             continue
         if is_alive(info, now):
-            live.add(info.id)
-    return live
+            ids.add(info.id)
+            workflows.update(info.workflows)
+    return Live(frozenset(ids), frozenset(workflows))
 
 
 def scan(txn: Any, handle: Any, prefix: bytes) -> Iterator[tuple[bytes, bytes]]:
@@ -169,7 +184,7 @@ def scan(txn: Any, handle: Any, prefix: bytes) -> Iterator[tuple[bytes, bytes]]:
         yield bytes(key), bytes(value)
 
 
-def count_active(txn: Any, db: Db, queue: str, live: set[str], me: str | None, *,
+def count_active(txn: Any, db: Db, queue: str, live: Live, me: str | None, *,
                  prune: bool) -> tuple[int, int]:
     """(runs of `queue` holding a slot, those owned by `me`); `prune` drops ended ones."""
     total = mine = 0
@@ -182,7 +197,7 @@ def count_active(txn: Any, db: Db, queue: str, live: set[str], me: str | None, *
             if record is None or record.status != "queued":
                 stale.append(key)
             continue
-        if record.owner in live:
+        if live.holds(record):
             total += 1
             mine += record.owner == me
     if prune:

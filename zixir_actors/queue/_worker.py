@@ -28,6 +28,7 @@ from zixir_actors.queue._store import (
     PENDING_DB,
     RUNS_OF_DB,
     Db,
+    Live,
     QueueConfig,
     configs,
     count_active,
@@ -173,7 +174,7 @@ class QueueWorker(SupervisedActor):
         """One pass over every queue: what may start here now (claimed if `write`)."""
         now = time.time()
         look = _Look([], depths={})
-        live: set[str] | None = None
+        live: Live | None = None
         for config in configs(txn, db):
             pending = list(scan(txn, db(PENDING_DB), name_prefix(config.name)))
             assert look.depths is not None
@@ -230,7 +231,7 @@ class QueueWorker(SupervisedActor):
             return False
         return self.find_workflow(workflow) is not None
 
-    def _capacity(self, txn: Any, db: Db, config: QueueConfig, live: set[str], me: str,
+    def _capacity(self, txn: Any, db: Db, config: QueueConfig, live: Live, me: str,
                   room: int, *, write: bool) -> int:
         if config.concurrency is None and config.per_process is None:
             return room
