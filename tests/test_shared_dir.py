@@ -1,0 +1,219 @@
+"""Many processes on one data directory: shared store, ownership, takeover, shared caches."""
+
+from __future__ import annotations
+
+import collections
+import os
+import random
+import signal
+import subprocess
+import sys
+from collections.abc import Iterator
+from pathlib import Path
+
+import pytest
+
+import zixir_actors
+from zixir_actors import durable
+from zixir_actors._runtimes import live_runtimes
+from zixir_actors.cache import Cache
+from zixir_actors.checkpoint import open_store
+from zixir_actors.errors import RunActiveError
+from zixir_actors.testing import wait_for
+
+ROOT = Path(__file__).resolve().parent.parent
+WORKER = Path(__file__).resolve().parent / "_shared_worker.py"
+WAIT = 60.0
+
+
+def _env() -> dict[str, str]:
+    env = {**os.environ, "PYTHONPATH": str(ROOT)}
+    env.pop("ZIXIR_DATA_DIR", None)
+    return env
+
+
+class Workers:
+    """Worker processes (tests/_shared_worker.py) on one directory."""
+
+    def __init__(self, data_dir: Path, log: Path) -> None:
+        self.data_dir, self.log = data_dir, log
+        self.procs: list[subprocess.Popen[str]] = []
+
+    def spawn(self, *args: str, wait: bool = True) -> subprocess.Popen[str]:
+        proc = subprocess.Popen([sys.executable, str(WORKER), str(self.data_dir),
+                                 str(self.log), *args],
+                                stdin=subprocess.PIPE, stdout=subprocess.PIPE, text=True,
+                                env=_env())
+        self.procs.append(proc)
+        if wait:
+            assert proc.stdout is not None
+            line = proc.stdout.readline()  # until the runtime is up (or the process died)
+            assert line.startswith("ready"), f"worker did not start: {line!r}"
+        return proc
+
+    def alive(self) -> list[subprocess.Popen[str]]:
+        return [p for p in self.procs if p.poll() is None]
+
+    def kill(self, proc: subprocess.Popen[str]) -> None:
+        proc.send_signal(signal.SIGKILL)
+        proc.wait(timeout=WAIT)
+        for pipe in (proc.stdin, proc.stdout):
+            if pipe is not None:
+                pipe.close()
+
+    def close(self) -> None:
+        for proc in self.procs:
+            if proc.stdin is not None and not proc.stdin.closed:
+                proc.stdin.close()  # a clean stop for the live ones
+        for proc in self.procs:
+            try:
+                proc.wait(timeout=WAIT)
+            except subprocess.TimeoutExpired:
+                proc.kill()
+                proc.wait(timeout=WAIT)
+            if proc.stdout is not None and not proc.stdout.closed:
+                proc.stdout.close()
+
+
+@pytest.fixture
+def workers(tmp_path: Path) -> Iterator[Workers]:
+    group = Workers(tmp_path / "data", tmp_path / "steps.log")
+    try:
+        yield group
+    finally:
+        group.close()
+
+
+def _lines(log: Path) -> list[tuple[str, int, int]]:
+    if not log.exists():
+        return []
+    out = []
+    for line in log.read_text().splitlines():
+        run_id, step, pid = line.split()
+        out.append((run_id, int(step), int(pid)))
+    return out
+
+
+def _statuses(data_dir: Path) -> dict[str, str]:
+    with open_store(data_dir) as store:
+        return {r.run_id: r.status for r in store.list_runs()}
+
+
+def _owner_pids(data_dir: Path) -> set[int]:
+    with open_store(data_dir) as store:
+        return {int(r.owner.split(":")[1]) for r in store.list_runs()
+                if r.status == "running" and r.owner}
+
+
+@pytest.mark.slow
+def test_four_processes_take_over_each_others_runs_through_twenty_kills(
+        workers: Workers) -> None:
+    runs, steps = 3, 3000
+    workers.spawn("--start", str(runs), "--steps", str(steps))
+    for _ in range(3):
+        workers.spawn()
+    rng = random.Random(7)
+    kills = 0
+    while kills < 20:
+        owners = _owner_pids(workers.data_dir)
+        victims = [p for p in workers.alive() if p.pid in owners]
+        if not victims:
+            break  # every run ended
+        victim = rng.choice(victims)
+        seen = len(_lines(workers.log))
+        workers.kill(victim)  # in the middle of its runs' steps
+        kills += 1
+        workers.spawn(wait=False)
+        # Another process takes the runs over and their steps go on.
+        wait_for(lambda v=victim.pid, n=seen: any(
+            pid != v for _, _, pid in _lines(workers.log)[n:]), timeout=WAIT,
+            what="another process continues the runs")
+    assert kills >= 20, "the runs ended before 20 kills: give them more steps"
+    wait_for(lambda: all(s == "succeeded" for s in _statuses(workers.data_dir).values()),
+             timeout=240, what="every run succeeds after the takeovers")
+    lines = _lines(workers.log)
+    for n in range(runs):
+        counts = collections.Counter(step for run_id, step, _ in lines if run_id == f"run-{n}")
+        assert set(counts) == set(range(steps)), "a step never ran"
+        # Only a step in flight at a kill runs twice: at most one per kill.
+        assert sum(c - 1 for c in counts.values()) <= kills
+    assert len({pid for _, _, pid in lines}) > 1, "nobody took over"
+    with open_store(workers.data_dir) as store:
+        for n in range(runs):
+            record = store.get_run(f"run-{n}")
+            assert record.status == "succeeded"
+
+
+def test_a_second_runtime_on_the_same_directory_starts_and_sees_the_first(
+        workers: Workers, tmp_path: Path) -> None:
+    workers.spawn()
+    with zixir_actors.start(workers.data_dir, sandbox_workers=0) as runtime:
+        from zixir_actors.checkpoint import connect
+
+        ids = {info.id for info in live_runtimes(connect())}
+        assert runtime.id in ids and len(ids) == 2
+
+
+def test_a_run_owned_by_a_live_runtime_is_not_started_twice(workers: Workers) -> None:
+    workers.spawn("--start", "1", "--steps", "100000", "--pause", "0.001")
+    wait_for(lambda: len(_lines(workers.log)) > 0, timeout=WAIT, what="the run started")
+
+    @durable("shared-loop")
+    def loop(ctx, steps: int) -> int:  # type: ignore[no-untyped-def]
+        return steps
+
+    with zixir_actors.start(workers.data_dir, sandbox_workers=0, resume_runs=True) as rt:
+        assert rt.resumed == []  # its owner lives: not ours to continue
+        with pytest.raises(RunActiveError) as caught:
+            loop.start({"steps": 1}, run_id="run-0")
+        assert caught.value.owner is not None and caught.value.owner != rt.id
+
+
+def test_a_confirmed_cache_write_is_seen_by_another_process(tmp_path: Path) -> None:
+    data = tmp_path / "data"
+    script = (
+        "import sys, zixir_actors\n"
+        "from zixir_actors.cache import Cache\n"
+        f"zixir_actors.start({str(data)!r}, sandbox_workers=0)\n"
+        "c = Cache.start('shared', persist=True)\n"
+        "op, key, value = sys.argv[1:4]\n"
+        "c.put(key, value) if op == 'put' else c.delete(key)\n"
+        "zixir_actors.stop()\n")
+
+    def other(*args: str) -> None:
+        subprocess.run([sys.executable, "-c", script, *args], env=_env(), check=True,
+                       timeout=WAIT, capture_output=True)
+
+    with zixir_actors.start(data, sandbox_workers=0):
+        cache = Cache.start("shared", persist=True)
+        cache.put("model", "old")
+        assert cache.get("model") == "old"
+        other("put", "model", "new")  # the split-brain case: another process overwrites
+        wait_for(lambda: cache.get("model") == "new", timeout=WAIT,
+                 what="the other process's value")
+        other("put", "fresh", "1")  # never in this memory: a miss reads through
+        assert cache.get("fresh") == "1"
+        other("delete", "model", "-")
+        wait_for(lambda: cache.get("model") is None, timeout=WAIT, what="the delete")
+    # After a restart, the last confirmed write wins (no stale value comes back).
+    with zixir_actors.start(data, sandbox_workers=0):
+        cache = Cache.start("shared", persist=True)
+        assert cache.get("model") is None and cache.get("fresh") == "1"
+
+
+def test_an_embedded_store_beside_a_live_runtime_sees_its_runs(tmp_path: Path) -> None:
+    data = tmp_path / "data"
+
+    @durable("side-by-side")
+    def body(ctx) -> str:  # type: ignore[no-untyped-def]
+        return "done"
+
+    with zixir_actors.start(data, sandbox_workers=0) as rt:
+        result = body.run({}, run_id="r1")
+        script = (
+            "from zixir_actors.checkpoint import open_store\n"
+            f"with open_store({str(data)!r}) as s:\n"
+            "    r = s.get_run('r1'); print(r.status, r.owner)\n")
+        out = subprocess.run([sys.executable, "-c", script], env=_env(), check=True,
+                             timeout=WAIT, capture_output=True, text=True).stdout.split()
+        assert out == [result.status, rt.id]
