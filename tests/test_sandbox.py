@@ -192,6 +192,21 @@ def child_hogs_memory(mb: int) -> int:
     return subprocess.Popen([sys.executable, "-c", CHILD_HOG.format(mb=mb)]).wait()
 
 
+HOLD = (
+    "import time\n"
+    "held = b'x' * ({mb} * 2**20)\n"
+    "print('holding', flush=True)\n"
+    "time.sleep(60)\n")
+
+
+def start_holding_child(mb: int) -> int:
+    """Start a process that holds `mb` MiB, and return as soon as it does (leaving it running)."""
+    child = subprocess.Popen([sys.executable, "-c", HOLD.format(mb=mb)], stdout=subprocess.PIPE)
+    assert child.stdout is not None
+    assert child.stdout.readline() == b"holding\n"
+    return child.pid
+
+
 def map_anonymous(size: int) -> int:
     with mmap.mmap(-1, size) as mapped:
         return len(mapped)
@@ -609,6 +624,24 @@ def test_a_call_shorter_than_the_sampling_interval_is_checked_when_it_ends() -> 
             assert box.call(write_bytes, (MB,), limits=Limits(memory=limit + 64 * MB,
                                                               timeout=BOUND)) == Ok(MB)
             assert pool.stats().restarts == 1
+    finally:
+        seen = _descendants()
+        pool.close()
+        assert_no_orphans(seen)
+
+
+def test_a_process_a_short_call_left_running_counts_at_its_peak_when_the_call_ends() -> None:
+    pool = WorkerPool(size=1, name="unsampled-children", sample_interval=3600.0)
+    try:
+        with Sandbox(Limits(timeout=BOUND), pool=pool) as box:
+            limit = box.run(rss_now).unwrap() + 32 * MB
+            # An unlimited call's bigger child first: the worker's lifetime peak of
+            # its children is then above what the limited call's child reaches.
+            assert box.run(start_holding_child, (limit + 48 * MB) // MB).is_ok
+            error = box.call(start_holding_child, ((limit + 16 * MB) // MB,),
+                             limits=Limits(memory=limit, timeout=BOUND)).unwrap_err()
+            assert error.kind == "memory", error
+            assert error.measured is not None and error.measured > limit
     finally:
         seen = _descendants()
         pool.close()

@@ -21,8 +21,9 @@ travel) and returns `Ok(value)` or `Err(SandboxError)` with a `kind`:
   (interpreter included) plus every process the call started. While the call
   runs, their summed RSS is sampled every `SAMPLE_INTERVAL` seconds (over the
   limit: the tree is killed); when it ends, however short, the worker's peak
-  RSS during the call (VmHWM, reset per call) and that of the largest process
-  it started are checked (over the limit: its value is discarded); and the
+  RSS during the call (VmHWM, reset per call) and the peak of each process it
+  started, as reported when that process is reaped, are checked (over the
+  limit: its value is discarded); and the
   worker's address space may grow by at most `memory` during the call
   (RLIMIT_AS, inherited by its processes), so a larger allocation fails at
   once with MemoryError or ENOMEM. The worker is replaced in each case.
@@ -53,8 +54,10 @@ containers, VMs or seccomp-based jails for that.
 
 from __future__ import annotations
 
+import importlib as _importlib
+from typing import TYPE_CHECKING, Any
+
 from zixir_actors.errors import SandboxClosedError, SandboxError, SoftTimeoutError
-from zixir_actors.sandbox._actor import POOL_NAME, GetStats, GetWorkerPool, SandboxPool, child_spec
 from zixir_actors.sandbox._limits import (
     DEFAULT_MAX_NESTING,
     DEFAULT_SOFT_GRACE,
@@ -63,9 +66,48 @@ from zixir_actors.sandbox._limits import (
     parse_size,
 )
 from zixir_actors.sandbox._offload import Offload, register_offload
-from zixir_actors.sandbox._pool import DEFAULT_POOL_SIZE, SAMPLE_INTERVAL, PoolStats, WorkerPool
-from zixir_actors.sandbox._process import nesting_level
-from zixir_actors.sandbox._sandbox import Sandbox, SandboxFuture
+
+if TYPE_CHECKING:
+    from zixir_actors.sandbox._actor import (
+        POOL_NAME,
+        GetStats,
+        GetWorkerPool,
+        SandboxPool,
+        child_spec,
+    )
+    from zixir_actors.sandbox._pool import (
+        DEFAULT_POOL_SIZE,
+        SAMPLE_INTERVAL,
+        PoolStats,
+        WorkerPool,
+    )
+    from zixir_actors.sandbox._process import nesting_level
+    from zixir_actors.sandbox._sandbox import Sandbox, SandboxFuture
+
+# Worker processes (multiprocess, psutil) load on first use of these names
+# (PEP 562): `Limits` and the errors stay importable at no cost.
+_LAZY = {
+    **dict.fromkeys(("POOL_NAME", "GetStats", "GetWorkerPool", "SandboxPool", "child_spec"),
+                    "zixir_actors.sandbox._actor"),
+    **dict.fromkeys(("DEFAULT_POOL_SIZE", "SAMPLE_INTERVAL", "PoolStats", "WorkerPool"),
+                    "zixir_actors.sandbox._pool"),
+    "nesting_level": "zixir_actors.sandbox._process",
+    "Sandbox": "zixir_actors.sandbox._sandbox",
+    "SandboxFuture": "zixir_actors.sandbox._sandbox",
+}
+
+
+def __getattr__(name: str) -> Any:
+    module = _LAZY.get(name)
+    if module is None:
+        raise AttributeError(f"module 'zixir_actors.sandbox' has no attribute {name!r}")
+    value = getattr(_importlib.import_module(module), name)
+    globals()[name] = value
+    return value
+
+
+def __dir__() -> list[str]:
+    return sorted({*globals(), *__all__})
 
 __all__ = [
     "DEFAULT_MAX_NESTING",

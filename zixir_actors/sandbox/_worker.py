@@ -202,14 +202,19 @@ def descendants(pid: int) -> list[int]:
 
 
 def _reap() -> bool:
-    """Reap every child that has ended; True while some child is still running."""
+    """Reap every child that has ended; True while some child is still running.
+
+    Keeps the largest peak RSS of what it reaped (a child's own, or that of a
+    descendant it waited for) in ``_state["reaped_peak"]``.
+    """
     while True:
         try:
-            pid, _ = os.waitpid(-1, os.WNOHANG)
+            pid, _, usage = os.wait3(os.WNOHANG)
         except ChildProcessError:
             return False
         if pid == 0:
             return True
+        _state["reaped_peak"] = max(_state["reaped_peak"], usage.ru_maxrss * 1024)
 
 
 def end_descendants(*, timeout: float) -> bool:
@@ -254,7 +259,7 @@ def _become_subreaper() -> None:
 
 # --- worker -------------------------------------------------------------------
 
-_state: dict[str, Any] = {"in_call": False, "fired": None, "soft_exc": None}
+_state: dict[str, Any] = {"in_call": False, "fired": None, "soft_exc": None, "reaped_peak": 0}
 
 
 class CpuTimeLimitExceeded(BaseException):
@@ -343,8 +348,11 @@ def _peak_rss(per_call: bool, before: tuple[int, int] | None) -> int:
     `per_call`: VmHWM was reset when the call started, so it is this call's
     peak. Otherwise a lifetime peak that rose during the call is this call's;
     one that did not is an older call's, so the current RSS is used instead.
-    Processes the call started count once they are reaped (``RUSAGE_CHILDREN``
-    keeps the largest peak of any reaped descendant).
+    Processes the call started count by their peak as the kernel reports it
+    when they are reaped: exactly for those the worker reaps after the call;
+    for those the call waited for itself, when the worker's
+    ``RUSAGE_CHILDREN`` peak (the largest of any reaped descendant, ever)
+    rose during the call.
     """
     if before is None:
         import resource
@@ -355,7 +363,7 @@ def _peak_rss(per_call: bool, before: tuple[int, int] | None) -> int:
         peak = me if me > before[0] else _status_kb(b"VmRSS:") or me
     if children > before[1]:
         peak = max(peak, children)
-    return peak
+    return max(peak, int(_state["reaped_peak"]))
 
 
 def _out_of_memory(exc: BaseException | None) -> bool:
@@ -411,6 +419,7 @@ def _execute(data: bytes) -> bytes:
     if config.get("memory"):
         before = _maxrss()
         per_call_peak = _reset_peak()
+    _state["reaped_peak"] = 0
     if config.get("max_nesting"):
         os.environ[MAX_LEVEL_ENV] = str(config["max_nesting"])
     old_limit = sys.getrecursionlimit()
