@@ -217,3 +217,55 @@ def test_an_embedded_store_beside_a_live_runtime_sees_its_runs(tmp_path: Path) -
         out = subprocess.run([sys.executable, "-c", script], env=_env(), check=True,
                              timeout=WAIT, capture_output=True, text=True).stdout.split()
         assert out == [result.status, rt.id]
+
+
+def _zixir(data_dir: Path, *args: str) -> subprocess.CompletedProcess[str]:
+    return subprocess.run([sys.executable, "-m", "zixir_actors", "--data-dir", str(data_dir),
+                           *args], env=_env(), capture_output=True, text=True, timeout=WAIT,
+                          check=False)
+
+
+def test_the_command_line_works_beside_a_live_runtime(workers: Workers) -> None:
+    worker = workers.spawn("--start", "1", "--steps", "5", "--pause", "0")
+    wait_for(lambda: _statuses(workers.data_dir).get("run-0") == "succeeded", timeout=WAIT,
+             what="the run ends")
+    tree = _zixir(workers.data_dir, "tree")
+    assert tree.returncode == 0, tree.stderr
+    first = tree.stdout.splitlines()[0]
+    assert first.startswith("runtime ") and f" pid {worker.pid} " in first
+    assert "lease" in first and "shared-loop" in first
+    assert "zixir.lease" in tree.stdout  # its supervision tree, stored with its lease
+    listed = _zixir(workers.data_dir, "runs", "list", "--json")
+    assert listed.returncode == 0, listed.stderr
+    assert '"run-0"' in listed.stdout
+
+
+def test_zixir_metrics_beside_live_runtimes_has_store_wide_gauges(workers: Workers) -> None:
+    import socket
+    import urllib.request
+
+    from prometheus_client.parser import text_string_to_metric_families
+
+    workers.spawn("--start", "2", "--steps", "3", "--pause", "0")
+    wait_for(lambda: set(_statuses(workers.data_dir).values()) == {"succeeded"},
+             timeout=WAIT, what="the runs end")
+    with socket.socket() as probe:
+        probe.bind(("127.0.0.1", 0))
+        port = probe.getsockname()[1]
+    server = subprocess.Popen([sys.executable, "-m", "zixir_actors", "--data-dir",
+                               str(workers.data_dir), "metrics", "--port", str(port),
+                               "--duration", "60"], env=_env(), stdout=subprocess.PIPE,
+                              stderr=subprocess.PIPE, text=True)
+    try:
+        assert server.stdout is not None
+        assert server.stdout.readline().startswith("serving")
+        with urllib.request.urlopen(f"http://127.0.0.1:{port}/metrics", timeout=WAIT) as r:
+            text = r.read().decode()
+    finally:
+        server.send_signal(signal.SIGTERM)
+        server.communicate(timeout=WAIT)
+    samples = {(s.name, tuple(sorted(s.labels.items()))): s.value
+               for family in text_string_to_metric_families(text) for s in family.samples}
+    assert samples[("zixir_store_runs", (("status", "succeeded"),))] == 2
+    assert samples[("zixir_store_dead_letters", ())] == 0
+    assert samples[("zixir_store_runtimes", ())] >= 2  # the worker and the metrics process

@@ -31,6 +31,7 @@ from supervisors import ChildSpec, SupervisedActor
 from zixir_actors.observability import logger
 
 __all__ = ["DEFAULT_LEASE", "DEFAULT_RENEW", "LEASE_NAME", "LeaseKeeper", "RuntimeInfo",
+           "StoreGauges",
            "child_spec", "current_owner", "is_alive", "live_runtimes", "new_runtime_id",
            "owned_elsewhere"]
 
@@ -42,6 +43,8 @@ DEFAULT_RENEW = 1.0
 """Seconds between two renewals of a runtime's lease (and looks for dead runtimes)."""
 
 log = logger.bind(service="lease")
+TAKEN_OVER = ("running", "parked", "interrupted")
+"""Statuses of the runs of a dead runtime that a live one takes over."""
 
 _current: str | None = None
 _current_lock = threading.Lock()
@@ -66,6 +69,8 @@ class RuntimeInfo:
     renewed_at: float
     lease: float
     workflows: tuple[str, ...] = ()
+    tree: str = ""
+    """Its supervision tree as text, as of its last renewal."""
 
     def expires_at(self) -> float:
         return self.renewed_at + self.lease
@@ -176,8 +181,26 @@ class LeaseKeeper(SupervisedActor):
 
     def _renew(self, *, durable: bool) -> None:
         info = RuntimeInfo(self.id, socket.gethostname(), os.getpid(), self.started_at,
-                           time.time(), self.lease, tuple(sorted(self.defined())))
+                           time.time(), self.lease, tuple(sorted(self.defined())),
+                           self._tree())
         self._store.save_runtime(info, durable=durable)
+
+    def _tree(self) -> str:
+        # Shown by `zixir tree` from other processes; refreshed every few renewals.
+        self._renewals = getattr(self, "_renewals", 0) + 1
+        if self._renewals % 5 != 1 and getattr(self, "_last_tree", ""):
+            return str(self._last_tree)
+        from supervisors import SupervisorRef, whereis
+
+        root = whereis("zixir.root")
+        text = ""
+        if root is not None:
+            try:
+                text = SupervisorRef(root).tree(timeout=1.0)
+            except Exception:  # a tree mid-restart: keep the last one
+                text = getattr(self, "_last_tree", "")
+        self._last_tree = text
+        return text
 
     def _takeover(self) -> int:
         """Claim and continue the runs of dead runtimes that this one can run."""
@@ -187,11 +210,11 @@ class LeaseKeeper(SupervisedActor):
         dead = {info.id for info in runtimes if info.id != self.id and not is_alive(info, now)}
         live = {info.id for info in runtimes if info.id not in dead}
         candidates = [r for r in store.list_runs()
-                      if r.status in ("running", "parked") and r.owner not in live
+                      if r.status in TAKEN_OVER and r.owner not in live
                       and (r.owner is not None or dead)]
         mine = [r for r in candidates if self.find_workflow(r.workflow) is not None]
         claimed = store.claim_runs([r.run_id for r in mine], allowed=dead | {None},
-                                   owner=self.id) if mine else []
+                                   owner=self.id, statuses=TAKEN_OVER) if mine else []
         if claimed:
             log.info("took over runs of dead runtimes", runs=len(claimed),
                      runtimes=sorted(dead))
@@ -235,3 +258,39 @@ def child_spec(*, runtime_id: str, started_at: float, lease: float = DEFAULT_LEA
                              "find_workflow": find_workflow, "defined": defined,
                              "resume": resume},
                      restart="permanent", shutdown=10.0, type="worker", name=LEASE_NAME)
+
+
+class StoreGauges:
+    """Store-wide gauges for ``zixir metrics`` beside live runtimes: what every
+    process on the directory adds up to (runs by status, dead letters, live
+    runtimes). Read from LMDB at scrape time, at most every `every` seconds."""
+
+    def __init__(self, store: Any, *, every: float = 5.0) -> None:
+        from zixir_actors.observability import metrics
+
+        self.store = store
+        self.every = every
+        self.read_at = 0.0
+        self.runs = metrics.gauge("zixir_store_runs", "Runs stored on the data directory, "
+                                  "by status (every process's).", labels=("status",))
+        self.dead = metrics.gauge("zixir_store_dead_letters",
+                                  "Dead letters stored on the data directory.")
+        self.live = metrics.gauge("zixir_store_runtimes",
+                                  "Runtimes holding a lease on the data directory.")
+        self.seen: set[str] = set()
+
+    def __call__(self) -> None:
+        now = time.monotonic()
+        if now - self.read_at < self.every:
+            return
+        self.read_at = now
+        counts: dict[str, int] = {}
+        for record in self.store.list_runs():
+            counts[record.status] = counts.get(record.status, 0) + 1
+        for status in self.seen - set(counts):
+            self.runs.labels(status).set(0)
+        for status, count in counts.items():
+            self.runs.labels(status).set(count)
+        self.seen |= set(counts)
+        self.dead.set(self.store.count_dead_letters())
+        self.live.set(len(live_runtimes(self.store)))

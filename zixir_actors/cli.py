@@ -726,6 +726,27 @@ def render_graph(wf: Any, fmt: str) -> str:
 def cmd_tree(args: argparse.Namespace) -> int:
     import tempfile
 
+    from zixir_actors._runtimes import is_alive
+
+    # The runtimes on the directory, each with its pid, lease and tree (each
+    # runtime stores its tree with its lease).
+    data_dir = _data_dir(args)
+    if data_dir.exists():
+        from zixir_actors.checkpoint import open_store
+
+        with open_store(data_dir) as store:
+            infos = store.runtimes()
+        now = time.time()
+        for info in sorted(infos, key=lambda i: i.started_at):
+            state = (f"lease {info.expires_at() - now:.1f}s left" if is_alive(info, now)
+                     else "dead (its runs go to a live runtime)")
+            print(f"runtime {info.id} pid {info.pid} on {info.host}: {state}; "
+                  f"workflows: {', '.join(info.workflows) or '-'}")
+            for line in (info.tree or "").splitlines():
+                print(f"  {line}")
+        if infos:
+            return 0
+        print(f"no runtime on {data_dir}; the tree start() builds:")
     # The tree's shape does not depend on the data directory: build it in a
     # scratch one, so this read-only command creates nothing and works while
     # another process runs a runtime on the real one.
@@ -737,10 +758,36 @@ def cmd_tree(args: argparse.Namespace) -> int:
 
 
 def cmd_metrics(args: argparse.Namespace) -> int:
+    from zixir_actors._runtimes import StoreGauges
+    from zixir_actors.checkpoint import connect
+    from zixir_actors.observability import metrics
+
     with _runtime(args, metrics_port=args.port) as runtime:
+        gauges = StoreGauges(connect())  # what every process on the directory adds up to
+        metrics._before_collect_add(gauges)
         port = runtime.metrics_port
         print(f"serving http://127.0.0.1:{port}/metrics for {runtime.data_dir} (Ctrl-C stops)",
               flush=True)
+        with contextlib.suppress(KeyboardInterrupt):
+            threading.Event().wait(args.duration)
+    return 0
+
+
+def cmd_dashboard(args: argparse.Namespace) -> int:
+    import os
+
+    from zixir_actors.dashboard import TOKEN_ENV
+
+    token = args.token or os.environ.get(TOKEN_ENV) or None
+    # A runtime of its own on the directory (shared with the services on it):
+    # actions that run workflow code (resume, retry from the file `zixir run`
+    # remembered) run under it, with its lease, like `zixir runs resume`.
+    with _runtime(args, dashboard_port=args.port,
+                  dashboard={"host": args.host, "token": token}) as runtime:
+        port = runtime.dashboard_port
+        host = f"[{args.host}]" if ":" in args.host else args.host
+        print(f"serving the dashboard of {runtime.data_dir} on http://{host}:{port}/"
+              + (" (token required)" if token else "") + " (Ctrl-C stops)", flush=True)
         with contextlib.suppress(KeyboardInterrupt):
             threading.Event().wait(args.duration)
     return 0
@@ -855,6 +902,17 @@ def build_parser() -> argparse.ArgumentParser:
     p = add("metrics", cmd_metrics, "serve /metrics for this data directory", json_flag=False)
     p.add_argument("--port", type=int, default=9464,
                    help="port on 127.0.0.1 (default 9464; 0 picks a free one)")
+    p.add_argument("--duration", type=float, default=None,
+                   help="seconds to serve (default forever)")
+    p = add("dashboard", cmd_dashboard, "serve the web dashboard of this data directory "
+            "(beside the services on it)", json_flag=False)
+    p.add_argument("--port", type=int, default=8765,
+                   help="port (default 8765; 0 picks a free one)")
+    p.add_argument("--host", default="127.0.0.1",
+                   help="address to bind (default 127.0.0.1); any other needs --token")
+    p.add_argument("--token", default=None,
+                   help="secret every page and action asks for (default "
+                        "$ZIXIR_DASHBOARD_TOKEN; none: loopback only)")
     p.add_argument("--duration", type=float, default=None,
                    help="seconds to serve (default forever)")
     p = add("bench", cmd_bench, "run the benchmarks beside their baselines", json_flag=False)
