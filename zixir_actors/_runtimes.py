@@ -150,6 +150,8 @@ class LeaseKeeper(SupervisedActor):
         self.started_at = started_at
         self.id = runtime_id
         self._halt = threading.Event()
+        self._renewals = 0
+        self._last_tree = ""
         self._thread: threading.Thread | None = None
         self._store: Any = None
 
@@ -187,9 +189,9 @@ class LeaseKeeper(SupervisedActor):
 
     def _tree(self) -> str:
         # Shown by `zixir tree` from other processes; refreshed every few renewals.
-        self._renewals = getattr(self, "_renewals", 0) + 1
-        if self._renewals % 5 != 1 and getattr(self, "_last_tree", ""):
-            return str(self._last_tree)
+        self._renewals += 1
+        if self._renewals % 5 != 1 and self._last_tree:
+            return self._last_tree
         from supervisors import SupervisorRef, whereis
 
         root = whereis("zixir.root")
@@ -198,7 +200,7 @@ class LeaseKeeper(SupervisedActor):
             try:
                 text = SupervisorRef(root).tree(timeout=1.0)
             except Exception:  # a tree mid-restart: keep the last one
-                text = getattr(self, "_last_tree", "")
+                text = self._last_tree
         self._last_tree = text
         return text
 
