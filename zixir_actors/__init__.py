@@ -18,46 +18,93 @@ streams (`Stream`), caches (`Cache`) and the metrics registry.
 
 from __future__ import annotations
 
-from importlib import metadata as _metadata
+import importlib as _importlib
+from typing import TYPE_CHECKING, Any
 
 from loguru import logger as _loguru
 
-from zixir_actors import errors
-from zixir_actors.cache import Cache
-from zixir_actors.checkpoint import CheckpointStore
-from zixir_actors.errors import (
-    EventTimeoutError,
-    NondeterminismError,
-    StepFailedError,
-    ZixirError,
-)
-from zixir_actors.observability import (
-    configure_logging,
-    logger,
-    metrics,
-    serve_metrics,
-    span,
-)
-from zixir_actors.queue import Queue
-from zixir_actors.result import Err, Ok, Result
-from zixir_actors.runtime import Runtime, current, schedules, start, stop
-from zixir_actors.sandbox import Limits, Sandbox, SandboxError
-from zixir_actors.stream import Stream, async_, await_, parallel, pmap
-from zixir_actors.workflow import (
-    DeadLetters,
-    RetryPolicy,
-    RunResult,
-    Step,
-    Workflow,
-    durable,
-    send,
-)
+if TYPE_CHECKING:
+    from zixir_actors import errors
+    from zixir_actors.cache import Cache
+    from zixir_actors.checkpoint import CheckpointStore
+    from zixir_actors.errors import (
+        EventTimeoutError,
+        NondeterminismError,
+        StepFailedError,
+        ZixirError,
+    )
+    from zixir_actors.observability import (
+        configure_logging,
+        logger,
+        metrics,
+        serve_metrics,
+        span,
+    )
+    from zixir_actors.queue import Queue
+    from zixir_actors.result import Err, Ok, Result
+    from zixir_actors.runtime import Runtime, current, schedules, start, stop
+    from zixir_actors.sandbox import Limits, Sandbox, SandboxError
+    from zixir_actors.stream import Stream, async_, await_, parallel, pmap
+    from zixir_actors.workflow import (
+        DeadLetters,
+        RetryPolicy,
+        RunResult,
+        Step,
+        Workflow,
+        durable,
+        send,
+    )
 
-try:
-    # One source of truth: the version in pyproject.toml, as installed.
-    __version__: str = _metadata.version("zixir-actors")
-except _metadata.PackageNotFoundError:  # a source tree that was never installed
-    __version__ = "0+unknown"
+# Importing the package loads only what the first call needs: each public name
+# is imported from its module on first access (PEP 562), so a script that runs
+# one workflow never loads the sandbox, streams, caches, queues or Ray.
+_LAZY: dict[str, str] = {}
+for _module, _names in (
+    ("zixir_actors.cache", ("Cache",)),
+    ("zixir_actors.checkpoint", ("CheckpointStore",)),
+    ("zixir_actors.errors", ("EventTimeoutError", "NondeterminismError", "StepFailedError",
+                             "ZixirError")),
+    ("zixir_actors.observability", ("configure_logging", "logger", "metrics",
+                                    "serve_metrics", "span")),
+    ("zixir_actors.queue", ("Queue",)),
+    ("zixir_actors.result", ("Err", "Ok", "Result")),
+    ("zixir_actors.runtime", ("Runtime", "current", "schedules", "start", "stop")),
+    ("zixir_actors.sandbox", ("Limits", "Sandbox", "SandboxError")),
+    ("zixir_actors.stream", ("Stream", "async_", "await_", "parallel", "pmap")),
+    ("zixir_actors.workflow", ("DeadLetters", "RetryPolicy", "RunResult", "Step", "Workflow",
+                               "durable", "send")),
+):
+    for _name in _names:
+        _LAZY[_name] = _module
+del _module, _names, _name
+
+
+def __getattr__(name: str) -> Any:
+    module = _LAZY.get(name)
+    if module is not None:
+        value = getattr(_importlib.import_module(module), name)
+    elif name == "errors":
+        value = _importlib.import_module("zixir_actors.errors")
+    elif name == "__version__":
+        value = _version()
+    else:
+        raise AttributeError(f"module 'zixir_actors' has no attribute {name!r}")
+    globals()[name] = value  # later lookups are plain attribute reads
+    return value
+
+
+def __dir__() -> list[str]:
+    return sorted({*globals(), *__all__, "__version__"})
+
+
+def _version() -> str:
+    from importlib import metadata
+
+    try:
+        # One source of truth: the version in pyproject.toml, as installed.
+        return metadata.version("zixir-actors")
+    except metadata.PackageNotFoundError:  # a source tree that was never installed
+        return "0+unknown"
 
 # A library is quiet until the application turns logging on (configure_logging).
 _loguru.disable("zixir_actors")

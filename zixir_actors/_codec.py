@@ -19,8 +19,6 @@ import struct
 import zlib
 from typing import Any
 
-import dill
-
 from zixir_actors.errors import CorruptBlobError, UnserializableError
 
 __all__ = ["FORMAT_VERSION", "HEADER_SIZE", "decode", "encode"]
@@ -39,6 +37,8 @@ def _dumps(value: Any) -> tuple[int, bytes]:
         return _PICKLE, pickle.dumps(value, protocol=_PROTOCOL)
     except Exception:
         pass
+    import dill  # the fallback: loaded the first time pickle refuses a value
+
     try:
         return _DILL, dill.dumps(value, protocol=_PROTOCOL, recurse=True)
     except Exception as exc:
@@ -81,6 +81,8 @@ def decode(blob: bytes | memoryview, *, key: Any = None) -> Any:
         if fmt == _PICKLE:
             return pickle.loads(payload)
         if fmt == _DILL:
+            import dill
+
             return dill.loads(bytes(payload))
     except Exception as exc:
         raise CorruptBlobError(f"cannot decode: {type(exc).__name__}: {exc}", key=key) from exc

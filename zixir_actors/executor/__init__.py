@@ -36,6 +36,9 @@ the sandbox importing this package.
 
 from __future__ import annotations
 
+import importlib
+from typing import TYPE_CHECKING, Any
+
 from zixir_actors.errors import (
     ClusterConnectionError,
     ExecutorError,
@@ -63,14 +66,6 @@ from zixir_actors.executor._api import (
     TaskFuture,
     TraceContext,
 )
-from zixir_actors.executor._local import LocalActorPool, LocalExecutor
-from zixir_actors.executor._ray import (
-    DEFAULT_CONNECT_TIMEOUT,
-    RAY_EXTRA,
-    RayActorPool,
-    RayExecutor,
-)
-from zixir_actors.executor._remote import MONITOR_INTERVAL, current_trace_context, warm_state
 from zixir_actors.executor._select import (
     configure,
     default_executor,
@@ -79,10 +74,46 @@ from zixir_actors.executor._select import (
     offload,
     reset,
 )
-from zixir_actors.sandbox import register_offload
+from zixir_actors.sandbox._offload import register_offload
+
+if TYPE_CHECKING:
+    from zixir_actors.executor._local import LocalActorPool, LocalExecutor
+    from zixir_actors.executor._ray import (
+        DEFAULT_CONNECT_TIMEOUT,
+        RAY_EXTRA,
+        RayActorPool,
+        RayExecutor,
+    )
+    from zixir_actors.executor._remote import (
+        MONITOR_INTERVAL,
+        current_trace_context,
+        warm_state,
+    )
 
 # The sandbox reaches executors through this seam and never imports this package.
 register_offload(SandboxOffload())
+
+# The executors themselves (sandbox worker processes, Ray's module) load on
+# first use of their names (PEP 562): a workflow that runs locally never pays.
+_LAZY = {
+    "LocalActorPool": "_local", "LocalExecutor": "_local",
+    "DEFAULT_CONNECT_TIMEOUT": "_ray", "RAY_EXTRA": "_ray", "RayActorPool": "_ray",
+    "RayExecutor": "_ray",
+    "MONITOR_INTERVAL": "_remote", "current_trace_context": "_remote", "warm_state": "_remote",
+}
+
+
+def __getattr__(name: str) -> Any:
+    module = _LAZY.get(name)
+    if module is None:
+        raise AttributeError(f"module 'zixir_actors.executor' has no attribute {name!r}")
+    value = getattr(importlib.import_module(f"zixir_actors.executor.{module}"), name)
+    globals()[name] = value
+    return value
+
+
+def __dir__() -> list[str]:
+    return sorted({*globals(), *__all__})
 
 __all__ = [
     "DEFAULT_CONNECT_TIMEOUT",

@@ -10,7 +10,6 @@ from dataclasses import dataclass
 from typing import Any, Generic, Literal, Protocol, TypeVar, runtime_checkable
 
 from zixir_actors.errors import ConfigError, RemoteCancelledError, ZixirTimeoutError
-from zixir_actors.sandbox import parse_size
 
 __all__ = [
     "EXECUTOR_NAMES",
@@ -70,6 +69,8 @@ class Resources:
         _amount("num_cpus", self.num_cpus)
         _amount("num_gpus", self.num_gpus)
         if self.memory is not None:
+            from zixir_actors.sandbox._limits import parse_size
+
             object.__setattr__(self, "memory", parse_size(self.memory, field="memory"))
         if self.custom is not None:
             items = self.custom.items() if isinstance(self.custom, Mapping) else self.custom
