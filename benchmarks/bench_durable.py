@@ -13,8 +13,8 @@
   needs 10,000/s); reported.
 - peers: the same 200-call loop on DBOS (SQLite) and LangGraph
   (``SqliteSaver``, ``durability="sync"``), where installed, each in its own
-  warm process as ours is (``benchmarks.bench_peers.peer_loop_ms``). Target:
-  ours at most a third of the faster peer's time per call.
+  warm process as ours is (``benchmarks.bench_peers.PeerProcess``), round by
+  round; medians. Target: ours at most a third of the faster peer's time per call.
 
 Logging is configured at WARNING to /dev/null, as a production service logs
 INFO to a collector; ``python -m benchmarks durable [--quick]``.
@@ -22,6 +22,7 @@ INFO to a collector; ``python -m benchmarks durable [--quick]``.
 
 from __future__ import annotations
 
+import contextlib
 import os
 import pickle
 import queue
@@ -229,30 +230,40 @@ def _emit_rate(store: CheckpointClient, count: int) -> float:
 
 
 def _peers(n: int, repeat: int) -> list[Figure]:
+    """Ours, DBOS and LangGraph on the same loop, each in its own warm process, interleaved."""
     try:
-        from benchmarks.bench_peers import peer_loop_ms
+        from benchmarks.bench_peers import PeerProcess
     except ImportError as exc:
         print(f"# durable: peers skipped: benchmarks.bench_peers unavailable ({exc})",
               file=sys.stderr)
         return []
-    peers: dict[str, float] = {}
-    for peer in ("dbos", "langgraph"):
-        try:
-            peers[peer] = peer_loop_ms(peer, n, repeat=repeat)
-        except ImportError as exc:
-            print(f"# durable: {peer} skipped: {exc}", file=sys.stderr)
-    if not peers:
-        print("# durable: peer loop skipped: neither DBOS nor LangGraph is installed",
-              file=sys.stderr)
-        return []
-    ours = peer_loop_ms("ours", n, repeat=repeat)
-    fastest = min(peers, key=peers.__getitem__)
+    samples: dict[str, list[float]] = {}
+    with contextlib.ExitStack() as stack:
+        procs = {}
+        for peer in ("ours", "dbos", "langgraph"):
+            try:
+                procs[peer] = stack.enter_context(PeerProcess(peer))
+                procs[peer].request("loop", min(n, 20))  # warm-up
+            except ImportError as exc:  # not installed (PeerNotInstalledError) or no loop
+                print(f"# durable: {peer} skipped: {exc}", file=sys.stderr)
+                procs.pop(peer, None)
+        if "ours" not in procs or len(procs) < 2:
+            print("# durable: peer loop skipped: needs ours and DBOS or LangGraph",
+                  file=sys.stderr)
+            return []
+        for _ in range(repeat):  # round by round, so load shifts hit every peer alike
+            for peer, proc in procs.items():
+                samples.setdefault(peer, []).append(proc.request("loop", n))
+    ms = {peer: statistics.median(times) / n * 1e3 for peer, times in samples.items()}
+    ours = ms.pop("ours")
+    fastest = min(ms, key=ms.__getitem__)
     figures = [Figure(SUBJECT, f"loop of {n} durable calls vs the faster peer", ours,
-                      peers[fastest], "ms/call", f"{fastest} (faster peer)", "lower",
-                      PEER_TARGET, note="each in its own warm process, median of runs",
-                      extra={f"{p}_ms_per_call": v for p, v in peers.items()})]
-    figures += [Figure(SUBJECT, f"loop of {n} durable calls vs {peer}", ours, ms, "ms/call",
-                       peer, "lower", None) for peer, ms in peers.items() if peer != fastest]
+                      ms[fastest], "ms/call", f"{fastest} (faster peer)", "lower",
+                      PEER_TARGET, note="each in its own warm process, interleaved, medians",
+                      extra={f"{p}_ms_per_call": v for p, v in ms.items()})]
+    figures += [Figure(SUBJECT, f"loop of {n} durable calls vs {peer}", ours, value,
+                       "ms/call", peer, "lower", None)
+                for peer, value in ms.items() if peer != fastest]
     return figures
 
 
