@@ -137,7 +137,17 @@ def _service_specs(path: Path, *, metrics_port: int | None, sandbox_workers: int
                              **options.get("lease", {})),
         queue.child_spec(**options.get("queues", {})),
         schedule.child_spec(**options.get("scheduler", {})),
-    ]
+    ] + _dashboard_specs(options)
+
+
+def _dashboard_specs(options: dict[str, Any]) -> list[ChildSpec]:
+    """``zixir.dashboard`` at the end of the tree, only when a port was asked for."""
+    opts = dict(options.get("dashboard", {}))
+    if opts.get("port") is None:
+        return []
+    from zixir_actors import dashboard
+
+    return [dashboard.child_spec(**opts)]
 
 
 def _continue_runs(records: list[Any]) -> list[Any]:
@@ -204,6 +214,20 @@ class Runtime:
         """The port `/metrics` is served on, when started with `metrics_port`."""
         try:
             port = ref("zixir.metrics", wait=1.0).proxy().port().get(timeout=5.0)
+        except Exception:
+            return None
+        return port if isinstance(port, int) else None
+
+    @property
+    def dashboard_port(self) -> int | None:
+        """The port the dashboard is served on, when started with `dashboard_port`."""
+        from supervisors import whereis
+
+        found = whereis("zixir.dashboard")
+        if found is None:
+            return None
+        try:
+            port = found.ask("port", timeout=5.0)
         except Exception:
             return None
         return port if isinstance(port, int) else None
@@ -303,7 +327,7 @@ def start(data_dir: str | os.PathLike[str] | None = None, *, metrics_port: int |
           log_json: bool | None = None, log_level: str = "INFO",
           sandbox_workers: int | None = None, resume_runs: bool = True,
           executor: Any = None, ray_address: str | None = None, exclusive: bool = False,
-          **options: Any) -> Runtime:
+          dashboard_port: int | None = None, **options: Any) -> Runtime:
     """Start the root tree, or return the one already running (idempotent).
 
     Args:
@@ -326,6 +350,11 @@ def start(data_dir: str | os.PathLike[str] | None = None, *, metrics_port: int |
         ray_address: the Ray cluster for ``"ray"`` (``"host:port"``,
             ``"ray://..."``; implies ``executor="ray"``). None: join this
             process's Ray instance or start a local one.
+        dashboard_port: serve the web dashboard from this process at this port
+            (``zixir.dashboard``, the last child of the tree; 0 picks a free
+            one, see `Runtime.dashboard_port`; needs the ``dashboard`` extra).
+            ``dashboard={"host": ..., "token": ...}`` binds elsewhere than
+            127.0.0.1, which needs a token. None: no dashboard.
         exclusive: hold the directory alone (default False: any number of
             processes on this machine share it; each holds a lease, and a
             live one takes over the runs of one that died).
@@ -365,6 +394,8 @@ def start(data_dir: str | os.PathLike[str] | None = None, *, metrics_port: int |
                 from zixir_actors.executor import configure
 
                 configure(chosen, ray_address=ray_address)
+            if dashboard_port is not None:
+                options["dashboard"] = {**options.get("dashboard", {}), "port": dashboard_port}
             specs = _service_specs(path, metrics_port=metrics_port,
                                    sandbox_workers=sandbox_workers, options=options,
                                    runtime_id=runtime_id, started_at=started_at)
