@@ -4,7 +4,7 @@ Every confirmed `put`, `delete` and `clear` of a persistent cache commits,
 in the same LMDB transaction as the entry, a journal record
 ``(op, key)`` under a key that starts with the commit's wall time in
 nanoseconds and the writer's origin (pid and a random tag). Each process
-that has the cache open follows the journal: every `DEFAULT_VISIBILITY`
+that has the cache open follows the journal: twice per `DEFAULT_VISIBILITY`
 seconds (configurable per cache) one thread per process reads the records
 written since its last look by other origins and applies them to its
 memory tier (the new value from LMDB, a removal, or a clear). A `get` that
@@ -163,7 +163,8 @@ def _serve() -> None:
             if not journals:
                 _thread = None
                 return
-            interval = min(j.state.options.visibility for j in journals)
+            # Half the bound: a write just after a look is still seen within it.
+            interval = min(j.state.options.visibility for j in journals) / 2
             _wake.wait(interval)
             journals = list(_followed)
         for journal in journals:
