@@ -25,8 +25,6 @@ from collections.abc import Callable, Iterable
 from dataclasses import dataclass
 from typing import Any
 
-import psutil
-
 from supervisors import ChildSpec, SupervisedActor
 from zixir_actors.observability import logger
 
@@ -91,6 +89,8 @@ def is_alive(info: RuntimeInfo, now: float | None = None) -> bool:
     if info.host == socket.gethostname():
         if info.pid == os.getpid():
             return info.id == _current
+        import psutil  # only to check another process of this host (not on import)
+
         try:
             proc = psutil.Process(info.pid)
             # A reused pid belongs to a process started after the runtime.

@@ -37,6 +37,9 @@ sampler does the same for spans of any thread that has ended.
 
 from __future__ import annotations
 
+import importlib as _importlib
+from typing import TYPE_CHECKING, Any
+
 from zixir_actors.observability._exporters import (
     InMemorySpanExporter,
     JsonLinesSpanExporter,
@@ -55,14 +58,20 @@ from zixir_actors.observability._logging import (
     reset_logging,
 )
 from zixir_actors.observability._metrics import DEFAULT_BUCKETS, MetricKind, Metrics, metrics
-from zixir_actors.observability._runtime import (
-    DEFAULT_SAMPLE_INTERVAL,
-    METRICS_NAME,
-    MetricsRegistry,
-    Sample,
-    child_spec,
-)
-from zixir_actors.observability._server import MetricsServer, serve_metrics, stop_metrics_server
+
+if TYPE_CHECKING:
+    from zixir_actors.observability._runtime import (
+        DEFAULT_SAMPLE_INTERVAL,
+        METRICS_NAME,
+        MetricsRegistry,
+        Sample,
+        child_spec,
+    )
+    from zixir_actors.observability._server import (
+        MetricsServer,
+        serve_metrics,
+        stop_metrics_server,
+    )
 from zixir_actors.observability._traced import TracedActor
 from zixir_actors.observability._tracing import (
     ABANDONED,
@@ -80,6 +89,29 @@ from zixir_actors.observability._tracing import (
     start_span,
     sweep_orphan_spans,
 )
+
+# The metrics actor (psutil) and the HTTP server load on first use (PEP 562):
+# logging, spans and metrics objects cost no more than themselves.
+_LAZY = {
+    **dict.fromkeys(("DEFAULT_SAMPLE_INTERVAL", "METRICS_NAME", "MetricsRegistry", "Sample",
+                     "child_spec"), "zixir_actors.observability._runtime"),
+    **dict.fromkeys(("MetricsServer", "serve_metrics", "stop_metrics_server"),
+                    "zixir_actors.observability._server"),
+}
+
+
+def __getattr__(name: str) -> Any:
+    module = _LAZY.get(name)
+    if module is None:
+        raise AttributeError(f"module 'zixir_actors.observability' has no attribute {name!r}")
+    value = getattr(_importlib.import_module(module), name)
+    globals()[name] = value
+    return value
+
+
+def __dir__() -> list[str]:
+    return sorted({*globals(), *__all__})
+
 
 __all__ = [
     "ABANDONED",

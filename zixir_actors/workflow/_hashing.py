@@ -20,8 +20,6 @@ import struct
 import types
 from typing import Any
 
-import dill
-
 __all__ = ["code_hash", "fingerprint"]
 
 _MAX_DEPTH = 50
@@ -101,6 +99,8 @@ def _feed(value: Any, out: Any, depth: int) -> None:
         try:
             out.update(pickle.dumps(value, protocol=4))
         except Exception:  # lambdas, closures: dill, then repr
+            import dill
+
             try:
                 out.update(dill.dumps(value, protocol=4, recurse=True))
             except Exception:
