@@ -269,3 +269,36 @@ def test_zixir_metrics_beside_live_runtimes_has_store_wide_gauges(workers: Worke
     assert samples[("zixir_store_runs", (("status", "succeeded"),))] == 2
     assert samples[("zixir_store_dead_letters", ())] == 0
     assert samples[("zixir_store_runtimes", ())] >= 2  # the worker and the metrics process
+
+
+def test_a_read_only_directory_can_be_inspected_but_not_changed(tmp_path: Path) -> None:
+    source, mount = tmp_path / "data", tmp_path / "ro"
+
+    @durable("read-only-demo")
+    def body(ctx) -> int:  # type: ignore[no-untyped-def]
+        return 1
+
+    with zixir_actors.start(source, sandbox_workers=0):
+        body.run({}, run_id="r-ro")
+    mount.mkdir()
+    bound = subprocess.run(["mount", "--bind", str(source), str(mount)], capture_output=True,
+                           check=False)
+    if bound.returncode != 0:
+        pytest.skip(f"cannot bind-mount here (needs root): {bound.stderr.decode().strip()}")
+    try:
+        remount = subprocess.run(["mount", "-o", "remount,ro,bind", str(mount)],
+                                 capture_output=True, check=False)
+        if remount.returncode != 0:
+            pytest.skip(f"cannot remount read-only: {remount.stderr.decode().strip()}")
+        listed = _zixir(mount, "runs", "list", "--json")
+        assert listed.returncode == 0, listed.stderr
+        assert '"r-ro"' in listed.stdout
+        refused = _zixir(mount, "runs", "delete", "r-ro")
+        assert refused.returncode == 2
+        assert refused.stderr.splitlines()[0] == (
+            f"zixir: error: data directory {mount} is read-only: it can be inspected, "
+            "not changed")
+    finally:
+        subprocess.run(["umount", str(mount)], check=False, capture_output=True)
+    with open_store(source) as store:
+        assert store.get_run("r-ro").status == "succeeded"  # nothing changed

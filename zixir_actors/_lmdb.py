@@ -117,8 +117,10 @@ class _Shared:
 class SharedEnv:
     """A reference-counted LMDB environment with named sub-databases."""
 
-    def __init__(self, path: str, map_size: int) -> None:
+    def __init__(self, path: str, map_size: int, *, snapshot_of: str | None = None) -> None:
         self.path = path
+        self.snapshot_of = snapshot_of
+        """The read-only directory this environment is a private snapshot of, if any."""
         self._refs = 0
         self._gate = _Gate()
         self._dbs: dict[bytes, Any] = {}
@@ -176,6 +178,11 @@ class SharedEnv:
             self._adopt_map()
         raise StoreError(f"LMDB environment at {self.path} keeps being resized")
 
+    def _check_writable(self) -> None:
+        if self.snapshot_of is not None:
+            raise StoreError(f"data directory {self.snapshot_of} is read-only: it can be "
+                             "inspected, not changed")
+
     def write(self, fn: Callable[[Any], T], *, durable: bool = False) -> T:
         """Run `fn(txn)` in one write transaction and commit it.
 
@@ -188,6 +195,7 @@ class SharedEnv:
             StoreError: LMDB refused the write (closed environment, disk full).
         """
         self._check_open()
+        self._check_writable()
         shared = self._gate.shared()
         env = self.env
         while True:
@@ -530,16 +538,50 @@ def open_env(path: str | os.PathLike[str], *, map_size: int = DEFAULT_MAP_SIZE) 
     with _envs_lock:
         shared = _envs.get(real)
         if shared is None:
+            if os.path.isdir(real) and not os.access(real, os.W_OK):
+                shared = _snapshot(real, map_size)  # a read-only mount or copy: inspect it
+                _envs[real] = shared
+                shared._refs += 1
+                return shared
             try:
                 os.makedirs(real, mode=0o700, exist_ok=True)
             except OSError as exc:
                 raise StoreError(f"cannot create data directory {real}: {exc}") from exc
-            if not os.access(real, os.W_OK):
-                raise StoreError(f"data directory {real} is not writable")
             shared = SharedEnv(real, map_size)
             _envs[real] = shared
         shared._refs += 1
         return shared
+
+
+def _snapshot(real: str, map_size: int) -> SharedEnv:
+    """A private, consistent copy of a read-only directory's environment.
+
+    LMDB cannot open an environment without writing its lock file, so a
+    read-only mount is copied (compacted, from one read transaction, without
+    taking locks) into a temporary directory, which is opened instead. The
+    copy refuses writes and is removed when released.
+    """
+    import tempfile
+
+    data = os.path.join(real, "data.mdb")
+    if not os.path.exists(data):
+        raise StoreError(f"data directory {real} is read-only and holds no store")
+    check_file(data)
+    scratch = tempfile.mkdtemp(prefix="zixir-readonly-")
+    try:
+        source = lmdb.open(real, readonly=True, lock=False, max_dbs=MAX_DBS, subdir=True)
+        try:
+            source.copy(scratch, compact=True)
+        finally:
+            source.close()
+        shared = SharedEnv(scratch, map_size, snapshot_of=real)
+    except lmdb.Error as exc:
+        import shutil
+
+        shutil.rmtree(scratch, ignore_errors=True)
+        raise StoreError(f"cannot read the read-only data directory {real}: {exc}") from exc
+    shared.path = scratch
+    return shared
 
 
 def release(shared: SharedEnv) -> None:
@@ -548,7 +590,9 @@ def release(shared: SharedEnv) -> None:
         shared._refs -= 1
         if shared._refs > 0:
             return
-        _envs.pop(shared.path, None)
+        for key, value in list(_envs.items()):
+            if value is shared:
+                del _envs[key]
     with shared._gate.exclusive():
         try:
             shared.env.sync(True)
@@ -556,3 +600,7 @@ def release(shared: SharedEnv) -> None:
             pass  # a full or failing disk: the commits are in the page cache; close anyway
         finally:
             shared.env.close()
+    if shared.snapshot_of is not None:
+        import shutil
+
+        shutil.rmtree(shared.path, ignore_errors=True)
