@@ -718,7 +718,8 @@ def test_supervisor_shutdown_interrupts_a_run_that_can_be_resumed(tmp_path: Path
         with pytest.raises(RunInterruptedError):
             handle.result(timeout=RESULT_TIMEOUT)
         release.set()
-        assert store.get_run(handle.run_id).status == "running"
+        stopped = store.get_run(handle.run_id)  # not "running": no process runs it now
+        assert (stopped.status, stopped.error) == ("interrupted", "runtime stopped")
         assert wf.resume(handle.run_id, store=store).ok
 
 

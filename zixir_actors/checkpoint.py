@@ -77,6 +77,7 @@ __all__ = [
     "CheckpointClient",
     "CheckpointStore",
     "DeadLetter",
+    "LogLine",
     "RunRecord",
     "StepCheckpoint",
     "StoreCheck",
@@ -99,6 +100,7 @@ DEAD_DB = "zixir.dead"
 CALLS_DB = "zixir.calls"
 EVENTS_DB = "zixir.events"
 PROGRESS_DB = "zixir.progress"
+LOGS_DB = "zixir.logs"  # run log lines in chunks, and when each step first started
 RUNTIMES_DB = "zixir.runtimes"
 QUEUE_DBS = ("zixir.queues", "zixir.queued", "zixir.queue_runs", "zixir.queue_keys",
              "zixir.schedules")  # zixir_actors.queue and .schedule keep their records here
@@ -185,6 +187,30 @@ class DeadLetter:
     traceback: str
     attempts: tuple[AttemptInfo, ...]
     created_at: float
+
+
+@dataclass(frozen=True, slots=True)
+class LogLine:
+    """One log line kept with a run (`CheckpointClient.run_logs`).
+
+    Attributes:
+        seq: its position in the run's log (0 is the run's first line ever;
+            pass it as `after=` to read on from it).
+        time: wall time it was logged.
+        level: the loguru level name (``"INFO"``, ``"WARNING"``, ...).
+        message: the message.
+        step: the step (or code-first call label, ``"llm#2"``) it is about, or None.
+        attempt: the step's attempt, or None.
+        fields: the other bound fields (JSON-friendly: other values are their repr).
+    """
+
+    seq: int
+    time: float
+    level: str
+    message: str
+    step: str | None = None
+    attempt: int | None = None
+    fields: Mapping[str, Any] = field(default_factory=dict)
 
 
 # -- keys and blobs -------------------------------------------------------------
@@ -398,7 +424,7 @@ class CheckpointStore(SupervisedActor):
         self.data_dir = str(resolve_data_dir(data_dir))
         self.durable = durable
         self._env = _lmdb.open_env(self.data_dir, map_size=map_size)
-        for name in (RUNS_DB, STEPS_DB, DEAD_DB, CALLS_DB, EVENTS_DB, PROGRESS_DB,
+        for name in (RUNS_DB, STEPS_DB, DEAD_DB, CALLS_DB, EVENTS_DB, PROGRESS_DB, LOGS_DB,
                      RUNTIMES_DB, *QUEUE_DBS):
             self._env.db(name)
         self._channel: _Channel | None = None
@@ -675,7 +701,7 @@ class CheckpointClient:
             existed = txn.get(key, db=env.db(RUNS_DB)) is not None
         ops: list[_Op] = [(RUNS_DB, key, None)]
         ops += [(STEPS_DB, k, None) for k, _ in self._scan(STEPS_DB, key + _SEP)]
-        for db_name in (CALLS_DB, EVENTS_DB, PROGRESS_DB):
+        for db_name in (CALLS_DB, EVENTS_DB, PROGRESS_DB, LOGS_DB):
             ops += [(db_name, k, None) for k, _ in self._scan(db_name, key + _SEP)]
         ops += [(DEAD_DB, k, None) for k, v in self._scan(DEAD_DB) if _letter_of(v, run_id)]
         self._write(ops, timeout)
@@ -990,6 +1016,152 @@ class CheckpointClient:
             if not found or not cursor.key().startswith(prefix):
                 return -1
             return int(_SEQ.unpack(cursor.key()[len(prefix):])[0])
+
+
+    # -- run logs (zixir_actors.workflow._history writes them) ---------------
+    #
+    # ``zixir.logs`` holds, under ``run_id NUL``: chunks of lines keyed by the
+    # big-endian seq of their first line (a chunk is one encoded list of
+    # ``(time, level, step, attempt, message, fields)``), and, under
+    # ``run_id NUL 0xff label``, when each step first started (8-byte float).
+
+    def append_run_logs(self, run_id: str, first_seq: int, lines: Sequence[tuple[Any, ...]],
+                        *, max_lines: int, starts: Mapping[str, float] | None = None) -> int:
+        """Store a run's lines ``first_seq, first_seq + 1, ...`` as one chunk, without
+        a disk sync, and drop the run's oldest lines beyond `max_lines` (one transaction).
+
+        Args:
+            lines: ``(time, level, step, attempt, message, fields)`` tuples.
+            max_lines: how many of the run's newest lines to keep.
+            starts: step label -> when it first started (an existing mark is kept).
+
+        Returns:
+            How many lines this call dropped.
+        """
+        prefix = _key(run_id) + _SEP
+        chunk = _codec.encode(list(lines)) if lines else None
+        end = first_seq + len(lines)
+        marks = {label: struct.pack(">d", at) for label, at in (starts or {}).items()}
+
+        def apply(txn: Any, db: Callable[[str], Any]) -> int:
+            handle = db(LOGS_DB)
+            for label, packed in marks.items():
+                txn.put(prefix + b"\xff" + label.encode(), packed, db=handle, overwrite=False)
+            if chunk is None:
+                return 0
+            txn.put(prefix + _SEQ.pack(first_seq), chunk, db=handle)
+            return _trim_logs(txn, handle, prefix, end - max_lines)
+
+        return int(self.transact(apply, durable=False))
+
+    def run_logs(self, run_id: str, *, after: int | None = None, step: str | None = None,
+                 limit: int | None = None) -> list[LogLine]:
+        """A run's stored log lines, oldest first.
+
+        Example:
+            ``for line in store.run_logs(run_id, step="fetch"): print(line.message)``
+
+        Args:
+            after: only lines with a `LogLine.seq` above this one (to read on).
+            step: only lines of this step (a code-first label ``"llm#2"``, or
+                a name, which matches every call of that name).
+            limit: at most this many lines (the oldest that match).
+
+        Raises:
+            CorruptBlobError: a chunk of lines is damaged (the error names it).
+        """
+        prefix = _key(run_id) + _SEP
+        out: list[LogLine] = []
+        with self._read() as (env, txn):
+            cursor = txn.cursor(db=env.db(LOGS_DB))
+            found = _seek_chunk(cursor, prefix, 0 if after is None else after + 1)
+            while found:
+                key = cursor.key()
+                if not _is_chunk(key, prefix):
+                    break
+                first = _SEQ.unpack(key[len(prefix):])[0]
+                lines = _decode(cursor.value(), f"log lines {run_id}/{first}")
+                for offset, (at, level, label, attempt, message, fields) in enumerate(lines):
+                    seq = first + offset
+                    if after is not None and seq <= after:
+                        continue
+                    if step is not None and label != step and (
+                            label is None or "#" in step or label.split("#", 1)[0] != step):
+                        continue
+                    out.append(LogLine(seq, at, level, message, label, attempt, fields or {}))
+                    if limit is not None and len(out) >= limit:
+                        return out
+                found = cursor.next()
+        return out
+
+    def run_log_bounds(self, run_id: str) -> tuple[int, int]:
+        """``(first, end)``: the seq of a run's oldest stored line and one past its
+        newest. `first` is also how many of its lines were dropped to keep it
+        bounded; ``(0, 0)`` when it has none."""
+        prefix = _key(run_id) + _SEP
+        with self._read() as (env, txn):
+            cursor = txn.cursor(db=env.db(LOGS_DB))
+            if not cursor.set_range(prefix) or not _is_chunk(cursor.key(), prefix):
+                return (0, 0)
+            first = _SEQ.unpack(cursor.key()[len(prefix):])[0]
+            moved = cursor.prev() if cursor.set_range(prefix + b"\xff") else cursor.last()
+            if not moved or not _is_chunk(cursor.key(), prefix):
+                return (0, 0)
+            last = _SEQ.unpack(cursor.key()[len(prefix):])[0]
+            size = len(_decode(cursor.value(), f"log lines {run_id}/{last}"))
+            return (int(first), int(last + size))
+
+    def step_starts(self, run_id: str) -> dict[str, float]:
+        """When each step (or code-first call label) of a run first started."""
+        prefix = _key(run_id) + _SEP + b"\xff"
+        return {key[len(prefix):].decode(errors="replace"): struct.unpack(">d", value)[0]
+                for key, value in self._scan(LOGS_DB, prefix)}
+
+
+def _is_chunk(key: bytes | None, prefix: bytes) -> bool:
+    # A chunk's seq is below 2**56 (first byte 0); step-start marks begin with 0xff.
+    if not key:
+        return False
+    return key.startswith(prefix) and len(key) == len(prefix) + 8 and key[len(prefix)] != 0xFF
+
+
+def _seek_chunk(cursor: Any, prefix: bytes, seq: int) -> bool:
+    """Put `cursor` on the chunk holding line `seq` (or the first after it)."""
+    target = prefix + _SEQ.pack(seq)
+    if cursor.set_range(target):
+        if cursor.key() == target:
+            return True
+        moved = cursor.prev()
+    else:
+        moved = cursor.last()
+    if moved and _is_chunk(cursor.key(), prefix):
+        return True
+    return bool(cursor.set_range(prefix))
+
+
+def _trim_logs(txn: Any, handle: Any, prefix: bytes, floor: int) -> int:
+    """Delete a run's lines below seq `floor` (a chunk across it is cut); returns how many."""
+    if floor <= 0:
+        return 0
+    dropped = 0
+    cursor = txn.cursor(db=handle)
+    if not cursor.set_range(prefix):
+        return 0
+    while _is_chunk(cursor.key(), prefix):
+        key = cursor.key()
+        first = _SEQ.unpack(key[len(prefix):])[0]
+        if first >= floor:
+            break
+        lines = _codec.decode(cursor.value(), key=f"log lines at {first}")
+        cut = int(floor - first)
+        cursor.delete()  # moves the cursor to the next record
+        if cut < len(lines):
+            txn.put(prefix + _SEQ.pack(floor), _codec.encode(lines[cut:]), db=handle)
+            return dropped + cut
+        dropped += len(lines)
+        if not cursor.key():
+            break
+    return dropped
 
 
 _SEQ = struct.Struct(">Q")

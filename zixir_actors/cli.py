@@ -194,6 +194,9 @@ class _NoStore:
     def dead_letters(self, **_: Any) -> list[Any]:
         return []
 
+    def runtimes(self) -> list[Any]:
+        return []
+
     def get_dead_letter(self, letter_id: str) -> Any:
         from zixir_actors.errors import DeadLetterNotFoundError
 
@@ -334,26 +337,46 @@ def cmd_runs(args: argparse.Namespace) -> int:
             result = wf.resume(args.run_id, from_step=args.from_step)
         _print_json(run_summary(result)) if args.json else _print_run(result, wf.order)
         return 0 if result.ok else 1
+    if args.action == "logs":
+        from zixir_actors._runs_cli import show_logs
+
+        if not args.run_id:
+            raise CliError("runs logs needs a RUN_ID")
+        return show_logs(lambda: _existing_store(args), args.run_id, step=args.step,
+                         follow=args.follow, as_json=args.json)
     with _existing_store(args) as store:
         if args.action == "list":
+            from zixir_actors._runs_cli import list_states, note
+
             since = None if args.since is None else time.time() - parse_duration(args.since)
+            # The status shown is the truth: "interrupted" for a run stored as running
+            # that no live process owns (see zixir_actors.workflow._history.run_state).
+            stored = store.list_runs()
+            states = list_states(store, stored)
             # Corrupt headers are listed (status "corrupt") whatever the filters say,
             # so that they can be found and deleted.
-            runs = [r for r in store.list_runs() if r.status == "corrupt" or (
-                args.workflow in (None, r.workflow) and args.status in (None, r.status)
+            runs = [r for r in stored if r.status == "corrupt" or (
+                args.workflow in (None, r.workflow)
+                and args.status in (None, states[r.run_id].status)
                 and (since is None or r.created_at >= since))]
             runs.sort(key=lambda r: (r.created_at, r.run_id), reverse=True)   # newest first
             if args.json:
-                _print_json([{"run_id": r.run_id, "workflow": r.workflow, "status": r.status,
+                _print_json([{"run_id": r.run_id, "workflow": r.workflow,
+                              "status": states[r.run_id].status,
                               "created_at": r.created_at, "updated_at": r.updated_at,
+                              "waiting": r.waiting,
+                              "interrupted": None if states[r.run_id].since is None else {
+                                  "at": states[r.run_id].since,
+                                  "reason": states[r.run_id].reason},
                               **({"error": r.error} if r.status == "corrupt" else {})}
                              for r in runs])
             elif not runs:
                 print("no runs")
             else:
-                print(table([(r.run_id, r.workflow, r.status, _fmt_time(r.created_at),
-                              _fmt_time(r.updated_at)) for r in runs],
-                            ("run", "workflow", "status", "created", "updated")))
+                print(table([(r.run_id, r.workflow, states[r.run_id].status,
+                              _fmt_time(r.created_at), _fmt_time(r.updated_at),
+                              shorten(note(r, states[r.run_id]), 60)) for r in runs],
+                            ("run", "workflow", "status", "created", "updated", "note")))
                 corrupt = [r for r in runs if r.status == "corrupt"]
                 for r in corrupt:
                     print(f"\ncorrupt run record {r.run_id}: {r.error}; "
@@ -362,23 +385,13 @@ def cmd_runs(args: argparse.Namespace) -> int:
         if not args.run_id:
             raise CliError(f"runs {args.action} needs a RUN_ID")
         if args.action == "show":
-            record = store.get_run(args.run_id)
-            steps = store.steps(args.run_id)
-            if args.json:
-                _print_json({"run_id": record.run_id, "workflow": record.workflow,
-                             "status": record.status, "error": record.error,
-                             "inputs": {k: repr(v) for k, v in record.inputs.items()},
-                             "checkpoints": {n: {"attempts": c.attempts, "duration": c.duration,
-                                                 "finished_at": c.finished_at}
-                                             for n, c in steps.items()}})
-                return 0
-            print(f"run {record.run_id} of {record.workflow}: {record.status}"
-                  + (f" ({record.error})" if record.error else ""))
-            print(f"created {_fmt_time(record.created_at)}, updated {_fmt_time(record.updated_at)}")
-            print(table([(n, c.attempts, f"{c.duration:.3f}s", _fmt_time(c.finished_at))
-                         for n, c in steps.items()],
-                        ("checkpointed step", "attempts", "time", "finished")))
-            return 0
+            from zixir_actors._runs_cli import show
+
+            return show(store, args.run_id, as_json=args.json)
+        if args.action == "output":
+            from zixir_actors._runs_cli import show_output
+
+            return show_output(store, args.run_id, args.event, pickle_to=args.pickle)
         if args.action == "delete":
             if not store.delete_run(args.run_id):
                 from zixir_actors.errors import RunNotFoundError
@@ -855,17 +868,27 @@ def build_parser() -> argparse.ArgumentParser:
                         "continues that run")
     p.add_argument("--max-concurrency", type=int, default=None,
                    help="most steps running at once (default the workflow's)")
-    p = add("runs", cmd_runs, "list, show, resume, delete, watch workflow runs, or send "
-            "an event to one")
-    p.add_argument("action", choices=("list", "show", "resume", "delete", "send", "watch"),
+    p = add("runs", cmd_runs, "list, show, resume, delete, watch workflow runs, read their "
+            "logs and outputs, or send an event to one")
+    p.add_argument("action", choices=("list", "show", "logs", "output", "resume", "delete",
+                                      "send", "watch"),
                    help="what to do")
     p.add_argument("run_id", nargs="?", help="the run (all but list)")
-    p.add_argument("event", nargs="?", help="(send) the event's name, e.g. approval")
+    p.add_argument("event", nargs="?", metavar="EVENT|STEP",
+                   help="(send) the event's name, e.g. approval; (output) the step whose "
+                        "output to print (default the run's), e.g. fetch or llm#2")
+    p.add_argument("--step", default=None,
+                   help="(logs) only the lines of this step (a name, or a call label llm#2)")
+    p.add_argument("--follow", action="store_true",
+                   help="(logs) keep printing new lines until the run ends")
+    p.add_argument("--pickle", default=None, metavar="FILE",
+                   help="(output) write the value pickled to FILE instead of printing JSON")
     p.add_argument("--data", default=None, metavar="JSON",
                    help="(send) the event's payload, parsed as JSON (default null)")
     p.add_argument("--workflow", default=None, help="only runs of this workflow (list)")
     p.add_argument("--status", default=None,
-                   help="only runs with this status, e.g. failed or running (list)")
+                   help="only runs with this status, e.g. failed, running or interrupted "
+                        "(list)")
     p.add_argument("--since", default=None, metavar="DURATION",
                    help="only runs created in the last DURATION: 90s, 15m, 1h, 2d (list)")
     p.add_argument("--file", default=None, metavar="FILE[:WORKFLOW]",

@@ -241,7 +241,7 @@ class Runtime:
 
         store = connect()
         live = {info.id for info in live_runtimes(store)} - {self.id}
-        return [r for r in store.list_runs() if r.status in ("running", "parked")
+        return [r for r in store.list_runs() if r.status in ("running", "parked", "interrupted")
                 and not running_here(r.run_id) and r.owner not in live]
 
     def resume_interrupted(self) -> list[Any]:
@@ -268,7 +268,8 @@ class Runtime:
         # Claimed in one transaction: a runtime starting beside this one, or
         # taking over the same dead runtime, cannot continue the same run.
         claimed = connect().claim_runs([r.run_id for r in runs], owner=self.id,
-                                       allowed={r.owner for r in runs})
+                                       allowed={r.owner for r in runs},
+                                       statuses=("running", "parked", "interrupted"))
         for record in claimed:
             wf = find_workflow(record.workflow)
             if wf is None:

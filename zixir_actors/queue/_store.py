@@ -38,7 +38,7 @@ PENDING_DB = "zixir.queued"
 RUNS_OF_DB = "zixir.queue_runs"
 KEYS_DB = "zixir.queue_keys"
 MARK = b"\xff.mark"  # no UTF-8 queue name starts with 0xff
-ACTIVE = ("running", "parked")
+ACTIVE = ("running", "parked", "interrupted")
 """Statuses of a run that holds one of its queue's concurrency slots."""
 _SEP = b"\x00"
 _ORDER = struct.Struct(">QQ")

@@ -60,6 +60,12 @@ from zixir_actors.errors import (
 from zixir_actors.observability import Span, span
 from zixir_actors.result import Ok
 from zixir_actors.workflow._hashing import code_hash
+from zixir_actors.workflow._history import (
+    STEP_STARTED,
+    RunLog,
+    open_run_log,
+    record_interrupted,
+)
 from zixir_actors.workflow._loop import run_coro, submit
 from zixir_actors.workflow._progress import ProgressStream, forget, log_for
 from zixir_actors.workflow._results import (
@@ -378,6 +384,7 @@ class _Body:
         self.preloaded = records
         self.body_emits: int | None = None  # body-level emits already in the stream
         self.is_async = inspect.iscoroutinefunction(wf.body)
+        self.logs: RunLog | None = None  # its log lines, kept with it (set by `launch`)
 
     # -- lifecycle --
 
@@ -415,7 +422,8 @@ class _Body:
         return True
 
     def interrupt(self, reason: Any) -> None:
-        """This process lets go of the run (shutdown): nothing more is written."""
+        """This process lets go of the run (shutdown): nothing more is written but,
+        unless it is parked (it still waits), that it was interrupted and why."""
         with self.cond:
             if self.state == "ended":
                 return
@@ -425,6 +433,12 @@ class _Body:
         self.hold.set()
         if was_parked:
             self._unparked()
+        else:
+            why = "runtime stopped" if reason == "shutdown" else (
+                reason if isinstance(reason, str) else f"{type(reason).__name__}: {reason}")
+            log.bind(workflow=self.wf.name, run_id=self.run_id).warning(
+                "run interrupted", reason=why)
+            record_interrupted(self.store, self.run_id, self.control.owner, why)
         self.span.end(status="error")
         self._release(None, RunInterruptedError(self.run_id, reason))
 
@@ -450,6 +464,7 @@ class _Body:
             self.settled.clear()
         self._unparked()
         self.progress.reopen()
+        log.bind(workflow=self.wf.name, run_id=self.run_id).info("run woke")
         try:
             self.activate()
         except Exception as exc:  # the supervisor is gone (shutdown): let go of the run
@@ -585,6 +600,8 @@ class _Body:
         if until is not None:
             timers_for(self.clock).add(until, ("wake", self.run_id), self.wake)
         log.bind(workflow=self.wf.name, run_id=self.run_id).info("run parked", **waiting)
+        if self.logs is not None:
+            self.logs.flush()
         return True
 
     def finish(self, status: str, output: Any, error: StepError | None, *,
@@ -634,6 +651,8 @@ class _Body:
         self._release(result, None)
 
     def _release(self, result: RunResult | None, error: BaseException | None) -> None:
+        if self.logs is not None:
+            self.logs.close()
         self.settled.set()
         self.progress.end()
         forget(self.run_id)
@@ -736,6 +755,8 @@ class _Body:
                                           progress=self.progress, store=self.store)
             if progress.readers:
                 progress.append("step_started", label, attempt)
+            log.debug(STEP_STARTED, workflow=self.wf.name, run_id=self.run_id, step=label,
+                      attempt=attempt)
             scope = span("workflow.step", step=label, attempt=attempt, run_id=self.run_id,
                          workflow=self.wf.name)
             attempt_span = scope.__enter__()
@@ -763,6 +784,8 @@ class _Body:
             if failure is None:
                 self.telemetry.attempt(name, "succeeded", seconds)
                 self.steps[label] = StepResult(label, "succeeded", attempt, total)
+                log.info("step succeeded", workflow=self.wf.name, run_id=self.run_id,
+                         step=label, attempt=attempt, duration=seconds)
                 if progress.readers:
                     progress.append("step_finished", label, "succeeded")
                 return value
@@ -787,6 +810,8 @@ class _Body:
                                         attempt))
             self.steps[label] = StepResult(label, status, attempt, total, error)  # type: ignore[arg-type]
             self.progress.append("step_finished", label, status)
+            log.error("step failed", workflow=self.wf.name, run_id=self.run_id, step=label,
+                      attempt=attempt, error=str(error))
             raise self.step_failed(label, error, attempt) from failure
 
     def step_failed(self, label: str, error: StepError, attempts: int) -> StepFailedError:
@@ -1467,6 +1492,9 @@ def launch(wf: Workflow, client: CheckpointClient, run_id: str, inputs: dict[str
                                resumed=existing is not None)
         body = _Body(wf, run_id, inputs, client, created, control, run_span, context,
                      max_concurrency, records)
+        body.logs = open_run_log(run_id, client, fresh=existing is None)
+        log.bind(workflow=wf.name, run_id=run_id).info(
+            "run resumed" if existing is not None else "run started")
         control.scheduler = body  # type: ignore[assignment]  # control.cancel() stops it
         with _BODIES_LOCK:
             _BODIES[run_id] = body

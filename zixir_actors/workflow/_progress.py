@@ -36,7 +36,7 @@ FLUSH_AFTER = 0.05
 """Seconds after which a pending progress item is committed at the latest."""
 _LIVE_KEEP = 10_000  # live items kept in memory for readers that attach late
 _STORED_KINDS = frozenset({"emit", "parked", "ended"})
-_ENDED = frozenset({"succeeded", "failed", "cancelled", "timed_out"})
+_ENDED = frozenset({"succeeded", "failed", "cancelled", "timed_out", "interrupted"})
 _POLL = 0.05
 
 

@@ -30,6 +30,7 @@ from supervisors import SupervisedActor
 from zixir_actors._runtimes import current_owner
 from zixir_actors.checkpoint import RunRecord
 from zixir_actors.errors import RunActiveError, RunInterruptedError, StoreError
+from zixir_actors.workflow._history import open_run_log, record_interrupted
 from zixir_actors.workflow._plan import compute_plan
 from zixir_actors.workflow._results import RunResult
 from zixir_actors.workflow._scheduler import Crash, Finished, Job, Scheduler
@@ -55,6 +56,8 @@ class _Control:
         self.crashes = 0
         self.cancelled = False
         self.scheduler: Scheduler | None = None
+        self.owner = current_owner()  # the owner its record names while it runs here
+        self.logs: Any = None  # its `_history.RunLog`, opened by the first incarnation
 
     def cancel(self) -> bool:
         with self.lock:
@@ -137,6 +140,11 @@ class WorkflowRun(SupervisedActor):
         if control.future.done():
             self.stop()
             return
+        if control.logs is None:
+            control.logs = open_run_log(job.run_id, job.store, fresh=False)
+            log.bind(workflow=job.workflow.name, run_id=job.run_id).info(
+                "run resumed" if control.logs.next_seq else "run started",
+                max_concurrency=job.max_concurrency)
         if control.crashes:
             log.bind(workflow=job.workflow.name, run_id=job.run_id).warning(
                 "run actor restarted, resuming from checkpoints", crashes=control.crashes)
@@ -211,8 +219,22 @@ class WorkflowRun(SupervisedActor):
         if self.scheduler is not None:
             self.scheduler.close()
 
+    def _let_go(self, reason: str) -> None:
+        """This process stops running the run: record it as interrupted (if still ours)."""
+        job = self.job
+        log.bind(workflow=job.workflow.name, run_id=job.run_id).warning(
+            "run interrupted", reason=reason)
+        record_interrupted(job.store, job.run_id, self.control.owner, reason)
+
+    def _close_logs(self) -> None:
+        if self.control.logs is not None:
+            self.control.logs.close()
+
     def on_stop(self) -> None:
         self._teardown()
+        if not self.control.future.done() and self.error is None and self.result is None:
+            self._let_go("runtime stopped")
+        self._close_logs()
         # Released before the future resolves: whoever waits on it may resume at once.
         release_run(self.control)
         future = self.control.future
@@ -234,6 +256,9 @@ class WorkflowRun(SupervisedActor):
         log.bind(workflow=self.job.workflow.name, run_id=self.job.run_id).error(
             "run actor crashed", error=repr(exc), crashes=control.crashes)
         if not self.supervised or control.crashes >= MAX_CRASHES:
+            if not control.future.done():
+                self._let_go(f"its actor crashed ({control.crashes} times): {exc!r}")
+            self._close_logs()
             release_run(control)
             if not control.future.done():
                 self.job.span.end(status="error")

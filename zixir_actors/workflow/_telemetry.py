@@ -11,10 +11,12 @@ import threading
 from typing import Any
 
 from zixir_actors.observability import DEFAULT_BUCKETS, logger, metrics
+from zixir_actors.workflow._history import EngineLog
 
 __all__ = ["Telemetry", "log"]
 
-log = logger.bind(service="workflow")
+log = EngineLog(logger.bind(service="workflow"))
+"""The engine's logger: its lines about a run are also kept with the run (`_history`)."""
 
 
 class _Metrics:

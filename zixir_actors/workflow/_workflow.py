@@ -449,7 +449,7 @@ class Workflow:
             return control.cancel()
         client = self._store(store)
         record = client.get_run(run_id)
-        if record.status not in ("running", "parked"):
+        if record.status not in ("running", "parked", "interrupted"):
             return False
         client.save_run(dataclasses.replace(record, status="cancelled", waiting=None,
                                             updated_at=self.clock.time()))
