@@ -244,6 +244,7 @@ def test_cancel_and_discard_and_resume_from_the_pages(service: tuple[Any, Http])
     wait_for(lambda: _status(http, handle.run_id) == "cancelled", timeout=60)
     failed = checkout.run({"items": 1})
     letter = failed.steps["charge"].dead_letter
+    assert letter is not None
     status, headers, _ = http.post("/actions/discard", {"letter_id": letter, "_csrf": token,
                                                          "next": "/dead-letters"})
     assert status == 303 and "discarded" in headers["location"]
