@@ -655,6 +655,26 @@ def test_memory_of_processes_the_call_starts_counts_toward_its_limit(sandbox: Sa
     assert error.measured is not None and error.measured > MEMORY_LIMIT
 
 
+def test_a_sandbox_can_name_an_executor_that_nothing_has_loaded_yet(tmp_path: Path) -> None:
+    # A fresh process that imports only the sandbox: the executor package is
+    # loaded through the package's seam, never imported by the sandbox itself.
+    script = (
+        "import sys\n"
+        "from zixir_actors.sandbox import Limits, Sandbox\n"
+        "assert 'zixir_actors.executor' not in sys.modules\n"
+        "with Sandbox(Limits(timeout=60), executor='local') as box:\n"
+        "    assert box.run(abs, -3).unwrap() == 3\n"
+        "from zixir_actors.sandbox._offload import accepts_executor\n"
+        "assert accepts_executor('ray') and not accepts_executor('spark')\n"
+        "print('ok')\n")
+    root = Path(__file__).resolve().parent.parent
+    done = subprocess.run([sys.executable, "-c", script], cwd=tmp_path, capture_output=True,
+                          text=True, timeout=120, check=False,
+                          env={**os.environ, "PYTHONPATH": str(root)})
+    assert done.returncode == 0, done.stderr
+    assert done.stdout.strip() == "ok"
+
+
 def test_the_sandbox_never_imports_the_executor() -> None:
     """The executor uses sandbox workers; the sandbox reaches executors through a seam only."""
     package = Path(__file__).resolve().parent.parent / "zixir_actors"

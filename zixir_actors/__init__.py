@@ -97,6 +97,16 @@ def __dir__() -> list[str]:
     return sorted({*globals(), *__all__, "__version__"})
 
 
+def _load_sandbox_offload() -> None:
+    """Load the executors, which register how sandboxes reach them.
+
+    The sandbox never imports `zixir_actors.executor` (the dependency points
+    the other way); it calls this, through the package that holds both, when
+    a sandbox names an executor and nothing has loaded the executors yet.
+    """
+    _importlib.import_module("zixir_actors.executor")
+
+
 def _version() -> str:
     from importlib import metadata
 

@@ -4,7 +4,9 @@ Dependencies point one way: `zixir_actors.executor` uses the sandbox (its
 worker processes are sandbox workers, its limits are `Limits`), and the
 sandbox never imports the executor. The executor package registers an
 `Offload` here when it is imported; a `Sandbox` asks it whether an
-``executor=`` choice is valid and where its calls go.
+``executor=`` choice is valid and where its calls go. When a sandbox names an
+executor before anything loaded the executors, the seam asks the package
+that holds both (``zixir_actors``, the composition root) to load them.
 
 Example:
     >>> from zixir_actors.sandbox._offload import route
@@ -67,11 +69,26 @@ def register_offload(offload: Offload | None) -> Offload | None:
     return previous
 
 
+def _registered() -> Offload | None:
+    """The registered `Offload`; the first time one is needed, the package loads it."""
+    if _offload is None:
+        import zixir_actors
+
+        load = getattr(zixir_actors, "_load_sandbox_offload", None)
+        if load is not None:
+            load()
+    return _offload
+
+
+def _local(choice: Any) -> bool:
+    return choice is None or (isinstance(choice, str) and choice == "local")
+
+
 def accepts_executor(choice: Any) -> bool:
     """True for what ``Sandbox(executor=...)`` takes: None, ``"local"``, or an executor's choice."""
-    if choice is None or (isinstance(choice, str) and choice == "local"):
+    if _local(choice):
         return True
-    offload = _offload
+    offload = _registered()
     return offload is not None and offload.accepts(choice)
 
 
@@ -85,11 +102,12 @@ def route(choice: Any) -> tuple[Offload, Any] | None:
         ExecutorUnavailableError: the executor's library is missing (from the executor).
         ClusterConnectionError: the cluster cannot be reached (from the executor).
     """
-    offload = _offload
+    # None may still mean an executor: the runtime's default, which only a
+    # loaded executor package can have set.
+    offload = _offload if _local(choice) else _registered()
     if offload is None:
-        if choice is None or choice == "local":
+        if _local(choice):
             return None
-        raise ConfigError("executor", choice,
-                          "no executor is registered: import zixir_actors.executor first")
+        raise ConfigError("executor", choice, "no executor is registered with the sandbox")
     target = offload.target(choice)
     return None if target is None else (offload, target)
