@@ -1207,3 +1207,31 @@ def test_the_readme_web_handler_serves_an_agent_with_run_async(
         assert client.post(f"/runs/{run_id}/events/approval", json={}).status_code == 409
         assert client.post("/runs/nope/events/approval", json={}).status_code == 404
 
+
+
+def test_a_full_disk_ends_a_code_first_run_with_the_store_error(tmp_path: Path) -> None:
+    import os
+    import sys
+
+    sys.path.insert(0, str(Path(__file__).resolve().parent))
+    from _smallfs import fill, small_filesystem
+
+    from zixir_actors.errors import StoreFullError
+
+    def blob(i: int) -> bytes:
+        return os.urandom(300_000)
+
+    @durable("fills-the-disk")
+    def body(ctx: Any, n: int) -> int:
+        return sum(len(ctx.step(blob, i)) for i in range(n))
+
+    with small_filesystem(tmp_path, "8m") as mount_point, \
+            zixir_actors.start(data_dir=mount_point / "d", sandbox_workers=0):
+        assert body.run({"n": 1}, timeout=WAIT).status == "succeeded"
+        filler = fill(mount_point, leave=500_000)
+        with pytest.raises(StoreFullError):
+            body.run({"n": 20}, run_id="r-full", timeout=WAIT)
+        filler.unlink()  # space again: the same runtime works on
+        assert body.run({"n": 2}, timeout=WAIT).status == "succeeded"
+        result = body.resume("r-full", timeout=WAIT)
+        assert result.status == "succeeded" and result.output == 20 * 300_000

@@ -550,7 +550,7 @@ class _Body:
         if isinstance(exc, _Stop):
             return  # whoever stopped the run has recorded its end
         if isinstance(exc, _StoreFailed):
-            self.finish("failed", None, _error_of(exc.error), store_broken=True)
+            self.finish("failed", None, _error_of(exc.error), store_error=exc.error)
             return
         if isinstance(exc, StepFailedError) and getattr(exc, "_zixir_run", None) == self.run_id:
             self.finish("failed", None, exc.error, letter_for=exc)
@@ -583,7 +583,7 @@ class _Body:
         except _Stop:
             return True
         except _StoreFailed as failed:
-            self.finish("failed", None, _error_of(failed.error), store_broken=True)
+            self.finish("failed", None, _error_of(failed.error), store_error=failed.error)
             return True
         with self.cond:
             if self.stopping is not None:
@@ -605,7 +605,11 @@ class _Body:
         return True
 
     def finish(self, status: str, output: Any, error: StepError | None, *,
-               letter_for: StepFailedError | None = None, store_broken: bool = False) -> None:
+               letter_for: StepFailedError | None = None,
+               store_error: BaseException | None = None) -> None:
+        """Record the run's end and resolve its future (with `store_error`, when the
+        store could not write: the caller gets that error, as a DAG run's does)."""
+        store_broken = store_error is not None
         with self.cond:
             if self.state == "ended":
                 return
@@ -643,12 +647,21 @@ class _Body:
                 log.bind(workflow=self.wf.name, run_id=self.run_id).error(
                     "cannot record the run's end", error=str(exc))
                 result = dataclasses.replace(result, status="failed", error=_error_of(exc))
+        else:
+            try:  # the header may still fit: then the run's status says it failed
+                self.store.save_run(record)
+            except Exception as exc:
+                log.bind(workflow=self.wf.name, run_id=self.run_id).error(
+                    "cannot record the run's end", error=str(exc))
         self.telemetry.run_ended(result.status)
         self.span.set_attribute("status", result.status)
         self.span.end(status="ok" if result.ok else "error")
         log.bind(workflow=self.wf.name, run_id=self.run_id).info(
             "run ended", status=result.status, duration=result.duration)
-        self._release(result, None)
+        if store_error is not None:
+            self._release(None, store_error)
+        else:
+            self._release(result, None)
 
     def _release(self, result: RunResult | None, error: BaseException | None) -> None:
         if self.logs is not None:
