@@ -36,6 +36,7 @@ _RATE = re.compile(r"\s*(\d+)\s*/\s*(\d*\.?\d*)\s*([a-z]+)\s*")
 # run id -> futures of handles waiting here for a run this process may execute
 _waiting: dict[str, weakref.WeakSet[concurrent.futures.Future[RunResult]]] = {}
 _waiting_lock = threading.Lock()
+_SWEEP_AT = 1024
 _kick_hooks: list[Any] = []
 
 
@@ -229,6 +230,9 @@ class QueuedRunHandle(RunHandle):
         future: concurrent.futures.Future[RunResult] = concurrent.futures.Future()
         super().__init__(run_id, future, self._cancel_run, store=store)
         with _waiting_lock:
+            if len(_waiting) >= _SWEEP_AT:  # handles dropped without waiting for their run
+                for key in [k for k, v in _waiting.items() if not v]:
+                    del _waiting[key]
             _waiting.setdefault(run_id, weakref.WeakSet()).add(future)
 
     def _forget(self) -> None:

@@ -233,8 +233,10 @@ class QueueWorker(SupervisedActor):
 
     def _capacity(self, txn: Any, db: Db, config: QueueConfig, live: Live, me: str,
                   room: int, *, write: bool) -> int:
-        if config.concurrency is None and config.per_process is None:
+        if config.concurrency is None and config.per_process is None and not write:
             return room
+        # Counted (and the entries of ended runs dropped) in every claim, so the
+        # queue's run index only holds runs that are still going.
         total, mine = count_active(txn, db, config.name, live, me, prune=write)
         limit = room
         if config.concurrency is not None:
