@@ -277,13 +277,12 @@ NAP = textwrap.dedent('''
 ''')
 
 NAP_CHILD = COMMON + NAP + textwrap.dedent('''
-    from zixir_actors.testing import FakeClock, wait_for
+    from zixir_actors.testing import FakeClock
     data_dir, COUNTS = sys.argv[1], sys.argv[2]
     napper = build(FakeClock(wall=1_700_000_000.0))
     with open_store(data_dir) as store:
         handle = napper.start({}, run_id="nap", store=store)
-        wait_for(lambda: handle.status() == "parked", timeout=60)
-        print("parked", flush=True)
+        print(handle.wait(timeout=60), flush=True)
         threading.Event().wait(120)  # until the parent kills this process
 ''')
 
@@ -414,9 +413,7 @@ CHANGING = COMMON + textwrap.dedent('''
 
     with open_store(data_dir) as store:
         handle = body.start({}, run_id="changing", store=store)
-        while handle.status() != "parked":
-            time.sleep(0.01)
-        print("parked", flush=True)
+        print(handle.wait(timeout=60), flush=True)
         threading.Event().wait(120)
 ''')
 
