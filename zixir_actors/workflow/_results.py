@@ -59,6 +59,12 @@ class StepContext:
     progress: Any = field(default=None, repr=False, compare=False)
     store: Any = field(default=None, repr=False, compare=False)
 
+    def __reduce__(self) -> tuple[Any, tuple[Any, ...]]:
+        # A step sent to a sandbox worker or a Ray task gets its identity, not
+        # this process's progress log or store client (they hold actor refs).
+        return (StepContext, (self.run_id, self.step, self.attempt, self.idempotency_key,
+                              self.workflow))
+
     def emit(self, value: Any) -> None:
         """Append `value` to the run's progress stream (a token, a partial result).
 
