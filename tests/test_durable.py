@@ -808,6 +808,35 @@ def test_cancel_during_a_step_does_not_commit_its_late_result(store: CheckpointC
     assert calls["slow"] == 2
 
 
+def test_cancel_during_an_async_step_does_not_commit_its_late_result(
+        store: CheckpointClient) -> None:
+    calls: list[int] = []
+    entered, returned = threading.Event(), threading.Event()
+
+    async def slow() -> str:
+        calls.append(1)
+        number = len(calls)
+        entered.set()
+        try:
+            await asyncio.sleep(0.2 if number == 1 else 0)
+            return f"result {number}"
+        finally:
+            if number == 1:
+                returned.set()
+
+    @durable("async-cancel")
+    async def body(ctx: Any) -> str:
+        return str(await ctx.step(slow, name="slow"))
+
+    handle = body.start({}, run_id="r-async-late", store=store)
+    assert entered.wait(WAIT)
+    assert handle.cancel()
+    assert handle.result(timeout=WAIT).status == "cancelled"
+    assert returned.wait(WAIT)  # the cancelled attempt returned "result 1" late
+    resumed = body.resume("r-async-late", store=store)
+    assert resumed.output == "result 2" and len(calls) == 2
+
+
 # -- child runs and DAG interplay ---------------------------------------------------------
 
 
