@@ -981,6 +981,20 @@ class CheckpointClient:
         with self._read() as (env, txn):
             yield txn, env.db
 
+    def pending_events(self) -> list[tuple[str, str]]:
+        """Every event not yet taken, as ``(run_id, event)``, in one pass over the mailboxes."""
+        out: list[tuple[str, str]] = []
+        for key, blob in self._scan(EVENTS_DB):
+            if key == _MAILBOX_MARK:
+                continue
+            run_id = key[:-(_SEQ.size + 1)].decode(errors="replace")
+            try:
+                event = _decode(blob, f"event {run_id}")[0]
+            except CorruptBlobError:
+                continue
+            out.append((run_id, event))
+        return out
+
     def mailbox_mark(self) -> int:
         """The sequence number of the last event sent to any run (0 if none)."""
         with self._read() as (env, txn):

@@ -1648,10 +1648,11 @@ def _poll_mailboxes(store: CheckpointClient) -> None:
         mark = store.mailbox_mark()
         with _watched_lock:
             changed, _watched[key] = mark != _watched.get(key), mark
-        if changed:
-            for body in waiting:
-                event = (body.waiting or {}).get("event")
-                if any(name == event for _, name, _, _ in store.events(body.run_id)):
+        if changed:  # one pass over the undelivered events, however many runs wait
+            parked = {body.run_id: body for body in waiting}
+            for run_id, event in store.pending_events():
+                body = parked.get(run_id)
+                if body is not None and (body.waiting or {}).get("event") == event:
                     body.signal(event)
     except (StoreError, CorruptBlobError) as exc:  # the store went away: stop watching
         log.warning("cannot read the mailboxes", error=str(exc))
