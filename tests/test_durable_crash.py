@@ -579,3 +579,74 @@ def test_a_parked_run_survives_kill_9_and_the_next_runtime_wakes_it(tmp_path: Pa
     assert result.status == "succeeded" and result.output == 42
     assert calls == []  # fetch ran once, in the killed process
 
+
+CONSUMER = COMMON + textwrap.dedent('''
+    import zixir_actors
+    data_dir, COUNTS = sys.argv[1], sys.argv[2]
+
+    def record(x, ctx):
+        mark(ctx)
+        return x
+
+    @durable("crash-events")
+    def consumer(ctx):
+        return [ctx.step(record, ctx.wait_for("e")) for _ in range(6)]
+
+    with zixir_actors.start(data_dir=data_dir) as runtime:  # resumes the run after a kill
+        resumed = [h for h in runtime.resumed if h.run_id == "events"]
+        handle = resumed[0] if resumed else consumer.start({}, run_id="events")
+        result = handle.result(timeout=120)
+    print(json.dumps({"status": result.status, "output": result.output}))
+''')
+
+
+def test_events_survive_kills_and_are_each_consumed_once(tmp_path: Path) -> None:
+    from zixir_actors import send
+
+    script = tmp_path / "consumer.py"
+    script.write_text(CONSUMER)
+    data_dir, count_file = tmp_path / "data", tmp_path / "counts"
+    command = python(script, data_dir, count_file)
+    rng = random.Random(13)
+
+    def parked_waiting() -> bool:
+        with open_store(data_dir) as store:
+            record = store.find_run("events")
+            return record is not None and record.status == "parked"
+
+    snapshots = []
+    for event in range(4):  # one event per process, then kill -9 at a random point
+        before = counts(count_file)
+        child = subprocess.Popen(command, env=env(), stdout=subprocess.DEVNULL,
+                                 stderr=subprocess.DEVNULL)
+        try:
+            wait_for(lambda proc=child: proc.poll() is not None or parked_waiting(),
+                     timeout=PROCESS_TIMEOUT, interval=0.01)
+            assert child.poll() is None
+            with open_store(data_dir) as store:
+                send("events", "e", event, store=store)
+            if rng.random() < 0.5:  # kill once the step ran, or at once
+                lines = sum(before.values())
+                wait_for(lambda g=lines: sum(counts(count_file).values()) > g,
+                         timeout=PROCESS_TIMEOUT, interval=0.002)
+            child.send_signal(signal.SIGKILL)
+        finally:
+            child.wait(PROCESS_TIMEOUT)
+        snapshots.append((before, counts(count_file), committed(data_dir, "events")))
+    with open_store(data_dir) as store:  # the rest arrive before the last process starts
+        send("events", "e", 4, store=store)
+        send("events", "e", 5, store=store)
+    assert finish(command) == {"status": "succeeded", "output": [0, 1, 2, 3, 4, 5]}
+    label_of = final_labels(data_dir, "events")
+    reruns: Counter[str] = Counter()
+    for before, after, done in snapshots:
+        done_labels = {label_of[p] for p in done}
+        for label in after:
+            if after[label] > before[label] and label not in done_labels:
+                reruns[label] += 1
+    ran = counts(count_file)
+    assert len(ran) == 6
+    assert ran == {label: 1 + reruns[label] for label in ran}
+    with open_store(data_dir) as store:
+        assert store.events("events") == []  # every event consumed, none twice
+
