@@ -1,4 +1,5 @@
-"""Code-first workflows across kill -9: an agent loop, timers, a child run, a changed body.
+"""Code-first workflows across kill -9: agent loops (sync and async), timers, events, a child
+run, a changed body, progress, a parked run taken over by the next runtime.
 
 Every step appends its label to one file (O_APPEND, one short write per line)
 just before it returns, so the file counts executions across processes.
