@@ -59,6 +59,7 @@ from zixir_actors.errors import (
 )
 from zixir_actors.observability import Span, span
 from zixir_actors.result import Ok
+from zixir_actors.workflow._calls import awaited, call, with_timeout
 from zixir_actors.workflow._hashing import code_hash
 from zixir_actors.workflow._history import (
     STEP_STARTED,
@@ -232,17 +233,6 @@ def _is_timeout(exc: BaseException) -> bool:
 # -- calling a step function ------------------------------------------------------
 
 
-def _invoke(fn: Callable[..., Any], args: tuple[Any, ...], kwargs: Mapping[str, Any]) -> Any:
-    value = fn(*args, **kwargs)
-    if inspect.isawaitable(value):
-        return run_coro(_awaited(value))
-    return value
-
-
-async def _awaited(awaitable: Any) -> Any:
-    return await awaitable
-
-
 def _attempt(fn: Callable[..., Any], args: tuple[Any, ...], kwargs: dict[str, Any],
              opts: _Options, label: str, wf_executor: Any) -> Any:
     """One attempt of a step call: on an executor, in a sandbox, with a timeout, or inline."""
@@ -257,26 +247,9 @@ def _attempt(fn: Callable[..., Any], args: tuple[Any, ...], kwargs: dict[str, An
     if opts.limits is not None:
         return _sandboxed(fn, args, kwargs, opts, label)
     if opts.timeout is None:
-        return _invoke(fn, args, kwargs)
-    box: dict[str, Any] = {}
-    done = threading.Event()
-
-    def target() -> None:
-        try:
-            box["value"] = _invoke(fn, args, kwargs)
-        except BaseException as exc:  # handed to the waiting caller
-            box["error"] = exc
-        finally:
-            done.set()
-
-    context = contextvars.copy_context()
-    threading.Thread(target=context.run, args=(target,), daemon=True,
-                     name=f"zixir-wf-call-{label}").start()
-    if not done.wait(opts.timeout):
-        raise StepTimeoutError(label, opts.timeout)
-    if "error" in box:
-        raise box["error"]
-    return box["value"]
+        return call(fn, args, kwargs)
+    return with_timeout(lambda: call(fn, args, kwargs), opts.timeout, label,
+                        thread=f"zixir-wf-call-{label}")
 
 
 def _sandboxed(fn: Callable[..., Any], args: tuple[Any, ...], kwargs: dict[str, Any],
@@ -299,7 +272,7 @@ def _sandboxed(fn: Callable[..., Any], args: tuple[Any, ...], kwargs: dict[str, 
 
 def _run_async_in_worker(fn: Callable[..., Any], args: tuple[Any, ...],
                          kwargs: dict[str, Any]) -> Any:
-    return asyncio.run(_awaited(fn(*args, **kwargs)))
+    return asyncio.run(awaited(fn(*args, **kwargs)))
 
 
 # -- futures of spawned calls -----------------------------------------------------
@@ -379,6 +352,7 @@ class _Body:
         self.started = time.perf_counter()
         self.steps: dict[str, StepResult] = {}
         self.pending_records: list[tuple[int, Any]] = []
+        self.occurrences: dict[int, int] = {}  # position -> occurrence of calls in flight
         self.letters: dict[str, list[str]] = {}
         self.failures: dict[str, tuple[Any, tuple[AttemptInfo, ...]]] = {}
         self.preloaded = records
@@ -707,8 +681,15 @@ class _Body:
 
     # -- commits --
 
+    def _stamped(self, position: int, rec: Any) -> Any:
+        # The occurrence goes with the record: labels stay right across the gaps
+        # that calls in flight at a crash or a cancel leave between positions.
+        occurrence = self.occurrences.pop(position, None)
+        return rec if occurrence is None or len(rec) > 4 else (*rec, occurrence)
+
     def record(self, position: int, rec: Any) -> None:
         """Record a value call (now, uuid, random): it commits with the next commit."""
+        rec = self._stamped(position, rec)
         with self.cond:
             self.pending_records.append((position, rec))
 
@@ -721,7 +702,8 @@ class _Body:
     def commit_call(self, position: int, rec: Any, *, consume: int | None = None,
                     label: str | None = None) -> None:
         batch = self.store.batch()
-        batch.put_call(self.run_id, position, rec)  # UnserializableError: before any write
+        # UnserializableError comes here, before any write.
+        batch.put_call(self.run_id, position, self._stamped(position, rec))
         if consume is not None:
             batch.delete_event(self.run_id, consume)
         if label is not None:  # a retried call succeeded: its dead letters are resolved
@@ -1068,6 +1050,8 @@ class DurableContext:
         self._occ[name] = occurrence
         label = f"{name}#{occurrence}"
         rec = self._records.get(position)
+        if self._plan is None and (rec is None or rec[0].endswith("?")):
+            self._b.occurrences[position] = occurrence  # stored with the call's record
         if rec is not None and (_family(rec[0]) != kind or rec[1] != name):
             recorded, requested = f"{_family(rec[0])} {rec[1]!r}", f"{kind} {name!r}"
             if self._plan is not None:
@@ -1127,15 +1111,18 @@ class DurableContext:
         name = _call_name(fn, name)
         position, label, rec = self._next("step", name)
         if rec is not None:
-            future = CallFuture(label)
-            try:
-                future._future.set_result(self._b.replayed(label, rec))
-            except StepFailedError as exc:
-                future._future.set_exception(exc)
-            return future
+            return self._replayed_future(label, rec)
         opts = _options(retry, timeout, limits, executor, resources, label)
         return self._b.spawn(position, label, name, fn, args, kwargs, opts,
                              self._b.spawn_slots)
+
+    def _replayed_future(self, label: str, rec: Any) -> CallFuture:
+        future = CallFuture(label)
+        try:
+            future._future.set_result(self._b.replayed(label, rec))
+        except StepFailedError as exc:
+            future._future.set_exception(exc)
+        return future
 
     def map(self, fn: Callable[..., Any], items: Iterable[Any], *,
             concurrency: int | None = None, name: str | None = None,
@@ -1155,11 +1142,7 @@ class DurableContext:
         for item in items:
             position, label, rec = self._next("step", cname)
             if rec is not None:
-                future = CallFuture(label)
-                try:
-                    future._future.set_result(self._b.replayed(label, rec))
-                except StepFailedError as exc:
-                    future._future.set_exception(exc)
+                future = self._replayed_future(label, rec)
             else:
                 opts = _options(retry, timeout, limits, executor, resources, label)
                 future = self._b.spawn(position, label, cname, fn, (item,), {}, opts, slots)
@@ -1548,8 +1531,9 @@ def labels(records: list[tuple[int, Any]]) -> dict[str, int]:
     for position, rec in records:
         if position == RESULT_POS:
             continue
-        counts[rec[1]] = counts.get(rec[1], 0) + 1
-        out[f"{rec[1]}#{counts[rec[1]]}"] = position
+        occurrence = rec[4] if len(rec) > 4 else counts.get(rec[1], 0) + 1
+        counts[rec[1]] = occurrence
+        out[f"{rec[1]}#{occurrence}"] = position
     return out
 
 

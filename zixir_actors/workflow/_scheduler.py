@@ -50,6 +50,7 @@ from zixir_actors.executor import call_step, offload
 from zixir_actors.observability import Span
 from zixir_actors.observability._tracing import enter_span, exit_span
 from zixir_actors.result import Ok
+from zixir_actors.workflow._calls import awaited, with_timeout
 from zixir_actors.workflow._hashing import fingerprint
 from zixir_actors.workflow._plan import idempotency_key
 from zixir_actors.workflow._results import Plan, RunResult, StepContext, StepError, StepResult
@@ -410,25 +411,8 @@ class Scheduler:
             return _sandboxed(step, call)
         if step.timeout is None:
             return invoke(step.fn, call)
-        box: dict[str, Any] = {}
-        done = threading.Event()
-
-        def target() -> None:
-            try:
-                box["value"] = invoke(step.fn, call)
-            except BaseException as exc:  # handed to the waiting worker
-                box["error"] = exc
-            finally:
-                done.set()
-
-        context = contextvars.copy_context()
-        threading.Thread(target=context.run, args=(target,), daemon=True,
-                         name=f"zixir-wf-step-{step.name}").start()
-        if not done.wait(step.timeout):
-            raise StepTimeoutError(step.name, step.timeout)
-        if "error" in box:
-            raise box["error"]
-        return box["value"]
+        return with_timeout(lambda: invoke(step.fn, call), step.timeout, step.name,
+                            thread=f"zixir-wf-step-{step.name}")
 
     def _sleep(self, delay: float) -> None:
         clock = self.job.clock
@@ -472,12 +456,8 @@ def invoke(fn: Callable[..., Any], kwargs: dict[str, Any]) -> Any:
     if value is not None and type(value) not in _PLAIN and inspect.isawaitable(value):
         from zixir_actors.workflow._loop import run_coro
 
-        return run_coro(_await(value))
+        return run_coro(awaited(value))
     return value
-
-
-async def _await(awaitable: Any) -> Any:
-    return await awaitable
 
 
 def _sandboxed(step: Step, call: dict[str, Any]) -> Any:
