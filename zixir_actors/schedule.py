@@ -319,10 +319,19 @@ def tick(*, timeout: float | None = 10.0) -> list[str]:
 
     Raises:
         NotStartedError: the runtime (its scheduler) is not running.
+        ZixirTimeoutError: the look did not end within `timeout` seconds.
     """
-    from supervisors import ref
+    from zixir_actors.errors import NotStartedError, ZixirTimeoutError
 
-    return ref(SCHEDULER_NAME).ask("tick", timeout=timeout)  # type: ignore[no-any-return]
+    found = whereis(SCHEDULER_NAME)
+    if found is None:
+        raise NotStartedError(SCHEDULER_NAME)
+    try:
+        return found.ask("tick", timeout=timeout)  # type: ignore[no-any-return]
+    except pykka.Timeout:
+        raise ZixirTimeoutError("the scheduler's look", timeout) from None
+    except pykka.ActorDeadError:
+        raise NotStartedError(SCHEDULER_NAME) from None
 
 
 def _kick() -> None:
