@@ -46,7 +46,7 @@ from collections.abc import Mapping
 from dataclasses import dataclass
 from datetime import datetime
 from datetime import timezone as _tz
-from typing import Any, Literal
+from typing import Any, Literal, cast
 
 import pykka
 
@@ -327,11 +327,12 @@ def tick(*, timeout: float | None = 10.0) -> list[str]:
     if found is None:
         raise NotStartedError(SCHEDULER_NAME)
     try:
-        return found.ask("tick", timeout=timeout)  # type: ignore[no-any-return]
+        made = cast("list[str]", found.ask("tick", timeout=timeout))
     except pykka.Timeout:
         raise ZixirTimeoutError("the scheduler's look", timeout) from None
     except pykka.ActorDeadError:
         raise NotStartedError(SCHEDULER_NAME) from None
+    return made
 
 
 def _kick() -> None:
