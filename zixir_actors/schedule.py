@@ -54,7 +54,12 @@ from supervisors import ChildSpec, SupervisedActor, whereis
 from zixir_actors import _codec
 from zixir_actors._clock import SYSTEM_CLOCK, Clock
 from zixir_actors.checkpoint import CheckpointClient, RunRecord, connect
-from zixir_actors.errors import ConfigError, CorruptBlobError, ScheduleNotFoundError
+from zixir_actors.errors import (
+    ConfigError,
+    CorruptBlobError,
+    RunActiveError,
+    ScheduleNotFoundError,
+)
 from zixir_actors.observability import logger
 
 __all__ = ["CATCH_UP", "MAX_CATCH_UP", "SCHEDULER_NAME", "CatchUp", "Schedule", "Scheduler",
@@ -540,6 +545,8 @@ class Scheduler(SupervisedActor):
                 if wf is None:
                     raise LookupError(f"workflow {s.workflow!r} is not defined here")
                 wf.start(dict(s.inputs), run_id=run_id)
+            except RunActiveError:
+                continue  # start() resumed it first (it was stored as running here)
             except Exception as exc:  # the run stays "running" here: start() resumes it
                 log.bind(schedule=s.name, run_id=run_id).error(
                     "cannot start a scheduled run", error=f"{type(exc).__name__}: {exc}")

@@ -39,7 +39,8 @@ RUNS_OF_DB = "zixir.queue_runs"
 KEYS_DB = "zixir.queue_keys"
 MARK = b"\xff.mark"  # no UTF-8 queue name starts with 0xff
 ACTIVE = ("running", "parked", "interrupted")
-"""Statuses of a run that holds one of its queue's concurrency slots."""
+"""Statuses of a run that holds one of its queue's concurrency slots (an interrupted
+run is continued by the next runtime that defines its workflow)."""
 _SEP = b"\x00"
 _ORDER = struct.Struct(">QQ")
 _SEQ = struct.Struct(">Q")
