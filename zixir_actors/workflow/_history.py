@@ -12,8 +12,9 @@ time, level, step, attempt and message, so that it outlives the process:
   `DEFAULT_LEVEL` (``INFO``) and above.
 
 Lines are committed in groups without a disk sync (like progress items):
-at most `FLUSH_EVERY` pending or `FLUSH_AFTER` seconds after the first
-one, and always with the run's end or park. A kill -9 can therefore lose
+`FLUSH_AFTER` seconds after the first pending one, in the timer thread (off
+the step's path; at once past `FLUSH_EVERY` pending), and with the run's
+end or park. A kill -9 can therefore lose
 the last group (at most `FLUSH_AFTER` seconds of lines), never a committed
 one. Each run keeps its newest `DEFAULT_MAX_LINES` lines; older lines are
 dropped first and counted (`CheckpointClient.run_log_bounds`).
@@ -48,8 +49,9 @@ DEFAULT_MAX_LINES = 10_000
 """Log lines kept per run; older ones are dropped first (and counted)."""
 DEFAULT_LEVEL = "INFO"
 """The lowest level of the application's lines that runs keep (the engine's are all kept)."""
-FLUSH_EVERY = 256
-"""Pending log lines of a run that trigger a commit (without a disk sync)."""
+FLUSH_EVERY = 4096
+"""Pending log lines of a run that are committed at once, by the thread that
+logs the last one (without a disk sync); fewer wait for `FLUSH_AFTER`."""
 FLUSH_AFTER = 0.05
 """Seconds after which a pending log line is committed at the latest."""
 VALUE_LIMIT = 2000
@@ -58,6 +60,8 @@ ENDED = frozenset({"succeeded", "failed", "cancelled", "timed_out"})
 _LEVELS = {"TRACE": 5, "DEBUG": 10, "INFO": 20, "SUCCESS": 25, "WARNING": 30, "ERROR": 40,
            "CRITICAL": 50}
 _OWN_FIELDS = frozenset({"run_id", "step", "attempt", "workflow", "trace_id", "span_id"})
+_ENGINE_OWN = _OWN_FIELDS | {"service"}
+_SIMPLE = frozenset({str, int, bool, type(None)})
 _LIBRARY = ("zixir_actors", "supervisors")  # their run lines are kept by the engine itself
 
 
@@ -96,7 +100,7 @@ class RunLog:
     """The pending log lines of one run in this process (shared by its incarnations).
 
     `add` is the hot path: a tuple appended under a lock. Encoding and the
-    LMDB commit happen in `flush`, in the timer thread or at `FLUSH_EVERY`.
+    LMDB commit happen in `flush`, in the timer thread (or past `FLUSH_EVERY`).
     """
 
     def __init__(self, run_id: str, store: CheckpointClient, *, fresh: bool) -> None:
@@ -117,6 +121,40 @@ class RunLog:
         now = time.time() if at is None else at
         with self.lock:
             self.pending.append((now, level, step, attempt, message, fields))
+            count = len(self.pending)
+            arm = not self.armed
+            self.armed = True
+        if count >= FLUSH_EVERY:
+            self.flush()
+        elif arm:
+            from zixir_actors.workflow._timers import timers_for
+
+            timers_for(SYSTEM_CLOCK).add(now + FLUSH_AFTER, ("run-log", id(self)), self.flush)
+
+    def engine(self, level: str, message: str, fields: Mapping[str, Any],
+               bound: Mapping[str, Any]) -> None:
+        """Keep one of the engine's lines: `fields` passed with it, `bound` to its logger.
+
+        The engine's hot path (two lines per step): no dict is built for a
+        line with no fields besides the run's own.
+        """
+        step = fields.get("step", bound.get("step"))
+        attempt = fields.get("attempt", bound.get("attempt"))
+        rest: dict[str, Any] | None = None
+        if not (fields.keys() <= _ENGINE_OWN and bound.keys() <= _ENGINE_OWN):
+            found = {}
+            for source in (bound, fields):
+                for key, value in source.items():
+                    if key not in _ENGINE_OWN:
+                        found[key] = value if type(value) in _SIMPLE else _plain(value)
+            rest = found or None
+        now = time.time()
+        line = (now, level, None if step is None else str(step),
+                attempt if isinstance(attempt, int) else None, message, rest)
+        with self.lock:
+            self.pending.append(line)
+            if attempt == 1 and message == STEP_STARTED and step is not None:
+                self.starts[str(step)] = now
             count = len(self.pending)
             arm = not self.armed
             self.armed = True
@@ -226,24 +264,34 @@ class EngineLog:
             run_id = fields.get("run_id", self._extra.get("run_id"))
             run_log = _live.get(run_id) if isinstance(run_id, str) else None
             if run_log is not None:
-                _keep(run_log, level, message, {**self._extra, **fields})
+                run_log.engine(level, message, fields, self._extra)
+        if _LEVELS[level] < _others_level(self._logger):
+            return  # no sink but the capture handler takes it: skip building the record
         if self._options is not None:
             self._logger._log(level, False, self._options, message, (), fields)
         else:
             self._logger.opt(depth=2).log(level, message, **fields)
 
 
-def _keep(run_log: RunLog, level: str, message: str, fields: dict[str, Any]) -> None:
-    step = fields.pop("step", None)
-    attempt = fields.pop("attempt", None)
-    for key in ("run_id", "workflow", "service"):
-        fields.pop(key, None)
-    if message == STEP_STARTED and attempt == 1 and step is not None:
-        with run_log.lock:
-            run_log.starts[str(step)] = time.time()
-    run_log.add(level, message, None if step is None else str(step),
-                attempt if isinstance(attempt, int) else None,
-                {k: _plain(v) for k, v in fields.items()} or None)
+_seen: list[Any] = [None, 0]  # loguru's handlers dict last seen, the lowest level of the others
+
+
+def _others_level(logger: Any) -> float:
+    """The lowest level of loguru's handlers but the capture handler (inf if none).
+
+    The capture handler lowers loguru's own threshold for everyone, so without
+    this an engine line that only that handler would take (and then drop: it
+    keeps the engine's lines directly) would still cost a full loguru record.
+    loguru replaces its handlers dict on every add and remove.
+    """
+    handlers = getattr(getattr(logger, "_core", None), "handlers", None)
+    if handlers is None:
+        return 0
+    if handlers is not _seen[0]:
+        levels = [getattr(h, "levelno", 0) for key, h in handlers.items() if key != _handler]
+        _seen[1] = min(levels) if levels else math.inf
+        _seen[0] = handlers
+    return float(_seen[1])
 
 
 STEP_STARTED = "step started"

@@ -1,0 +1,445 @@
+"""Run history: log lines kept with each run, the true status, and a run's detail."""
+
+from __future__ import annotations
+
+import json
+import os
+import signal
+import subprocess
+import sys
+import textwrap
+import threading
+from collections.abc import Iterator
+from pathlib import Path
+
+import pytest
+
+import zixir_actors
+from zixir_actors.checkpoint import CheckpointClient, open_store
+from zixir_actors.errors import ConfigError, StepFailedError
+from zixir_actors.observability import logger
+from zixir_actors.testing import capture_logs, wait_for
+from zixir_actors.workflow import RetryPolicy, StepContext, Workflow, durable
+from zixir_actors.workflow._history import (
+    DEFAULT_MAX_LINES,
+    configure_run_logs,
+    jsonable,
+    run_detail,
+    run_state,
+)
+
+ROOT = Path(__file__).resolve().parent.parent
+WAIT = 60.0
+
+
+@pytest.fixture
+def store(tmp_path: Path) -> Iterator[CheckpointClient]:
+    with open_store(tmp_path) as client:
+        yield client
+
+
+@pytest.fixture(autouse=True)
+def default_run_logs() -> Iterator[None]:
+    yield
+    configure_run_logs()
+
+
+def lines(store: CheckpointClient, run_id: str) -> list[tuple[str, str, str | None, int | None]]:
+    return [(line.level, line.message, line.step, line.attempt)
+            for line in store.run_logs(run_id)]
+
+
+# -- log lines -----------------------------------------------------------------------------
+
+
+def flaky_workflow(name: str) -> Workflow:
+    wf = Workflow(name)
+    calls = {"fetch": 0}
+
+    @wf.step(retry=RetryPolicy(max_attempts=3, initial_delay=0.05))
+    def fetch(url: str, ctx: StepContext) -> str:
+        calls["fetch"] += 1
+        ctx.logger.info("fetching {}", url)
+        if calls["fetch"] == 1:
+            raise ConnectionError("reset by peer")
+        return f"<html>{url}</html>"
+
+    @wf.step(depends_on=["fetch"])
+    def parse(fetch: str) -> int:
+        logger.bind(run_id="r-flaky").warning("a line bound to the run", size=len(fetch))
+        logger.debug("below the kept level")
+        logger.info("a plain line inside the step")
+        return len(fetch)
+
+    return wf
+
+
+def test_a_run_keeps_engine_events_and_its_own_lines_without_configured_logging(
+        store: CheckpointClient) -> None:
+    result = flaky_workflow("hist-flaky").run({"url": "x"}, run_id="r-flaky", store=store)
+    assert result.ok
+    assert lines(store, "r-flaky") == [
+        ("INFO", "run started", None, None),
+        ("DEBUG", "step started", "fetch", 1),
+        ("INFO", "fetching x", "fetch", 1),
+        ("WARNING", "step failed, retrying", "fetch", 1),
+        ("DEBUG", "step started", "fetch", 2),
+        ("INFO", "fetching x", "fetch", 2),
+        ("INFO", "step succeeded", "fetch", 2),
+        ("DEBUG", "step started", "parse", 1),
+        ("WARNING", "a line bound to the run", "parse", 1),
+        ("INFO", "a plain line inside the step", "parse", 1),
+        ("INFO", "step succeeded", "parse", 1),
+        ("INFO", "run ended", None, None),
+    ]
+    logged = store.run_logs("r-flaky")
+    assert [line.seq for line in logged] == list(range(len(logged)))
+    assert logged[3].fields["error"] == "ConnectionError: reset by peer"
+    assert logged[8].fields == {"size": len("<html>x</html>")}
+    assert logged[-1].fields["status"] == "succeeded"
+    assert all(a.time <= b.time for a, b in zip(logged, logged[1:], strict=False))
+
+
+def test_engine_lines_still_reach_loguru_with_their_callers(store: CheckpointClient) -> None:
+    with capture_logs() as logs:
+        flaky_workflow("hist-loguru").run({"url": "y"}, run_id="r-loguru", store=store)
+    retried = logs.find("step failed, retrying")
+    assert retried and retried[0]["logger"] == "zixir_actors.workflow._scheduler"
+    assert retried[0]["run_id"] == "r-loguru" and retried[0]["step"] == "fetch"
+    # Engine lines are kept once, not a second time through loguru.
+    assert [m for _, m, _, _ in lines(store, "r-loguru")].count("step failed, retrying") == 1
+
+
+def test_run_logs_filter_by_step_and_read_on_after_a_seq(store: CheckpointClient) -> None:
+    flaky_workflow("hist-filter").run({"url": "z"}, run_id="r-filter", store=store)
+    fetch = store.run_logs("r-filter", step="fetch")
+    assert {line.step for line in fetch} == {"fetch"} and len(fetch) == 6
+    later = store.run_logs("r-filter", after=fetch[2].seq)
+    assert later[0].seq == fetch[2].seq + 1
+    assert [line.seq for line in store.run_logs("r-filter", after=2, limit=3)] == [3, 4, 5]
+    assert store.run_logs("r-filter", after=10_000) == []
+    assert store.run_logs("no-such-run") == []
+    assert store.run_log_bounds("no-such-run") == (0, 0)
+
+
+def double(x: int) -> int:
+    return 2 * x
+
+
+def refuse(x: int) -> int:
+    raise ValueError(f"no {x}")
+
+
+def fetch(i: int) -> str:
+    return f"page {i}"
+
+
+def test_a_code_first_run_keeps_a_line_per_call_with_its_label(store: CheckpointClient) -> None:
+    @durable("hist-body")
+    def body(ctx, n):  # type: ignore[no-untyped-def]
+        total = sum(ctx.step(double, i) for i in range(n))
+        try:
+            ctx.step(refuse, total)
+        except StepFailedError:
+            logger.bind(run_id=ctx.run_id).info("refused, going on")
+        return {"total": total}
+
+    result = body.run({"n": 2}, run_id="r-body", store=store)
+    assert result.output == {"total": 2}
+    kept = lines(store, "r-body")
+    assert kept[0] == ("INFO", "run started", None, None)
+    assert ("INFO", "step succeeded", "double#2", 1) in kept
+    assert ("ERROR", "step failed", "refuse#1", 1) in kept
+    assert ("INFO", "refused, going on", None, None) in kept
+    assert kept[-1] == ("INFO", "run ended", None, None)
+    assert [line.step for line in store.run_logs("r-body", step="double")] == \
+        ["double#1", "double#1", "double#2", "double#2"]
+
+
+def test_run_logs_are_bounded_the_oldest_dropped_first_and_counted(
+        store: CheckpointClient) -> None:
+    configure_run_logs(max_lines=50)
+    wf = Workflow("hist-chatty")
+
+    @wf.step()
+    def chatter(n: int, ctx: StepContext) -> int:
+        for i in range(n):
+            ctx.logger.info("line {}", i)
+        return n
+
+    assert wf.run({"n": 700}, run_id="r-chatty", store=store).ok
+    kept = store.run_logs("r-chatty")
+    first, end = store.run_log_bounds("r-chatty")
+    assert len(kept) == 50 and end - first == 50
+    total = 700 + 4  # run started, step started, 700 lines, step succeeded, run ended
+    assert end == total and first == total - 50  # dropped: counted by the first seq
+    assert kept[0].seq == first and kept[-1].message == "run ended"
+    assert [line.message for line in kept[:3]] == ["line 652", "line 653", "line 654"]
+
+
+def test_a_resumed_run_appends_to_its_log(store: CheckpointClient) -> None:
+    wf = Workflow("hist-resume")
+    gate = {"fail": True}
+
+    @wf.step()
+    def once() -> int:
+        if gate["fail"]:
+            raise RuntimeError("not yet")
+        return 1
+
+    assert not wf.run(run_id="r-resume", store=store).ok
+    before = store.run_log_bounds("r-resume")[1]
+    gate["fail"] = False
+    assert wf.resume("r-resume", store=store).ok
+    kept = store.run_logs("r-resume")
+    assert [line.seq for line in kept] == list(range(len(kept)))
+    assert kept[before].message == "run resumed"
+
+
+def test_configure_run_logs_rejects_bad_values() -> None:
+    with pytest.raises(ConfigError) as bad:
+        configure_run_logs(max_lines=0)
+    assert str(bad.value).splitlines()[0] == "invalid max_lines: 0 (must be an integer >= 1)"
+    with pytest.raises(ConfigError) as level:
+        configure_run_logs(level="LOUD")
+    assert str(level.value).splitlines()[0] == ("invalid level: 'LOUD' (must be one of TRACE, "
+                                                "DEBUG, INFO, SUCCESS, WARNING, ERROR, CRITICAL)")
+    assert DEFAULT_MAX_LINES == 10_000
+
+
+def test_debug_lines_are_kept_once_the_level_allows_them(store: CheckpointClient) -> None:
+    configure_run_logs(level="DEBUG")
+    wf = Workflow("hist-debug")
+
+    @wf.step()
+    def talk(ctx: StepContext) -> None:
+        ctx.logger.debug("fine detail")
+
+    wf.run(run_id="r-debug", store=store)
+    assert ("DEBUG", "fine detail", "talk", 1) in lines(store, "r-debug")
+
+
+# -- a run's detail ---------------------------------------------------------------------------
+
+
+class Opaque:
+    def __repr__(self) -> str:
+        return "<Opaque thing>"
+
+
+def test_detail_of_a_dag_run_has_values_as_json_times_errors_and_tracebacks(
+        store: CheckpointClient) -> None:
+    wf = Workflow("hist-detail", on_failure="continue")
+    delay = 0.05
+
+    @wf.step(retry=RetryPolicy(max_attempts=2, initial_delay=delay, jitter=0.0))
+    def retried(ctx: StepContext) -> dict[str, object]:
+        if ctx.attempt == 1:
+            raise TimeoutError("slow upstream")
+        return {"big": "x" * 5000, "opaque": Opaque()}
+
+    @wf.step()
+    def broken(n: int) -> int:
+        raise KeyError(f"missing {n}")
+
+    wf.run({"n": 7, "thing": Opaque()}, run_id="r-detail", store=store)
+    detail = run_detail(store, "r-detail")
+    json.dumps(detail)  # all of it is JSON
+    assert detail["kind"] == "dag" and detail["status"] == "failed"
+    assert detail["inputs"] == {"n": 7, "thing": "<Opaque thing>"}
+    steps = {s["name"]: s for s in detail["steps"]}
+    retried_step = steps["retried"]
+    assert retried_step["status"] == "succeeded" and retried_step["attempts"] == 2
+    assert retried_step["elapsed"] >= delay  # the backoff between attempts counts
+    assert retried_step["started_at"] <= retried_step["finished_at"]
+    cut = retried_step["output"]
+    assert cut["cut"] is True and cut["bytes"] > 5000 and len(cut["head"]) == 2000
+    failed = steps["broken"]
+    assert failed["status"] == "failed" and failed["error"] == "KeyError: 'missing 7'"
+    assert 'raise KeyError(f"missing {n}")' in failed["traceback"]
+    assert failed["dead_letter"] and failed["attempt_history"][0]["error"] == \
+        "KeyError: 'missing 7'"
+    assert detail["logs"] == {"stored": len(store.run_logs("r-detail")), "dropped": 0}
+
+
+def test_detail_of_a_code_first_run_lists_each_call(store: CheckpointClient) -> None:
+    @durable("hist-calls")
+    def body(ctx, n):  # type: ignore[no-untyped-def]
+        pages = [ctx.step(fetch, i) for i in range(n)]
+        ctx.sleep(0)
+        stamp = ctx.now()
+        return {"pages": pages, "at": stamp}
+
+    result = body.run({"n": 2}, run_id="r-calls", store=store)
+    detail = run_detail(store, "r-calls")
+    assert detail["kind"] == "code-first" and detail["status"] == "succeeded"
+    assert [(c["label"], c["kind"]) for c in detail["calls"]] == [
+        ("fetch#1", "step"), ("fetch#2", "step"), ("sleep#1", "sleep"), ("now#1", "now")]
+    assert detail["calls"][1]["value"] == "page 1"
+    assert detail["output"] == result.output == detail["outputs"]
+    assert [s["name"] for s in detail["steps"]] == ["fetch#1", "fetch#2"]
+    assert all(s["attempts"] == 1 and s["started_at"] is not None for s in detail["steps"])
+
+
+def test_detail_of_a_parked_run_says_what_it_waits_for_and_until_when(tmp_path: Path) -> None:
+    @durable("hist-parked")
+    def body(ctx):  # type: ignore[no-untyped-def]
+        return ctx.wait_for("approval", timeout=3600)
+
+    with zixir_actors.start(data_dir=tmp_path) as runtime:
+        handle = body.start(run_id="r-parked")
+        assert handle.wait(timeout=WAIT) == "parked"
+        from zixir_actors.checkpoint import connect
+
+        detail = run_detail(connect(), "r-parked")
+        assert detail["status"] == "parked"
+        assert detail["waiting"]["kind"] == "event" and detail["waiting"]["event"] == "approval"
+        assert detail["waiting"]["until"] > detail["created_at"]
+        assert runtime.is_alive()
+        messages = [line.message for line in connect().run_logs("r-parked")]
+        assert messages[-1] == "run parked"
+
+
+def test_jsonable_keeps_json_says_repr_otherwise_and_cuts_big_values() -> None:
+    assert jsonable({"a": [1, 2.5, None]}) == {"a": [1, 2.5, None]}
+    assert jsonable(Opaque()) == "<Opaque thing>"
+    assert jsonable(float("nan")) == "nan"
+    assert jsonable("y" * 10, limit=5) == {"cut": True, "bytes": 12, "head": '"yyyy'}
+
+
+def test_detail_of_an_unknown_run_is_run_not_found(store: CheckpointClient) -> None:
+    from zixir_actors.errors import RunNotFoundError
+
+    with pytest.raises(RunNotFoundError) as missing:
+        run_detail(store, "nope")
+    assert str(missing.value) == "no stored run 'nope'"
+
+
+# -- the truth about status ---------------------------------------------------------------
+
+
+def blocking_workflow(name: str, started: threading.Event,
+                      release: threading.Event) -> Workflow:
+    wf = Workflow(name)
+
+    @wf.step()
+    def first(ctx: StepContext) -> int:
+        ctx.logger.info("first is done")
+        return 1
+
+    @wf.step(depends_on=["first"])
+    def hang(first: int, ctx: StepContext) -> int:
+        ctx.logger.info("waiting for the release")
+        started.set()
+        release.wait(WAIT)
+        return first + 1
+
+    return wf
+
+
+def test_a_clean_stop_records_interrupted_and_the_next_start_resumes_it(tmp_path: Path) -> None:
+    started, release = threading.Event(), threading.Event()
+    wf = blocking_workflow("hist-stop", started, release)
+    runtime = zixir_actors.start(data_dir=tmp_path, resume_runs=False)
+    try:
+        handle = wf.start(run_id="r-stop")
+        assert started.wait(WAIT)
+    finally:
+        runtime.stop()
+        release.set()
+    with open_store(tmp_path) as store:
+        record = store.get_run("r-stop")
+        assert (record.status, record.error) == ("interrupted", "runtime stopped")
+        state = run_state(record, store.runtimes())
+        assert (state.status, state.reason) == ("interrupted", "runtime stopped")
+        kept = [line.message for line in store.run_logs("r-stop")]
+        assert kept[-1] == "run interrupted" and "waiting for the release" in kept
+        assert run_detail(store, "r-stop")["interrupted"]["reason"] == "runtime stopped"
+    del handle
+    release.clear()
+    release.set()
+    with zixir_actors.start(data_dir=tmp_path) as again:
+        assert [h.run_id for h in again.resumed] == ["r-stop"]
+        assert again.resumed[0].result(timeout=WAIT).ok
+        from zixir_actors.checkpoint import connect
+
+        assert connect().get_run("r-stop").status == "succeeded"
+        assert [line.message for line in connect().run_logs("r-stop")].count("run resumed") == 1
+
+
+def test_cancel_and_send_accept_an_interrupted_run(store: CheckpointClient) -> None:
+    from dataclasses import replace
+
+    from zixir_actors.checkpoint import RunRecord
+    from zixir_actors.workflow import send
+
+    @durable("hist-waiter")
+    def waiter(ctx):  # type: ignore[no-untyped-def]
+        return ctx.wait_for("go")
+
+    store.save_run(RunRecord("r-int", "hist-waiter", "interrupted", {}, 1.0, 2.0,
+                             "runtime stopped", owner="gone:1:1"))
+    send("r-int", "go", {"ok": True}, store=store)
+    assert [e[1] for e in store.events("r-int")] == ["go"]
+    assert waiter.cancel("r-int", store=store) is True
+    assert store.get_run("r-int").status == "cancelled"
+    store.save_run(replace(store.get_run("r-int"), status="interrupted"))
+    assert waiter.run(run_id="r-int", store=store).output == {"ok": True}
+
+
+HANGING = textwrap.dedent('''
+    import sys, threading
+    from pathlib import Path
+    import zixir_actors
+    from zixir_actors.workflow import Workflow
+
+    wf = Workflow("hist-kill")
+
+    @wf.step()
+    def first(ctx):
+        ctx.logger.info("first is done")
+        return 1
+
+    @wf.step(depends_on=["first"])
+    def hang(first, ctx):
+        ctx.logger.warning("hanging until killed")
+        Path(sys.argv[2]).write_text("ready")
+        threading.Event().wait()
+
+    with zixir_actors.start(data_dir=sys.argv[1]):
+        wf.run(run_id="r-kill")
+''')
+
+
+def test_after_kill_9_the_run_shows_interrupted_and_its_logs_survive(tmp_path: Path) -> None:
+    script = tmp_path / "hang.py"
+    script.write_text(HANGING)
+    data, ready = tmp_path / "data", tmp_path / "ready"
+    env = {**os.environ, "PYTHONPATH": str(ROOT)}
+    child = subprocess.Popen([sys.executable, str(script), str(data), str(ready)], env=env,
+                             stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL)
+    try:
+        wait_for(ready.exists, timeout=WAIT, what="the step to start")
+        with open_store(data) as store:
+            # Lines are committed in groups within FLUSH_AFTER; wait for the last group.
+            wait_for(lambda: any(line.message == "hanging until killed"
+                                 for line in store.run_logs("r-kill")), timeout=WAIT)
+            assert run_state(store.get_run("r-kill"), store.runtimes()).status == "running"
+            child.send_signal(signal.SIGKILL)
+            child.wait(WAIT)
+            record = store.get_run("r-kill")
+            assert record.status == "running"  # what the record says; the truth differs
+            state = run_state(record, store.runtimes())
+            assert state.status == "interrupted"
+            assert state.reason == f"its process (pid {child.pid}) ended"
+            assert state.since is not None and state.since >= record.updated_at
+            kept = [(line.message, line.step) for line in store.run_logs("r-kill")]
+            assert ("first is done", "first") in kept
+            assert ("hanging until killed", "hang") in kept
+            steps = {s["name"]: s for s in run_detail(store, "r-kill")["steps"]}
+            assert steps["first"]["status"] == "succeeded"
+            assert steps["hang"]["status"] == "interrupted"
+    finally:
+        if child.poll() is None:
+            child.kill()
+            child.wait(WAIT)
