@@ -226,9 +226,10 @@ def test_retry_a_dead_letter_then_approve_a_parked_run(service: tuple[Any, Http]
     assert handle.wait(timeout=60) == "parked"
     page = http.get("/runs/" + handle.run_id)[1]
     assert "Approve" in page and "event &#x27;approval&#x27;" in page
-    status, _, _ = http.post("/actions/send", {"run_id": handle.run_id, "event": "approval",
-                                               "payload": '{"approved": true}', "_csrf": token})
-    assert status == 303
+    status, headers, _ = http.post("/actions/send", {
+        "run_id": handle.run_id, "event": "approval", "payload": '{"approved": true}',
+        "_csrf": token})
+    assert status == 303 and "ok=1" in headers["location"], headers["location"]
     result = handle.result(timeout=60)
     assert result.output == {"amount": 21, "verdict": {"approved": True}}
     assert _status(http, handle.run_id) == "succeeded"

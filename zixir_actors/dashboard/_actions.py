@@ -120,10 +120,16 @@ class Actions:
         if record.status != "parked" or waiting.get("kind") != "event" \
                 or waiting.get("event") != event:
             return message
+        from zixir_actors._runtimes import current_owner
+        from zixir_actors.workflow import running_here
         from zixir_actors.workflow._durable import parked_bodies
 
-        if run_id in parked_bodies() or owned_elsewhere(record, self.store) is not None:
-            return message + "; the process that owns it wakes it"
+        me = current_owner()
+        if run_id in parked_bodies() or running_here(run_id) or (
+                me is not None and record.owner == me):
+            return message + "; it continues in this process"
+        if owned_elsewhere(record, self.store) is not None:
+            return message + f"; the process that owns it ({record.owner}) wakes it"
         try:
             wf, where = self.workflow_for(record.workflow, run_id)
         except ActionError:

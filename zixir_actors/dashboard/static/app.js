@@ -3,6 +3,7 @@
 
 (function () {
   const body = document.body;
+  let submitting = false;     // a form is on its way: stop swapping the page under it
 
   // Forms that ask before they act (cancel, discard).
   document.addEventListener("submit", (event) => {
@@ -12,6 +13,7 @@
       event.preventDefault();
       return;
     }
+    submitting = true;
     const button = form.querySelector("button[type=submit]");
     if (button) {
       button.disabled = true;
@@ -28,9 +30,14 @@
   let stopAfterNext = false;
 
   function paint(fragments) {
+    if (submitting) return;
     for (const [id, html] of Object.entries(fragments)) {
       const node = document.getElementById(id);
       if (!node || node.innerHTML === html) continue;
+      // Never under the user's hands: a field being typed in, an open "send event" form.
+      const active = document.activeElement;
+      if (active && active !== body && node.contains(active)) continue;
+      if (node.querySelector("details.send[open]")) continue;
       // Keep the <details> the user opened or closed as they were.
       const opened = Array.from(node.querySelectorAll("details")).map((d) => d.open);
       node.innerHTML = html;
@@ -41,6 +48,7 @@
 
   async function tick() {
     timer = null;
+    if (submitting) return;
     if (document.hidden) { schedule(); return; }
     try {
       const response = await fetch(url, { headers: { "Accept": "application/json" },
