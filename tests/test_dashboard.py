@@ -205,6 +205,7 @@ def test_service_serves_every_page_and_the_dashboard_is_last_in_the_tree(
     assert run_page.count('class="seg k-backoff"') >= 1
     assert 'class="dag"' in run_page and "the payment API is down" in run_page
     assert "Traceback (most recent call last)" in run_page
+    assert 'class="logs"' in run_page and "step failed, retrying" in run_page  # its log lines
     tree = http.get("/tree")[1]
     assert "zixir.dashboard" in tree and rt.id in tree
     assert http.get("/runs/no-such-run")[0] == 404
@@ -221,6 +222,9 @@ def test_retry_a_dead_letter_then_approve_a_parked_run(service: tuple[Any, Http]
     assert status == 303 and headers["location"].startswith("/runs/" + failed.run_id)
     wait_for(lambda: _status(http, failed.run_id) == "succeeded", timeout=60)
     assert letter not in http.get("/dead-letters")[1]
+    # Its letter is resolved, the step's first start is kept: the retries show as one bar.
+    assert "earlier attempt(s) and their backoff waits" in \
+        http.get("/runs/" + failed.run_id)[1]
 
     handle = approval.start({"amount": 21})
     assert handle.wait(timeout=60) == "parked"

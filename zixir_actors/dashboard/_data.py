@@ -238,8 +238,11 @@ def build_timeline(store: CheckpointClient, record: RunRecord, *, now: float | N
         return found
 
     calls = store.calls(record.run_id)
+    starts: Mapping[str, float] = {}
+    with contextlib.suppress(Exception):  # kept by stores that keep run history
+        starts = store.step_starts(record.run_id)
     if calls:
-        _code_first_rows(store, record, calls, row, events, now)
+        _code_first_rows(store, record, calls, row, events, now, starts)
     else:
         for name in order:
             row(name)
@@ -251,6 +254,7 @@ def build_timeline(store: CheckpointClient, record: RunRecord, *, now: float | N
         for name, cp in store.steps(record.run_id).items():
             r = row(name)
             began = cp.finished_at - cp.duration
+            _earlier(r, starts.get(name), began, cp.attempts)
             gap_from = max((s.end for s in r.segments), default=None)
             if gap_from is not None and began > gap_from:
                 r.segments.append(Segment(gap_from, began, "backoff",
@@ -274,9 +278,20 @@ def build_timeline(store: CheckpointClient, record: RunRecord, *, now: float | N
     return Timeline(start, max(end, start + 1e-3), ordered, events)
 
 
+def _earlier(row: TimelineRow, first_start: float | None, last_start: float,
+             attempts: int) -> None:
+    """A step that succeeded after retries whose failed attempts are no longer kept
+    (their dead letter was resolved): one bar from its first start to its last attempt."""
+    if first_start is None or row.segments or first_start >= last_start - 1e-4:
+        return
+    row.segments.append(Segment(first_start, last_start, "backoff",
+                                f"{attempts - 1} earlier attempt(s) and their backoff waits, "
+                                f"{_fmt_s(last_start - first_start)}"))
+
+
 def _code_first_rows(store: CheckpointClient, record: RunRecord, calls: list[tuple[int, Any]],
                      row: Callable[[str], TimelineRow], events: list[tuple[float, str]],
-                     now: float) -> None:
+                     now: float, starts: Mapping[str, float]) -> None:
     parks: list[tuple[float, Any]] = []
     ended_at: float | None = None
     with contextlib.suppress(Exception):
@@ -285,7 +300,6 @@ def _code_first_rows(store: CheckpointClient, record: RunRecord, calls: list[tup
                 parks.append((at, value))
             elif kind == "ended":
                 ended_at = at
-    starts: list[float] = []  # when each live part of the body began (after a park)
     counts: dict[str, int] = {}
     pending_waits: list[tuple[str, str]] = []  # (label, event) of waits that completed
     waiting_label: str | None = None  # the wait the run is parked on now
@@ -293,18 +307,18 @@ def _code_first_rows(store: CheckpointClient, record: RunRecord, calls: list[tup
         if position == RESULT_POS:
             continue
         kind, name = rec[0], rec[1]
-        counts[name] = counts.get(name, 0) + 1
+        counts[name] = _occurrence(rec, counts)
         label = f"{name}#{counts[name]}" if kind not in ("now", "uuid", "random") else ""
         if not label:
             continue
         if kind == "step":
-            _hash, attempts, total, finished = rec[3]
+            _hash, attempts, total, finished = rec[3][:4]
             r = row(label)
+            _earlier(r, starts.get(label), finished - total, attempts)
             r.segments.append(Segment(finished - total, finished, "ok",
                                       f"succeeded after {attempts} attempt(s), "
                                       f"{_fmt_s(total)}"))
             r.status = "succeeded"
-            starts.append(finished)
         elif kind == "step!":
             _error, history, _inputs = rec[2]
             r = row(label)
@@ -368,6 +382,13 @@ def _mailbox(store: CheckpointClient, run_id: str) -> list[tuple[float, str, str
     return out
 
 
+def _occurrence(rec: Any, counts: Mapping[str, int]) -> int:
+    """The call's occurrence of its name (recorded since call records carry it)."""
+    if len(rec) > 4 and isinstance(rec[4], int):
+        return rec[4]
+    return counts.get(rec[1], 0) + 1
+
+
 def call_rows(calls: list[tuple[int, Any]]) -> list[dict[str, Any]]:
     """The sequence of a code-first run's calls, for the run page."""
     out: list[dict[str, Any]] = []
@@ -376,7 +397,7 @@ def call_rows(calls: list[tuple[int, Any]]) -> list[dict[str, Any]]:
         if position == RESULT_POS:
             continue
         kind, name = rec[0], rec[1]
-        counts[name] = counts.get(name, 0) + 1
+        counts[name] = _occurrence(rec, counts)
         item: dict[str, Any] = {"position": position, "kind": kind.rstrip("!?"),
                                 "label": f"{name}#{counts[name]}", "status": "succeeded",
                                 "attempts": "", "duration": None, "value": None,

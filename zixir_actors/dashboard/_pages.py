@@ -415,22 +415,27 @@ class Dash:
         return f'<ol class="progress" start="{items[0][0]}">{"".join(lines)}</ol>'
 
     def _logs(self, run_id: str) -> str:
-        read = getattr(self.store, "logs", None) or getattr(self.store, "run_logs", None)
+        read = getattr(self.store, "run_logs", None)
         if read is None:
             return ('<p class="empty">this version of the store keeps no log lines with '
                     "runs</p>")
         try:
-            lines = list(read(run_id))
+            first, end = self.store.run_log_bounds(run_id)
+            lines = list(read(run_id, after=max(end - LOG_LINES_SHOWN, first) - 1))
         except Exception as exc:
             return f'<p class="flash bad">cannot read the logs: {esc(exc)}</p>'
         if not lines:
             return '<p class="empty">no log lines kept for this run</p>'
-        out = []
-        for line in lines[-LOG_LINES_SHOWN:]:
-            out.append(_log_line(line))
-        more = f'<p class="note">last {LOG_LINES_SHOWN} of {len(lines)} lines</p>' \
-            if len(lines) > LOG_LINES_SHOWN else ""
-        return more + f'<div class="logs">{"".join(out)}</div>'
+        out = "".join(_log_line(line) for line in lines)
+        kept = end - first
+        notes = []
+        if kept > len(lines):
+            notes.append(f"the last {len(lines):,} of {kept:,} lines kept")
+        if first:
+            notes.append(f"{first:,} older lines were dropped (the run's bound)")
+        more = f'<p class="note">{esc("; ".join(notes))} · zixir runs logs {esc(run_id)}</p>' \
+            if notes else ""
+        return more + f'<div class="logs">{out}</div>'
 
     # -- dead letters --
 
@@ -679,6 +684,11 @@ def _log_line(line: Any) -> str:
     step = get("step") or ""
     attempt = get("attempt")
     message = get("message") or get("text") or (line if isinstance(line, str) else repr(line))
+    fields = get("fields") or {}
+    if isinstance(fields, Mapping) and fields:
+        extra = " ".join(f"{k}={v}" for k, v in fields.items()
+                         if k not in ("workflow", "run_id", "step", "attempt"))
+        message = f"{message} {extra}".rstrip()
     when = time.strftime("%H:%M:%S", time.localtime(at)) if isinstance(at, (int, float)) else ""
     where = f"{step}" + (f" #{attempt}" if attempt else "")
     return (f'<div class="log l-{attr(level)}"><span class="t">{esc(when)}</span>'
