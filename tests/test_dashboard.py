@@ -393,3 +393,20 @@ def test_timeline_of_a_dag_run_shows_attempts_and_backoff(tmp_path: Path) -> Non
     assert rows["charge"].status == "failed"
     assert tl.start <= rows["reserve"].segments[0].start
     assert tl.end >= rows["charge"].segments[-1].end
+
+
+def test_queues_and_schedules_page(service: tuple[Any, Http]) -> None:
+    from zixir_actors.queue import Queue
+
+    _rt, http = service
+    FLAKY["fail"] = False
+    slow = Queue("dash-slow", rate="1/h")
+    handles = [slow.enqueue(checkout, {"items": i}) for i in range(3)]
+    handles[0].result(timeout=60)
+    checkout.schedule("0 6 * * 1", name="dash-weekly", inputs={"items": 1})
+    page = http.get("/queues")[1]
+    row = re.search(r"dash-slow</span></td><td>(\d+)</td>", page)
+    assert row is not None and row.group(1) == "2", page   # two wait for the rate limit
+    assert "1 per 3600 s" in page
+    assert "dash-weekly" in page and "0 6 * * 1" in page
+    assert "dash-slow" in http.get("/")[1]                  # queue depths on the overview

@@ -573,39 +573,42 @@ class Dash:
         if stats is None:
             return '<p class="empty">queues are not available in this version</p>'
         rows = []
-        for s in stats:
-            def get(k: str, s: Any = s) -> Any:
-                return s.get(k) if isinstance(s, Mapping) else getattr(s, k, None)
-
-            rows.append((f'<span class="mono">{esc(get("name"))}</span>',
-                         esc(get("depth") if get("depth") is not None else get("queued")),
-                         esc(get("running")), esc(_limit_text(get("concurrency"))),
-                         esc(_rate_text(get("rate")))))
-        return table(("queue", "waiting", "running", "concurrency", "rate"), rows,
-                     empty="no queue on this directory")
+        for q in stats:
+            cfg = q.config
+            row = [f'<span class="mono">{esc(q.name)}</span>', f"{q.depth:,}",
+                   f"{q.running:,}", esc(fmt_duration(q.oldest_wait) if q.depth else "—")]
+            if not compact:
+                row += [esc(_limit_text(cfg.concurrency)), esc(_limit_text(cfg.per_process)),
+                        esc(_rate_text(cfg.rate)), "yes" if cfg.priority else "no"]
+            rows.append(row)
+        headers = ("queue", "waiting", "running", "oldest wait") + (() if compact else (
+            "concurrency", "per process", "rate", "priority"))
+        return table(headers, rows, empty="no queue on this directory")
 
     def queues(self) -> str:
         parts = [f'<section class="panel"><h2>Queues</h2>{self.queue_table()}</section>']
-        schedules = _schedules()
+        schedules = _schedules(self.store)
         if schedules is None:
             parts.append('<section class="panel"><h2>Schedules</h2><p class="empty">'
                          "schedules are not available in this version</p></section>")
         else:
+            now = time.time()
             rows = []
-            for s in schedules:
-                def get(k: str, s: Any = s) -> Any:
-                    return getattr(s, k, None)
-
-                paused = get("paused")
-                rows.append((f'<span class="mono">{esc(get("name"))}</span>',
-                             esc(get("workflow")), f'<span class="mono">{esc(get("cron"))}</span>',
-                             esc(get("timezone") or "UTC"),
-                             badge("cancelled" if paused else "running").replace(
-                                 "cancelled", "paused") if paused is not None else "—",
-                             esc(fmt_time(get("next_at") or get("next_tick"))),
-                             esc(fmt_time(get("last_at") or get("last_tick")))))
+            for sc in schedules:
+                try:
+                    upcoming = fmt_time(sc.next_tick(max(now, sc.last_tick)))
+                except Exception:
+                    upcoming = "—"
+                state = '<span class="badge s-cancelled">paused</span>' if sc.paused else \
+                    badge("running").replace(">running<", ">active<")
+                rows.append((f'<span class="mono">{esc(sc.name)}</span>', esc(sc.workflow),
+                             f'<span class="mono">{esc(sc.cron)}</span>', esc(sc.timezone),
+                             esc(sc.catch_up), esc(getattr(sc.queue, "name", sc.queue) or "—"),
+                             state, esc(upcoming if not sc.paused else "—"),
+                             esc(fmt_time(sc.last_tick))))
             parts.append('<section class="panel"><h2>Schedules</h2>' + table(
-                ("schedule", "workflow", "cron", "timezone", "state", "next tick", "last tick"),
+                ("schedule", "workflow", "cron", "timezone", "catch-up", "queue", "state",
+                 "next tick", "last tick"),
                 rows, empty="no schedule on this directory") + "</section>")
         return "".join(parts)
 
@@ -718,28 +721,24 @@ def _rate_text(v: Any) -> str:
 
 def _queue_stats(store: CheckpointClient) -> list[Any] | None:
     try:
-        from zixir_actors.queue import _store as qstore
+        from zixir_actors.queue import queue_stats
     except ImportError:
         return None
-    fn = getattr(qstore, "stats", None)
-    if fn is None:
-        return None
     try:
-        with store.snapshot() as (txn, db):
-            return list(fn(txn, db, time.time()))
+        return list(queue_stats(store))
     except Exception:
         return []
 
 
-def _schedules() -> list[Any] | None:
-    import zixir_actors
-
-    fn = getattr(zixir_actors, "schedules", None)
-    if fn is None:
+def _schedules(store: CheckpointClient) -> list[Any] | None:
+    try:
+        from zixir_actors.schedule import schedules
+    except ImportError:
         return None
-    with contextlib.suppress(Exception):
-        return list(fn())
-    return []
+    try:
+        return list(schedules(store))
+    except Exception:
+        return []
 
 
 def _restart_counts() -> dict[str, float]:
