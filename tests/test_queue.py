@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import asyncio
 import json
 import os
 import signal
@@ -66,6 +67,14 @@ def test_enqueue_returns_at_once_and_the_worker_runs_it(tmp_path: Path) -> None:
         assert handle.status() == "succeeded"
         record = zixir_actors.checkpoint.connect().get_run("r1")
         assert record.owner == zixir_actors.current().id  # type: ignore[union-attr]
+
+        async def enqueue_and_await() -> Any:
+            handle = Queue("q-echo").enqueue(wf, {"text": "async"})
+            return await handle
+
+        assert asyncio.run(enqueue_and_await()).outputs["echo"] == "ASYNC"
+        waited = Queue("q-echo").enqueue(wf, {"text": "w"})
+        assert waited.wait(timeout=WAIT) == "succeeded"
 
 
 def test_runs_wait_for_a_free_slot_then_start_by_priority(gated: Any) -> None:
