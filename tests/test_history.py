@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import itertools
 import json
 import os
 import signal
@@ -97,7 +98,7 @@ def test_a_run_keeps_engine_events_and_its_own_lines_without_configured_logging(
     assert logged[3].fields["error"] == "ConnectionError: reset by peer"
     assert logged[8].fields == {"size": len("<html>x</html>")}
     assert logged[-1].fields["status"] == "succeeded"
-    assert all(a.time <= b.time for a, b in zip(logged, logged[1:], strict=False))
+    assert all(a.time <= b.time for a, b in itertools.pairwise(logged))
 
 
 def test_engine_lines_still_reach_loguru_with_their_callers(store: CheckpointClient) -> None:
