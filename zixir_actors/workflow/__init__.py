@@ -53,6 +53,7 @@ from zixir_actors.workflow._durable import (
     send,
 )
 from zixir_actors.workflow._hashing import code_hash, fingerprint
+from zixir_actors.workflow._history import RunState, configure_run_logs, run_detail, run_state
 from zixir_actors.workflow._loop import shutdown_loop
 from zixir_actors.workflow._progress import ProgressItem, ProgressStream
 from zixir_actors.workflow._results import (
@@ -114,6 +115,7 @@ __all__ = [
     "RunEndedError",
     "RunHandle",
     "RunResult",
+    "RunState",
     "RunStatus",
     "Step",
     "StepContext",
@@ -126,11 +128,14 @@ __all__ = [
     "WorkflowRun",
     "child_spec",
     "code_hash",
+    "configure_run_logs",
     "defined_workflows",
     "durable",
     "find_workflow",
     "fingerprint",
     "interrupt_parked",
+    "run_detail",
+    "run_state",
     "running_here",
     "send",
     "shutdown_loop",

@@ -74,8 +74,7 @@ def configure_run_logs(*, max_lines: int = DEFAULT_MAX_LINES, level: str = DEFAU
     """Set how many log lines each run keeps and the lowest level of your lines kept.
 
     Example:
-        ``configure_run_logs(max_lines=50_000, level="DEBUG")`` (or
-        ``zixir_actors.start(run_logs={"max_lines": 50_000})``)
+        ``configure_run_logs(max_lines=50_000, level="DEBUG")``
 
     Applies to this process from the next line on.
 
