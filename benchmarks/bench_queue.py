@@ -253,8 +253,8 @@ def dbos(n: int, latency: int) -> dict[str, Any] | None:
 
 
 def run(quick: bool = False) -> list[Figure]:
-    n = 200 if quick else 1500
-    m = 20 if quick else 150
+    n = 150 if quick else 1500
+    m = 15 if quick else 150
     figures = []
     peer = dbos(n // 2, m)
     for processes in (1, 2, 4):
