@@ -52,8 +52,8 @@ POLL_BUSY = 0.02
 POLL_IDLE = 0.05
 """Seconds between two looks at the store when no run waits for this process."""
 DEFAULT_MAX_LOCAL = 64
-"""Queued runs one process executes at once, whatever the queues allow
-(``start(queues={"max_local": n})``)."""
+"""Queued runs one process keeps running or parked at once, whatever the queues
+allow (``start(queues={"max_local": n})``)."""
 CLAIM_BATCH = 16
 """Runs claimed in one write transaction at most."""
 
