@@ -99,6 +99,7 @@ class Aggregates:
         self._scanning = False
         self._stopped = False
         self._next_at = 0.0
+        self._thread: threading.Thread | None = None
 
     def latest(self, *, wait: float = 0.0) -> Overview | None:
         """The latest aggregates (starting a scan when they are due); waits up to `wait`."""
@@ -106,15 +107,25 @@ class Aggregates:
             due = not self._scanning and not self._stopped and time.monotonic() >= self._next_at
             if due:
                 self._scanning = True
-                threading.Thread(target=self._scan, daemon=True,
-                                 name="zixir-dashboard-aggregates").start()
+                self._thread = threading.Thread(target=self._scan, daemon=True,
+                                                name="zixir-dashboard-aggregates")
+                self._thread.start()
             if self._latest is None and wait > 0:
                 self._ready.wait(wait)
             return self._latest
 
-    def stop(self) -> None:
+    def peek(self) -> Overview | None:
+        """The latest aggregates, without starting a scan."""
+        with self._lock:
+            return self._latest
+
+    def stop(self, *, timeout: float | None = 10.0) -> None:
+        """Start no more scans and wait for the one under way (it stops at its next page)."""
         with self._lock:
             self._stopped = True
+            thread = self._thread
+        if thread is not None and thread is not threading.current_thread():
+            thread.join(timeout)
 
     def _scan(self) -> None:
         began = time.monotonic()
@@ -154,7 +165,7 @@ class Aggregates:
                     if r.created_at >= start:
                         i = min(int((r.created_at - start) / width), len(cells) - 1)
                         cells[i][r.status] = cells[i].get(r.status, 0) + 1
-            if cursor is None:
+            if cursor is None or self._stopped:
                 break
         bars = {name: tuple(Bar(start + i * width, start + (i + 1) * width, cells[i])
                             for i in range(len(cells)))

@@ -44,7 +44,7 @@ __all__ = ["PAGE_SIZE", "SCAN_BUDGET", "Dash"]
 
 PAGE_SIZE = 50
 """Runs on one page of the runs list."""
-SCAN_BUDGET = 20_000
+SCAN_BUDGET = 10_000
 """Run headers one request of a filtered runs list reads at most (then it offers to go on)."""
 PROGRESS_SHOWN = 200
 """Latest progress items shown on a run's page."""
@@ -185,7 +185,7 @@ class Dash:
         flt, error = _parse_filter(params)
         q = params.get("q", "").strip()
         after = params.get("after") or None
-        latest = self.aggregates.latest()
+        latest = self.aggregates.peek()
         workflows = latest.workflows if latest is not None else ()
         options = "".join(f'<option value="{attr(s)}"{" selected" if flt.status == s else ""}>'
                           f"{esc(s)}</option>" for s in STATUSES)
