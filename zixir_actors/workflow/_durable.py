@@ -1478,6 +1478,7 @@ def launch(wf: Workflow, client: CheckpointClient, run_id: str, inputs: dict[str
     if existing is not None and existing.status == "failed":
         records = _retry_failed_call(client, run_id, records)
     control = register_run(run_id)
+    body: _Body | None = None
     try:
         now = wf.clock.time()
         created = existing.created_at if existing is not None else now
@@ -1499,6 +1500,8 @@ def launch(wf: Workflow, client: CheckpointClient, run_id: str, inputs: dict[str
                                          lambda: body.stop("timed_out"))
         body.activate()
     except BaseException:
+        if body is not None and body.logs is not None:
+            body.logs.close()
         with _BODIES_LOCK:
             _BODIES.pop(run_id, None)
         timers_for(SYSTEM_CLOCK).cancel(("deadline", run_id))
