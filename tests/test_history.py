@@ -444,3 +444,40 @@ def test_after_kill_9_the_run_shows_interrupted_and_its_logs_survive(tmp_path: P
         if child.poll() is None:
             child.kill()
             child.wait(WAIT)
+
+
+def test_run_state_says_why_a_running_run_is_interrupted(store: CheckpointClient) -> None:
+    import socket
+    import time
+
+    from zixir_actors._runtimes import RuntimeInfo
+    from zixir_actors.checkpoint import RunRecord
+    from zixir_actors.workflow import ProgressStream
+
+    gone = subprocess.Popen([sys.executable, "-c", "pass"])
+    gone.wait(WAIT)
+    now = time.time()
+    here = RuntimeInfo(f"{socket.gethostname()}:{gone.pid}:1", socket.gethostname(), gone.pid,
+                       now - 10, now - 1, 5.0)
+    far = RuntimeInfo("elsewhere:7:1", "elsewhere", 7, now - 100, now - 60, 5.0)
+    store.save_runtime(here)
+    store.save_runtime(far)
+    runtimes = store.runtimes()
+    for run_id, owner in (("r-here", here.id), ("r-far", far.id), ("r-none", "vanished:1:1")):
+        store.save_run(RunRecord(run_id, "hist-owned", "running", {}, now - 30, now - 20,
+                                 owner=owner))
+    here_state = run_state(store.get_run("r-here"), runtimes)
+    assert (here_state.status, here_state.reason) == ("interrupted",
+                                                      f"its process (pid {gone.pid}) ended")
+    assert here_state.since == now - 1  # its last renewal: the last sign of life
+    far_state = run_state(store.get_run("r-far"), runtimes)
+    assert far_state.status == "interrupted"
+    assert far_state.reason is not None and far_state.reason.startswith(
+        "its runtime's lease ran out (last renewed ")
+    none_state = run_state(store.get_run("r-none"), runtimes)
+    assert none_state.reason == "its runtime vanished:1:1 is gone (stopped or died)"
+    assert none_state.since == now - 20
+    # Nothing more will come from a run whose owner died: its progress stream ends.
+    assert list(ProgressStream("r-here", store, timeout=WAIT)) == []
+    unowned = RunRecord("r-embedded", "hist-owned", "running", {}, now, now)
+    assert run_state(unowned, runtimes).status == "running"  # no owner: nothing to check

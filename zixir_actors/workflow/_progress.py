@@ -129,6 +129,15 @@ class ProgressLog:
             self.ended = False
 
 
+def _interrupted(record: Any, store: CheckpointClient) -> bool:
+    """A run stored as running whose owner no longer lives: nothing more will come."""
+    if record.status != "running" or record.owner is None:
+        return False
+    from zixir_actors.workflow._history import run_state
+
+    return run_state(record, store.runtimes()).status == "interrupted"
+
+
 def _stored(item: ProgressItem) -> tuple[Any, ...]:
     from zixir_actors import _codec
     from zixir_actors.errors import UnserializableError
@@ -192,7 +201,7 @@ class ProgressStream:
                 yield from self._follow(log, deadline)
                 return
             record = self.store.find_run(self.run_id)
-            if record is None or record.status in _ENDED:
+            if record is None or record.status in _ENDED or _interrupted(record, self.store):
                 # One more read: items committed just before the end record.
                 for seq, (at, kind, step, value) in self.store.progress(self.run_id,
                                                                          self.cursor):
