@@ -16,6 +16,7 @@ import random
 import shutil
 import sys
 import tempfile
+import threading
 import time
 from pathlib import Path
 from typing import Any
@@ -117,6 +118,13 @@ def demo(data_dir: str) -> dict[str, str]:
     zixir_actors.send(done.run_id, "approval", {"approved": True, "by": "ada"})
     done.result(timeout=30)
     ids["agent"] = done.run_id
+    from zixir_actors.queue import Queue
+
+    exports = Queue("exports", concurrency=2, rate="2/min")
+    for rows in (4, 6, 9, 12, 15):
+        exports.enqueue(etl, {"rows": rows})
+    etl.schedule("0 2 * * *", name="nightly-etl", inputs={"rows": 100},
+                 timezone="Europe/Paris")
     ids["port"] = str(rt.dashboard_port)
     _KEEP.extend([etl, agent])  # workflows are registered weakly: keep them defined
     cache.stop()
@@ -144,15 +152,33 @@ def main(argv: list[str] | None = None) -> int:
                  ("run-parked", f"/runs/{ids['parked']}"),
                  ("run-agent", f"/runs/{ids['agent']}"),
                  ("dead-letters", "/dead-letters"), ("supervision", "/tree"),
-                 ("caches", "/caches"), ("metrics", "/metrics")]
+                 ("caches", "/caches"), ("queues", "/queues"), ("metrics", "/metrics")]
+        # Some load while the pages are taken, so the metrics page has lines to show.
+        stop = threading.Event()
+
+        def load() -> None:
+            rows = 1
+            while not stop.is_set():
+                rows = rows % 9 + 1
+                _KEEP[0].run({"rows": rows})
+
+        worker = threading.Thread(target=load, name="screenshot-load")
+        worker.start()
         for name, path in pages:
             driver.get(base + path)
             driver.execute_script("return document.readyState")
-            height = driver.execute_script("return document.body.scrollHeight")
+            if name == "metrics":
+                time.sleep(12)  # a few more samples (one every 2 s) under the load
+                driver.get(base + path)
+            height = driver.execute_script(
+                "return Math.max(document.body.scrollHeight, "
+                "document.documentElement.scrollHeight)")
             driver.set_window_size(1360, min(max(int(height) + 20, 700), 2200))
             path_out = out / f"{name}.png"
             driver.save_screenshot(str(path_out))
             print(f"saved {path_out}")
+        stop.set()
+        worker.join()
     finally:
         if driver is not None:
             close(driver)

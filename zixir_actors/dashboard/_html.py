@@ -204,12 +204,21 @@ def _nice(peak: float) -> float:
     return float(10 * exp)
 
 
+def _nice_any(peak: float) -> float:
+    """The smallest of 1, 2, 2.5, 5 times a power of ten that is at least `peak` (> 0)."""
+    exp = 10.0 ** math.floor(math.log10(peak))
+    for m in (1, 2, 2.5, 5, 10):
+        if peak <= m * exp * (1 + 1e-9):
+            return float(m * exp)
+    return float(10 * exp)
+
+
 def _num(v: float) -> str:
     if v >= 1_000_000:
         return f"{v / 1e6:.1f}M"
     if v >= 1000:
         return f"{v / 1e3:.1f}k"
-    return f"{v:.0f}" if v == int(v) else f"{v:.2g}"
+    return f"{v:.0f}" if v == int(v) else f"{v:.3g}"
 
 
 def gantt_svg(tl: Timeline, *, width: int = 980) -> str:
@@ -280,7 +289,8 @@ def dag_svg(order: Sequence[str], deps: Mapping[str, Sequence[str]],
         x0 = (width - row_w) / 2
         for i, name in enumerate(names):
             pos[name] = (x0 + i * (node_w + gap_x), gap_y + level * (node_h + gap_y))
-    parts = [f'<svg class="dag" viewBox="0 0 {width} {height}" role="img" '
+    parts = [f'<svg class="dag" viewBox="0 0 {width} {height}" width="{width}" '
+             f'height="{height}" role="img" '
              f'aria-label="the workflow\'s steps">']
     for name in order:
         for d in deps.get(name, ()):
@@ -306,7 +316,7 @@ def dag_svg(order: Sequence[str], deps: Mapping[str, Sequence[str]],
 def line_chart(series: Mapping[str, Sequence[tuple[float, float]]], *, unit: str = "",
                width: int = 460, height: int = 170) -> str:
     """Lines over time (one per series), for the metrics page."""
-    left, bottom, top = 46, 20, 10
+    left, bottom, top = 62, 20, 10
     plot_w, plot_h = width - left - 10, height - bottom - top
     points = [p for s in series.values() for p in s]
     parts = [f'<svg class="chart" viewBox="0 0 {width} {height}" role="img">']
@@ -316,7 +326,7 @@ def line_chart(series: Mapping[str, Sequence[tuple[float, float]]], *, unit: str
     t0, t1 = min(p[0] for p in points), max(p[0] for p in points)
     t1 = max(t1, t0 + 1)
     peak = max(p[1] for p in points)
-    scale = _nice(peak) if peak > 4 else (max(peak, 1e-9) * 1.25 if peak > 0 else 1.0)
+    scale = _nice_any(peak) if peak > 0 else 1.0
     for i in range(5):
         y = top + plot_h - plot_h * i / 4
         parts.append(f'<line class="gridline" x1="{left}" x2="{width - 10}" y1="{y:.1f}" '

@@ -689,7 +689,8 @@ def _log_line(line: Any) -> str:
     message = get("message") or get("text") or (line if isinstance(line, str) else repr(line))
     fields = get("fields") or {}
     if isinstance(fields, Mapping) and fields:
-        extra = " ".join(f"{k}={v}" for k, v in fields.items()
+        extra = " ".join(f"{k}={v:.4g}" if isinstance(v, float) else f"{k}={v}"
+                         for k, v in fields.items()
                          if k not in ("workflow", "run_id", "step", "attempt"))
         message = f"{message} {extra}".rstrip()
     when = time.strftime("%H:%M:%S", time.localtime(at)) if isinstance(at, (int, float)) else ""
