@@ -144,6 +144,20 @@ def test_metrics_depth_wait_and_rate_limited(gated: Any) -> None:
         assert handle.cancel()
 
 
+def test_a_process_with_max_local_0_only_enqueues(tmp_path: Path) -> None:
+    wf = Workflow("q-enqueue-only")
+
+    @wf.step()
+    def nothing(n: int) -> int:
+        return n
+
+    with zixir_actors.start(data_dir=tmp_path, queues={"max_local": 0}):
+        handle = Queue("q-only").enqueue(wf, {"n": 1})
+        with pytest.raises(ZixirTimeoutError):
+            handle.result(timeout=0.3)
+        assert handle.status() == "queued" and queue_stats()[0].depth == 1
+
+
 def test_bad_limits_rates_and_priorities_are_refused(tmp_path: Path) -> None:
     assert parse_rate("60/min") == (60, 60.0) and parse_rate("5/10s") == (5, 10.0)
     assert parse_rate("1000/h") == (1000, 3600.0) and parse_rate((20, 1)) == (20, 1.0)

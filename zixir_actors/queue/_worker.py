@@ -53,9 +53,11 @@ POLL_IDLE = 0.05
 """Seconds between two looks at the store when no run waits for this process."""
 DEFAULT_MAX_LOCAL = 64
 """Queued runs one process keeps running or parked at once, whatever the queues
-allow (``start(queues={"max_local": n})``)."""
+allow (``start(queues={"max_local": n})``; 0: the process only enqueues)."""
 CLAIM_BATCH = 16
 """Runs claimed in one write transaction at most."""
+SCAN_LIMIT = 512
+"""Waiting runs of one queue a look considers (the first ones in start order)."""
 
 log = logger.bind(service="queues")
 _RATE_SEEN_MAX = 10_000
@@ -81,6 +83,10 @@ class QueueWorker(SupervisedActor):
 
     def __init__(self, *, max_local: int = DEFAULT_MAX_LOCAL, find_workflow: Any = None) -> None:
         super().__init__()
+        if not isinstance(max_local, int) or isinstance(max_local, bool) or max_local < 0:
+            from zixir_actors.errors import ConfigError
+
+            raise ConfigError("max_local", max_local, "must be an integer >= 0")
         if find_workflow is None:
             from zixir_actors.workflow import find_workflow as default_find
 
@@ -154,6 +160,8 @@ class QueueWorker(SupervisedActor):
     def _round(self, me: str) -> float:
         with self._local_lock:
             room = self.max_local - len(self._local)
+        if room <= 0:  # full (or max_local=0: this process only enqueues); a run's end kicks
+            return POLL_IDLE
         look = self._look(me, room, write=False)
         for queue, depth in (look.depths or {}).items():
             self._depth.labels(queue).set(depth)
@@ -181,7 +189,9 @@ class QueueWorker(SupervisedActor):
             look.depths[config.name] = len(pending)
             if not pending:
                 continue
-            mine = [(k, v) for k, v in pending if self._runnable(v)]
+            # Start order holds within the first SCAN_LIMIT waiting runs: a process
+            # does not decode a long tail of runs that only other processes define.
+            mine = [(k, v) for k, v in pending[:SCAN_LIMIT] if self._runnable(v)]
             if not mine:
                 continue
             if live is None:
