@@ -926,3 +926,120 @@ def test_a_lost_cluster_fails_the_run_clearly_and_resume_finishes_it(
     resumed = wf.resume(result.run_id, store=store, timeout=WAIT)
     assert resumed.status == "succeeded" and resumed.outputs["b"] == 3
     assert resumed.steps["a"].status == "cached"
+
+
+# -- functions shipped once, cancellation of a run's remote steps --------------------
+
+
+class _CountsPickles:
+    """A value that counts how often this process pickles it (the function that captures it)."""
+
+    pickled = 0
+
+    def __init__(self, value: int) -> None:
+        self.value = value
+
+    def __reduce__(self) -> Any:
+        type(self).pickled += 1
+        return (_CountsPickles, (self.value,))
+
+
+def _capturing(box: _CountsPickles) -> Callable[[], int]:
+    return lambda: box.value
+
+
+def test_a_function_is_shipped_to_ray_once_and_a_changed_closure_ships_again(
+        ray_executor: RayExecutor) -> None:
+    _CountsPickles.pickled = 0
+    first = _capturing(_CountsPickles(1))
+    assert [ray_executor.submit(first).get(timeout=WAIT) for _ in range(3)] == [1, 1, 1]
+    assert _CountsPickles.pickled == 1  # shipped with its closure once, not with each call
+    again = _capturing(_CountsPickles(2))  # same code, another captured value
+    assert ray_executor.submit(again).get(timeout=WAIT) == 2
+    assert _CountsPickles.pickled == 2
+
+    def counter() -> tuple[Callable[[], int], Callable[[], None]]:
+        n = 0
+
+        def read() -> int:
+            return n
+
+        def bump() -> None:
+            nonlocal n
+            n += 1
+        return read, bump
+
+    read, bump = counter()
+    assert ray_executor.submit(read).get(timeout=WAIT) == 0
+    bump()  # the closure's cell now holds 1: the next call must see it
+    assert ray_executor.submit(read).get(timeout=WAIT) == 1
+
+
+@pytest.mark.parametrize("how", ["cancel", "timeout"])
+def test_ending_a_dag_run_cancels_its_remote_steps(ray_executor: RayExecutor,
+                                                   store: CheckpointClient, tmp_path: Path,
+                                                   how: str) -> None:
+    marker = tmp_path / "pid"
+    wf = Workflow(f"remote-{how}", [Step("forever", functools.partial(_sleep_forever,
+                                                                       str(marker)))],
+                  executor=ray_executor)
+    handle = wf.start(store=store, timeout=None if how == "cancel" else 5.0)
+    wait_for(marker.exists, timeout=WAIT, what="the remote step to start")
+    if how == "cancel":
+        assert handle.cancel() is True
+    result = handle.result(timeout=WAIT)
+    assert result.status == ("cancelled" if how == "cancel" else "timed_out")
+    wait_for(lambda: not _alive(int(marker.read_text())), timeout=WAIT,
+             what="the abandoned remote step's worker to be killed")
+
+
+def test_cancelling_a_code_first_run_cancels_its_remote_step(ray_executor: RayExecutor,
+                                                             store: CheckpointClient,
+                                                             tmp_path: Path) -> None:
+    marker = str(tmp_path / "pid")
+
+    def body(ctx: Any) -> None:
+        ctx.step(_sleep_forever, marker, executor=ray_executor)
+
+    handle = Workflow("remote-body", body=body).start({}, store=store)
+    wait_for(lambda: os.path.exists(marker), timeout=WAIT, what="the remote step to start")
+    assert handle.cancel() is True
+    assert handle.result(timeout=WAIT).status == "cancelled"
+    wait_for(lambda: not _alive(int(Path(marker).read_text())), timeout=WAIT,
+             what="the cancelled run's remote worker to be killed")
+
+
+def _opens_spans() -> int:
+    with span("remote.work", n=1) as work:
+        work.set_attribute("lock", threading.Lock())  # not picklable: comes back as text
+        with span("remote.inner"):
+            pass
+    return os.getpid()
+
+
+@ISOLATED
+def test_spans_opened_in_another_process_come_back_under_the_call(executor: Executor) -> None:
+    with capture_spans() as spans, span("caller") as caller:
+        pid = executor.submit(_opens_spans).get(timeout=WAIT)
+    assert pid != os.getpid()
+    [task] = spans.named("executor.task")
+    [work] = spans.named("remote.work")
+    [inner] = spans.named("remote.inner")
+    assert task.parent_id == caller.span_id
+    assert work.parent_id == task.span_id and inner.parent_id == work.span_id
+    assert {task.trace_id, work.trace_id, inner.trace_id} == {caller.trace_id}
+    assert work.attributes["n"] == 1 and "lock" in str(work.attributes["lock"]).lower()
+    assert work.status == "ok" and inner.status == "ok"
+
+
+def test_spans_of_a_remote_step_are_children_of_its_attempt(ray_executor: RayExecutor,
+                                                            store: CheckpointClient) -> None:
+    with capture_spans() as spans:
+        result = Workflow("remote-spans", [Step("work", _opens_spans)],
+                          executor="ray").run(store=store, timeout=WAIT)
+    assert result.status == "succeeded"
+    [attempt] = spans.named("workflow.step")
+    [task] = spans.named("executor.task")
+    [work] = spans.named("remote.work")
+    assert task.parent_id == attempt.span_id and work.parent_id == task.span_id
+    assert work.trace_id == attempt.trace_id

@@ -51,6 +51,7 @@ from zixir_actors.errors import (
     RemoteTimeoutError,
 )
 from zixir_actors.executor._adapters import (
+    InFlight,
     SandboxOffload,
     call_step,
     remote_callable,
@@ -125,6 +126,7 @@ __all__ = [
     "ExecutorError",
     "ExecutorName",
     "ExecutorUnavailableError",
+    "InFlight",
     "LocalActorPool",
     "LocalExecutor",
     "RayActorPool",

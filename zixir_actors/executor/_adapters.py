@@ -5,6 +5,7 @@ from __future__ import annotations
 import concurrent.futures
 import errno
 import functools
+import threading
 from collections.abc import Callable, Mapping
 from typing import Any
 
@@ -20,11 +21,12 @@ from zixir_actors.errors import (
     SandboxError,
     StepTimeoutError,
 )
-from zixir_actors.executor._api import Executor, Resources
+from zixir_actors.executor._api import Executor, Resources, TaskFuture
 from zixir_actors.executor._select import is_executor_choice, offload
 from zixir_actors.result import Err, Ok, Result
 
 __all__ = [
+    "InFlight",
     "SandboxOffload",
     "call_step",
     "remote_callable",
@@ -34,31 +36,78 @@ __all__ = [
 ]
 
 
+class InFlight:
+    """The executor calls of one run that have not ended: its `stop` cancels them.
+
+    Example:
+        >>> calls = InFlight()
+        >>> calls.cancel_all()   # the run ended: later calls are cancelled as they start
+        0
+
+    A run (DAG or code-first) keeps one and gives it to `call_step`; when the
+    run is cancelled or times out, `cancel_all` cancels every remote call
+    still running (a Ray task is killed) instead of leaving it running,
+    abandoned, and any call submitted afterwards is cancelled at once.
+    """
+
+    __slots__ = ("_closed", "_futures", "_lock")
+
+    def __init__(self) -> None:
+        self._lock = threading.Lock()
+        self._futures: set[TaskFuture[Any]] = set()
+        self._closed = False
+
+    def add(self, future: TaskFuture[Any]) -> None:
+        with self._lock:
+            if not self._closed:
+                self._futures.add(future)
+                return
+        future.cancel()
+
+    def discard(self, future: TaskFuture[Any]) -> None:
+        with self._lock:
+            self._futures.discard(future)
+
+    def cancel_all(self) -> int:
+        """Cancel the calls in flight (and every later one); how many were cancelled."""
+        with self._lock:
+            self._closed = True
+            futures, self._futures = self._futures, set()
+        return sum(1 for future in futures if future.cancel())
+
+
 def call_step(executor: Executor, fn: Callable[..., Any], call: Mapping[str, Any], *,
               step: str, timeout: float | None = None, limits: Any = None,
-              resources: Resources | None = None) -> Any:
+              resources: Resources | None = None, inflight: InFlight | None = None) -> Any:
     """Run one attempt of a workflow step on `executor` and return its output.
 
     Failures raise, exactly as a local attempt does, for the step's
     `RetryPolicy`: the step's own exception as itself; `StepTimeoutError`
     after `timeout` (the remote task is cancelled); `RemoteLostError` when its
     worker or node died; with `limits`, the `SandboxError` of a sandboxed step
-    (``kind="memory"``...).
+    (``kind="memory"``...); `RemoteCancelledError` when `inflight` (the
+    run's calls) was cancelled because the run ended.
     """
     if limits is not None:
         if timeout is not None and getattr(limits, "timeout", None) is None:
             import dataclasses
 
             limits = dataclasses.replace(limits, timeout=timeout)
-        outcome = run_sandboxed(executor, fn, (), call, limits, resources=resources, label=step)
+        outcome = run_sandboxed(executor, fn, (), call, limits, resources=resources, label=step,
+                                inflight=inflight)
         if isinstance(outcome, Ok):
             return outcome.value
         raise outcome.error
     future = executor.submit(fn, kwargs=call, timeout=timeout, resources=resources, label=step)
+    if inflight is not None:
+        inflight.add(future)
     try:
         return future.get()
     except RemoteTimeoutError:
         raise StepTimeoutError(step, timeout) from None  # type: ignore[arg-type]
+    finally:
+        if inflight is not None:
+            inflight.discard(future)
 
 
 def _out_of_memory(error: BaseException | None) -> bool:
@@ -98,8 +147,8 @@ def sandbox_error(error: BaseException) -> SandboxError:
 
 def run_sandboxed(executor: Executor, fn: Callable[..., Any], args: tuple[Any, ...] = (),
                   kwargs: Mapping[str, Any] | None = None, limits: Any = None, *,
-                  resources: Resources | None = None,
-                  label: str | None = None) -> Result[Any, SandboxError]:
+                  resources: Resources | None = None, label: str | None = None,
+                  inflight: InFlight | None = None) -> Result[Any, SandboxError]:
     """A sandboxed call on `executor`: `Ok(value)` or `Err(SandboxError)`; the call never raises.
 
     Example:
@@ -116,14 +165,20 @@ def run_sandboxed(executor: Executor, fn: Callable[..., Any], args: tuple[Any, .
         ClusterConnectionError: the cluster is unreachable (not a result of the call).
         ExecutorUnavailableError: the executor's library is missing.
     """
+    future: TaskFuture[Any] | None = None
     try:
         future = executor.submit(fn, *args, kwargs=kwargs, limits=limits, resources=resources,
                                  label=label)
+        if inflight is not None:
+            inflight.add(future)
         return Ok(future.get())
     except (ClusterConnectionError, ExecutorUnavailableError):
         raise
     except Exception as exc:  # the call's failure is data
         return Err(sandbox_error(exc))
+    finally:
+        if inflight is not None and future is not None:
+            inflight.discard(future)
 
 
 def submit_sandboxed(executor: Executor, fn: Callable[..., Any], args: tuple[Any, ...] = (),

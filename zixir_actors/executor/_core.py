@@ -138,7 +138,12 @@ def finish(future: TaskFuture[Any], call: Call, telemetry: Telemetry, outcome: s
 
 def settle_reply(future: TaskFuture[Any], call: Call, telemetry: Telemetry, reply: Reply,
                  executor: str) -> bool:
-    """Settle `future` from the worker's `Reply`."""
+    """Settle `future` from the worker's `Reply` (exporting the spans the call opened there)."""
+    if reply.spans:
+        from zixir_actors.observability._tracing import export_record
+
+        for record in reply.spans:
+            export_record(record)
     if reply.ok:
         return finish(future, call, telemetry, "ok", value=reply.value, reply=reply)
     outcome = "error" if reply.kind == "exception" else reply.kind

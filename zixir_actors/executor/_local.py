@@ -154,7 +154,8 @@ class LocalExecutor(_Submitter):
         use = limits if limits is not None else Limits()
         if timeout is not None and use.hard_timeout != timeout:
             use = dataclasses.replace(use, timeout=timeout, soft_timeout=None)
-        done = self._worker_pool().submit(execute, (fn, args, kwargs, call.trace, None), {}, use)
+        done = self._worker_pool().submit(execute, (fn, args, kwargs, call.trace, None),
+                                          {"collect_spans": True}, use)
         done.add_done_callback(lambda d: self._pooled(future, call, d))
         return future
 

@@ -34,6 +34,7 @@ from zixir_actors.executor._remote import (
     guard_of,
     set_warm_state,
 )
+from zixir_actors.executor._shipping import MAX_SHIPPED, Shipper
 from zixir_actors.executor._telemetry import Call, Telemetry
 
 __all__ = ["DEFAULT_CONNECT_TIMEOUT", "RAY_EXTRA", "RayActorPool", "RayExecutor", "import_ray"]
@@ -137,12 +138,16 @@ class _RayCalls:
         try:
             reply: Reply = done.result()
         except BaseException as exc:
-            outcome, error = _translate(self._ray, exc, call.label, self.address, limit)
-            if outcome == "lost" and lost is not None:
-                lost()  # before the caller hears of it, so its retry goes elsewhere
-            finish(future, call, self._telemetry, outcome, error=error)
+            self._failed(future, call, exc, limit, lost)
             return
         settle_reply(future, call, self._telemetry, reply, self.name)
+
+    def _failed(self, future: TaskFuture[Any], call: Call, exc: BaseException,
+                limit: int | None, lost: Callable[[], None] | None) -> None:
+        outcome, error = _translate(self._ray, exc, call.label, self.address, limit)
+        if outcome == "lost" and lost is not None:
+            lost()  # before the caller hears of it, so its retry goes elsewhere
+        finish(future, call, self._telemetry, outcome, error=error)
 
     def _expire(self, future: TaskFuture[Any], call: Call, timeout: float,
                 kill: Callable[[], None]) -> None:
@@ -164,6 +169,12 @@ class RayExecutor(_RayCalls):
     Example:
         ``executor = RayExecutor("10.0.0.5:6379")``, then
         ``executor.submit(embed, batch, resources=Resources(num_gpus=1), timeout=60).get()``.
+
+    A plain function (a lambda and a closure too) is shipped to the cluster
+    once, as a Ray remote function of its own, keyed by its code and the
+    current values of its closure: a call then carries only its arguments,
+    and a closure whose captured value changed ships again (see
+    `zixir_actors.executor._shipping`).
 
     Each call is a Ray task with ``max_retries=0``: a failure comes back to
     the caller, whose `RetryPolicy` decides (so attempts and dead letters are
@@ -216,6 +227,7 @@ class RayExecutor(_RayCalls):
                 raise ClusterConnectionError(address, _first_line(exc)) from exc
             self._owns = True
         self._remote = ray.remote(execute_packed)
+        self._shipper = Shipper(ray)
 
     def __repr__(self) -> str:
         return f"<RayExecutor {self.address or 'local'}>"
@@ -247,11 +259,16 @@ class RayExecutor(_RayCalls):
         guard = guard_of(limits)
         if timeout is None and limits is not None:
             timeout = getattr(limits, "hard_timeout", None)
-        remote = self._task_options(resources, guard)
+        shipped = self._shipper.remote(fn)
+        remote = self._task_options(shipped, resources, guard)
         name = label_of(fn, label)
         call = self._telemetry.begin(name, trace_context)
+        kw = dict(kwargs) if kwargs else None
         try:
-            ref = remote.remote((fn, args, dict(kwargs) if kwargs else None, call.trace, guard))
+            if shipped is None:  # not a plain function: it travels with the call
+                ref = remote.remote((fn, args, kw, call.trace, guard))
+            else:  # shipped once: the call carries only its arguments
+                ref = remote.remote(args, kw, call.trace, guard)
         except Exception as exc:
             error = ClusterConnectionError(self.address, f"cannot submit {name!r}: "
                                            f"{_first_line(exc)}")
@@ -259,10 +276,11 @@ class RayExecutor(_RayCalls):
             raise error from exc
         kill = self._killer(ref)
         holder: list[TaskFuture[Any]] = []
+        limit = guard.memory if guard else None
         future: TaskFuture[T] = TaskFuture(name, self.name,
                                            canceller=lambda: self._cancel(holder[0], call, kill))
         holder.append(future)
-        self._watch(ref, future, call, guard.memory if guard else None, timeout, kill)
+        self._watch(ref, future, call, limit, timeout, kill)
         return future
 
     def _killer(self, ref: Any) -> Callable[[], None]:
@@ -271,8 +289,10 @@ class RayExecutor(_RayCalls):
                 self._ray.cancel(ref, force=True)
         return kill
 
-    def _task_options(self, resources: Resources | None, guard: Guard | None) -> Any:
-        key = (resources, guard.memory if guard else None)
+    def _task_options(self, shipped: tuple[Any, Any] | None, resources: Resources | None,
+                      guard: Guard | None) -> Any:
+        key = (None if shipped is None else shipped[0], resources,
+               guard.memory if guard else None)
         remote = self._options.get(key)
         if remote is not None:
             return remote
@@ -281,8 +301,11 @@ class RayExecutor(_RayCalls):
             wanted["memory"] = guard.memory
         if self.check_resources:
             self._check_feasible(wanted, resources)
-        remote = self._remote.options(max_retries=0, retry_exceptions=False, **wanted)
+        base = self._remote if shipped is None else shipped[1]
+        remote = base.options(max_retries=0, retry_exceptions=False, **wanted)
         with self._lock:
+            while len(self._options) >= 4 * MAX_SHIPPED:  # with the functions they run
+                del self._options[next(iter(self._options))]
             self._options[key] = remote
         return remote
 

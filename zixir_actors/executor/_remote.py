@@ -10,6 +10,7 @@ import asyncio
 import contextlib
 import contextvars
 import ctypes
+import dataclasses
 import inspect
 import os
 import pickle
@@ -80,7 +81,8 @@ class Reply:
 
     `kind` is ``""`` for a value, ``"exception"`` (the call raised; `error`
     is the pickled exception or None), or the limit that was broken:
-    ``"memory"``, ``"cpu"`` or ``"depth"``.
+    ``"memory"``, ``"cpu"`` or ``"depth"``. `spans`: the records of the spans
+    the call opened in another process, for the caller to export.
     """
 
     ok: bool
@@ -95,6 +97,14 @@ class Reply:
     duration: float = 0.0
     pid: int = 0
     node: str = ""
+    spans: tuple[Any, ...] = ()
+
+    def __reduce__(self) -> tuple[Any, tuple[Any, ...]]:
+        # Positional reconstruction: a slotted dataclass pickled field by field
+        # costs more than the rest of a no-op call's reply.
+        return (Reply, (self.ok, self.value, self.kind, self.error, self.error_type,
+                        self.message, self.traceback, self.limit, self.measured,
+                        self.duration, self.pid, self.node, self.spans))
 
 
 class _LimitBroken(BaseException):
@@ -256,17 +266,94 @@ def _failure(exc: BaseException, duration: float, node: str) -> Reply:
 
 
 def execute_packed(payload: tuple[Any, ...]) -> Reply:
-    """`execute` with its arguments in one tuple: one object for the engine to serialize."""
-    return execute(*payload)
+    """`execute` with its arguments in one tuple, in another process (spans come back)."""
+    return execute(*payload, collect_spans=True)
+
+
+class _Collector:
+    """The exporter, in a worker process, that keeps each call's spans for its reply."""
+
+    def export(self, record: Any) -> None:
+        sink = _SPANS.get()
+        if sink is not None:
+            sink.append(record)
+
+    def shutdown(self) -> None:
+        return None
+
+
+_SPANS: contextvars.ContextVar[list[Any] | None] = contextvars.ContextVar(
+    "zixir_remote_spans", default=None)
+_COLLECTOR: list[_Collector] = []
+
+
+def _collect(trace: TraceContext | None) -> tuple[list[Any], Any, Any] | None:
+    """Make the caller's span the parent here and keep the spans the call ends."""
+    if trace is None or trace.trace_id is None or trace.span_id is None:
+        return None
+    from zixir_actors.observability import _tracing
+    from zixir_actors.observability._exporters import add_exporter
+
+    if not _COLLECTOR:
+        _COLLECTOR.append(add_exporter(_Collector()))
+    sink: list[Any] = []
+    parent = _tracing.remote_parent(trace.trace_id, trace.span_id)
+    return sink, _tracing._CURRENT.set(parent), _SPANS.set(sink)
+
+
+def _collected(state: tuple[list[Any], Any, Any]) -> tuple[Any, ...]:
+    from zixir_actors.observability import _tracing
+
+    sink, span_token, sink_token = state
+    _SPANS.reset(sink_token)
+    with contextlib.suppress(ValueError):  # the call left another span current
+        _tracing._CURRENT.reset(span_token)
+    return tuple(_portable(record) for record in sink)
+
+
+def _portable(record: Any) -> Any:
+    """The record itself if it pickles; else with each unpicklable attribute value as text."""
+    try:
+        pickle.dumps(record)
+        return record
+    except Exception:
+        events = tuple(dataclasses.replace(e, attributes=_plain(e.attributes))
+                       for e in record.events)
+        return dataclasses.replace(record, attributes=_plain(record.attributes), events=events)
+
+
+def _plain(attributes: Mapping[str, Any]) -> dict[str, Any]:
+    plain: dict[str, Any] = {}
+    for key, value in attributes.items():
+        try:
+            pickle.dumps(value)
+            plain[key] = value
+        except Exception:
+            plain[key] = repr(value)
+    return plain
 
 
 def execute(fn: Callable[..., Any], args: tuple[Any, ...], kwargs: Mapping[str, Any] | None,
-            trace: TraceContext | None, guard: Guard | None, node: str = "") -> Reply:
+            trace: TraceContext | None, guard: Guard | None, node: str = "", *,
+            collect_spans: bool = False) -> Reply:
     """Run ``fn(*args, **kwargs)`` here under `guard`, with `trace` as the current context.
 
     Never raises for the call's own failures: they come back in the `Reply`.
-    An ``async def`` function runs on its own event loop.
+    An ``async def`` function runs on its own event loop. With
+    `collect_spans` (the call runs in another process than its caller), the
+    spans it opens are children of the caller's span named by `trace`, and
+    their records come back in ``Reply.spans``.
     """
+    collecting = _collect(trace) if collect_spans else None
+    reply = _execute(fn, args, kwargs, trace, guard, node)
+    if collecting is None:
+        return reply
+    spans = _collected(collecting)
+    return dataclasses.replace(reply, spans=spans) if spans else reply
+
+
+def _execute(fn: Callable[..., Any], args: tuple[Any, ...], kwargs: Mapping[str, Any] | None,
+             trace: TraceContext | None, guard: Guard | None, node: str) -> Reply:
     if not node:
         node = _HOST[0] or _host()
     token = _TRACE.set(trace)

@@ -448,6 +448,31 @@ def _exit(closing: Span, exc: BaseException | None) -> None:
         closing.end(error=exc)
 
 
+def remote_parent(trace_id: str, span_id: str) -> Span:
+    """A stand-in for a span of another process (a remote call's caller), never exported.
+
+    Made current where a remote call runs, so that the spans the call opens
+    carry the caller's trace id and name that span as their parent; their
+    records go back to the caller, which exports them (`export_record`).
+    """
+    opened = _message_span("remote.parent", None)
+    opened._tid = int(trace_id, 16)
+    opened._sid = int(span_id, 16)
+    opened._parent = 0
+    return opened
+
+
+def export_record(record: SpanRecord) -> None:
+    """Send a finished span recorded elsewhere (in a remote call) to this process's exporters."""
+    for exporter in _EXPORTERS:
+        try:
+            exporter.export(record)
+        except Exception as exc:  # an exporter must never break the traced code
+            from loguru import logger
+
+            logger.opt(exception=exc).warning("span exporter {!r} failed", exporter)
+
+
 def enter_span(name: str, attributes: dict[str, Any]) -> Span:
     """Open a span and make it current, without a scope object (a service's hot path).
 

@@ -57,6 +57,7 @@ from zixir_actors.errors import (
     WorkflowError,
     ZixirTimeoutError,
 )
+from zixir_actors.executor._adapters import InFlight
 from zixir_actors.observability import Span, span
 from zixir_actors.result import Ok
 from zixir_actors.workflow._calls import awaited, call, with_timeout
@@ -234,7 +235,7 @@ def _is_timeout(exc: BaseException) -> bool:
 
 
 def _attempt(fn: Callable[..., Any], args: tuple[Any, ...], kwargs: dict[str, Any],
-             opts: _Options, label: str, wf_executor: Any) -> Any:
+             opts: _Options, label: str, wf_executor: Any, inflight: Any = None) -> Any:
     """One attempt of a step call: on an executor, in a sandbox, with a timeout, or inline."""
     if opts.executor is not None or wf_executor is not None:
         from zixir_actors.executor import call_step, offload
@@ -243,7 +244,7 @@ def _attempt(fn: Callable[..., Any], args: tuple[Any, ...], kwargs: dict[str, An
         if executor is not None:
             remote = functools.partial(fn, *args) if args else fn
             return call_step(executor, remote, kwargs, step=label, timeout=opts.timeout,
-                             limits=opts.limits, resources=opts.resources)
+                             limits=opts.limits, resources=opts.resources, inflight=inflight)
     if opts.limits is not None:
         return _sandboxed(fn, args, kwargs, opts, label)
     if opts.timeout is None:
@@ -344,6 +345,7 @@ class _Body:
         self.commit_lock = threading.Lock()
         self.commits_done = threading.Event()
         self.inflight = 0
+        self.remote_calls = InFlight()  # steps on executors: `stop` cancels them
         self.incarnation = 0
         self.hold = threading.Event()
         self.settled = threading.Event()  # set while parked, and once ended
@@ -389,6 +391,7 @@ class _Body:
             was_parked = self.state == "parked"
         if busy:  # a commit in flight finishes first; none starts after this returns
             self.commits_done.wait(30.0)
+        self.remote_calls.cancel_all()  # its remote steps do not run on, abandoned
         self.hold.set()
         if was_parked:
             self._unparked()
@@ -760,7 +763,8 @@ class _Body:
             failure: Exception | None = None
             try:
                 try:
-                    value = _attempt(fn, args, call, opts, label, self.wf.executor)
+                    value = _attempt(fn, args, call, opts, label, self.wf.executor,
+                                     self.remote_calls)
                 except Exception as exc:  # the step's failure is data
                     failure = exc
                 seconds = time.perf_counter() - began

@@ -14,7 +14,8 @@ its caller gets (`store_error`).
 
 A step abandoned by `stop` (cancel, run timeout) may still return later; its
 result is discarded, never committed: a commit starts only while the run has
-not ended, and `stop` waits for the commits already under way.
+not ended, and `stop` waits for the commits already under way. Its remote
+calls (steps on an executor) are cancelled: a Ray task is killed.
 """
 
 from __future__ import annotations
@@ -46,7 +47,7 @@ from zixir_actors.errors import (
     StoreError,
     UnserializableError,
 )
-from zixir_actors.executor import call_step, offload
+from zixir_actors.executor import InFlight, call_step, offload
 from zixir_actors.observability import Span
 from zixir_actors.observability._tracing import enter_span, exit_span
 from zixir_actors.result import Ok
@@ -153,6 +154,7 @@ class Scheduler:
         self.committing = 0  # step commits under way; `stop` waits for them
         self.commit_done = threading.Condition(self.lock)
         self._workers = 0
+        self.remote_calls = InFlight()  # steps on executors: `stop` cancels them
         self._steps = self.wf.steps
         self._hashes = self.wf.code_hashes
         self._children = self.wf.children
@@ -203,6 +205,7 @@ class Scheduler:
                 self.results[name] = StepResult(name, "cancelled")
             self._mark_not_run_locked()
         self.wake.set()
+        self.remote_calls.cancel_all()  # abandoned remote steps do not run on
         self.notify(FINISHED)
         return True
 
@@ -406,7 +409,8 @@ class Scheduler:
         executor = offload(step.executor, self.wf.executor)
         if executor is not None:  # its result comes back here, into the same checkpoint
             return call_step(executor, step.fn, call, step=step.name, timeout=step.timeout,
-                             limits=step.limits, resources=step.resources)
+                             limits=step.limits, resources=step.resources,
+                             inflight=self.remote_calls)
         if step.limits is not None:
             return _sandboxed(step, call)
         if step.timeout is None:

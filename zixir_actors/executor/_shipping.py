@@ -1,0 +1,139 @@
+"""Functions shipped to a Ray cluster once, keyed by their code and closure.
+
+Sending the function with every call means pickling it (by value, for a
+lambda or a closure) at each submit and unpickling it in the worker. Instead
+each plain function gets a Ray remote function of its own, a thin wrapper
+that calls `execute` on it: Ray pickles and exports the wrapper once, each
+worker loads it once, and a call only carries its arguments.
+
+The cache key is the function's code object plus the *values* its closure
+cells, defaults and the globals its code reads hold now, so a closure whose
+captured value changed is a new key and ships again (it never runs stale).
+A module-level function that workers import by name is keyed by its code
+alone: its module's state is the worker's own, as with any pickled function.
+Values that can be hashed are compared by equality; others by their
+pickled bytes (plain `pickle`, cheap for data), and objects that cannot be
+pickled that way by identity. Callables that are not plain functions
+(bound methods, ``functools.partial``, callable objects) are not cached:
+they travel with each call, as before.
+"""
+
+from __future__ import annotations
+
+import pickle
+import sys
+import threading
+import types
+from collections.abc import Callable
+from typing import Any
+
+from zixir_actors.executor._remote import Guard, Reply, execute
+
+__all__ = ["MAX_SHIPPED", "Shipper", "fresh_key"]
+
+MAX_SHIPPED = 256
+"""Remote wrappers kept per executor; the oldest is dropped beyond that."""
+
+_BY_IDENTITY = (types.ModuleType, type, types.BuiltinFunctionType, types.MethodType)
+
+
+def _value_key(value: Any, depth: int = 0) -> Any:
+    if isinstance(value, types.FunctionType):
+        return fresh_key(value, depth + 1) if depth < 4 else ("id", id(value))
+    if isinstance(value, _BY_IDENTITY):
+        return ("id", id(value))
+    try:
+        hash(value)
+    except TypeError:
+        pass
+    else:
+        return (type(value), value)
+    try:
+        return ("pickle", pickle.dumps(value, protocol=pickle.HIGHEST_PROTOCOL))
+    except Exception:  # not plain data: the same object is the same value
+        return ("id", id(value))
+
+
+def fresh_key(fn: Any, depth: int = 0) -> Any:
+    """What decides whether `fn` was already shipped; None if it is not a plain function.
+
+    Example:
+        >>> def make(n):
+        ...     return lambda: n
+        >>> fresh_key(make(1)) == fresh_key(make(1)), fresh_key(make(1)) == fresh_key(make(2))
+        (True, False)
+    """
+    if type(fn) is not types.FunctionType:
+        return None
+    code = fn.__code__
+    if _by_reference(fn):  # workers import it from its module: nothing of ours travels
+        return (code, fn.__module__, fn.__qualname__)
+    cells: tuple[Any, ...] = ()
+    if fn.__closure__:
+        values = []
+        for cell in fn.__closure__:
+            try:
+                values.append(_value_key(cell.cell_contents, depth))
+            except ValueError:  # a cell not bound yet
+                values.append(("empty",))
+        cells = tuple(values)
+    names = code.co_names
+    glob: tuple[Any, ...] = ()
+    if names:
+        scope = fn.__globals__
+        glob = tuple((name, _value_key(scope[name], depth)) for name in names
+                     if name in scope)
+    defaults = fn.__defaults__
+    kwdefaults = fn.__kwdefaults__
+    return (code, fn.__module__, cells, glob,
+            None if defaults is None else _value_key(defaults, depth),
+            None if kwdefaults is None else _value_key(kwdefaults, depth))
+
+
+def _by_reference(fn: types.FunctionType) -> bool:
+    """Whether pickling `fn` names it (module + qualified name) instead of copying it."""
+    module = sys.modules.get(fn.__module__)
+    if module is None or fn.__module__ == "__main__" or "<locals>" in fn.__qualname__:
+        return False
+    found: Any = module
+    for part in fn.__qualname__.split("."):
+        found = getattr(found, part, None)
+    return found is fn
+
+
+def _wrapper(fn: Callable[..., Any]) -> Callable[..., Reply]:
+    def call(args: tuple[Any, ...], kwargs: Any, trace: Any, guard: Guard | None) -> Reply:
+        return execute(fn, args, kwargs, trace, guard, collect_spans=True)
+
+    name = getattr(fn, "__qualname__", None) or getattr(fn, "__name__", "call")
+    call.__name__ = call.__qualname__ = f"zixir_call.{name}"
+    return call
+
+
+class Shipper:
+    """The Ray remote function of each plain function, made (and shipped) once."""
+
+    def __init__(self, ray: Any) -> None:
+        self._ray = ray
+        self._lock = threading.Lock()
+        self._remotes: dict[Any, Any] = {}
+
+    def remote(self, fn: Callable[..., Any]) -> tuple[Any, Any] | None:
+        """`(key, remote function)` for `fn`, or None when `fn` travels with each call."""
+        key = fresh_key(fn)
+        if key is None:
+            return None
+        try:
+            found = self._remotes.get(key)
+        except TypeError:  # a value whose hash is broken: do not cache it
+            return None
+        if found is None:
+            found = self._ray.remote(_wrapper(fn))
+            with self._lock:
+                while len(self._remotes) >= MAX_SHIPPED:
+                    del self._remotes[next(iter(self._remotes))]
+                self._remotes[key] = found
+        return key, found
+
+    def __len__(self) -> int:
+        return len(self._remotes)
