@@ -24,7 +24,7 @@ __all__ = ["ACTIVE", "ENDED", "STATUSES", "WINDOWS", "Aggregates", "Bar", "Overv
 
 ENDED = frozenset({"succeeded", "failed", "cancelled", "timed_out"})
 ACTIVE = frozenset({"running", "parked"})
-STATUSES = ("running", "parked", "succeeded", "failed", "timed_out", "cancelled",
+STATUSES = ("queued", "running", "parked", "succeeded", "failed", "timed_out", "cancelled",
             "interrupted", CORRUPT)
 WINDOWS: Mapping[str, tuple[float, int]] = {
     "1h": (3600.0, 30), "24h": (86400.0, 24), "7d": (7 * 86400.0, 28),

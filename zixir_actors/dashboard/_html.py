@@ -28,7 +28,8 @@ MAX_ITEMS = 100
 """Items of a list or mapping the JSON viewer shows before cutting it."""
 
 STATUS_COLORS = {
-    "succeeded": "#16a34a", "ok": "#16a34a", "running": "#2563eb", "parked": "#9333ea",
+    "succeeded": "#16a34a", "ok": "#16a34a", "running": "#2563eb", "queued": "#94a3b8",
+    "parked": "#9333ea",
     "waiting": "#9333ea", "failed": "#dc2626", "timed_out": "#ea580c",
     "cancelled": "#64748b", "interrupted": "#ca8a04", "corrupt": "#7f1d1d",
     "backoff": "#fbbf24", "sleep": "#0ea5e9", "park": "#c084fc", "not_run": "#cbd5e1",

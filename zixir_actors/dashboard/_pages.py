@@ -107,7 +107,7 @@ class Dash:
                        f"{w}</a>" for w in WINDOWS)
         frags = self.overview_fragments(window)
         legend = "".join(f'<span class="key"><i class="s-{s}"></i>{esc(s.replace("_", " "))}'
-                         f"</span>" for s in STATUSES[:7])
+                         f"</span>" for s in STATUSES[:-1])
         return (f'<section id="ov-cards" class="cards">{frags["ov-cards"]}</section>'
                 f'<section class="panel"><div class="panel-head"><h2>Runs by status</h2>'
                 f'<div class="tabs">{tabs}</div></div><div id="ov-chart">{frags["ov-chart"]}'
@@ -197,7 +197,7 @@ class Dash:
                 f'value="{attr(flt.workflow or "")}"><datalist id="wfs">{wf_opts}</datalist>'
                 f'<select name="status"><option value="">any status</option>{options}</select>'
                 f'<input name="since" placeholder="since: 15m, 1h, 2d" value="{attr(since)}" '
-                f'size="12"><button class="btn primary" type="submit">Filter</button>'
+                f'size="16"><button class="btn primary" type="submit">Filter</button>'
                 f'<a class="btn ghost" href="/runs">Clear</a></form>')
         if error:
             return form + f'<p class="flash bad">{esc(error)}</p>'
@@ -218,7 +218,7 @@ class Dash:
             rows.append((f'<a class="mono" href="{attr(run_href(r.run_id))}">{esc(r.run_id)}</a>',
                          esc(r.workflow), badge(shown), esc(fmt_time(r.created_at)),
                          esc(fmt_duration(max(r.updated_at - r.created_at, 0.0))
-                             if r.status not in ACTIVE else fmt_ago(r.created_at)),
+                             if r.status not in (*ACTIVE, "queued") else fmt_ago(r.created_at)),
                          f'<span class="err">{esc((r.error or "")[:80])}</span>'))
         keep = {k: v for k, v in params.items() if k in ("q", "workflow", "status", "since")}
         nav = ""
@@ -320,7 +320,8 @@ class Dash:
                 "run_id": run_id, "event": str(waiting.get("event")),
                 "payload": '{"approved": true}', "next": run_href(run_id)},
                 "Approve", cls="btn primary", extra=""))
-        if shown != "succeeded" and (record.status not in ACTIVE or shown == "interrupted"):
+        if shown not in ("succeeded", "queued") and (record.status not in ACTIVE
+                                                     or shown == "interrupted"):
             buttons.append(self.form("/actions/resume", {"run_id": run_id,
                                                          "next": run_href(run_id)}, "Resume"))
         if record.status in ACTIVE:
@@ -349,6 +350,9 @@ class Dash:
             facts.append(("waiting for", esc(_waiting_text(waiting))))
         if shown == "interrupted":
             facts.append(("note", "its process stopped or died while it ran: resume it"))
+        if shown == "queued":
+            facts.append(("note", "waiting in its queue for a runtime that defines "
+                                  f"{record.workflow!r} and a free slot (Queues page)"))
         dl = "".join(f"<dt>{esc(k)}</dt><dd>{v}</dd>" for k, v in facts)
         return (f'<div class="run-head"><div><div class="mono big">{esc(run_id)}</div>'
                 f'<dl class="facts">{dl}</dl></div><div class="actions">{"".join(buttons)}'

@@ -413,8 +413,10 @@ class _Body:
         else:
             why = "runtime stopped" if reason == "shutdown" else (
                 reason if isinstance(reason, str) else f"{type(reason).__name__}: {reason}")
-            log.bind(workflow=self.wf.name, run_id=self.run_id).warning(
-                "run interrupted", reason=why)
+            bound = log.bind(workflow=self.wf.name, run_id=self.run_id)
+            # A clean stop is expected (INFO: the command line shows no line for it).
+            (bound.info if reason == "shutdown" else bound.warning)("run interrupted",
+                                                                   reason=why)
             record_interrupted(self.store, self.run_id, self.control.owner, why)
         self.span.end(status="error")
         self._release(None, RunInterruptedError(self.run_id, reason))
