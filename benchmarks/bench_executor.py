@@ -10,7 +10,10 @@ Figures, each beside its peer measured in the same run:
   default in-process run), when the workflow takes ``executor=``;
 - a no-op call round trip on Ray vs the local executor: the difference is
   the overhead of a remote step (target: under 2 ms), also as workflow steps;
-- our Ray round trip vs a bare ``ray.get(f.remote())`` (target 1.5x).
+- our Ray round trip vs a bare ``ray.get(f.remote())`` (target 1.5x);
+- a chain of no-op steps on Ray: what a remote step costs more than a local
+  one, beside a bare Ray round trip (target 1.2x); a chain of closure steps
+  (shipped once, keyed by code and closure) is in the note.
 
 Run: ``python -m benchmarks.bench_executor [--quick]``.
 """
@@ -71,6 +74,24 @@ def _workflow(name: str, count: int, fn: Any, executor: Any, store: Any) -> floa
     took = time.perf_counter() - start
     assert result.status == "succeeded", result
     return took
+
+
+def _chain(name: str, count: int, fn: Any, executor: Any, store: Any) -> float:
+    """Seconds of a run of `count` steps, each depending on the previous one."""
+    from zixir_actors.workflow import Step, Workflow
+
+    wf = Workflow(name, [Step(f"s{i}", fn, (f"s{i - 1}",) if i else (), version="1")
+                         for i in range(count)], executor=executor)
+    start = time.perf_counter()
+    result = wf.run({}, store=store, timeout=600)
+    took = time.perf_counter() - start
+    assert result.status == "succeeded", result
+    store.delete_run(result.run_id)
+    return took
+
+
+def _closure_step(value: int) -> Any:
+    return lambda: value
 
 
 def run(quick: bool = False) -> list[Figure]:
@@ -152,6 +173,25 @@ def _run(quick: bool) -> list[Figure]:
                     "executor", f"workflow fan-out {steps} x 50 ms CPU steps", ours=ray_wf,
                     baseline=local_wf, unit="s", baseline_name="workflow, local threads",
                     better="lower", note="reported"))
+                links = 30 if quick else 100
+                _chain("bench-chain-warm", 4, noop, "ray", store)
+                local_link = ray_link = closure_link = float("inf")
+                for _ in range(3):  # interleaved, best of each: load shifts hit all alike
+                    local_link = min(local_link, _chain("bench-chain-local", links, noop,
+                                                        None, store) / links)
+                    ray_link = min(ray_link, _chain("bench-chain-ray", links, noop, "ray",
+                                                    store) / links)
+                    closure_link = min(closure_link, _chain(
+                        "bench-chain-closure", links, _closure_step(7), "ray", store) / links)
+                figures.append(Figure(
+                    "executor", f"remote step in a chain of {links}: cost over a local step",
+                    ours=(ray_link - local_link) * 1e3, baseline=bare_rt * 1e3,
+                    unit="ms/step", baseline_name="bare Ray round trip", better="lower",
+                    target=1.2,
+                    note=f"local step {local_link * 1e3:.2f} ms, Ray step "
+                         f"{ray_link * 1e3:.2f} ms; a closure step {closure_link * 1e3:.2f} ms",
+                    extra={"local_step_ms": local_link * 1e3, "ray_step_ms": ray_link * 1e3,
+                           "closure_step_ms": closure_link * 1e3}))
                 local_noop = _workflow("bench-noop-local", calls, noop, None, store)
                 ray_noop = _workflow("bench-noop-ray", calls, noop, "ray", store)
                 per_local, per_ray = local_noop / calls * 1e3, ray_noop / calls * 1e3
