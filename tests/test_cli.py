@@ -239,7 +239,9 @@ def test_sigterm_stops_a_run_gracefully_and_resume_finishes_it(tmp_path: Path) -
     assert proc.returncode == 130, err
     assert "interrupted" in err
     listed = json.loads(zixir(data, "runs", "list", "--json").stdout)
-    assert [(r["run_id"], r["status"]) for r in listed] == [("s1", "running")]
+    # Not "running": no process runs it any more (the runtime recorded why it stopped).
+    assert [(r["run_id"], r["status"]) for r in listed] == [("s1", "interrupted")]
+    assert listed[0]["interrupted"]["reason"] == "runtime stopped"
     release.touch()
     resumed = zixir(data, "runs", "resume", "s1", "--json")
     assert resumed.returncode == 0, resumed.stderr

@@ -511,7 +511,9 @@ def run_detail(store: CheckpointClient, run_id: str, *,
     ``elapsed`` (first start to end: retries and backoff included),
     ``duration`` (the attempts alone), ``error``, ``traceback``,
     ``dead_letter``, ``attempt_history``, ``output``), ``calls`` (a code-first
-    run's recorded calls in order) and ``logs`` (``{"stored", "dropped"}``).
+    run's recorded calls in order), ``checkpoints`` (a DAG run's committed
+    steps: ``attempts``, ``duration``, ``finished_at``) and ``logs``
+    (``{"stored", "dropped"}``).
 
     Raises:
         RunNotFoundError: no such run.
@@ -550,6 +552,9 @@ def run_detail(store: CheckpointClient, run_id: str, *,
             steps.append(entry)
         detail["steps"] = steps
         detail["outputs"] = {n: jsonable(c.output, limit) for n, c in checkpoints.items()}
+        detail["checkpoints"] = {n: {"attempts": c.attempts, "duration": c.duration,
+                                     "finished_at": c.finished_at}
+                                 for n, c in checkpoints.items()}
         detail["output"] = None
         detail["calls"] = []
         return detail
@@ -572,6 +577,7 @@ def run_detail(store: CheckpointClient, run_id: str, *,
                           "dead_letter": None, "attempt_history": [], "output": None})
     detail["calls"] = entries
     detail["steps"] = steps
+    detail["checkpoints"] = {}
     output = None if outcome is None else outcome[2]
     detail["output"] = jsonable(output, limit)
     detail["outputs"] = {} if outcome is None else (

@@ -219,11 +219,12 @@ class WorkflowRun(SupervisedActor):
         if self.scheduler is not None:
             self.scheduler.close()
 
-    def _let_go(self, reason: str) -> None:
+    def _let_go(self, reason: str, *, crashed: bool = False) -> None:
         """This process stops running the run: record it as interrupted (if still ours)."""
         job = self.job
-        log.bind(workflow=job.workflow.name, run_id=job.run_id).warning(
-            "run interrupted", reason=reason)
+        bound = log.bind(workflow=job.workflow.name, run_id=job.run_id)
+        # A clean stop is expected (INFO: the command line shows no line for it).
+        (bound.warning if crashed else bound.info)("run interrupted", reason=reason)
         record_interrupted(job.store, job.run_id, self.control.owner, reason)
 
     def _close_logs(self) -> None:
@@ -257,7 +258,8 @@ class WorkflowRun(SupervisedActor):
             "run actor crashed", error=repr(exc), crashes=control.crashes)
         if not self.supervised or control.crashes >= MAX_CRASHES:
             if not control.future.done():
-                self._let_go(f"its actor crashed ({control.crashes} times): {exc!r}")
+                self._let_go(f"its actor crashed ({control.crashes} times): {exc!r}",
+                             crashed=True)
             self._close_logs()
             release_run(control)
             if not control.future.done():
