@@ -169,7 +169,8 @@ def _field(value: Any) -> str:
 def show_logs(open_store: Callable[[], Any], run_id: str, *, step: str | None, follow: bool,
               as_json: bool) -> int:
     """`runs logs RUN_ID [--step S] [--follow] [--json]`; `open_store()` is a context
-    manager giving the store (reopened by each poll of `--follow`: it sees new lines)."""
+    manager giving the store (each read is a fresh LMDB snapshot: `--follow` sees the
+    lines another process commits)."""
     from zixir_actors.workflow._history import run_state
 
     with open_store() as store:
