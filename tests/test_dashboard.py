@@ -410,3 +410,80 @@ def test_queues_and_schedules_page(service: tuple[Any, Http]) -> None:
     assert "1 per 3600 s" in page
     assert "dash-weekly" in page and "0 6 * * 1" in page
     assert "dash-slow" in http.get("/")[1]                  # queue depths on the overview
+
+
+SERVICE = textwrap.dedent('''
+    import sys
+    import zixir_actors
+    from zixir_actors.workflow import durable
+
+    @durable("dash-remote-review")
+    def remote_review(ctx, doc):
+        verdict = ctx.wait_for("approval")
+        return {"doc": doc, "verdict": verdict}
+
+    rt = zixir_actors.start(sys.argv[1], resume_runs=False)
+    handle = remote_review.start({"doc": "spec"})
+    assert handle.wait(timeout=120) == "parked"
+    print(handle.run_id, rt.id, flush=True)
+    print(handle.result(timeout=120).output, flush=True)
+    rt.stop()
+''')
+
+
+def test_a_dashboard_beside_a_live_service_approves_its_parked_run(tmp_path: Path) -> None:
+    script = tmp_path / "service.py"
+    script.write_text(SERVICE)
+    data = tmp_path / "data"
+    env = {**os.environ, "PYTHONPATH": str(ROOT)}
+    child = subprocess.Popen([sys.executable, str(script), str(data)], stdout=subprocess.PIPE,
+                             stderr=subprocess.PIPE, text=True, env=env)
+    try:
+        assert child.stdout is not None
+        run_id, service_id = child.stdout.readline().split()
+        with Dashboard(data, port=0) as dash:   # no runtime here: the store only
+            http = Http(dash.url)
+            # Its lease record, and the tree it stores with it (at its next renewals).
+            wait_for(lambda: "zixir.lease" in http.get("/tree")[1], timeout=60)
+            tree = http.get("/tree")[1]
+            assert service_id in tree and f"pid {child.pid}" in tree
+            page = http.get("/runs/" + run_id)[1]
+            assert "Approve" in page and service_id in page
+            status, headers, _ = http.post("/actions/send", {
+                "run_id": run_id, "event": "approval", "payload": '{"ok": 1}',
+                "_csrf": http.csrf()})
+            assert status == 303 and "ok=1" in headers["location"]
+            assert "wakes+it" in headers["location"]      # not run here: its owner does
+            out, err = child.communicate(timeout=120)
+            assert child.returncode == 0, err
+            assert out.strip() == "{'doc': 'spec', 'verdict': {'ok': 1}}"
+            wait_for(lambda: _status(http, run_id) == "succeeded", timeout=60)
+    finally:
+        if child.poll() is None:
+            child.kill()
+            child.communicate(timeout=60)
+
+
+def test_zixir_dashboard_serves_with_a_token_until_interrupted(tmp_path: Path) -> None:
+    import signal
+
+    env = {**os.environ, "PYTHONPATH": str(ROOT), "ZIXIR_DASHBOARD_TOKEN": "t0ken"}
+    child = subprocess.Popen([sys.executable, "-m", "zixir_actors", "--data-dir",
+                              str(tmp_path / "data"), "dashboard", "--port", "0"],
+                             stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True, env=env)
+    try:
+        assert child.stdout is not None
+        line = child.stdout.readline()
+        found = re.search(r"on (http://127\.0\.0\.1:\d+/) \(token required\)", line)
+        assert found is not None, line + (child.stderr.read() if child.stderr else "")
+        http = Http(found.group(1))
+        assert http.get("/")[0] == 401
+        assert http.get("/", Authorization="Bearer t0ken")[0] == 200
+        assert "live runtimes" in http.get("/", Authorization="Bearer t0ken")[1]
+        child.send_signal(signal.SIGINT)
+        child.communicate(timeout=120)
+        assert child.returncode in (0, 130)
+    finally:
+        if child.poll() is None:
+            child.kill()
+            child.communicate(timeout=60)

@@ -514,10 +514,9 @@ class Dash:
         runtime = current()
         if runtime is None:
             parts.append('<section class="panel"><h2>Supervision tree</h2><p class="empty">'
-                         "No runtime runs in the process serving this dashboard: the trees of "
-                         "the runtimes above live in their own processes. Serve the dashboard "
-                         "from a service (zixir_actors.start(dashboard_port=...)) to see its "
-                         "tree here.</p></section>")
+                         "No runtime runs in the process serving this dashboard; the trees "
+                         "below are the ones the runtimes above stored with their leases."
+                         "</p></section>")
         else:
             restarts = _restart_counts()
             try:
@@ -527,6 +526,15 @@ class Dash:
             parts.append(f'<section class="panel"><h2>Supervision tree of this process '
                          f'<span class="mono small">{esc(me or "")}</span></h2>'
                          f'<ul class="tree">{tree}</ul></section>')
+        for info in sorted(infos, key=lambda i: i.started_at):
+            text = getattr(info, "tree", "")
+            if info.id == me or not text:
+                continue
+            state = "live" if info.id in live else "not live: its runs go to a live runtime"
+            parts.append(f'<section class="panel"><h2>Supervision tree of pid {esc(info.pid)} '
+                         f'<span class="mono small">{esc(info.id)} · {esc(state)} · as of '
+                         f"{esc(fmt_ago(info.renewed_at))}</span></h2>"
+                         f'<pre class="treetext">{esc(text)}</pre></section>')
         return "".join(parts)
 
     def runtime_table(self, infos: list[Any], live: set[str], *, compact: bool = False) -> str:
