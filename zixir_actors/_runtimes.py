@@ -265,7 +265,7 @@ def child_spec(*, runtime_id: str, started_at: float, lease: float = DEFAULT_LEA
 class StoreGauges:
     """Store-wide gauges for ``zixir metrics`` beside live runtimes: what every
     process on the directory adds up to (runs by status, dead letters, live
-    runtimes). Read from LMDB at scrape time, at most every `every` seconds."""
+    runtimes, queue depths). Read from LMDB at scrape time, at most every `every` seconds."""
 
     def __init__(self, store: Any, *, every: float = 5.0) -> None:
         from zixir_actors.observability import metrics
@@ -279,6 +279,9 @@ class StoreGauges:
                                   "Dead letters stored on the data directory.")
         self.live = metrics.gauge("zixir_store_runtimes",
                                   "Runtimes holding a lease on the data directory.")
+        self.queued = metrics.gauge("zixir_store_queue_depth", "Runs waiting in each queue "
+                                    "on the data directory (every process's).",
+                                    labels=("queue",))
         self.seen: set[str] = set()
 
     def __call__(self) -> None:
@@ -296,3 +299,7 @@ class StoreGauges:
         self.seen |= set(counts)
         self.dead.set(self.store.count_dead_letters())
         self.live.set(len(live_runtimes(self.store)))
+        from zixir_actors.queue import queue_stats
+
+        for queue in queue_stats(self.store):
+            self.queued.labels(queue.name).set(queue.depth)
