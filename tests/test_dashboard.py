@@ -487,3 +487,20 @@ def test_zixir_dashboard_serves_with_a_token_until_interrupted(tmp_path: Path) -
         if child.poll() is None:
             child.kill()
             child.communicate(timeout=60)
+
+
+def test_caches_page_shows_live_tables_and_stored_caches(service: tuple[Any, Http]) -> None:
+    from zixir_actors.cache import Cache
+
+    _rt, http = service
+    users = Cache.start("dash-users", persist=True)
+    for i in range(3):
+        users.insert("people", {"id": i, "name": f"p{i}"})
+    users.put("k", "v")
+    assert users.get("k") == "v" and users.get("nope") is None
+    page = http.get("/caches")[1]
+    assert "dash-users" in page and "running here" in page and "people 3" in page
+    assert "50%" in page                                     # one hit, one miss
+    users.stop()
+    page = http.get("/caches")[1]
+    assert "dash-users" in page and "stored" in page and "running here" not in page

@@ -560,25 +560,45 @@ class Dash:
     # -- caches, queues, schedules --
 
     def caches(self) -> str:
-        from zixir_actors.cache import stored_caches
+        from zixir_actors.cache import Cache, stored_caches
 
         try:
-            caches = stored_caches(self.data_dir)
+            stored = {c.name: c for c in stored_caches(self.data_dir)}
         except Exception as exc:
             return f'<p class="flash bad">cannot read the caches: {esc(exc)}</p>'
+        live: dict[str, tuple[Any, str]] = {}
+        for name in _safe(Cache.names, []):
+            with contextlib.suppress(Exception):
+                cache = Cache.lookup(name)
+                stats = cache.stats()
+                tables = " · ".join(f"{t} {cache.count(t):,}" for t in cache.tables())
+                live[name] = (stats, tables)
         rows = []
-        for c in caches:
-            total = c.hits + c.misses
-            ratio = c.hits / total if total else 0.0
+        for name in sorted({*stored, *live}):
+            if name in live:
+                st, tables = live[name]
+                kind = "persistent" if st.persist else "memory"
+                entries, size, hits, misses = st.size, st.bytes, st.hits, st.misses
+                where, updated = "running here", "now"
+            else:
+                c = stored[name]
+                kind = "persistent" if c.persistent else "memory"
+                entries, size, hits, misses = c.entries, c.bytes, c.hits, c.misses
+                where, updated, tables = "stored", fmt_ago(c.updated_at), ""
+            total = hits + misses
+            ratio = hits / total if total else 0.0
             meter = (f'<div class="meter"><i style="width:{ratio * 100:.0f}%"></i></div>'
                      f"{ratio:.0%}") if total else "—"
-            rows.append((f'<span class="mono">{esc(c.name)}</span>',
-                         "persistent" if c.persistent else "memory", f"{c.entries:,}",
-                         esc(_bytes(c.bytes)), f"{c.hits:,}", f"{c.misses:,}", meter,
-                         esc(fmt_ago(c.updated_at))))
+            rows.append((f'<span class="mono">{esc(name)}</span>', esc(kind), esc(where),
+                         f"{entries:,}", esc(_bytes(size)), f"{hits:,}", f"{misses:,}", meter,
+                         esc(tables or "—"), esc(updated)))
         return ('<section class="panel">' + table(
-            ("cache", "kind", "entries", "size", "hits", "misses", "hit ratio", "updated"),
-            rows, empty="no cache recorded in this data directory") + "</section>")
+            ("cache", "kind", "", "entries", "size", "hits", "misses", "hit ratio",
+             "tables (rows)", "updated"),
+            rows, empty="no cache recorded in this data directory") + "</section>"
+            + '<p class="note">Caches running in the process serving the dashboard show live '
+              "counters and their tables; the others, what their last process stored "
+              "(persistent caches: their entries in LMDB now).</p>")
 
     def queue_table(self, *, compact: bool = False) -> str:
         stats = _queue_stats(self.store)
