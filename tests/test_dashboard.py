@@ -182,6 +182,12 @@ def test_runs_page_filters_searches_and_pages(tmp_path: Path) -> None:
             assert re.findall(r'href="/runs/(run-\d+)"', http.get("/runs?q=run-0042")[1]) == \
                 ["run-0042"]
             assert "since expects a duration" in http.get("/runs?since=soon")[1]
+            # A child run's id has a slash and a hash: its link still leads to it.
+            store.save_run(RunRecord("run-0001/review#1", "review", "succeeded", {}, now, now))
+            link = re.search(r'href="(/runs/run-0001[^"]+)"', http.get("/runs?q=run-0001/")[1])
+            assert link is not None and "%2F" in link.group(1) and "%23" in link.group(1)
+            status, page = http.get(link.group(1))
+            assert status == 200 and "run-0001/review#1" in page
 
 
 # -- pages of a live service -------------------------------------------------------------

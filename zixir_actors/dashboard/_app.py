@@ -148,9 +148,10 @@ class Guard:
             return f"Sec-Fetch-Site is {fetch_site}"
         origin = _header(scope, b"origin")
         if origin is not None:
-            scheme = scope.get("scheme", "http")
-            if origin != f"{scheme}://{host}":
-                return f"Origin {origin} is not {scheme}://{host}"
+            # Host and port only: behind a TLS-terminating proxy the scheme differs.
+            netloc = origin.split("://", 1)[-1]
+            if origin == "null" or netloc != host:
+                return f"Origin {origin} is not this server ({host})"
         return ""
 
 
