@@ -11,6 +11,7 @@ import re
 import subprocess
 import sys
 import textwrap
+import threading
 import time
 import urllib.error
 import urllib.request
@@ -510,3 +511,28 @@ def test_caches_page_shows_live_tables_and_stored_caches(service: tuple[Any, Htt
     users.stop()
     page = http.get("/caches")[1]
     assert "dash-users" in page and "stored" in page and "running here" not in page
+
+
+GATE = threading.Event()
+gated = Workflow("dash-gated")
+
+
+@gated.step()
+def wait_at_gate(n: int) -> int:
+    assert GATE.wait(120)
+    return n
+
+
+def test_a_running_step_shows_on_the_timeline_until_it_ends(service: tuple[Any, Http]) -> None:
+    _rt, http = service
+    GATE.clear()
+    handle = gated.start({"n": 1})
+    try:
+        wait_for(lambda: 'class="seg k-running"' in http.get("/runs/" + handle.run_id)[1],
+                 timeout=60)
+        assert _status(http, handle.run_id) == "running"
+    finally:
+        GATE.set()
+    assert handle.result(timeout=60).status == "succeeded"
+    page = http.get("/runs/" + handle.run_id)[1]
+    assert 'class="seg k-running"' not in page and 'class="seg k-ok"' in page

@@ -277,6 +277,13 @@ def build_timeline(store: CheckpointClient, record: RunRecord, *, now: float | N
         for name, status in record.steps.items():
             if name in rows and not rows[name].status:
                 rows[name].status = status
+    if record.status == "running":
+        # Steps that started and have not finished: from their first start until now.
+        for label, at in starts.items():
+            r = row(label)
+            if not r.segments and not r.status:
+                r.segments.append(Segment(at, now, "running", f"running for {_fmt_s(now - at)}"))
+                r.status = "running"
     ordered = list(rows.values())
     if not calls and not order:  # a DAG run whose workflow is not defined here: by start
         ordered.sort(key=lambda r: min((s.start for s in r.segments), default=float("inf")))

@@ -686,7 +686,8 @@ def _waiting_text(waiting: Mapping[str, Any]) -> str:
 
 
 def _gantt_legend() -> str:
-    kinds = (("ok", "attempt that succeeded"), ("failed", "failed attempt"),
+    kinds = (("ok", "attempt that succeeded"), ("running", "running"),
+             ("failed", "failed attempt"),
              ("timed_out", "timed out"), ("backoff", "backoff wait"), ("sleep", "sleep"),
              ("park", "parked (no thread held)"))
     return "".join(f'<span class="key"><i class="k-{k}"></i>{esc(t)}</span>' for k, t in kinds) \
