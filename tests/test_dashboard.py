@@ -536,3 +536,12 @@ def test_a_running_step_shows_on_the_timeline_until_it_ends(service: tuple[Any, 
     assert handle.result(timeout=60).status == "succeeded"
     page = http.get("/runs/" + handle.run_id)[1]
     assert 'class="seg k-running"' not in page and 'class="seg k-ok"' in page
+
+
+def test_an_action_never_redirects_off_site(service: tuple[Any, Http]) -> None:
+    _rt, http = service
+    token = http.csrf()
+    for target in ("https://evil.example/", "//evil.example/", "/\\evil.example/"):
+        _, headers, _ = http.post("/actions/resume", {"run_id": "nope", "_csrf": token,
+                                                       "next": target})
+        assert headers["location"].startswith("/?msg="), headers["location"]

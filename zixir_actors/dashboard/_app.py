@@ -281,7 +281,7 @@ def _act(dash: Any, name: str, form: dict[str, str]) -> tuple[bool, str, str]:
     from zixir_actors.errors import ZixirError
 
     target = form.get("next") or "/"
-    if not target.startswith("/") or target.startswith("//"):
+    if not target.startswith("/") or target[1:2] in ("/", "\\"):  # never off-site
         target = "/"
     actions = dash.actions
     try:
