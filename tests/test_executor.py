@@ -993,18 +993,22 @@ def test_ending_a_dag_run_cancels_its_remote_steps(ray_executor: RayExecutor,
              what="the abandoned remote step's worker to be killed")
 
 
-def test_cancelling_a_code_first_run_cancels_its_remote_step(ray_executor: RayExecutor,
-                                                             store: CheckpointClient,
-                                                             tmp_path: Path) -> None:
+@pytest.mark.parametrize("how", ["cancel", "timeout"])
+def test_ending_a_code_first_run_cancels_its_remote_step(ray_executor: RayExecutor,
+                                                         store: CheckpointClient,
+                                                         tmp_path: Path, how: str) -> None:
     marker = str(tmp_path / "pid")
 
     def body(ctx: Any) -> None:
         ctx.step(_sleep_forever, marker, executor=ray_executor)
 
-    handle = Workflow("remote-body", body=body).start({}, store=store)
+    handle = Workflow(f"remote-body-{how}", body=body).start(
+        {}, store=store, timeout=None if how == "cancel" else 5.0)
     wait_for(lambda: os.path.exists(marker), timeout=WAIT, what="the remote step to start")
-    assert handle.cancel() is True
-    assert handle.result(timeout=WAIT).status == "cancelled"
+    if how == "cancel":
+        assert handle.cancel() is True
+    assert handle.result(timeout=WAIT).status == ("cancelled" if how == "cancel"
+                                                  else "timed_out")
     wait_for(lambda: not _alive(int(Path(marker).read_text())), timeout=WAIT,
              what="the cancelled run's remote worker to be killed")
 
