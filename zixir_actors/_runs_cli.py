@@ -16,7 +16,6 @@ from pathlib import Path
 from typing import Any
 
 from zixir_actors._console import fmt_time, shorten, table
-from zixir_actors.errors import ZixirError
 
 __all__ = ["FOLLOW_POLL", "list_states", "show", "show_logs", "show_output"]
 
@@ -26,8 +25,11 @@ _TEXT_LIMIT = 200  # characters of a value that the text view of `runs show` pri
 _DONE = frozenset({"succeeded", "failed", "cancelled", "timed_out", "interrupted", "corrupt"})
 
 
-class _Error(ZixirError):
-    """A `runs` command that cannot do what was asked (the CLI prints it, status 2)."""
+def _cli_error(message: str) -> Exception:
+    """A `runs` command that cannot do what was asked (`CliError`: printed, status 2)."""
+    from zixir_actors.cli import CliError
+
+    return CliError(message)
 
 
 def _print_json(data: Any) -> None:
@@ -221,7 +223,7 @@ def show_output(store: Any, run_id: str, step: str | None, *, pickle_to: str | N
         print(json.dumps(value, indent=2, allow_nan=False))
     except (TypeError, ValueError):
         what = f"step {step!r}" if step else "the run"
-        raise _Error(f"the output of {what} is not JSON ({type(value).__name__}); "
+        raise _cli_error(f"the output of {what} is not JSON ({type(value).__name__}); "
                      "write it with --pickle FILE") from None
     return 0
 
@@ -232,7 +234,7 @@ def output_of(store: Any, run_id: str, step: str | None) -> Any:
 
     Raises:
         RunNotFoundError: no such run.
-        ZixirError: no such step, or no output stored yet.
+        CliError: no such step, or no output stored yet.
     """
     from zixir_actors.workflow._durable import RESULT_POS, labels
 
@@ -244,20 +246,20 @@ def output_of(store: Any, run_id: str, step: str | None) -> Any:
             return {name: c.output for name, c in checkpoints.items()}
         if step not in checkpoints:
             known = ", ".join(checkpoints) or "none"
-            raise _Error(f"run {run_id!r} has no output of step {step!r} "
+            raise _cli_error(f"run {run_id!r} has no output of step {step!r} "
                          f"(steps with an output: {known})")
         return checkpoints[step].output
     found = dict(calls)
     if step is None:
         outcome = found.get(RESULT_POS)
         if outcome is None:
-            raise _Error(f"run {run_id!r} has no output yet (it is {record.status})")
+            raise _cli_error(f"run {run_id!r} has no output yet (it is {record.status})")
         return outcome[2]
     positions = labels(calls)
     label = step if "#" in step else f"{step}#1"
     rec = found.get(positions.get(label, -1))
     if rec is None or rec[0] not in ("step", "child"):
         known = ", ".join(lb for lb, p in positions.items() if found[p][0] in ("step", "child"))
-        raise _Error(f"run {run_id!r} has no output of step {step!r} "
+        raise _cli_error(f"run {run_id!r} has no output of step {step!r} "
                      f"(steps with an output: {known or 'none'})")
     return rec[2]
