@@ -481,3 +481,24 @@ def test_run_state_says_why_a_running_run_is_interrupted(store: CheckpointClient
     assert list(ProgressStream("r-here", store, timeout=WAIT)) == []
     unowned = RunRecord("r-embedded", "hist-owned", "running", {}, now, now)
     assert run_state(unowned, runtimes).status == "running"  # no owner: nothing to check
+
+
+def test_with_configured_logging_lines_are_kept_once_and_still_shown(
+        store: CheckpointClient) -> None:
+    import io
+
+    from zixir_actors.observability import configure_logging, reset_logging
+
+    out = io.StringIO()
+    configure_logging(json=True, level="INFO", sink=out)
+    try:
+        flaky_workflow("hist-configured").run({"url": "c"}, run_id="r-conf", store=store)
+    finally:
+        reset_logging()
+    kept = [m for _, m, _, _ in lines(store, "r-conf")]
+    assert kept.count("fetching c") == 2 and kept.count("step succeeded") == 2
+    assert kept.count("a plain line inside the step") == 1
+    shown = [json.loads(line)["message"] for line in out.getvalue().splitlines()]
+    assert "step failed, retrying" in shown and "a plain line inside the step" in shown
+    assert "step started" not in shown  # DEBUG: below the sink's level, kept all the same
+    assert "step started" in kept
