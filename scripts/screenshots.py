@@ -165,14 +165,13 @@ def main(argv: list[str] | None = None) -> int:
         worker = threading.Thread(target=load, name="screenshot-load")
         worker.start()
         for name, path in pages:
+            driver.set_window_size(1360, 700)   # measure each page from a short window
             driver.get(base + path)
             driver.execute_script("return document.readyState")
             if name == "metrics":
                 time.sleep(12)  # a few more samples (one every 2 s) under the load
                 driver.get(base + path)
-            height = driver.execute_script(
-                "return Math.max(document.body.scrollHeight, "
-                "document.documentElement.scrollHeight)")
+            height = driver.execute_script("return document.body.scrollHeight")
             driver.set_window_size(1360, min(max(int(height) + 20, 700), 2200))
             path_out = out / f"{name}.png"
             driver.save_screenshot(str(path_out))

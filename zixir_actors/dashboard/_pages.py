@@ -232,10 +232,10 @@ class Dash:
         total = self.store.count_runs()
         note = (f"{len(page)} run(s) · {total:,} stored · in run id order, read from LMDB with "
                 f"a cursor ({fmt_duration(took)})")
-        return (form + f'<p class="note">{esc(note)}</p>'
+        return ('<section class="panel">' + form + f'<p class="note">{esc(note)}</p>'
                 + table(("run", "workflow", "status", "created", "took", "error"), rows,
                         empty="no run matches", cls="runs")
-                + f'<div class="pager">{nav}</div>')
+                + f'<div class="pager">{nav}</div></section>')
 
     # -- one run --
 
@@ -467,8 +467,10 @@ class Dash:
         return (f'<p class="note">{len(letters)} dead letter(s): steps that exhausted their '
                 "retries. Retry re-drives the run from the step (in this process, see the "
                 "README); Discard deletes the letter.</p>"
+                + '<section class="panel">'
                 + table(("letter", "workflow", "run", "step", "attempts", "error", "when", ""),
-                        rows, empty="no dead letters") + f'<div class="pager">{nav}</div>')
+                        rows, empty="no dead letters")
+                + f'<div class="pager">{nav}</div></section>')
 
     def dead_letter(self, letter_id: str) -> str | None:
         from zixir_actors.errors import DeadLetterNotFoundError
@@ -593,7 +595,7 @@ class Dash:
                          f"{entries:,}", esc(_bytes(size)), f"{hits:,}", f"{misses:,}", meter,
                          esc(tables or "—"), esc(updated)))
         return ('<section class="panel">' + table(
-            ("cache", "kind", "", "entries", "size", "hits", "misses", "hit ratio",
+            ("cache", "kind", "state", "entries", "size", "hits", "misses", "hit ratio",
              "tables (rows)", "updated"),
             rows, empty="no cache recorded in this data directory") + "</section>"
             + '<p class="note">Caches running in the process serving the dashboard show live '
