@@ -99,6 +99,7 @@ def charge(reserve: list[int]) -> str:
 @durable("dash-approval")
 def approval(ctx: Any, amount: int) -> dict[str, Any]:
     ctx.step(lambda a: a * 2, amount, name="quote")
+    ctx.sleep(0.05)
     verdict = ctx.wait_for("approval")
     return {"amount": amount, "verdict": verdict}
 
@@ -244,6 +245,12 @@ def test_retry_a_dead_letter_then_approve_a_parked_run(service: tuple[Any, Http]
     result = handle.result(timeout=60)
     assert result.output == {"amount": 21, "verdict": {"approved": True}}
     assert _status(http, handle.run_id) == "succeeded"
+    # Its timeline: the step, the sleep, the park and the event that ended it.
+    page = http.get("/runs/" + handle.run_id)[1]
+    for part in ('class="seg k-ok"', 'class="seg k-sleep"', 'class="seg k-park"',
+                 'class="mark"', "event &#x27;approval&#x27; arrived"):
+        assert part in page, part
+    assert "quote#1" in page and "approval#1" in page
 
 
 def test_cancel_and_discard_and_resume_from_the_pages(service: tuple[Any, Http]) -> None:
