@@ -39,7 +39,6 @@ class Actions:
         self.data_dir = data_dir
         self._loaded: dict[str, Any] = {}
         self._lock = threading.Lock()
-        self.handles: list[Any] = []
 
     def workflow_for(self, name: str, run_id: str) -> tuple[Any, str]:
         """The run's `Workflow` and where it came from.
@@ -86,7 +85,7 @@ class Actions:
         from zixir_actors.errors import RunActiveError
 
         try:
-            self.handles.append(wf.start(dict(record.inputs), run_id=run_id, store=self.store))
+            wf.start(dict(record.inputs), run_id=run_id, store=self.store)
         except RunActiveError as exc:
             raise ActionError(str(exc)) from None
 
