@@ -137,7 +137,8 @@ def _service_specs(path: Path, *, metrics_port: int | None, sandbox_workers: int
                              **options.get("lease", {})),
         queue.child_spec(**options.get("queues", {})),
         schedule.child_spec(**options.get("scheduler", {})),
-    ] + _dashboard_specs(options)
+        *_dashboard_specs(options),
+    ]
 
 
 def _dashboard_specs(options: dict[str, Any]) -> list[ChildSpec]:
