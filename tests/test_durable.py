@@ -1264,3 +1264,63 @@ def test_a_full_disk_ends_a_code_first_run_with_the_store_error(tmp_path: Path) 
         assert body.run({"n": 2}, timeout=WAIT).status == "succeeded"
         result = body.resume("r-full", timeout=WAIT)
         assert result.status == "succeeded" and result.output == 20 * 300_000
+
+
+def test_a_bare_except_around_a_wait_cannot_run_the_rest_of_the_body(
+        store: CheckpointClient) -> None:
+    ran: list[str] = []
+
+    def after(tag: str) -> str:
+        ran.append(tag)
+        return tag
+
+    @durable("bare-except")
+    def body(ctx: Any) -> Any:
+        try:
+            got = ctx.wait_for("go")
+        except:  # noqa: E722 - the mistake under test
+            got = None
+        ctx.step(after, "after the wait")
+        return got
+
+    handle = body.start({}, run_id="r-bare", store=store)
+    wait_status(handle, "parked")
+    assert ran == []  # the swallowed park still parks: nothing after it ran live
+    body.send("r-bare", "go", 5, store=store)
+    assert handle.result(timeout=WAIT).output == 5
+    assert ran == ["after the wait"]
+
+
+def test_cancelling_a_parent_cancels_the_child_it_waits_for(store: CheckpointClient) -> None:
+    @durable("waiting-child")
+    def child(ctx: Any) -> Any:
+        return ctx.wait_for("never")
+
+    @durable("cancelled-parent")
+    def parent(ctx: Any) -> Any:
+        return ctx.run(child)
+
+    handle = parent.start({}, run_id="r-parent-cancel", store=store)
+    child_id = "r-parent-cancel/waiting-child#1"
+    wait_for(lambda: stored_status(store, child_id) == "parked", timeout=WAIT,
+             what="the child parks")
+    assert handle.cancel()
+    assert handle.result(timeout=WAIT).status == "cancelled"
+    wait_for(lambda: stored_status(store, child_id) == "cancelled", timeout=WAIT,
+             what="the child is cancelled with its parent")
+
+
+def test_emit_from_a_sandboxed_step_is_a_clear_error(store: CheckpointClient) -> None:
+    from zixir_actors.sandbox import Limits
+
+    def chatty(ctx: Any) -> int:
+        ctx.emit("token")
+        return 1
+
+    @durable("emit-in-sandbox")
+    def body(ctx: Any) -> int:
+        return ctx.step(chatty, limits=Limits(timeout=30))
+
+    result = body.run({}, store=store, timeout=WAIT)
+    assert result.status == "failed" and result.error is not None
+    assert "not available in a step that runs in a sandbox" in result.error.message

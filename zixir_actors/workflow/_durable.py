@@ -79,7 +79,14 @@ from zixir_actors.workflow._results import (
     StepError,
     StepResult,
 )
-from zixir_actors.workflow._run import MAX_CRASHES, _Control, active_run, register_run, release_run
+from zixir_actors.workflow._run import (
+    MAX_CRASHES,
+    _Control,
+    active_children,
+    active_run,
+    register_run,
+    release_run,
+)
 from zixir_actors.workflow._spec import NO_RETRY, RetryPolicy
 from zixir_actors.workflow._telemetry import Telemetry, log
 from zixir_actors.workflow._timers import on_rearm, timers_for
@@ -396,6 +403,10 @@ class _Body:
         if was_parked:
             self._unparked()
         self.finish(status, None, None)
+        # Its children go with it (Temporal's default parent-close policy): a
+        # child left running or parked would wait for a parent that is gone.
+        for child in active_children(self.run_id):
+            child.cancel()
         return True
 
     def interrupt(self, reason: Any) -> None:
@@ -485,7 +496,14 @@ class _Body:
                 gen = self.gen
             try:
                 ctx = DurableContext(self, self.records(), gen)
-                value = self.wf.body(ctx, **self.inputs)  # type: ignore[misc]
+                try:
+                    value = self.wf.body(ctx, **self.inputs)  # type: ignore[misc]
+                except BaseException as exc:
+                    if ctx._unwinding is not None and exc is not ctx._unwinding:
+                        raise ctx._unwinding from exc  # a swallowed park or stop wins
+                    raise
+                if ctx._unwinding is not None:
+                    raise ctx._unwinding
             except _Park as park:
                 if self.park(park):
                     return
@@ -503,8 +521,16 @@ class _Body:
                 gen = self.gen
             try:
                 records = await asyncio.to_thread(self.records)
-                ctx = AsyncDurableContext(DurableContext(self, records, gen))
-                value = await self.wf.body(ctx, **self.inputs)  # type: ignore[misc]
+                core = DurableContext(self, records, gen)
+                try:
+                    value = await self.wf.body(AsyncDurableContext(core),  # type: ignore[misc]
+                                               **self.inputs)
+                except BaseException as exc:
+                    if core._unwinding is not None and exc is not core._unwinding:
+                        raise core._unwinding from exc  # a swallowed park or stop wins
+                    raise
+                if core._unwinding is not None:
+                    raise core._unwinding
             except _Park as park:
                 if await asyncio.to_thread(self.park, park):
                     return
@@ -1040,6 +1066,7 @@ class DurableContext:
         self._pos = 0
         self._occ: dict[str, int] = {}
         self._emits = 0
+        self._unwinding: BaseException | None = None
         self.run_id = body.run_id
         self.workflow = body.wf.name
         self.inputs = body.inputs
@@ -1047,9 +1074,20 @@ class DurableContext:
     def __repr__(self) -> str:
         return f"DurableContext(run_id={self.run_id!r}, position={self._pos})"
 
+    def _unwind(self, exc: BaseException) -> BaseException:
+        self._unwinding = exc
+        return exc
+
     def _next(self, kind: str, name: str) -> tuple[int, str, Any]:
+        if self._unwinding is not None:
+            # The body swallowed a park or a stop (a bare ``except:``): nothing
+            # more may run live in this execution.
+            raise self._unwinding
         if self._plan is None:
-            self._b.check_live()
+            try:
+                self._b.check_live()
+            except _Stop as stop:
+                raise self._unwind(stop) from None
         position = self._pos
         self._pos += 1
         occurrence = self._occ.get(name, 0) + 1
@@ -1183,7 +1221,7 @@ class DurableContext:
                 body.hold.wait(left)
                 body.check_live()
                 continue
-            raise _Park({"kind": "timer", "until": until}, body.gen)
+            raise self._unwind(_Park({"kind": "timer", "until": until}, body.gen))
 
     def now(self) -> float:
         """The wall time (of the workflow's clock), recorded: a replay returns the same value."""
@@ -1240,7 +1278,7 @@ class DurableContext:
             raise EventTimeoutError(body.run_id, event, limit)
         if rec is None and until is not None:
             body.commit_call(position, (_WAITING, event, until, limit))
-        raise _Park({"kind": "event", "event": event, "until": until}, gen)
+        raise self._unwind(_Park({"kind": "event", "event": event, "until": until}, gen))
 
     # -- progress --
 
@@ -1282,7 +1320,8 @@ class DurableContext:
             result = future.result(CHILD_HOLD if isinstance(body.clock, SystemClock) else 0)
         except concurrent.futures.TimeoutError:
             future.add_done_callback(lambda _: body.wake())
-            raise _Park({"kind": "child", "run_id": f"{body.run_id}/{label}"}, gen) from None
+            raise self._unwind(_Park({"kind": "child", "run_id": f"{body.run_id}/{label}"},
+                                     gen)) from None
         return self._child_done(position, label, name, workflow, result)
 
     def _child_done(self, position: int, label: str, name: str, workflow: Workflow,
@@ -1363,7 +1402,7 @@ class AsyncDurableContext:
                 await asyncio.sleep(left)
                 body.check_live()
                 continue
-            raise _Park({"kind": "timer", "until": until}, body.gen)
+            raise ctx._unwind(_Park({"kind": "timer", "until": until}, body.gen))
 
     async def wait_for(self, event: str, *, timeout: float | None = None) -> Any:
         """`DurableContext.wait_for`, awaitable."""

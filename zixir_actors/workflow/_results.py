@@ -37,6 +37,16 @@ StepStatus = Literal["succeeded", "cached", "failed", "timed_out", "upstream_fai
 PlanAction = Literal["skip", "run", "rerun"]
 
 
+class _Remote:
+    """Stands for the progress log of a step context sent to another process."""
+
+    def __reduce__(self) -> str:
+        return "_REMOTE"
+
+
+_REMOTE = _Remote()
+
+
 @dataclass(frozen=True, slots=True)
 class StepContext:
     """The `ctx` a step receives.
@@ -63,18 +73,24 @@ class StepContext:
         # A step sent to a sandbox worker or a Ray task gets its identity, not
         # this process's progress log or store client (they hold actor refs).
         return (StepContext, (self.run_id, self.step, self.attempt, self.idempotency_key,
-                              self.workflow))
+                              self.workflow, _REMOTE))
 
     def emit(self, value: Any) -> None:
         """Append `value` to the run's progress stream (a token, a partial result).
 
         Raises:
             WorkflowError: the step belongs to a DAG workflow, which has no
-                progress stream (emit from a code-first run's step).
+                progress stream (emit from a code-first run's step), or it
+                runs in a sandbox process or on an executor, from where its
+                items cannot reach the run (emit from the body, with the result).
         """
-        if self.progress is None:
+        if self.progress is None or self.progress is _REMOTE:
             from zixir_actors.errors import WorkflowError
 
+            if self.progress is _REMOTE:
+                raise WorkflowError(f"step {self.step!r}: ctx.emit is not available in a step "
+                                    "that runs in a sandbox process or on an executor; emit "
+                                    "from the body (or a step in this process) instead")
             raise WorkflowError(f"step {self.step!r}: ctx.emit needs a code-first run "
                                 "(a body decorated with durable())")
         self.progress.append("emit", self.step, value)

@@ -36,7 +36,8 @@ from zixir_actors.workflow._results import RunResult
 from zixir_actors.workflow._scheduler import Crash, Finished, Job, Scheduler
 from zixir_actors.workflow._telemetry import log
 
-__all__ = ["MAX_CRASHES", "WorkflowRun", "active_run", "register_run", "release_run"]
+__all__ = ["MAX_CRASHES", "WorkflowRun", "active_children", "active_run", "register_run",
+           "release_run"]
 
 MAX_CRASHES = 3
 """Crashes of one run's actor after which its future fails with
@@ -93,6 +94,14 @@ def active_run(run_id: str) -> _Control | None:
     """The control block of a run executing in this process, if any."""
     with _ACTIVE_LOCK:
         return _ACTIVE.get(run_id)
+
+
+def active_children(run_id: str) -> list[_Control]:
+    """The control blocks of the child runs of `run_id` executing in this process
+    (child run ids start with ``"<run_id>/"``)."""
+    prefix = run_id + "/"
+    with _ACTIVE_LOCK:
+        return [c for rid, c in _ACTIVE.items() if rid.startswith(prefix)]
 
 
 def running_here(run_id: str) -> bool:
