@@ -118,7 +118,15 @@ def test_four_processes_take_over_each_others_runs_through_twenty_kills(
         owners = _owner_pids(workers.data_dir)
         victims = [p for p in workers.alive() if p.pid in owners]
         if not victims:
-            break  # every run ended
+            statuses = _statuses(workers.data_dir)
+            if all(s == "succeeded" for s in statuses.values()):
+                break  # every run ended
+            # Between an owner's death and the takeover no live process owns a run.
+            wait_for(lambda: bool(_owner_pids(workers.data_dir) & {
+                p.pid for p in workers.alive()}) or set(
+                _statuses(workers.data_dir).values()) == {"succeeded"}, timeout=WAIT,
+                what="a live process owns the runs")
+            continue
         victim = rng.choice(victims)
         seen = len(_lines(workers.log))
         workers.kill(victim)  # in the middle of its runs' steps
@@ -229,7 +237,14 @@ def test_the_command_line_works_beside_a_live_runtime(workers: Workers) -> None:
     worker = workers.spawn("--start", "1", "--steps", "5", "--pause", "0")
     wait_for(lambda: _statuses(workers.data_dir).get("run-0") == "succeeded", timeout=WAIT,
              what="the run ends")
-    tree = _zixir(workers.data_dir, "tree")
+    trees: list[subprocess.CompletedProcess[str]] = []
+
+    def tree_stored() -> bool:  # each runtime stores its tree with a lease renewal
+        trees.append(_zixir(workers.data_dir, "tree"))
+        return "zixir.lease" in trees[-1].stdout
+
+    wait_for(tree_stored, timeout=WAIT, interval=0.2, what="the worker's stored tree")
+    tree = trees[-1]
     assert tree.returncode == 0, tree.stderr
     first = tree.stdout.splitlines()[0]
     assert first.startswith("runtime ") and f" pid {worker.pid} " in first

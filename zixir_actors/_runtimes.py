@@ -93,8 +93,10 @@ def is_alive(info: RuntimeInfo, now: float | None = None) -> bool:
 
         try:
             proc = psutil.Process(info.pid)
-            # A reused pid belongs to a process started after the runtime.
-            if proc.create_time() > info.started_at + 1.0 or \
+            # A reused pid belongs to a process created after the runtime's last
+            # renewal (psutil's create time comes from a boot time in whole
+            # seconds: allow for it).
+            if proc.create_time() > info.renewed_at + 2.0 or \
                     proc.status() == psutil.STATUS_ZOMBIE:
                 return False
         except psutil.Error:
@@ -170,6 +172,7 @@ class LeaseKeeper(SupervisedActor):
         if message == "id":
             return self.id
         if message == "takeover":
+            self._tree()
             return self._takeover()
         raise TypeError(f"LeaseKeeper got an unknown message: {message!r}")
 
@@ -182,13 +185,15 @@ class LeaseKeeper(SupervisedActor):
                 log.warning("lease renewal failed", error=str(exc))
 
     def _renew(self, *, durable: bool) -> None:
+        # Never blocks on an actor: a renewal that waits risks the lease.
         info = RuntimeInfo(self.id, socket.gethostname(), os.getpid(), self.started_at,
                            time.time(), self.lease, tuple(sorted(self.defined())),
-                           self._tree())
+                           self._last_tree)
         self._store.save_runtime(info, durable=durable)
 
     def _tree(self) -> str:
-        # Shown by `zixir tree` from other processes; refreshed every few renewals.
+        # Shown by `zixir tree` from other processes; refreshed by the actor
+        # every few renewals (asking the supervisors takes a moment).
         self._renewals += 1
         if self._renewals % 5 != 1 and self._last_tree:
             return self._last_tree
