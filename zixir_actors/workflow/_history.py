@@ -337,7 +337,7 @@ def _remove_capture() -> None:
 def _run_of(record: Mapping[str, Any]) -> tuple[str | None, Any, Any]:
     extra = record["extra"]
     run_id, step, attempt = extra.get("run_id"), extra.get("step"), extra.get("attempt")
-    if run_id is not None and step is not None:
+    if run_id is not None and step is not None and attempt is not None:
         return run_id, step, attempt
     from zixir_actors.observability._tracing import _CURRENT
 
@@ -346,7 +346,11 @@ def _run_of(record: Mapping[str, Any]) -> tuple[str | None, Any, Any]:
         return run_id, step, attempt
     attributes = current.attributes
     if run_id is None or attributes.get("run_id") == run_id:
-        return attributes.get("run_id"), attributes.get("step"), attributes.get("attempt")
+        # What the line was bound with wins; the span fills in the rest (a
+        # logging patcher may have copied the step, but not the attempt).
+        return (run_id if run_id is not None else attributes.get("run_id"),
+                step if step is not None else attributes.get("step"),
+                attempt if attempt is not None else attributes.get("attempt"))
     return run_id, step, attempt
 
 
