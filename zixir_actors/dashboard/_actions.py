@@ -112,9 +112,11 @@ class Actions:
         from zixir_actors._runtimes import owned_elsewhere
         from zixir_actors.workflow import send
 
+        # Judged on the record as it was before the event: its owner may take
+        # the event (and move on) before this reads the store again.
+        record = self.store.get_run(run_id)
         send(run_id, event, payload, store=self.store)
         message = f"sent {event!r} to run {run_id}"
-        record = self.store.get_run(run_id)
         waiting = record.waiting or {}
         if record.status != "parked" or waiting.get("kind") != "event" \
                 or waiting.get("event") != event:
