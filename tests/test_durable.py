@@ -1324,3 +1324,24 @@ def test_emit_from_a_sandboxed_step_is_a_clear_error(store: CheckpointClient) ->
     result = body.run({}, store=store, timeout=WAIT)
     assert result.status == "failed" and result.error is not None
     assert "not available in a step that runs in a sandbox" in result.error.message
+
+
+def test_plan_says_when_a_recorded_steps_code_changed(store: CheckpointClient) -> None:
+    def v1(x: int) -> int:
+        return x + 1
+
+    def v2(x: int) -> int:
+        return x + 2
+
+    impl = {"fn": v1}
+
+    @durable("versioned")
+    def body(ctx: Any) -> int:
+        return ctx.step(impl["fn"], 1, name="compute")
+
+    body.run({}, run_id="r-versioned", store=store)
+    assert "code changed" not in body.plan("r-versioned", store=store)["compute#1"].reason
+    impl["fn"] = v2
+    entry = body.plan("r-versioned", store=store)["compute#1"]
+    assert entry.action == "skip" and "code changed" in entry.reason
+    assert body.resume("r-versioned", store=store).output == 2  # replayed, as the plan says

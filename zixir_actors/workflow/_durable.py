@@ -1139,6 +1139,8 @@ class DurableContext:
         name = _call_name(fn, name)
         position, label, rec = self._next("step", name)
         if rec is not None:
+            if self._plan is not None:
+                self._note_code_change(rec, fn)
             return self._b.replayed(label, rec)
         opts = _options(retry, timeout, limits, executor, resources, label)
         return self._b.run_step(position, label, name, fn, args, kwargs, opts)
@@ -1159,6 +1161,17 @@ class DurableContext:
         opts = _options(retry, timeout, limits, executor, resources, label)
         return self._b.spawn(position, label, name, fn, args, kwargs, opts,
                              self._b.spawn_slots)
+
+    def _note_code_change(self, rec: Any, fn: Callable[..., Any]) -> None:
+        """In a plan: say when a recorded step's code changed since its record."""
+        extra = rec[3] if rec[0] == _STEP else None
+        if not isinstance(extra, tuple) or not extra or not self._plan:
+            return
+        if extra[0] != _hash_of(fn):
+            entry = self._plan[-1]
+            self._plan[-1] = PlanEntry(entry.step, entry.action,
+                                       "recorded: replays its output, though its code changed "
+                                       "since (resume with from_step= to run it again)")
 
     def _replayed_future(self, label: str, rec: Any) -> CallFuture:
         future = CallFuture(label)
