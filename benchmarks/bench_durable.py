@@ -39,6 +39,7 @@ from typing import Any
 import lmdb
 
 from benchmarks._harness import Figure, main, percentile
+from benchmarks.bench_workflow import _raw_loop  # the same baseline loop
 from zixir_actors import durable
 from zixir_actors.checkpoint import CheckpointClient, open_store
 from zixir_actors.observability import configure_logging, reset_logging
@@ -96,29 +97,6 @@ def emit_body(ctx: Any, count: int) -> int:
 
 
 # -- baselines ----------------------------------------------------------------------------
-
-
-def _raw_loop(path: str, n: int) -> Callable[[], Cleanup]:
-    env = lmdb.open(path, map_size=1 << 30, max_dbs=4, sync=False, metasync=False)
-    db = env.open_db(b"raw")
-
-    def loop() -> Cleanup:
-        tag = uuid.uuid4().hex
-        for i in range(n):
-            blob = pickle.dumps(noop())
-            with env.begin(write=True) as txn:
-                txn.put(f"{tag}/{i}".encode(), blob, db=db)
-            env.sync(True)
-
-        def cleanup() -> None:
-            with env.begin(write=True) as txn:
-                for i in range(n):
-                    txn.delete(f"{tag}/{i}".encode(), db=db)
-            env.sync(True)
-
-        return cleanup
-
-    return loop
 
 
 def _cursor_scan(path: str, n: int, repeat: int) -> float:
