@@ -1216,7 +1216,7 @@ def test_runs_list_and_show_say_what_a_parked_run_waits_for_and_until_when(
 def test_the_readme_web_handler_serves_an_agent_with_run_async(
         tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> None:
     pytest.importorskip("fastapi")
-    pytest.importorskip("httpx")
+    pytest.importorskip("httpx2")  # what starlette's TestClient uses (httpx is deprecated there)
     import re
     import runpy
 
