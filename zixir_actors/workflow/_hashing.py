@@ -81,7 +81,7 @@ def _feed(value: Any, out: Any, depth: int) -> None:
         for item in value:
             _feed(item, out, depth + 1)
     elif isinstance(value, dict):
-        items = sorted(((fingerprint(k), v) for k, v in value.items()), key=lambda kv: kv[0])
+        items = sorted(((_key_print(k), v) for k, v in value.items()), key=lambda kv: kv[0])
         out.update(b"d" + struct.pack(">Q", len(items)))
         for key_hash, item in items:
             out.update(key_hash.encode())
@@ -105,6 +105,19 @@ def _feed(value: Any, out: Any, depth: int) -> None:
                 out.update(dill.dumps(value, protocol=4, recurse=True))
             except Exception:
                 out.update(repr(value).encode())
+
+
+def _key_print(key: Any) -> str:
+    # Mapping keys are mostly parameter and step names: the same few strings
+    # for every step of every run, so their digests are kept.
+    if type(key) is str:
+        return _str_print(key)
+    return fingerprint(key)
+
+
+@functools.lru_cache(maxsize=4096)
+def _str_print(key: str) -> str:
+    return _digest(key)
 
 
 def _digest(value: Any) -> str:
