@@ -3,7 +3,6 @@
 from __future__ import annotations
 
 import concurrent.futures
-import errno
 import functools
 import threading
 from collections.abc import Callable, Mapping
@@ -24,6 +23,7 @@ from zixir_actors.errors import (
 from zixir_actors.executor._api import Executor, Resources, TaskFuture
 from zixir_actors.executor._select import is_executor_choice, offload
 from zixir_actors.result import Err, Ok, Result
+from zixir_actors.sandbox import out_of_memory
 
 __all__ = [
     "InFlight",
@@ -110,18 +110,6 @@ def call_step(executor: Executor, fn: Callable[..., Any], call: Mapping[str, Any
             inflight.discard(future)
 
 
-def _out_of_memory(error: BaseException | None) -> bool:
-    """MemoryError or ENOMEM, also as the cause of what the call raised."""
-    for _ in range(16):
-        if error is None:
-            return False
-        if isinstance(error, MemoryError) \
-                or (isinstance(error, OSError) and error.errno == errno.ENOMEM):
-            return True
-        error = error.__cause__ or error.__context__
-    return False
-
-
 def sandbox_error(error: BaseException) -> SandboxError:
     """A remote call's failure as the `SandboxError` a sandboxed call returns."""
     if isinstance(error, RemoteMemoryError):
@@ -132,7 +120,7 @@ def sandbox_error(error: BaseException) -> SandboxError:
         return SandboxError(error.kind, str(error), limit=error.limit, measured=error.measured)
     if isinstance(error, (RemoteLostError, RemoteCancelledError)):
         return SandboxError("crashed", str(error))
-    if _out_of_memory(error):
+    if out_of_memory(error):
         return SandboxError("memory", f"an allocation failed: {type(error).__qualname__}: "
                             f"{error}", remote_type=type(error).__qualname__, cause=error)
     if isinstance(error, RecursionError):

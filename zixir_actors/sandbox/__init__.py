@@ -83,6 +83,7 @@ if TYPE_CHECKING:
     )
     from zixir_actors.sandbox._process import nesting_level
     from zixir_actors.sandbox._sandbox import Sandbox, SandboxFuture
+    from zixir_actors.sandbox._worker import out_of_memory
 
 # Worker processes (multiprocess, psutil) load on first use of these names
 # (PEP 562): `Limits` and the errors stay importable at no cost.
@@ -92,6 +93,7 @@ _LAZY = {
     **dict.fromkeys(("DEFAULT_POOL_SIZE", "SAMPLE_INTERVAL", "PoolStats", "WorkerPool"),
                     "zixir_actors.sandbox._pool"),
     "nesting_level": "zixir_actors.sandbox._process",
+    "out_of_memory": "zixir_actors.sandbox._worker",
     "Sandbox": "zixir_actors.sandbox._sandbox",
     "SandboxFuture": "zixir_actors.sandbox._sandbox",
 }
@@ -130,6 +132,7 @@ __all__ = [
     "WorkerPool",
     "child_spec",
     "nesting_level",
+    "out_of_memory",
     "parse_size",
     "register_offload",
 ]

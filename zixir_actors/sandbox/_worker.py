@@ -366,8 +366,13 @@ def _peak_rss(per_call: bool, before: tuple[int, int] | None) -> int:
     return max(peak, int(_state["reaped_peak"]))
 
 
-def _out_of_memory(exc: BaseException | None) -> bool:
-    """An allocation refused: MemoryError or ENOMEM, also as the cause of what was raised."""
+def out_of_memory(exc: BaseException | None) -> bool:
+    """An allocation refused: MemoryError or ENOMEM, also as the cause of what was raised.
+
+    What makes a failed call ``kind="memory"`` under a memory limit, in a
+    sandbox worker and (through `zixir_actors.sandbox.out_of_memory`) on
+    any executor.
+    """
     for _ in range(16):
         if exc is None:
             return False
@@ -398,7 +403,7 @@ def _classify(exc: BaseException, config: dict[str, Any]) -> str:
         return "depth"
     if getattr(exc, "kind", None) == "depth" and type(exc).__name__ == "SandboxError":
         return "depth"
-    if config.get("memory") and _out_of_memory(exc):
+    if config.get("memory") and out_of_memory(exc):
         return "memory"
     return "exception"
 
