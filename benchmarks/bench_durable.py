@@ -39,7 +39,10 @@ from typing import Any
 import lmdb
 
 from benchmarks._harness import Figure, main, percentile
-from benchmarks.bench_workflow import _raw_loop  # the same baseline loop
+from benchmarks.bench_workflow import (  # the same baseline loop, timed the same way
+    _interleaved,
+    _raw_loop,
+)
 from zixir_actors import durable
 from zixir_actors.checkpoint import CheckpointClient, open_store
 from zixir_actors.observability import configure_logging, reset_logging
@@ -147,22 +150,6 @@ def _thread_round_trip(samples: int) -> list[float]:
 
 
 # -- ours -----------------------------------------------------------------------------------
-
-
-def _interleaved(ours: Callable[[], Cleanup], base: Callable[[], Cleanup],
-                 repeat: int) -> tuple[float, float]:
-    """Best seconds of each, alternating runs so that disk load shifts hit both alike."""
-    best_ours = best_base = float("inf")
-    for _ in range(repeat):
-        began = time.perf_counter()
-        cleanup = base()
-        best_base = min(best_base, time.perf_counter() - began)
-        cleanup()
-        began = time.perf_counter()
-        cleanup = ours()
-        best_ours = min(best_ours, time.perf_counter() - began)
-        cleanup()
-    return best_ours, best_base
 
 
 def _loop_run(store: CheckpointClient, n: int) -> Cleanup:
