@@ -17,11 +17,13 @@ from __future__ import annotations
 import pickle
 import struct
 import zlib
-from typing import Any
+from typing import Any, TypeVar
 
 from zixir_actors.errors import CorruptBlobError, UnserializableError
 
-__all__ = ["FORMAT_VERSION", "HEADER_SIZE", "decode", "encode"]
+__all__ = ["FORMAT_VERSION", "HEADER_SIZE", "decode", "decode_as", "encode"]
+
+T = TypeVar("T")
 
 MAGIC = b"ZX"
 FORMAT_VERSION = 1
@@ -87,3 +89,18 @@ def decode(blob: bytes | memoryview, *, key: Any = None) -> Any:
     except Exception as exc:
         raise CorruptBlobError(f"cannot decode: {type(exc).__name__}: {exc}", key=key) from exc
     raise CorruptBlobError(f"unknown serializer id {fmt}", key=key)
+
+
+def decode_as(blob: bytes | memoryview | None, kind: type[T], *, key: Any = None) -> T | None:
+    """The `kind` in `blob`, or None when the blob is missing, damaged or holds another type.
+
+    For records read inside a transaction that must go on past a bad one
+    (claiming runs, queue and schedule bookkeeping).
+    """
+    if blob is None:
+        return None
+    try:
+        value = decode(blob, key=key)
+    except CorruptBlobError:
+        return None
+    return value if isinstance(value, kind) else None

@@ -944,14 +944,10 @@ class CheckpointClient:
             claimed.clear()
             db = env.db(RUNS_DB)
             for run_id in wanted:
-                blob = txn.get(_key(run_id), db=db)
-                if blob is None:
-                    continue
-                try:
-                    record = _codec.decode(blob, key=f"run {run_id}")
-                except CorruptBlobError:
-                    continue
-                if record.status not in statuses or record.owner not in allowed:
+                record = _codec.decode_as(txn.get(_key(run_id), db=db), RunRecord,
+                                          key=f"run {run_id}")
+                if record is None or record.status not in statuses \
+                        or record.owner not in allowed:
                     continue
                 record = replace(record, owner=owner)
                 txn.put(_key(run_id), _codec.encode(record), db=db)

@@ -56,7 +56,6 @@ from zixir_actors._clock import SYSTEM_CLOCK, Clock
 from zixir_actors.checkpoint import CheckpointClient, RunRecord, connect
 from zixir_actors.errors import (
     ConfigError,
-    CorruptBlobError,
     RunActiveError,
     ScheduleNotFoundError,
 )
@@ -172,14 +171,8 @@ def _latest(s: Schedule, after: float, until: float) -> list[float]:
 
 
 def _read(txn: Any, db: Any, name: str) -> Schedule | None:
-    blob = txn.get(name.encode(), db=db(SCHEDULES_DB))
-    if blob is None:
-        return None
-    try:
-        value = _codec.decode(blob, key=f"schedule {name}")
-    except CorruptBlobError:
-        return None
-    return value if isinstance(value, Schedule) else None
+    return _codec.decode_as(txn.get(name.encode(), db=db(SCHEDULES_DB)), Schedule,
+                            key=f"schedule {name}")
 
 
 def _write(txn: Any, db: Any, s: Schedule) -> None:
@@ -256,11 +249,9 @@ def schedules(store: CheckpointClient | None = None) -> list[Schedule]:
     out = []
     with client.snapshot() as (txn, db):
         for key, blob in txn.cursor(db=db(SCHEDULES_DB)):
-            try:
-                value = _codec.decode(blob, key=f"schedule {key.decode(errors='replace')}")
-            except CorruptBlobError:
-                continue
-            if isinstance(value, Schedule):
+            value = _codec.decode_as(blob, Schedule,
+                                     key=f"schedule {key.decode(errors='replace')}")
+            if value is not None:
                 out.append(value)
     return sorted(out, key=lambda s: s.name)
 

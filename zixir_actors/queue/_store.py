@@ -101,14 +101,8 @@ def rate_key(queue: str) -> bytes:
 
 
 def read_config(txn: Any, db: Db, queue: str) -> QueueConfig | None:
-    blob = txn.get(queue.encode(), db=db(CONFIG_DB))
-    if blob is None:
-        return None
-    try:
-        value = _codec.decode(blob, key=f"queue {queue}")
-    except CorruptBlobError:
-        return None
-    return value if isinstance(value, QueueConfig) else None
+    return _codec.decode_as(txn.get(queue.encode(), db=db(CONFIG_DB)), QueueConfig,
+                            key=f"queue {queue}")
 
 
 def configs(txn: Any, db: Db) -> list[QueueConfig]:
@@ -116,11 +110,8 @@ def configs(txn: Any, db: Db) -> list[QueueConfig]:
     for key, blob in txn.cursor(db=db(CONFIG_DB)):
         if key == MARK or _SEP in key:
             continue
-        try:
-            value = _codec.decode(blob, key=f"queue {key.decode(errors='replace')}")
-        except CorruptBlobError:
-            continue
-        if isinstance(value, QueueConfig):
+        value = _codec.decode_as(blob, QueueConfig, key=f"queue {key.decode(errors='replace')}")
+        if value is not None:
             out.append(value)
     return out
 
@@ -131,14 +122,8 @@ def mark(txn: Any, db: Db) -> int:
 
 
 def get_run(txn: Any, db: Db, run_id: str) -> RunRecord | None:
-    blob = txn.get(run_id.encode(), db=db(RUNS_DB))
-    if blob is None:
-        return None
-    try:
-        record = _codec.decode(blob, key=f"run {run_id}")
-    except CorruptBlobError:
-        return None
-    return record if isinstance(record, RunRecord) else None
+    return _codec.decode_as(txn.get(run_id.encode(), db=db(RUNS_DB)), RunRecord,
+                            key=f"run {run_id}")
 
 
 def put_run(txn: Any, db: Db, record: RunRecord) -> None:
