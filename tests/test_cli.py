@@ -9,6 +9,7 @@ import subprocess
 import sys
 import textwrap
 from pathlib import Path
+from typing import Any
 
 import pytest
 
@@ -200,24 +201,42 @@ def test_metrics_serves_prometheus_text_on_loopback(tmp_path: Path) -> None:
         assert proc.wait(timeout=30) == 0
 
 
-SLOW = textwrap.dedent('''
-    import os, time
-    from zixir_actors.workflow import Workflow
+def _slow_flow(name: str, first_options: str = "") -> str:
+    """A workflow file whose second step waits (up to 60 s) for a release file: a long
+    model call that a signal interrupts. `first_options` go to the first step."""
+    return textwrap.dedent(f'''
+        import os, time
+        from zixir_actors.sandbox import Limits
+        from zixir_actors.workflow import Workflow
 
-    slow = Workflow("cli-slow")
+        slow = Workflow({name!r})
 
-    @slow.step()
-    def first(n):
-        return n + 1
+        @slow.step({first_options})
+        def first(n):
+            return n + 1
 
-    @slow.step(depends_on=["first"])
-    def second(first, started, release):
-        open(started, "w").close()
-        deadline = time.monotonic() + 60
-        while not os.path.exists(release) and time.monotonic() < deadline:
-            time.sleep(0.01)          # a long model call
-        return first * 2
-''')
+        @slow.step(depends_on=["first"])
+        def second(first, started, release):
+            open(started, "w").close()
+            deadline = time.monotonic() + 60
+            while not os.path.exists(release) and time.monotonic() < deadline:
+                time.sleep(0.01)          # a long model call
+            return first * 2
+    ''')
+
+
+def _run_slow(data: Path, flows: Path, run_id: str, started: Path, release: Path,
+              **popen: Any) -> subprocess.Popen[str]:
+    """`zixir run` of a `_slow_flow` file, in the background."""
+    return subprocess.Popen([sys.executable, "-m", "zixir_actors", "--data-dir", str(data),
+                             "run", str(flows), "--run-id", run_id, "--input", "n=20",
+                             "--input", f"started={json.dumps(str(started))}",
+                             "--input", f"release={json.dumps(str(release))}"],
+                            stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True,
+                            env={**os.environ, "PYTHONPATH": str(ROOT)}, **popen)
+
+
+SLOW = _slow_flow("cli-slow")
 
 
 def test_sigterm_stops_a_run_gracefully_and_resume_finishes_it(tmp_path: Path) -> None:
@@ -226,13 +245,7 @@ def test_sigterm_stops_a_run_gracefully_and_resume_finishes_it(tmp_path: Path) -
     flows = tmp_path / "slow.py"
     flows.write_text(SLOW)
     data, started, release = tmp_path / "data", tmp_path / "started", tmp_path / "release"
-    env = {**os.environ, "PYTHONPATH": str(ROOT)}
-    with subprocess.Popen([sys.executable, "-m", "zixir_actors", "--data-dir", str(data), "run",
-                           str(flows), "--run-id", "s1", "--input", "n=20",
-                           "--input", f"started={json.dumps(str(started))}",
-                           "--input", f"release={json.dumps(str(release))}"],
-                          stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True,
-                          env=env) as proc:
+    with _run_slow(data, flows, "s1", started, release) as proc:
         wait_for(started.exists, timeout=60, what="the slow step to start")
         proc.send_signal(signal.SIGTERM)
         _, err = proc.communicate(timeout=60)
@@ -465,25 +478,7 @@ def test_cache_list_and_stats_keep_hits_and_misses_across_processes(tmp_path: Pa
     assert json.loads(zixir(data, "cache", "stats", "answers", "--json").stdout)["size"] == 0
 
 
-SIGINT_FLOW = textwrap.dedent('''
-    import os, time
-    from zixir_actors.sandbox import Limits
-    from zixir_actors.workflow import Workflow
-
-    slow = Workflow("cli-ctrl-c")
-
-    @slow.step(limits=Limits(timeout=60))          # in a sandbox worker process
-    def first(n):
-        return n + 1
-
-    @slow.step(depends_on=["first"])
-    def second(first, started, release):
-        open(started, "w").close()
-        deadline = time.monotonic() + 60
-        while not os.path.exists(release) and time.monotonic() < deadline:
-            time.sleep(0.01)          # a long model call
-        return first * 2
-''')
+SIGINT_FLOW = _slow_flow("cli-ctrl-c", "limits=Limits(timeout=60)")  # first: in a sandbox
 
 
 def test_ctrl_c_stops_cleanly_with_status_130_and_keeps_committed_steps(tmp_path: Path) -> None:
@@ -492,15 +487,9 @@ def test_ctrl_c_stops_cleanly_with_status_130_and_keeps_committed_steps(tmp_path
     flows = tmp_path / "ctrl_c.py"
     flows.write_text(SIGINT_FLOW)
     data, started, release = tmp_path / "data", tmp_path / "started", tmp_path / "release"
-    env = {**os.environ, "PYTHONPATH": str(ROOT)}
     # A terminal sends SIGINT to the whole foreground process group: the CLI
     # and every worker process it started.
-    with subprocess.Popen([sys.executable, "-m", "zixir_actors", "--data-dir", str(data), "run",
-                           str(flows), "--run-id", "c1", "--input", "n=20",
-                           "--input", f"started={json.dumps(str(started))}",
-                           "--input", f"release={json.dumps(str(release))}"],
-                          stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True,
-                          env=env, start_new_session=True) as proc:
+    with _run_slow(data, flows, "c1", started, release, start_new_session=True) as proc:
         wait_for(lambda: started.exists() or proc.poll() is not None, timeout=60,
                  what="the slow step to start")
         assert proc.poll() is None, proc.stderr.read() if proc.stderr else ""
