@@ -499,11 +499,8 @@ class _Body:
                 try:
                     value = self.wf.body(ctx, **self.inputs)  # type: ignore[misc]
                 except BaseException as exc:
-                    if ctx._unwinding is not None and exc is not ctx._unwinding:
-                        raise ctx._unwinding from exc  # a swallowed park or stop wins
-                    raise
-                if ctx._unwinding is not None:
-                    raise ctx._unwinding
+                    ctx._settle(exc)
+                ctx._settle()
             except _Park as park:
                 if self.park(park):
                     return
@@ -526,11 +523,8 @@ class _Body:
                     value = await self.wf.body(AsyncDurableContext(core),  # type: ignore[misc]
                                                **self.inputs)
                 except BaseException as exc:
-                    if core._unwinding is not None and exc is not core._unwinding:
-                        raise core._unwinding from exc  # a swallowed park or stop wins
-                    raise
-                if core._unwinding is not None:
-                    raise core._unwinding
+                    core._settle(exc)
+                core._settle()
             except _Park as park:
                 if await asyncio.to_thread(self.park, park):
                     return
@@ -1077,6 +1071,14 @@ class DurableContext:
     def _unwind(self, exc: BaseException) -> BaseException:
         self._unwinding = exc
         return exc
+
+    def _settle(self, exc: BaseException | None = None) -> None:
+        """After the body returned (or raised `exc`): a park or stop that it swallowed
+        (a bare ``except:``) wins over how it ended."""
+        if self._unwinding is not None and exc is not self._unwinding:
+            raise self._unwinding from exc
+        if exc is not None:
+            raise exc
 
     def _next(self, kind: str, name: str) -> tuple[int, str, Any]:
         if self._unwinding is not None:
