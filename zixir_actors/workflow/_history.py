@@ -118,17 +118,7 @@ class RunLog:
             at: float | None = None) -> None:
         """Keep one line (the engine's lines, and the captured ones)."""
         now = time.time() if at is None else at
-        with self.lock:
-            self.pending.append((now, level, step, attempt, message, fields))
-            count = len(self.pending)
-            arm = not self.armed
-            self.armed = True
-        if count >= FLUSH_EVERY:
-            self.flush()
-        elif arm:
-            from zixir_actors.workflow._timers import timers_for
-
-            timers_for(SYSTEM_CLOCK).add(now + FLUSH_AFTER, ("run-log", id(self)), self.flush)
+        self._keep((now, level, step, attempt, message, fields), now)
 
     def engine(self, level: str, message: str, fields: Mapping[str, Any],
                bound: Mapping[str, Any]) -> None:
@@ -150,10 +140,15 @@ class RunLog:
         now = time.time()
         line = (now, level, None if step is None else str(step),
                 attempt if isinstance(attempt, int) else None, message, rest)
+        first_start = attempt == 1 and message == STEP_STARTED and step is not None
+        self._keep(line, now, str(step) if first_start else None)
+
+    def _keep(self, line: tuple[Any, ...], now: float, started: str | None = None) -> None:
+        """Queue `line` for the next flush (`started`: the step whose first attempt it opens)."""
         with self.lock:
             self.pending.append(line)
-            if attempt == 1 and message == STEP_STARTED and step is not None:
-                self.starts[str(step)] = now
+            if started is not None:
+                self.starts[started] = now
             count = len(self.pending)
             arm = not self.armed
             self.armed = True
