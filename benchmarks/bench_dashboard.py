@@ -56,7 +56,6 @@ def _fill(data_dir: str) -> tuple[str, str]:
         AttemptInfo,
         DeadLetter,
         RunRecord,
-        StepCheckpoint,
         _key,
         _pack_step,
         open_store,
@@ -87,9 +86,9 @@ def _fill(data_dir: str) -> tuple[str, str]:
                                "ValueError: bad row", {s: "succeeded" for s in steps})
             txn.put(_key(detail), _codec.encode(record), db=env.db(RUNS_DB))
             for k, s in enumerate(steps):
-                cp = StepCheckpoint(detail, s, {"rows": list(range(50)), "k": k}, "c0de",
-                                    "1nput", 1, 0.5, t0 + k * 2.5, f"{detail}/{s}")
-                txn.put(_key(detail, s), _pack_step(cp), db=env.db(STEPS_DB))
+                blob = _pack_step(detail, s, {"rows": list(range(50)), "k": k}, "c0de", "1nput",
+                                  1, 0.5, t0 + k * 2.5, f"{detail}/{s}")
+                txn.put(_key(detail, s), blob, db=env.db(STEPS_DB))
             attempts = tuple(AttemptInfo(a, t0 + 50 + a * 2, 0.4, "ValueError", "bad row")
                              for a in (1, 2, 3))
             letter = DeadLetter(uuid.uuid4().hex, detail, "etl", "load", {"rows": 50},

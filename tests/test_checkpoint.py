@@ -218,18 +218,23 @@ def test_bad_keys_are_rejected_before_writing(store: CheckpointClient) -> None:
 
 def _block_first_commit(monkeypatch: pytest.MonkeyPatch) -> tuple[threading.Event,
                                                                    threading.Event, list[int]]:
+    """Hold the first write transaction open; `commits` gets each transaction's write count."""
     entered, release = threading.Event(), threading.Event()
     commits: list[int] = []
-    real_apply = checkpoint._apply
+    seen: list[object] = [None]
+    real_apply = checkpoint._apply_ops
 
-    def apply(env: object, txn: object, batch: list[object]) -> None:
-        commits.append(len(batch))
-        if len(commits) == 1:
-            entered.set()
-            release.wait(10)
-        real_apply(env, txn, batch)  # type: ignore[arg-type]
+    def apply(env: object, txn: object, ops: list[object]) -> None:
+        if txn is not seen[0]:  # the first writes of a new transaction
+            seen[0] = txn
+            commits.append(0)
+            if len(commits) == 1:
+                entered.set()
+                release.wait(10)
+        commits[-1] += len(ops)
+        real_apply(env, txn, ops)  # type: ignore[arg-type]
 
-    monkeypatch.setattr(checkpoint, "_apply", apply)
+    monkeypatch.setattr(checkpoint, "_apply_ops", apply)
     return entered, release, commits
 
 
@@ -333,6 +338,30 @@ def test_a_full_map_grows_instead_of_failing(tmp_path: Path) -> None:
             small.save_step(step("big", f"s{i}", b"x" * 50_000))
         assert len(small.steps("big")) == 40
         assert small.get_step("big", "s39").output == b"x" * 50_000  # type: ignore[union-attr]
+
+
+def test_the_map_grows_under_concurrent_readers_and_writers(tmp_path: Path) -> None:
+    # A resize waits for every transaction in flight and holds new ones back
+    # (the gate): nothing hangs, fails or is lost while threads read and write.
+    with open_store(tmp_path, map_size=256 * 1024, durable=False) as small:
+        errors: list[BaseException] = []
+
+        def writer(n: int) -> None:
+            try:
+                for i in range(12):
+                    small.save_step(step("grow", f"w{n}_{i}", b"x" * 30_000))
+                    small.steps("grow")  # a read between writes
+            except BaseException as exc:  # reported below
+                errors.append(exc)
+
+        threads = [threading.Thread(target=writer, args=(n,)) for n in range(6)]
+        for t in threads:
+            t.start()
+        for t in threads:
+            t.join(60)
+        assert not any(t.is_alive() for t in threads)
+        assert errors == []
+        assert len(small.steps("grow")) == 72
 
 
 # -- hardening: files, full disk, damaged files, quarantine, backup -------------------

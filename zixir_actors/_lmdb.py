@@ -63,14 +63,16 @@ _envs_lock = threading.Lock()
 class _Gate:
     """A readers-writer gate: many transactions, or one map resize.
 
-    ``with gate.shared():`` is on every read and write, so it is a plain
-    object with ``__enter__``/``__exit__`` (a generator-based context manager
-    costs a few microseconds more per transaction).
+    ``with gate.shared():`` is on every read and write, so entering it takes
+    no lock: a transaction appends to `_active` and checks `_resizing`
+    (``list.append`` and ``list.pop`` are atomic). A resize sets `_resizing`,
+    then waits until `_active` is empty; a transaction that finds it set
+    backs out and waits for the resize to end.
     """
 
     def __init__(self) -> None:
         self._cond = threading.Condition(threading.Lock())
-        self._active = 0
+        self._active: list[None] = []
         self._resizing = False
         self._shared = _Shared(self)
 
@@ -84,7 +86,7 @@ class _Gate:
                 self._cond.wait()
             self._resizing = True
             while self._active:
-                self._cond.wait()
+                self._cond.wait(0.01)  # a transaction ending notifies; this bounds a missed one
         try:
             yield
         finally:
@@ -94,23 +96,30 @@ class _Gate:
 
 
 class _Shared:
-    __slots__ = ("_gate",)
+    __slots__ = ("_active", "_gate")
 
     def __init__(self, gate: _Gate) -> None:
         self._gate = gate
+        self._active = gate._active
 
     def __enter__(self) -> None:
+        self._active.append(None)
         gate = self._gate
-        with gate._cond:
-            while gate._resizing:
-                gate._cond.wait()
-            gate._active += 1
+        while gate._resizing:
+            self._leave()
+            with gate._cond:
+                while gate._resizing:
+                    gate._cond.wait()
+            self._active.append(None)
 
     def __exit__(self, *exc: object) -> None:
+        self._leave()
+
+    def _leave(self) -> None:
+        self._active.pop()
         gate = self._gate
-        with gate._cond:
-            gate._active -= 1
-            if gate._active == 0 and gate._resizing:
+        if gate._resizing:
+            with gate._cond:
                 gate._cond.notify_all()
 
 
@@ -123,7 +132,8 @@ class SharedEnv:
         """The read-only directory this environment is a private snapshot of, if any."""
         self._refs = 0
         self._gate = _Gate()
-        self._dbs: dict[bytes, Any] = {}
+        self._shared = self._gate.shared()
+        self._dbs: dict[str, Any] = {}
         self._dbs_lock = threading.Lock()
         check_file(os.path.join(path, "data.mdb"))
         try:
@@ -149,15 +159,15 @@ class SharedEnv:
 
     def db(self, name: str) -> Any:
         """Return the handle of the named sub-database, creating it if needed."""
-        key = name.encode()
-        handle = self._dbs.get(key)
+        handle = self._dbs.get(name)
         if handle is not None:
             return handle
         with self._dbs_lock:
-            handle = self._dbs.get(key)
+            handle = self._dbs.get(name)
             if handle is None:
+                key = name.encode()
                 handle = self._resizing_call(lambda: self.env.open_db(key, create=True))
-                self._dbs[key] = handle
+                self._dbs[name] = handle
             return handle
 
     @contextmanager
@@ -194,9 +204,10 @@ class SharedEnv:
         Raises:
             StoreError: LMDB refused the write (closed environment, disk full).
         """
-        self._check_open()
-        self._check_writable()
-        shared = self._gate.shared()
+        if self._refs <= 0 or self.snapshot_of is not None:
+            self._check_open()
+            self._check_writable()
+        shared = self._shared
         env = self.env
         while True:
             try:

@@ -228,18 +228,34 @@ def _key(*parts: str) -> bytes:
     return key
 
 
+_prefixes: dict[str, bytes] = {}
+
+
+def _prefix(run_id: str) -> bytes:
+    """``_key(run_id) + _SEP``: where a run's records start in the per-run databases.
+
+    Checked once per run id and cached (every call record of a run needs it).
+    """
+    found = _prefixes.get(run_id)
+    if found is None:
+        found = _key(run_id) + _SEP
+        if len(_prefixes) >= 4096:
+            _prefixes.clear()
+        _prefixes[run_id] = found
+    return found
+
+
 def _decode(blob: bytes, where: str) -> Any:
     return _codec.decode(blob, key=where)
 
 
-def _pack_step(checkpoint: StepCheckpoint) -> bytes:
+def _pack_step(run_id: str, step: str, output: Any, code_hash: str, input_hash: str,
+               attempts: int, duration: float, finished_at: float, idempotency_key: str) -> bytes:
     # Run id and step live in the key, and the idempotency key is almost always
     # derived from them: leaving them out keeps records small, so the B-tree
     # stays shallow and commits rarely extend the file (a costlier fsync).
-    c = checkpoint
-    key = None if c.idempotency_key == f"{c.run_id}/{c.step}" else c.idempotency_key
-    return _codec.encode((c.output, c.code_hash, c.input_hash, c.attempts, c.duration,
-                          c.finished_at, key))
+    key = None if idempotency_key == f"{run_id}/{step}" else idempotency_key
+    return _codec.encode((output, code_hash, input_hash, attempts, duration, finished_at, key))
 
 
 def _unpack_step(run_id: str, step: str, blob: bytes) -> StepCheckpoint:
@@ -304,17 +320,23 @@ class _Channel:
         self.closed = False
 
     def submit(self, ops: Sequence[_Op], *, timeout: float | None) -> None:
-        request = _Request(ops)
         with self.lock:
             if self.closed:
                 raise _Closed
-            self.pending.append(request)
-            if not self.committing:
-                self.committing = request.lead = True
+            lone = not self.committing
+            if lone:
+                self.committing = True
             else:
+                request = _Request(ops)
                 request.wake = threading.Event()
-        if not request.lead:
-            self._follow(request, timeout)
+                self.pending.append(request)
+        if lone:  # the common case: commit in this thread, no request to queue
+            try:
+                self.env.write(lambda txn: _apply_ops(self.env, txn, ops), durable=self.durable)
+            finally:
+                self._hand_off()
+            return
+        self._follow(request, timeout)
         if request.lead and not request.finished:
             self._round()
         if request.error is not None:
@@ -345,13 +367,18 @@ class _Channel:
                     request.finished = True
                     if request.wake is not None:
                         request.wake.set()
-                if self.pending and not self.closed:
-                    successor = self.pending[0]
-                    successor.lead = True
-                    if successor.wake is not None:
-                        successor.wake.set()
-                else:
-                    self.committing = False
+            self._hand_off()
+
+    def _hand_off(self) -> None:
+        """Leadership goes to the oldest request that arrived during a commit, if any."""
+        with self.lock:
+            if self.pending and not self.closed:
+                successor = self.pending[0]
+                successor.lead = True
+                if successor.wake is not None:
+                    successor.wake.set()
+            else:
+                self.committing = False
 
     def _commit(self, batch: list[_Request]) -> None:
         env = self.env
@@ -453,12 +480,7 @@ class CheckpointStore(SupervisedActor):
 
 def _apply(env: _lmdb.SharedEnv, txn: Any, batch: Iterable[_Request]) -> None:
     for request in batch:
-        for db_name, key, value in request.ops:
-            db = env.db(db_name)  # opened in __init__: opening inside a write txn deadlocks
-            if value is None:
-                txn.delete(key, db=db)
-            else:
-                txn.put(key, value, db=db)
+        _apply_ops(env, txn, request.ops)
 
 
 def child_spec(data_dir: str | os.PathLike[str] | None = None, *, durable: bool = True,
@@ -758,9 +780,22 @@ class CheckpointClient:
             UnserializableError: the output cannot be serialized.
             StoreError, ZixirTimeoutError: the commit failed or took too long.
         """
-        ops: list[_Op] = [(STEPS_DB, _key(checkpoint.run_id, checkpoint.step),
-                           _pack_step(checkpoint))]
-        ops += [(DEAD_DB, _key(letter), None) for letter in resolve_letters]
+        c = checkpoint
+        self.save_step_fields(c.run_id, c.step, c.output, c.code_hash, c.input_hash,
+                              c.attempts, c.duration, c.finished_at, c.idempotency_key,
+                              resolve_letters=resolve_letters, timeout=timeout)
+
+    def save_step_fields(self, run_id: str, step: str, output: Any, code_hash: str,
+                         input_hash: str, attempts: int, duration: float, finished_at: float,
+                         idempotency_key: str, *, resolve_letters: Iterable[str] = (),
+                         timeout: float | None = None) -> None:
+        """`save_step` of a `StepCheckpoint` with these fields, without building one
+        (the workflow engine's per-step path)."""
+        ops: list[_Op] = [(STEPS_DB, _key(run_id, step),
+                           _pack_step(run_id, step, output, code_hash, input_hash, attempts,
+                                      duration, finished_at, idempotency_key))]
+        if resolve_letters:
+            ops += [(DEAD_DB, _key(letter), None) for letter in resolve_letters]
         self._write(ops, timeout)
 
     def get_step(self, run_id: str, step: str) -> StepCheckpoint | None:
@@ -779,7 +814,7 @@ class CheckpointClient:
         Raises:
             CorruptBlobError: a checkpoint is damaged (the error names it).
         """
-        prefix = _key(run_id) + _SEP
+        prefix = _prefix(run_id)
         out: dict[str, StepCheckpoint] = {}
         for key, blob in self._scan(STEPS_DB, prefix):
             name = key[len(prefix):].decode()
@@ -877,20 +912,20 @@ class CheckpointClient:
         Raises:
             CorruptBlobError: a record is damaged (the error names it).
         """
-        prefix = _key(run_id) + _SEP
+        prefix = _prefix(run_id)
         return [(_SEQ.unpack(key[len(prefix):])[0],
                  _decode(blob, f"call {run_id}/{key[len(prefix):].hex()}"))
                 for key, blob in self._scan(CALLS_DB, prefix)]
 
     def get_call(self, run_id: str, position: int) -> Any:
         """The call record at `position` of a code-first run, or None."""
-        key = _key(run_id) + _SEP + _SEQ.pack(position)
+        key = _prefix(run_id) + _SEQ.pack(position)
         return self._get(CALLS_DB, key, f"call {run_id}/{position}")
 
     def drop_calls(self, run_id: str, from_position: int = 0, *,
                    timeout: float | None = None) -> int:
         """Delete the call records at `from_position` and after; returns how many."""
-        prefix = _key(run_id) + _SEP
+        prefix = _prefix(run_id)
         doomed = [key for key, _ in self._scan(CALLS_DB, prefix)
                   if _SEQ.unpack(key[len(prefix):])[0] >= from_position]
         if doomed:
@@ -899,7 +934,7 @@ class CheckpointClient:
 
     def events(self, run_id: str) -> list[tuple[int, str, Any, float]]:
         """The run's mailbox: ``(seq, event, payload, sent_at)``, oldest first."""
-        prefix = _key(run_id) + _SEP
+        prefix = _prefix(run_id)
         out = []
         for key, blob in self._scan(EVENTS_DB, prefix):
             event, payload, sent_at = _decode(blob, f"event {run_id}")
@@ -1000,7 +1035,7 @@ class CheckpointClient:
     def progress(self, run_id: str, after: int = -1,
                  limit: int | None = None) -> list[tuple[int, Any]]:
         """Stored progress items of a run with a sequence number above `after`."""
-        prefix = _key(run_id) + _SEP
+        prefix = _prefix(run_id)
         start = prefix + _SEQ.pack(after + 1) if after >= 0 else prefix
         out: list[tuple[int, Any]] = []
         with self._read() as (env, txn):
@@ -1018,7 +1053,7 @@ class CheckpointClient:
 
     def last_seq(self, db: str, run_id: str) -> int:
         """The highest sequence number stored for `run_id` in `db` (-1 if none)."""
-        prefix = _key(run_id) + _SEP
+        prefix = _prefix(run_id)
         upper = _key(run_id) + b"\x01"
         with self._read() as (env, txn):
             cursor = txn.cursor(db=env.db(db))
@@ -1048,7 +1083,7 @@ class CheckpointClient:
         Returns:
             How many lines this call dropped.
         """
-        prefix = _key(run_id) + _SEP
+        prefix = _prefix(run_id)
         chunk = _codec.encode(list(lines)) if lines else None
         end = first_seq + len(lines)
         marks = {label: struct.pack(">d", at) for label, at in (starts or {}).items()}
@@ -1080,7 +1115,7 @@ class CheckpointClient:
         Raises:
             CorruptBlobError: a chunk of lines is damaged (the error names it).
         """
-        prefix = _key(run_id) + _SEP
+        prefix = _prefix(run_id)
         out: list[LogLine] = []
         with self._read() as (env, txn):
             cursor = txn.cursor(db=env.db(LOGS_DB))
@@ -1108,7 +1143,7 @@ class CheckpointClient:
         """``(first, end)``: the seq of a run's oldest stored line and one past its
         newest. `first` is also how many of its lines were dropped to keep it
         bounded; ``(0, 0)`` when it has none."""
-        prefix = _key(run_id) + _SEP
+        prefix = _prefix(run_id)
         with self._read() as (env, txn):
             cursor = txn.cursor(db=env.db(LOGS_DB))
             if not cursor.set_range(prefix) or not _is_chunk(cursor.key(), prefix):
@@ -1123,7 +1158,7 @@ class CheckpointClient:
 
     def step_starts(self, run_id: str) -> dict[str, float]:
         """When each step (or code-first call label) of a run first started."""
-        prefix = _key(run_id) + _SEP + b"\xff"
+        prefix = _prefix(run_id) + b"\xff"
         return {key[len(prefix):].decode(errors="replace"): struct.unpack(">d", value)[0]
                 for key, value in self._scan(LOGS_DB, prefix)}
 
@@ -1190,23 +1225,23 @@ class Batch:
         return len(self.ops)
 
     def put_call(self, run_id: str, position: int, record: Any) -> None:
-        self.ops.append((CALLS_DB, _key(run_id) + _SEP + _SEQ.pack(position),
+        self.ops.append((CALLS_DB, _prefix(run_id) + _SEQ.pack(position),
                          _codec.encode(record)))
 
     def put_event(self, run_id: str, seq: int, event: str, payload: Any,
                   sent_at: float) -> None:
-        self.ops.append((EVENTS_DB, _key(run_id) + _SEP + _SEQ.pack(seq),
+        self.ops.append((EVENTS_DB, _prefix(run_id) + _SEQ.pack(seq),
                          _codec.encode((event, payload, sent_at))))
 
     def delete_event(self, run_id: str, seq: int) -> None:
-        self.ops.append((EVENTS_DB, _key(run_id) + _SEP + _SEQ.pack(seq), None))
+        self.ops.append((EVENTS_DB, _prefix(run_id) + _SEQ.pack(seq), None))
 
     def touch_mailbox(self, seq: int) -> None:
         """Mark that an event was sent (processes watching their parked runs read it)."""
         self.ops.append((EVENTS_DB, _MAILBOX_MARK, _SEQ.pack(seq)))
 
     def put_progress(self, run_id: str, seq: int, item: Any) -> None:
-        self.ops.append((PROGRESS_DB, _key(run_id) + _SEP + _SEQ.pack(seq),
+        self.ops.append((PROGRESS_DB, _prefix(run_id) + _SEQ.pack(seq),
                          _codec.encode(item)))
 
     def put_run(self, record: RunRecord) -> None:
@@ -1224,7 +1259,7 @@ class Batch:
 
 def _apply_ops(env: _lmdb.SharedEnv, txn: Any, ops: Iterable[_Op]) -> None:
     for db_name, key, value in ops:
-        db = env.db(db_name)
+        db = env.db(db_name)  # opened in __init__: opening inside a write txn deadlocks
         if value is None:
             txn.delete(key, db=db)
         else:
