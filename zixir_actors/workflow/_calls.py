@@ -18,9 +18,14 @@ __all__ = ["awaited", "call", "with_timeout"]
 T = TypeVar("T")
 
 
+_PLAIN = frozenset({str, int, float, bool, bytes, dict, list, tuple})  # never awaitable
+
+
 def call(fn: Callable[..., Any], args: tuple[Any, ...], kwargs: dict[str, Any]) -> Any:
     """`fn(*args, **kwargs)`; an awaitable result runs on the runtime's shared event loop."""
     value = fn(*args, **kwargs)
+    if value is None or type(value) in _PLAIN:
+        return value
     if inspect.isawaitable(value):
         from zixir_actors.workflow._loop import run_coro
 

@@ -59,11 +59,11 @@ from zixir_actors.errors import (
 )
 from zixir_actors.executor._adapters import InFlight
 from zixir_actors.observability import Span, span
+from zixir_actors.observability._tracing import enter_span, exit_span
 from zixir_actors.result import Ok
 from zixir_actors.workflow._calls import awaited, call, with_timeout
 from zixir_actors.workflow._hashing import code_hash
 from zixir_actors.workflow._history import (
-    STEP_STARTED,
     RunLog,
     open_run_log,
     record_interrupted,
@@ -207,11 +207,27 @@ def _hash_of(fn: Callable[..., Any]) -> str:
     return found
 
 
+_names: dict[Any, str] = {}
+
+
 def _call_name(fn: Any, name: str | None) -> str:
     if name is not None:
         if not isinstance(name, str) or not name or "#" in name or "\x00" in name:
             raise ConfigError("name", name, "must be a non-empty string without '#' or NUL")
         return name
+    try:
+        found = _names.get(fn)
+    except TypeError:  # unhashable callable: named each time
+        return _name_of(fn)
+    if found is None:
+        found = _name_of(fn)
+        if len(_names) >= 4096:
+            _names.clear()
+        _names[fn] = found
+    return found
+
+
+def _name_of(fn: Any) -> str:
     if not callable(fn):
         raise ConfigError("fn", fn, "must be callable")
     target = fn
@@ -731,11 +747,13 @@ class _Body:
         batch.put_call(self.run_id, position, self._stamped(position, rec))
         if consume is not None:
             batch.delete_event(self.run_id, consume)
-        if label is not None:  # a retried call succeeded: its dead letters are resolved
+        if label is not None and self.letters:  # a retried call succeeded: its letters are resolved
             for letter in self.letters.pop(label, ()):
                 batch.delete_dead_letter(letter)
-        self._take_records(batch)
-        self.progress.take_pending(batch)
+        if self.pending_records:  # appended by the body thread: seen here, or with the next commit
+            self._take_records(batch)
+        if self.progress.pending:
+            self.progress.take_pending(batch)
         self.commit(batch)
 
     def commit(self, batch: Any) -> None:
@@ -763,23 +781,22 @@ class _Body:
         history: list[AttemptInfo] = []
         total = 0.0
         attempt = 0
-        key = f"{self.run_id}/{label}"
         progress = self.progress
+        run_id, workflow = self.run_id, self.wf.name
         while True:
             attempt += 1
-            self.check_live()
+            if self.stopping is not None:
+                raise _Stop(self.stopping)
             call = kwargs
             if wants_ctx:
                 call = dict(kwargs)
-                call["ctx"] = StepContext(self.run_id, label, attempt, key, self.wf.name,
-                                          progress=self.progress, store=self.store)
+                call["ctx"] = StepContext(run_id, label, attempt, f"{run_id}/{label}", workflow,
+                                          progress=progress, store=self.store)
             if progress.readers:
                 progress.append("step_started", label, attempt)
-            log.debug(STEP_STARTED, workflow=self.wf.name, run_id=self.run_id, step=label,
-                      attempt=attempt)
-            scope = span("workflow.step", step=label, attempt=attempt, run_id=self.run_id,
-                         workflow=self.wf.name)
-            attempt_span = scope.__enter__()
+            log.step_started(self.logs, workflow, run_id, label, attempt)
+            attempt_span = enter_span("workflow.step", {
+                "step": label, "attempt": attempt, "run_id": run_id, "workflow": workflow})
             started_at = self.clock.time()
             began = time.perf_counter()
             failure: Exception | None = None
@@ -801,12 +818,11 @@ class _Body:
                 if failure is not None:
                     attempt_span.record_exception(failure)
             finally:
-                scope.__exit__(*sys.exc_info())
+                exit_span(attempt_span, sys.exc_info()[1])
             if failure is None:
                 self.telemetry.attempt(name, "succeeded", seconds)
                 self.steps[label] = StepResult(label, "succeeded", attempt, total)
-                log.info("step succeeded", workflow=self.wf.name, run_id=self.run_id,
-                         step=label, attempt=attempt, duration=seconds)
+                log.step_succeeded(self.logs, workflow, run_id, label, attempt, seconds)
                 if progress.readers:
                     progress.append("step_finished", label, "succeeded")
                 return value

@@ -42,6 +42,7 @@ from zixir_actors.checkpoint import CheckpointClient, RunRecord
 from zixir_actors.errors import ConfigError
 
 __all__ = ["DEFAULT_LEVEL", "DEFAULT_MAX_LINES", "FLUSH_AFTER", "FLUSH_EVERY", "STEP_STARTED",
+           "STEP_SUCCEEDED",
            "VALUE_LIMIT", "EngineLog", "RunLog", "RunState", "configure_run_logs", "jsonable",
            "live_log", "open_run_log", "record_interrupted", "run_detail", "run_state"]
 
@@ -142,6 +143,13 @@ class RunLog:
                 attempt if isinstance(attempt, int) else None, message, rest)
         first_start = attempt == 1 and message == STEP_STARTED and step is not None
         self._keep(line, now, str(step) if first_start else None)
+
+    def step_line(self, level: str, message: str, step: str, attempt: int,
+                  fields: dict[str, Any] | None) -> None:
+        """Keep one of the engine's per-step lines (`fields`: JSON-friendly, or None)."""
+        now = time.time()
+        self._keep((now, level, step, attempt, message, fields), now,
+                   step if attempt == 1 and message == STEP_STARTED else None)
 
     def _keep(self, line: tuple[Any, ...], now: float, started: str | None = None) -> None:
         """Queue `line` for the next flush (`started`: the step whose first attempt it opens)."""
@@ -253,6 +261,41 @@ class EngineLog:
     def __getattr__(self, name: str) -> Any:  # opt(), exception(), ...: loguru's own
         return getattr(self._logger, name)
 
+    def step_started(self, run_log: RunLog | None, workflow: str, run_id: str, step: str,
+                     attempt: int) -> None:
+        """``debug(STEP_STARTED, ...)`` for `run_log`'s run, on the step's hot path.
+
+        The same line as the generic path, without building a loguru record
+        (or a dict) when no sink but the run's own wants it.
+        """
+        if run_log is not None and not run_log.closed:
+            run_log.step_line("DEBUG", STEP_STARTED, step, attempt, None)
+        if _LEVELS["DEBUG"] >= _others_level(self._logger):
+            self._log("DEBUG", STEP_STARTED, {"workflow": workflow, "run_id": run_id,
+                                              "step": step, "attempt": attempt})
+
+    def step_succeeded(self, run_log: RunLog | None, workflow: str, run_id: str, step: str,
+                       attempt: int, duration: float) -> None:
+        """``info("step succeeded", ..., duration=...)``, as `step_started`."""
+        if run_log is not None and not run_log.closed:
+            run_log.step_line("INFO", STEP_SUCCEEDED, step, attempt,
+                              {"duration": _plain(duration)})
+        if _LEVELS["INFO"] >= _others_level(self._logger):
+            self._log("INFO", STEP_SUCCEEDED, {"workflow": workflow, "run_id": run_id,
+                                               "step": step, "attempt": attempt,
+                                               "duration": duration})
+
+    def _log(self, level: str, message: str, fields: dict[str, Any], deeper: int = 0) -> None:
+        # loguru reads the frame of whoever called step_started() (or, `deeper`
+        # by one, info() and the others through _emit).
+        options = self._options
+        if options is not None:
+            if deeper:
+                options = (options[0], options[1] + deeper, *options[2:])
+            self._logger._log(level, False, options, message, (), fields)
+        else:
+            self._logger.opt(depth=2 + deeper).log(level, message, **fields)
+
     def _emit(self, level: str, message: str, fields: dict[str, Any]) -> None:
         if _live:
             run_id = fields.get("run_id", self._extra.get("run_id"))
@@ -261,10 +304,7 @@ class EngineLog:
                 run_log.engine(level, message, fields, self._extra)
         if _LEVELS[level] < _others_level(self._logger):
             return  # no sink but the capture handler takes it: skip building the record
-        if self._options is not None:
-            self._logger._log(level, False, self._options, message, (), fields)
-        else:
-            self._logger.opt(depth=2).log(level, message, **fields)
+        self._log(level, message, fields, 1)
 
 
 _seen: list[Any] = [None, 0]  # loguru's handlers dict last seen, the lowest level of the others
@@ -290,6 +330,8 @@ def _others_level(logger: Any) -> float:
 
 STEP_STARTED = "step started"
 """The engine's message when a step's attempt starts (its first marks when the step started)."""
+STEP_SUCCEEDED = "step succeeded"
+"""The engine's message when a step's attempt succeeded (with its ``duration``)."""
 
 
 # -- capturing the application's lines ---------------------------------------------

@@ -39,7 +39,6 @@ from zixir_actors.checkpoint import (
     AttemptInfo,
     CheckpointClient,
     DeadLetter,
-    StepCheckpoint,
 )
 from zixir_actors.errors import (
     CorruptBlobError,
@@ -53,6 +52,7 @@ from zixir_actors.observability._tracing import enter_span, exit_span
 from zixir_actors.result import Ok
 from zixir_actors.workflow._calls import awaited, with_timeout
 from zixir_actors.workflow._hashing import fingerprint
+from zixir_actors.workflow._history import live_log
 from zixir_actors.workflow._plan import idempotency_key
 from zixir_actors.workflow._results import Plan, RunResult, StepContext, StepError, StepResult
 from zixir_actors.workflow._spec import Step, descendants
@@ -218,7 +218,8 @@ class Scheduler:
 
     def result(self) -> RunResult:
         with self.lock:
-            steps = {name: self.results.get(name, StepResult(name, "not_run"))
+            results = self.results
+            steps = {name: results.get(name) or StepResult(name, "not_run")
                      for name in self.wf.order}
             return RunResult(self.job.run_id, self.wf.name, self.ended,  # type: ignore[arg-type]
                              dict(self.outputs), steps, time.perf_counter() - self.started)
@@ -327,6 +328,7 @@ class Scheduler:
         input_hash = fingerprint(kwargs)
         key = idempotency_key(run_id, name)
         takes_ctx = step.takes_ctx
+        run_log = live_log(run_id)
         history: list[AttemptInfo] = []
         total = 0.0
         attempt = 0
@@ -342,8 +344,7 @@ class Scheduler:
                 "step": name, "attempt": attempt, "run_id": run_id, "workflow": wf.name})
             started_at = job.clock.time()
             began = time.perf_counter()
-            log.debug("step started", workflow=wf.name, run_id=run_id, step=name,
-                      attempt=attempt)
+            log.step_started(run_log, wf.name, run_id, name, attempt)
             failure: Exception | None = None
             try:
                 try:
@@ -359,9 +360,9 @@ class Scheduler:
                         self.committing += 1
                     committed = False
                     try:
-                        store.save_step(
-                            StepCheckpoint(run_id, name, value, self._hashes[name],
-                                           input_hash, attempt, total, job.clock.time(), key),
+                        store.save_step_fields(
+                            run_id, name, value, self._hashes[name], input_hash, attempt,
+                            total, job.clock.time(), key,
                             resolve_letters=self.letters.get(name, ()))
                         committed = True
                     except UnserializableError as exc:
@@ -398,8 +399,7 @@ class Scheduler:
                     return _Outcome(StepResult(name, "cancelled", attempt, total))
                 return self._give_up(step, kwargs, failure, history, total, timed_out)
             telemetry.attempt(name, "succeeded", seconds)
-            log.info("step succeeded", workflow=wf.name, run_id=run_id, step=name,
-                     attempt=attempt, duration=seconds)
+            log.step_succeeded(run_log, wf.name, run_id, name, attempt, seconds)
             return _Outcome(StepResult(name, "succeeded", attempt, total), value)
 
     def _call(self, step: Step, kwargs: dict[str, Any], ctx: StepContext | None) -> Any:
