@@ -482,6 +482,39 @@ def test_cancel_stops_a_running_run(store: CheckpointClient) -> None:
     assert wf.cancel(handle.run_id, store=store) is False
 
 
+def test_cancel_waits_for_a_commit_under_way_and_reports_its_step_done(
+        store: CheckpointClient, monkeypatch: pytest.MonkeyPatch) -> None:
+    # A step whose commit began before the cancel keeps it: `cancel` returns
+    # only once that commit ended, and the result says the step succeeded.
+    committing, release = threading.Event(), threading.Event()
+    real_apply = checkpoint._apply_ops
+
+    def apply(env: Any, txn: Any, ops: Any) -> None:
+        if any(db == checkpoint.STEPS_DB and key.endswith(b"\x00first") for db, key, _ in ops):
+            committing.set()
+            release.wait(10)
+        real_apply(env, txn, ops)
+
+    monkeypatch.setattr(checkpoint, "_apply_ops", apply)
+    wf = Workflow("cancel-commit", [Step("first", lambda: "kept"),
+                                    Step("second", lambda first: first, depends_on=["first"])])
+    handle = wf.start(store=store)
+    assert committing.wait(5)
+    cancelled: list[bool] = []
+    canceller = threading.Thread(target=lambda: cancelled.append(handle.cancel()))
+    canceller.start()
+    canceller.join(0.2)  # a bounded look: it must still be waiting for the commit
+    assert canceller.is_alive()
+    release.set()
+    canceller.join(5)
+    assert cancelled == [True]
+    result = handle.result(timeout=RESULT_TIMEOUT)
+    assert result.status == "cancelled"
+    assert result.steps["first"].status == "succeeded"
+    assert result.steps["second"].status == "not_run"
+    assert store.get_step(handle.run_id, "first").output == "kept"  # type: ignore[union-attr]
+
+
 def test_cancel_of_a_run_from_a_dead_process_marks_it(store: CheckpointClient) -> None:
     wf = Workflow("orphan", [Step("x", lambda: 1)])
     store.save_run(checkpoint.RunRecord("ghost", "orphan", "running", {}, 0.0, 0.0))

@@ -84,6 +84,9 @@ class Job:
     rng: random.Random = field(default_factory=random.Random)
 
 
+_UNSET: Any = object()  # a step's value when its commit did not happen
+
+
 class _Outcome:
     # A plain slotted class: built once per step, where a frozen dataclass's
     # field-by-field ``object.__setattr__`` costs a microsecond.
@@ -151,7 +154,11 @@ class Scheduler:
         self.letters: dict[str, list[str]] = {}
         self.parked: dict[str, DeadLetter] = {}  # the newest letter of each step, to replace
         self.store_error: StoreError | None = None
-        self.committing = 0  # step commits under way; `stop` waits for them
+        # Step commits under way; `stop` waits for them. A commit appends, then
+        # checks `ended`; `stop` sets `ended`, then waits for this to empty:
+        # one of them always sees the other (list.append and pop are atomic),
+        # and a step's commit takes no lock (16 workers would convoy on it).
+        self.committing: list[None] = []
         self.commit_done = threading.Condition(self.lock)
         self._workers = 0
         self.remote_calls = InFlight()  # steps on executors: `stop` cancels them
@@ -199,7 +206,7 @@ class Scheduler:
                 return False
             self.ended = status
             while self.committing:  # a step whose commit began before the end keeps it
-                self.commit_done.wait()
+                self.commit_done.wait(0.01)  # an ending commit notifies; this bounds a miss
             for name in self.running:
                 self.status[name] = "cancelled"
                 self.results[name] = StepResult(name, "cancelled")
@@ -227,7 +234,9 @@ class Scheduler:
     # -- workers --
 
     def _spawn_locked(self, count: int) -> None:
-        for _ in range(max(0, min(count, self.job.max_concurrency - self.active))):
+        if count <= 0:  # a chain: the worker that finished a step runs its successor
+            return
+        for _ in range(min(count, self.job.max_concurrency - self.active)):
             self.active += 1
             self._workers += 1
             context = self.job.context.copy()
@@ -354,10 +363,10 @@ class Scheduler:
                 seconds = time.perf_counter() - began
                 total += seconds
                 if failure is None:
-                    with self.lock:
-                        if self.ended is not None:  # abandoned: its result is discarded
-                            return _Outcome(StepResult(name, "cancelled", attempt, total))
-                        self.committing += 1
+                    self.committing.append(None)
+                    if self.ended is not None:  # abandoned: its result is discarded
+                        self.committing.pop()
+                        return _Outcome(StepResult(name, "cancelled", attempt, total))
                     committed = False
                     try:
                         store.save_step_fields(
@@ -368,16 +377,7 @@ class Scheduler:
                     except UnserializableError as exc:
                         failure = exc
                     finally:
-                        with self.lock:
-                            self.committing -= 1
-                            if self.ended is not None:  # `stop` may be waiting for this commit
-                                if committed:  # report the step as done
-                                    self.running.discard(name)
-                                    self.status[name] = "succeeded"
-                                    self.outputs[name] = value
-                                    self.results[name] = StepResult(name, "succeeded", attempt,
-                                                                    total)
-                                self.commit_done.notify_all()
+                        self._commit_ended(name, value if committed else _UNSET, attempt, total)
                 if failure is not None:
                     attempt_span.record_exception(failure)
             finally:
@@ -401,6 +401,24 @@ class Scheduler:
             telemetry.attempt(name, "succeeded", seconds)
             log.step_succeeded(run_log, wf.name, run_id, name, attempt, seconds)
             return _Outcome(StepResult(name, "succeeded", attempt, total), value)
+
+    def _commit_ended(self, name: str, value: Any, attempt: int, total: float) -> None:
+        """A step's commit ended (`value` is `_UNSET` if it did not commit)."""
+        if self.ended is None:
+            self.committing.pop()
+            if self.ended is None:
+                return
+            with self.lock:  # the run ended meanwhile: `stop` may be waiting for this
+                self.commit_done.notify_all()
+            return
+        with self.lock:  # `stop` is waiting for this commit: report the step as done first
+            if value is not _UNSET:
+                self.running.discard(name)
+                self.status[name] = "succeeded"
+                self.outputs[name] = value
+                self.results[name] = StepResult(name, "succeeded", attempt, total)
+            self.committing.pop()
+            self.commit_done.notify_all()
 
     def _call(self, step: Step, kwargs: dict[str, Any], ctx: StepContext | None) -> Any:
         call = dict(kwargs)

@@ -171,6 +171,7 @@ class Step:
     executor: Any = None
     resources: Any = None
     _params: tuple[_Param, ...] = field(default=(), repr=False, compare=False)
+    _takes_ctx: bool = field(default=False, repr=False, compare=False)
 
     def __post_init__(self) -> None:
         if not isinstance(self.name, str) or not self.name.isidentifier() or self.name == CTX:
@@ -213,6 +214,7 @@ class Step:
             raise InvalidStepError("resources", self.resources,
                                    "must be a zixir_actors.executor.Resources", step=self.name)
         object.__setattr__(self, "_params", _parameters(self))
+        object.__setattr__(self, "_takes_ctx", any(p.source == "ctx" for p in self._params))
 
     def bind(self, workflow: str, inputs: Mapping[str, Any],
              outputs: Mapping[str, Any]) -> dict[str, Any]:
@@ -238,7 +240,7 @@ class Step:
 
     @property
     def takes_ctx(self) -> bool:
-        return any(p.source == "ctx" for p in self._params)
+        return self._takes_ctx
 
 
 def _parameters(step: Step) -> tuple[_Param, ...]:
