@@ -8,8 +8,10 @@ the reason shown, only when Ray is not installed.
 from __future__ import annotations
 
 import asyncio
+import enum
 import errno
 import functools
+import gc
 import json
 import os
 import signal
@@ -1047,3 +1049,115 @@ def test_spans_of_a_remote_step_are_children_of_its_attempt(ray_executor: RayExe
     [work] = spans.named("remote.work")
     assert task.parent_id == attempt.span_id and work.parent_id == task.span_id
     assert work.trace_id == attempt.trace_id
+
+
+# -- the Ray round trip: one packed argument, the reply taken where it is awaited ---------
+
+
+class _Colour(enum.IntEnum):
+    RED = 1
+
+
+class _Tag(str):
+    pass
+
+
+def _echo(*args: Any, **kwargs: Any) -> tuple[tuple[Any, ...], dict[str, Any]]:
+    return args, kwargs
+
+
+def _same(value: Any) -> Any:
+    return value
+
+
+def _shapes(value: Any) -> Any:
+    """`value` with the type of each part beside it, to compare types as well as values."""
+    if isinstance(value, (list, tuple)):
+        return type(value), [_shapes(v) for v in value]
+    if isinstance(value, dict):
+        return type(value), {k: _shapes(v) for k, v in value.items()}
+    return type(value), value
+
+
+def test_ray_arguments_and_results_keep_their_types(ray_executor: RayExecutor) -> None:
+    args = (1, 2**100, 1.5, "s", "\u00e9", "\ud800", b"b", bytearray(b"x"), None, True,
+            [1, (2, 3)], {4, 5}, _Colour.RED, _Tag("t"),
+            {"k": {1: "int key", (1, 2): "tuple key"}})
+    kwargs = {"nested": [{"a": (1,)}, [bytearray(b"y")]], "empty": (), "n": -(2**70)}
+    got_args, got_kwargs = ray_executor.submit(_echo, *args, kwargs=kwargs).get(timeout=WAIT)
+    assert _shapes(got_args) == _shapes(args) and _shapes(got_kwargs) == _shapes(kwargs)
+    assert ray_executor.submit(_echo).get(timeout=WAIT) == ((), {})
+    for value in args + tuple(kwargs.values()):  # each as the whole result
+        assert _shapes(ray_executor.submit(_same, value).get(timeout=WAIT)) == _shapes(value)
+
+
+def test_an_unpicklable_ray_result_is_a_remote_error(ray_executor: RayExecutor) -> None:
+    with pytest.raises(RemoteError):
+        ray_executor.submit(threading.Lock).get(timeout=WAIT)
+
+
+def test_a_blocking_get_takes_the_ray_reply_in_the_waiting_thread(
+        ray_executor: RayExecutor) -> None:
+    # No hop through Ray's callback thread: the caller that waits settles the call.
+    future = ray_executor.submit(abs, -3)
+    settled_in: list[int] = []
+    future._future.add_done_callback(lambda _: settled_in.append(threading.get_ident()))
+    assert future.get(timeout=WAIT) == 3
+    assert settled_in == [threading.get_ident()]
+
+
+def test_a_ray_future_nobody_waits_for_still_ends(ray_executor: RayExecutor) -> None:
+    def in_flight() -> float:
+        return metrics.sample("zixir_executor_in_flight", {"executor": "ray"}) or 0.0
+
+    before = in_flight()
+    with capture_spans() as spans:
+        polled = ray_executor.submit(abs, -1)
+        wait_for(polled.done, timeout=WAIT, what="a polled call to end")
+        ray_executor.submit(abs, -2)  # dropped at once: never awaited nor polled
+        ray_executor.submit(abs, -3, timeout=WAIT)  # dropped too, its deadline still pending
+        gc.collect()
+        wait_for(lambda: in_flight() == before, timeout=WAIT, what="the dropped calls to end")
+    assert polled.get(timeout=0) == 1
+    assert [s.attributes["outcome"] for s in spans.named("executor.task")] == ["ok"] * 3
+
+
+def test_cancel_ends_a_get_blocked_in_another_thread(ray_executor: RayExecutor,
+                                                     tmp_path: Path) -> None:
+    marker = tmp_path / "pid"
+    future = ray_executor.submit(_sleep_forever, str(marker))
+    wait_for(marker.exists, timeout=WAIT, what="the task to start")
+    outcome: list[BaseException | None] = []
+    waiter = threading.Thread(target=lambda: outcome.append(future.exception(timeout=WAIT)))
+    waiter.start()
+    assert future.cancel() is True
+    waiter.join(WAIT)
+    assert not waiter.is_alive() and isinstance(outcome[0], RemoteCancelledError)
+    wait_for(lambda: not _alive(int(marker.read_text())), timeout=WAIT,
+             what="the cancelled worker to be killed")
+
+
+def test_a_partial_of_a_closure_is_shipped_once(ray_executor: RayExecutor) -> None:
+    # A code-first step with arguments reaches the executor as functools.partial(fn, *args).
+    _CountsPickles.pickled = 0
+    adds = _capturing_adder(_CountsPickles(10))
+    results = [ray_executor.submit(functools.partial(adds, n), kwargs={"times": 2})
+               .get(timeout=WAIT) for n in (1, 2, 3)]
+    assert results == [22, 24, 26]
+    assert _CountsPickles.pickled == 1
+    with_keyword = functools.partial(adds, times=3)
+    assert ray_executor.submit(with_keyword, 1).get(timeout=WAIT) == 33
+    assert ray_executor.submit(with_keyword, 1, kwargs={"times": 1}).get(timeout=WAIT) == 11
+
+
+def _capturing_adder(box: _CountsPickles) -> Callable[..., int]:
+    return lambda n, times: (box.value + n) * times
+
+
+def test_remote_code_sees_its_callers_trace_without_an_exporter(
+        ray_executor: RayExecutor) -> None:
+    from zixir_actors.observability import current_trace_ids
+
+    with span("caller") as caller:
+        trace_id, parent_id = ray_executor.submit(current_trace_ids).get(timeout=WAIT)
+    assert trace_id == caller.trace_id and parent_id not in (None, caller.span_id)

@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import asyncio
 import concurrent.futures
+import contextlib
 import math
 from collections.abc import Callable, Generator, Mapping
 from dataclasses import dataclass
@@ -16,6 +17,7 @@ __all__ = [
     "Executor",
     "ExecutorName",
     "Resources",
+    "Source",
     "TaskFuture",
     "TraceContext",
 ]
@@ -126,6 +128,23 @@ class TraceContext:
         return f"00-{self.trace_id}-{self.span_id}-01"
 
 
+class Source(Protocol):
+    """Where a `TaskFuture`'s outcome comes from when no thread of ours delivers it (Ray).
+
+    `wait` blocks the waiting thread until the call ends (settling the
+    future) or `timeout` passes; `watch` makes the future settle by itself
+    (someone polls, adds a callback or awaits it, or dropped it); `cancel`
+    ends the call, False if it had already ended. `watch` and `cancel` may
+    be called more than once.
+    """
+
+    def wait(self, future: TaskFuture[Any], timeout: float | None) -> None: ...
+
+    def watch(self, future: TaskFuture[Any]) -> None: ...
+
+    def cancel(self, future: TaskFuture[Any]) -> bool: ...
+
+
 class TaskFuture(Generic[T]):
     """The pending result of `Executor.submit`: ``get(timeout=...)``, ``await``, `cancel`.
 
@@ -138,17 +157,27 @@ class TaskFuture(Generic[T]):
     and how long it took there.
     """
 
-    __slots__ = ("_canceller", "_future", "executor", "label", "node", "pid", "remote_duration")
+    __slots__ = ("__weakref__", "_canceller", "_future", "_source", "executor", "label", "node",
+                 "pid", "remote_duration")
 
     def __init__(self, label: str, executor: str,
-                 canceller: Callable[[], bool] | None = None) -> None:
+                 canceller: Callable[[], bool] | None = None, *,
+                 source: Source | None = None) -> None:
         self.label = label
         self.executor = executor
         self._future: concurrent.futures.Future[T] = concurrent.futures.Future()
         self._canceller = canceller
+        self._source = source
         self.pid: int | None = None
         self.node: str | None = None
         self.remote_duration: float | None = None
+
+    def __del__(self) -> None:
+        # Dropped before anyone waited: its outcome must still be recorded (span, metrics).
+        source = self._source
+        if source is not None and not self._future.done():
+            with contextlib.suppress(Exception):  # the cluster is gone (interpreter exit)
+                source.watch(self)
 
     def __repr__(self) -> str:
         state = "done" if self._future.done() else "pending"
@@ -156,6 +185,10 @@ class TaskFuture(Generic[T]):
 
     def done(self) -> bool:
         """True once the call has ended (or was cancelled or timed out)."""
+        if self._future.done():
+            return True
+        if self._source is not None:
+            self._source.watch(self)
         return self._future.done()
 
     def cancelled(self) -> bool:
@@ -174,36 +207,50 @@ class TaskFuture(Generic[T]):
             ClusterConnectionError: the cluster was lost.
             Exception: what the call raised, as itself (``remote_traceback`` attached).
         """
-        try:
-            return self._future.result(timeout)
-        except concurrent.futures.TimeoutError:
-            if self._future.done():  # the call's own TimeoutError (RemoteTimeoutError...)
-                raise
-            raise ZixirTimeoutError(f"remote call {self.label!r}", timeout) from None
+        if not self._wait(timeout):
+            raise ZixirTimeoutError(f"remote call {self.label!r}", timeout)
+        return self._future.result(0)
 
     def exception(self, *, timeout: float | None = None) -> BaseException | None:
         """Wait for the call; its exception, or None if it returned (same waits as `get`)."""
-        if self._future.done():
-            return self._future.exception()
-        try:
-            return self._future.exception(timeout)
+        if not self._wait(timeout):
+            raise ZixirTimeoutError(f"remote call {self.label!r}", timeout)
+        return self._future.exception(0)
+
+    def _wait(self, timeout: float | None) -> bool:
+        """Wait up to `timeout` seconds for the call to end; False if it has not."""
+        future = self._future
+        if future.done():
+            return True
+        if self._source is not None:  # the waiting thread takes the reply itself
+            self._source.wait(self, timeout)
+            return future.done()
+        try:  # returns the call's own exception: a TimeoutError here is the wait's
+            future.exception(timeout)
         except concurrent.futures.TimeoutError:
-            raise ZixirTimeoutError(f"remote call {self.label!r}", timeout) from None
+            return False
+        return True
 
     def cancel(self) -> bool:
         """Stop the call (a Ray task is killed); False if it had already ended.
 
         `get()` then raises `RemoteCancelledError`.
         """
+        if self._source is not None:
+            return self._source.cancel(self)
         if self._canceller is not None:
             return bool(self._canceller())
         return self._settle(error=RemoteCancelledError(self.label))
 
     def add_done_callback(self, fn: Callable[[TaskFuture[T]], object]) -> None:
         """Call ``fn(self)`` when the call ends (at once if it has)."""
+        if self._source is not None and not self._future.done():
+            self._source.watch(self)
         self._future.add_done_callback(lambda _: fn(self))
 
     def __await__(self) -> Generator[Any, None, T]:
+        if self._source is not None and not self._future.done():
+            self._source.watch(self)
         return asyncio.wrap_future(self._future).__await__()
 
     def _settle(self, value: Any = None, error: BaseException | None = None) -> bool:

@@ -11,6 +11,7 @@ import os
 import socket
 import threading
 import time
+import weakref
 from collections.abc import Callable, Mapping
 from typing import Any, TypeVar
 
@@ -29,12 +30,13 @@ from zixir_actors.executor._api import Resources, TaskFuture, TraceContext
 from zixir_actors.executor._core import Deadlines, check_submit, finish, label_of, settle_reply
 from zixir_actors.executor._remote import (
     Guard,
-    Reply,
     execute_packed,
     guard_of,
+    pack,
+    reply_of,
     set_warm_state,
 )
-from zixir_actors.executor._shipping import MAX_SHIPPED, Shipper
+from zixir_actors.executor._shipping import MAX_SHIPPED, Shipper, unwrap
 from zixir_actors.executor._telemetry import Call, Telemetry
 
 __all__ = ["DEFAULT_CONNECT_TIMEOUT", "RAY_EXTRA", "RayActorPool", "RayExecutor", "import_ray"]
@@ -50,6 +52,9 @@ RESTART_PROBE = 0.2
 """Seconds between two checks whether a restarting pool actor is back."""
 RESTART_PROBES = 300
 """Checks before a pool actor that does not come back gets calls again (they then fail)."""
+WAIT_SLICE = 1.0
+"""Longest single ``ray.get`` of a thread waiting for a call before it looks again whether
+a cancel or a timeout ended the call meanwhile (their kill normally ends the wait at once)."""
 
 
 def import_ray() -> Any:
@@ -107,6 +112,61 @@ def _translate(ray: Any, exc: BaseException, label: str, address: str | None,
     return "error", exc
 
 
+class _Pending:
+    """One Ray call not ended yet: the `Source` of its `TaskFuture`.
+
+    A thread that waits (``get``) takes the reply itself with ``ray.get``, as
+    a bare Ray caller does: no callback thread hands it over. Only a future
+    that is polled, given a callback, awaited, dropped, cancelled or timed
+    out has Ray's completion callback armed (`watch`), once.
+    """
+
+    __slots__ = ("call", "calls", "kill", "limit", "lost", "ref", "watched")
+
+    def __init__(self, calls: _RayCalls, ref: Any, call: Call, limit: int | None,
+                 kill: Callable[[], None], lost: Callable[[], None] | None) -> None:
+        self.calls = calls
+        self.ref = ref
+        self.call = call
+        self.limit = limit
+        self.kill = kill
+        self.lost = lost
+        self.watched = False
+
+    def wait(self, future: TaskFuture[Any], timeout: float | None) -> None:
+        calls = self.calls
+        ray = calls._ray
+        expired = ray.exceptions.GetTimeoutError
+        end = None if timeout is None else time.monotonic() + timeout
+        while not future._future.done():
+            left = WAIT_SLICE if end is None else min(WAIT_SLICE, end - time.monotonic())
+            try:
+                result = ray.get(self.ref, timeout=max(left, 0.0))
+            except expired:
+                if end is not None and time.monotonic() >= end:
+                    return
+                continue  # a slice: look again whether a cancel or timeout settled it
+            except Exception as exc:
+                calls._failed(future, self, exc)
+                return
+            calls._arrived(future, self, result)
+            return
+
+    def watch(self, future: TaskFuture[Any]) -> None:
+        if self.watched:
+            return
+        self.watched = True
+        try:
+            done = self.ref.future()
+        except Exception as exc:  # the connection is gone
+            self.calls._failed(future, self, exc)
+            return
+        done.add_done_callback(lambda d: self.calls._settled(future, self, d))
+
+    def cancel(self, future: TaskFuture[Any]) -> bool:
+        return self.calls._cancel(future, self)
+
+
 class _RayCalls:
     """Telemetry, deadlines and result handling shared by tasks and actor pools."""
 
@@ -123,43 +183,52 @@ class _RayCalls:
             raise ClusterConnectionError(self.address, "not connected: ray.shutdown() was "
                                          "called or the connection to the cluster was lost")
 
-    def _watch(self, ref: Any, future: TaskFuture[Any], call: Call, limit: int | None,
-               timeout: float | None, kill: Callable[[], None],
-               lost: Callable[[], None] | None = None) -> None:
+    def _future(self, ref: Any, call: Call, limit: int | None, timeout: float | None,
+                kill: Callable[[], None],
+                lost: Callable[[], None] | None = None) -> TaskFuture[Any]:
+        """The `TaskFuture` of the call `ref` stands for, with its deadline."""
+        pending = _Pending(self, ref, call, limit, kill, lost)
+        future: TaskFuture[Any] = TaskFuture(call.label, self.name, source=pending)
         if timeout is not None:
-            entry = self._deadlines.add(timeout, lambda: self._expire(future, call, timeout,
-                                                                      kill))
-            future.add_done_callback(lambda _: self._deadlines.discard(entry))
-        ref.future().add_done_callback(
-            lambda done: self._settled(future, call, done, limit, lost))
+            # A weak reference: a future dropped unsettled still reaches its __del__.
+            weak = weakref.ref(future)
+            entry = self._deadlines.add(timeout, lambda: self._expire(weak, pending, timeout))
+            future._future.add_done_callback(lambda _: self._deadlines.discard(entry))
+        return future
 
-    def _settled(self, future: TaskFuture[Any], call: Call, done: Any,
-                 limit: int | None, lost: Callable[[], None] | None) -> None:
+    def _settled(self, future: TaskFuture[Any], pending: _Pending, done: Any) -> None:
         try:
-            reply: Reply = done.result()
+            result = done.result()
         except BaseException as exc:
-            self._failed(future, call, exc, limit, lost)
+            self._failed(future, pending, exc)
             return
-        settle_reply(future, call, self._telemetry, reply, self.name)
+        self._arrived(future, pending, result)
 
-    def _failed(self, future: TaskFuture[Any], call: Call, exc: BaseException,
-                limit: int | None, lost: Callable[[], None] | None) -> None:
-        outcome, error = _translate(self._ray, exc, call.label, self.address, limit)
-        if outcome == "lost" and lost is not None:
-            lost()  # before the caller hears of it, so its retry goes elsewhere
+    def _arrived(self, future: TaskFuture[Any], pending: _Pending, result: Any) -> None:
+        settle_reply(future, pending.call, self._telemetry, reply_of(result), self.name)
+
+    def _failed(self, future: TaskFuture[Any], pending: _Pending, exc: BaseException) -> None:
+        call = pending.call
+        outcome, error = _translate(self._ray, exc, call.label, self.address, pending.limit)
+        if outcome == "lost" and pending.lost is not None:
+            pending.lost()  # before the caller hears of it, so its retry goes elsewhere
         finish(future, call, self._telemetry, outcome, error=error)
 
-    def _expire(self, future: TaskFuture[Any], call: Call, timeout: float,
-                kill: Callable[[], None]) -> None:
-        if finish(future, call, self._telemetry, "timeout",
-                  error=RemoteTimeoutError(call.label, self.name, timeout)):
-            kill()
+    def _expire(self, weak: weakref.ref[TaskFuture[Any]], pending: _Pending,
+                timeout: float) -> None:
+        future = weak()
+        if future is not None and finish(future, pending.call, self._telemetry, "timeout",
+                                         error=RemoteTimeoutError(pending.call.label,
+                                                                  self.name, timeout)):
+            pending.kill()
+            pending.watch(future)  # take the killed call's outcome, so Ray has it handled
 
-    def _cancel(self, future: TaskFuture[Any], call: Call, kill: Callable[[], None]) -> bool:
-        if not finish(future, call, self._telemetry, "cancelled",
-                      error=RemoteCancelledError(call.label)):
+    def _cancel(self, future: TaskFuture[Any], pending: _Pending) -> bool:
+        if not finish(future, pending.call, self._telemetry, "cancelled",
+                      error=RemoteCancelledError(pending.call.label)):
             return False
-        kill()
+        pending.kill()
+        pending.watch(future)
         return True
 
 
@@ -259,29 +328,23 @@ class RayExecutor(_RayCalls):
         guard = guard_of(limits)
         if timeout is None and limits is not None:
             timeout = getattr(limits, "hard_timeout", None)
+        name = label_of(fn, label)
+        fn, args, kwargs = unwrap(fn, args, kwargs)
         shipped = self._shipper.remote(fn)
         remote = self._task_options(shipped, resources, guard)
-        name = label_of(fn, label)
         call = self._telemetry.begin(name, trace_context)
-        kw = dict(kwargs) if kwargs else None
+        payload = pack(args, kwargs, call.trace, guard, self._telemetry.exporting())
+        if shipped is None:  # not a plain function: it travels with the call
+            payload.append(fn)
         try:
-            if shipped is None:  # not a plain function: it travels with the call
-                ref = remote.remote((fn, args, kw, call.trace, guard))
-            else:  # shipped once: the call carries only its arguments
-                ref = remote.remote(args, kw, call.trace, guard)
+            ref = remote.remote(payload)
         except Exception as exc:
             error = ClusterConnectionError(self.address, f"cannot submit {name!r}: "
                                            f"{_first_line(exc)}")
             call.span.end(error=error)
             raise error from exc
-        kill = self._killer(ref)
-        holder: list[TaskFuture[Any]] = []
-        limit = guard.memory if guard else None
-        future: TaskFuture[T] = TaskFuture(name, self.name,
-                                           canceller=lambda: self._cancel(holder[0], call, kill))
-        holder.append(future)
-        self._watch(ref, future, call, limit, timeout, kill)
-        return future
+        return self._future(ref, call, guard.memory if guard else None, timeout,
+                            self._killer(ref))
 
     def _killer(self, ref: Any) -> Callable[[], None]:
         def kill() -> None:
@@ -350,7 +413,7 @@ class _WarmActor:
     def ready(self) -> int:
         return os.getpid()
 
-    def call(self, payload: tuple[Any, ...]) -> Reply:
+    def call(self, payload: list[Any]) -> Any:
         return execute_packed(payload)
 
 
@@ -434,20 +497,18 @@ class RayActorPool(_RayCalls):
             self._busy[index] += 1
             actor = self._actors[index]
         call = self._telemetry.begin(name, trace_context)
-        ref = actor.call.remote((fn, args, dict(kwargs) if kwargs else None, call.trace, guard))
+        payload = pack(args, kwargs, call.trace, guard, self._telemetry.exporting())
+        payload.append(fn)
+        ref = actor.call.remote(payload)
 
         def kill() -> None:
             self._restarting(index)
             with contextlib.suppress(Exception):  # restarts it: max_restarts=-1
                 self._ray.kill(actor, no_restart=False)
 
-        holder: list[TaskFuture[Any]] = []
-        future: TaskFuture[T] = TaskFuture(name, self.name,
-                                           canceller=lambda: self._cancel(holder[0], call, kill))
-        holder.append(future)
-        future.add_done_callback(lambda _: self._release(index))
-        self._watch(ref, future, call, guard.memory if guard else None, timeout, kill,
-                    lost=lambda: self._restarting(index))
+        future = self._future(ref, call, guard.memory if guard else None, timeout, kill,
+                              lost=lambda: self._restarting(index))
+        future._future.add_done_callback(lambda _: self._release(index))
         return future
 
     def _release(self, index: int) -> None:

@@ -35,6 +35,9 @@ __all__ = [
     "execute",
     "execute_packed",
     "guard_of",
+    "pack",
+    "reply_of",
+    "run_payload",
     "set_warm_state",
     "warm_state",
 ]
@@ -265,9 +268,66 @@ def _failure(exc: BaseException, duration: float, node: str) -> Reply:
                  node=node)
 
 
-def execute_packed(payload: tuple[Any, ...]) -> Reply:
-    """`execute` with its arguments in one tuple, in another process (spans come back)."""
-    return execute(*payload, collect_spans=True)
+def pack(args: tuple[Any, ...], kwargs: Mapping[str, Any] | None, trace: TraceContext,
+         guard: Guard | None, collect: bool) -> list[Any]:
+    """One call's arguments as the single argument of its Ray task (see `run_payload`).
+
+    A list that Ray serializes with msgpack, in one piece: the arguments, if
+    any, as one tuple (pickled, so each keeps its exact type), the trace ids
+    as text, the guard, and `collect`: the caller exports spans, so those
+    the call opens come back.
+    """
+    return [(args, dict(kwargs) if kwargs else None) if args or kwargs else None,
+            trace.trace_id, trace.span_id, guard, collect]
+
+
+_PLAIN = frozenset({type(None), bool, int, float, bytes})
+"""Types of values that msgpack carries back exactly as they are (and ASCII `str`)."""
+
+
+def run_payload(fn: Callable[..., Any], payload: list[Any]) -> Any:
+    """Run one call packed by `pack`, in a Ray worker; the reply for `reply_of`.
+
+    A value without spans comes back as the list ``[value, duration, pid,
+    node]``, with a value that msgpack would not carry exactly (a list, a
+    bytearray, an object...) wrapped in a 1-tuple, which is pickled; any
+    other outcome as the `Reply`.
+    """
+    given, trace_id, span_id, guard, collect = payload
+    args, kwargs = given if given is not None else ((), None)
+    trace = TraceContext(trace_id, span_id)
+    if trace_id is None or span_id is None:
+        reply = _execute(fn, args, kwargs, trace, guard, "")
+    else:
+        parent = _parent(trace_id, span_id, collect)
+        try:
+            reply = _execute(fn, args, kwargs, trace, guard, "")
+        finally:
+            spans = _collected(parent)
+        if spans:
+            return dataclasses.replace(reply, spans=spans)
+    if not reply.ok:
+        return reply
+    value = reply.value
+    kind = type(value)
+    if kind not in _PLAIN and (kind is not str or not value.isascii()):
+        value = (value,)
+    return [value, reply.duration, reply.pid, reply.node]
+
+
+def execute_packed(payload: list[Any]) -> Any:
+    """`run_payload` of a function that travels with its call: the payload's last item."""
+    return run_payload(payload.pop(), payload)
+
+
+def reply_of(result: Any) -> Reply:
+    """The `Reply` that `run_payload` sent back."""
+    if type(result) is list:
+        value, duration, pid, node = result
+        if type(value) is tuple:
+            value = value[0]
+        return Reply(True, value, duration=duration, pid=pid, node=node)
+    return result  # type: ignore[no-any-return]
 
 
 class _Collector:
@@ -287,28 +347,41 @@ _SPANS: contextvars.ContextVar[list[Any] | None] = contextvars.ContextVar(
 _COLLECTOR: list[_Collector] = []
 
 
-def _collect(trace: TraceContext | None) -> tuple[list[Any], Any, Any] | None:
+def _collect(trace: TraceContext | None) -> tuple[list[Any] | None, Any, Any] | None:
     """Make the caller's span the parent here and keep the spans the call ends."""
     if trace is None or trace.trace_id is None or trace.span_id is None:
         return None
-    from zixir_actors.observability import _tracing
-    from zixir_actors.observability._exporters import add_exporter
+    return _parent(trace.trace_id, trace.span_id, True)
 
+
+def _parent(trace_id: str, span_id: str, collect: bool) -> tuple[list[Any] | None, Any, Any]:
+    """Make the caller's span the parent here; with `collect`, keep the spans the call ends.
+
+    Without `collect` (the caller has no span exporter: the records would be
+    dropped there), the spans the call opens still carry the caller's trace.
+    """
+    from zixir_actors.observability import _tracing
+
+    parent = _tracing.remote_parent(trace_id, span_id)
+    if not collect:
+        return None, _tracing._CURRENT.set(parent), None
     if not _COLLECTOR:
+        from zixir_actors.observability._exporters import add_exporter
+
         _COLLECTOR.append(add_exporter(_Collector()))
     sink: list[Any] = []
-    parent = _tracing.remote_parent(trace.trace_id, trace.span_id)
     return sink, _tracing._CURRENT.set(parent), _SPANS.set(sink)
 
 
-def _collected(state: tuple[list[Any], Any, Any]) -> tuple[Any, ...]:
+def _collected(state: tuple[list[Any] | None, Any, Any]) -> tuple[Any, ...]:
     from zixir_actors.observability import _tracing
 
     sink, span_token, sink_token = state
-    _SPANS.reset(sink_token)
+    if sink_token is not None:
+        _SPANS.reset(sink_token)
     with contextlib.suppress(ValueError):  # the call left another span current
         _tracing._CURRENT.reset(span_token)
-    return tuple(_portable(record) for record in sink)
+    return tuple(_portable(record) for record in sink) if sink else ()
 
 
 def _portable(record: Any) -> Any:

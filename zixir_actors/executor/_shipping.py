@@ -13,23 +13,25 @@ A module-level function that workers import by name is keyed by its code
 alone: its module's state is the worker's own, as with any pickled function.
 Values that can be hashed are compared by equality; others by their
 pickled bytes (plain `pickle`, cheap for data), and objects that cannot be
-pickled that way by identity. Callables that are not plain functions
-(bound methods, ``functools.partial``, callable objects) are not cached:
-they travel with each call, as before.
+pickled that way by identity. A ``functools.partial`` of a plain function
+is shipped as that function, its arguments travelling with each call
+(`unwrap`). Other callables (bound methods, callable objects) are not
+cached: they travel with each call.
 """
 
 from __future__ import annotations
 
+import functools
 import pickle
 import sys
 import threading
 import types
-from collections.abc import Callable
+from collections.abc import Callable, Mapping
 from typing import Any
 
-from zixir_actors.executor._remote import Guard, Reply, execute
+from zixir_actors.executor._remote import run_payload
 
-__all__ = ["MAX_SHIPPED", "Shipper", "fresh_key"]
+__all__ = ["MAX_SHIPPED", "Shipper", "fresh_key", "unwrap"]
 
 MAX_SHIPPED = 256
 """Remote wrappers kept per executor; the oldest is dropped beyond that."""
@@ -101,9 +103,30 @@ def _by_reference(fn: types.FunctionType) -> bool:
     return found is fn
 
 
-def _wrapper(fn: Callable[..., Any]) -> Callable[..., Reply]:
-    def call(args: tuple[Any, ...], kwargs: Any, trace: Any, guard: Guard | None) -> Reply:
-        return execute(fn, args, kwargs, trace, guard, collect_spans=True)
+def unwrap(fn: Any, args: tuple[Any, ...], kwargs: Mapping[str, Any] | None
+           ) -> tuple[Any, tuple[Any, ...], Mapping[str, Any] | None]:
+    """A ``functools.partial`` of a plain function as that function and the call's arguments.
+
+    Example:
+        >>> def add(a, b, *, scale=1):
+        ...     return (a + b) * scale
+        >>> unwrap(functools.partial(add, 1, scale=2), (3,), None)[1:]
+        ((1, 3), {'scale': 2})
+
+    So the function is shipped once and the partial's arguments travel as
+    the call's (a code-first step with arguments reaches an executor as
+    ``partial(fn, *args)``). Other callables are returned as they are.
+    """
+    if type(fn) is not functools.partial or type(fn.func) is not types.FunctionType:
+        return fn, args, kwargs
+    if fn.keywords:
+        kwargs = {**fn.keywords, **kwargs} if kwargs else fn.keywords
+    return fn.func, fn.args + tuple(args), kwargs
+
+
+def _wrapper(fn: Callable[..., Any]) -> Callable[..., Any]:
+    def call(payload: list[Any]) -> Any:
+        return run_payload(fn, payload)
 
     name = getattr(fn, "__qualname__", None) or getattr(fn, "__name__", "call")
     call.__name__ = call.__qualname__ = f"zixir_call.{name}"

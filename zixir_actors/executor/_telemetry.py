@@ -48,7 +48,7 @@ class Telemetry:
         self._outcomes: dict[str, Any] = {}
 
     def _bind(self) -> None:
-        from zixir_actors.observability import DEFAULT_BUCKETS, metrics, start_span
+        from zixir_actors.observability import DEFAULT_BUCKETS, _tracing, metrics, start_span
 
         with self._lock:
             if self._ready:
@@ -68,6 +68,7 @@ class Telemetry:
                                             "Executor calls submitted and not ended.",
                                             labels=("executor",)).labels(self.executor)
             self._start_span = start_span
+            self._tracing = _tracing
             self._ready = True
 
     def begin(self, label: str, trace: TraceContext | None) -> Call:
@@ -78,6 +79,12 @@ class Telemetry:
         self._in_flight.inc()
         return Call(label, span, trace if trace is not None
                     else TraceContext(span.trace_id, span.span_id))
+
+    def exporting(self) -> bool:
+        """True if this process exports spans (then remote calls send theirs back)."""
+        if not self._ready:
+            self._bind()
+        return bool(self._tracing._EXPORTERS)
 
     def end(self, call: Call, outcome: str, *, error: BaseException | None = None,
             remote_duration: float | None = None, pid: int | None = None,
