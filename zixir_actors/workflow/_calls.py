@@ -18,7 +18,8 @@ __all__ = ["awaited", "call", "with_timeout"]
 T = TypeVar("T")
 
 
-_PLAIN = frozenset({str, int, float, bool, bytes, dict, list, tuple})  # never awaitable
+_PLAIN = frozenset({bool, int, float, str, bytes, dict, list, tuple})
+"""Types of step results that are never awaitable: `call` skips the check for them."""
 
 
 def call(fn: Callable[..., Any], args: tuple[Any, ...], kwargs: dict[str, Any]) -> Any:

@@ -50,7 +50,8 @@ from zixir_actors.executor import InFlight, call_step, offload
 from zixir_actors.observability import Span
 from zixir_actors.observability._tracing import enter_span, exit_span
 from zixir_actors.result import Ok
-from zixir_actors.workflow._calls import awaited, with_timeout
+from zixir_actors.workflow._calls import call as invoke
+from zixir_actors.workflow._calls import with_timeout
 from zixir_actors.workflow._hashing import fingerprint
 from zixir_actors.workflow._history import live_log
 from zixir_actors.workflow._plan import idempotency_key
@@ -432,8 +433,8 @@ class Scheduler:
         if step.limits is not None:
             return _sandboxed(step, call)
         if step.timeout is None:
-            return invoke(step.fn, call)
-        return with_timeout(lambda: invoke(step.fn, call), step.timeout, step.name,
+            return invoke(step.fn, (), call)
+        return with_timeout(lambda: invoke(step.fn, (), call), step.timeout, step.name,
                             thread=f"zixir-wf-step-{step.name}")
 
     def _sleep(self, delay: float) -> None:
@@ -468,20 +469,6 @@ class Scheduler:
                                    error, letter.id))
 
 
-_PLAIN = frozenset({bool, int, float, str, bytes, dict, list, tuple})
-"""Types of step results that are never awaitable: `invoke` skips the check for them."""
-
-
-def invoke(fn: Callable[..., Any], kwargs: dict[str, Any]) -> Any:
-    """Call a step function; an ``async def`` step runs on the runtime's shared event loop."""
-    value = fn(**kwargs)
-    if value is not None and type(value) not in _PLAIN and inspect.isawaitable(value):
-        from zixir_actors.workflow._loop import run_coro
-
-        return run_coro(awaited(value))
-    return value
-
-
 def _sandboxed(step: Step, call: dict[str, Any]) -> Any:
     """Run a step with `limits` in a sandbox worker: the runtime's pool
     (``zixir.sandboxes``) when it runs, else a private one for this attempt."""
@@ -496,7 +483,7 @@ def _sandboxed(step: Step, call: dict[str, Any]) -> Any:
     pool = SANDBOX_POOL if whereis(SANDBOX_POOL) is not None else None
     with Sandbox(limits, pool=pool, name=f"workflow.{step.name}") as sandbox:
         if inspect.iscoroutinefunction(step.fn):
-            outcome = sandbox.run(invoke, step.fn, call)
+            outcome = sandbox.run(invoke, step.fn, (), call)
         else:
             outcome = sandbox.run(step.fn, **call)
     if isinstance(outcome, Ok):
