@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import contextlib
 import threading
 import time
 from collections.abc import Iterator
@@ -81,10 +82,8 @@ def no_leaks() -> Iterator[None]:
     if children:
         problems.append(f"child processes left running: {sorted(children)}")  # type: ignore[arg-type]
         for pid in children:  # type: ignore[union-attr]
-            try:
+            with contextlib.suppress(psutil.Error):
                 psutil.Process(pid).kill()
-            except psutil.Error:
-                pass
     try:
         from supervisors import _registry
         _registry.reset()
