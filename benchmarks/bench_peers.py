@@ -853,10 +853,12 @@ def _warm(peers: Sequence[str], plan: _Plan, root: str) -> Samples:
                 procs.pop(peer).close()
         # Prefect's loop would be its chain again (a flow calling tasks): not run twice.
         ops = {peer: ["chain", "fan"] + (["loop"] if peer != "prefect" else []) for peer in procs}
-        for peer, proc in procs.items():  # warm-up, small
+        # Warm-up: one run of the very work that is timed (each peer builds and
+        # caches its graph, flow or workflow per size; first-use costs are not timed).
+        for peer, proc in procs.items():
             for op in list(ops[peer]):
                 try:
-                    proc.request(op, 20)
+                    proc.request(op, plan.n)
                 except ImportError as exc:
                     _say(f"{NAMES[peer]} {op} skipped: {exc}")
                     ops[peer].remove(op)
