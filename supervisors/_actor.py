@@ -29,6 +29,7 @@ from __future__ import annotations
 import contextlib
 import contextvars
 import ctypes
+import itertools
 import queue
 import sys
 import threading
@@ -38,6 +39,7 @@ from types import TracebackType
 from typing import Any, TypeVar, cast
 
 import pykka
+import pykka._threading as pykka_threading
 from pykka import ActorDeadError, ActorRegistry
 from pykka._envelope import Envelope
 from pykka.messages import _ActorStop
@@ -145,6 +147,60 @@ _WAKE: Envelope[Any] = Envelope(None)
 """Put in a killed actor's closed inbox to end a loop blocked on `get()`."""
 
 
+def _no_wait_start_supported() -> bool:
+    # Thread.start is "put in _limbo, _start_new_thread(_bootstrap), wait for
+    # _started" on CPython 3.10-3.12; other versions start the standard way.
+    names = threading.Thread.start.__code__.co_names
+    return all(hasattr(threading, n) for n in ("_start_new_thread", "_limbo",
+                                                "_active_limbo_lock")) \
+        and "_start_new_thread" in names and "_limbo" in names
+
+
+_NO_WAIT_START = _no_wait_start_supported()
+_thread_numbers = getattr(pykka_threading, "_actor_thread_counter", None) or itertools.count()
+
+
+class _ActorThread(threading.Thread):
+    """An actor's thread, whose `start()` does not wait for the thread to run.
+
+    `Thread.start` blocks until the new thread has run its bootstrap: a round
+    trip between the two threads (the starter sleeps, the new thread wakes
+    it) that a supervisor's restart would pay for nothing, since the actor's
+    messages already queue in its inbox. Until it has run, the thread counts
+    in `threading.enumerate()` and `active_count()` (as any thread being
+    started), `is_alive()` is True and `join()` waits for it to start first.
+    """
+
+    def is_alive(self) -> bool:
+        if self._started.is_set():  # type: ignore[attr-defined]
+            return super().is_alive()
+        return self in threading._limbo  # type: ignore[attr-defined]  # started, not yet run
+
+    def join(self, timeout: float | None = None) -> None:
+        started = self._started  # type: ignore[attr-defined]
+        if not started.is_set() and self in threading._limbo:  # type: ignore[attr-defined]
+            deadline = None if timeout is None else time.monotonic() + timeout
+            if not started.wait(timeout):
+                return  # still starting after `timeout`: as a join that timed out
+            if deadline is not None:
+                timeout = max(0.0, deadline - time.monotonic())
+        super().join(timeout)
+
+    def start(self) -> None:
+        if not _NO_WAIT_START:
+            super().start()
+            return
+        limbo: dict[threading.Thread, threading.Thread] = threading._limbo  # type: ignore[attr-defined]
+        with threading._active_limbo_lock:  # type: ignore[attr-defined]
+            limbo[self] = self
+        try:
+            threading._start_new_thread(self._bootstrap, ())  # type: ignore[attr-defined]
+        except BaseException:
+            with threading._active_limbo_lock:  # type: ignore[attr-defined]
+                del limbo[self]
+            raise
+
+
 class SupervisedActor(pykka.ThreadingActor):
     """Base class for actors with OTP exit semantics (see the module docstring).
 
@@ -190,6 +246,13 @@ class SupervisedActor(pykka.ThreadingActor):
     @staticmethod
     def _create_actor_inbox() -> Any:
         return _ContextInbox()
+
+    def _start_actor_loop(self) -> None:
+        # As Pykka's, in a thread whose start() does not wait for it to run.
+        thread = _ActorThread(target=self._actor_loop,
+                              name=f"{type(self).__name__}-{next(_thread_numbers)}")
+        thread.daemon = self.use_daemon_thread
+        thread.start()
 
     def stop(self, reason: Any = None) -> None:
         """Stop after the messages already queued, as Pykka's `stop`, with an exit reason.
@@ -315,14 +378,17 @@ class SupervisedActor(pykka.ThreadingActor):
                 continue
 
     def _zx_exit(self, *, wake: bool = False) -> None:
-        """Mark the actor dead, deliver `Down`, answer what is queued, drop its name.
+        """Mark the actor dead, answer what is queued, drop its name, deliver `Down`.
 
         Runs in the actor's thread as it ends, or in the killer's thread; the
-        first call delivers `Down` and drops the name. `Down` goes first, so a
-        supervisor starts the restart at once; the asker whose message crashed
-        the actor hears next (it is not on the restart's critical path: its
-        next message queues in the new incarnation's inbox as soon as the name
-        is registered, before that incarnation's thread runs).
+        first call drops the name and delivers `Down`. The bookkeeping comes
+        first and the two notices last, `Down` before the crash reply, so the
+        supervisor starts the restart at once and this thread then has next
+        to nothing left to do: the woken threads are not kept waiting for the
+        interpreter lock. The asker whose message crashed the actor hears
+        next (it is not on the restart's critical path: its next message
+        queues in the new incarnation's inbox as soon as the name is
+        registered, before that incarnation's thread runs).
         """
         if not self.actor_stopped.is_set():
             ActorRegistry.unregister(self.actor_ref)
@@ -333,6 +399,9 @@ class SupervisedActor(pykka.ThreadingActor):
             if reason is None:
                 reason = self._zx_stop_reason or ("shutdown" if self._zx_shutdown else "normal")
                 self._zx_reason = reason
+        cast(_ContextInbox, self.actor_inbox).close(self.actor_ref, wake=wake)
+        if monitors is not None:
+            _registry.forget(self.actor_ref)
         if monitors:
             down = Down(self.actor_ref, reason)
             for m in monitors:
@@ -343,13 +412,11 @@ class SupervisedActor(pykka.ThreadingActor):
                                       _report.summary(failure))
         crash, self._zx_crash_reply = self._zx_crash_reply, None
         if crash is not None:
-            with contextlib.suppress(queue.Full):  # unless kill() answered it already
+            try:  # noqa: SIM105 - on the restart's path: a bare try costs nothing
                 crash[0].set_exception(crash[1])
-        cast(_ContextInbox, self.actor_inbox).close(self.actor_ref, wake=wake)
-        if monitors is None:
-            return
-        _registry.forget(self.actor_ref)
-        if not monitors and isinstance(reason, BaseException):
+            except queue.Full:
+                pass  # kill() answered it already
+        if monitors is not None and not monitors and isinstance(reason, BaseException):
             # A supervisor reports the crash of its child; a crash nobody watches is
             # logged here, at DEBUG (the library is quiet until logging is configured).
             _report.log_crash("DEBUG", reason, "actor {} crashed: {}", self,
@@ -412,20 +479,21 @@ def supervised_class(cls: type[A]) -> type[A]:
     Raises:
         TypeError: `cls` is not a `pykka.ThreadingActor` subclass.
     """
-    if not isinstance(cls, type) or not issubclass(cls, pykka.ThreadingActor):
-        raise TypeError(f"{cls!r} is not a pykka.ThreadingActor subclass")
-    if issubclass(cls, SupervisedActor):
-        return cls
-    sub = _wrapped.get(cls)
+    sub = _wrapped.get(cls)  # every restart comes here: the cache goes first
     if sub is not None:
         return sub
+    if not isinstance(cls, type) or not issubclass(cls, pykka.ThreadingActor):
+        raise TypeError(f"{cls!r} is not a pykka.ThreadingActor subclass")
     with _wrapped_lock:
         sub = _wrapped.get(cls)
         if sub is None:
-            sub = type(cls.__name__, (SupervisedActor, cls), {
-                "__module__": cls.__module__, "__qualname__": cls.__qualname__,
-                "__doc__": cls.__doc__,
-            })
+            if issubclass(cls, SupervisedActor):
+                sub = cls
+            else:
+                sub = type(cls.__name__, (SupervisedActor, cls), {
+                    "__module__": cls.__module__, "__qualname__": cls.__qualname__,
+                    "__doc__": cls.__doc__,
+                })
             _wrapped[cls] = sub
         return sub
 
@@ -472,7 +540,9 @@ def wait_started(ref: pykka.ActorRef[Any], *, timeout: float | None) -> BaseExce
         TimeoutError: `on_start` did not finish within `timeout`.
     """
     actor = ref._actor_weakref()
-    if not isinstance(actor, SupervisedActor) or not _overrides_on_start(type(actor)):
+    # _STARTED: a SupervisedActor without an on_start of its own; no attribute: another kind.
+    if getattr(actor, "_zx_started", _STARTED) is _STARTED or \
+            not isinstance(actor, SupervisedActor):
         return None
     if not actor._zx_started.wait(timeout):
         raise TimeoutError(f"on_start of {actor} did not finish within {timeout}s")

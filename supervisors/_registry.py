@@ -20,6 +20,9 @@ def alive(ref: pykka.ActorRef[Any] | None) -> bool:
 
 
 def start_lock(name: str) -> threading.Lock:
+    found = _start_locks.get(name)  # every restart of a named child: no table lock then
+    if found is not None:
+        return found
     with lock:
         found = _start_locks.get(name)
         if found is None:

@@ -16,6 +16,7 @@ Example:
 from __future__ import annotations
 
 import contextlib
+import functools
 import threading
 from collections.abc import Callable
 from dataclasses import dataclass
@@ -187,6 +188,26 @@ def _watch_foreign(actor: pykka.Actor, m: Monitor) -> bool:
         return not event.is_set()
 
 
+def _resolve(target: Any) -> pykka.ActorRef[Any]:
+    """The ActorRef a name or a `NamedRef` stands for now."""
+    from supervisors.registry import NamedRef, whereis
+
+    if isinstance(target, NamedRef):
+        return target.whereis(timeout=0)
+    if isinstance(target, str):
+        found = whereis(target)
+        if found is None:
+            raise NameNotFoundError(target)
+        return found
+    raise TypeError(f"cannot monitor {type(target).__name__}: expected an ActorRef or a name")
+
+
+def _is_supervised(actor: object) -> bool:
+    from supervisors._actor import SupervisedActor  # it imports this module
+
+    return isinstance(actor, SupervisedActor)
+
+
 def monitor(target: Any,
             watcher: pykka.ActorRef[Any] | Callable[[Down], object] | None = None) -> Monitor:
     """Watch `target` (an ActorRef, a registered name, or a `NamedRef`).
@@ -201,28 +222,17 @@ def monitor(target: Any,
         NameNotFoundError: `target` is a name that nothing holds.
         TypeError: `target` is not an actor reference or a name.
     """
-    from supervisors._actor import SupervisedActor
-    from supervisors.registry import NamedRef, whereis
-
-    if isinstance(target, pykka.ActorRef):
-        pass
-    elif isinstance(target, NamedRef):
-        target = target.whereis(timeout=0)
-    elif isinstance(target, str):
-        found = whereis(target)
-        if found is None:
-            raise NameNotFoundError(target)
-        target = found
     if not isinstance(target, pykka.ActorRef):
-        raise TypeError(f"cannot monitor {type(target).__name__}: expected an ActorRef or a name")
+        target = _resolve(target)
     m = Monitor(target, watcher)
     actor = target._actor_weakref()
+    add = getattr(actor, "_zx_add_monitor", None)  # a SupervisedActor (every child of ours)
     if actor is None:
         attached = False
-    elif isinstance(actor, SupervisedActor):
-        attached = actor._zx_add_monitor(m)
+    elif add is not None and _is_supervised(actor):
+        attached = add(m)
         if attached:
-            m._detach = lambda: actor._zx_remove_monitor(m)
+            m._detach = functools.partial(actor._zx_remove_monitor, m)
     else:
         attached = _watch_foreign(actor, m)
     if not attached:

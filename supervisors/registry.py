@@ -28,8 +28,10 @@ from dataclasses import dataclass
 from typing import Any
 
 import pykka
+from pykka._envelope import Envelope
 
 from supervisors import _registry
+from supervisors._future import Reply
 from supervisors.errors import (
     NameNotFoundError,
     SupervisorError,
@@ -49,6 +51,9 @@ __all__ = [
     "unregister",
     "whereis",
 ]
+
+_threading_future = pykka.ThreadingActor._create_future
+"""Actors whose asks a `Reply` can answer (threads; any other kind gets Pykka's own future)."""
 
 DEFAULT_NAME_WAIT = 5.0
 """How long `ref(name)` waits for a name to come back while a restart is under way."""
@@ -252,9 +257,16 @@ class NamedRef:
             if not block:
                 return current.ask(message, block=False)
             try:
-                if deadline is None:
-                    return current.ask(message)
-                return current.ask(message, timeout=max(0.0, deadline - time.monotonic()))
+                if current.actor_class._create_future is not _threading_future:
+                    return current.ask(message, timeout=None if deadline is None
+                                       else max(0.0, deadline - time.monotonic()))
+                # ActorRef.ask with a one-lock future (see supervisors._future).
+                if current.actor_stopped.is_set():
+                    continue  # died since _current looked: wait for the next incarnation
+                reply = Reply()
+                current.actor_inbox.put(Envelope(message, reply))
+                return reply.get(timeout=None if deadline is None
+                                 else deadline - time.monotonic())
             except pykka.ActorDeadError as exc:
                 if _crashed_with(current, exc):
                     raise  # the handler itself raised it: the message was handled

@@ -71,7 +71,7 @@ from typing import Any, cast
 
 import pykka
 
-from supervisors import _report, events
+from supervisors import _registry, _report, events
 from supervisors._actor import (
     SupervisedActor,
     kill,
@@ -211,8 +211,6 @@ def start_actor(spec: ChildSpec, *, start_timeout: float | None,
         ChildStartError: the constructor or `on_start` raised, or timed out.
         NotAnActorError: a factory returned something that is not an ActorRef.
     """
-    from supervisors import _registry
-
     if spec.name is not None:
         existing = whereis(spec.name)
         if existing is not None:
@@ -443,6 +441,8 @@ class _SupervisorCore(SupervisedActor):
 
     def _report_exit(self, child: _Child, reason: Any, action: object, **fields: Any) -> None:
         """One compact record per exit worth reporting (see `supervisors._report`)."""
+        if _report.quiet(1):
+            return  # nothing would take the record (the library's default): build nothing
         crash = reason if isinstance(reason, BaseException) else None
         abnormal = crash is not None or reason not in NORMAL_REASONS
         label = self.label

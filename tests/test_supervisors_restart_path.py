@@ -1,0 +1,234 @@
+"""What the restart path does cheaply, and must still do right: actor threads
+started without a handshake, the one-lock reply of an ask through a name, crash
+reports skipped only when loguru would drop them, and the order of a dying
+actor's notices (its name is free by the time its `Down` arrives)."""
+
+from __future__ import annotations
+
+import queue
+import threading
+from typing import Any
+
+import pykka
+import pytest
+from loguru import logger
+
+from supervisors import (
+    ChildSpec,
+    Down,
+    Supervisor,
+    SupervisorTimeoutError,
+    _actor,
+    _future,
+    _report,
+    monitor,
+    name_of,
+    ref,
+    register,
+    spawn,
+    whereis,
+)
+from zixir_actors.testing import capture_logs, wait_for
+
+WAIT = 5.0
+
+
+class Boom(Exception):
+    pass
+
+
+class Echo(pykka.ThreadingActor):
+    def on_receive(self, message: Any) -> Any:
+        if message == "crash":
+            raise Boom("crash")
+        if message == "slow":
+            gate.wait(WAIT)
+        return message
+
+
+gate = threading.Event()
+
+
+# --- actor threads -------------------------------------------------------------------
+
+
+@pytest.mark.skipif(not _actor._NO_WAIT_START, reason="Thread.start has another shape here")
+def test_an_actor_thread_start_returns_before_the_thread_has_run() -> None:
+    release = threading.Event()
+    ran = threading.Event()
+
+    class Held(_actor._ActorThread):
+        def _bootstrap(self) -> None:
+            release.wait(WAIT)  # the thread cannot run before the test lets it
+            super()._bootstrap()
+
+    thread = Held(target=ran.set, name="held-0")
+    thread.start()  # the standard start() would wait here until release times out
+    try:
+        assert not thread._started.is_set()  # type: ignore[attr-defined]
+        assert thread.is_alive() and thread in threading.enumerate()  # as any live thread
+        thread.join(0.01)  # waits for the start first, then for the end: neither comes
+        assert thread.is_alive() and not ran.is_set()
+    finally:
+        release.set()
+    thread.join(WAIT)
+    assert ran.is_set() and not thread.is_alive()
+
+
+def test_a_restarted_child_runs_in_a_thread_named_after_its_class() -> None:
+    names: list[str] = []
+
+    class Named(pykka.ThreadingActor):
+        def on_receive(self, message: Any) -> Any:
+            if message == "crash":
+                raise Boom("crash")
+            names.append(threading.current_thread().name)
+            return threading.current_thread().daemon
+
+    sup = Supervisor.start_link([ChildSpec("n", Named, name="path.named")])
+    try:
+        target = ref("path.named")
+        assert target.ask("who", timeout=WAIT) is False  # not a daemon, as Pykka's threads
+        with pytest.raises(Boom):
+            target.ask("crash", timeout=WAIT)
+        target.ask("who", timeout=WAIT)
+    finally:
+        sup.stop()
+    first, second = names
+    assert first != second
+    assert first.startswith("Named-") and second.startswith("Named-")
+
+
+# --- the reply of an ask through a name ------------------------------------------------
+
+
+def test_a_reply_keeps_the_first_answer() -> None:
+    reply = _future.Reply()
+    with pytest.raises(pykka.Timeout):
+        reply.get(timeout=0)
+    reply.set(1)
+    with pytest.raises(queue.Full):
+        reply.set(2)
+    with pytest.raises(queue.Full):
+        reply.set_exception((Boom, Boom("late"), None))
+    assert reply.get(timeout=0) == 1
+    assert reply.get() == 1  # answered for good
+
+
+def test_a_reply_raises_the_exception_it_was_given() -> None:
+    reply = _future.Reply()
+    try:
+        raise Boom("from the handler")
+    except Boom:
+        reply.set_exception()  # as Pykka's own loop does: the exception being handled
+    with pytest.raises(Boom, match="from the handler"):
+        reply.get(timeout=WAIT)
+    with pytest.raises(Boom, match="from the handler"):
+        reply.get(timeout=WAIT)
+    bare = _future.Reply()
+    bare.set_exception((Boom, None, None))
+    with pytest.raises(Boom):
+        bare.get(timeout=WAIT)
+
+
+def test_ask_through_a_name_reaches_a_plain_pykka_actor() -> None:
+    plain = Echo.start()  # Pykka's own loop answers, not SupervisedActor's
+    try:
+        register("path.plain", plain)
+        target = ref("path.plain", wait=0.2)
+        assert target.ask("hi", timeout=WAIT) == "hi"
+        with pytest.raises(Boom):
+            target.ask("crash", timeout=WAIT)  # Pykka keeps a plain actor alive after this
+        assert target.ask("again", timeout=WAIT) == "again"
+        gate.clear()
+        with pytest.raises(SupervisorTimeoutError):
+            target.ask("slow", timeout=0.05)
+        gate.set()
+    finally:
+        gate.set()
+        plain.stop()
+
+
+def test_an_ask_through_a_name_times_out_as_before() -> None:
+    echo = spawn(Echo, name="path.echo").ref
+    try:
+        gate.clear()
+        with pytest.raises(SupervisorTimeoutError):
+            ref("path.echo").ask("slow", timeout=0.05)
+        gate.set()
+        assert ref("path.echo").ask("after", timeout=WAIT) == "after"
+    finally:
+        gate.set()
+        echo.stop()
+
+
+# --- the order of a dying actor's notices ---------------------------------------------
+
+
+def test_a_watcher_told_of_a_crash_finds_the_name_already_free() -> None:
+    seen: list[tuple[Any, Any]] = []
+    told = threading.Event()
+    worker = spawn(Echo, name="path.dying").ref
+
+    def watcher(down: Down) -> None:
+        seen.append((name_of(down.ref), whereis("path.dying")))
+        told.set()
+
+    monitor(worker, watcher)
+    worker.tell("crash")
+    assert told.wait(WAIT)
+    assert seen == [(None, None)]
+
+
+def test_the_asker_whose_message_crashed_a_child_hears_it_and_the_child_comes_back() -> None:
+    downs: list[Down] = []
+    sup = Supervisor.start_link([ChildSpec("e", Echo, name="path.crashy")])
+    try:
+        first = whereis("path.crashy")
+        assert first is not None
+        monitor(first, downs.append)
+        with pytest.raises(Boom):
+            ref("path.crashy").ask("crash", timeout=WAIT)
+        assert ref("path.crashy").ask("back", timeout=WAIT) == "back"
+        wait_for(lambda: bool(downs), timeout=WAIT)
+        assert isinstance(downs[0].reason, Boom)
+        assert whereis("path.crashy") is not first
+    finally:
+        sup.stop()
+
+
+# --- crash reports when nothing listens ------------------------------------------------
+
+
+def test_crash_reports_are_skipped_only_when_loguru_would_drop_them() -> None:
+    sup = Supervisor.start_link([ChildSpec("e", Echo, name="path.reported")])
+    try:
+        with pytest.raises(Boom):
+            ref("path.reported").ask("crash", timeout=WAIT)  # quiet: the library is disabled
+        ref("path.reported").ask("up", timeout=WAIT)
+        assert _quiet_in("supervisors.supervisor")
+        with capture_logs(level="WARNING") as logs:
+            assert not _quiet_in("supervisors.supervisor")
+            with pytest.raises(Boom):
+                ref("path.reported").ask("crash", timeout=WAIT)
+            ref("path.reported").ask("up", timeout=WAIT)
+        (report,) = logs.find("child e of")
+        assert report["error_type"] == "Boom" and report["restart_count"] == 2
+        assert _quiet_in("supervisors.supervisor")  # disabled again after the block
+    finally:
+        sup.stop()
+
+
+def test_quiet_lets_loguru_decide_for_a_module_it_has_not_judged() -> None:
+    handler = logger.add(lambda message: None, level="DEBUG")
+    try:
+        assert not _quiet_in("supervisors.never_logged_from_here")
+    finally:
+        logger.remove(handler)
+
+
+def _quiet_in(module: str) -> bool:
+    # _report.quiet() judges its caller's module: call it from code of that module.
+    namespace = {"__name__": module, "_report": _report}
+    exec("def probe():\n    return _report.quiet()\n", namespace)
+    return bool(namespace["probe"]())
