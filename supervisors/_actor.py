@@ -112,6 +112,12 @@ class _ContextInbox(queue.SimpleQueue):  # type: ignore[type-arg]
     def put_nowait(self, item: Any) -> None:
         self.put(item)
 
+    def put_stamped(self, envelope: _ContextEnvelope) -> None:
+        """Put an envelope that already carries its sender's context (see `stamped`)."""
+        super().put(envelope)
+        if self.closed:
+            self.drain()
+
     def close(self, owner: object, *, wake: bool = False) -> None:
         """Refuse further messages; `wake` unblocks a loop waiting on `get()`."""
         self.owner = owner
@@ -145,6 +151,14 @@ class _ContextInbox(queue.SimpleQueue):  # type: ignore[type-arg]
 
 _WAKE: Envelope[Any] = Envelope(None)
 """Put in a killed actor's closed inbox to end a loop blocked on `get()`."""
+
+
+def stamped(message: Any, reply_to: pykka.Future[Any] | None) -> _ContextEnvelope:
+    """An envelope carrying the calling thread's context, to be put in an inbox later
+    (an ask parked until a restarting actor's next incarnation registers its name)."""
+    envelope = _ContextEnvelope(message, reply_to)
+    envelope.context = contextvars.copy_context()
+    return envelope
 
 
 def _no_wait_start_supported() -> bool:

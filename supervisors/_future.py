@@ -34,6 +34,16 @@ class Reply(pykka.Future[Any]):
         self._claim = [None]  # list.pop is atomic: the first setter takes it
         self._value: Any = None
         self._exc_info: Any = None
+        self.target: pykka.ActorRef[Any] | None = None
+        """The actor the message was put in the inbox of (set by whoever put it there)."""
+
+    def wait(self, timeout: float | None = None) -> bool:
+        """Wait up to `timeout` seconds (``None``: no limit) for the answer; True once it came."""
+        done = self._done
+        if not done.acquire(True, -1 if timeout is None else max(0.0, timeout)):
+            return False
+        done.release()  # answered for good: later waits return at once
+        return True
 
     def get(self, *, timeout: float | None = None) -> Any:
         """The answer, waiting up to `timeout` seconds (``None``: no limit).
@@ -42,10 +52,16 @@ class Reply(pykka.Future[Any]):
             pykka.Timeout: no answer in time.
             Exception: the exception the answer carries.
         """
-        done = self._done
-        if not done.acquire(True, -1 if timeout is None else max(0.0, timeout)):
+        if not self.wait(timeout):
             raise pykka.Timeout(f"{timeout} seconds")
-        done.release()  # answered for good: later gets return at once
+        return self.result()
+
+    def result(self) -> Any:
+        """The answer that came (call after `wait` returned True).
+
+        Raises:
+            Exception: the exception the answer carries.
+        """
         exc_info = self._exc_info
         if exc_info is None:
             return self._value

@@ -28,9 +28,9 @@ from dataclasses import dataclass
 from typing import Any
 
 import pykka
-from pykka._envelope import Envelope
 
 from supervisors import _registry
+from supervisors._actor import stamped
 from supervisors._future import Reply
 from supervisors.errors import (
     NameNotFoundError,
@@ -51,9 +51,6 @@ __all__ = [
     "unregister",
     "whereis",
 ]
-
-_threading_future = pykka.ThreadingActor._create_future
-"""Actors whose asks a `Reply` can answer (threads; any other kind gets Pykka's own future)."""
 
 DEFAULT_NAME_WAIT = 5.0
 """How long `ref(name)` waits for a name to come back while a restart is under way."""
@@ -95,6 +92,8 @@ def register(name: str, actor_ref: pykka.ActorRef[Any]) -> None:
             raise NameTakenError(name, holder)
         if holder is not None:
             _registry.name_of_urn.pop(holder.actor_urn, None)
+        if _registry.parked and _registry.alive(actor_ref):
+            _registry.deliver_parked(name, actor_ref)  # first: they came before anyone else
         _registry.names[name] = actor_ref
         _registry.name_of_urn[actor_ref.actor_urn] = name
         _registry.changed.notify_all()
@@ -241,38 +240,44 @@ class NamedRef:
     def ask(self, message: Any, *, timeout: float | None = None, block: bool = True) -> Any:
         """Ask the current incarnation and return its answer.
 
-        If the incarnation dies before handling the message (its supervisor is
-        restarting it), the message is asked again of the next one, waiting up
-        to `wait` seconds for it. With ``block=False`` a future of the current
-        incarnation is returned (it is not re-sent if that incarnation dies).
+        If no incarnation holds the name (its supervisor is restarting it),
+        the message waits, up to `wait` seconds, for the next one to register
+        the name, and goes into its inbox before anyone else's (it is handled
+        after that incarnation's `on_start`). If the incarnation dies before
+        handling the message, the message is asked again of the next one. With
+        ``block=False`` a future of the current incarnation is returned (it is
+        not re-sent if that incarnation dies).
 
         Raises:
             NameNotFoundError: no incarnation appeared in time.
             SupervisorTimeoutError: no answer within `timeout`.
             Exception: whatever the handler raised.
         """
+        if not block:
+            return self._current(None if timeout is None else time.monotonic() + timeout) \
+                .ask(message, block=False)
         deadline = None if timeout is None else time.monotonic() + timeout
         while True:
-            current = self._current(deadline)
-            if not block:
-                return current.ask(message, block=False)
+            reply = Reply()
+            envelope = stamped(message, reply)
+            if not _registry.send_or_park(self.name, envelope):
+                # Parked: the next holder's register() delivers it, or the wait ends.
+                parked_at = time.monotonic()
+                limit = None if self.wait is None else parked_at + self.wait
+                if deadline is not None and (limit is None or deadline < limit):
+                    limit = deadline
+                if not reply.wait(None if limit is None else limit - time.monotonic()) \
+                        and _registry.unpark(self.name, envelope):
+                    raise NameNotFoundError(self.name, time.monotonic() - parked_at)
+            if not reply.wait(None if deadline is None else deadline - time.monotonic()):
+                raise SupervisorTimeoutError(f"ask to {self.name!r}", timeout)
             try:
-                if current.actor_class._create_future is not _threading_future:
-                    return current.ask(message, timeout=None if deadline is None
-                                       else max(0.0, deadline - time.monotonic()))
-                # ActorRef.ask with a one-lock future (see supervisors._future).
-                if current.actor_stopped.is_set():
-                    continue  # died since _current looked: wait for the next incarnation
-                reply = Reply()
-                current.actor_inbox.put(Envelope(message, reply))
-                return reply.get(timeout=None if deadline is None
-                                 else deadline - time.monotonic())
+                return reply.result()
             except pykka.ActorDeadError as exc:
-                if _crashed_with(current, exc):
+                target = reply.target
+                if target is not None and _crashed_with(target, exc):
                     raise  # the handler itself raised it: the message was handled
-                continue
-            except pykka.Timeout:
-                raise SupervisorTimeoutError(f"ask to {self.name!r}", timeout) from None
+                continue  # that incarnation died before handling it: ask the next one
 
     def proxy(self) -> Any:
         """A proxy whose calls go to the current incarnation (futures as in Pykka)."""

@@ -5,6 +5,7 @@ actor's notices (its name is free by the time its `Down` arrives)."""
 
 from __future__ import annotations
 
+import contextvars
 import queue
 import threading
 from typing import Any
@@ -16,10 +17,12 @@ from loguru import logger
 from supervisors import (
     ChildSpec,
     Down,
+    NameNotFoundError,
     Supervisor,
     SupervisorTimeoutError,
     _actor,
     _future,
+    _registry,
     _report,
     monitor,
     name_of,
@@ -160,6 +163,106 @@ def test_an_ask_through_a_name_times_out_as_before() -> None:
     finally:
         gate.set()
         echo.stop()
+
+
+# --- asks parked while no actor holds the name ----------------------------------------
+
+
+class Recorder(pykka.ThreadingActor):
+    """Records what it handles, in order, and the asker's context variable."""
+
+    def __init__(self, log: list[Any]) -> None:
+        super().__init__()
+        self.log = log
+
+    def on_start(self) -> None:
+        self.log.append("on_start")
+
+    def on_receive(self, message: Any) -> Any:
+        self.log.append(message)
+        return (message, request_id.get())
+
+
+request_id: contextvars.ContextVar[str] = contextvars.ContextVar("request_id", default="-")
+
+
+def _ask_in_thread(name: str, message: Any, results: list[Any], *, wait: float = WAIT,
+                   context: str = "-") -> threading.Thread:
+    def run() -> None:
+        request_id.set(context)
+        try:
+            results.append(ref(name, wait=wait).ask(message, timeout=WAIT))
+        except Exception as exc:
+            results.append(exc)
+
+    thread = threading.Thread(target=run)
+    thread.start()
+    return thread
+
+
+def test_an_ask_parked_for_a_missing_name_goes_first_to_the_next_holder() -> None:
+    log: list[Any] = []
+    results: list[Any] = []
+    asker = _ask_in_thread("path.later", "first", results, context="req-1")
+    wait_for(lambda: "path.later" in _registry.parked, timeout=WAIT)
+    started = spawn(Recorder, log, name="path.later").ref
+    try:
+        assert ref("path.later").ask("second", timeout=WAIT) == ("second", "-")
+        asker.join(WAIT)
+        # handled after on_start, before anything sent once the name was back, and
+        # in the asker's context although the thread that registered the name delivered it
+        assert results == [("first", "req-1")]
+        assert log == ["on_start", "first", "second"]
+        assert "path.later" not in _registry.parked
+    finally:
+        started.stop()
+
+
+def test_a_parked_ask_gives_up_after_the_wait_and_is_never_delivered() -> None:
+    log: list[Any] = []
+    with pytest.raises(NameNotFoundError) as caught:
+        ref("path.absent", wait=0.05).ask("lost", timeout=WAIT)
+    assert caught.value.name == "path.absent" and caught.value.waited
+    assert "path.absent" not in _registry.parked
+    started = spawn(Recorder, log, name="path.absent").ref
+    try:
+        assert ref("path.absent").ask("found", timeout=WAIT) == ("found", "-")
+        assert log == ["on_start", "found"]
+    finally:
+        started.stop()
+
+
+def test_a_parked_ask_waits_no_longer_than_its_timeout() -> None:
+    with pytest.raises(NameNotFoundError):
+        ref("path.absent", wait=WAIT).ask("lost", timeout=0.05)
+    assert "path.absent" not in _registry.parked
+
+
+def test_resetting_the_name_table_answers_parked_asks() -> None:
+    results: list[Any] = []
+    asker = _ask_in_thread("path.reset", "never", results, wait=WAIT)
+    wait_for(lambda: "path.reset" in _registry.parked, timeout=WAIT)
+    _registry.reset()
+    asker.join(WAIT)
+    assert len(results) == 1 and isinstance(results[0], NameNotFoundError)
+
+
+def test_asks_waiting_through_a_restart_are_answered_by_the_next_incarnation() -> None:
+    log: list[Any] = []
+    sup = Supervisor.start_link([ChildSpec("r", Recorder, args=(log,), name="path.restarting",
+                                           shutdown=WAIT)])
+    try:
+        first = whereis("path.restarting")
+        assert first is not None
+        first.stop(block=False)  # exits "normal": a permanent child is restarted
+        results: list[Any] = []
+        askers = [_ask_in_thread("path.restarting", n, results, context=f"req-{n}")
+                  for n in range(5)]
+        for asker in askers:
+            asker.join(WAIT)
+        assert sorted(results) == [(n, f"req-{n}") for n in range(5)]
+    finally:
+        sup.stop()
 
 
 # --- the order of a dying actor's notices ---------------------------------------------
