@@ -389,6 +389,34 @@ def test_offload_prefers_the_most_specific_choice() -> None:
     assert get_executor(local) is local
 
 
+def test_any_object_with_the_executor_members_is_a_choice_and_nothing_else() -> None:
+    class Custom:
+        name = "custom"
+
+        def submit(self, fn: Any, /, *args: Any, **options: Any) -> Any:
+            return LocalExecutor().submit(fn, *args, **options)
+
+        def shutdown(self, *, timeout: float | None = None) -> None:
+            return None
+
+    class Half:
+        name = "half"
+
+        def submit(self, fn: Any, /, *args: Any, **options: Any) -> Any:
+            return None
+
+    custom = Custom()
+    for _ in range(2):  # the second time, from what the first one learnt
+        assert offload(None, custom) is custom and get_executor(custom) is custom
+        with pytest.raises(ConfigError):
+            offload(Half())  # type: ignore[arg-type]
+    late = Half()
+    late.shutdown = lambda **_: None  # type: ignore[attr-defined]
+    assert offload(late) is late  # type: ignore[arg-type]  # its own attribute counts
+    with pytest.raises(ConfigError):
+        offload(Half())  # type: ignore[arg-type]  # but not for the others of its class
+
+
 def test_configure_sets_the_default_that_offload_falls_back_to() -> None:
     local = LocalExecutor()
     try:

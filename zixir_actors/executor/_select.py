@@ -34,9 +34,23 @@ def is_executor_choice(value: Any) -> bool:
         >>> is_executor_choice("ray"), is_executor_choice("spark")
         (True, False)
     """
-    if value is None or isinstance(value, Executor):
+    if value is None:
         return True
-    return isinstance(value, str) and value in EXECUTOR_NAMES
+    if isinstance(value, str):
+        return value in EXECUTOR_NAMES
+    kind = type(value)
+    if kind in _EXECUTOR_TYPES:  # a structural check costs ~20 us: once per type
+        return True
+    if not isinstance(value, Executor):
+        return False
+    if all(hasattr(kind, member) for member in _MEMBERS):  # not per-instance attributes
+        _EXECUTOR_TYPES.add(kind)
+    return True
+
+
+_MEMBERS = ("name", "submit", "shutdown")
+_EXECUTOR_TYPES: set[type] = set()
+"""Classes whose instances were found to be `Executor`s (by their class's members)."""
 
 
 def _check(spec: Any) -> None:
