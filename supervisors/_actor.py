@@ -42,7 +42,7 @@ import pykka
 import pykka._threading as pykka_threading
 from pykka import ActorDeadError, ActorRegistry
 from pykka._envelope import Envelope
-from pykka.messages import _ActorStop
+from pykka.messages import ProxyCall, ProxyGetAttr, ProxySetAttr, _ActorStop
 
 from supervisors import _registry, _report
 from supervisors.monitor import Down, Monitor
@@ -215,6 +215,14 @@ class _ActorThread(threading.Thread):
             raise
 
 
+_STARTED = threading.Event()
+_STARTED.set()
+_default_on_start = pykka.Actor.on_start
+_pykka_handle_receive = pykka.Actor._handle_receive
+_PYKKA_MESSAGES = (_ActorStop, ProxyCall, ProxyGetAttr, ProxySetAttr)
+"""What Pykka's `_handle_receive` handles itself; anything else goes to `on_receive`."""
+
+
 class SupervisedActor(pykka.ThreadingActor):
     """Base class for actors with OTP exit semantics (see the module docstring).
 
@@ -241,21 +249,27 @@ class SupervisedActor(pykka.ThreadingActor):
         'normal'
     """
 
+    # Defaults shared by every instance until it sets its own (a restart builds one
+    # actor per crash: a dozen fewer attribute writes on the supervisor's thread).
+    _zx_reason: Any = None
+    _zx_shutdown = False
+    _zx_stop_reason: Any = None
+    _zx_killed = False
+    _zx_busy = False
+    _zx_inflight: pykka.Future[Any] | None = None
+    _zx_crash_reply: tuple[pykka.Future[Any], Any] | None = None
+    _zx_thread: threading.Thread | None = None
+    _zx_started: threading.Event = _STARTED
+    """Set once `on_start` has run; only an actor with an on_start of its own gets an
+    Event of its own and is waited for (`wait_started`)."""
+    _zx_start_error: BaseException | None = None
+
     def __init__(self, *args: Any, **kwargs: Any) -> None:
         super().__init__(*args, **kwargs)
         self._zx_lock = threading.Lock()
         self._zx_monitors: list[Monitor] | None = []
-        self._zx_reason: Any = None
-        self._zx_shutdown = False
-        self._zx_stop_reason: Any = None
-        self._zx_killed = False
-        self._zx_busy = False
-        self._zx_inflight: pykka.Future[Any] | None = None
-        self._zx_crash_reply: tuple[pykka.Future[Any], Any] | None = None
-        self._zx_thread: threading.Thread | None = None
-        # Only an actor with an on_start of its own is waited for (`wait_started`).
-        self._zx_started = threading.Event() if _overrides_on_start(type(self)) else _STARTED
-        self._zx_start_error: BaseException | None = None
+        if type(self).on_start is not _default_on_start:
+            self._zx_started = threading.Event()
 
     @staticmethod
     def _create_actor_inbox() -> Any:
@@ -306,7 +320,8 @@ class SupervisedActor(pykka.ThreadingActor):
 
     def _zx_live(self) -> None:
         try:
-            self._actor_loop_setup()
+            if self._zx_started is not _STARTED:  # an on_start of its own (Pykka's is empty)
+                self.on_start()
         except _Killed:
             raise
         except BaseException as exc:
@@ -321,6 +336,8 @@ class SupervisedActor(pykka.ThreadingActor):
         inbox = self.actor_inbox
         stopped = self.actor_stopped
         handle = self._handle_receive
+        if type(self)._handle_receive is _pykka_handle_receive:
+            handle = self._zx_dispatch
         while not stopped.is_set():
             self._zx_busy = False
             if self._zx_killed:
@@ -362,6 +379,13 @@ class SupervisedActor(pykka.ThreadingActor):
                     hook(self, envelope.message, time.perf_counter() - began, error)
                 except Exception:
                     pass  # instrumentation never kills an actor
+
+    def _zx_dispatch(self, message: Any) -> Any:
+        # Pykka's _handle_receive, with one isinstance for its own messages instead
+        # of four; used only by actors that do not override _handle_receive.
+        if isinstance(message, _PYKKA_MESSAGES):
+            return _pykka_handle_receive(self, message)
+        return self.on_receive(message)
 
     def _handle_failure(self, exception_type: type[BaseException] | None,
                         exception_value: BaseException | None,
@@ -462,12 +486,6 @@ class SupervisedActor(pykka.ThreadingActor):
 _report.register_loop_code(SupervisedActor._zx_run.__code__, SupervisedActor._zx_live.__code__)
 
 
-def _overrides_on_start(cls: type[pykka.Actor]) -> bool:
-    return cls.on_start is not pykka.Actor.on_start
-
-
-_STARTED = threading.Event()
-_STARTED.set()
 
 
 _wrapped: dict[type, type] = {}

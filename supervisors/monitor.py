@@ -205,7 +205,7 @@ def _resolve(target: Any) -> pykka.ActorRef[Any]:
 def _is_supervised(actor: object) -> bool:
     from supervisors._actor import SupervisedActor  # it imports this module
 
-    return isinstance(actor, SupervisedActor)
+    return SupervisedActor in type(actor).__mro__  # isinstance, without ABCMeta's hook
 
 
 def monitor(target: Any,
