@@ -22,7 +22,8 @@ from zixir_actors.executor._api import Resources, TaskFuture, TraceContext
 from zixir_actors.executor._remote import Reply
 from zixir_actors.executor._telemetry import Call, Telemetry
 
-__all__ = ["Deadlines", "check_submit", "error_of", "finish", "label_of", "settle_reply"]
+__all__ = ["Deadlines", "check_submit", "error_of", "finish", "finish_where", "label_of",
+           "settle_reply"]
 
 
 def label_of(fn: Any, label: str | None) -> str:
@@ -125,14 +126,23 @@ def finish(future: TaskFuture[Any], call: Call, telemetry: Telemetry, outcome: s
            value: Any = None, error: BaseException | None = None,
            reply: Reply | None = None) -> bool:
     """Settle `future` and record the call, unless an earlier outcome won (timeout, cancel)."""
-    if reply is not None:
-        future.pid, future.node, future.remote_duration = reply.pid, reply.node, reply.duration
+    if reply is None:
+        if not future._settle(value, error):
+            return False
+        telemetry.end(call, outcome, error=error)
+        return True
+    return finish_where(future, call, telemetry, outcome, value, error, reply.duration,
+                        reply.pid, reply.node)
+
+
+def finish_where(future: TaskFuture[Any], call: Call, telemetry: Telemetry, outcome: str,
+                 value: Any, error: BaseException | None, duration: float, pid: int,
+                 node: str) -> bool:
+    """`finish` for a call that ran somewhere: `duration` seconds, in process `pid` on `node`."""
+    future.pid, future.node, future.remote_duration = pid, node, duration
     if not future._settle(value, error):
         return False
-    telemetry.end(call, outcome, error=error,
-                  remote_duration=reply.duration if reply is not None else None,
-                  pid=reply.pid if reply is not None else None,
-                  node=reply.node if reply is not None else None)
+    telemetry.end(call, outcome, error=error, remote_duration=duration, pid=pid, node=node)
     return True
 
 

@@ -27,9 +27,17 @@ from zixir_actors.errors import (
     RemoteTimeoutError,
 )
 from zixir_actors.executor._api import Resources, TaskFuture, TraceContext
-from zixir_actors.executor._core import Deadlines, check_submit, finish, label_of, settle_reply
+from zixir_actors.executor._core import (
+    Deadlines,
+    check_submit,
+    finish,
+    finish_where,
+    label_of,
+    settle_reply,
+)
 from zixir_actors.executor._remote import (
     Guard,
+    Reply,
     execute_packed,
     guard_of,
     pack,
@@ -205,7 +213,13 @@ class _RayCalls:
         self._arrived(future, pending, result)
 
     def _arrived(self, future: TaskFuture[Any], pending: _Pending, result: Any) -> None:
-        settle_reply(future, pending.call, self._telemetry, reply_of(result), self.name)
+        reply = reply_of(result)
+        if isinstance(reply, Reply):
+            settle_reply(future, pending.call, self._telemetry, reply, self.name)
+            return
+        value, duration, pid, node = reply  # a small value: no Reply to build
+        finish_where(future, pending.call, self._telemetry, "ok", value, None, duration, pid,
+                     node)
 
     def _failed(self, future: TaskFuture[Any], pending: _Pending, exc: BaseException) -> None:
         call = pending.call

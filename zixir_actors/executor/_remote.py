@@ -281,17 +281,19 @@ def pack(args: tuple[Any, ...], kwargs: Mapping[str, Any] | None, trace: TraceCo
             trace.trace_id, trace.span_id, guard, collect]
 
 
-_PLAIN = frozenset({type(None), bool, int, float, bytes})
-"""Types of values that msgpack carries back exactly as they are (and ASCII `str`)."""
+_SCALARS = frozenset({type(None), bool, int, float})
+_SMALL = 1024
+"""Longest `str` or `bytes` result that comes back inside the reply's own bytes."""
 
 
 def run_payload(fn: Callable[..., Any], payload: list[Any]) -> Any:
     """Run one call packed by `pack`, in a Ray worker; the reply for `reply_of`.
 
-    A value without spans comes back as the list ``[value, duration, pid,
-    node]``, with a value that msgpack would not carry exactly (a list, a
-    bytearray, an object...) wrapped in a 1-tuple, which is pickled; any
-    other outcome as the `Reply`.
+    A small plain value (None, a bool or number, a short `str` or `bytes`)
+    without spans comes back as the pickled tuple ``(value, duration, pid,
+    node)``: bytes, which Ray passes through without serializing them again;
+    any other outcome as the `Reply` (Ray pickles it, a large value's
+    buffers out of band).
     """
     given, trace_id, span_id, guard, collect = payload
     args, kwargs = given if given is not None else ((), None)
@@ -306,13 +308,12 @@ def run_payload(fn: Callable[..., Any], payload: list[Any]) -> Any:
             spans = _collected(parent)
         if spans:
             return dataclasses.replace(reply, spans=spans)
-    if not reply.ok:
-        return reply
     value = reply.value
     kind = type(value)
-    if kind not in _PLAIN and (kind is not str or not value.isascii()):
-        value = (value,)
-    return [value, reply.duration, reply.pid, reply.node]
+    if reply.ok and (kind in _SCALARS or (kind in (str, bytes) and len(value) <= _SMALL)):
+        return pickle.dumps((value, reply.duration, reply.pid, reply.node),
+                            pickle.HIGHEST_PROTOCOL)
+    return reply
 
 
 def execute_packed(payload: list[Any]) -> Any:
@@ -320,13 +321,10 @@ def execute_packed(payload: list[Any]) -> Any:
     return run_payload(payload.pop(), payload)
 
 
-def reply_of(result: Any) -> Reply:
-    """The `Reply` that `run_payload` sent back."""
-    if type(result) is list:
-        value, duration, pid, node = result
-        if type(value) is tuple:
-            value = value[0]
-        return Reply(True, value, duration=duration, pid=pid, node=node)
+def reply_of(result: Any) -> Reply | tuple[Any, float, int, str]:
+    """What `run_payload` sent back: a `Reply`, or the tuple ``(value, duration, pid, node)``."""
+    if type(result) is bytes:
+        return pickle.loads(result)  # type: ignore[no-any-return]
     return result  # type: ignore[no-any-return]
 
 
