@@ -361,15 +361,24 @@ class _SupervisorCore(SupervisedActor):
 
     def _start(self, child: _Child) -> pykka.ActorRef[Any]:
         attached: list[Monitor] = []
+
+        def on_created(new: pykka.ActorRef[Any]) -> None:
+            # Before the new thread runs: the child's bookkeeping is done by the
+            # time it competes with us for the interpreter.
+            attached.append(monitor(new, self.actor_ref))
+            child.ref = new
+            self._by_urn[new.actor_urn] = child
+
         try:
             ref, adopted = start_actor(child.spec, start_timeout=self._start_timeout,
-                                       on_created=lambda new: attached.append(
-                                           monitor(new, self.actor_ref)))
+                                       on_created=on_created)
         except BaseException as exc:
             for m in attached:
                 m.cancel()
+                self._by_urn.pop(m.target.actor_urn, None)
                 if not isinstance(exc, Exception):  # we are being killed: leave no orphan
                     kill(m.target)
+            child.ref = None
             raise
         child.ref = ref
         self._by_urn[ref.actor_urn] = child
