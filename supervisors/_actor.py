@@ -174,6 +174,36 @@ _NO_WAIT_START = _no_wait_start_supported()
 _thread_numbers = getattr(pykka_threading, "_actor_thread_counter", None) or itertools.count()
 
 
+_exit_hook_installed = False
+_exit_hook_lock = threading.Lock()
+
+
+def _install_exit_wait() -> None:
+    """At interpreter exit, let actor threads still starting register themselves.
+
+    Threading's exit joins the non-daemon threads that have run their
+    bootstrap; one started a moment before (without the handshake) might not
+    have yet. This hook runs before that join (threading's own exit hooks run
+    first) and waits for such threads, so they are joined as any thread
+    started the standard way.
+    """
+    global _exit_hook_installed
+    with _exit_hook_lock:
+        if _exit_hook_installed:
+            return
+        _exit_hook_installed = True
+        register = getattr(threading, "_register_atexit", None)
+        if register is not None:
+            with contextlib.suppress(RuntimeError):  # already shutting down
+                register(_await_starting_threads)
+
+
+def _await_starting_threads() -> None:
+    for thread in list(threading._limbo):  # type: ignore[attr-defined]
+        if isinstance(thread, _ActorThread):
+            thread._started.wait(5.0)  # type: ignore[attr-defined]
+
+
 class _ActorThread(threading.Thread):
     """An actor's thread, whose `start()` does not wait for the thread to run.
 
@@ -204,6 +234,8 @@ class _ActorThread(threading.Thread):
         if not _NO_WAIT_START:
             super().start()
             return
+        if not _exit_hook_installed:
+            _install_exit_wait()
         limbo: dict[threading.Thread, threading.Thread] = threading._limbo  # type: ignore[attr-defined]
         with threading._active_limbo_lock:  # type: ignore[attr-defined]
             limbo[self] = self

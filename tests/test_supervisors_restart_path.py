@@ -6,8 +6,12 @@ actor's notices (its name is free by the time its `Down` arrives)."""
 from __future__ import annotations
 
 import contextvars
+import os
 import queue
+import subprocess
+import sys
 import threading
+from pathlib import Path
 from typing import Any
 
 import pykka
@@ -76,6 +80,33 @@ def test_an_actor_thread_start_returns_before_the_thread_has_run() -> None:
         release.set()
     thread.join(WAIT)
     assert ran.is_set() and not thread.is_alive()
+
+
+@pytest.mark.skipif(not _actor._NO_WAIT_START, reason="Thread.start has another shape here")
+def test_an_actor_started_just_before_exit_still_runs(tmp_path: Path) -> None:
+    # Its thread is held before its bootstrap, so the interpreter's exit comes
+    # first: threading's join of non-daemon threads must still wait for it.
+    script = tmp_path / "late.py"
+    script.write_text(
+        "import threading\n"
+        "import pykka\n"
+        "from supervisors import _actor, spawn\n"
+        "bootstrap = _actor._ActorThread._bootstrap\n"
+        "def held(self):\n"
+        "    threading.Event().wait(0.3)\n"
+        "    bootstrap(self)\n"
+        "_actor._ActorThread._bootstrap = held\n"
+        "class Once(pykka.ThreadingActor):\n"
+        "    def on_receive(self, message):\n"
+        "        print(message, flush=True)\n"
+        "        self.stop()\n"
+        "spawn(Once).ref.tell('ran')  # no on_start: spawn does not wait for the thread\n"
+    )
+    root = Path(__file__).resolve().parent.parent
+    result = subprocess.run([sys.executable, str(script)], capture_output=True, text=True,
+                            timeout=60, check=False, env={**os.environ, "PYTHONPATH": str(root)})
+    assert result.returncode == 0, result.stderr
+    assert result.stdout == "ran\n"
 
 
 def test_a_restarted_child_runs_in_a_thread_named_after_its_class() -> None:
