@@ -12,6 +12,7 @@ import textwrap
 import threading
 from collections.abc import Iterator
 from pathlib import Path
+from typing import Any
 
 import pytest
 
@@ -109,6 +110,27 @@ def test_engine_lines_still_reach_loguru_with_their_callers(store: CheckpointCli
     assert retried[0]["run_id"] == "r-loguru" and retried[0]["step"] == "fetch"
     # Engine lines are kept once, not a second time through loguru.
     assert [m for _, m, _, _ in lines(store, "r-loguru")].count("step failed, retrying") == 1
+
+
+def test_code_first_step_lines_reach_loguru_with_their_caller_and_are_kept_once(
+        store: CheckpointClient) -> None:
+    @durable("hist-cf-loguru")
+    def body(ctx: Any) -> int:
+        return int(ctx.step(len, [1, 2])) + int(ctx.step(len, [3]))
+
+    with capture_logs() as logs:
+        body.run(run_id="r-cf-loguru", store=store).raise_for_status()
+    step_lines = [r for r in logs.records if r["message"] in ("step started", "step succeeded")]
+    assert {r["function"] for r in step_lines} == {"run_step"}
+    assert [(r["message"], r["step"], r["attempt"]) for r in step_lines] == [
+        ("step started", "len#1", 1), ("step succeeded", "len#1", 1),
+        ("step started", "len#2", 1), ("step succeeded", "len#2", 1)]
+    kept = [(lvl, m, step, attempt) for lvl, m, step, attempt in lines(store, "r-cf-loguru")
+            if m.startswith("step ")]
+    assert kept == [("DEBUG", "step started", "len#1", 1), ("INFO", "step succeeded", "len#1", 1),
+                    ("DEBUG", "step started", "len#2", 1), ("INFO", "step succeeded", "len#2", 1)]
+    succeeded = [line for line in store.run_logs("r-cf-loguru") if line.message == "step succeeded"]
+    assert all(isinstance(line.fields["duration"], float) for line in succeeded)
 
 
 def test_run_logs_filter_by_step_and_read_on_after_a_seq(store: CheckpointClient) -> None:

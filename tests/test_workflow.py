@@ -235,6 +235,9 @@ def test_events_go_to_logs_spans_and_metrics(store: CheckpointClient) -> None:
     assert after == before + 1
     assert any(r["message"] == "step succeeded" and r["run_id"] == result.run_id
                for r in logs.records)
+    # The engine's per-step lines name the engine function that logged them.
+    assert {r["function"] for r in logs.records
+            if r["message"] in ("step started", "step succeeded")} == {"_execute"}
     run_span = next(s for s in spans.spans if s.name == "workflow.run")
     step_span = next(s for s in spans.spans if s.name == "workflow.step")
     assert step_span.parent_id == run_span.span_id
