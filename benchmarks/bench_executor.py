@@ -14,7 +14,9 @@ Figures, each beside its peer measured in the same run:
   the same with a batch of calls in flight (interleaved, best of 3);
 - a chain of no-op steps on Ray: what a remote step costs more than a local
   one, beside a bare Ray round trip (target 1.2x); a chain of closure steps
-  (shipped once, keyed by code and closure) is in the note.
+  (shipped once, keyed by code and closure) and a chain of local steps that
+  each make a bare Ray round trip (the same trip, inside a chain) are in the
+  note.
 
 Run: ``python -m benchmarks.bench_executor [--quick]``.
 """
@@ -177,8 +179,11 @@ def _run(quick: bool) -> list[Figure]:
                     baseline=local_wf, unit="s", baseline_name="workflow, local threads",
                     better="lower", note="reported"))
                 links = 30 if quick else 100
+                def bare_step() -> None:  # a local step that makes a bare Ray round trip
+                    ray.get(bare.remote(), timeout=60)
+
                 _chain("bench-chain-warm", 4, noop, "ray", store)
-                local_link = ray_link = closure_link = float("inf")
+                local_link = ray_link = closure_link = bare_link = float("inf")
                 for _ in range(3):  # interleaved, best of each: load shifts hit all alike
                     local_link = min(local_link, _chain("bench-chain-local", links, noop,
                                                         None, store) / links)
@@ -186,15 +191,20 @@ def _run(quick: bool) -> list[Figure]:
                                                     store) / links)
                     closure_link = min(closure_link, _chain(
                         "bench-chain-closure", links, _closure_step(7), "ray", store) / links)
+                    bare_link = min(bare_link, _chain("bench-chain-bare", links, bare_step,
+                                                      None, store) / links)
                 figures.append(Figure(
                     "executor", f"remote step in a chain of {links}: cost over a local step",
                     ours=(ray_link - local_link) * 1e3, baseline=bare_rt * 1e3,
                     unit="ms/step", baseline_name="bare Ray round trip", better="lower",
                     target=1.2,
                     note=f"local step {local_link * 1e3:.2f} ms, Ray step "
-                         f"{ray_link * 1e3:.2f} ms; a closure step {closure_link * 1e3:.2f} ms",
+                         f"{ray_link * 1e3:.2f} ms; a closure step {closure_link * 1e3:.2f} ms; "
+                         f"a local step making a bare Ray round trip "
+                         f"{(bare_link - local_link) * 1e3:.2f} ms over a local one",
                     extra={"local_step_ms": local_link * 1e3, "ray_step_ms": ray_link * 1e3,
-                           "closure_step_ms": closure_link * 1e3}))
+                           "closure_step_ms": closure_link * 1e3,
+                           "bare_round_trip_step_ms": bare_link * 1e3}))
                 local_noop = _workflow("bench-noop-local", calls, noop, None, store)
                 ray_noop = _workflow("bench-noop-ray", calls, noop, "ray", store)
                 per_local, per_ray = local_noop / calls * 1e3, ray_noop / calls * 1e3

@@ -1150,6 +1150,20 @@ def test_a_ray_future_nobody_waits_for_still_ends(ray_executor: RayExecutor) -> 
     assert [s.attributes["outcome"] for s in spans.named("executor.task")] == ["ok"] * 3
 
 
+def test_a_short_wait_on_a_ray_call_is_a_timeout_of_the_wait_only(ray_executor: RayExecutor,
+                                                                   tmp_path: Path) -> None:
+    marker = tmp_path / "pid"
+    future = ray_executor.submit(_sleep_forever, str(marker))
+    wait_for(marker.exists, timeout=WAIT, what="the task to start")
+    for wait in (0, 0.05):
+        with pytest.raises(ZixirTimeoutError) as caught:
+            future.get(timeout=wait)
+        assert not isinstance(caught.value, RemoteTimeoutError) and not future.done()
+    assert future.cancel() is True
+    wait_for(lambda: not _alive(int(marker.read_text())), timeout=WAIT,
+             what="the cancelled worker to be killed")
+
+
 def test_cancel_ends_a_get_blocked_in_another_thread(ray_executor: RayExecutor,
                                                      tmp_path: Path) -> None:
     marker = tmp_path / "pid"

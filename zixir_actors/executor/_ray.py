@@ -145,15 +145,21 @@ class _Pending:
         calls = self.calls
         ray = calls._ray
         expired = ray.exceptions.GetTimeoutError
-        end = None if timeout is None else time.monotonic() + timeout
-        while not future._future.done():
-            left = WAIT_SLICE if end is None else min(WAIT_SLICE, end - time.monotonic())
+        end: float | None = None
+        left = WAIT_SLICE
+        if timeout is not None:
+            end, left = time.monotonic() + timeout, min(WAIT_SLICE, timeout)
+        while True:
             try:
                 result = ray.get(self.ref, timeout=max(left, 0.0))
             except expired:
-                if end is not None and time.monotonic() >= end:
+                if future._future.done():  # a cancel or a timeout ended it meanwhile
                     return
-                continue  # a slice: look again whether a cancel or timeout settled it
+                if end is not None:
+                    left = min(WAIT_SLICE, end - time.monotonic())
+                    if left < 0.001:  # Ray counts whole milliseconds
+                        return
+                continue
             except Exception as exc:
                 calls._failed(future, self, exc)
                 return
