@@ -448,17 +448,17 @@ class SupervisedActor(pykka.ThreadingActor):
                 continue
 
     def _zx_exit(self, *, wake: bool = False) -> None:
-        """Mark the actor dead, answer what is queued, drop its name, deliver `Down`.
+        """Mark the actor dead, answer what is queued, drop its name, then tell the
+        asker whose message crashed it and deliver `Down`.
 
         Runs in the actor's thread as it ends, or in the killer's thread; the
         first call drops the name and delivers `Down`. The bookkeeping comes
-        first and the two notices last, `Down` before the crash reply, so the
-        supervisor starts the restart at once and this thread then has next
-        to nothing left to do: the woken threads are not kept waiting for the
-        interpreter lock. The asker whose message crashed the actor hears
-        next (it is not on the restart's critical path: its next message
-        queues in the new incarnation's inbox as soon as the name is
-        registered, before that incarnation's thread runs).
+        first and the two notices last, so this thread has next to nothing
+        left to do once they are out: the threads they wake are not kept
+        waiting for the interpreter lock. The asker hears first: if it asks
+        again through the name, its message is parked (see `NamedRef.ask`)
+        before the supervisor's restart registers the name, and goes into the
+        new incarnation's inbox before its thread runs.
         """
         if not self.actor_stopped.is_set():
             ActorRegistry.unregister(self.actor_ref)
@@ -472,6 +472,12 @@ class SupervisedActor(pykka.ThreadingActor):
         cast(_ContextInbox, self.actor_inbox).close(self.actor_ref, wake=wake)
         if monitors is not None:
             _registry.forget(self.actor_ref)
+        crash, self._zx_crash_reply = self._zx_crash_reply, None
+        if crash is not None:
+            try:  # noqa: SIM105 - on the restart's path: a bare try costs nothing
+                crash[0].set_exception(crash[1])
+            except queue.Full:
+                pass  # kill() answered it already
         if monitors:
             down = Down(self.actor_ref, reason)
             for m in monitors:
@@ -480,17 +486,12 @@ class SupervisedActor(pykka.ThreadingActor):
                 except Exception as failure:
                     _report.log_crash("ERROR", failure, "monitor {} of {} failed: {}", m, self,
                                       _report.summary(failure))
-        crash, self._zx_crash_reply = self._zx_crash_reply, None
-        if crash is not None:
-            try:  # noqa: SIM105 - on the restart's path: a bare try costs nothing
-                crash[0].set_exception(crash[1])
-            except queue.Full:
-                pass  # kill() answered it already
-        if monitors is not None and not monitors and isinstance(reason, BaseException):
+        if monitors is not None and not monitors and isinstance(reason, BaseException) \
+                and not _report.quiet():
             # A supervisor reports the crash of its child; a crash nobody watches is
             # logged here, at DEBUG (the library is quiet until logging is configured).
             _report.log_crash("DEBUG", reason, "actor {} crashed: {}", self,
-                              _report.summary(reason), actor=str(self))
+                              _report.Summary(reason), actor=str(self))
 
     def _zx_on_kill(self) -> None:
         """Called in the killer's thread after the actor was marked killed."""
