@@ -263,7 +263,10 @@ class RayExecutor(_RayCalls):
     once, as a Ray remote function of its own, keyed by its code and the
     current values of its closure: a call then carries only its arguments,
     and a closure whose captured value changed ships again (see
-    `zixir_actors.executor._shipping`).
+    `zixir_actors.executor._shipping`). The call travels as one Ray argument
+    (its arguments, trace ids and limits), and a thread waiting in
+    `TaskFuture.get` takes Ray's reply itself, as ``ray.get(f.remote())``
+    does: no callback thread hands it over.
 
     Each call is a Ray task with ``max_retries=0``: a failure comes back to
     the caller, whose `RetryPolicy` decides (so attempts and dead letters are
