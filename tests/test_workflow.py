@@ -1165,3 +1165,40 @@ def test_a_resume_failing_on_a_corrupt_checkpoint_leaves_the_run_as_it_was(
     with pytest.raises(CorruptBlobError):
         wf.run(run_id="k1", store=store)
     assert store.get_run("k1") == before  # nothing ran: still succeeded
+
+
+# -- step metrics -----------------------------------------------------------------------
+
+
+def test_step_attempt_metrics_match_what_prometheus_client_itself_records() -> None:
+    # The engine records an attempt through bound value calls and a bisection;
+    # every count, sum and bucket must equal Counter.inc + Histogram.observe.
+    from prometheus_client import CollectorRegistry, Counter, Histogram
+
+    from zixir_actors.observability import DEFAULT_BUCKETS
+    from zixir_actors.workflow._telemetry import _recorder
+
+    def pair(registry: CollectorRegistry) -> tuple[Any, Any]:
+        counter = Counter("attempts", "a", ["step"], registry=registry)
+        histogram = Histogram("duration", "d", ["step"], buckets=DEFAULT_BUCKETS,
+                              registry=registry)
+        return counter.labels("s"), histogram.labels("s")
+
+    fast_registry, public_registry = CollectorRegistry(), CollectorRegistry()
+    record = _recorder(*pair(fast_registry))
+    counter, histogram = pair(public_registry)
+    values = [0.0, 1e-7, *DEFAULT_BUCKETS[:-1], *(b * 1.0001 for b in DEFAULT_BUCKETS[:-1]),
+              1e6]
+    for seconds in values:
+        record(seconds)
+        counter.inc()
+        histogram.observe(seconds)
+
+    def samples(registry: CollectorRegistry) -> list[tuple[str, str, float]]:
+        return sorted((s.name, repr(sorted(s.labels.items())), s.value)
+                      for m in registry.collect() for s in m.samples
+                      if not s.name.endswith("_created"))
+
+    assert samples(fast_registry) == samples(public_registry)
+    assert any(name == "duration_count" and value == len(values)
+               for name, _, value in samples(fast_registry))
