@@ -60,6 +60,7 @@ VALUE_LIMIT = 2000
 ENDED = frozenset({"succeeded", "failed", "cancelled", "timed_out"})
 _LEVELS = {"TRACE": 5, "DEBUG": 10, "INFO": 20, "SUCCESS": 25, "WARNING": 30, "ERROR": 40,
            "CRITICAL": 50}
+_DEBUG, _INFO = _LEVELS["DEBUG"], _LEVELS["INFO"]
 _OWN_FIELDS = frozenset({"run_id", "step", "attempt", "workflow", "trace_id", "span_id"})
 _ENGINE_OWN = _OWN_FIELDS | {"service"}
 _SIMPLE = frozenset({str, int, bool, type(None)})
@@ -143,13 +144,6 @@ class RunLog:
                 attempt if isinstance(attempt, int) else None, message, rest)
         first_start = attempt == 1 and message == STEP_STARTED and step is not None
         self._keep(line, now, str(step) if first_start else None)
-
-    def step_line(self, level: str, message: str, step: str, attempt: int,
-                  fields: dict[str, Any] | None) -> None:
-        """Keep one of the engine's per-step lines (`fields`: JSON-friendly, or None)."""
-        now = time.time()
-        self._keep((now, level, step, attempt, message, fields), now,
-                   step if attempt == 1 and message == STEP_STARTED else None)
 
     def _keep(self, line: tuple[Any, ...], now: float, started: str | None = None) -> None:
         """Queue `line` for the next flush (`started`: the step whose first attempt it opens)."""
@@ -269,18 +263,21 @@ class EngineLog:
         (or a dict) when no sink but the run's own wants it.
         """
         if run_log is not None and not run_log.closed:
-            run_log.step_line("DEBUG", STEP_STARTED, step, attempt, None)
-        if _LEVELS["DEBUG"] >= _others_level(self._logger):
+            now = time.time()
+            run_log._keep((now, "DEBUG", step, attempt, STEP_STARTED, None), now,
+                          step if attempt == 1 else None)
+        if _others_level(self._logger) <= _DEBUG:
             self._log("DEBUG", STEP_STARTED, {"workflow": workflow, "run_id": run_id,
                                               "step": step, "attempt": attempt})
 
     def step_succeeded(self, run_log: RunLog | None, workflow: str, run_id: str, step: str,
                        attempt: int, duration: float) -> None:
         """``info("step succeeded", ..., duration=...)``, as `step_started`."""
-        if run_log is not None and not run_log.closed:
-            run_log.step_line("INFO", STEP_SUCCEEDED, step, attempt,
-                              {"duration": _plain(duration)})
-        if _LEVELS["INFO"] >= _others_level(self._logger):
+        if run_log is not None and not run_log.closed:  # a duration is a finite float
+            now = time.time()
+            run_log._keep((now, "INFO", step, attempt, STEP_SUCCEEDED, {"duration": duration}),
+                          now)
+        if _others_level(self._logger) <= _INFO:
             self._log("INFO", STEP_SUCCEEDED, {"workflow": workflow, "run_id": run_id,
                                                "step": step, "attempt": attempt,
                                                "duration": duration})
