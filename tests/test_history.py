@@ -6,6 +6,7 @@ import itertools
 import json
 import os
 import signal
+import struct
 import subprocess
 import sys
 import textwrap
@@ -17,8 +18,9 @@ from typing import Any
 import pytest
 
 import zixir_actors
+from zixir_actors import checkpoint
 from zixir_actors.checkpoint import CheckpointClient, open_store
-from zixir_actors.errors import ConfigError, StepFailedError
+from zixir_actors.errors import ConfigError, CorruptBlobError, StepFailedError
 from zixir_actors.observability import logger
 from zixir_actors.testing import capture_logs, wait_for
 from zixir_actors.workflow import RetryPolicy, StepContext, Workflow, durable
@@ -131,6 +133,34 @@ def test_code_first_step_lines_reach_loguru_with_their_caller_and_are_kept_once(
                     ("DEBUG", "step started", "len#2", 1), ("INFO", "step succeeded", "len#2", 1)]
     succeeded = [line for line in store.run_logs("r-cf-loguru") if line.message == "step succeeded"]
     assert all(isinstance(line.fields["duration"], float) for line in succeeded)
+
+
+def test_step_starts_keep_the_earliest_across_groups_and_read_older_marks(
+        store: CheckpointClient) -> None:
+    line = (1.0, "DEBUG", "a", 1, "step started", None)
+    store.append_run_logs("r-starts", 0, [line], max_lines=100, starts={"a": 10.0})
+    store.append_run_logs("r-starts", 1, [line, line], max_lines=100,
+                          starts={"a": 30.0, "b": 20.0})  # "a" again (a resume): kept at 10
+    store.append_run_logs("r-starts", 3, [line], max_lines=100, starts={"b": 5.0})
+    # A mark as earlier versions stored it: one key per step after 0xff.
+    prefix = checkpoint._prefix("r-starts")
+    store.transact(lambda txn, db: txn.put(prefix + b"\xffc", struct.pack(">d", 7.0),
+                                           db=db(checkpoint.LOGS_DB)))
+    assert store.step_starts("r-starts") == {"a": 10.0, "b": 5.0, "c": 7.0}
+    # The records of starts are not lines: the four lines read back, and nothing else.
+    assert [entry.seq for entry in store.run_logs("r-starts")] == [0, 1, 2, 3]
+    assert store.run_log_bounds("r-starts") == (0, 4)
+    store.delete_run("r-starts")
+    assert store.step_starts("r-starts") == {}
+
+
+def test_a_damaged_record_of_step_starts_is_a_typed_error(store: CheckpointClient) -> None:
+    line = (1.0, "DEBUG", "a", 1, "step started", None)
+    store.append_run_logs("r-bad-starts", 0, [line], max_lines=100, starts={"a": 1.0})
+    key = checkpoint._prefix("r-bad-starts") + b"\xfe" + struct.pack(">Q", 0)
+    store.transact(lambda txn, db: txn.put(key, b"garbage", db=db(checkpoint.LOGS_DB)))
+    with pytest.raises(CorruptBlobError):
+        store.step_starts("r-bad-starts")
 
 
 def test_run_logs_filter_by_step_and_read_on_after_a_seq(store: CheckpointClient) -> None:

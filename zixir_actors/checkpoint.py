@@ -1068,7 +1068,10 @@ class CheckpointClient:
     # ``zixir.logs`` holds, under ``run_id NUL``: chunks of lines keyed by the
     # big-endian seq of their first line (a chunk is one encoded list of
     # ``(time, level, step, attempt, message, fields)``), and, under
-    # ``run_id NUL 0xff label``, when each step first started (8-byte float).
+    # ``run_id NUL 0xfe seq``, when the steps that started in that chunk first
+    # started (an encoded dict label -> time: one record per chunk, not one
+    # key per step). Earlier versions kept ``run_id NUL 0xff label`` -> 8-byte
+    # float; `step_starts` still reads those.
 
     def append_run_logs(self, run_id: str, first_seq: int, lines: Sequence[tuple[Any, ...]],
                         *, max_lines: int, starts: Mapping[str, float] | None = None) -> int:
@@ -1086,12 +1089,16 @@ class CheckpointClient:
         prefix = _prefix(run_id)
         chunk = _codec.encode(list(lines)) if lines else None
         end = first_seq + len(lines)
-        marks = {label: struct.pack(">d", at) for label, at in (starts or {}).items()}
+        marks_key = prefix + _STARTS + _SEQ.pack(first_seq)
 
         def apply(txn: Any, db: Callable[[str], Any]) -> int:
             handle = db(LOGS_DB)
-            for label, packed in marks.items():
-                txn.put(prefix + b"\xff" + label.encode(), packed, db=handle, overwrite=False)
+            if starts:  # one record per group of lines: a run's starts are the earliest
+                found = txn.get(marks_key, db=handle)
+                merged = dict(starts)
+                if found is not None:
+                    _keep_earliest(merged, _codec.decode(found, key="step starts"))
+                txn.put(marks_key, _codec.encode(merged), db=handle)
             if chunk is None:
                 return 0
             txn.put(prefix + _SEQ.pack(first_seq), chunk, db=handle)
@@ -1149,7 +1156,8 @@ class CheckpointClient:
             if not cursor.set_range(prefix) or not _is_chunk(cursor.key(), prefix):
                 return (0, 0)
             first = _SEQ.unpack(cursor.key()[len(prefix):])[0]
-            moved = cursor.prev() if cursor.set_range(prefix + b"\xff") else cursor.last()
+            # The first key past every chunk (their seqs start with a 0 byte).
+            moved = cursor.prev() if cursor.set_range(prefix + b"\x01") else cursor.last()
             if not moved or not _is_chunk(cursor.key(), prefix):
                 return (0, 0)
             last = _SEQ.unpack(cursor.key()[len(prefix):])[0]
@@ -1157,17 +1165,43 @@ class CheckpointClient:
             return (int(first), int(last + size))
 
     def step_starts(self, run_id: str) -> dict[str, float]:
-        """When each step (or code-first call label) of a run first started."""
-        prefix = _prefix(run_id) + b"\xff"
-        return {key[len(prefix):].decode(errors="replace"): struct.unpack(">d", value)[0]
-                for key, value in self._scan(LOGS_DB, prefix)}
+        """When each step (or code-first call label) of a run first started.
+
+        Raises:
+            CorruptBlobError: a record of starts is damaged (the error names it).
+        """
+        prefix = _prefix(run_id)
+        starts: dict[str, float] = {}
+        for _, value in self._scan(LOGS_DB, prefix + _STARTS):
+            _keep_earliest(starts, _decode(value, f"step starts {run_id}"))
+        for key, value in self._scan(LOGS_DB, prefix + _OLD_START):  # earlier versions' marks
+            label = key[len(prefix) + 1:].decode(errors="replace")
+            _keep_earliest(starts, {label: struct.unpack(">d", value)[0]})
+        return starts
+
+
+_STARTS = b"\xfe"
+"""After a run's prefix in the log database: a record of when steps first started,
+one per group of lines (a dict label -> time), keyed by the group's first seq."""
+_OLD_START = b"\xff"
+"""After a run's prefix: one step's first start (stored so before records grouped them)."""
+
+
+def _keep_earliest(into: dict[str, float], more: Any) -> None:
+    if not isinstance(more, dict):
+        raise CorruptBlobError(f"not a record of step starts: {type(more).__name__}",
+                               key="step starts")
+    for label, at in more.items():
+        known = into.get(label)
+        if known is None or at < known:
+            into[label] = at
 
 
 def _is_chunk(key: bytes | None, prefix: bytes) -> bool:
-    # A chunk's seq is below 2**56 (first byte 0); step-start marks begin with 0xff.
+    # A chunk's seq is below 2**56 (first byte 0); the step starts begin with 0xfe or 0xff.
     if not key:
         return False
-    return key.startswith(prefix) and len(key) == len(prefix) + 8 and key[len(prefix)] != 0xFF
+    return key.startswith(prefix) and len(key) == len(prefix) + 8 and key[len(prefix)] == 0
 
 
 def _seek_chunk(cursor: Any, prefix: bytes, seq: int) -> bool:

@@ -47,15 +47,15 @@ def compute_plan(workflow: Workflow, run_id: str, inputs: Mapping[str, Any],
     for name in workflow.order:
         step = steps[name]
         checkpoint = checkpoints.get(name)
-        upstream = next((d for d in step.depends_on if actions[d] != "skip"), None)
         action: PlanAction
         if name in forced:
             action = "rerun" if checkpoint is not None else "run"
             reason = ("forced: resume from this step" if name == from_step
                       else f"forced: downstream of {from_step!r}")
-        elif checkpoint is None:
+        elif checkpoint is None:  # a new run's every step: nothing more to look at
             action, reason = "run", "no checkpoint"
-        elif upstream is not None:
+        elif (upstream := next((d for d in step.depends_on if actions[d] != "skip"),
+                               None)) is not None:
             action, reason = "rerun", f"upstream step {upstream!r} will run"
         elif checkpoint.code_hash != workflow.code_hashes[name]:
             action, reason = "rerun", "code changed since its checkpoint"
