@@ -1202,3 +1202,14 @@ def test_step_attempt_metrics_match_what_prometheus_client_itself_records() -> N
     assert samples(fast_registry) == samples(public_registry)
     assert any(name == "duration_count" and value == len(values)
                for name, _, value in samples(fast_registry))
+
+
+def test_a_new_runs_plan_follows_steps_added_to_the_workflow() -> None:
+    from zixir_actors.workflow._plan import compute_plan
+
+    wf = Workflow("plan-shape", [Step("a", lambda: 1)])
+    first = compute_plan(wf, "r1", {}, {})
+    assert [(e.step, e.action, e.reason) for e in first.entries] == [("a", "run", "no checkpoint")]
+    assert compute_plan(wf, "r2", {}, {}).entries == first.entries and first.checkpoints == {}
+    wf.add(Step("b", lambda a: a, depends_on=["a"]))
+    assert [e.step for e in compute_plan(wf, "r3", {}, {}).entries] == ["a", "b"]

@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import datetime
+import weakref
 from collections.abc import Mapping
 from typing import TYPE_CHECKING, Any
 
@@ -40,6 +41,8 @@ def compute_plan(workflow: Workflow, run_id: str, inputs: Mapping[str, Any],
     Raises:
         MissingInputError: a step parameter matches nothing.
     """
+    if not checkpoints and from_step is None:  # a new run: every step runs
+        return Plan(run_id, workflow.name, _fresh_entries(workflow), {})
     steps = workflow.steps
     forced = descendants(steps, [from_step]) if from_step is not None else set()
     actions: dict[str, PlanAction] = {}
@@ -72,3 +75,17 @@ def compute_plan(workflow: Workflow, run_id: str, inputs: Mapping[str, Any],
         entries.append(PlanEntry(name, action, reason))
     kept = {n: c for n, c in checkpoints.items() if actions.get(n) == "skip"}
     return Plan(run_id, workflow.name, tuple(entries), kept)
+
+
+_fresh: weakref.WeakKeyDictionary[Any, tuple[tuple[str, ...], tuple[PlanEntry, ...]]] = \
+    weakref.WeakKeyDictionary()
+
+
+def _fresh_entries(workflow: Workflow) -> tuple[PlanEntry, ...]:
+    """The plan entries of a run with no checkpoint, built once per shape of `workflow`."""
+    order = workflow.order
+    found = _fresh.get(workflow)
+    if found is None or found[0] is not order:  # a step added since: another shape
+        found = (order, tuple(PlanEntry(name, "run", "no checkpoint") for name in order))
+        _fresh[workflow] = found
+    return found[1]
