@@ -245,6 +245,24 @@ def _prefix(run_id: str) -> bytes:
     return found
 
 
+_step_keys: dict[tuple[str, str], bytes] = {}
+
+
+def _step_key(run_id: str, step: str) -> bytes:
+    """``_key(run_id, step)``, checked once per pair and cached (every step commit needs it)."""
+    pair = (run_id, step)
+    try:
+        found = _step_keys.get(pair)
+    except TypeError:  # not strings: _key names the problem
+        return _key(run_id, step)
+    if found is None:
+        found = _key(run_id, step)
+        if len(_step_keys) >= 8192:
+            _step_keys.clear()
+        _step_keys[pair] = found
+    return found
+
+
 def _decode(blob: bytes, where: str) -> Any:
     return _codec.decode(blob, key=where)
 
@@ -791,7 +809,7 @@ class CheckpointClient:
                          timeout: float | None = None) -> None:
         """`save_step` of a `StepCheckpoint` with these fields, without building one
         (the workflow engine's per-step path)."""
-        ops: list[_Op] = [(STEPS_DB, _key(run_id, step),
+        ops: list[_Op] = [(STEPS_DB, _step_key(run_id, step),
                            _pack_step(run_id, step, output, code_hash, input_hash, attempts,
                                       duration, finished_at, idempotency_key))]
         if resolve_letters:
