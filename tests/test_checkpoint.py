@@ -9,7 +9,7 @@ import struct
 import subprocess
 import sys
 import threading
-from collections.abc import Iterator
+from collections.abc import Callable, Iterator
 from pathlib import Path
 
 import pytest
@@ -344,24 +344,35 @@ def test_the_map_grows_under_concurrent_readers_and_writers(tmp_path: Path) -> N
     # A resize waits for every transaction in flight and holds new ones back
     # (the gate): nothing hangs, fails or is lost while threads read and write.
     with open_store(tmp_path, map_size=256 * 1024, durable=False) as small:
-        errors: list[BaseException] = []
-
         def writer(n: int) -> None:
-            try:
-                for i in range(12):
-                    small.save_step(step("grow", f"w{n}_{i}", b"x" * 30_000))
-                    small.steps("grow")  # a read between writes
-            except BaseException as exc:  # reported below
-                errors.append(exc)
+            for i in range(12):
+                small.save_step(step("grow", f"w{n}_{i}", b"x" * 30_000))
+                small.steps("grow")  # a read between writes
 
-        threads = [threading.Thread(target=writer, args=(n,)) for n in range(6)]
-        for t in threads:
-            t.start()
-        for t in threads:
-            t.join(60)
-        assert not any(t.is_alive() for t in threads)
-        assert errors == []
+        assert _in_threads(writer, 6) == []
         assert len(small.steps("grow")) == 72
+
+
+def _in_threads(work: Callable[[int], object], count: int) -> list[BaseException]:
+    """Run ``work(0)`` ... ``work(count - 1)`` in threads at once; what they raised.
+
+    Fails the test if one is still running a minute later (a hang).
+    """
+    errors: list[BaseException] = []
+
+    def run(n: int) -> None:
+        try:
+            work(n)
+        except BaseException as exc:  # reported to the caller
+            errors.append(exc)
+
+    threads = [threading.Thread(target=run, args=(n,)) for n in range(count)]
+    for t in threads:
+        t.start()
+    for t in threads:
+        t.join(60)
+    assert not any(t.is_alive() for t in threads)
+    return errors
 
 
 # -- hardening: files, full disk, damaged files, quarantine, backup -------------------
@@ -400,20 +411,8 @@ def test_a_full_disk_is_a_typed_error_and_the_store_recovers_when_space_is_freed
             assert info.value.errno == errno.ENOSPC
             assert "disk full" in str(info.value) and str(data_dir) in str(info.value)
             # Concurrent writers sharing one commit each get the error; none hangs.
-            errors: list[BaseException] = []
-
-            def writer(n: int) -> None:
-                try:
-                    client.save_step(step("r2", f"s{n}", os.urandom(200_000)), timeout=30)
-                except BaseException as exc:
-                    errors.append(exc)
-
-            threads = [threading.Thread(target=writer, args=(n,)) for n in range(6)]
-            for t in threads:
-                t.start()
-            for t in threads:
-                t.join(60)
-            assert not any(t.is_alive() for t in threads)
+            errors = _in_threads(lambda n: client.save_step(
+                step("r2", f"s{n}", os.urandom(200_000)), timeout=30), 6)
             assert len(errors) == 6 and all(isinstance(e, StoreFullError) for e in errors)
             filler.unlink()
             client.save_step(step("r1", "after", os.urandom(200_000)))
