@@ -41,6 +41,7 @@ Sub-databases in the shared environment: ``zixir.runs`` (run id ->
 from __future__ import annotations
 
 import contextlib
+import functools
 import os
 import struct
 import threading
@@ -228,39 +229,23 @@ def _key(*parts: str) -> bytes:
     return key
 
 
-_prefixes: dict[str, bytes] = {}
+@functools.lru_cache(maxsize=4096)
+def _memo_key(*parts: str) -> bytes:
+    return _key(*parts)
+
+
+def _known_key(*parts: str) -> bytes:
+    """``_key(*parts)``, checked once per distinct parts and cached (a run's every
+    commit needs its keys)."""
+    try:
+        return _memo_key(*parts)
+    except TypeError:  # a part that is not a string cannot be cached: _key names it
+        return _key(*parts)
 
 
 def _prefix(run_id: str) -> bytes:
-    """``_key(run_id) + _SEP``: where a run's records start in the per-run databases.
-
-    Checked once per run id and cached (every call record of a run needs it).
-    """
-    found = _prefixes.get(run_id)
-    if found is None:
-        found = _key(run_id) + _SEP
-        if len(_prefixes) >= 4096:
-            _prefixes.clear()
-        _prefixes[run_id] = found
-    return found
-
-
-_step_keys: dict[tuple[str, str], bytes] = {}
-
-
-def _step_key(run_id: str, step: str) -> bytes:
-    """``_key(run_id, step)``, checked once per pair and cached (every step commit needs it)."""
-    pair = (run_id, step)
-    try:
-        found = _step_keys.get(pair)
-    except TypeError:  # not strings: _key names the problem
-        return _key(run_id, step)
-    if found is None:
-        found = _key(run_id, step)
-        if len(_step_keys) >= 8192:
-            _step_keys.clear()
-        _step_keys[pair] = found
-    return found
+    """``_key(run_id) + _SEP``: where a run's records start in the per-run databases."""
+    return _known_key(run_id) + _SEP
 
 
 def _decode(blob: bytes, where: str) -> Any:
@@ -809,7 +794,7 @@ class CheckpointClient:
                          timeout: float | None = None) -> None:
         """`save_step` of a `StepCheckpoint` with these fields, without building one
         (the workflow engine's per-step path)."""
-        ops: list[_Op] = [(STEPS_DB, _step_key(run_id, step),
+        ops: list[_Op] = [(STEPS_DB, _known_key(run_id, step),
                            _pack_step(run_id, step, output, code_hash, input_hash, attempts,
                                       duration, finished_at, idempotency_key))]
         if resolve_letters:

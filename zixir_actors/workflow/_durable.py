@@ -207,24 +207,20 @@ def _hash_of(fn: Callable[..., Any]) -> str:
     return found
 
 
-_names: dict[Any, str] = {}
-
-
 def _call_name(fn: Any, name: str | None) -> str:
     if name is not None:
         if not isinstance(name, str) or not name or "#" in name or "\x00" in name:
             raise ConfigError("name", name, "must be a non-empty string without '#' or NUL")
         return name
     try:
-        found = _names.get(fn)
-    except TypeError:  # unhashable callable: named each time
+        return _memo_name(fn)
+    except TypeError:  # an unhashable callable: named each time
         return _name_of(fn)
-    if found is None:
-        found = _name_of(fn)
-        if len(_names) >= 4096:
-            _names.clear()
-        _names[fn] = found
-    return found
+
+
+@functools.lru_cache(maxsize=4096)
+def _memo_name(fn: Any) -> str:
+    return _name_of(fn)
 
 
 def _name_of(fn: Any) -> str:
