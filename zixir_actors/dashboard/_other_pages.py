@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import contextlib
+import importlib
 import time
 from collections.abc import Mapping
 from typing import Any
@@ -193,7 +194,7 @@ class OtherPages(PageBase):
               "(persistent caches: their entries in LMDB now).</p>")
 
     def queue_table(self, *, compact: bool = False) -> str:
-        stats = _queue_stats(self.store)
+        stats = _listed("zixir_actors.queue", "queue_stats", self.store)
         if stats is None:
             return '<p class="empty">queues are not available in this version</p>'
         rows = []
@@ -211,7 +212,7 @@ class OtherPages(PageBase):
 
     def queues(self) -> str:
         parts = [f'<section class="panel"><h2>Queues</h2>{self.queue_table()}</section>']
-        schedules = _schedules(self.store)
+        schedules = _listed("zixir_actors.schedule", "schedules", self.store)
         if schedules is None:
             parts.append('<section class="panel"><h2>Schedules</h2><p class="empty">'
                          "schedules are not available in this version</p></section>")
@@ -281,24 +282,14 @@ def _rate_text(v: Any) -> str:
     return str(v)
 
 
-def _queue_stats(store: CheckpointClient) -> list[Any] | None:
+def _listed(module: str, function: str, store: CheckpointClient) -> list[Any] | None:
+    """``module.function(store)`` as a list: None if the module is missing, [] if it failed."""
     try:
-        from zixir_actors.queue import queue_stats
-    except ImportError:
+        read = getattr(importlib.import_module(module), function)
+    except (ImportError, AttributeError):  # as ``from module import function`` would fail
         return None
     try:
-        return list(queue_stats(store))
-    except Exception:
-        return []
-
-
-def _schedules(store: CheckpointClient) -> list[Any] | None:
-    try:
-        from zixir_actors.schedule import schedules
-    except ImportError:
-        return None
-    try:
-        return list(schedules(store))
+        return list(read(store))
     except Exception:
         return []
 
