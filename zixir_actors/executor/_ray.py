@@ -7,6 +7,8 @@ package works without the ``ray`` extra.
 from __future__ import annotations
 
 import contextlib
+import functools
+import inspect
 import os
 import socket
 import threading
@@ -44,7 +46,7 @@ from zixir_actors.executor._remote import (
     reply_of,
     set_warm_state,
 )
-from zixir_actors.executor._shipping import MAX_SHIPPED, Shipper, unwrap
+from zixir_actors.executor._shipping import MAX_SHIPPED, Shipper, task_name, unwrap
 from zixir_actors.executor._telemetry import Call, Telemetry
 
 __all__ = ["DEFAULT_CONNECT_TIMEOUT", "RAY_EXTRA", "RayActorPool", "RayExecutor", "import_ray"]
@@ -181,6 +183,58 @@ class _Pending:
         return self.calls._cancel(future, self)
 
 
+class _Launch:
+    """How the calls of one Ray remote function, with one set of options, are submitted.
+
+    ``remote(payload)`` sends a call with its one argument (`pack`);
+    ``named(name=...)`` sends one with no argument at all, its trace ids in
+    the task's name (`task_name`): Ray's cheapest task, as a bare
+    ``f.remote()``. Both are built once, so a call makes no ``options()``
+    call of its own.
+    """
+
+    __slots__ = ("named", "remote")
+
+    def __init__(self, base: Any, options: dict[str, Any]) -> None:
+        self.remote = base.options(**options).remote  # also checks the options
+        self.named = _named(base, options)
+
+
+_SUBMIT_PARAMETERS = frozenset({"args", "kwargs", "serialized_runtime_env_info"})
+
+
+def _named(base: Any, options: dict[str, Any]) -> Callable[..., Any]:
+    """`_Launch.named`: Ray's own submit with `options` merged in once, where Ray has it.
+
+    ``f.options(**o).remote()`` checks and merges `o` and builds a wrapper
+    at every call (a tenth of a no-op task's caller-side cost); the task it
+    submits is ``f._remote(args=..., kwargs=..., serialized_runtime_env_info=...,
+    **merged)``, which this calls directly when `base` has that method with
+    those parameters (Ray 2.x), else falls back to ``options(name=...)``.
+    """
+    submit: Callable[..., Any] | None = getattr(base, "_remote", None)
+    defaults = getattr(base, "_default_options", None)
+    env = getattr(base, "_serialized_base_runtime_env_info", _MISSING)
+    try:
+        parameters = inspect.signature(submit).parameters if submit is not None else {}
+    except (TypeError, ValueError):
+        parameters = {}
+    if submit is None or not isinstance(defaults, dict) or env is _MISSING \
+            or not parameters.keys() >= _SUBMIT_PARAMETERS:
+        return functools.partial(_named_by_options, base, options)
+    merged = {**defaults, **options}
+    merged.pop("max_calls", None)  # what options() does: a per-worker setting, not a task's
+    return functools.partial(submit, args=(), kwargs={}, serialized_runtime_env_info=env,
+                             **merged)
+
+
+_MISSING = object()
+
+
+def _named_by_options(base: Any, options: dict[str, Any], *, name: str) -> Any:
+    return base.options(name=name, **options).remote()
+
+
 class _RayCalls:
     """Telemetry, deadlines and result handling shared by tasks and actor pools."""
 
@@ -263,10 +317,14 @@ class RayExecutor(_RayCalls):
     once, as a Ray remote function of its own, keyed by its code and the
     current values of its closure: a call then carries only its arguments,
     and a closure whose captured value changed ships again (see
-    `zixir_actors.executor._shipping`). The call travels as one Ray argument
-    (its arguments, trace ids and limits), and a thread waiting in
-    `TaskFuture.get` takes Ray's reply itself, as ``ray.get(f.remote())``
-    does: no callback thread hands it over.
+    `zixir_actors.executor._shipping`). A call with arguments, limits or
+    spans to collect (the caller exports spans) travels as one Ray argument
+    (its arguments, trace ids and limits); a call with none of them (a
+    no-argument workflow step) is a Ray task with no argument, as
+    ``f.remote()`` is, named ``"<label> <traceparent>"`` so its trace ids
+    still reach the worker. A thread waiting in `TaskFuture.get` takes Ray's
+    reply itself, as ``ray.get(f.remote())`` does: no callback thread hands
+    it over.
 
     Each call is a Ray task with ``max_retries=0``: a failure comes back to
     the caller, whose `RetryPolicy` decides (so attempts and dead letters are
@@ -304,7 +362,7 @@ class RayExecutor(_RayCalls):
         self.check_resources = check_resources
         self._owns = False
         self._lock = threading.Lock()
-        self._options: dict[tuple[Any, ...], Any] = {}
+        self._options: dict[tuple[Any, ...], _Launch] = {}
         self._totals: dict[str, float] = {}
         self._totals_at = -_RESOURCE_REFRESH
         if address not in (None, "auto", "local") and not address.startswith("ray://"):
@@ -354,13 +412,19 @@ class RayExecutor(_RayCalls):
         name = label_of(fn, label)
         fn, args, kwargs = unwrap(fn, args, kwargs)
         shipped = self._shipper.remote(fn)
-        remote = self._task_options(shipped, resources, guard)
-        call = self._telemetry.begin(name, trace_context)
-        payload = pack(args, kwargs, call.trace, guard, self._telemetry.exporting())
-        if shipped is None:  # not a plain function: it travels with the call
-            payload.append(fn)
+        launch = self._task_options(shipped, resources, guard)
+        telemetry = self._telemetry
+        call = telemetry.begin(name, trace_context)
         try:
-            ref = remote.remote(payload)
+            if shipped is not None and not args and not kwargs and guard is None \
+                    and not telemetry.exporting():  # nothing to send but the trace ids
+                trace = call.trace
+                ref = launch.named(name=task_name(name, trace.trace_id, trace.span_id))
+            else:
+                payload = pack(args, kwargs, call.trace, guard, telemetry.exporting())
+                if shipped is None:  # not a plain function: it travels with the call
+                    payload.append(fn)
+                ref = launch.remote(payload)
         except Exception as exc:
             error = ClusterConnectionError(self.address, f"cannot submit {name!r}: "
                                            f"{_first_line(exc)}")
@@ -376,24 +440,24 @@ class RayExecutor(_RayCalls):
         return kill
 
     def _task_options(self, shipped: tuple[Any, Any] | None, resources: Resources | None,
-                      guard: Guard | None) -> Any:
+                      guard: Guard | None) -> _Launch:
         key = (None if shipped is None else shipped[0], resources,
                guard.memory if guard else None)
-        remote = self._options.get(key)
-        if remote is not None:
-            return remote
+        launch = self._options.get(key)
+        if launch is not None:
+            return launch
         wanted = resources.ray_options() if resources is not None else {}
         if guard is not None and guard.memory is not None and "memory" not in wanted:
             wanted["memory"] = guard.memory
         if self.check_resources:
             self._check_feasible(wanted, resources)
         base = self._remote if shipped is None else shipped[1]
-        remote = base.options(max_retries=0, retry_exceptions=False, **wanted)
+        launch = _Launch(base, {"max_retries": 0, "retry_exceptions": False, **wanted})
         with self._lock:
             while len(self._options) >= 4 * MAX_SHIPPED:  # with the functions they run
                 del self._options[next(iter(self._options))]
-            self._options[key] = remote
-        return remote
+            self._options[key] = launch
+        return launch
 
     def _check_feasible(self, wanted: dict[str, Any], resources: Resources | None) -> None:
         asked = {"CPU": wanted.get("num_cpus", 0), "GPU": wanted.get("num_gpus", 0),

@@ -31,7 +31,8 @@ from typing import Any
 
 from zixir_actors.executor._remote import run_payload
 
-__all__ = ["MAX_SHIPPED", "Shipper", "fresh_key", "unwrap"]
+__all__ = ["MAX_SHIPPED", "NO_TRACE", "Shipper", "fresh_key", "run_named", "task_name",
+           "trace_of_task_name", "unwrap"]
 
 MAX_SHIPPED = 256
 """Remote wrappers kept per executor; the oldest is dropped beyond that."""
@@ -124,9 +125,48 @@ def unwrap(fn: Any, args: tuple[Any, ...], kwargs: Mapping[str, Any] | None
     return fn.func, fn.args + tuple(args), kwargs
 
 
+NO_TRACE = "-"
+"""The last word of the name of a task sent without trace ids (see `task_name`)."""
+
+
+def task_name(label: str, trace_id: str | None, span_id: str | None) -> str:
+    """The Ray task name of a call sent without an argument: its label and its trace.
+
+    Example:
+        >>> task_name("load", "ab" * 16, "cd" * 8)
+        'load 00-abababababababababababababababab-cdcdcdcdcdcdcdcd-01'
+        >>> trace_of_task_name(task_name("load", "ab" * 16, "cd" * 8)) == ("ab" * 16, "cd" * 8)
+        True
+
+    The name is the only per-call data of such a task, and Ray shows it
+    (``ray list tasks``, the dashboard) beside the call's W3C ``traceparent``.
+    """
+    if trace_id is None or span_id is None:
+        return f"{label} {NO_TRACE}"
+    return f"{label} 00-{trace_id}-{span_id}-01"
+
+
+def trace_of_task_name(name: str) -> tuple[str | None, str | None]:
+    """`(trace_id, span_id)` from a `task_name` (both None if it carries none)."""
+    parts = name.rpartition(" ")[2].split("-")
+    if len(parts) != 4 or len(parts[1]) != 32 or len(parts[2]) != 16:
+        return None, None
+    return parts[1], parts[2]
+
+
+def run_named(fn: Callable[..., Any]) -> Any:
+    """Run a call sent without an argument, in its Ray worker (see `task_name`)."""
+    from ray import get_runtime_context
+
+    trace_id, span_id = trace_of_task_name(get_runtime_context().get_task_name() or "")
+    return run_payload(fn, [None, trace_id, span_id, None, False])
+
+
 def _wrapper(fn: Callable[..., Any]) -> Callable[..., Any]:
-    def call(payload: list[Any]) -> Any:
-        return run_payload(fn, payload)
+    def call(*payload: list[Any]) -> Any:
+        # A call with arguments, limits or span collection sends them as one
+        # argument (`pack`); one without sends none, its trace ids in its name.
+        return run_payload(fn, payload[0]) if payload else run_named(fn)
 
     name = getattr(fn, "__qualname__", None) or getattr(fn, "__name__", "call")
     call.__name__ = call.__qualname__ = f"zixir_call.{name}"
