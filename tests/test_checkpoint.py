@@ -221,20 +221,18 @@ def _block_first_commit(monkeypatch: pytest.MonkeyPatch) -> tuple[threading.Even
     """Hold the first write transaction open; `commits` gets each transaction's write count."""
     entered, release = threading.Event(), threading.Event()
     commits: list[int] = []
-    seen: list[object] = [None]
-    real_apply = checkpoint._apply_ops
+    real_apply = _lmdb.SharedEnv.apply
 
-    def apply(env: object, txn: object, ops: list[object]) -> None:
-        if txn is not seen[0]:  # the first writes of a new transaction
-            seen[0] = txn
-            commits.append(0)
-            if len(commits) == 1:
-                entered.set()
-                release.wait(10)
+    def apply(env: _lmdb.SharedEnv, ops: list[tuple[str, bytes, bytes | None]], *,
+              durable: bool = False) -> None:
+        commits.append(0)  # one call, one transaction
+        if len(commits) == 1:
+            entered.set()
+            release.wait(10)
         commits[-1] += len(ops)
-        real_apply(env, txn, ops)  # type: ignore[arg-type]
+        real_apply(env, ops, durable=durable)
 
-    monkeypatch.setattr(checkpoint, "_apply_ops", apply)
+    monkeypatch.setattr(_lmdb.SharedEnv, "apply", apply)
     return entered, release, commits
 
 
@@ -330,6 +328,37 @@ def test_unknown_message_to_store_is_a_type_error(tmp_path: Path) -> None:
     finally:
         if ref.is_alive():
             ref.stop()
+
+
+def test_apply_puts_and_deletes_in_one_commit_and_opens_a_new_database_first(
+        tmp_path: Path) -> None:
+    env = _lmdb.open_env(tmp_path)
+    try:
+        env.apply([("t.one", b"a", b"1"), ("t.one", b"b", b"2")], durable=True)
+        # "t.two" is not open yet: opening it inside the write transaction
+        # would deadlock, so it is opened first, then the whole batch commits.
+        env.apply([("t.one", b"a", None), ("t.two", b"c", b"3")])
+        with env.read() as txn:
+            assert txn.get(b"a", db=env.db("t.one")) is None
+            assert bytes(txn.get(b"b", db=env.db("t.one"))) == b"2"
+            assert bytes(txn.get(b"c", db=env.db("t.two"))) == b"3"
+        env.apply([("t.one", b"missing", None)])  # deleting what is not there is no error
+    finally:
+        _lmdb.release(env)
+    with pytest.raises(StoreError, match="closed"):
+        env.apply([("t.one", b"z", b"1")])
+
+
+def test_apply_grows_a_full_map(tmp_path: Path) -> None:
+    env = _lmdb.open_env(tmp_path, map_size=256 * 1024)
+    try:
+        for i in range(20):
+            env.apply([("t.big", i.to_bytes(4, "big"), b"x" * 50_000)])
+        with env.read() as txn:
+            assert txn.stat(env.db("t.big"))["entries"] == 20
+        assert env.env.info()["map_size"] > 256 * 1024
+    finally:
+        _lmdb.release(env)
 
 
 def test_a_full_map_grows_instead_of_failing(tmp_path: Path) -> None:

@@ -490,15 +490,15 @@ def test_cancel_waits_for_a_commit_under_way_and_reports_its_step_done(
     # A step whose commit began before the cancel keeps it: `cancel` returns
     # only once that commit ended, and the result says the step succeeded.
     committing, release = threading.Event(), threading.Event()
-    real_apply = checkpoint._apply_ops
+    real_apply = _lmdb.SharedEnv.apply
 
-    def apply(env: Any, txn: Any, ops: Any) -> None:
+    def apply(env: Any, ops: Any, *, durable: bool = False) -> None:
         if any(db == checkpoint.STEPS_DB and key.endswith(b"\x00first") for db, key, _ in ops):
             committing.set()
             release.wait(10)
-        real_apply(env, txn, ops)
+        real_apply(env, ops, durable=durable)
 
-    monkeypatch.setattr(checkpoint, "_apply_ops", apply)
+    monkeypatch.setattr(_lmdb.SharedEnv, "apply", apply)
     wf = Workflow("cancel-commit", [Step("first", lambda: "kept"),
                                     Step("second", lambda first: first, depends_on=["first"])])
     handle = wf.start(store=store)

@@ -53,9 +53,12 @@ def encode(value: Any) -> bytes:
     Raises:
         UnserializableError: neither pickle nor dill can serialize the value.
     """
-    fmt, payload = _dumps(value)
-    header = _HEADER.pack(MAGIC, FORMAT_VERSION, fmt, len(payload), zlib.crc32(payload))
-    return header + payload
+    try:  # _dumps' fast path, inline: this runs for every checkpoint
+        fmt, payload = _PICKLE, pickle.dumps(value, protocol=_PROTOCOL)
+    except Exception:
+        fmt, payload = _dumps(value)
+    return _HEADER.pack(MAGIC, FORMAT_VERSION, fmt, len(payload),
+                        zlib.crc32(payload)) + payload
 
 
 def decode(blob: bytes | memoryview, *, key: Any = None) -> Any:

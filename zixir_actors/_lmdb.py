@@ -28,7 +28,7 @@ import os
 import struct
 import sys
 import threading
-from collections.abc import Callable, Iterator
+from collections.abc import Callable, Iterable, Iterator
 from contextlib import contextmanager
 from pathlib import Path
 from typing import Any, TypeVar
@@ -113,14 +113,13 @@ class _Shared:
             self._active.append(None)
 
     def __exit__(self, *exc: object) -> None:
-        self._leave()
-
-    def _leave(self) -> None:
         self._active.pop()
         gate = self._gate
         if gate._resizing:
             with gate._cond:
                 gate._cond.notify_all()
+
+    _leave = __exit__
 
 
 class SharedEnv:
@@ -133,6 +132,7 @@ class SharedEnv:
         self._refs = 0
         self._gate = _Gate()
         self._shared = self._gate.shared()
+        self._active = self._gate._active
         self._dbs: dict[str, Any] = {}
         self._dbs_lock = threading.Lock()
         check_file(os.path.join(path, "data.mdb"))
@@ -211,18 +211,67 @@ class SharedEnv:
         env = self.env
         while True:
             try:
-                with shared, env.begin(write=True) as txn:
-                    result = fn(txn)
-                break
+                with shared:  # the commit and its fsync, under one hold of the gate
+                    with env.begin(write=True) as txn:
+                        result = fn(txn)
+                    if durable:
+                        try:
+                            env.sync(True)
+                        except lmdb.Error as exc:
+                            raise self._failure("sync", exc) from exc
+                return result
             except lmdb.MapFullError:
                 self._grow()
             except lmdb.MapResizedError:
                 self._adopt_map()
             except lmdb.Error as exc:
                 raise self._failure("write", exc) from exc
-        if durable:
-            self.sync()
-        return result
+
+    def apply(self, ops: Iterable[tuple[str, bytes, bytes | None]], *,
+              durable: bool = False) -> None:
+        """Apply `ops` in one write transaction and commit it: `write` for plain
+        puts and deletes, each ``(database name, key, value)`` (None deletes).
+
+        The common case (open, writable, no resize under way, the map has
+        room) runs inline: it is every checkpoint's path. Anything else goes
+        through `write`.
+
+        Raises:
+            StoreError: as `write`.
+        """
+        active = self._active
+        active.append(None)  # `with self._shared`, inline
+        try:
+            if self._refs > 0 and self.snapshot_of is None and not self._gate._resizing:
+                env, handles = self.env, self._dbs
+                try:
+                    with env.begin(write=True) as txn:
+                        for name, key, value in ops:
+                            db = handles.get(name)
+                            if db is None:  # opening one inside a write txn deadlocks
+                                raise _Unopened
+                            if value is None:
+                                txn.delete(key, db=db)
+                            else:
+                                txn.put(key, value, db=db)
+                except (lmdb.Error, _Unopened):
+                    pass  # nothing was committed: `write` below grows, retries or names it
+                else:
+                    if durable:
+                        try:
+                            env.sync(True)
+                        except lmdb.Error as exc:
+                            raise self._failure("sync", exc) from exc
+                    return
+        finally:
+            active.pop()
+            if self._gate._resizing:
+                with self._gate._cond:
+                    self._gate._cond.notify_all()
+        ops = list(ops)
+        for name, _, _ in ops:
+            self.db(name)
+        self.write(lambda txn: _put_all(self, txn, ops), durable=durable)
 
     def sync(self) -> None:
         """Flush committed writes to disk (fsync).
@@ -280,6 +329,19 @@ class SharedEnv:
     def _check_open(self) -> None:
         if self._refs <= 0:
             raise StoreError(f"LMDB environment at {self.path} is closed")
+
+
+class _Unopened(Exception):
+    """A write names a database not opened yet (`apply` opens it outside the transaction)."""
+
+
+def _put_all(shared: SharedEnv, txn: Any, ops: Iterable[tuple[str, bytes, bytes | None]]) -> None:
+    for name, key, value in ops:
+        db = shared.db(name)
+        if value is None:
+            txn.delete(key, db=db)
+        else:
+            txn.put(key, value, db=db)
 
 
 def _free_bytes(path: str) -> int:

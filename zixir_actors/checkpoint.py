@@ -335,7 +335,7 @@ class _Channel:
                 self.pending.append(request)
         if lone:  # the common case: commit in this thread, no request to queue
             try:
-                self.env.write(lambda txn: _apply_ops(self.env, txn, ops), durable=self.durable)
+                self.env.apply(ops, durable=self.durable)
             finally:
                 self._hand_off()
             return
@@ -386,7 +386,7 @@ class _Channel:
     def _commit(self, batch: list[_Request]) -> None:
         env = self.env
         try:
-            env.write(lambda txn: _apply(env, txn, batch), durable=self.durable)
+            env.apply([op for request in batch for op in request.ops], durable=self.durable)
         except StoreFullError as exc:  # no neighbour can fit either: fail them all at once
             for request in batch:
                 request.error = exc
@@ -397,8 +397,7 @@ class _Channel:
             # One bad request must not fail its neighbours: commit them one by one.
             for request in batch:
                 try:
-                    env.write(lambda txn, r=request: _apply(env, txn, [r]),  # type: ignore[misc]
-                              durable=self.durable)
+                    env.apply(request.ops, durable=self.durable)
                 except StoreError as one:
                     request.error = one
         except BaseException as exc:  # every caller must hear how its write ended
@@ -479,11 +478,6 @@ class CheckpointStore(SupervisedActor):
             channel.close()
         if not self._env.closed:
             _lmdb.release(self._env)
-
-
-def _apply(env: _lmdb.SharedEnv, txn: Any, batch: Iterable[_Request]) -> None:
-    for request in batch:
-        _apply_ops(env, txn, request.ops)
 
 
 def child_spec(data_dir: str | os.PathLike[str] | None = None, *, durable: bool = True,
@@ -905,9 +899,18 @@ class CheckpointClient:
         if durable:
             self._write(batch.ops, timeout)
             return
-        env = self._get_channel().env
-        ops = batch.ops
-        env.write(lambda txn: _apply_ops(env, txn, ops), durable=False)
+        self._get_channel().env.apply(batch.ops)
+
+    def put_call(self, run_id: str, position: int, record: Any, *,
+                 timeout: float | None = None) -> None:
+        """Commit one call record of a code-first run, durably (`Batch.put_call` alone).
+
+        Raises:
+            UnserializableError: `record` cannot be pickled (nothing is written).
+            StoreError, ZixirTimeoutError: the commit failed or took too long.
+        """
+        self._write(((CALLS_DB, _prefix(run_id) + _SEQ.pack(position),
+                      _codec.encode(record)),), timeout)
 
     def calls(self, run_id: str) -> list[tuple[int, Any]]:
         """Every call record of a code-first run, as ``(position, record)`` in order.
@@ -1292,15 +1295,6 @@ class Batch:
 
     def extend(self, other: Batch) -> None:
         self.ops.extend(other.ops)
-
-
-def _apply_ops(env: _lmdb.SharedEnv, txn: Any, ops: Iterable[_Op]) -> None:
-    for db_name, key, value in ops:
-        db = env.db(db_name)  # opened in __init__: opening inside a write txn deadlocks
-        if value is None:
-            txn.delete(key, db=db)
-        else:
-            txn.put(key, value, db=db)
 
 
 def connect(target: Any = STORE_NAME, *, clock: Clock = SYSTEM_CLOCK,

@@ -360,9 +360,12 @@ class _Body:
         self.waiting: dict[str, Any] | None = None
         self.gen = 0
         self.stopping: str | None = None
-        self.committing = 0
-        self.commit_lock = threading.Lock()
-        self.commits_done = threading.Event()
+        # Commits under way; `stop` waits for them. A commit appends, then
+        # checks `stopping`; `stop` sets `stopping`, then waits for this to
+        # empty: one always sees the other (list.append and pop are atomic), so
+        # a commit takes no lock (as the DAG scheduler's).
+        self.committing: list[None] = []
+        self.commit_done = threading.Condition(threading.Lock())
         self.inflight = 0
         self.remote_calls = InFlight()  # steps on executors: `stop` cancels them
         self.incarnation = 0
@@ -404,12 +407,13 @@ class _Body:
         with self.cond:
             if self.state == "ended" or self.stopping is not None:
                 return False
-            with self.commit_lock:
-                self.stopping = status
-                busy = self.committing > 0
+            self.stopping = status
             was_parked = self.state == "parked"
-        if busy:  # a commit in flight finishes first; none starts after this returns
-            self.commits_done.wait(30.0)
+        # A commit in flight finishes first; none starts after this (it sees `stopping`).
+        deadline = time.monotonic() + 30.0
+        with self.commit_done:
+            while self.committing and time.monotonic() < deadline:
+                self.commit_done.wait(0.01)  # an ending commit notifies; this bounds a miss
         self.remote_calls.cancel_all()  # its remote steps do not run on, abandoned
         self.hold.set()
         if was_parked:
@@ -738,6 +742,12 @@ class _Body:
 
     def commit_call(self, position: int, rec: Any, *, consume: int | None = None,
                     label: str | None = None) -> None:
+        if (consume is None and not self.pending_records and not self.progress.pending
+                and (label is None or not self.letters)):
+            # The per-step path: one record, no batch to build.
+            self._guarded(self.store.put_call, self.run_id, position,
+                          self._stamped(position, rec))
+            return
         batch = self.store.batch()
         # UnserializableError comes here, before any write.
         batch.put_call(self.run_id, position, self._stamped(position, rec))
@@ -753,20 +763,25 @@ class _Body:
         self.commit(batch)
 
     def commit(self, batch: Any) -> None:
-        lock = self.commit_lock
-        with lock:
-            if self.stopping is not None:
-                raise _Stop(self.stopping)  # a late result of a stopped run is not kept
-            self.committing += 1
+        self._guarded(self.store.commit, batch)
+
+    def _guarded(self, write: Callable[..., None], *args: Any) -> None:
+        """`write(*args)` unless the run is stopping: a late result of a stopped run is not kept."""
+        committing = self.committing
+        committing.append(None)
         try:
-            self.store.commit(batch)
+            if self.stopping is not None:
+                raise _Stop(self.stopping)
+            write(*args)
+        except UnserializableError:
+            raise  # the value, not the store: nothing was written
         except (StoreError, ZixirTimeoutError) as exc:
             raise _StoreFailed(exc) from exc
         finally:
-            with lock:
-                self.committing -= 1
-                if not self.committing and self.stopping is not None:
-                    self.commits_done.set()
+            committing.pop()
+            if self.stopping is not None:  # `stop` may be waiting for this commit
+                with self.commit_done:
+                    self.commit_done.notify_all()
 
     # -- one step call --
 
@@ -778,16 +793,17 @@ class _Body:
         total = 0.0
         attempt = 0
         progress = self.progress
-        run_id, workflow = self.run_id, self.wf.name
+        run_id, workflow, wf_executor = self.run_id, self.wf.name, self.wf.executor
+        inline = opts is _PLAIN and wf_executor is None  # no executor, sandbox or timeout
         while True:
             attempt += 1
             if self.stopping is not None:
                 raise _Stop(self.stopping)
-            call = kwargs
+            arguments = kwargs
             if wants_ctx:
-                call = dict(kwargs)
-                call["ctx"] = StepContext(run_id, label, attempt, f"{run_id}/{label}", workflow,
-                                          progress=progress, store=self.store)
+                arguments = dict(kwargs)
+                arguments["ctx"] = StepContext(run_id, label, attempt, f"{run_id}/{label}",
+                                               workflow, progress=progress, store=self.store)
             if progress.readers:
                 progress.append("step_started", label, attempt)
             log.step_started(self.logs, workflow, run_id, label, attempt)
@@ -798,8 +814,8 @@ class _Body:
             failure: Exception | None = None
             try:
                 try:
-                    value = _attempt(fn, args, call, opts, label, self.wf.executor,
-                                     self.remote_calls)
+                    value = call(fn, args, arguments) if inline else _attempt(
+                        fn, args, arguments, opts, label, wf_executor, self.remote_calls)
                 except Exception as exc:  # the step's failure is data
                     failure = exc
                 seconds = time.perf_counter() - began
