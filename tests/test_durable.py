@@ -1345,3 +1345,27 @@ def test_plan_says_when_a_recorded_steps_code_changed(store: CheckpointClient) -
     entry = body.plan("r-versioned", store=store)["compute#1"]
     assert entry.action == "skip" and "code changed" in entry.reason
     assert body.resume("r-versioned", store=store).output == 2  # replayed, as the plan says
+
+
+def _pid() -> int:
+    return os.getpid()
+
+
+def test_code_first_steps_go_to_the_runtime_default_executor_as_dag_steps_do(
+        store: CheckpointClient) -> None:
+    from zixir_actors.executor import LocalExecutor, configure, reset
+
+    @durable("default-executor")
+    def body(ctx: Any) -> dict[str, int]:
+        return {"step": ctx.step(_pid), "here": ctx.step(_pid, executor="local")}
+
+    with LocalExecutor(processes=1) as processes:
+        configure(processes)
+        try:
+            result = body.run(store=store).raise_for_status()
+            dag = Workflow("default-executor-dag", [Step("pid", _pid)]).run(store=store)
+        finally:
+            reset()
+    assert dag.outputs["pid"] != os.getpid()
+    assert result.outputs["step"] != os.getpid()  # in the executor's worker process
+    assert result.outputs["here"] == os.getpid()  # "local" wins over the default

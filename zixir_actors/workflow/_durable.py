@@ -58,6 +58,7 @@ from zixir_actors.errors import (
     ZixirTimeoutError,
 )
 from zixir_actors.executor._adapters import InFlight
+from zixir_actors.executor._select import default_executor
 from zixir_actors.observability import Span, span
 from zixir_actors.observability._tracing import enter_span, exit_span
 from zixir_actors.result import Ok
@@ -256,7 +257,7 @@ def _is_timeout(exc: BaseException) -> bool:
 def _attempt(fn: Callable[..., Any], args: tuple[Any, ...], kwargs: dict[str, Any],
              opts: _Options, label: str, wf_executor: Any, inflight: Any = None) -> Any:
     """One attempt of a step call: on an executor, in a sandbox, with a timeout, or inline."""
-    if opts.executor is not None or wf_executor is not None:
+    if opts.executor is not None or wf_executor is not None or default_executor() is not None:
         from zixir_actors.executor import call_step, offload
 
         executor = offload(opts.executor, wf_executor)
@@ -794,7 +795,8 @@ class _Body:
         attempt = 0
         progress = self.progress
         run_id, workflow, wf_executor = self.run_id, self.wf.name, self.wf.executor
-        inline = opts is _PLAIN and wf_executor is None  # no executor, sandbox or timeout
+        # No executor (its own, its workflow's or the runtime's), sandbox or timeout:
+        inline = opts is _PLAIN and wf_executor is None and default_executor() is None
         while True:
             attempt += 1
             if self.stopping is not None:
