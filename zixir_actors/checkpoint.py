@@ -230,22 +230,31 @@ def _key(*parts: str) -> bytes:
 
 
 @functools.lru_cache(maxsize=4096)
-def _memo_key(*parts: str) -> bytes:
-    return _key(*parts)
+def _memo_key(part: str) -> bytes:
+    return _key(part)
 
 
-def _known_key(*parts: str) -> bytes:
-    """``_key(*parts)``, checked once per distinct parts and cached (a run's every
+def _known_key(part: str) -> bytes:
+    """``_key(part)``, checked once per distinct part and cached (a run's every
     commit needs its keys)."""
     try:
-        return _memo_key(*parts)
+        return _memo_key(part)
     except TypeError:  # a part that is not a string cannot be cached: _key names it
-        return _key(*parts)
+        return _key(part)
 
 
 def _prefix(run_id: str) -> bytes:
     """``_key(run_id) + _SEP``: where a run's records start in the per-run databases."""
     return _known_key(run_id) + _SEP
+
+
+def _step_key(run_id: str, step: str) -> bytes:
+    """``_key(run_id, step)`` from its two parts, each checked once and cached (a
+    workflow's step names repeat in every run, a run's id in every step)."""
+    key = _prefix(run_id) + _known_key(step)
+    if len(key) > _MAX_KEY:
+        raise ConfigError("key", (run_id, step), f"longer than {_MAX_KEY} bytes once encoded")
+    return key
 
 
 def _decode(blob: bytes, where: str) -> Any:
@@ -788,7 +797,7 @@ class CheckpointClient:
                          timeout: float | None = None) -> None:
         """`save_step` of a `StepCheckpoint` with these fields, without building one
         (the workflow engine's per-step path)."""
-        ops: list[_Op] = [(STEPS_DB, _known_key(run_id, step),
+        ops: list[_Op] = [(STEPS_DB, _step_key(run_id, step),
                            _pack_step(run_id, step, output, code_hash, input_hash, attempts,
                                       duration, finished_at, idempotency_key))]
         if resolve_letters:

@@ -46,7 +46,7 @@ from zixir_actors.errors import (
     StoreError,
     UnserializableError,
 )
-from zixir_actors.executor import InFlight, call_step, offload
+from zixir_actors.executor import InFlight, call_step, default_executor, offload
 from zixir_actors.observability import Span
 from zixir_actors.observability._tracing import enter_span, exit_span
 from zixir_actors.result import Ok
@@ -425,7 +425,10 @@ class Scheduler:
         call = dict(kwargs)
         if ctx is not None:
             call["ctx"] = ctx
-        executor = offload(step.executor, self.wf.executor)
+        if step.executor is None and self.wf.executor is None:
+            executor = default_executor()  # `offload`'s answer, without checking two Nones
+        else:
+            executor = offload(step.executor, self.wf.executor)
         if executor is not None:  # its result comes back here, into the same checkpoint
             return call_step(executor, step.fn, call, step=step.name, timeout=step.timeout,
                              limits=step.limits, resources=step.resources,
