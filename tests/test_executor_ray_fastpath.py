@@ -150,6 +150,14 @@ def test_the_task_is_named_after_its_label_and_traceparent(executor: RayExecutor
     assert label == "load step" and traceparent.startswith(f"00-{caller.trace_id}-")
 
 
+def test_a_label_that_does_not_print_is_one_line_in_the_task_name(
+        executor: RayExecutor) -> None:
+    with span("caller") as caller:
+        name = executor.submit(_task_name, label="two\nlines\r").get(timeout=WAIT)
+    assert name.startswith("two lines  00-") and "\n" not in name and "\r" not in name
+    assert trace_of_task_name(name)[0] == caller.trace_id
+
+
 def test_remote_code_sees_its_callers_trace_without_an_argument(
         executor: RayExecutor, submitted: list[dict[str, Any]]) -> None:
     with span("caller") as caller:

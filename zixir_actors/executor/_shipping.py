@@ -140,7 +140,11 @@ def task_name(label: str, trace_id: str | None, span_id: str | None) -> str:
 
     The name is the only per-call data of such a task, and Ray shows it
     (``ray list tasks``, the dashboard) beside the call's W3C ``traceparent``.
+    A character of `label` that does not print (a newline) is a space here:
+    Ray writes the name into its worker logs as one line.
     """
+    if not label.isprintable():
+        label = "".join(c if c.isprintable() else " " for c in label)
     if trace_id is None or span_id is None:
         return f"{label} {NO_TRACE}"
     return f"{label} 00-{trace_id}-{span_id}-01"
