@@ -214,6 +214,13 @@ def test_bad_keys_are_rejected_before_writing(store: CheckpointClient) -> None:
         store.save_step(step("r\x001", "a"))
     with pytest.raises(ConfigError):
         store.save_run(run("x" * 600))
+    # The engine's per-step path checks a key's two parts apart (each is cached)
+    # and their sum: each bad form is still refused, and nothing is written.
+    for run_id, name in (("r1", "bad\x00step"), ("r1", ""), ("r" * 300, "s" * 300), (7, "a")):
+        with pytest.raises(ConfigError):
+            store.save_step_fields(run_id, name, 1, "code", "inputs",  # type: ignore[arg-type]
+                                   1, 0.1, 0.0, "key")
+    assert store.steps("r1") == {}
 
 
 def _block_first_commit(monkeypatch: pytest.MonkeyPatch) -> tuple[threading.Event,
