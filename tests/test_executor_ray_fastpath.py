@@ -20,11 +20,11 @@ from typing import Any
 import pytest
 
 from zixir_actors.checkpoint import CheckpointClient, open_store
-from zixir_actors.errors import RemoteCancelledError, RemoteTimeoutError
+from zixir_actors.errors import ClusterConnectionError, RemoteCancelledError, RemoteTimeoutError
 from zixir_actors.executor import RayExecutor, TraceContext, current_trace_context
 from zixir_actors.executor._ray import _Launch, _named
 from zixir_actors.executor._shipping import NO_TRACE, task_name, trace_of_task_name
-from zixir_actors.observability import current_trace_ids, span
+from zixir_actors.observability import current_trace_ids, metrics, span
 from zixir_actors.testing import FakeClock, capture_spans, wait_for
 from zixir_actors.workflow import Step, Workflow
 
@@ -243,6 +243,52 @@ def test_a_chain_of_remote_steps_sends_no_arguments_and_keeps_its_trace(
     assert result.outputs["a"] == 7 and result.outputs["b"].trace_id == caller.trace_id
     assert result.outputs["c"].startswith("c 00-")
     assert [task["args"] for task in submitted] == [(), (), ()]
+
+
+@pytest.mark.parametrize("with_argument", [False, True])
+def test_a_call_ray_refuses_is_counted_and_leaves_nothing_in_flight(
+        executor: RayExecutor, with_argument: bool) -> None:
+    def sample(name: str, **labels: str) -> float:
+        return metrics.sample(name, {"executor": "ray", **labels}) or 0.0
+
+    def refuse(*_: Any, **__: Any) -> Any:
+        raise ConnectionError("the raylet is gone")
+
+    launch = executor._task_options(executor._shipper.remote(_seven), None, None)
+    launch.named = launch.remote = refuse
+    disconnected = sample("zixir_executor_tasks_total", outcome="disconnected")
+    in_flight = sample("zixir_executor_in_flight")
+    with capture_spans() as spans, pytest.raises(ClusterConnectionError, match="raylet"):
+        executor.submit(_seven, *((1,) if with_argument else ()))
+    assert sample("zixir_executor_tasks_total", outcome="disconnected") == disconnected + 1
+    assert sample("zixir_executor_in_flight") == in_flight
+    [task] = spans.named("executor.task")
+    assert task.status == "error" and task.attributes["outcome"] == "disconnected"
+
+
+class _RefusingActor:
+    """An actor handle whose calls Ray refuses (the cluster went away)."""
+
+    class _Method:
+        def remote(self, *_: Any) -> Any:
+            raise ConnectionError("the actor's node is gone")
+
+    call = _Method()
+
+
+def test_an_actor_pool_call_ray_refuses_is_typed_and_frees_its_actor(
+        executor: RayExecutor) -> None:
+    with executor.actor_pool(lambda: "warm", size=1) as pool:
+        pool.wait_ready(timeout=WAIT)
+        real, pool._actors = pool._actors, [_RefusingActor()]
+        in_flight = metrics.sample("zixir_executor_in_flight", {"executor": "ray"}) or 0.0
+        with pytest.raises(ClusterConnectionError, match="node is gone"):
+            pool.submit(_seven)
+        assert pool._busy == [0]
+        assert (metrics.sample("zixir_executor_in_flight", {"executor": "ray"}) or 0.0) \
+            == in_flight
+        pool._actors = real
+        assert pool.submit(_seven).get(timeout=WAIT) == 7
 
 
 class _PublicOnly:

@@ -428,7 +428,7 @@ class RayExecutor(_RayCalls):
         except Exception as exc:
             error = ClusterConnectionError(self.address, f"cannot submit {name!r}: "
                                            f"{_first_line(exc)}")
-            call.span.end(error=error)
+            telemetry.end(call, "disconnected", error=error)  # counted, not left in flight
             raise error from exc
         return self._future(ref, call, guard.memory if guard else None, timeout,
                             self._killer(ref))
@@ -586,7 +586,14 @@ class RayActorPool(_RayCalls):
         call = self._telemetry.begin(name, trace_context)
         payload = pack(args, kwargs, call.trace, guard, self._telemetry.exporting())
         payload.append(fn)
-        ref = actor.call.remote(payload)
+        try:
+            ref = actor.call.remote(payload)
+        except Exception as exc:
+            self._release(index)
+            error = ClusterConnectionError(self.address, f"cannot submit {name!r}: "
+                                           f"{_first_line(exc)}")
+            self._telemetry.end(call, "disconnected", error=error)
+            raise error from exc
 
         def kill() -> None:
             self._restarting(index)
