@@ -176,6 +176,14 @@ def test_an_explicit_trace_context_travels_without_an_argument(
     assert submitted[-1]["args"] == ()
 
 
+@pytest.mark.parametrize("given", [TraceContext("not hex-ids", "x y"),
+                                   TraceContext("ab" * 16, None), TraceContext(None, None)])
+def test_a_trace_context_a_name_cannot_carry_travels_as_it_is(
+        executor: RayExecutor, given: TraceContext) -> None:
+    assert executor.submit(current_trace_context, trace_context=given).get(timeout=WAIT) \
+        == (given if given.trace_id is not None else TraceContext(None, None))
+
+
 def test_a_failure_without_arguments_comes_back_as_itself(executor: RayExecutor) -> None:
     with pytest.raises(KeyError, match="no such item") as caught:
         executor.submit(_fails).get(timeout=WAIT)

@@ -46,7 +46,13 @@ from zixir_actors.executor._remote import (
     reply_of,
     set_warm_state,
 )
-from zixir_actors.executor._shipping import MAX_SHIPPED, Shipper, task_name, unwrap
+from zixir_actors.executor._shipping import (
+    MAX_SHIPPED,
+    Shipper,
+    fits_task_name,
+    task_name,
+    unwrap,
+)
 from zixir_actors.executor._telemetry import Call, Telemetry
 
 __all__ = ["DEFAULT_CONNECT_TIMEOUT", "RAY_EXTRA", "RayActorPool", "RayExecutor", "import_ray"]
@@ -417,7 +423,9 @@ class RayExecutor(_RayCalls):
         call = telemetry.begin(name, trace_context)
         try:
             if shipped is not None and not args and not kwargs and guard is None \
-                    and not telemetry.exporting():  # nothing to send but the trace ids
+                    and not telemetry.exporting() and (  # nothing to send but trace ids
+                        trace_context is None  # ours: always hex ids
+                        or fits_task_name(trace_context.trace_id, trace_context.span_id)):
                 trace = call.trace
                 ref = launch.named(name=task_name(name, trace.trace_id, trace.span_id))
             else:

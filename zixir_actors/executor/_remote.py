@@ -298,10 +298,15 @@ def run_payload(fn: Callable[..., Any], payload: list[Any]) -> Any:
     given, trace_id, span_id, guard, collect = payload
     args, kwargs = given if given is not None else ((), None)
     trace = TraceContext(trace_id, span_id)
-    if trace_id is None or span_id is None:
+    parent = None
+    if trace_id is not None and span_id is not None:
+        try:
+            parent = _parent(trace_id, span_id, collect)
+        except ValueError:  # ids that are not hex (a hand-made TraceContext): no parent span
+            parent = None
+    if parent is None:
         reply = _execute(fn, args, kwargs, trace, guard, "")
     else:
-        parent = _parent(trace_id, span_id, collect)
         try:
             reply = _execute(fn, args, kwargs, trace, guard, "")
         finally:

@@ -31,8 +31,8 @@ from typing import Any
 
 from zixir_actors.executor._remote import run_payload
 
-__all__ = ["MAX_SHIPPED", "NO_TRACE", "Shipper", "fresh_key", "run_named", "task_name",
-           "trace_of_task_name", "unwrap"]
+__all__ = ["MAX_SHIPPED", "NO_TRACE", "Shipper", "fits_task_name", "fresh_key", "run_named",
+           "task_name", "trace_of_task_name", "unwrap"]
 
 MAX_SHIPPED = 256
 """Remote wrappers kept per executor; the oldest is dropped beyond that."""
@@ -148,6 +148,22 @@ def task_name(label: str, trace_id: str | None, span_id: str | None) -> str:
     if trace_id is None or span_id is None:
         return f"{label} {NO_TRACE}"
     return f"{label} 00-{trace_id}-{span_id}-01"
+
+
+_HEX = frozenset("0123456789abcdef")
+
+
+def fits_task_name(trace_id: str | None, span_id: str | None) -> bool:
+    """Whether `task_name` carries these ids exactly (both None, or W3C hex ids).
+
+    Example:
+        >>> fits_task_name("ab" * 16, "cd" * 8), fits_task_name("ab" * 16, None)
+        (True, False)
+    """
+    if trace_id is None or span_id is None:
+        return trace_id is None and span_id is None
+    return len(trace_id) == 32 and len(span_id) == 16 and _HEX.issuperset(trace_id) \
+        and _HEX.issuperset(span_id)
 
 
 def trace_of_task_name(name: str) -> tuple[str | None, str | None]:
