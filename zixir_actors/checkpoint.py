@@ -330,8 +330,19 @@ class _Channel:
         self.pending: list[_Request] = []
         self.committing = False
         self.closed = False
+        self.deferred: tuple[int, PendingSync] | None = None  # a lead held by a pending fsync
 
-    def submit(self, ops: Sequence[_Op], *, timeout: float | None) -> None:
+    def submit(self, ops: Sequence[_Op], *, timeout: float | None,
+               defer: bool = False) -> PendingSync | None:
+        """Commit `ops`; with `defer`, a lone writer's fsync may be left pending.
+
+        A deferred fsync has started (`SharedEnv.start_sync`) and is returned:
+        its writer keeps the lead (the next writers wait) until it calls
+        `PendingSync.wait`. Otherwise this returns once the commit is durable.
+        """
+        held = self.deferred
+        if held is not None and held[0] == threading.get_ident():
+            held[1].wait()  # this thread's own pending fsync: it would wait for itself
         with self.lock:
             if self.closed:
                 raise _Closed
@@ -343,16 +354,27 @@ class _Channel:
                 request.wake = threading.Event()
                 self.pending.append(request)
         if lone:  # the common case: commit in this thread, no request to queue
+            if defer and self.durable:
+                try:
+                    self.env.apply(ops)
+                    self.env.start_sync()
+                except BaseException:
+                    self._hand_off()
+                    raise
+                pending = PendingSync(self)
+                self.deferred = (threading.get_ident(), pending)
+                return pending
             try:
                 self.env.apply(ops, durable=self.durable)
             finally:
                 self._hand_off()
-            return
+            return None
         self._follow(request, timeout)
         if request.lead and not request.finished:
             self._round()
         if request.error is not None:
             raise _Closed if isinstance(request.error, _Closed) else request.error
+        return None
 
     def _follow(self, request: _Request, timeout: float | None) -> None:
         deadline = None if timeout is None else time.monotonic() + timeout
@@ -422,6 +444,38 @@ class _Channel:
                 request.finished = True
                 if request.wake is not None:
                     request.wake.set()
+
+
+class PendingSync:
+    """The fsync of a commit, started but not waited for (`CheckpointClient.save_step_fields`).
+
+    The commit is done: readers see it, and it survives the death of the
+    process. `wait` makes it survive a power cut too; until then its writer
+    holds the store's group commit (other writers wait), so it must call
+    `wait` soon, and before anything that relies on the commit's durability
+    (the workflow engine: before it calls the next step).
+    """
+
+    __slots__ = ("_channel",)
+
+    def __init__(self, channel: _Channel) -> None:
+        self._channel: _Channel | None = channel
+
+    def wait(self) -> None:
+        """Wait for the fsync; a second call does nothing.
+
+        Raises:
+            StoreFullError, StoreError: the fsync failed (the commit may not be on disk).
+        """
+        channel, self._channel = self._channel, None
+        if channel is None:
+            return
+        try:
+            if not channel.env.closed:  # else the store closed it, syncing on the way
+                channel.env.sync()
+        finally:
+            channel.deferred = None
+            channel._hand_off()
 
 
 class _GetChannel:
@@ -573,12 +627,12 @@ class CheckpointClient:
                 self._channel = channel
             return channel
 
-    def _write(self, ops: Sequence[_Op], timeout: float | None) -> None:
+    def _write(self, ops: Sequence[_Op], timeout: float | None,
+               defer: bool = False) -> PendingSync | None:
         timeout = self._timeout if timeout is None else timeout
         for _ in range(3):
             try:
-                self._get_channel().submit(ops, timeout=timeout)
-                return
+                return self._get_channel().submit(ops, timeout=timeout, defer=defer)
             except _Closed:
                 continue  # the actor restarted under us; resend to the new one
         raise StoreError("the checkpoint store kept stopping while writing")
@@ -794,15 +848,20 @@ class CheckpointClient:
     def save_step_fields(self, run_id: str, step: str, output: Any, code_hash: str,
                          input_hash: str, attempts: int, duration: float, finished_at: float,
                          idempotency_key: str, *, resolve_letters: Iterable[str] = (),
-                         timeout: float | None = None) -> None:
+                         timeout: float | None = None,
+                         defer_sync: bool = False) -> PendingSync | None:
         """`save_step` of a `StepCheckpoint` with these fields, without building one
-        (the workflow engine's per-step path)."""
+        (the workflow engine's per-step path).
+
+        With `defer_sync`, this may return once the checkpoint is committed,
+        its fsync under way: a `PendingSync` to wait for (see there).
+        """
         ops: list[_Op] = [(STEPS_DB, _step_key(run_id, step),
                            _pack_step(run_id, step, output, code_hash, input_hash, attempts,
                                       duration, finished_at, idempotency_key))]
         if resolve_letters:
             ops += [(DEAD_DB, _key(letter), None) for letter in resolve_letters]
-        self._write(ops, timeout)
+        return self._write(ops, timeout, defer_sync)
 
     def get_step(self, run_id: str, step: str) -> StepCheckpoint | None:
         """The step's checkpoint, or None if it has not finished.

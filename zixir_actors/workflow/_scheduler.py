@@ -20,6 +20,7 @@ calls (steps on an executor) are cancelled: a Ray task is killed.
 
 from __future__ import annotations
 
+import contextlib
 import contextvars
 import inspect
 import random
@@ -39,6 +40,7 @@ from zixir_actors.checkpoint import (
     AttemptInfo,
     CheckpointClient,
     DeadLetter,
+    PendingSync,
 )
 from zixir_actors.errors import (
     CorruptBlobError,
@@ -161,6 +163,11 @@ class Scheduler:
         # and a step's commit takes no lock (16 workers would convoy on it).
         self.committing: list[None] = []
         self.commit_done = threading.Condition(self.lock)
+        # The fsync of the last checkpoint, while still under way: only a lone
+        # worker leaves one (`_execute`), so that its bookkeeping and its choice
+        # of the next step overlap the disk write. It is waited for before any
+        # step runs, before more workers start, and before the run ends.
+        self.unsynced: list[tuple[PendingSync, str]] = []
         self._workers = 0
         self.remote_calls = InFlight()  # steps on executors: `stop` cancels them
         self._steps = self.wf.steps
@@ -237,6 +244,10 @@ class Scheduler:
     def _spawn_locked(self, count: int) -> None:
         if count <= 0:  # a chain: the worker that finished a step runs its successor
             return
+        if self.unsynced:  # new workers may run steps on its output: on disk first
+            self._wait_synced(locked=True)
+            if self.closing:
+                return
         for _ in range(min(count, self.job.max_concurrency - self.active)):
             self.active += 1
             self._workers += 1
@@ -255,6 +266,13 @@ class Scheduler:
             with lock:
                 while True:
                     if self.ended is not None or self.closing or not self.ready:
+                        if self.unsynced:  # on disk before this worker may end the run
+                            lock.release()
+                            try:
+                                self._wait_synced()
+                            finally:
+                                lock.acquire()
+                            continue
                         self.active -= 1
                         finished = self._maybe_end_locked()
                         break
@@ -274,16 +292,33 @@ class Scheduler:
             if finished:
                 self.notify(FINISHED)
         except BaseException as exc:  # a scheduler bug crashes the run actor
+            for pending, _ in self.unsynced:
+                with contextlib.suppress(StoreError):
+                    pending.wait()  # the store's next writers wait for it
             if self.ended is None:
                 self.notify(Crash(exc))
             else:  # an abandoned step finished after its run ended (store may be gone)
                 log.bind(workflow=self.wf.name, run_id=self.job.run_id).debug(
                     "abandoned step ended after its run", error=repr(exc))
 
-    def _store_failed(self, name: str, exc: StoreError) -> _Outcome:
+    def _wait_synced(self, *, locked: bool = False) -> None:
+        """Wait for the fsync of the checkpoint left under way (`unsynced`); if it
+        failed, the run fails as for a failed commit, and so does that step (its
+        checkpoint may not be on disk: a resume runs it again)."""
+        while self.unsynced:
+            pending, name = self.unsynced.pop()
+            try:
+                pending.wait()
+            except StoreError as exc:
+                result = self._store_failed(name, exc, locked=locked).result
+                with contextlib.nullcontext() if locked else self.lock:
+                    self.results[name] = result
+                    self.status[name] = "failed"
+
+    def _store_failed(self, name: str, exc: StoreError, *, locked: bool = False) -> _Outcome:
         log.bind(workflow=self.wf.name, run_id=self.job.run_id, step=name).error(
             "the store cannot write; ending the run", error=str(exc))
-        with self.lock:
+        with contextlib.nullcontext() if locked else self.lock:
             if self.store_error is None:
                 self.store_error = exc
             self.failed = self.closing = True
@@ -353,10 +388,14 @@ class Scheduler:
             attempt_span = enter_span("workflow.step", {
                 "step": name, "attempt": attempt, "run_id": run_id, "workflow": wf.name})
             started_at = job.clock.time()
-            began = time.perf_counter()
             log.step_started(run_log, wf.name, run_id, name, attempt)
             failure: Exception | None = None
             try:
+                if self.unsynced:  # the checkpoint before this one is on disk before this runs
+                    self._wait_synced()
+                    if self.closing:
+                        return _Outcome(StepResult(name, "not_run"))
+                began = time.perf_counter()
                 try:
                     value = self._call(step, kwargs, ctx)
                 except Exception as exc:  # the step's failure is data
@@ -370,10 +409,15 @@ class Scheduler:
                         return _Outcome(StepResult(name, "cancelled", attempt, total))
                     committed = False
                     try:
-                        store.save_step_fields(
+                        # A lone worker leaves the fsync under way (the store may too):
+                        # no other worker exists to run a step on this output meanwhile.
+                        sync = store.save_step_fields(
                             run_id, name, value, self._hashes[name], input_hash, attempt,
                             total, job.clock.time(), key,
-                            resolve_letters=self.letters.get(name, ()))
+                            resolve_letters=self.letters.get(name, ()),
+                            defer_sync=self.active == 1)
+                        if sync is not None:
+                            self.unsynced.append((sync, name))
                         committed = True
                     except UnserializableError as exc:
                         failure = exc
