@@ -28,6 +28,7 @@ from zixir_actors.workflow._history import (
     DEFAULT_MAX_LINES,
     configure_run_logs,
     jsonable,
+    open_run_log,
     run_detail,
     run_state,
 )
@@ -161,6 +162,35 @@ def test_a_damaged_record_of_step_starts_is_a_typed_error(store: CheckpointClien
     store.transact(lambda txn, db: txn.put(key, b"garbage", db=db(checkpoint.LOGS_DB)))
     with pytest.raises(CorruptBlobError):
         store.step_starts("r-bad-starts")
+
+
+def test_lines_added_from_many_threads_while_flushing_are_each_kept_once_in_order(
+        store: CheckpointClient) -> None:
+    # `add` takes no lock: its appends race the flushes' drains, and no line
+    # may be lost, doubled or numbered out of turn.
+    log = open_run_log("r-race", store, fresh=True)
+    threads, per_thread = 4, 500  # under DEFAULT_MAX_LINES: nothing is trimmed
+    go = threading.Barrier(threads + 1)
+
+    def add(worker: int) -> None:
+        go.wait(10)
+        for i in range(per_thread):
+            log.add("INFO", f"w{worker}", attempt=i + 1)
+
+    adders = [threading.Thread(target=add, args=(w,)) for w in range(threads)]
+    for thread in adders:
+        thread.start()
+    go.wait(10)
+    while any(thread.is_alive() for thread in adders):
+        log.flush()
+    for thread in adders:
+        thread.join(10)
+    log.close()
+    kept = store.run_logs("r-race")
+    assert [line.seq for line in kept] == list(range(threads * per_thread))
+    for worker in range(threads):  # each thread's lines, in the order it added them
+        assert [line.attempt for line in kept if line.message == f"w{worker}"] == list(
+            range(1, per_thread + 1))
 
 
 def test_run_logs_filter_by_step_and_read_on_after_a_seq(store: CheckpointClient) -> None:

@@ -27,6 +27,7 @@ the reason ``runtime stopped`` itself.
 
 from __future__ import annotations
 
+import collections
 import contextlib
 import json
 import math
@@ -100,16 +101,16 @@ def configure_run_logs(*, max_lines: int = DEFAULT_MAX_LINES, level: str = DEFAU
 class RunLog:
     """The pending log lines of one run in this process (shared by its incarnations).
 
-    `add` is the hot path: a tuple appended under a lock. Encoding and the
-    LMDB commit happen in `flush`, in the timer thread (or past `FLUSH_EVERY`).
+    `add` is the hot path: a tuple appended to a deque, with no lock (the
+    appends and the flush's pops are atomic). Encoding and the LMDB commit
+    happen in `flush`, in the timer thread (or past `FLUSH_EVERY`).
     """
 
     def __init__(self, run_id: str, store: CheckpointClient, *, fresh: bool) -> None:
         self.run_id = run_id
         self.store = store
-        self.lock = threading.Lock()
         self.flushing = threading.Lock()  # one flush at a time: chunks commit in order
-        self.pending: list[tuple[Any, ...]] = []
+        self.pending: collections.deque[tuple[Any, ...]] = collections.deque()
         self.starts: dict[str, float] = {}
         self.next_seq = 0 if fresh else store.run_log_bounds(run_id)[1]
         self.armed = False
@@ -147,16 +148,16 @@ class RunLog:
 
     def _keep(self, line: tuple[Any, ...], now: float, started: str | None = None) -> None:
         """Queue `line` for the next flush (`started`: the step whose first attempt it opens)."""
-        with self.lock:
-            self.pending.append(line)
-            if started is not None:
-                self.starts[started] = now
-            count = len(self.pending)
-            arm = not self.armed
-            self.armed = True
-        if count >= FLUSH_EVERY:
+        pending = self.pending
+        pending.append(line)
+        if started is not None:
+            self.starts.setdefault(started, now)
+        # After the append: a flush clears `armed` before it drains, so a line
+        # it does not take finds `armed` clear and arms the timer again.
+        if len(pending) >= FLUSH_EVERY:
             self.flush()
-        elif arm:
+        elif not self.armed:
+            self.armed = True
             from zixir_actors.workflow._timers import timers_for
 
             timers_for(SYSTEM_CLOCK).add(now + FLUSH_AFTER, ("run-log", id(self)), self.flush)
@@ -164,12 +165,12 @@ class RunLog:
     def flush(self) -> None:
         """Commit the pending lines now, without a disk sync (best effort: never raises)."""
         with self.flushing:
-            with self.lock:
-                lines, self.pending = self.pending, []
-                starts, self.starts = self.starts, {}
-                first = self.next_seq
-                self.next_seq += len(lines)
-                self.armed = False
+            self.armed = False
+            pending, marks = self.pending, self.starts
+            lines = [pending.popleft() for _ in range(len(pending))]  # appends may go on
+            starts = {step: marks.pop(step) for step in list(marks)}
+            first = self.next_seq
+            self.next_seq += len(lines)
             if not lines and not starts:
                 return
             try:
