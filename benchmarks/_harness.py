@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import argparse
+import contextlib
 import gc
 import json
 import os
@@ -10,7 +11,7 @@ import platform
 import statistics
 import sys
 import time
-from collections.abc import Callable, Sequence
+from collections.abc import Callable, Iterator, Sequence
 from dataclasses import asdict, dataclass, field
 from pathlib import Path
 from typing import Literal
@@ -76,6 +77,40 @@ def measure(fn: Callable[[], object], n: int, *, warmup: int | None = None,
             fn()
         best = min(best, (time.perf_counter() - start) / n)
     return best
+
+
+@contextlib.contextmanager
+def one_cpu() -> Iterator[str]:
+    """Pin every thread of this process (and the threads they start) to one CPU.
+
+    For figures made of thread handoffs (an ask, a restart): on a small VM a
+    wake-up that crosses CPUs costs 50-100 us, 5-10x the handoff itself, and
+    lands on the measured side or on the baseline at random, so ratios of the
+    same code swing from 0.6x to 4x between runs. On one CPU both sides pay
+    the same switch and the ratio shows the software's own cost. Yields a note
+    for the figure; does nothing where affinity cannot be set.
+    """
+    if not hasattr(os, "sched_setaffinity"):
+        yield "threads not pinned (no sched_setaffinity here)"
+        return
+    before = os.sched_getaffinity(0)
+    cpu = min(before)
+    _set_all_threads({cpu})
+    try:
+        yield f"both sides pinned to one CPU (cross-CPU wake-ups on {os.cpu_count()} vCPUs " \
+              "would decide the ratio)"
+    finally:
+        _set_all_threads(before)
+
+
+def _set_all_threads(cpus: set[int]) -> None:
+    try:
+        tids = [int(t) for t in os.listdir("/proc/self/task")]
+    except OSError:
+        tids = [0]
+    for tid in tids:
+        with contextlib.suppress(OSError):  # a thread that just ended
+            os.sched_setaffinity(tid, cpus)
 
 
 def percentile(samples: Sequence[float], q: float) -> float:

@@ -33,7 +33,11 @@ Figures (each beside a baseline measured in the same run):
   the same way. Target 1.5x.
 
 Asks are timed in interleaved blocks, the best block of each kept, because a
-thread handoff on a shared 2-core machine is noisy.
+thread handoff on a shared 2-core machine is noisy. Restarts and asks run
+with the process pinned to one CPU (`benchmarks._harness.one_cpu`): a wake-up
+that crosses CPUs on a small VM costs 5-10x the handoff and lands on either
+side at random (unpinned, the same code measured 0.6x-4x). One restart row
+is also taken unpinned, for reference.
 """
 
 from __future__ import annotations
@@ -49,7 +53,7 @@ from typing import Any
 import pykka
 from loguru import logger
 
-from benchmarks._harness import Figure, main, measure, percentile
+from benchmarks._harness import Figure, main, measure, one_cpu, percentile
 from supervisors import ChildSpec, Supervisor, _report, ref, whereis
 from zixir_actors.observability import configure_logging, reset_logging
 
@@ -230,12 +234,19 @@ def run(quick: bool = False) -> list[Figure]:
 
     # (1) restart latency, with logging as imported, as configured, and with loguru's defaults
     with _logging("default"):
-        ours, heard, base = _restart_samples(restarts)
+        free, _, free_base = _restart_samples(restarts)
+        with one_cpu() as pinned:
+            ours, heard, base = _restart_samples(restarts)
     figures += [
         Figure(SUBJECT, "restart latency p50, default logging", ours=percentile(ours, 50) * 1e6,
                baseline=percentile(base, 50) * 1e6, unit="us", better="lower", target=2.0,
                baseline_name="pykka start + first ask",
-               note=f"{restarts} crashes, logging as imported (quiet until configured)"),
+               note=f"{restarts} crashes, logging as imported (quiet until configured); "
+                    f"{pinned}"),
+        Figure(SUBJECT, "restart latency p50, default logging, threads free",
+               ours=percentile(free, 50) * 1e6, baseline=percentile(free_base, 50) * 1e6,
+               unit="us", better="lower", baseline_name="pykka start + first ask",
+               note="not pinned: where the OS wakes each thread decides much of it"),
         Figure(SUBJECT, "restart latency p99, default logging", ours=percentile(ours, 99) * 1e6,
                baseline=percentile(base, 99) * 1e6, unit="us", better="lower",
                baseline_name="pykka start + first ask"),
@@ -245,7 +256,7 @@ def run(quick: bool = False) -> list[Figure]:
                note="from the crash reaching the asker to the next answer"),
     ]
     _wait_threads_gone(threads_before)
-    with _logging("json"):
+    with _logging("json"), one_cpu():
         ours, _, base = _restart_samples(restarts)
         report, line = _crash_report_cost(2_000 if quick else 20_000)
     figures += [
@@ -258,7 +269,7 @@ def run(quick: bool = False) -> list[Figure]:
                note="type, message, where, traceback text; no exception object"),
     ]
     _wait_threads_gone(threads_before)
-    with _logging("loguru"):
+    with _logging("loguru"), one_cpu():
         ours, _, base = _restart_samples(restarts)
     figures.append(
         Figure(SUBJECT, "restart latency p50, loguru defaults", ours=percentile(ours, 50) * 1e6,
@@ -274,18 +285,19 @@ def run(quick: bool = False) -> list[Figure]:
         named = ref("bench.echo")
         direct = whereis("bench.echo")
         assert direct is not None
-        timing = _interleaved_ask({
-            "raw": lambda m: plain.ask(m),
-            "direct": lambda m: direct.ask(m),
-            "named": lambda m: named.ask(m),
-        }, asks, blocks)
+        with one_cpu() as pinned:
+            timing = _interleaved_ask({
+                "raw": lambda m: plain.ask(m),
+                "direct": lambda m: direct.ask(m),
+                "named": lambda m: named.ask(m),
+            }, asks, blocks)
     finally:
         plain.stop()
         sup.stop()
     figures += [
         Figure(SUBJECT, "ask via ref(name)", ours=timing["named"] * 1e6,
                baseline=timing["raw"] * 1e6, unit="us/op", better="lower", target=1.15,
-               baseline_name="ActorRef.ask, plain pykka actor"),
+               baseline_name="ActorRef.ask, plain pykka actor", note=pinned),
         Figure(SUBJECT, "ask via ref(name), same actor", ours=timing["named"] * 1e6,
                baseline=timing["direct"] * 1e6, unit="us/op", better="lower",
                baseline_name="its own ActorRef.ask"),
