@@ -631,8 +631,11 @@ class CheckpointClient:
                defer: bool = False) -> PendingSync | None:
         timeout = self._timeout if timeout is None else timeout
         for _ in range(3):
+            channel = self._channel  # `_get_channel`'s fast path, inline: every commit's
+            if channel is None or channel.closed:
+                channel = self._get_channel()
             try:
-                return self._get_channel().submit(ops, timeout=timeout, defer=defer)
+                return channel.submit(ops, timeout=timeout, defer=defer)
             except _Closed:
                 continue  # the actor restarted under us; resend to the new one
         raise StoreError("the checkpoint store kept stopping while writing")

@@ -1115,11 +1115,8 @@ class DurableContext:
             # The body swallowed a park or a stop (a bare ``except:``): nothing
             # more may run live in this execution.
             raise self._unwinding
-        if self._plan is None:
-            try:
-                self._b.check_live()
-            except _Stop as stop:
-                raise self._unwind(stop) from None
+        if self._plan is None and self._b.stopping is not None:  # `check_live`, inline
+            raise self._unwind(_Stop(self._b.stopping)) from None
         position = self._pos
         self._pos += 1
         occurrence = self._occ.get(name, 0) + 1

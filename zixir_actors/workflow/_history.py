@@ -321,9 +321,9 @@ def _others_level(logger: Any) -> float:
         return 0
     if handlers is not _seen[0]:
         levels = [getattr(h, "levelno", 0) for key, h in handlers.items() if key != _handler]
-        _seen[1] = min(levels) if levels else math.inf
+        _seen[1] = float(min(levels)) if levels else math.inf
         _seen[0] = handlers
-    return float(_seen[1])
+    return _seen[1]  # type: ignore[no-any-return]
 
 
 STEP_STARTED = "step started"
