@@ -14,7 +14,8 @@ Figures, each beside its peer measured in the same run:
   the same with a batch of calls in flight (interleaved, best of 3);
 - a chain of no-op steps on Ray: what a remote step costs more than a local
   one, beside a bare Ray round trip measured in the same interleaved rounds
-  (target 1.2x); a chain of closure steps
+  (target 1.2x; medians of the rounds, the remote step's cost taken round by
+  round, the best-of ratio in the note); a chain of closure steps
   (shipped once, keyed by code and closure) and a chain of local steps that
   each make a bare Ray round trip (the same trip, inside a chain) are in the
   note.
@@ -25,6 +26,7 @@ Run: ``python -m benchmarks.bench_executor [--quick]``.
 from __future__ import annotations
 
 import os
+import statistics
 import tempfile
 import time
 from pathlib import Path
@@ -36,7 +38,7 @@ ROOT = Path(__file__).resolve().parent.parent
 BURN_SECONDS = 0.05
 CHAIN_ROUNDS = 5
 """Interleaved rounds of the chain figures (each a chain of local, Ray, closure and
-bare-round-trip steps, and a loop of bare round trips), best of each kept."""
+bare-round-trip steps, and a loop of bare round trips); medians kept."""
 
 
 def burn(n: int) -> int:
@@ -187,36 +189,43 @@ def _run(quick: bool) -> list[Figure]:
                     ray.get(bare.remote(), timeout=60)
 
                 _chain("bench-chain-warm", 4, noop, "ray", store)
-                local_link = ray_link = closure_link = bare_link = float("inf")
-                bare_trip = float("inf")
-                for _ in range(CHAIN_ROUNDS):  # interleaved, best of each: load hits all alike
-                    local_link = min(local_link, _chain("bench-chain-local", links, noop,
-                                                        None, store) / links)
-                    ray_link = min(ray_link, _chain("bench-chain-ray", links, noop, "ray",
-                                                    store) / links)
-                    closure_link = min(closure_link, _chain(
-                        "bench-chain-closure", links, _closure_step(7), "ray", store) / links)
-                    bare_link = min(bare_link, _chain("bench-chain-bare", links, bare_step,
+                rounds: dict[str, list[float]] = {
+                    "local": [], "ray": [], "closure": [], "bare_step": [], "bare": []}
+                for _ in range(CHAIN_ROUNDS):  # interleaved: load shifts hit all alike
+                    rounds["local"].append(_chain("bench-chain-local", links, noop, None,
+                                                  store) / links)
+                    rounds["ray"].append(_chain("bench-chain-ray", links, noop, "ray",
+                                                store) / links)
+                    rounds["closure"].append(_chain("bench-chain-closure", links,
+                                                    _closure_step(7), "ray", store) / links)
+                    rounds["bare_step"].append(_chain("bench-chain-bare", links, bare_step,
                                                       None, store) / links)
                     # The baseline, the same bare round trip as `bare_rt`, measured in the
                     # same rounds as the chains (not minutes earlier, under another load).
                     start = time.perf_counter()
                     for _ in range(links):
                         ray.get(bare.remote(), timeout=60)
-                    bare_trip = min(bare_trip, (time.perf_counter() - start) / links)
+                    rounds["bare"].append((time.perf_counter() - start) / links)
+                mid = {key: statistics.median(values) for key, values in rounds.items()}
+                # A remote step's cost over a local one, round by round (each pair ran
+                # under the same load), then the median; the best-of ratio goes in the note.
+                over = statistics.median(
+                    r - lo for r, lo in zip(rounds["ray"], rounds["local"], strict=True))
+                best_over = min(rounds["ray"]) - min(rounds["local"])
                 figures.append(Figure(
                     "executor", f"remote step in a chain of {links}: cost over a local step",
-                    ours=(ray_link - local_link) * 1e3, baseline=bare_trip * 1e3,
+                    ours=over * 1e3, baseline=mid["bare"] * 1e3,
                     unit="ms/step", baseline_name="bare Ray round trip", better="lower",
                     target=1.2,
-                    note=f"local step {local_link * 1e3:.2f} ms, Ray step "
-                         f"{ray_link * 1e3:.2f} ms; a closure step {closure_link * 1e3:.2f} ms; "
-                         f"a local step making a bare Ray round trip "
-                         f"{(bare_link - local_link) * 1e3:.2f} ms over a local one; "
-                         f"bare round trip {bare_rt * 1e3:.2f} ms earlier in the run",
-                    extra={"local_step_ms": local_link * 1e3, "ray_step_ms": ray_link * 1e3,
-                           "closure_step_ms": closure_link * 1e3,
-                           "bare_round_trip_step_ms": bare_link * 1e3,
+                    note=f"medians of {CHAIN_ROUNDS} rounds: local step {mid['local'] * 1e3:.2f} "
+                         f"ms, Ray step {mid['ray'] * 1e3:.2f} ms; a closure step "
+                         f"{mid['closure'] * 1e3:.2f} ms; a local step making a bare Ray round "
+                         f"trip {(mid['bare_step'] - mid['local']) * 1e3:.2f} ms over a local "
+                         f"one; best of each: {best_over / min(rounds['bare']):.2f}x; bare "
+                         f"round trip {bare_rt * 1e3:.2f} ms earlier in the run",
+                    extra={"local_step_ms": mid["local"] * 1e3, "ray_step_ms": mid["ray"] * 1e3,
+                           "closure_step_ms": mid["closure"] * 1e3,
+                           "bare_round_trip_step_ms": mid["bare_step"] * 1e3,
                            "bare_round_trip_earlier_ms": bare_rt * 1e3}))
                 local_noop = _workflow("bench-noop-local", calls, noop, None, store)
                 ray_noop = _workflow("bench-noop-ray", calls, noop, "ray", store)
