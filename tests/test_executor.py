@@ -25,6 +25,7 @@ from pathlib import Path
 from typing import Any
 
 import pytest
+from _ray_cluster import NO_RAY, local_cluster
 
 from zixir_actors.checkpoint import CheckpointClient, open_store
 from zixir_actors.errors import (
@@ -69,8 +70,6 @@ WAIT = 60.0
 """Seconds any single remote call of these tests may take (a cold Ray worker included)."""
 
 
-LOOPBACK_ONLY = "RAY_ENABLE_WINDOWS_OR_OSX_CLUSTER"
-NO_RAY = "Ray is not installed: pip install 'zixir-actors[ray]' to run the Ray executor tests"
 
 
 @pytest.fixture(scope="session", autouse=True)
@@ -80,22 +79,8 @@ def ray_session() -> Iterator[RayExecutor | None]:
     Autouse, so that it starts before the first test takes its snapshot of
     threads: Ray's own driver threads are not a test's leak.
     """
-    # Keep the cluster on the loopback address: Ray's single-machine mode, read on import.
-    os.environ.setdefault(LOOPBACK_ONLY, "0")
-    try:
-        import ray
-    except ImportError:
-        yield None
-        return
-    started = not ray.is_initialized()
-    if started:
-        # Workers import this module to run its functions, as they would a user's module.
-        path = os.pathsep.join([str(HERE), str(HERE.parent)])
-        ray.init(num_cpus=2, include_dashboard=False, log_to_driver=False,
-                 configure_logging=False, runtime_env={"env_vars": {"PYTHONPATH": path}})
-    yield RayExecutor()
-    if started:
-        ray.shutdown()
+    with local_cluster() as available:
+        yield RayExecutor() if available else None
 
 
 @pytest.fixture

@@ -18,6 +18,7 @@ from pathlib import Path
 from typing import Any
 
 import pytest
+from _ray_cluster import NO_RAY, local_cluster
 
 from zixir_actors.checkpoint import CheckpointClient, open_store
 from zixir_actors.errors import ClusterConnectionError, RemoteCancelledError, RemoteTimeoutError
@@ -28,11 +29,8 @@ from zixir_actors.observability import current_trace_ids, metrics, span
 from zixir_actors.testing import FakeClock, capture_spans, wait_for
 from zixir_actors.workflow import Step, Workflow
 
-HERE = Path(__file__).resolve().parent
 WAIT = 60.0
 """Seconds any single remote call of these tests may take (a cold Ray worker included)."""
-LOOPBACK_ONLY = "RAY_ENABLE_WINDOWS_OR_OSX_CLUSTER"
-NO_RAY = "Ray is not installed: pip install 'zixir-actors[ray]' to run the Ray executor tests"
 
 
 @pytest.fixture(scope="session", autouse=True)
@@ -43,21 +41,8 @@ def ray_session() -> Iterator[bool]:
     threads: Ray's own driver threads are not a test's leak. A cluster that
     `tests/test_executor.py` started already is joined, not started again.
     """
-    os.environ.setdefault(LOOPBACK_ONLY, "0")
-    try:
-        import ray
-    except ImportError:
-        yield False
-        return
-    started = not ray.is_initialized()
-    if started:
-        # Workers import this module to run its functions, as they would a user's module.
-        path = os.pathsep.join([str(HERE), str(HERE.parent)])
-        ray.init(num_cpus=2, include_dashboard=False, log_to_driver=False,
-                 configure_logging=False, runtime_env={"env_vars": {"PYTHONPATH": path}})
-    yield True
-    if started:
-        ray.shutdown()
+    with local_cluster() as available:
+        yield available
 
 
 @pytest.fixture
