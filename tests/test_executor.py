@@ -352,6 +352,15 @@ def test_asking_for_ray_without_ray_names_the_extra(monkeypatch: pytest.MonkeyPa
     assert default_executor() is None
 
 
+def test_a_hand_made_trace_context_that_is_not_hex_runs_the_call_without_a_parent() -> None:
+    # As on Ray: ids that are not hex name no span, so the call runs without a
+    # parent span instead of failing (in a thread or in a worker process).
+    odd = TraceContext("not-a-trace", "zz")
+    with LocalExecutor() as threads, LocalExecutor(processes=1) as processes:
+        for executor in (threads, processes):
+            assert executor.submit(divmod, 7, 2, trace_context=odd).get(timeout=WAIT) == (3, 1)
+
+
 def test_a_shut_down_local_executor_refuses_work() -> None:
     executor = LocalExecutor(processes=1)
     executor.shutdown()

@@ -300,10 +300,7 @@ def run_payload(fn: Callable[..., Any], payload: list[Any]) -> Any:
     trace = TraceContext(trace_id, span_id)
     parent = None
     if trace_id is not None and span_id is not None:
-        try:
-            parent = _parent(trace_id, span_id, collect)
-        except ValueError:  # ids that are not hex (a hand-made TraceContext): no parent span
-            parent = None
+        parent = _parent(trace_id, span_id, collect)
     if parent is None:
         reply = _execute(fn, args, kwargs, trace, guard, "")
     else:
@@ -357,15 +354,21 @@ def _collect(trace: TraceContext | None) -> tuple[list[Any] | None, Any, Any] | 
     return _parent(trace.trace_id, trace.span_id, True)
 
 
-def _parent(trace_id: str, span_id: str, collect: bool) -> tuple[list[Any] | None, Any, Any]:
+def _parent(trace_id: str, span_id: str,
+            collect: bool) -> tuple[list[Any] | None, Any, Any] | None:
     """Make the caller's span the parent here; with `collect`, keep the spans the call ends.
 
     Without `collect` (the caller has no span exporter: the records would be
     dropped there), the spans the call opens still carry the caller's trace.
+    None for ids that are not hex (a hand-made `TraceContext`): they name no
+    span, so the call runs without a parent, on Ray and in a worker process alike.
     """
     from zixir_actors.observability import _tracing
 
-    parent = _tracing.remote_parent(trace_id, span_id)
+    try:
+        parent = _tracing.remote_parent(trace_id, span_id)
+    except ValueError:
+        return None
     if not collect:
         return None, _tracing._CURRENT.set(parent), None
     if not _COLLECTOR:
