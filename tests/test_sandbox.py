@@ -259,6 +259,15 @@ def _gone(proc: psutil.Process) -> bool:
         return True
 
 
+def _pid_gone(pid: int) -> bool:
+    """Whether process `pid` has ended: exited, reaped or a zombie. (Asking
+    `pid_exists` first races the reaper: the pid can go between the two calls.)"""
+    try:
+        return _gone(psutil.Process(pid))
+    except psutil.NoSuchProcess:
+        return True
+
+
 def assert_no_orphans(procs: set[psutil.Process]) -> None:
     wait_for(lambda: all(_gone(p) for p in procs), timeout=5.0,
              what=f"sandbox processes {sorted(p.pid for p in procs)} to end")
@@ -362,7 +371,7 @@ def test_infinite_loop_ends_as_timeout_and_the_worker_is_replaced(sandbox: Sandb
     error = result.unwrap_err()
     assert error.kind == "timeout"
     assert error.limit == 0.3 and error.measured is not None and error.measured >= 0.3
-    assert not psutil.pid_exists(first) or _gone(psutil.Process(first))
+    assert _pid_gone(first)
     assert sandbox.run(double, 2) == Ok(4)
     assert _only_worker(sandbox) != first
     assert sandbox.pool.stats().restarts == 1
@@ -506,8 +515,7 @@ def test_a_kill_takes_the_whole_process_tree(sandbox: Sandbox, tmp_path: Path) -
                          limits=Limits(timeout=1.0)).unwrap_err()
     assert error.kind == "timeout"
     grandchild = int(pid_file.read_text())
-    wait_for(lambda: not psutil.pid_exists(grandchild) or _gone(psutil.Process(grandchild)),
-             timeout=5.0, what="the grandchild to be killed")
+    wait_for(lambda: _pid_gone(grandchild), timeout=5.0, what="the grandchild to be killed")
 
 
 def _alive(procs: list[list[float]] | list[tuple[int, float]]) -> list[int]:
@@ -710,8 +718,7 @@ def test_idle_worker_killed_from_outside_is_replaced(sandbox: Sandbox) -> None:
     assert sandbox.run(double, 1) == Ok(2)
     worker = _only_worker(sandbox)
     os.kill(worker, signal.SIGKILL)
-    wait_for(lambda: _gone(psutil.Process(worker)) if psutil.pid_exists(worker) else True,
-             timeout=5.0)
+    wait_for(lambda: _pid_gone(worker), timeout=5.0)
     assert sandbox.run(double, 2) == Ok(4)
     assert _only_worker(sandbox) != worker
     assert sandbox.pool.stats().restarts == 1
