@@ -1,9 +1,11 @@
-"""The local Ray cluster that the Ray test modules share for a test session."""
+"""The local Ray cluster that the Ray test modules share for a test session, and the
+remote functions and checks they share (Ray workers import them from here)."""
 
 from __future__ import annotations
 
 import contextlib
 import os
+import threading
 from collections.abc import Iterator
 from pathlib import Path
 
@@ -38,3 +40,20 @@ def local_cluster() -> Iterator[bool]:
     finally:
         if started:
             ray.shutdown()
+
+
+def sleep_forever(path: str) -> None:
+    """Write this process's pid to `path` (atomically), then never return."""
+    Path(path + ".tmp").write_text(str(os.getpid()))
+    os.replace(path + ".tmp", path)  # atomic: the test reads it as soon as it exists
+    threading.Event().wait()
+
+
+def alive(pid: int) -> bool:
+    """Whether process `pid` runs (a zombie does not)."""
+    import psutil
+
+    try:
+        return psutil.Process(pid).status() != psutil.STATUS_ZOMBIE
+    except psutil.NoSuchProcess:
+        return False

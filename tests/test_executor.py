@@ -25,7 +25,7 @@ from pathlib import Path
 from typing import Any
 
 import pytest
-from _ray_cluster import NO_RAY, local_cluster
+from _ray_cluster import NO_RAY, alive, local_cluster, sleep_forever
 
 from zixir_actors.checkpoint import CheckpointClient, open_store
 from zixir_actors.errors import (
@@ -115,12 +115,6 @@ ISOLATED = pytest.mark.parametrize("executor", ["processes", "ray"], indirect=Tr
 
 def _fails(n: int) -> int:
     raise KeyError(f"no item {n}")
-
-
-def _sleep_forever(path: str) -> None:
-    Path(path + ".tmp").write_text(str(os.getpid()))
-    os.replace(path + ".tmp", path)  # atomic: the test reads it as soon as it exists
-    threading.Event().wait()
 
 
 def _hog_memory() -> int:
@@ -473,33 +467,24 @@ def test_a_ray_task_runs_in_a_ray_worker_with_its_resources(ray_executor: RayExe
 def test_a_ray_timeout_cancels_the_task_and_kills_its_worker(ray_executor: RayExecutor,
                                                              tmp_path: Path) -> None:
     marker = tmp_path / "pid"
-    future = ray_executor.submit(_sleep_forever, str(marker), timeout=3.0)
+    future = ray_executor.submit(sleep_forever, str(marker), timeout=3.0)
     with pytest.raises(RemoteTimeoutError) as caught:
         future.get(timeout=WAIT)
     assert caught.value.executor == "ray" and caught.value.timeout == 3.0
     pid = int(marker.read_text())
-    wait_for(lambda: not _alive(pid), timeout=WAIT, what="the timed-out worker to be killed")
+    wait_for(lambda: not alive(pid), timeout=WAIT, what="the timed-out worker to be killed")
     assert ray_executor.submit(abs, -4).get(timeout=WAIT) == 4
-
-
-def _alive(pid: int) -> bool:
-    import psutil
-
-    try:
-        return psutil.Process(pid).status() != psutil.STATUS_ZOMBIE
-    except psutil.NoSuchProcess:
-        return False
 
 
 def test_cancel_kills_a_running_ray_task(ray_executor: RayExecutor, tmp_path: Path) -> None:
     marker = tmp_path / "pid"
-    future = ray_executor.submit(_sleep_forever, str(marker))
+    future = ray_executor.submit(sleep_forever, str(marker))
     wait_for(marker.exists, timeout=WAIT, what="the task to start")
     assert future.cancel() is True
     assert future.cancel() is False and future.cancelled()
     with pytest.raises(RemoteCancelledError):
         future.get(timeout=WAIT)
-    wait_for(lambda: not _alive(int(marker.read_text())), timeout=WAIT,
+    wait_for(lambda: not alive(int(marker.read_text())), timeout=WAIT,
              what="the cancelled worker to be killed")
 
 
@@ -1004,7 +989,7 @@ def test_ending_a_dag_run_cancels_its_remote_steps(ray_executor: RayExecutor,
                                                    store: CheckpointClient, tmp_path: Path,
                                                    how: str) -> None:
     marker = tmp_path / "pid"
-    wf = Workflow(f"remote-{how}", [Step("forever", functools.partial(_sleep_forever,
+    wf = Workflow(f"remote-{how}", [Step("forever", functools.partial(sleep_forever,
                                                                        str(marker)))],
                   executor=ray_executor)
     handle = wf.start(store=store, timeout=None if how == "cancel" else 5.0)
@@ -1013,7 +998,7 @@ def test_ending_a_dag_run_cancels_its_remote_steps(ray_executor: RayExecutor,
         assert handle.cancel() is True
     result = handle.result(timeout=WAIT)
     assert result.status == ("cancelled" if how == "cancel" else "timed_out")
-    wait_for(lambda: not _alive(int(marker.read_text())), timeout=WAIT,
+    wait_for(lambda: not alive(int(marker.read_text())), timeout=WAIT,
              what="the abandoned remote step's worker to be killed")
 
 
@@ -1024,7 +1009,7 @@ def test_ending_a_code_first_run_cancels_its_remote_step(ray_executor: RayExecut
     marker = str(tmp_path / "pid")
 
     def body(ctx: Any) -> None:
-        ctx.step(_sleep_forever, marker, executor=ray_executor)
+        ctx.step(sleep_forever, marker, executor=ray_executor)
 
     handle = Workflow(f"remote-body-{how}", body=body).start(
         {}, store=store, timeout=None if how == "cancel" else 5.0)
@@ -1033,7 +1018,7 @@ def test_ending_a_code_first_run_cancels_its_remote_step(ray_executor: RayExecut
         assert handle.cancel() is True
     assert handle.result(timeout=WAIT).status == ("cancelled" if how == "cancel"
                                                   else "timed_out")
-    wait_for(lambda: not _alive(int(Path(marker).read_text())), timeout=WAIT,
+    wait_for(lambda: not alive(int(Path(marker).read_text())), timeout=WAIT,
              what="the cancelled run's remote worker to be killed")
 
 
@@ -1147,21 +1132,21 @@ def test_a_ray_future_nobody_waits_for_still_ends(ray_executor: RayExecutor) -> 
 def test_a_short_wait_on_a_ray_call_is_a_timeout_of_the_wait_only(ray_executor: RayExecutor,
                                                                    tmp_path: Path) -> None:
     marker = tmp_path / "pid"
-    future = ray_executor.submit(_sleep_forever, str(marker))
+    future = ray_executor.submit(sleep_forever, str(marker))
     wait_for(marker.exists, timeout=WAIT, what="the task to start")
     for wait in (0, 0.05):
         with pytest.raises(ZixirTimeoutError) as caught:
             future.get(timeout=wait)
         assert not isinstance(caught.value, RemoteTimeoutError) and not future.done()
     assert future.cancel() is True
-    wait_for(lambda: not _alive(int(marker.read_text())), timeout=WAIT,
+    wait_for(lambda: not alive(int(marker.read_text())), timeout=WAIT,
              what="the cancelled worker to be killed")
 
 
 def test_cancel_ends_a_get_blocked_in_another_thread(ray_executor: RayExecutor,
                                                      tmp_path: Path) -> None:
     marker = tmp_path / "pid"
-    future = ray_executor.submit(_sleep_forever, str(marker))
+    future = ray_executor.submit(sleep_forever, str(marker))
     wait_for(marker.exists, timeout=WAIT, what="the task to start")
     outcome: list[BaseException | None] = []
     waiter = threading.Thread(target=lambda: outcome.append(future.exception(timeout=WAIT)))
@@ -1169,7 +1154,7 @@ def test_cancel_ends_a_get_blocked_in_another_thread(ray_executor: RayExecutor,
     assert future.cancel() is True
     waiter.join(WAIT)
     assert not waiter.is_alive() and isinstance(outcome[0], RemoteCancelledError)
-    wait_for(lambda: not _alive(int(marker.read_text())), timeout=WAIT,
+    wait_for(lambda: not alive(int(marker.read_text())), timeout=WAIT,
              what="the cancelled worker to be killed")
 
 

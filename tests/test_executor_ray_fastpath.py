@@ -12,13 +12,12 @@ reason shown, only when Ray is not installed.
 from __future__ import annotations
 
 import os
-import time
 from collections.abc import Callable, Iterator
 from pathlib import Path
 from typing import Any
 
 import pytest
-from _ray_cluster import NO_RAY, local_cluster
+from _ray_cluster import NO_RAY, alive, local_cluster, sleep_forever
 
 from zixir_actors.checkpoint import CheckpointClient, open_store
 from zixir_actors.errors import ClusterConnectionError, RemoteCancelledError, RemoteTimeoutError
@@ -95,20 +94,9 @@ def _fails() -> None:
 
 
 def _sleeper(marker: str) -> Callable[[], None]:
-    def sleep_forever() -> None:
-        Path(marker).write_text(str(os.getpid()))
-        while True:
-            time.sleep(0.05)
-    return sleep_forever
-
-
-def _alive(pid: int) -> bool:
-    import psutil
-
-    try:
-        return psutil.Process(pid).status() != psutil.STATUS_ZOMBIE
-    except psutil.NoSuchProcess:
-        return False
+    def sleeps() -> None:  # a plain function without arguments: the no-argument path
+        sleep_forever(marker)
+    return sleeps
 
 
 def _opens_a_span() -> int:
@@ -200,7 +188,7 @@ def test_cancel_and_timeout_kill_a_call_without_arguments(
         assert future.cancel() is True
     with pytest.raises(RemoteCancelledError if how == "cancel" else RemoteTimeoutError):
         future.get(timeout=WAIT)
-    wait_for(lambda: not _alive(int(marker.read_text())), timeout=WAIT,
+    wait_for(lambda: not alive(int(marker.read_text())), timeout=WAIT,
              what="the ended call's worker to be killed")
 
 
