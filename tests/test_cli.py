@@ -12,6 +12,7 @@ from pathlib import Path
 from typing import Any
 
 import pytest
+from _subprocess import project_env
 
 ROOT = Path(__file__).resolve().parent.parent
 
@@ -37,7 +38,7 @@ WORKFLOWS = textwrap.dedent('''
 
 
 def zixir(data_dir: Path, *args: str, timeout: float = 120.0) -> subprocess.CompletedProcess[str]:
-    env = {**os.environ, "PYTHONPATH": str(ROOT)}
+    env = project_env()
     env.pop("ZIXIR_DATA_DIR", None)
     return subprocess.run([sys.executable, "-m", "zixir_actors", "--data-dir", str(data_dir),
                            *args], capture_output=True, text=True, timeout=timeout, env=env,
@@ -174,7 +175,7 @@ def test_demo_prints_steps_in_order_and_never_cuts_a_word(tmp_path: Path) -> Non
 
 def test_python_dash_m_and_console_script_help() -> None:
     result = subprocess.run([sys.executable, "-m", "zixir_actors", "--help"], capture_output=True,
-                            text=True, timeout=60, env={**os.environ, "PYTHONPATH": str(ROOT)},
+                            text=True, timeout=60, env=project_env(),
                             check=False)
     assert result.returncode == 0
     for command in ("demo", "run", "runs", "dlq", "cache", "graph", "tree", "metrics", "bench"):
@@ -185,7 +186,7 @@ def test_metrics_serves_prometheus_text_on_loopback(tmp_path: Path) -> None:
     import re
     import urllib.request
 
-    env = {**os.environ, "PYTHONPATH": str(ROOT)}
+    env = project_env()
     with subprocess.Popen([sys.executable, "-m", "zixir_actors", "--data-dir",
                            str(tmp_path / "data"), "metrics", "--port", "0", "--duration", "20"],
                           stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True,
@@ -233,7 +234,7 @@ def _run_slow(data: Path, flows: Path, run_id: str, started: Path, release: Path
                              "--input", f"started={json.dumps(str(started))}",
                              "--input", f"release={json.dumps(str(release))}"],
                             stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True,
-                            env={**os.environ, "PYTHONPATH": str(ROOT)}, **popen)
+                            env=project_env(), **popen)
 
 
 SLOW = _slow_flow("cli-slow")
@@ -271,7 +272,7 @@ NO_WORKFLOW = "value = 42\n"
 
 def zixir_at(cwd: Path, *args: str, timeout: float = 120.0) -> subprocess.CompletedProcess[str]:
     """`zixir ARGS` run in `cwd`, without an implicit --data-dir."""
-    env = {**os.environ, "PYTHONPATH": str(ROOT)}
+    env = project_env()
     env.pop("ZIXIR_DATA_DIR", None)
     return subprocess.run([sys.executable, "-m", "zixir_actors", *args], cwd=cwd,
                           capture_output=True, text=True, timeout=timeout, env=env, check=False)
@@ -454,7 +455,7 @@ def test_cache_list_and_stats_keep_hits_and_misses_across_processes(tmp_path: Pa
     data = tmp_path / "data"
     script = tmp_path / "use_cache.py"
     script.write_text(CACHE_USER)
-    env = {**os.environ, "PYTHONPATH": str(ROOT)}
+    env = project_env()
     counts = []
     for _ in range(2):
         used = subprocess.run([sys.executable, str(script), str(data)], capture_output=True,

@@ -3,7 +3,6 @@
 from __future__ import annotations
 
 import json
-import os
 import pickle
 import signal
 import subprocess
@@ -12,11 +11,11 @@ import textwrap
 from pathlib import Path
 
 import pytest
+from _subprocess import project_env
 
 from zixir_actors.checkpoint import open_store
 from zixir_actors.testing import wait_for
 
-ROOT = Path(__file__).resolve().parent.parent
 WAIT = 60.0
 
 FLOWS = textwrap.dedent('''
@@ -87,7 +86,7 @@ def zixir(data_dir: Path, *args: str, env: dict[str, str] | None = None,
 
 
 def _env(extra: dict[str, str] | None = None) -> dict[str, str]:
-    env = {**os.environ, "PYTHONPATH": str(ROOT), **(extra or {})}
+    env = {**project_env(), **(extra or {})}
     env.pop("ZIXIR_DATA_DIR", None)
     return env
 

@@ -3,22 +3,21 @@
 from __future__ import annotations
 
 import json
-import os
 import stat
 import struct
 import subprocess
 import sys
 from pathlib import Path
 
+from _subprocess import project_env
+
 from zixir_actors import _codec, _lmdb, checkpoint
 from zixir_actors.checkpoint import RunRecord, StepCheckpoint, open_store
 from zixir_actors.errors import StoreCorruptError
 
-ROOT = Path(__file__).resolve().parent.parent
-
 
 def zixir(data_dir: Path, *args: str, timeout: float = 120.0) -> subprocess.CompletedProcess[str]:
-    env = {**os.environ, "PYTHONPATH": str(ROOT)}
+    env = project_env()
     env.pop("ZIXIR_DATA_DIR", None)
     return subprocess.run([sys.executable, "-m", "zixir_actors", "--data-dir", str(data_dir),
                            *args], capture_output=True, text=True, timeout=timeout, env=env,

@@ -6,7 +6,6 @@ The same checks in a real browser are in `test_dashboard_browser.py`.
 from __future__ import annotations
 
 import json
-import os
 import re
 import subprocess
 import sys
@@ -22,6 +21,7 @@ from typing import Any
 from urllib.parse import quote, urlencode
 
 import pytest
+from _subprocess import project_env
 
 pytest.importorskip("starlette", reason="the dashboard extra (starlette) is not installed")
 pytest.importorskip("uvicorn", reason="the dashboard extra (uvicorn) is not installed")
@@ -35,8 +35,6 @@ from zixir_actors.dashboard._html import MAX_STRING, json_view
 from zixir_actors.errors import ConfigError
 from zixir_actors.testing import wait_for
 from zixir_actors.workflow import RetryPolicy, Workflow, durable
-
-ROOT = Path(__file__).resolve().parent.parent
 
 
 class Http:
@@ -303,7 +301,7 @@ def test_binding_beyond_loopback_needs_a_token(tmp_path: Path) -> None:
         child_spec(host="0.0.0.0", port=0)
     with pytest.raises(ConfigError, match="invalid port"):
         Dashboard(tmp_path, port=99999)
-    env = {**os.environ, "PYTHONPATH": str(ROOT)}
+    env = project_env()
     env.pop("ZIXIR_DASHBOARD_TOKEN", None)
     result = subprocess.run([sys.executable, "-m", "zixir_actors", "--data-dir", str(tmp_path),
                              "dashboard", "--host", "0.0.0.0"], capture_output=True, text=True,
@@ -355,7 +353,7 @@ def test_retry_uses_the_file_zixir_run_remembered(tmp_path: Path) -> None:
     flow.write_text(FLOW)
     (tmp_path / "broken").write_text("")
     data = tmp_path / "data"
-    env = {**os.environ, "PYTHONPATH": str(ROOT)}
+    env = project_env()
     ran = subprocess.run([sys.executable, "-m", "zixir_actors", "--data-dir", str(data), "run",
                           str(flow), "--input", "n=4", "--json"], capture_output=True,
                          text=True, timeout=120, env=env, check=False)
@@ -449,7 +447,7 @@ def test_a_dashboard_beside_a_live_service_approves_its_parked_run(tmp_path: Pat
     script = tmp_path / "service.py"
     script.write_text(SERVICE)
     data = tmp_path / "data"
-    env = {**os.environ, "PYTHONPATH": str(ROOT)}
+    env = project_env()
     child = subprocess.Popen([sys.executable, str(script), str(data)], stdout=subprocess.PIPE,
                              stderr=subprocess.PIPE, text=True, env=env)
     try:
@@ -481,7 +479,7 @@ def test_a_dashboard_beside_a_live_service_approves_its_parked_run(tmp_path: Pat
 def test_zixir_dashboard_serves_with_a_token_until_interrupted(tmp_path: Path) -> None:
     import signal
 
-    env = {**os.environ, "PYTHONPATH": str(ROOT), "ZIXIR_DASHBOARD_TOKEN": "t0ken"}
+    env = {**project_env(), "ZIXIR_DASHBOARD_TOKEN": "t0ken"}
     child = subprocess.Popen([sys.executable, "-m", "zixir_actors", "--data-dir",
                               str(tmp_path / "data"), "dashboard", "--port", "0"],
                              stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True, env=env)

@@ -4,7 +4,6 @@ from __future__ import annotations
 
 import doctest
 import importlib
-import os
 import pkgutil
 import re
 import subprocess
@@ -12,6 +11,7 @@ import sys
 from pathlib import Path
 
 import pytest
+from _subprocess import project_env
 
 ROOT = Path(__file__).resolve().parent.parent
 FENCE = re.compile(r"```python\n(.*?)```", re.DOTALL)
@@ -22,7 +22,7 @@ def _readme_blocks() -> list[str]:
 
 
 def _run(args: list[str], cwd: Path, timeout: float = 120.0) -> subprocess.CompletedProcess[str]:
-    env = {**os.environ, "PYTHONPATH": str(ROOT), "ZIXIR_DATA_DIR": str(cwd / ".zixir")}
+    env = {**project_env(), "ZIXIR_DATA_DIR": str(cwd / ".zixir")}
     return subprocess.run(args, cwd=cwd, env=env, capture_output=True, text=True,
                           timeout=timeout, check=False)
 

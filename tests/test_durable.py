@@ -18,6 +18,7 @@ from pathlib import Path
 from typing import Any
 
 import pytest
+from _subprocess import project_env
 
 import zixir_actors
 from zixir_actors import durable, send
@@ -1149,7 +1150,7 @@ def test_zixir_runs_send_on_the_command_line_wakes_a_parked_run(tmp_path: Path) 
     with zixir_actors.start(data_dir=data_dir):
         handle = body.start({}, run_id="r-cli")
         wait_status(handle, "parked")
-        env = {**os.environ, "PYTHONPATH": str(ROOT)}
+        env = project_env()
         env.pop("ZIXIR_DATA_DIR", None)
         sent = subprocess.run(
             [sys.executable, "-m", "zixir_actors", "--data-dir", str(data_dir), "runs", "send",
@@ -1164,7 +1165,7 @@ def test_zixir_runs_send_on_the_command_line_wakes_a_parked_run(tmp_path: Path) 
 
 
 def zixir(data_dir: Path, *args: str) -> subprocess.CompletedProcess[str]:
-    env = {**os.environ, "PYTHONPATH": str(ROOT)}
+    env = project_env()
     env.pop("ZIXIR_DATA_DIR", None)
     return subprocess.run([sys.executable, "-m", "zixir_actors", "--data-dir", str(data_dir),
                            *args], capture_output=True, text=True, timeout=120, env=env,
@@ -1235,7 +1236,6 @@ def test_the_readme_web_handler_serves_an_agent_with_run_async(
         run_id = answered.json()["run_id"]
         assert client.post(f"/runs/{run_id}/events/approval", json={}).status_code == 409
         assert client.post("/runs/nope/events/approval", json={}).status_code == 404
-
 
 
 def test_a_full_disk_ends_a_code_first_run_with_the_store_error(tmp_path: Path) -> None:

@@ -24,6 +24,7 @@ from pathlib import Path
 from typing import Any
 
 import pytest
+from _subprocess import project_env
 
 from zixir_actors.checkpoint import open_store
 from zixir_actors.testing import FakeClock, wait_for
@@ -31,7 +32,6 @@ from zixir_actors.workflow._durable import labels as _labels
 
 pytestmark = pytest.mark.slow
 
-ROOT = Path(__file__).resolve().parent.parent
 PROCESS_TIMEOUT = 60.0
 WAIT = 30.0
 
@@ -152,7 +152,7 @@ def python(script: Path, *args: str) -> list[str]:
 
 
 def env() -> dict[str, str]:
-    return {**os.environ, "PYTHONPATH": str(ROOT)}
+    return project_env()
 
 
 def counts(path: Path) -> Counter[str]:

@@ -4,7 +4,6 @@ from __future__ import annotations
 
 import itertools
 import json
-import os
 import signal
 import struct
 import subprocess
@@ -16,6 +15,7 @@ from pathlib import Path
 from typing import Any
 
 import pytest
+from _subprocess import project_env
 
 import zixir_actors
 from zixir_actors import checkpoint
@@ -33,7 +33,6 @@ from zixir_actors.workflow._history import (
     run_state,
 )
 
-ROOT = Path(__file__).resolve().parent.parent
 WAIT = 60.0
 
 
@@ -498,7 +497,7 @@ def test_after_kill_9_the_run_shows_interrupted_and_its_logs_survive(tmp_path: P
     script = tmp_path / "hang.py"
     script.write_text(HANGING)
     data, ready = tmp_path / "data", tmp_path / "ready"
-    env = {**os.environ, "PYTHONPATH": str(ROOT)}
+    env = project_env()
     child = subprocess.Popen([sys.executable, str(script), str(data), str(ready)], env=env,
                              stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL)
     try:

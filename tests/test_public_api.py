@@ -3,12 +3,12 @@
 from __future__ import annotations
 
 import importlib
-import os
 import subprocess
 import sys
 from pathlib import Path
 
 import pytest
+from _subprocess import project_env
 
 import zixir_actors
 
@@ -105,7 +105,7 @@ def test_importing_starts_nothing_and_writes_nothing(tmp_path: Path) -> None:
     )
     result = subprocess.run([sys.executable, "-c", script], cwd=tmp_path, capture_output=True,
                             text=True, timeout=60, check=False,
-                            env={**os.environ, "PYTHONPATH": str(ROOT)})
+                            env=project_env())
     assert result.returncode == 0, result.stderr
     assert result.stdout.strip() == "clean"
 

@@ -16,6 +16,7 @@ from pathlib import Path
 from typing import Any
 
 import pytest
+from _subprocess import project_env
 
 import zixir_actors
 from zixir_actors import Queue, Workflow
@@ -25,7 +26,6 @@ from zixir_actors.observability import metrics
 from zixir_actors.queue import parse_rate, queue_stats
 from zixir_actors.testing import wait_for
 
-ROOT = Path(__file__).resolve().parent.parent
 WAIT = 60.0
 
 
@@ -219,7 +219,7 @@ WORKER = textwrap.dedent('''
 def _workers(tmp_path: Path, n: int, sleep: float) -> list[subprocess.Popen[str]]:
     script = tmp_path / "worker.py"
     script.write_text(WORKER)
-    env = {**os.environ, "PYTHONPATH": str(ROOT), "STEP_SLEEP": str(sleep),
+    env = {**project_env(), "STEP_SLEEP": str(sleep),
            "EVENTS_FILE": str(tmp_path / "events.log")}
     children = [subprocess.Popen([sys.executable, str(script), str(tmp_path / "data")],
                                  env=env, text=True,
@@ -342,7 +342,7 @@ def test_queues_command_lists_and_shows(tmp_path: Path) -> None:
         queue = Queue("q-cli", concurrency=3, rate="60/min", store=store)
         for i in range(3):
             queue.enqueue(wf, {"n": i})
-    env = {**os.environ, "PYTHONPATH": str(ROOT)}
+    env = project_env()
     listed = subprocess.run([sys.executable, "-m", "zixir_actors", "--data-dir", str(tmp_path),
                              "queues", "list", "--json"], capture_output=True, text=True,
                             env=env, timeout=WAIT, check=False)

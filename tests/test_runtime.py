@@ -4,19 +4,16 @@ from __future__ import annotations
 
 import os
 import stat
-import subprocess
-import sys
 from pathlib import Path
 
 import pykka
 import pytest
+from _subprocess import run_python
 
 import zixir_actors
 from supervisors import monitor, whereis
 from zixir_actors.errors import DataDirError, RuntimeConflictError
 from zixir_actors.runtime import SERVICE_NAMES, current, resolve_data_dir
-
-ROOT = Path(__file__).resolve().parent.parent
 
 
 def test_start_builds_the_tree_of_the_design(tmp_path: Path) -> None:
@@ -75,8 +72,7 @@ def test_uncreatable_data_dir_is_a_clear_error(tmp_path: Path) -> None:
 
 def test_a_script_that_never_calls_stop_still_exits(tmp_path: Path) -> None:
     script = f"import zixir_actors\nzixir_actors.start(data_dir={str(tmp_path)!r})\nprint('up')\n"
-    result = subprocess.run([sys.executable, "-c", script], capture_output=True, text=True,
-                            timeout=60, env={**os.environ, "PYTHONPATH": str(ROOT)}, check=False)
+    result = run_python("-c", script)
     assert result.returncode == 0, result.stderr
     assert result.stdout.strip() == "up"
 
@@ -100,14 +96,11 @@ def test_a_process_beside_an_exclusive_runtime_gets_a_clear_error(tmp_path: Path
         "sys.exit(0)\n"
     )
     with zixir_actors.start(data_dir=tmp_path, exclusive=True):
-        result = subprocess.run([sys.executable, "-c", script], capture_output=True, text=True,
-                                timeout=60, env={**os.environ, "PYTHONPATH": str(ROOT)},
-                                check=False)
+        result = run_python("-c", script)
     assert result.returncode == 3, result.stderr
     assert f"LOCKED {os.getpid()}" in result.stdout
     # Once stopped, another process may take the directory.
-    again = subprocess.run([sys.executable, "-c", script], capture_output=True, text=True,
-                           timeout=60, env={**os.environ, "PYTHONPATH": str(ROOT)}, check=False)
+    again = run_python("-c", script)
     assert again.returncode == 0, again.stderr
 
 
@@ -174,8 +167,7 @@ def test_runs_in_flight_when_the_process_died_resume_on_the_next_start(tmp_path:
              "import zixir_actors, flows\n"
              f"rt = zixir_actors.start(data_dir={str(data)!r})\n"
              f"flows.wf.run({{'n': 4, 'marker': {str(marker)!r}}}, run_id='r-1')\n")
-    result = subprocess.run([sys.executable, "-c", child], capture_output=True, text=True,
-                            timeout=60, env={**os.environ, "PYTHONPATH": str(ROOT)}, check=False)
+    result = run_python("-c", child)
     assert result.returncode == -9, result.stderr
     import importlib.util
 

@@ -3,7 +3,6 @@
 from __future__ import annotations
 
 import json
-import os
 import subprocess
 import sys
 import textwrap
@@ -14,6 +13,7 @@ from pathlib import Path
 from typing import Any
 
 import pytest
+from _subprocess import project_env
 
 import zixir_actors
 from zixir_actors import Queue, Workflow
@@ -28,7 +28,6 @@ from zixir_actors.schedule import (
 )
 from zixir_actors.testing import FakeClock, wait_for
 
-ROOT = Path(__file__).resolve().parent.parent
 WAIT = 60.0
 HOUR = 3600.0
 
@@ -181,7 +180,7 @@ def test_schedules_command(tmp_path: Path, report: Any) -> None:
     wf, _ = report
     with zixir_actors.start(data_dir=tmp_path):
         wf.schedule("0 3 * * *", {"day": "d"}, name="nightly")
-    env = {**os.environ, "PYTHONPATH": str(ROOT)}
+    env = project_env()
 
     def zixir(*args: str) -> subprocess.CompletedProcess[str]:
         return subprocess.run([sys.executable, "-m", "zixir_actors", "--data-dir", str(tmp_path),
@@ -228,7 +227,7 @@ def test_three_processes_make_exactly_one_run_per_tick(tmp_path: Path) -> None:
     script = tmp_path / "scheduled.py"
     script.write_text(SCHEDULED)
     notes = tmp_path / "notes.log"
-    env = {**os.environ, "PYTHONPATH": str(ROOT)}
+    env = project_env()
     children = [subprocess.Popen([sys.executable, str(script), str(tmp_path / "data"),
                                   str(notes)], env=env, text=True, stdin=subprocess.PIPE,
                                  stdout=subprocess.PIPE, stderr=subprocess.DEVNULL)

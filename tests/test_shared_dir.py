@@ -3,7 +3,6 @@
 from __future__ import annotations
 
 import collections
-import os
 import random
 import signal
 import subprocess
@@ -12,6 +11,7 @@ from collections.abc import Iterator
 from pathlib import Path
 
 import pytest
+from _subprocess import project_env
 
 import zixir_actors
 from zixir_actors import durable
@@ -21,13 +21,12 @@ from zixir_actors.checkpoint import open_store
 from zixir_actors.errors import RunActiveError
 from zixir_actors.testing import wait_for
 
-ROOT = Path(__file__).resolve().parent.parent
 WORKER = Path(__file__).resolve().parent / "_shared_worker.py"
 WAIT = 60.0
 
 
 def _env() -> dict[str, str]:
-    env = {**os.environ, "PYTHONPATH": str(ROOT)}
+    env = project_env()
     env.pop("ZIXIR_DATA_DIR", None)
     return env
 

@@ -4,16 +4,13 @@ from __future__ import annotations
 
 import asyncio
 import itertools
-import os
 import queue
-import subprocess
-import sys
 import threading
 from collections.abc import Iterator
-from pathlib import Path
 from typing import Any
 
 import pytest
+from _subprocess import run_python
 from hypothesis import HealthCheck, given, settings
 from hypothesis import strategies as st
 
@@ -808,9 +805,7 @@ def test_an_iterator_left_open_does_not_keep_the_interpreter_alive(tmp_path: Any
         "from zixir_actors.stream import Stream\n"
         "it = iter(Stream.range(10**9).async_boundary().map(str, concurrency=2))\n"
         "print(next(it))\n")
-    root = str(Path(__file__).resolve().parent.parent)
-    result = subprocess.run([sys.executable, str(script)], capture_output=True, text=True,
-                            timeout=60, env={**os.environ, "PYTHONPATH": root}, check=False)
+    result = run_python(str(script))
     assert (result.returncode, result.stdout, result.stderr) == (0, "0\n", "")
 
 

@@ -5,9 +5,6 @@ and the `SupervisedActor` loop (let it crash, context propagation, kill)."""
 from __future__ import annotations
 
 import contextvars
-import os
-import subprocess
-import sys
 import threading
 from collections.abc import Callable, Iterator
 from pathlib import Path
@@ -15,6 +12,7 @@ from typing import Any
 
 import pykka
 import pytest
+from _subprocess import run_python
 
 from supervisors import (
     AlreadyStartedError,
@@ -815,9 +813,7 @@ def test_importing_supervisors_alone_logs_nothing(tmp_path: Path) -> None:
         "alone.actor_stopped.wait(5)\n"
         "sup.stop()\n"
     )
-    root = Path(__file__).resolve().parent.parent
-    result = subprocess.run([sys.executable, str(script)], capture_output=True, text=True,
-                            timeout=60, check=False, env={**os.environ, "PYTHONPATH": str(root)})
+    result = run_python(str(script))
     assert result.returncode == 0, result.stderr
     assert result.stderr == ""  # loguru's default stderr sink got nothing from the library
 
@@ -1035,9 +1031,7 @@ def test_a_script_that_never_stops_its_tree_still_exits(tmp_path: Path) -> None:
         "Supervisor.start_link([ChildSpec('w', Worker)], name='forgetful')\n"
         "raise RuntimeError('the script dies without stop()')\n"
     )
-    root = Path(__file__).resolve().parent.parent
-    result = subprocess.run([sys.executable, str(script)], capture_output=True, text=True,
-                            timeout=60, check=False, env={**os.environ, "PYTHONPATH": str(root)})
+    result = run_python(str(script))
     assert result.returncode == 1
     assert "the script dies without stop()" in result.stderr
     assert result.stdout.strip() == "stopped cleanly"
@@ -1235,8 +1229,6 @@ def test_a_nested_supervisor_from_a_start_function_is_stopped_by_its_parent_only
         "inner = lambda: Supervisor.start_link([ChildSpec('w', Worker)])\n"
         "Supervisor.start_link([ChildSpec('inner', inner, type='supervisor')], name='outer')\n"
     )
-    root = Path(__file__).resolve().parent.parent
-    result = subprocess.run([sys.executable, str(script)], capture_output=True, text=True,
-                            timeout=60, check=False, env={**os.environ, "PYTHONPATH": str(root)})
+    result = run_python(str(script))
     assert result.returncode == 0, result.stderr
     assert result.stdout.strip() == "worker stopped"  # once: the exit stops the outer tree

@@ -6,16 +6,14 @@ actor's notices (its name is free by the time its `Down` arrives)."""
 from __future__ import annotations
 
 import contextvars
-import os
 import queue
-import subprocess
-import sys
 import threading
 from pathlib import Path
 from typing import Any
 
 import pykka
 import pytest
+from _subprocess import run_python
 from loguru import logger
 
 from supervisors import (
@@ -102,9 +100,7 @@ def test_an_actor_started_just_before_exit_still_runs(tmp_path: Path) -> None:
         "        self.stop()\n"
         "spawn(Once).ref.tell('ran')  # no on_start: spawn does not wait for the thread\n"
     )
-    root = Path(__file__).resolve().parent.parent
-    result = subprocess.run([sys.executable, str(script)], capture_output=True, text=True,
-                            timeout=60, check=False, env={**os.environ, "PYTHONPATH": str(root)})
+    result = run_python(str(script))
     assert result.returncode == 0, result.stderr
     assert result.stdout == "ran\n"
 
