@@ -29,7 +29,7 @@ import os
 import struct
 import sys
 import threading
-from collections.abc import Callable, Iterable, Iterator
+from collections.abc import Callable, Iterable, Iterator, Sequence
 from contextlib import contextmanager
 from pathlib import Path
 from typing import Any, TypeVar
@@ -250,33 +250,25 @@ class SharedEnv:
             except lmdb.Error as exc:
                 raise self._failure("write", exc) from exc
 
-    def apply(self, ops: Iterable[tuple[str, bytes, bytes | None]], *,
+    def apply(self, ops: Sequence[tuple[str, bytes, bytes | None]], *,
               durable: bool = False) -> None:
         """Apply `ops` in one write transaction and commit it: `write` for plain
         puts and deletes, each ``(database name, key, value)`` (None deletes).
 
         The common case (open, writable, no resize under way, the map has
-        room) runs inline: it is every checkpoint's path. Anything else goes
-        through `write`.
+        room, every database open) runs inline: it is every checkpoint's
+        path. Anything else goes through `write`.
 
         Raises:
             StoreError: as `write`.
         """
-        active = self._active
-        active.append(None)  # `with self._shared`, inline
+        self._active.append(None)  # `with self._shared`, without waiting out a resize
         try:
             if self._refs > 0 and self.snapshot_of is None and not self._gate._resizing:
-                env, handles = self.env, self._dbs
+                env = self.env
                 try:
                     with env.begin(write=True) as txn:
-                        for name, key, value in ops:
-                            db = handles.get(name)
-                            if db is None:  # opening one inside a write txn deadlocks
-                                raise _Unopened
-                            if value is None:
-                                txn.delete(key, db=db)
-                            else:
-                                txn.put(key, value, db=db)
+                        _put_all(self._dbs, txn, ops)
                 except (lmdb.Error, _Unopened):
                     pass  # nothing was committed: `write` below grows, retries or names it
                 else:
@@ -287,14 +279,10 @@ class SharedEnv:
                             raise self._failure("sync", exc) from exc
                     return
         finally:
-            active.pop()
-            if self._gate._resizing:
-                with self._gate._cond:
-                    self._gate._cond.notify_all()
-        ops = list(ops)
+            self._shared._leave()
         for name, _, _ in ops:
             self.db(name)
-        self.write(lambda txn: _put_all(self, txn, ops), durable=durable)
+        self.write(lambda txn: _put_all(self._dbs, txn, ops), durable=durable)
 
     def start_sync(self) -> None:
         """Start writing committed pages to disk, without waiting (Linux; elsewhere nothing).
@@ -380,9 +368,12 @@ class _Unopened(Exception):
     """A write names a database not opened yet (`apply` opens it outside the transaction)."""
 
 
-def _put_all(shared: SharedEnv, txn: Any, ops: Iterable[tuple[str, bytes, bytes | None]]) -> None:
+def _put_all(handles: dict[str, Any], txn: Any,
+             ops: Iterable[tuple[str, bytes, bytes | None]]) -> None:
     for name, key, value in ops:
-        db = shared.db(name)
+        db = handles.get(name)
+        if db is None:  # opening one inside a write txn deadlocks: `apply` opens it first
+            raise _Unopened
         if value is None:
             txn.delete(key, db=db)
         else:
