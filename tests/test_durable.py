@@ -13,7 +13,7 @@ import sys
 import threading
 import uuid
 from collections import Counter
-from collections.abc import Iterator
+from collections.abc import Iterator, Mapping
 from pathlib import Path
 from typing import Any
 
@@ -26,6 +26,7 @@ from zixir_actors.checkpoint import CheckpointClient, open_store
 from zixir_actors.errors import (
     EventTimeoutError,
     RunEndedError,
+    RunInterruptedError,
     RunNotFoundError,
     StepFailedError,
     ZixirTimeoutError,
@@ -337,6 +338,74 @@ def test_now_uuid_and_random_are_recorded_and_replayed(store: CheckpointClient,
 
 
 # -- failures and dead letters ---------------------------------------------------
+
+
+def test_an_engine_failure_before_the_end_is_written_interrupts_the_run_and_resume_ends_it(
+        store: CheckpointClient, monkeypatch: pytest.MonkeyPatch) -> None:
+    @durable("broken-end")
+    def body(ctx: Any) -> int:
+        return int(ctx.step(double, 21))
+
+    def broken(self: CheckpointClient) -> Any:
+        raise RuntimeError("the engine broke")
+
+    with monkeypatch.context() as patch:  # a step commits without a batch; the end needs one
+        patch.setattr(CheckpointClient, "batch", broken)
+        with pytest.raises(RunInterruptedError, match="the engine broke"):
+            body.run({}, run_id="r-broken-end", store=store, timeout=WAIT)
+    assert stored_status(store, "r-broken-end") == "interrupted"
+
+    result = body.resume("r-broken-end", store=store, timeout=WAIT)
+    assert result.status == "succeeded" and result.output == 42
+    assert result.steps["double#1"].status == "cached"
+
+
+def test_a_failure_reporting_a_recorded_end_leaves_the_result_as_stored(
+        store: CheckpointClient, monkeypatch: pytest.MonkeyPatch) -> None:
+    from zixir_actors.workflow._telemetry import Telemetry
+
+    def broken(self: Telemetry, status: str) -> None:
+        raise RuntimeError("metrics backend is gone")
+
+    @durable("broken-report")
+    def body(ctx: Any) -> int:
+        return int(ctx.step(double, 21))
+
+    monkeypatch.setattr(Telemetry, "run_ended", broken)
+    result = body.run({}, run_id="r-broken-report", store=store, timeout=WAIT)
+
+    assert result.status == "succeeded" and result.output == 42
+    assert stored_status(store, "r-broken-report") == "succeeded"
+
+
+class BrokenMapping(Mapping[str, int]):
+    """A Mapping that pickles (its state is a plain attribute) but cannot be listed."""
+
+    def __init__(self) -> None:
+        self.size = 1
+
+    def __getitem__(self, key: str) -> int:
+        raise KeyError(key)
+
+    def __iter__(self) -> Iterator[str]:
+        raise RuntimeError("this mapping cannot be listed")
+
+    def __len__(self) -> int:
+        return self.size
+
+
+def test_a_returned_mapping_that_cannot_be_listed_fails_the_run_instead_of_hanging(
+        store: CheckpointClient) -> None:
+    @durable("broken-outputs")
+    def body(ctx: Any) -> BrokenMapping:
+        ctx.step(double, 1)
+        return BrokenMapping()
+
+    result = body.run({}, run_id="r-broken-out", store=store, timeout=WAIT)
+
+    assert result.status == "failed"
+    assert result.error is not None and "cannot be listed" in str(result.error)
+    assert stored_status(store, "r-broken-out") == "failed"
 
 
 def test_step_failure_caught_in_the_body_is_replayed_and_an_uncaught_one_is_a_dead_letter(

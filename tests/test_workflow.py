@@ -717,6 +717,22 @@ def test_unsupervised_run_actor_crash_fails_the_run(store: CheckpointClient,
     assert wf.resume(info.value.run_id, store=store).steps["x"].status == "cached"
 
 
+def test_a_failure_reporting_a_recorded_end_leaves_the_result_as_stored(
+        store: CheckpointClient, monkeypatch: pytest.MonkeyPatch) -> None:
+    from zixir_actors.workflow._telemetry import Telemetry
+
+    def broken(self: Telemetry, status: str) -> None:
+        raise RuntimeError("metrics backend is gone")
+
+    monkeypatch.setattr(Telemetry, "run_ended", broken)
+    wf = Workflow("broken-report", [Step("x", lambda: 1)])
+    result = wf.run(store=store, timeout=RESULT_TIMEOUT)
+
+    assert result.status == "succeeded" and result.outputs == {"x": 1}
+    record = store.find_run(result.run_id)
+    assert record is not None and record.status == "succeeded"
+
+
 def test_runs_are_children_of_the_workflows_supervisor(tmp_path: Path) -> None:
     release = threading.Event()
     wf = Workflow("child", [Step("x", lambda: release.wait(10))])

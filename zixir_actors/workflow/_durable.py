@@ -89,7 +89,7 @@ from zixir_actors.workflow._run import (
     release_run,
 )
 from zixir_actors.workflow._spec import NO_RETRY, RetryPolicy
-from zixir_actors.workflow._telemetry import Telemetry, log
+from zixir_actors.workflow._telemetry import Telemetry, log, report_end
 from zixir_actors.workflow._timers import on_rearm, timers_for
 
 if TYPE_CHECKING:
@@ -184,6 +184,13 @@ def _options(retry: RetryPolicy | None, timeout: float | None, limits: Any, exec
 
 
 _PLAIN = _Options(NO_RETRY, None, None, None, None)
+
+
+def _outputs(output: Any, status: str) -> dict[str, Any]:
+    """A run's outputs: a Mapping the body returned, or its value under ``result``."""
+    if isinstance(output, Mapping):
+        return dict(output)
+    return {} if output is None and status != "succeeded" else {"result": output}
 
 
 @functools.lru_cache(maxsize=4096)
@@ -557,7 +564,8 @@ class _Body:
     def conclude_value(self, value: Any) -> None:
         try:
             _codec.encode(value)
-        except UnserializableError as exc:
+            _outputs(value, "succeeded")  # a Mapping that cannot be listed fails here
+        except Exception as exc:  # UnserializableError, or the Mapping's own error
             self.finish("failed", None, _error_of(exc))
             return
         self.finish("succeeded", value, None)
@@ -625,14 +633,29 @@ class _Body:
                store_error: BaseException | None = None) -> None:
         """Record the run's end and resolve its future (with `store_error`, when the
         store could not write: the caller gets that error, as a DAG run's does)."""
-        store_broken = store_error is not None
         with self.cond:
             if self.state == "ended":
                 return
             self.state = "ended"
+        try:
+            result = self._record_end(status, output, error, letter_for, store_error)
+        except Exception as exc:  # an engine failure: whoever waits must still hear of it
+            self._abandon(exc)
+            return
+        report_end(self.telemetry, self.span, self.wf.name, self.run_id, result.status,
+                   result.ok, result.duration)
+        if store_error is not None:
+            self._release(None, store_error)
+        else:
+            self._release(result, None)
+
+    def _record_end(self, status: str, output: Any, error: StepError | None,
+                    letter_for: StepFailedError | None,
+                    store_error: BaseException | None) -> RunResult:
+        """Write the run's end (its result, dead letter and header); returns its result."""
+        store_broken = store_error is not None
         timers_for(SYSTEM_CLOCK).cancel(("deadline", self.run_id))
-        outputs = dict(output) if isinstance(output, Mapping) else (
-            {} if output is None and status != "succeeded" else {"result": output})
+        outputs = _outputs(output, status)
         letter = None if letter_for is None or store_broken else self._letter(letter_for)
         if letter is not None and letter_for is not None and letter_for.step in self.steps:
             self.steps[letter_for.step] = dataclasses.replace(self.steps[letter_for.step],
@@ -669,33 +692,40 @@ class _Body:
             except Exception as exc:
                 log.bind(workflow=self.wf.name, run_id=self.run_id).error(
                     "cannot record the run's end", error=str(exc))
-        self.telemetry.run_ended(result.status)
-        self.span.set_attribute("status", result.status)
-        self.span.end(status="ok" if result.ok else "error")
-        log.bind(workflow=self.wf.name, run_id=self.run_id).info(
-            "run ended", status=result.status, duration=result.duration)
-        if store_error is not None:
-            self._release(None, store_error)
-        else:
-            self._release(result, None)
+        return result
+
+    def _abandon(self, exc: Exception) -> None:
+        """Recording the run's end failed in the engine (not in the store, which
+        `finish` reports itself): the run ends as interrupted, its checkpoints
+        kept, so that `resume` can finish it, and whoever waits gets the error."""
+        why = f"{type(exc).__name__}: {exc}"
+        log.bind(workflow=self.wf.name, run_id=self.run_id).error(
+            "cannot record the run's end", error=why,
+            traceback="".join(traceback.format_exception(exc)))
+        record_interrupted(self.store, self.run_id, self.control.owner, why)
+        with contextlib.suppress(Exception):
+            self.span.end(status="error")
+        self._release(None, RunInterruptedError(self.run_id, why))
 
     def _release(self, result: RunResult | None, error: BaseException | None) -> None:
-        if self.logs is not None:
-            self.logs.close()
-        self.settled.set()
-        self.progress.end()
-        forget(self.run_id)
-        with _BODIES_LOCK:
-            if _BODIES.get(self.run_id) is self:
-                del _BODIES[self.run_id]
-        # Released before the future resolves: whoever waits on it may resume at once.
-        release_run(self.control)
-        future = self.control.future
-        if not future.done():
-            if result is not None:
-                future.set_result(result)
-            else:
-                future.set_exception(error or RunInterruptedError(self.run_id, "stopped"))
+        try:
+            if self.logs is not None:
+                self.logs.close()
+        finally:
+            self.settled.set()
+            self.progress.end()
+            forget(self.run_id)
+            with _BODIES_LOCK:
+                if _BODIES.get(self.run_id) is self:
+                    del _BODIES[self.run_id]
+            # Released before the future resolves: whoever waits on it may resume at once.
+            release_run(self.control)
+            future = self.control.future
+            if not future.done():
+                if result is not None:
+                    future.set_result(result)
+                else:
+                    future.set_exception(error or RunInterruptedError(self.run_id, "stopped"))
 
     def _letter(self, exc: StepFailedError) -> DeadLetter:
         inputs, history = self.failures.get(exc.step, ({}, ()))

@@ -34,7 +34,7 @@ from zixir_actors.workflow._history import open_run_log, record_interrupted
 from zixir_actors.workflow._plan import compute_plan
 from zixir_actors.workflow._results import RunResult
 from zixir_actors.workflow._scheduler import Crash, Finished, Job, Scheduler
-from zixir_actors.workflow._telemetry import log
+from zixir_actors.workflow._telemetry import log, report_end
 
 __all__ = ["MAX_CRASHES", "WorkflowRun", "active_children", "active_run", "register_run",
            "release_run"]
@@ -212,11 +212,8 @@ class WorkflowRun(SupervisedActor):
         self._save_header(result.status,
                           "; ".join(f"{n}: {e}" for n, e in result.errors.items()) or None,
                           {n: s.status for n, s in result.steps.items()})
-        job.telemetry.run_ended(result.status)
-        job.span.set_attribute("status", result.status)
-        job.span.end(status="ok" if result.ok else "error")
-        log.bind(workflow=job.workflow.name, run_id=job.run_id).info(
-            "run ended", status=result.status, duration=result.duration)
+        report_end(job.telemetry, job.span, job.workflow.name, job.run_id, result.status,
+                   result.ok, result.duration)
         self.result = result
         self.stop()
 

@@ -16,7 +16,7 @@ from typing import Any
 from zixir_actors.observability import DEFAULT_BUCKETS, logger, metrics
 from zixir_actors.workflow._history import EngineLog
 
-__all__ = ["Telemetry", "log"]
+__all__ = ["Telemetry", "log", "report_end"]
 
 log = EngineLog(logger.bind(service="workflow"))
 """The engine's logger: its lines about a run are also kept with the run (`_history`)."""
@@ -134,3 +134,20 @@ class Telemetry:
     def event(self, outcome: str) -> None:
         """An event was ``sent`` to, or ``consumed`` by, a run of this workflow."""
         self._m.child(self._m.events, self.workflow, outcome).inc()
+
+
+def report_end(telemetry: Telemetry, span: Any, workflow: str, run_id: str, status: str,
+               ok: bool, duration: float) -> None:
+    """Count, close the span of and log a run whose end is recorded.
+
+    Never raises: once the end is in the store, a failing metrics backend or
+    span exporter must not turn the run into another outcome (it is logged).
+    """
+    bound = log.bind(workflow=workflow, run_id=run_id)
+    try:
+        telemetry.run_ended(status)
+        span.set_attribute("status", status)
+        span.end(status="ok" if ok else "error")
+    except Exception as exc:
+        bound.error("cannot report the run's end", error=f"{type(exc).__name__}: {exc}")
+    bound.info("run ended", status=status, duration=duration)
