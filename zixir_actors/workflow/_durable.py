@@ -79,6 +79,7 @@ from zixir_actors.workflow._results import (
     StepContext,
     StepError,
     StepResult,
+    succeeded_step,
 )
 from zixir_actors.workflow._run import (
     MAX_CRASHES,
@@ -865,7 +866,7 @@ class _Body:
                 exit_span(attempt_span, sys.exc_info()[1])
             if failure is None:
                 self.telemetry.attempt(name, "succeeded", seconds)
-                self.steps[label] = StepResult(label, "succeeded", attempt, total)
+                self.steps[label] = succeeded_step(label, attempt, total)
                 log.step_succeeded(self.logs, workflow, run_id, label, attempt, seconds)
                 if progress.readers:
                     progress.append("step_finished", label, "succeeded")

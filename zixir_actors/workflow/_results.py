@@ -5,7 +5,7 @@ from __future__ import annotations
 import asyncio
 import concurrent.futures
 from collections.abc import Generator, Iterator, Mapping
-from dataclasses import dataclass, field
+from dataclasses import dataclass, field, fields
 from typing import TYPE_CHECKING, Any, Literal
 
 from zixir_actors.errors import RunFailedError, ZixirTimeoutError
@@ -146,6 +146,25 @@ class StepResult:
     duration: float = 0.0
     error: StepError | None = None
     dead_letter: str | None = None
+
+
+# What a frozen dataclass's __init__ does (object.__setattr__ per field, from
+# Python), done by the slots' own setters: every succeeded step makes one.
+_set_name, _set_status, _set_attempts, _set_duration, _set_error, _set_letter = (
+    StepResult.__dict__[f.name].__set__ for f in fields(StepResult))
+_new = object.__new__
+
+
+def succeeded_step(name: str, attempts: int, duration: float) -> StepResult:
+    """``StepResult(name, "succeeded", attempts, duration)``, at half the cost."""
+    made: StepResult = _new(StepResult)
+    _set_name(made, name)
+    _set_status(made, "succeeded")
+    _set_attempts(made, attempts)
+    _set_duration(made, duration)
+    _set_error(made, None)
+    _set_letter(made, None)
+    return made
 
 
 @dataclass(frozen=True, slots=True)

@@ -57,7 +57,14 @@ from zixir_actors.workflow._calls import with_timeout
 from zixir_actors.workflow._hashing import fingerprint
 from zixir_actors.workflow._history import live_log
 from zixir_actors.workflow._plan import idempotency_key
-from zixir_actors.workflow._results import Plan, RunResult, StepContext, StepError, StepResult
+from zixir_actors.workflow._results import (
+    Plan,
+    RunResult,
+    StepContext,
+    StepError,
+    StepResult,
+    succeeded_step,
+)
 from zixir_actors.workflow._spec import Step, descendants
 from zixir_actors.workflow._telemetry import Telemetry, log
 
@@ -445,7 +452,7 @@ class Scheduler:
                 return self._give_up(step, kwargs, failure, history, total, timed_out)
             telemetry.attempt(name, "succeeded", seconds)
             log.step_succeeded(run_log, wf.name, run_id, name, attempt, seconds)
-            return _Outcome(StepResult(name, "succeeded", attempt, total), value)
+            return _Outcome(succeeded_step(name, attempt, total), value)
 
     def _commit_ended(self, name: str, value: Any, attempt: int, total: float) -> None:
         """A step's commit ended (`value` is `_UNSET` if it did not commit)."""
@@ -461,7 +468,7 @@ class Scheduler:
                 self.running.discard(name)
                 self.status[name] = "succeeded"
                 self.outputs[name] = value
-                self.results[name] = StepResult(name, "succeeded", attempt, total)
+                self.results[name] = succeeded_step(name, attempt, total)
             self.committing.pop()
             self.commit_done.notify_all()
 
