@@ -4,10 +4,11 @@ from __future__ import annotations
 
 import os
 import threading
+from pathlib import Path
 
 import pytest
 
-from benchmarks._harness import one_cpu
+from benchmarks._harness import fsync_cpu, one_cpu
 
 pytestmark = pytest.mark.skipif(
     not hasattr(os, "sched_setaffinity") or len(os.sched_getaffinity(0)) < 2,
@@ -29,7 +30,7 @@ def test_one_cpu_pins_every_thread_and_the_ones_they_start_then_restores_them() 
     inside: list[threading.Thread] = []
     try:
         with one_cpu() as note:
-            assert "one CPU" in note
+            assert f"CPU {min(before)}" in note
             newer = threading.Thread(target=release.wait, args=(30,))
             newer.start()
             inside.append(newer)
@@ -42,3 +43,24 @@ def test_one_cpu_pins_every_thread_and_the_ones_they_start_then_restores_them() 
         older.join(30)
         for thread in inside:
             thread.join(30)
+
+
+def test_one_cpu_pins_to_the_cpu_asked_for_and_ignores_one_it_may_not_use() -> None:
+    before = os.sched_getaffinity(0)
+    chosen = max(before)
+    with one_cpu(chosen) as note:
+        assert os.sched_getaffinity(0) == {chosen}
+        assert f"CPU {chosen}" in note
+    assert os.sched_getaffinity(0) == before
+    with one_cpu(max(before) + 1000):  # not ours: the first allowed one instead
+        assert os.sched_getaffinity(0) == {min(before)}
+    assert os.sched_getaffinity(0) == before
+
+
+def test_fsync_cpu_names_an_allowed_cpu_and_leaves_the_affinity_and_directory_as_found(
+        tmp_path: Path) -> None:
+    before = os.sched_getaffinity(0)
+    cpu = fsync_cpu(str(tmp_path), writes=2, rounds=1)
+    assert cpu in before
+    assert os.sched_getaffinity(0) == before
+    assert list(tmp_path.iterdir()) == []  # its probe file is gone
