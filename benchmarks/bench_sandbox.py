@@ -99,7 +99,8 @@ def run(quick: bool = False) -> list[Figure]:
     # runs as __main__: both sides then pickle them by reference, as they do
     # for application code (functions of __main__ travel by value with dill).
     module = importlib.import_module("benchmarks.bench_sandbox")
-    return module._run(quick)
+    figures: list[Figure] = module._run(quick)
+    return figures
 
 
 def _run(quick: bool) -> list[Figure]:

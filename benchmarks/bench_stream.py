@@ -158,7 +158,13 @@ def _unbounded_peak(n: int) -> float:
     """The naive alternative: an unbounded queue between producer thread and consumer."""
     def run(it: Iterator[Any]) -> None:
         q: queue.Queue[Any] = queue.Queue()
-        t = threading.Thread(target=lambda: ([q.put(x.upper()) for x in it], q.put(_END)))
+
+        def produce() -> None:
+            for x in it:
+                q.put(x.upper())
+            q.put(_END)
+
+        t = threading.Thread(target=produce)
         t.start()
         t.join()  # the producer is faster: in the limit it finishes before the consumer starts
         _slow_consumer(iter(q.get, _END))
