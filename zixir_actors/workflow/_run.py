@@ -238,36 +238,46 @@ class WorkflowRun(SupervisedActor):
             self.control.logs.close()
 
     def on_stop(self) -> None:
-        self._teardown()
-        if not self.control.future.done() and self.error is None and self.result is None:
-            self._let_go("runtime stopped")
-        self._close_logs()
-        # Released before the future resolves: whoever waits on it may resume at once.
-        release_run(self.control)
-        future = self.control.future
-        if not future.done():
-            if self.error is not None:
+        try:
+            self._teardown()
+            if not self.control.future.done() and self.error is None and self.result is None:
+                self._let_go("runtime stopped")
+            self._close_logs()
+        finally:  # whatever failed above, whoever waits on the run hears of its end
+            # Released before the future resolves: whoever waits on it may resume at once.
+            release_run(self.control)
+            future = self.control.future
+            if not future.done():
                 if self.result is None:
-                    self.job.span.end(status="error")
-                future.set_exception(self.error)
-            elif self.result is not None:
-                future.set_result(self.result)
-            else:
-                self.job.span.end(status="error")
-                future.set_exception(RunInterruptedError(self.job.run_id, "shutdown"))
+                    self._end_span()
+                if self.error is not None:
+                    future.set_exception(self.error)
+                elif self.result is not None:
+                    future.set_result(self.result)
+                else:
+                    future.set_exception(RunInterruptedError(self.job.run_id, "shutdown"))
+
+    def _end_span(self) -> None:
+        """End the run's span as an error (a failing span backend is not the run's end)."""
+        with contextlib.suppress(Exception):
+            self.job.span.end(status="error")
 
     def on_failure(self, exc_type: Any = None, exc: Any = None, tb: Any = None) -> None:
-        self._teardown()
         control = self.control
         control.crashes += 1
-        log.bind(workflow=self.job.workflow.name, run_id=self.job.run_id).error(
-            "run actor crashed", error=repr(exc), crashes=control.crashes)
-        if not self.supervised or control.crashes >= MAX_CRASHES:
-            if not control.future.done():
+        last = not self.supervised or control.crashes >= MAX_CRASHES
+        try:
+            self._teardown()
+            log.bind(workflow=self.job.workflow.name, run_id=self.job.run_id).error(
+                "run actor crashed", error=repr(exc), crashes=control.crashes)
+            if last and not control.future.done():
                 self._let_go(f"its actor crashed ({control.crashes} times): {exc!r}",
                              crashed=True)
-            self._close_logs()
-            release_run(control)
-            if not control.future.done():
-                self.job.span.end(status="error")
-                control.future.set_exception(RunInterruptedError(self.job.run_id, exc))
+            if last:
+                self._close_logs()
+        finally:  # no restart comes: whoever waits on the run must hear of it
+            if last:
+                release_run(control)
+                if not control.future.done():
+                    self._end_span()
+                    control.future.set_exception(RunInterruptedError(self.job.run_id, exc))

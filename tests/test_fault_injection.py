@@ -1,0 +1,269 @@
+"""Fault injection on both workflow engines: every blocking call ends.
+
+Each test makes one internal function on a run's path raise (once, or every
+time) and checks what the project promises: whoever waits for the run gets
+its result or a typed error within `WAIT` (never a hang), no thread or actor
+is left behind (the autouse fixture), a run nobody runs any more is not
+stored as ``running``, and, when the failure came before the run's end was
+recorded, ``resume`` finishes it with the steps already committed replayed
+(``cached``), not run again.
+
+Code-first runs (`durable`) and DAG runs (`Workflow(name, [Step...])`) are
+driven here without a runtime (their actor is unsupervised: a crash ends the
+run as interrupted) and, for a few points, under the ``zixir.workflows``
+supervisor (a crash restarts the run's actor, which continues by itself).
+"""
+
+from __future__ import annotations
+
+import threading
+from collections import Counter
+from collections.abc import Callable, Iterator
+from dataclasses import dataclass
+from pathlib import Path
+from typing import Any
+
+import pytest
+
+from supervisors import Supervisor
+from zixir_actors import checkpoint, durable
+from zixir_actors.checkpoint import CheckpointClient, open_store
+from zixir_actors.errors import (
+    RunInterruptedError,
+    ZixirError,
+    ZixirTimeoutError,
+)
+from zixir_actors.observability._tracing import Span
+from zixir_actors.workflow import Step, Workflow, child_spec
+from zixir_actors.workflow._durable import _Body
+from zixir_actors.workflow._history import RunLog
+from zixir_actors.workflow._progress import ProgressLog
+from zixir_actors.workflow._results import RunHandle, RunResult
+from zixir_actors.workflow._scheduler import Scheduler
+from zixir_actors.workflow._telemetry import Telemetry
+
+WAIT = 15.0
+"""Seconds a run gets to end after a fault: far more than it needs, even on a busy
+machine; a run that has not ended by then hangs, and the test fails at once."""
+
+
+class Injected(RuntimeError):
+    """The engine failure a test injects (not a store error: the engine's own bug)."""
+
+
+@dataclass
+class Fault:
+    """A patched function: raises `Injected` on calls ``skip+1 .. skip+times``."""
+
+    name: str
+    skip: int = 0
+    times: int | None = 1  # None: every call from ``skip+1`` on
+    calls: int = 0
+    raised: int = 0
+
+
+def inject(monkeypatch: pytest.MonkeyPatch, owner: Any, attr: str, *, skip: int = 0,
+           times: int | None = 1,
+           when: Callable[..., bool] | None = None) -> Fault:
+    """Patch ``owner.attr`` to raise `Injected` on its matching calls (see `Fault`)."""
+    real = getattr(owner, attr)
+    fault = Fault(f"{getattr(owner, '__name__', owner)}.{attr}", skip, times)
+    lock = threading.Lock()
+
+    def broken(*args: Any, **kwargs: Any) -> Any:
+        if when is None or when(*args, **kwargs):
+            with lock:
+                fault.calls += 1
+                hit = fault.calls > fault.skip and (
+                    fault.times is None or fault.raised < fault.times)
+                if hit:
+                    fault.raised += 1
+            if hit:
+                raise Injected(f"{fault.name} broke")
+        return real(*args, **kwargs)
+
+    monkeypatch.setattr(owner, attr, broken)
+    return fault
+
+
+def outcome(handle: RunHandle) -> RunResult | ZixirError:
+    """The run's result, or the typed error its caller got; fails the test on a hang."""
+    try:
+        return handle.result(timeout=WAIT)
+    except ZixirTimeoutError:
+        pytest.fail(f"run {handle.run_id} did not end within {WAIT}s: it hangs")
+    except ZixirError as exc:
+        return exc
+
+
+def stored_status(store: CheckpointClient, run_id: str) -> str | None:
+    record = store.find_run(run_id)
+    return None if record is None else record.status
+
+
+@pytest.fixture
+def store(tmp_path: Path) -> Iterator[CheckpointClient]:
+    with open_store(tmp_path) as client:
+        yield client
+
+
+@pytest.fixture
+def supervised(tmp_path: Path) -> Iterator[CheckpointClient]:
+    """The store and the ``zixir.workflows`` supervisor, as a runtime has them."""
+    sup = Supervisor.start_link([checkpoint.child_spec(tmp_path / "sup"), child_spec()])
+    try:
+        yield checkpoint.connect()
+    finally:
+        sup.stop()
+
+
+# -- the workflows under test -----------------------------------------------------------
+
+EXPECTED = {"a": 2, "b": 4, "c": 5}
+
+
+def code_first(name: str, calls: Counter[str]) -> Workflow:
+    """Three steps; the second commits in a batch (a recorded `now` rides with it)."""
+    def first(x: int) -> int:
+        calls["first"] += 1
+        return x + 1
+
+    def second(x: int) -> int:
+        calls["second"] += 1
+        return x * 2
+
+    def third(x: int) -> int:
+        calls["third"] += 1
+        return x + 1
+
+    @durable(name)
+    def body(ctx: Any, n: int) -> dict[str, int]:
+        a = ctx.step(first, n, name="first")
+        ctx.now()
+        b = ctx.step(second, a, name="second")
+        return {"a": a, "b": b, "c": ctx.step(third, b, name="third")}
+
+    return body
+
+
+def dag(name: str, calls: Counter[str]) -> Workflow:
+    def a(n: int) -> int:
+        calls["first"] += 1
+        return n + 1
+
+    def b(a: int) -> int:
+        calls["second"] += 1
+        return a * 2
+
+    def c(b: int) -> int:
+        calls["third"] += 1
+        return b + 1
+
+    return Workflow(name, [Step("a", a), Step("b", b, ("a",)), Step("c", c, ("b",))])
+
+
+def outputs(result: RunResult) -> dict[str, Any]:
+    return dict(result.output) if result.output is not None and not isinstance(
+        result.output, dict) else dict(result.outputs)
+
+
+def check_ended(store: CheckpointClient, run_id: str, ended: RunResult | ZixirError) -> None:
+    """The caller got a typed answer, and the store does not say a dead run runs."""
+    if isinstance(ended, ZixirError):
+        assert isinstance(ended, RunInterruptedError), repr(ended)
+    assert stored_status(store, run_id) != "running"
+
+
+def check_resumed(wf: Workflow, store: CheckpointClient, run_id: str, calls: Counter[str],
+                  committed: tuple[str, ...]) -> None:
+    """Resume finishes the run; the steps committed before the fault are replayed."""
+    result = wf.resume(run_id, store=store, timeout=WAIT)
+    assert result.status == "succeeded", result.error or result.errors
+    assert outputs(result) == EXPECTED
+    labels = {"first": ("first#1", "a"), "second": ("second#1", "b"),
+              "third": ("third#1", "c")}
+    for fn in committed:
+        label = labels[fn][0] if wf.body is not None else labels[fn][1]
+        assert result.steps[label].status == "cached", (fn, result.steps)
+        assert calls[fn] == 1, (fn, calls)
+
+
+# -- one fault on the run's path, for each engine ------------------------------------------
+
+
+def _step_span(span: Span, **_: Any) -> bool:
+    return span.name == "workflow.step"
+
+
+def _durable_commit(_client: Any, _batch: Any, **options: Any) -> bool:
+    return bool(options.get("durable", True))  # not the progress flush's
+
+
+def _ended_item(_log: Any, kind: str, *_: Any) -> bool:
+    return kind == "ended"
+
+
+@dataclass(frozen=True)
+class Point:
+    """Where a fault is injected, and which steps were committed before it."""
+
+    engine: str  # "code-first" | "dag"
+    owner: Any
+    attr: str
+    skip: int = 0
+    times: int | None = 1
+    committed: tuple[str, ...] = ()
+    when: Callable[..., bool] | None = None
+
+    @property
+    def id(self) -> str:
+        name = getattr(self.owner, "__name__", str(self.owner))
+        return f"{self.engine}-{name}.{self.attr}-{self.skip}-{self.times or 'always'}"
+
+
+ALL = ("first", "second", "third")
+POINTS = [
+    # code-first: the second step commits in a batch (a recorded value rides with
+    # it), the first and third alone (put_call); the end in a batch.
+    Point("code-first", CheckpointClient, "put_call", skip=1, committed=ALL[:2]),
+    Point("code-first", CheckpointClient, "batch", committed=ALL[:1]),
+    Point("code-first", CheckpointClient, "batch", skip=1, committed=ALL),
+    Point("code-first", CheckpointClient, "commit", committed=ALL[:1], when=_durable_commit),
+    Point("code-first", CheckpointClient, "commit", skip=1, committed=ALL,
+          when=_durable_commit),
+    Point("code-first", Telemetry, "attempt", skip=1, committed=ALL[:2]),
+    Point("code-first", Span, "end", skip=1, committed=ALL[:2], when=_step_span),
+    Point("code-first", _Body, "records"),
+    Point("code-first", _Body, "load_letters"),
+    Point("code-first", ProgressLog, "append", committed=ALL, when=_ended_item),
+    Point("code-first", RunLog, "flush", times=None, committed=ALL),
+    # DAG: a, b and c in a chain (a lone worker: its fsync is left under way).
+    Point("dag", CheckpointClient, "save_step_fields", skip=1, committed=ALL[:1]),
+    Point("dag", CheckpointClient, "save_step_fields", times=None),
+    Point("dag", Telemetry, "attempt", skip=1, committed=ALL[:2]),
+    Point("dag", Span, "end", skip=1, committed=ALL[:2], when=_step_span),
+    Point("dag", Scheduler, "_record_locked", skip=1, committed=ALL[:2]),
+    Point("dag", CheckpointClient, "save_run", skip=1, committed=ALL),
+    Point("dag", CheckpointClient, "dead_letters"),
+    Point("dag", RunLog, "flush", times=None, committed=ALL),
+]
+
+
+@pytest.mark.parametrize("point", POINTS, ids=[p.id for p in POINTS])
+def test_an_engine_failure_on_the_run_path_ends_the_run_and_resume_finishes_it(
+        point: Point, store: CheckpointClient, monkeypatch: pytest.MonkeyPatch) -> None:
+    calls = Counter[str]()
+    wf = (code_first if point.engine == "code-first" else dag)(f"fi-{point.id}", calls)
+    RUN = f"r-{point.id}"
+    with monkeypatch.context() as patch:
+        fault = inject(patch, point.owner, point.attr, skip=point.skip, times=point.times,
+                       when=point.when)
+        ended = outcome(wf.start({"n": 1}, run_id=RUN, store=store))
+    assert fault.raised >= 1, f"{fault.name} was not on the run's path"
+    check_ended(store, RUN, ended)
+    if isinstance(ended, RunResult) and ended.status == "succeeded":
+        assert outputs(ended) == EXPECTED
+        assert stored_status(store, RUN) == "succeeded"
+        assert calls == Counter(first=1, second=1, third=1)
+        return
+    check_resumed(wf, store, RUN, calls, point.committed)
