@@ -33,6 +33,7 @@ from zixir_actors.errors import (
     ZixirError,
     ZixirTimeoutError,
 )
+from zixir_actors.executor._adapters import InFlight
 from zixir_actors.observability._tracing import Span
 from zixir_actors.workflow import Step, Workflow, child_spec
 from zixir_actors.workflow._durable import _Body
@@ -267,3 +268,48 @@ def test_an_engine_failure_on_the_run_path_ends_the_run_and_resume_finishes_it(
         assert calls == Counter(first=1, second=1, third=1)
         return
     check_resumed(wf, store, RUN, calls, point.committed)
+
+
+# -- stopping a run: cancel and the run's deadline -------------------------------------------
+
+
+def blocking(name: str, engine: str, started: threading.Event,
+             release: threading.Event) -> Workflow:
+    """A run of one step that blocks until `release` (its late result is discarded)."""
+    def slow() -> int:
+        started.set()
+        release.wait(WAIT)
+        return 1
+
+    if engine == "dag":
+        return Workflow(name, [Step("slow", slow)])
+
+    @durable(name)
+    def body(ctx: Any) -> int:
+        return int(ctx.step(slow, name="slow"))
+
+    return body
+
+
+@pytest.mark.parametrize("how", ["cancel", "deadline"])
+@pytest.mark.parametrize("engine", ["code-first", "dag"])
+def test_a_run_stopped_while_a_step_runs_ends_even_if_its_remote_calls_cannot_be_cancelled(
+        engine: str, how: str, store: CheckpointClient,
+        monkeypatch: pytest.MonkeyPatch) -> None:
+    started, release = threading.Event(), threading.Event()
+    wf = blocking(f"fi-stop-{engine}-{how}", engine, started, release)
+    fault = inject(monkeypatch, InFlight, "cancel_all", times=None)
+    try:
+        handle = wf.start(run_id=f"r-stop-{engine}-{how}", store=store,
+                          timeout=0.5 if how == "deadline" else None)
+        assert started.wait(WAIT)
+        if how == "cancel":
+            assert handle.cancel() is True
+        ended = outcome(handle)
+    finally:
+        release.set()
+    assert fault.raised == 1
+    expected = "cancelled" if how == "cancel" else "timed_out"
+    assert isinstance(ended, RunResult) and ended.status == expected
+    assert stored_status(store, f"r-stop-{engine}-{how}") == expected
+

@@ -89,6 +89,7 @@ from zixir_actors.workflow._run import (
     register_run,
     release_run,
 )
+from zixir_actors.workflow._scheduler import cancel_remote
 from zixir_actors.workflow._spec import NO_RETRY, RetryPolicy
 from zixir_actors.workflow._telemetry import Telemetry, log, report_end
 from zixir_actors.workflow._timers import on_rearm, timers_for
@@ -418,16 +419,18 @@ class _Body:
                 return False
             self.stopping = status
             was_parked = self.state == "parked"
-        # A commit in flight finishes first; none starts after this (it sees `stopping`).
-        deadline = time.monotonic() + 30.0
-        with self.commit_done:
-            while self.committing and time.monotonic() < deadline:
-                self.commit_done.wait(0.01)  # an ending commit notifies; this bounds a miss
-        self.remote_calls.cancel_all()  # its remote steps do not run on, abandoned
-        self.hold.set()
-        if was_parked:
-            self._unparked()
-        self.finish(status, None, None)
+        try:
+            # A commit in flight finishes first; none starts after this (it sees `stopping`).
+            deadline = time.monotonic() + 30.0
+            with self.commit_done:
+                while self.committing and time.monotonic() < deadline:
+                    self.commit_done.wait(0.01)  # an ending commit notifies; this bounds a miss
+            cancel_remote(self.remote_calls, self.wf.name, self.run_id)
+            self.hold.set()
+            if was_parked:
+                self._unparked()
+        finally:  # `stopping` is set: nothing else will end the run
+            self.finish(status, None, None)
         # Its children go with it (Temporal's default parent-close policy): a
         # child left running or parked would wait for a parent that is gone.
         for child in active_children(self.run_id):

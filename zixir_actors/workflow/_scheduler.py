@@ -71,7 +71,8 @@ from zixir_actors.workflow._telemetry import Telemetry, log
 if TYPE_CHECKING:
     from zixir_actors.workflow._workflow import Workflow
 
-__all__ = ["FINISHED", "SANDBOX_POOL", "Crash", "Finished", "Job", "Scheduler", "invoke"]
+__all__ = ["FINISHED", "SANDBOX_POOL", "Crash", "Finished", "Job", "Scheduler", "cancel_remote",
+           "invoke"]
 
 SANDBOX_POOL = "zixir.sandboxes"
 """The runtime's sandbox pool, used by steps with `limits` when it is running."""
@@ -124,6 +125,20 @@ FINISHED = Finished()
 def _error_of(exc: BaseException) -> StepError:
     text = "".join(traceback.format_exception(type(exc), exc, exc.__traceback__))
     return StepError(type(exc).__qualname__, str(exc), text)
+
+
+def cancel_remote(calls: InFlight, workflow: str, run_id: str) -> None:
+    """Cancel a stopping run's remote calls (they do not run on, abandoned).
+
+    Never raises: an executor that cannot cancel (its cluster is gone) leaves
+    those calls running, and their late results are discarded anyway; the
+    run's end must still be recorded.
+    """
+    try:
+        calls.cancel_all()
+    except Exception as exc:
+        log.bind(workflow=workflow, run_id=run_id).warning(
+            "cannot cancel the run's remote calls", error=f"{type(exc).__name__}: {exc}")
 
 
 def _is_timeout(exc: BaseException) -> bool:
@@ -227,7 +242,7 @@ class Scheduler:
                 self.results[name] = StepResult(name, "cancelled")
             self._mark_not_run_locked()
         self.wake.set()
-        self.remote_calls.cancel_all()  # abandoned remote steps do not run on
+        cancel_remote(self.remote_calls, self.wf.name, self.job.run_id)
         self.notify(FINISHED)
         return True
 
