@@ -313,3 +313,40 @@ def test_a_run_stopped_while_a_step_runs_ends_even_if_its_remote_calls_cannot_be
     assert isinstance(ended, RunResult) and ended.status == expected
     assert stored_status(store, f"r-stop-{engine}-{how}") == expected
 
+
+def parked_on(name: str, calls: Counter[str], *, wait_timeout: float | None = None) -> Workflow:
+    """A step, then a wait for the event ``go``; returns both."""
+    def first(x: int) -> int:
+        calls["first"] += 1
+        return x + 1
+
+    @durable(name)
+    def body(ctx: Any) -> dict[str, Any]:
+        a = ctx.step(first, 1, name="first")
+        return {"a": a, "go": ctx.wait_for("go", timeout=wait_timeout)}
+
+    return body
+
+
+@pytest.mark.parametrize("how", ["cancel", "deadline", "wake"])
+def test_a_parked_run_ends_or_wakes_even_if_its_parked_gauge_fails(
+        how: str, store: CheckpointClient, monkeypatch: pytest.MonkeyPatch) -> None:
+    calls = Counter[str]()
+    wf = parked_on(f"fi-parked-{how}", calls)
+    fault = inject(monkeypatch, Telemetry, "parked", times=None)  # as it parks, and after
+    handle = wf.start(run_id=f"r-parked-{how}", store=store,
+                      timeout=3.0 if how == "deadline" else None)
+    assert handle.wait(timeout=WAIT) == "parked"
+    if how == "cancel":
+        assert handle.cancel() is True
+    elif how == "wake":
+        wf.send(f"r-parked-{how}", "go", 7, store=store)
+    ended = outcome(handle)
+    assert fault.raised == 2
+    assert isinstance(ended, RunResult), repr(ended)
+    expected = {"cancel": "cancelled", "deadline": "timed_out", "wake": "succeeded"}[how]
+    assert ended.status == expected
+    assert stored_status(store, f"r-parked-{how}") == expected
+    if how == "wake":
+        assert ended.output == {"a": 2, "go": 7} and calls["first"] == 1
+

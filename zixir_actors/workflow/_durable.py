@@ -491,7 +491,16 @@ class _Body:
 
     def _unparked(self) -> None:
         timers_for(self.clock).cancel(("wake", self.run_id))
-        self.telemetry.parked(-1)
+        self._count_parked(-1)
+
+    def _count_parked(self, delta: int) -> None:
+        """Move the parked-runs gauge; a failing metrics backend is logged, never
+        left to stop a wake-up, a cancel or a park half way."""
+        try:
+            self.telemetry.parked(delta)
+        except Exception as exc:
+            log.bind(workflow=self.wf.name, run_id=self.run_id).warning(
+                "cannot count the parked run", error=f"{type(exc).__name__}: {exc}")
 
     def rearm(self) -> None:
         with self.cond:
@@ -621,7 +630,7 @@ class _Body:
             self.state = "parked"
             self.waiting = waiting
             self.settled.set()
-        self.telemetry.parked(1)
+        self._count_parked(1)
         if waiting.get("kind") == "event":
             _watch_mailboxes(self.store)
         until = waiting.get("until")
