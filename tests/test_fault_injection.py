@@ -350,3 +350,22 @@ def test_a_parked_run_ends_or_wakes_even_if_its_parked_gauge_fails(
     if how == "wake":
         assert ended.output == {"a": 2, "go": 7} and calls["first"] == 1
 
+
+# -- a crash whose report fails too ------------------------------------------------------
+
+
+@pytest.mark.parametrize("engine", ["code-first", "dag"])
+def test_a_crashed_run_is_interrupted_even_if_its_span_cannot_end(
+        engine: str, store: CheckpointClient, monkeypatch: pytest.MonkeyPatch) -> None:
+    calls = Counter[str]()
+    wf = (code_first if engine == "code-first" else dag)(f"fi-crash-span-{engine}", calls)
+    with monkeypatch.context() as patch:
+        inject(patch, Span, "end", times=None, when=lambda span, **_: span.name == "workflow.run")
+        if engine == "code-first":  # the run's actor crashes as it starts driving the body
+            inject(patch, _Body, "load_letters")
+        else:  # ... as it records the second step
+            inject(patch, Scheduler, "_record_locked", skip=1)
+        ended = outcome(wf.start({"n": 1}, run_id=f"r-crash-{engine}", store=store))
+    assert isinstance(ended, RunInterruptedError), repr(ended)
+    assert stored_status(store, f"r-crash-{engine}") == "interrupted"
+    check_resumed(wf, store, f"r-crash-{engine}", calls, () if engine == "code-first" else ALL[:2])

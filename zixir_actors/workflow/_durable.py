@@ -446,19 +446,22 @@ class _Body:
             was_parked = self.state == "parked"
             self.stopping = "interrupted"
             self.state = "ended"
-        self.hold.set()
-        if was_parked:
-            self._unparked()
-        else:
-            why = "runtime stopped" if reason == "shutdown" else (
-                reason if isinstance(reason, str) else f"{type(reason).__name__}: {reason}")
-            bound = log.bind(workflow=self.wf.name, run_id=self.run_id)
-            # A clean stop is expected (INFO: the command line shows no line for it).
-            (bound.info if reason == "shutdown" else bound.warning)("run interrupted",
-                                                                   reason=why)
-            record_interrupted(self.store, self.run_id, self.control.owner, why)
-        self.span.end(status="error")
-        self._release(None, RunInterruptedError(self.run_id, reason))
+        try:
+            self.hold.set()
+            if was_parked:
+                self._unparked()
+            else:
+                why = "runtime stopped" if reason == "shutdown" else (
+                    reason if isinstance(reason, str) else f"{type(reason).__name__}: {reason}")
+                bound = log.bind(workflow=self.wf.name, run_id=self.run_id)
+                # A clean stop is expected (INFO: the command line shows no line for it).
+                (bound.info if reason == "shutdown" else bound.warning)("run interrupted",
+                                                                       reason=why)
+                record_interrupted(self.store, self.run_id, self.control.owner, why)
+        finally:  # the run is marked ended: nothing else will resolve its future
+            with contextlib.suppress(Exception):  # a failing span backend is not the end
+                self.span.end(status="error")
+            self._release(None, RunInterruptedError(self.run_id, reason))
 
     def signal(self, event: str | None) -> None:
         """Something the run may wait for happened (an event was sent): wake it if parked."""
