@@ -42,6 +42,7 @@ from zixir_actors.workflow._progress import ProgressLog
 from zixir_actors.workflow._results import RunHandle, RunResult
 from zixir_actors.workflow._scheduler import Scheduler
 from zixir_actors.workflow._telemetry import Telemetry
+from zixir_actors.workflow._timers import Timers
 
 WAIT = 15.0
 """Seconds a run gets to end after a fault: far more than it needs, even on a busy
@@ -369,3 +370,64 @@ def test_a_crashed_run_is_interrupted_even_if_its_span_cannot_end(
     assert isinstance(ended, RunInterruptedError), repr(ended)
     assert stored_status(store, f"r-crash-{engine}") == "interrupted"
     check_resumed(wf, store, f"r-crash-{engine}", calls, () if engine == "code-first" else ALL[:2])
+
+
+# -- timers that cannot be armed ------------------------------------------------------------
+
+
+def _timer(kind: str) -> Callable[..., bool]:
+    def matches(_timers: Any, _due: float, key: Any, _fn: Any) -> bool:
+        return isinstance(key, tuple) and key[0] == kind
+    return matches
+
+
+def emitting(name: str, calls: Counter[str]) -> Workflow:
+    """A step, a progress item, then a wait (with a durable deadline) for ``go``."""
+    def first(x: int) -> int:
+        calls["first"] += 1
+        return x + 1
+
+    @durable(name)
+    def body(ctx: Any) -> dict[str, Any]:
+        a = ctx.step(first, 1, name="first")
+        ctx.emit("half way")
+        return {"a": a, "go": ctx.wait_for("go", timeout=600)}
+
+    return body
+
+
+@pytest.mark.parametrize("kind", ["run-log"])
+def test_a_run_goes_on_when_its_log_or_progress_flush_cannot_be_scheduled(
+        kind: str, store: CheckpointClient, monkeypatch: pytest.MonkeyPatch) -> None:
+    calls = Counter[str]()
+    wf = emitting(f"fi-timer-{kind}", calls)
+    run_id = f"r-timer-{kind}"
+    fault = inject(monkeypatch, Timers, "add", times=None, when=_timer(kind))
+    handle = wf.start(run_id=run_id, store=store)
+    assert handle.wait(timeout=WAIT) == "parked"
+    wf.send(run_id, "go", 7, store=store)
+    ended = outcome(handle)
+    assert fault.raised >= 1
+    assert isinstance(ended, RunResult) and ended.status == "succeeded", repr(ended)
+    assert ended.output == {"a": 2, "go": 7} and calls["first"] == 1
+    assert [item.value for item in handle.progress(timeout=WAIT)
+            if item.kind == "emit"] == ["half way"]
+    assert store.run_logs(run_id), "the run's log lines were lost"
+
+
+@pytest.mark.parametrize("kind", ["wake", "mailbox"])
+def test_a_park_whose_wake_up_cannot_be_armed_interrupts_the_run_and_resume_ends_it(
+        kind: str, store: CheckpointClient, monkeypatch: pytest.MonkeyPatch) -> None:
+    calls = Counter[str]()
+    wf = emitting(f"fi-timer-{kind}", calls)
+    run_id = f"r-timer-{kind}"
+    with monkeypatch.context() as patch:
+        fault = inject(patch, Timers, "add", when=_timer(kind))
+        ended = outcome(wf.start(run_id=run_id, store=store))
+    assert fault.raised == 1
+    assert isinstance(ended, RunInterruptedError), repr(ended)
+    assert stored_status(store, run_id) == "parked"  # it still waits: resume continues it
+    wf.send(run_id, "go", 7, store=store)
+    result = wf.resume(run_id, store=store, timeout=WAIT)
+    assert result.status == "succeeded" and result.output == {"a": 2, "go": 7}
+    assert result.steps["first#1"].status == "cached" and calls["first"] == 1

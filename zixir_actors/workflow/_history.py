@@ -160,7 +160,11 @@ class RunLog:
             self.armed = True
             from zixir_actors.workflow._timers import timers_for
 
-            timers_for(SYSTEM_CLOCK).add(now + FLUSH_AFTER, ("run-log", id(self)), self.flush)
+            try:
+                timers_for(SYSTEM_CLOCK).add(now + FLUSH_AFTER, ("run-log", id(self)),
+                                             self.flush)
+            except Exception:  # no timer (no thread to be had): a line must not fail
+                self.flush()  # the engine's call that logs it; stored now instead
 
     def flush(self) -> None:
         """Commit the pending lines now, without a disk sync (best effort: never raises)."""
