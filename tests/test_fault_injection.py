@@ -396,7 +396,7 @@ def emitting(name: str, calls: Counter[str]) -> Workflow:
     return body
 
 
-@pytest.mark.parametrize("kind", ["run-log"])
+@pytest.mark.parametrize("kind", ["run-log", "progress"])
 def test_a_run_goes_on_when_its_log_or_progress_flush_cannot_be_scheduled(
         kind: str, store: CheckpointClient, monkeypatch: pytest.MonkeyPatch) -> None:
     calls = Counter[str]()

@@ -94,8 +94,11 @@ class ProgressLog:
         elif arm:
             from zixir_actors.workflow._timers import timers_for
 
-            timers_for(SYSTEM_CLOCK).add(time.time() + FLUSH_AFTER, ("progress", id(self)),
-                                         self.flush)
+            try:
+                timers_for(SYSTEM_CLOCK).add(time.time() + FLUSH_AFTER, ("progress", id(self)),
+                                             self.flush)
+            except Exception:  # no timer (no thread to be had): an emit, a park or
+                self.flush()  # a run's end must not fail for it; stored now instead
         return item
 
     def take_pending(self, batch: Any) -> None:
