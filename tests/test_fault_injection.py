@@ -40,6 +40,7 @@ from zixir_actors.workflow._durable import _Body
 from zixir_actors.workflow._history import RunLog
 from zixir_actors.workflow._progress import ProgressLog
 from zixir_actors.workflow._results import RunHandle, RunResult
+from zixir_actors.workflow._run import WorkflowRun
 from zixir_actors.workflow._scheduler import Scheduler
 from zixir_actors.workflow._telemetry import Telemetry
 from zixir_actors.workflow._timers import Timers
@@ -431,3 +432,31 @@ def test_a_park_whose_wake_up_cannot_be_armed_interrupts_the_run_and_resume_ends
     result = wf.resume(run_id, store=store, timeout=WAIT)
     assert result.status == "succeeded" and result.output == {"a": 2, "go": 7}
     assert result.steps["first#1"].status == "cached" and calls["first"] == 1
+
+
+# -- a run that cannot be launched ---------------------------------------------------------
+
+
+LAUNCH = [
+    ("code-first", Timers, "add", _timer("deadline")),  # its deadline
+    ("code-first", _Body, "activate", None),  # its actor
+    pytest.param("dag", WorkflowRun, "start", None, marks=pytest.mark.xfail(
+        strict=True, reason="Workflow._launch (_workflow.py) does not record the run as "
+        "interrupted when its actor cannot start: left to the lead")),
+]
+
+
+@pytest.mark.parametrize(("engine", "owner", "attr", "when"), LAUNCH,
+                         ids=["code-first-deadline", "code-first-activate", "dag-start"])
+def test_a_run_that_cannot_be_launched_raises_and_is_not_left_running(
+        engine: str, owner: Any, attr: str, when: Any, store: CheckpointClient,
+        monkeypatch: pytest.MonkeyPatch) -> None:
+    calls = Counter[str]()
+    wf = (code_first if engine == "code-first" else dag)(f"fi-launch-{engine}-{attr}", calls)
+    run_id = f"r-launch-{engine}-{attr}"
+    with monkeypatch.context() as patch:
+        inject(patch, owner, attr, when=when)
+        with pytest.raises(Injected):
+            wf.start({"n": 1}, run_id=run_id, store=store, timeout=600)
+    assert stored_status(store, run_id) == "interrupted"  # not "running": nothing runs it
+    check_resumed(wf, store, run_id, calls, ())

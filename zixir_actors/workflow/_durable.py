@@ -1632,12 +1632,15 @@ def launch(wf: Workflow, client: CheckpointClient, run_id: str, inputs: dict[str
             timers_for(SYSTEM_CLOCK).add(time.time() + timeout, ("deadline", run_id),
                                          lambda: body.stop("timed_out"))
         body.activate()
-    except BaseException:
+    except BaseException as exc:
         if body is not None and body.logs is not None:
             body.logs.close()
         with _BODIES_LOCK:
             _BODIES.pop(run_id, None)
         timers_for(SYSTEM_CLOCK).cancel(("deadline", run_id))
+        # Marked running above, if it got that far: nothing runs it now (resume can).
+        record_interrupted(client, run_id, control.owner,
+                           f"cannot start: {type(exc).__name__}: {exc}")
         release_run(control)
         raise
     return RunHandle(run_id, control.future, lambda rid: wf.cancel(rid, store=client),
