@@ -30,6 +30,7 @@ from zixir_actors import checkpoint, durable
 from zixir_actors.checkpoint import CheckpointClient, open_store
 from zixir_actors.errors import (
     RunInterruptedError,
+    StoreError,
     ZixirError,
     ZixirTimeoutError,
 )
@@ -66,9 +67,10 @@ class Fault:
 
 
 def inject(monkeypatch: pytest.MonkeyPatch, owner: Any, attr: str, *, skip: int = 0,
-           times: int | None = 1,
-           when: Callable[..., bool] | None = None) -> Fault:
-    """Patch ``owner.attr`` to raise `Injected` on its matching calls (see `Fault`)."""
+           times: int | None = 1, when: Callable[..., bool] | None = None,
+           error: Callable[[str], BaseException] = Injected) -> Fault:
+    """Patch ``owner.attr`` to raise `error` (default `Injected`) on its matching
+    calls (see `Fault`)."""
     real = getattr(owner, attr)
     fault = Fault(f"{getattr(owner, '__name__', owner)}.{attr}", skip, times)
     lock = threading.Lock()
@@ -82,7 +84,7 @@ def inject(monkeypatch: pytest.MonkeyPatch, owner: Any, attr: str, *, skip: int 
                 if hit:
                     fault.raised += 1
             if hit:
-                raise Injected(f"{fault.name} broke")
+                raise error(f"{fault.name} broke")
         return real(*args, **kwargs)
 
     monkeypatch.setattr(owner, attr, broken)
@@ -460,3 +462,140 @@ def test_a_run_that_cannot_be_launched_raises_and_is_not_left_running(
             wf.start({"n": 1}, run_id=run_id, store=store, timeout=600)
     assert stored_status(store, run_id) == "interrupted"  # not "running": nothing runs it
     check_resumed(wf, store, run_id, calls, ())
+
+
+# -- parks ------------------------------------------------------------------------------
+
+
+PARK = [
+    pytest.param(_Body, "park", 0, id="park"),
+    pytest.param(CheckpointClient, "batch", 0, id="park-batch"),  # the parked record's
+    pytest.param(CheckpointClient, "commit", 0, id="park-commit"),
+]
+
+
+@pytest.mark.parametrize(("owner", "attr", "skip"), PARK)
+def test_a_park_that_fails_interrupts_the_run_and_resume_ends_it(
+        owner: Any, attr: str, skip: int, store: CheckpointClient,
+        monkeypatch: pytest.MonkeyPatch) -> None:
+    calls = Counter[str]()
+    wf = parked_on(f"fi-park-{attr}", calls)
+    run_id = f"r-park-{attr}"
+    with monkeypatch.context() as patch:
+        fault = inject(patch, owner, attr, skip=skip,
+                       when=_durable_commit if attr == "commit" else None)
+        ended = outcome(wf.start(run_id=run_id, store=store))
+    assert fault.raised == 1
+    assert isinstance(ended, RunInterruptedError), repr(ended)
+    assert stored_status(store, run_id) == "interrupted"
+    wf.send(run_id, "go", 7, store=store)
+    result = wf.resume(run_id, store=store, timeout=WAIT)
+    assert result.status == "succeeded" and result.output == {"a": 2, "go": 7}
+    assert result.steps["first#1"].status == "cached" and calls["first"] == 1
+
+
+def test_a_supervised_run_whose_park_fails_once_is_restarted_and_parks(
+        supervised: CheckpointClient, monkeypatch: pytest.MonkeyPatch) -> None:
+    calls = Counter[str]()
+    wf = parked_on("fi-park-supervised", calls)
+    fault = inject(monkeypatch, _Body, "park")
+    handle = wf.start(run_id="r-park-sup", store=supervised)
+    assert handle.wait(timeout=WAIT) == "parked"
+    assert fault.raised == 1
+    wf.send("r-park-sup", "go", 7, store=supervised)
+    ended = outcome(handle)
+    assert isinstance(ended, RunResult) and ended.output == {"a": 2, "go": 7}, repr(ended)
+    assert calls["first"] == 1
+
+
+@pytest.mark.parametrize("then", ["returns", "calls ctx", "raises"])
+def test_a_body_that_swallows_its_park_with_a_bare_except_still_parks(
+        then: str, store: CheckpointClient) -> None:
+    calls = Counter[str]()
+
+    def first(x: int) -> int:
+        calls["first"] += 1
+        return x + 1
+
+    @durable(f"fi-swallow-{then}")
+    def body(ctx: Any) -> dict[str, Any]:
+        a = ctx.step(first, 1, name="first")
+        try:
+            got = ctx.wait_for("go")
+        except:  # noqa: E722 - what is tested
+            if then == "calls ctx":
+                got = ctx.step(first, 100, name="fallback")
+            elif then == "raises":
+                raise ValueError("the body's own error, after the park") from None
+            else:
+                got = "swallowed"
+        return {"a": a, "go": got}
+
+    run_id = f"r-swallow-{then.replace(' ', '-')}"
+    handle = body.start(run_id=run_id, store=store)
+    assert handle.wait(timeout=WAIT) == "parked"
+    body.send(run_id, "go", 7, store=store)
+    ended = outcome(handle)
+    assert isinstance(ended, RunResult) and ended.output == {"a": 2, "go": 7}, repr(ended)
+    assert calls["first"] == 1
+
+
+# -- values that cannot be stored -------------------------------------------------------------
+
+
+def unpicklable(x: int) -> Any:
+    return (i for i in range(x))  # neither pickle nor dill can store a generator
+
+
+@pytest.mark.parametrize("how", ["step", "spawn", "map", "dag"])
+def test_a_step_whose_value_cannot_be_stored_fails_the_run_with_a_dead_letter(
+        how: str, store: CheckpointClient) -> None:
+    if how == "dag":
+        wf = Workflow("fi-unpicklable-dag", [Step("lock", unpicklable)])
+        label = "lock"
+    else:
+        @durable(f"fi-unpicklable-{how}")
+        def wf(ctx: Any) -> Any:
+            if how == "step":
+                return ctx.step(unpicklable, 1, name="lock")
+            if how == "spawn":
+                return ctx.spawn(unpicklable, 1, name="lock").result(timeout=WAIT)
+            return ctx.map(unpicklable, [1], name="lock")
+
+        label = "lock#1"
+    run_id = f"r-unpicklable-{how}"
+    ended = outcome(wf.start({"x": 1} if how == "dag" else {}, run_id=run_id, store=store))
+    assert isinstance(ended, RunResult) and ended.status == "failed", repr(ended)
+    assert ended.steps[label].status == "failed"
+    assert "UnserializableError" in str(ended.steps[label].error)
+    assert stored_status(store, run_id) == "failed"
+    assert [d.step for d in store.dead_letters(run_id=run_id)] == [label]
+
+
+def test_a_store_failure_that_the_body_swallows_with_a_bare_except_still_ends_the_run(
+        store: CheckpointClient, monkeypatch: pytest.MonkeyPatch) -> None:
+    calls = Counter[str]()
+
+    def first(x: int) -> int:
+        calls["first"] += 1
+        return x + 1
+
+    @durable("fi-swallow-store")
+    def body(ctx: Any) -> dict[str, int]:
+        try:
+            a = ctx.step(first, 1, name="first")
+        except:  # noqa: E722 - what is tested
+            a = -1
+        return {"a": a, "b": ctx.step(first, a, name="second")}
+
+    with monkeypatch.context() as patch:
+        fault = inject(patch, CheckpointClient, "put_call", error=StoreError)
+        ended = outcome(body.start(run_id="r-swallow-store", store=store))
+    assert fault.raised == 1
+    # As if it had not been swallowed: the run ends with the store's error, and
+    # nothing the body did after the failed commit is kept.
+    assert isinstance(ended, StoreError), repr(ended)
+    assert stored_status(store, "r-swallow-store") == "failed"
+    assert calls["first"] == 1
+    result = body.resume("r-swallow-store", store=store, timeout=WAIT)
+    assert result.status == "succeeded" and result.output == {"a": 2, "b": 3}

@@ -370,6 +370,8 @@ class _Body:
         self.waiting: dict[str, Any] | None = None
         self.gen = 0
         self.stopping: str | None = None
+        # A commit the store refused: it ends the run, even if the body swallowed it.
+        self.store_failed: _StoreFailed | None = None
         # Commits under way; `stop` waits for them. A commit appends, then
         # checks `stopping`; `stop` sets `stopping`, then waits for this to
         # empty: one always sees the other (list.append and pop are atomic), so
@@ -823,7 +825,8 @@ class _Body:
         except UnserializableError:
             raise  # the value, not the store: nothing was written
         except (StoreError, ZixirTimeoutError) as exc:
-            raise _StoreFailed(exc) from exc
+            failed = self.store_failed = _StoreFailed(exc)
+            raise failed from exc
         finally:
             committing.pop()
             if self.stopping is not None:  # `stop` may be waiting for this commit
@@ -1149,8 +1152,11 @@ class DurableContext:
         return exc
 
     def _settle(self, exc: BaseException | None = None) -> None:
-        """After the body returned (or raised `exc`): a park or stop that it swallowed
-        (a bare ``except:``) wins over how it ended."""
+        """After the body returned (or raised `exc`): a failed commit, a park or a stop
+        that it swallowed (a bare ``except:``) wins over how it ended."""
+        failed = self._b.store_failed
+        if failed is not None and exc is not failed:
+            raise failed from exc
         if self._unwinding is not None and exc is not self._unwinding:
             raise self._unwinding from exc
         if exc is not None:
@@ -1161,6 +1167,8 @@ class DurableContext:
             # The body swallowed a park or a stop (a bare ``except:``): nothing
             # more may run live in this execution.
             raise self._unwinding
+        if self._b.store_failed is not None:  # ... or a commit the store refused
+            raise self._b.store_failed
         if self._plan is None and self._b.stopping is not None:  # `check_live`, inline
             raise self._unwind(_Stop(self._b.stopping)) from None
         position = self._pos
@@ -1694,7 +1702,7 @@ def plan(wf: Workflow, client: CheckpointClient, record: RunRecord) -> Plan:
     probe.wf, probe.run_id, probe.store = wf, record.run_id, client
     probe.inputs = dict(record.inputs)
     probe.clock, probe.steps, probe.failures = wf.clock, {}, {}
-    probe.stopping, probe.control = None, control
+    probe.stopping, probe.control, probe.store_failed = None, control, None
     entries: list[PlanEntry] = []
     ctx = DurableContext(probe, {p: r for p, r in records if p != RESULT_POS}, 0, entries)
     try:
