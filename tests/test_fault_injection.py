@@ -68,9 +68,9 @@ class Fault:
 
 def inject(monkeypatch: pytest.MonkeyPatch, owner: Any, attr: str, *, skip: int = 0,
            times: int | None = 1, when: Callable[..., bool] | None = None,
-           error: Callable[[str], BaseException] = Injected) -> Fault:
+           error: Callable[[str], BaseException] = Injected, after: bool = False) -> Fault:
     """Patch ``owner.attr`` to raise `error` (default `Injected`) on its matching
-    calls (see `Fault`)."""
+    calls (see `Fault`): instead of running, or (`after`) once it ran."""
     real = getattr(owner, attr)
     fault = Fault(f"{getattr(owner, '__name__', owner)}.{attr}", skip, times)
     lock = threading.Lock()
@@ -84,6 +84,8 @@ def inject(monkeypatch: pytest.MonkeyPatch, owner: Any, attr: str, *, skip: int 
                 if hit:
                     fault.raised += 1
             if hit:
+                if after:
+                    real(*args, **kwargs)
                 raise error(f"{fault.name} broke")
         return real(*args, **kwargs)
 
@@ -599,3 +601,139 @@ def test_a_store_failure_that_the_body_swallows_with_a_bare_except_still_ends_th
     assert calls["first"] == 1
     result = body.resume("r-swallow-store", store=store, timeout=WAIT)
     assert result.status == "succeeded" and result.output == {"a": 2, "b": 3}
+
+
+# -- under the zixir.workflows supervisor -----------------------------------------------------
+
+
+SUPERVISED = [p for p in POINTS if p.times == 1 and p.id in {
+    "code-first-CheckpointClient.batch-1-1", "code-first-_Body.load_letters-0-1",
+    "code-first-_Body.records-0-1", "dag-CheckpointClient.save_step_fields-1-1",
+    "dag-Scheduler._record_locked-1-1", "dag-CheckpointClient.save_run-1-1",
+    "dag-CheckpointClient.dead_letters-0-1", "dag-Telemetry.attempt-1-1"}]
+
+
+@pytest.mark.parametrize("point", SUPERVISED, ids=[p.id for p in SUPERVISED])
+def test_a_supervised_run_hit_by_one_engine_failure_ends_and_loses_no_step(
+        point: Point, supervised: CheckpointClient, monkeypatch: pytest.MonkeyPatch) -> None:
+    calls = Counter[str]()
+    wf = (code_first if point.engine == "code-first" else dag)(f"fi-sup-{point.id}", calls)
+    run_id = f"r-sup-{point.id}"
+    with monkeypatch.context() as patch:
+        fault = inject(patch, point.owner, point.attr, skip=point.skip, when=point.when)
+        ended = outcome(wf.start({"n": 1}, run_id=run_id, store=supervised))
+    assert fault.raised == 1
+    check_ended(supervised, run_id, ended)
+    if isinstance(ended, RunResult) and ended.status == "succeeded":
+        # A crash restarted the run's actor, which went on from the checkpoints.
+        assert outputs(ended) == EXPECTED
+        assert all(calls[fn] == 1 for fn in point.committed), calls
+        return
+    check_resumed(wf, supervised, run_id, calls, point.committed)
+
+
+# -- async bodies --------------------------------------------------------------------------
+
+
+def async_code_first(name: str, calls: Counter[str]) -> Workflow:
+    """`code_first` as an ``async def`` body."""
+    def first(x: int) -> int:
+        calls["first"] += 1
+        return x + 1
+
+    def second(x: int) -> int:
+        calls["second"] += 1
+        return x * 2
+
+    def third(x: int) -> int:
+        calls["third"] += 1
+        return x + 1
+
+    @durable(name)
+    async def body(ctx: Any, n: int) -> dict[str, int]:
+        a = await ctx.step(first, n, name="first")
+        ctx.now()
+        b = await ctx.step(second, a, name="second")
+        return {"a": a, "b": b, "c": await ctx.step(third, b, name="third")}
+
+    return body
+
+
+ASYNC = [p for p in POINTS if p.engine == "code-first" and p.id in {
+    "code-first-CheckpointClient.put_call-1-1", "code-first-CheckpointClient.batch-1-1",
+    "code-first-_Body.records-0-1", "code-first-_Body.load_letters-0-1",
+    "code-first-Telemetry.attempt-1-1"}]
+
+
+@pytest.mark.parametrize("point", ASYNC, ids=[p.id for p in ASYNC])
+def test_an_async_body_hit_by_an_engine_failure_ends_and_resume_finishes_it(
+        point: Point, store: CheckpointClient, monkeypatch: pytest.MonkeyPatch) -> None:
+    calls = Counter[str]()
+    wf = async_code_first(f"fi-async-{point.id}", calls)
+    run_id = f"r-async-{point.id}"
+    with monkeypatch.context() as patch:
+        fault = inject(patch, point.owner, point.attr, skip=point.skip, when=point.when)
+        ended = outcome(wf.start({"n": 1}, run_id=run_id, store=store))
+    assert fault.raised == 1
+    check_ended(store, run_id, ended)
+    check_resumed(wf, store, run_id, calls, point.committed)
+
+
+# -- a step that fails for good: its dead letter ---------------------------------------------
+
+
+LETTER = [("code-first", Telemetry, "exhausted"), ("dag", Telemetry, "exhausted"),
+          ("dag", CheckpointClient, "save_dead_letter"), ("dag", Telemetry, "dead_letters"),
+          ("dag", CheckpointClient, "count_dead_letters")]
+
+
+@pytest.mark.parametrize(("engine", "owner", "attr"), LETTER,
+                         ids=[f"{e}-{o.__name__}.{a}" for e, o, a in LETTER])
+def test_a_failed_step_whose_dead_letter_path_fails_still_ends_the_run(
+        engine: str, owner: Any, attr: str, store: CheckpointClient,
+        monkeypatch: pytest.MonkeyPatch) -> None:
+    calls = Counter[str]()
+
+    def first(n: int) -> int:
+        calls["first"] += 1
+        return n + 1
+
+    def boom(first: int) -> int:
+        calls["boom"] += 1
+        raise ValueError("the step's own failure")
+
+    if engine == "dag":
+        wf = Workflow(f"fi-letter-{engine}-{attr}", [Step("first", first),
+                                                     Step("boom", boom, ("first",))])
+    else:
+        @durable(f"fi-letter-{engine}-{attr}")
+        def wf(ctx: Any, n: int) -> int:
+            return int(ctx.step(boom, ctx.step(first, n, name="first"), name="boom"))
+    run_id = f"r-letter-{engine}-{attr}"
+    with monkeypatch.context() as patch:
+        fault = inject(patch, owner, attr)
+        ended = outcome(wf.start({"n": 1}, run_id=run_id, store=store))
+    assert fault.raised == 1
+    check_ended(store, run_id, ended)
+    result = wf.resume(run_id, store=store, timeout=WAIT)
+    assert result.status == "failed"  # the step fails for good; the run ends each time
+    assert calls["first"] == 1
+    assert len(store.dead_letters(run_id=run_id)) == 1
+
+
+# -- two faults at once --------------------------------------------------------------------
+
+
+def test_a_dag_worker_that_crashes_with_a_checkpoint_sync_under_way_that_fails_ends_the_run(
+        store: CheckpointClient, monkeypatch: pytest.MonkeyPatch) -> None:
+    """A lone worker leaves its checkpoint's fsync under way; if the worker then
+    fails and waiting for that fsync fails too, the run must still end."""
+    calls = Counter[str]()
+    wf = dag("fi-unsynced", calls)
+    with monkeypatch.context() as patch:
+        inject(patch, Telemetry, "attempt")  # right after the first checkpoint
+        inject(patch, checkpoint.PendingSync, "wait", times=None, after=True)
+        ended = outcome(wf.start({"n": 1}, run_id="r-unsynced", store=store))
+    assert isinstance(ended, RunInterruptedError), repr(ended)
+    assert stored_status(store, "r-unsynced") == "interrupted"
+    check_resumed(wf, store, "r-unsynced", calls, ())

@@ -315,7 +315,7 @@ class Scheduler:
                 self.notify(FINISHED)
         except BaseException as exc:  # a scheduler bug crashes the run actor
             for pending, _ in self.unsynced:
-                with contextlib.suppress(StoreError):
+                with contextlib.suppress(Exception):  # the crash must still be told
                     pending.wait()  # the store's next writers wait for it
             if self.ended is None:
                 self.notify(Crash(exc))
