@@ -16,6 +16,7 @@ supervisor (a crash restarts the run's actor, which continues by itself).
 
 from __future__ import annotations
 
+import contextlib
 import threading
 from collections import Counter
 from collections.abc import Callable, Iterator
@@ -737,3 +738,36 @@ def test_a_dag_worker_that_crashes_with_a_checkpoint_sync_under_way_that_fails_e
     assert isinstance(ended, RunInterruptedError), repr(ended)
     assert stored_status(store, "r-unsynced") == "interrupted"
     check_resumed(wf, store, "r-unsynced", calls, ())
+
+
+# -- threads that cannot start -----------------------------------------------------------------
+
+
+def _call_thread(thread: threading.Thread) -> bool:
+    return thread.name.startswith("zixir-wf-call-")
+
+
+def test_a_spawn_whose_thread_cannot_start_leaves_nothing_in_flight(
+        store: CheckpointClient, monkeypatch: pytest.MonkeyPatch) -> None:
+    calls = Counter[str]()
+
+    def first(x: int) -> int:
+        calls["first"] += 1
+        return x + 1
+
+    @durable("fi-spawn-thread")
+    def body(ctx: Any) -> dict[str, Any]:
+        with contextlib.suppress(RuntimeError):  # no thread to be had: it goes on without
+            ctx.spawn(first, 1, name="first")
+        return {"go": ctx.wait_for("go")}
+
+    with monkeypatch.context() as patch:
+        fault = inject(patch, threading.Thread, "start", when=_call_thread)
+        handle = body.start(run_id="r-spawn-thread", store=store)
+        status = handle.wait(timeout=WAIT)
+    assert fault.raised == 1
+    assert status == "parked"  # not stuck waiting for a call that never started
+    body.send("r-spawn-thread", "go", 7, store=store)
+    ended = outcome(handle)
+    assert isinstance(ended, RunResult) and ended.output == {"go": 7}, repr(ended)
+    assert calls["first"] == 1  # the replay after the wake-up had a thread for it

@@ -956,8 +956,15 @@ class _Body:
                     self.inflight -= 1
                     self.cond.notify_all()
 
-        threading.Thread(target=context.run, args=(work,), daemon=True,
-                         name=f"zixir-wf-call-{label}").start()
+        try:
+            threading.Thread(target=context.run, args=(work,), daemon=True,
+                             name=f"zixir-wf-call-{label}").start()
+        except BaseException:  # no thread to be had: the call is not in flight
+            slots.release()
+            with self.cond:
+                self.inflight -= 1
+                self.cond.notify_all()
+            raise
         return future
 
     # -- child runs --
