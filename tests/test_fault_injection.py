@@ -771,3 +771,45 @@ def test_a_spawn_whose_thread_cannot_start_leaves_nothing_in_flight(
     ended = outcome(handle)
     assert isinstance(ended, RunResult) and ended.output == {"go": 7}, repr(ended)
     assert calls["first"] == 1  # the replay after the wake-up had a thread for it
+
+
+THREADS = [("code-first", "zixir-body-", 0), ("dag", "zixir-wf-r-thread-", 0),
+           ("dag", "zixir-wf-r-thread-", 1)]
+
+
+@pytest.mark.parametrize(("engine", "prefix", "skip"), THREADS,
+                         ids=["code-first-body", "dag-first-worker", "dag-second-worker"])
+def test_a_run_whose_thread_cannot_start_ends_and_resume_finishes_it(
+        engine: str, prefix: str, skip: int, store: CheckpointClient,
+        monkeypatch: pytest.MonkeyPatch) -> None:
+    """The body's thread (code-first), or a worker (DAG: the first, or the one
+    the first starts for two ready steps), cannot start: no thread to be had."""
+    calls = Counter[str]()
+    if engine == "dag":  # a fan-out, so that a worker starts another
+        def a(n: int) -> int:
+            calls["first"] += 1
+            return n + 1
+
+        def b(a: int) -> int:
+            calls["second"] += 1
+            return a * 2
+
+        def c(a: int) -> int:
+            calls["third"] += 1
+            return a + 3
+
+        wf = Workflow(f"fi-thread-{skip}", [Step("a", a), Step("b", b, ("a",)),
+                                             Step("c", c, ("a",))])
+    else:
+        wf = code_first(f"fi-thread-cf-{skip}", calls)
+    run_id = f"r-thread-{engine}-{skip}"
+    with monkeypatch.context() as patch:
+        fault = inject(patch, threading.Thread, "start", skip=skip,
+                       when=lambda t: t.name.startswith(prefix))
+        ended = outcome(wf.start({"n": 1}, run_id=run_id, store=store))
+    assert fault.raised == 1
+    assert isinstance(ended, RunInterruptedError), repr(ended)
+    assert stored_status(store, run_id) == "interrupted"
+    result = wf.resume(run_id, store=store, timeout=WAIT)
+    assert result.status == "succeeded", result.errors
+    assert calls["first"] == 1
