@@ -37,8 +37,9 @@ from zixir_actors.errors import (
 )
 from zixir_actors.executor._adapters import InFlight
 from zixir_actors.observability._tracing import Span
+from zixir_actors.testing import wait_for
 from zixir_actors.workflow import Step, Workflow, child_spec
-from zixir_actors.workflow._durable import _Body
+from zixir_actors.workflow._durable import _Body, parked_bodies
 from zixir_actors.workflow._history import RunLog
 from zixir_actors.workflow._progress import ProgressLog
 from zixir_actors.workflow._results import RunHandle, RunResult
@@ -812,4 +813,20 @@ def test_a_run_whose_thread_cannot_start_ends_and_resume_finishes_it(
     assert stored_status(store, run_id) == "interrupted"
     result = wf.resume(run_id, store=store, timeout=WAIT)
     assert result.status == "succeeded", result.errors
+    assert calls["first"] == 1
+
+
+@pytest.mark.parametrize("kind", ["wake", "mailbox"])
+def test_a_supervised_run_whose_wake_up_cannot_be_armed_once_parks_again_and_wakes(
+        kind: str, supervised: CheckpointClient, monkeypatch: pytest.MonkeyPatch) -> None:
+    calls = Counter[str]()
+    wf = emitting(f"fi-timer-sup-{kind}", calls)
+    run_id = f"r-timer-sup-{kind}"
+    fault = inject(monkeypatch, Timers, "add", when=_timer(kind))
+    handle = wf.start(run_id=run_id, store=supervised)
+    wait_for(lambda: fault.raised == 1 and handle.status() == "parked" and
+             run_id in parked_bodies(), timeout=WAIT, what="the run parked again")
+    wf.send(run_id, "go", 7, store=supervised)
+    ended = outcome(handle)
+    assert isinstance(ended, RunResult) and ended.output == {"a": 2, "go": 7}, repr(ended)
     assert calls["first"] == 1
