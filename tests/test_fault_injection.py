@@ -18,6 +18,7 @@ from __future__ import annotations
 
 import contextlib
 import threading
+import time
 from collections import Counter
 from collections.abc import Callable, Iterator
 from dataclasses import dataclass
@@ -39,7 +40,7 @@ from zixir_actors.executor._adapters import InFlight
 from zixir_actors.observability._tracing import Span
 from zixir_actors.testing import wait_for
 from zixir_actors.workflow import Step, Workflow, child_spec
-from zixir_actors.workflow._durable import _Body, parked_bodies
+from zixir_actors.workflow._durable import _Body, _next_event_seq, parked_bodies
 from zixir_actors.workflow._history import RunLog
 from zixir_actors.workflow._progress import ProgressLog
 from zixir_actors.workflow._results import RunHandle, RunResult
@@ -830,3 +831,28 @@ def test_a_supervised_run_whose_wake_up_cannot_be_armed_once_parks_again_and_wak
     ended = outcome(handle)
     assert isinstance(ended, RunResult) and ended.output == {"a": 2, "go": 7}, repr(ended)
     assert calls["first"] == 1
+
+
+# -- events sent by another process ------------------------------------------------------------
+
+
+def send_from_elsewhere(store: CheckpointClient, run_id: str, event: str, payload: Any) -> None:
+    """What `send` commits from another process: the event and the mailbox mark, no signal."""
+    batch = store.batch()
+    seq = _next_event_seq()
+    batch.put_event(run_id, seq, event, payload, time.time())
+    batch.touch_mailbox(seq)
+    store.commit(batch)
+
+
+def test_a_run_parked_on_an_event_wakes_even_if_one_look_at_the_mailboxes_fails(
+        store: CheckpointClient, monkeypatch: pytest.MonkeyPatch) -> None:
+    calls = Counter[str]()
+    wf = parked_on("fi-mailbox-poll", calls)
+    handle = wf.start(run_id="r-mailbox-poll", store=store)
+    assert handle.wait(timeout=WAIT) == "parked"
+    fault = inject(monkeypatch, CheckpointClient, "pending_events")
+    send_from_elsewhere(store, "r-mailbox-poll", "go", 7)
+    ended = outcome(handle)
+    assert fault.raised == 1
+    assert isinstance(ended, RunResult) and ended.output == {"a": 2, "go": 7}, repr(ended)

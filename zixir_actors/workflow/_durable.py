@@ -1785,18 +1785,22 @@ def _poll_mailboxes(store: CheckpointClient) -> None:
     try:
         mark = store.mailbox_mark()
         with _watched_lock:
-            changed, _watched[key] = mark != _watched.get(key), mark
+            changed = mark != _watched.get(key)
         if changed:  # one pass over the undelivered events, however many runs wait
             parked = {body.run_id: body for body in waiting}
             for run_id, event in store.pending_events():
                 body = parked.get(run_id)
                 if body is not None and (body.waiting or {}).get("event") == event:
                     body.signal(event)
+        with _watched_lock:  # seen once the pass is done: a failed one is tried again
+            _watched[key] = mark
     except (StoreError, CorruptBlobError) as exc:  # the store went away: stop watching
         log.warning("cannot read the mailboxes", error=str(exc))
         with _watched_lock:
             _watched.pop(key, None)
         return
+    except Exception as exc:  # anything else: look again at the next poll
+        log.warning("cannot read the mailboxes", error=f"{type(exc).__name__}: {exc}")
     timers_for(SYSTEM_CLOCK).add(time.time() + MAILBOX_POLL, ("mailbox", key),
                                  lambda: _poll_mailboxes(store))
 
