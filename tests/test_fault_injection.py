@@ -856,3 +856,39 @@ def test_a_run_parked_on_an_event_wakes_even_if_one_look_at_the_mailboxes_fails(
     ended = outcome(handle)
     assert fault.raised == 1
     assert isinstance(ended, RunResult) and ended.output == {"a": 2, "go": 7}, repr(ended)
+
+
+# -- a step that raises what is not an Exception -------------------------------------------------
+
+
+@pytest.mark.parametrize("engine", ["code-first", "dag"])
+@pytest.mark.parametrize("exc", [SystemExit, KeyboardInterrupt, GeneratorExit])
+def test_a_step_raising_a_base_exception_ends_the_run_and_resume_finishes_it(
+        engine: str, exc: type[BaseException], store: CheckpointClient) -> None:
+    calls = Counter[str]()
+    raised = threading.Event()
+
+    def first(n: int) -> int:
+        calls["first"] += 1
+        return n + 1
+
+    def exits(first: int) -> int:
+        calls["second"] += 1
+        if not raised.is_set():
+            raised.set()
+            raise exc("a step that ends its thread")
+        return first
+
+    if engine == "dag":
+        wf = Workflow(f"fi-base-{exc.__name__}", [Step("first", first),
+                                                  Step("exits", exits, ("first",))])
+    else:
+        @durable(f"fi-base-cf-{exc.__name__}")
+        def wf(ctx: Any, n: int) -> int:
+            return int(ctx.step(exits, ctx.step(first, n, name="first"), name="exits"))
+    run_id = f"r-base-{engine}-{exc.__name__}"
+    ended = outcome(wf.start({"n": 1}, run_id=run_id, store=store))
+    assert raised.is_set()
+    check_ended(store, run_id, ended)
+    result = wf.resume(run_id, store=store, timeout=WAIT)
+    assert result.status == "succeeded" and calls["first"] == 1
