@@ -892,3 +892,31 @@ def test_a_step_raising_a_base_exception_ends_the_run_and_resume_finishes_it(
     check_ended(store, run_id, ended)
     result = wf.resume(run_id, store=store, timeout=WAIT)
     assert result.status == "succeeded" and calls["first"] == 1
+
+
+# -- more crashes than the supervisor allows ----------------------------------------------------
+
+
+@pytest.mark.parametrize("engine", ["code-first", "dag"])
+def test_runs_crashing_past_the_supervisors_restart_intensity_still_end(
+        engine: str, supervised: CheckpointClient, monkeypatch: pytest.MonkeyPatch) -> None:
+    """``zixir.workflows`` gives up (and stops every child) past its restart
+    intensity: a run whose actor crashed and is not restarted must still end."""
+    calls = Counter[str]()
+    wfs = [(code_first if engine == "code-first" else dag)(f"fi-intensity-{engine}-{i}", calls)
+           for i in range(3)]
+    if engine == "code-first":
+        inject(monkeypatch, _Body, "load_letters", times=None)
+    else:
+        inject(monkeypatch, Scheduler, "_record_locked", times=None)
+    handles = [wf.start({"n": 1}, run_id=f"r-intensity-{engine}-{i}", store=supervised)
+               for i, wf in enumerate(wfs)]
+    for handle in handles:
+        ended = outcome(handle)
+        assert isinstance(ended, RunInterruptedError), repr(ended)
+    monkeypatch.undo()
+    for i, wf in enumerate(wfs):
+        run_id = f"r-intensity-{engine}-{i}"
+        assert stored_status(supervised, run_id) == "interrupted"
+        result = wf.resume(run_id, store=supervised, timeout=WAIT)
+        assert result.status == "succeeded" and outputs(result) == EXPECTED

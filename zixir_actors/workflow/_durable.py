@@ -86,8 +86,11 @@ from zixir_actors.workflow._run import (
     _Control,
     active_children,
     active_run,
+    await_restart,
+    parent_supervisor,
     register_run,
     release_run,
+    restarted,
 )
 from zixir_actors.workflow._scheduler import cancel_remote
 from zixir_actors.workflow._spec import NO_RETRY, RetryPolicy
@@ -1041,9 +1044,11 @@ class BodyRun(SupervisedActor):
         super().__init__()
         self.body = body
         self.supervised = supervised
+        self.parent = parent_supervisor(supervised)
         self.released = False  # the body ended or parked under this incarnation
 
     def on_start(self) -> None:
+        restarted(self.body.control)
         self.actor_ref.tell(_DRIVE)
 
     def on_receive(self, message: Any) -> Any:
@@ -1108,6 +1113,8 @@ class BodyRun(SupervisedActor):
             "run actor crashed", error=repr(exc), crashes=control.crashes)
         if not self.supervised or control.crashes >= MAX_CRASHES:
             body.interrupt(exc)
+        else:  # its supervisor starts the next incarnation, unless it stops first
+            await_restart(control, self.parent, lambda: body.interrupt(exc))
 
 
 # -- the contexts ------------------------------------------------------------------

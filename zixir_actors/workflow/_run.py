@@ -22,11 +22,12 @@ import concurrent.futures
 import contextlib
 import threading
 import time
+from collections.abc import Callable
 from typing import Any
 
 import pykka
 
-from supervisors import SupervisedActor
+from supervisors import SupervisedActor, monitor, whereis
 from zixir_actors._runtimes import current_owner
 from zixir_actors.checkpoint import RunRecord
 from zixir_actors.errors import RunActiveError, RunInterruptedError, StoreError
@@ -36,8 +37,8 @@ from zixir_actors.workflow._results import RunResult
 from zixir_actors.workflow._scheduler import Crash, Finished, Job, Scheduler
 from zixir_actors.workflow._telemetry import log, report_end
 
-__all__ = ["MAX_CRASHES", "WorkflowRun", "active_children", "active_run", "register_run",
-           "release_run"]
+__all__ = ["MAX_CRASHES", "WorkflowRun", "active_children", "active_run", "await_restart",
+           "register_run", "release_run", "restarted"]
 
 MAX_CRASHES = 3
 """Crashes of one run's actor after which its future fails with
@@ -45,6 +46,7 @@ MAX_CRASHES = 3
 
 _ACTIVE: dict[str, _Control] = {}
 _ACTIVE_LOCK = threading.Lock()
+_WORKFLOWS_NAME = "zixir.workflows"
 
 
 class _Control:
@@ -59,6 +61,10 @@ class _Control:
         self.scheduler: Scheduler | None = None
         self.owner = current_owner()  # the owner its record names while it runs here
         self.logs: Any = None  # its `_history.RunLog`, opened by the first incarnation
+        # While a crashed actor waits for its supervisor to start the next one:
+        # what `await_restart` watches (cleared by `restarted`).
+        self.awaiting: object | None = None
+        self.watch: Any = None
 
     def cancel(self) -> bool:
         with self.lock:
@@ -69,6 +75,38 @@ class _Control:
         if scheduler is not None:
             scheduler.stop("cancelled")
         return True
+
+
+def await_restart(control: _Control, parent: pykka.ActorRef[Any] | None,
+                  let_go: Callable[[], None]) -> None:
+    """A supervised run actor crashed: its supervisor starts the next incarnation,
+    unless it stops first (past its restart intensity it stops every child, and
+    forgets this one): then nothing would end the run, and `let_go()` does."""
+    token = object()
+    control.awaiting = token
+
+    def gone(_down: Any) -> None:
+        if control.awaiting is token:
+            control.awaiting = None
+            let_go()
+
+    if parent is None:
+        gone(None)
+    else:
+        control.watch = monitor(parent, watcher=gone)
+
+
+def restarted(control: _Control) -> None:
+    """An incarnation of the run's actor started: no longer waiting for one."""
+    control.awaiting = None
+    watch, control.watch = control.watch, None
+    if watch is not None:
+        watch.cancel()
+
+
+def parent_supervisor(supervised: bool) -> pykka.ActorRef[Any] | None:
+    """The supervisor starting a run actor (``zixir.workflows``), if supervised."""
+    return whereis(_WORKFLOWS_NAME) if supervised else None
 
 
 def register_run(run_id: str) -> _Control:
@@ -127,12 +165,14 @@ class WorkflowRun(SupervisedActor):
         self.job = job
         self.control = control
         self.supervised = supervised
+        self.parent = parent_supervisor(supervised)
         self.scheduler: Scheduler | None = None
         self.result: RunResult | None = None
         self.error: BaseException | None = None  # ends the future instead of `result`
         self.timer: threading.Timer | None = None
 
     def on_start(self) -> None:
+        restarted(self.control)
         self.actor_ref.tell(_DRIVE)
 
     def on_receive(self, message: Any) -> Any:
@@ -265,19 +305,26 @@ class WorkflowRun(SupervisedActor):
     def on_failure(self, exc_type: Any = None, exc: Any = None, tb: Any = None) -> None:
         control = self.control
         control.crashes += 1
-        last = not self.supervised or control.crashes >= MAX_CRASHES
         try:
             self._teardown()
             log.bind(workflow=self.job.workflow.name, run_id=self.job.run_id).error(
                 "run actor crashed", error=repr(exc), crashes=control.crashes)
-            if last and not control.future.done():
-                self._let_go(f"its actor crashed ({control.crashes} times): {exc!r}",
-                             crashed=True)
-            if last:
-                self._close_logs()
-        finally:  # no restart comes: whoever waits on the run must hear of it
-            if last:
-                release_run(control)
-                if not control.future.done():
-                    self._end_span()
-                    control.future.set_exception(RunInterruptedError(self.job.run_id, exc))
+        finally:
+            if not self.supervised or control.crashes >= MAX_CRASHES:
+                self._end_crashed(exc, f"its actor crashed ({control.crashes} times)")
+            else:
+                await_restart(control, self.parent, lambda: self._end_crashed(
+                    exc, "its actor crashed and its supervisor stopped"))
+
+    def _end_crashed(self, exc: Any, why: str) -> None:
+        """No incarnation comes after this crashed one: the run ends as interrupted."""
+        control = self.control
+        try:
+            if not control.future.done():
+                self._let_go(f"{why}: {exc!r}", crashed=True)
+            self._close_logs()
+        finally:  # whoever waits on the run must hear of it
+            release_run(control)
+            if not control.future.done():
+                self._end_span()
+                control.future.set_exception(RunInterruptedError(self.job.run_id, exc))
