@@ -920,3 +920,31 @@ def test_runs_crashing_past_the_supervisors_restart_intensity_still_end(
         assert stored_status(supervised, run_id) == "interrupted"
         result = wf.resume(run_id, store=supervised, timeout=WAIT)
         assert result.status == "succeeded" and outputs(result) == EXPECTED
+
+
+@pytest.mark.parametrize("how", ["crash", "let-go"])
+def test_a_run_that_ends_without_recording_its_end_leaves_no_deadline_armed(
+        how: str, store: CheckpointClient, monkeypatch: pytest.MonkeyPatch) -> None:
+    """A code-first run's deadline is a timer of the process: whatever way the run
+    ends here (interrupted by a crash, or let go of while parked), it must not
+    stay armed (nor keep the timer thread) until it is due."""
+    from zixir_actors._clock import SYSTEM_CLOCK
+    from zixir_actors.workflow._durable import interrupt_parked
+    from zixir_actors.workflow._timers import timers_for
+
+    calls = Counter[str]()
+    run_id = f"r-deadline-{how}"
+    if how == "crash":
+        wf = code_first(f"fi-deadline-{how}", calls)
+        with monkeypatch.context() as patch:
+            inject(patch, _Body, "load_letters")
+            handle = wf.start({"n": 1}, run_id=run_id, store=store, timeout=600)
+            ended = outcome(handle)
+    else:
+        wf = parked_on(f"fi-deadline-{how}", calls)
+        handle = wf.start(run_id=run_id, store=store, timeout=600)
+        assert handle.wait(timeout=WAIT) == "parked"
+        interrupt_parked()
+        ended = outcome(handle)
+    assert isinstance(ended, RunInterruptedError), repr(ended)
+    assert not timers_for(SYSTEM_CLOCK).cancel(("deadline", run_id))

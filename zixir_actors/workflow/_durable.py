@@ -736,6 +736,8 @@ class _Body:
             self.settled.set()
             self.progress.end()
             forget(self.run_id)
+            # However it ended (interrupted, let go of): its deadline is not armed on.
+            timers_for(SYSTEM_CLOCK).cancel(("deadline", self.run_id))
             with _BODIES_LOCK:
                 if _BODIES.get(self.run_id) is self:
                     del _BODIES[self.run_id]
