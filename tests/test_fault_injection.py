@@ -132,9 +132,13 @@ def supervised(tmp_path: Path) -> Iterator[CheckpointClient]:
 EXPECTED = {"a": 2, "b": 4, "c": 5}
 
 
-def code_first(name: str, calls: Counter[str]) -> Workflow:
-    """Three steps; the second commits in a batch (a recorded `now` rides with it)."""
+def code_first(name: str, calls: Counter[str],
+               gate: threading.Event | None = None) -> Workflow:
+    """Three steps; the second commits in a batch (a recorded `now` rides with it).
+    The first waits for `gate`, if given."""
     def first(x: int) -> int:
+        if gate is not None:
+            gate.wait(WAIT)
         calls["first"] += 1
         return x + 1
 
@@ -156,8 +160,11 @@ def code_first(name: str, calls: Counter[str]) -> Workflow:
     return body
 
 
-def dag(name: str, calls: Counter[str]) -> Workflow:
+def dag(name: str, calls: Counter[str], gate: threading.Event | None = None) -> Workflow:
+    """`code_first` as a chain of three steps."""
     def a(n: int) -> int:
+        if gate is not None:
+            gate.wait(WAIT)
         calls["first"] += 1
         return n + 1
 
@@ -903,14 +910,17 @@ def test_runs_crashing_past_the_supervisors_restart_intensity_still_end(
     """``zixir.workflows`` gives up (and stops every child) past its restart
     intensity: a run whose actor crashed and is not restarted must still end."""
     calls = Counter[str]()
-    wfs = [(code_first if engine == "code-first" else dag)(f"fi-intensity-{engine}-{i}", calls)
+    started = threading.Event()  # every run starts before the first crash
+    wfs = [(code_first if engine == "code-first" else dag)(f"fi-intensity-{engine}-{i}", calls,
+                                                           started)
            for i in range(3)]
-    if engine == "code-first":
-        inject(monkeypatch, _Body, "load_letters", times=None)
-    else:
+    if engine == "code-first":  # its actor crashes once the body returned
+        inject(monkeypatch, _Body, "conclude_value", times=None)
+    else:  # ... once the first step is committed
         inject(monkeypatch, Scheduler, "_record_locked", times=None)
     handles = [wf.start({"n": 1}, run_id=f"r-intensity-{engine}-{i}", store=supervised)
                for i, wf in enumerate(wfs)]
+    started.set()
     for handle in handles:
         ended = outcome(handle)
         assert isinstance(ended, RunInterruptedError), repr(ended)
@@ -920,6 +930,7 @@ def test_runs_crashing_past_the_supervisors_restart_intensity_still_end(
         assert stored_status(supervised, run_id) == "interrupted"
         result = wf.resume(run_id, store=supervised, timeout=WAIT)
         assert result.status == "succeeded" and outputs(result) == EXPECTED
+    assert calls["first"] == 3  # one per run: committed before the crashes, then replayed
 
 
 @pytest.mark.parametrize("how", ["crash", "let-go"])
