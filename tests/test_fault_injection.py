@@ -959,3 +959,52 @@ def test_a_run_that_ends_without_recording_its_end_leaves_no_deadline_armed(
         ended = outcome(handle)
     assert isinstance(ended, RunInterruptedError), repr(ended)
     assert not timers_for(SYSTEM_CLOCK).cancel(("deadline", run_id))
+
+
+# -- several workers at once -------------------------------------------------------------------
+
+
+@pytest.mark.parametrize("mode", ["unsupervised", "supervised"])
+def test_a_dag_worker_failing_while_others_run_ends_the_run_and_keeps_their_checkpoints(
+        mode: str, tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> None:
+    calls = Counter[str]()
+    together = threading.Barrier(4, timeout=WAIT)  # the four branches run at once
+
+    def branch(n: int, ctx: Any) -> int:
+        calls[ctx.step] += 1
+        if calls[ctx.step] == 1:
+            with contextlib.suppress(threading.BrokenBarrierError):
+                together.wait()
+        return n
+
+    wf = Workflow(f"fi-wide-{mode}", [Step(f"s{i}", branch) for i in range(4)]
+                  + [Step("join", lambda s0, s1, s2, s3: s0 + s1 + s2 + s3,
+                          ("s0", "s1", "s2", "s3"))])
+    run_id = f"r-wide-{mode}"
+
+    def second_branch(_client: Any, _run_id: str, step: str, *_: Any, **__: Any) -> bool:
+        return step == "s1"
+
+    with contextlib.ExitStack() as stack:
+        if mode == "supervised":
+            sup = Supervisor.start_link([checkpoint.child_spec(tmp_path / "sup"), child_spec()])
+            stack.callback(sup.stop)
+            client = checkpoint.connect()
+        else:
+            client = stack.enter_context(open_store(tmp_path / "own"))
+        with monkeypatch.context() as patch:
+            fault = inject(patch, CheckpointClient, "save_step_fields", when=second_branch)
+            ended = outcome(wf.start({"n": 1}, run_id=run_id, store=client))
+        assert fault.raised == 1
+        if mode == "supervised":  # restarted by its supervisor, it went on by itself
+            assert isinstance(ended, RunResult) and ended.outputs["join"] == 4, repr(ended)
+            # in flight at the crash, a branch may run again (at least once), never more
+            assert all(1 <= calls[f"s{i}"] <= 2 for i in range(4)), calls
+            return
+        assert isinstance(ended, RunInterruptedError), repr(ended)
+        assert stored_status(client, run_id) == "interrupted"
+        committed = set(client.steps(run_id))
+        result = wf.resume(run_id, store=client, timeout=WAIT)
+        assert result.outputs["join"] == 4
+        for name in committed:  # committed before the crash: replayed, not run again
+            assert result.steps[name].status == "cached" and calls[name] == 1, (name, calls)
