@@ -1008,3 +1008,55 @@ def test_a_dag_worker_failing_while_others_run_ends_the_run_and_keeps_their_chec
         assert result.outputs["join"] == 4
         for name in committed:  # committed before the crash: replayed, not run again
             assert result.steps[name].status == "cached" and calls[name] == 1, (name, calls)
+
+
+def test_an_async_body_that_swallows_its_park_with_a_bare_except_still_parks(
+        store: CheckpointClient) -> None:
+    calls = Counter[str]()
+
+    def first(x: int) -> int:
+        calls["first"] += 1
+        return x + 1
+
+    @durable("fi-swallow-async")
+    async def body(ctx: Any) -> dict[str, Any]:
+        a = await ctx.step(first, 1, name="first")
+        try:
+            got = await ctx.wait_for("go")
+        except:  # noqa: E722 - what is tested
+            got = "swallowed"
+        return {"a": a, "go": got}
+
+    handle = body.start(run_id="r-swallow-async", store=store)
+    assert handle.wait(timeout=WAIT) == "parked"
+    body.send("r-swallow-async", "go", 7, store=store)
+    ended = outcome(handle)
+    assert isinstance(ended, RunResult) and ended.output == {"a": 2, "go": 7}, repr(ended)
+    assert calls["first"] == 1
+
+
+# -- child runs ----------------------------------------------------------------------------
+
+
+def _child_body(body: _Body, *_: Any) -> bool:
+    return "/" in body.run_id  # a child's run id is "<parent>/<label>"
+
+
+def test_a_parent_whose_child_run_crashes_ends_and_resume_finishes_both(
+        store: CheckpointClient, monkeypatch: pytest.MonkeyPatch) -> None:
+    calls = Counter[str]()
+    child = code_first("fi-child", calls)
+
+    @durable("fi-parent")
+    def parent(ctx: Any) -> Any:
+        return ctx.run(child, {"n": 1})
+
+    with monkeypatch.context() as patch:
+        fault = inject(patch, _Body, "load_letters", when=_child_body)
+        ended = outcome(parent.start(run_id="r-parent", store=store))
+    assert fault.raised == 1
+    check_ended(store, "r-parent", ended)
+    assert stored_status(store, "r-parent/fi-child#1") == "interrupted"
+    result = parent.resume("r-parent", store=store, timeout=WAIT)
+    assert result.status == "succeeded" and result.output == EXPECTED
+    assert calls == Counter(first=1, second=1, third=1)
