@@ -38,7 +38,7 @@ from zixir_actors.workflow._scheduler import Crash, Finished, Job, Scheduler
 from zixir_actors.workflow._telemetry import log, report_end
 
 __all__ = ["MAX_CRASHES", "WorkflowRun", "active_children", "active_run", "await_restart",
-           "register_run", "release_run", "restarted"]
+           "parent_supervisor", "register_run", "release_run", "restarted"]
 
 MAX_CRASHES = 3
 """Crashes of one run's actor after which its future fails with
