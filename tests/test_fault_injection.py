@@ -1060,3 +1060,67 @@ def test_a_parent_whose_child_run_crashes_ends_and_resume_finishes_both(
     result = parent.resume("r-parent", store=store, timeout=WAIT)
     assert result.status == "succeeded" and result.output == EXPECTED
     assert calls == Counter(first=1, second=1, third=1)
+
+
+def test_a_supervised_run_restarted_after_it_parked_is_not_driven_beside_its_wake_up(
+        supervised: CheckpointClient, monkeypatch: pytest.MonkeyPatch) -> None:
+    """The run's actor crashes once the run parked (its wake-up timer could not be
+    armed); the event comes while the supervisor restarts that actor. The wake-up
+    starts the next incarnation: the restarted one must not run the body too."""
+    from zixir_actors.workflow._durable import BodyRun
+
+    calls = Counter[str]()
+    in_after, after_gate = threading.Event(), threading.Event()
+    restarting, restart_gate, restart_decided = (threading.Event(), threading.Event(),
+                                                 threading.Event())
+
+    def first(x: int) -> int:
+        calls["first"] += 1
+        return x + 1
+
+    def after(x: int) -> int:
+        calls["after"] += 1
+        in_after.set()
+        after_gate.wait(WAIT)
+        return x
+
+    @durable("fi-restart-parked")
+    def body(ctx: Any) -> dict[str, Any]:
+        a = ctx.step(first, 1, name="first")
+        go = ctx.wait_for("go", timeout=600)
+        return {"a": a, "go": ctx.step(after, go, name="after")}
+
+    starts = Counter[str]()
+    real_start, real_drive = BodyRun.on_start, BodyRun._drive
+
+    def on_start(self: Any) -> None:
+        starts["n"] += 1
+        self.restarted_one = starts["n"] == 2  # the supervisor's restart of the first
+        real_start(self)
+
+    def drive(self: Any) -> None:
+        if not self.restarted_one:
+            real_drive(self)
+            return
+        restarting.set()
+        restart_gate.wait(WAIT)  # meanwhile, the event wakes the run
+        try:
+            real_drive(self)
+        finally:
+            restart_decided.set()
+
+    monkeypatch.setattr(BodyRun, "on_start", on_start)
+    monkeypatch.setattr(BodyRun, "_drive", drive)
+    fault = inject(monkeypatch, Timers, "add", when=_timer("wake"))
+    handle = body.start(run_id="r-restart-parked", store=supervised)
+    assert restarting.wait(WAIT) and fault.raised == 1
+    body.send("r-restart-parked", "go", 7, store=supervised)  # wakes it: next incarnation
+    assert in_after.wait(WAIT)
+    restart_gate.set()
+    assert restart_decided.wait(WAIT)
+    after_gate.set()
+    ended = outcome(handle)
+    assert isinstance(ended, RunResult) and ended.output == {"a": 2, "go": 7}, repr(ended)
+    wait_for(lambda: not [t for t in threading.enumerate() if t.name.startswith("zixir-body-")],
+             timeout=WAIT, what="the body threads ended")
+    assert calls == Counter(first=1, after=1)

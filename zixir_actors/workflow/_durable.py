@@ -401,14 +401,18 @@ class _Body:
 
     # -- lifecycle --
 
-    def activate(self) -> None:
-        """Start an incarnation: a `BodyRun` actor that drives the body."""
-        self.incarnation += 1
+    def activate(self, incarnation: int | None = None) -> None:
+        """Start an incarnation: a `BodyRun` actor that drives the body (the next
+        one, unless `wake` numbered it already)."""
+        if incarnation is None:
+            with self.cond:
+                self.incarnation += 1
+                incarnation = self.incarnation
         supervisor = whereis(_WORKFLOWS_NAME)
-        kwargs = {"body": self, "supervised": supervisor is not None}
+        kwargs = {"body": self, "supervised": supervisor is not None, "incarnation": incarnation}
         if supervisor is not None:
             SupervisorRef(supervisor).start_child(ChildSpec(
-                id=f"run:{self.run_id}:{self.incarnation}", start=BodyRun,
+                id=f"run:{self.run_id}:{incarnation}", start=BodyRun,
                 restart="transient", shutdown=5.0, kwargs=kwargs))
         else:
             BodyRun.start(**kwargs)
@@ -488,11 +492,15 @@ class _Body:
             self.state = "running"
             self.waiting = None
             self.settled.clear()
+            # Numbered with the state change: an earlier incarnation that its
+            # supervisor restarts now sees that this one drives the run.
+            self.incarnation += 1
+            incarnation = self.incarnation
         self._unparked()
         self.progress.reopen()
         log.bind(workflow=self.wf.name, run_id=self.run_id).info("run woke")
         try:
-            self.activate()
+            self.activate(incarnation)
         except Exception as exc:  # the supervisor is gone (shutdown): let go of the run
             self.interrupt(exc)
         return True
@@ -515,6 +523,14 @@ class _Body:
             until = self.waiting.get("until") if self.state == "parked" and self.waiting else None
         if until is not None:
             timers_for(self.clock).add(until, ("wake", self.run_id), self.wake)
+
+    def rearm_waiting(self) -> None:
+        """Arm the wake-ups of a parked run again (its actor crashed arming them)."""
+        with self.cond:
+            waiting = self.waiting if self.state == "parked" else None
+        if waiting is not None and waiting.get("kind") == "event":
+            _watch_mailboxes(self.store)
+        self.rearm()
 
     # -- running the body --
 
@@ -1042,10 +1058,11 @@ class BodyRun(SupervisedActor):
     it again and the body replays from its records.
     """
 
-    def __init__(self, *, body: _Body, supervised: bool) -> None:
+    def __init__(self, *, body: _Body, supervised: bool, incarnation: int = 0) -> None:
         super().__init__()
         self.body = body
         self.supervised = supervised
+        self.incarnation = incarnation
         self.parent = parent_supervisor(supervised)
         self.released = False  # the body ended or parked under this incarnation
 
@@ -1068,7 +1085,20 @@ class BodyRun(SupervisedActor):
 
     def _drive(self) -> None:
         body = self.body
-        if body.state == "ended":
+        with body.cond:
+            state = body.state
+            current = not self.incarnation or self.incarnation == body.incarnation
+        if state == "ended" or not current:
+            # Ended, or restarted after a wake-up started the next incarnation: that
+            # one drives the run (this one must not run the body beside it).
+            self.released = True
+            self.stop()
+            return
+        if state == "parked":
+            # Restarted after the run parked (it crashed arming its wake-ups): the
+            # run still waits; arm them again instead of running the body.
+            self.released = True
+            body.rearm_waiting()
             self.stop()
             return
         if body.control.crashes:
