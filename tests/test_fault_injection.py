@@ -1124,3 +1124,30 @@ def test_a_supervised_run_restarted_after_it_parked_is_not_driven_beside_its_wak
     wait_for(lambda: not [t for t in threading.enumerate() if t.name.startswith("zixir-body-")],
              timeout=WAIT, what="the body threads ended")
     assert calls == Counter(first=1, after=1)
+
+
+# -- the timer thread ------------------------------------------------------------------------
+
+
+def test_a_timer_callback_raising_a_base_exception_does_not_stop_the_other_timers() -> None:
+    """Every run's deadline, wake-up and flush shares one timer thread per clock:
+    a callback that raises what is not an Exception must not end it for all."""
+    from zixir_actors.testing import FakeClock
+
+    clock = FakeClock()
+    timers = Timers(clock)
+    bad_ran, later = threading.Event(), threading.Event()
+
+    def bad() -> None:
+        bad_ran.set()
+        raise SystemExit("a callback that ends its thread")
+
+    timers.add(clock.time() + 1, "bad", bad)
+    timers.add(clock.time() + 2, "pending", later.set)  # already due with the bad one
+    clock.advance(2)
+    assert bad_ran.wait(WAIT)
+    assert later.wait(WAIT), "the timer thread died with the callback"
+    after = threading.Event()
+    timers.add(clock.time() + 1, "after", after.set)
+    clock.advance(1)
+    assert after.wait(WAIT)

@@ -131,7 +131,9 @@ class Timers:
             for fn in fire:
                 try:
                     fn()
-                except Exception as exc:  # a wake-up must not end the timer thread
+                except BaseException as exc:  # nor a SystemExit: this thread serves every
+                    # run's wake-ups, deadlines and flushes; were it to end here, `_thread`
+                    # would stay set and no timer of this clock would fire again.
                     log.error("timer callback failed", error=repr(exc))
 
 
