@@ -454,9 +454,7 @@ def test_a_park_whose_wake_up_cannot_be_armed_interrupts_the_run_and_resume_ends
 LAUNCH = [
     ("code-first", Timers, "add", _timer("deadline")),  # its deadline
     ("code-first", _Body, "activate", None),  # its actor
-    pytest.param("dag", WorkflowRun, "start", None, marks=pytest.mark.xfail(
-        strict=True, reason="Workflow._launch (_workflow.py) does not record the run as "
-        "interrupted when its actor cannot start: left to the lead")),
+    ("dag", WorkflowRun, "start", None),  # its actor
 ]
 
 

@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import contextlib
 import contextvars
 import dataclasses
 import inspect
@@ -29,6 +30,7 @@ from zixir_actors.errors import (
 )
 from zixir_actors.observability import Span, span
 from zixir_actors.workflow._hashing import code_hash
+from zixir_actors.workflow._history import record_interrupted
 from zixir_actors.workflow._plan import compute_plan
 from zixir_actors.workflow._results import Plan, RunHandle, RunResult
 from zixir_actors.workflow._run import WorkflowRun, active_run, register_run, release_run
@@ -525,6 +527,7 @@ class Workflow:
         if existing is not None:  # a damaged checkpoint fails here, before the status changes
             compute_plan(self, run_id, inputs, client.steps(run_id))
         control = register_run(run_id)
+        run_span: Span | None = None
         try:
             now = self.clock.time()
             created = existing.created_at if existing is not None else now
@@ -549,7 +552,13 @@ class Workflow:
                     kwargs={"job": job, "control": control, "supervised": True}))
             else:
                 WorkflowRun.start(job=job, control=control, supervised=False)
-        except BaseException:
+        except BaseException as exc:
+            if run_span is not None:
+                with contextlib.suppress(Exception):
+                    run_span.end(status="error")
+            # Marked running above, if it got that far: nothing runs it now (resume can).
+            record_interrupted(client, run_id, control.owner,
+                               f"cannot start: {type(exc).__name__}: {exc}")
             release_run(control)
             raise
         return RunHandle(run_id, control.future,
