@@ -132,36 +132,9 @@ def supervised(tmp_path: Path) -> Iterator[CheckpointClient]:
 EXPECTED = {"a": 2, "b": 4, "c": 5}
 
 
-def code_first(name: str, calls: Counter[str],
-               gate: threading.Event | None = None) -> Workflow:
-    """Three steps; the second commits in a batch (a recorded `now` rides with it).
-    The first waits for `gate`, if given."""
-    def first(x: int) -> int:
-        if gate is not None:
-            gate.wait(WAIT)
-        calls["first"] += 1
-        return x + 1
-
-    def second(x: int) -> int:
-        calls["second"] += 1
-        return x * 2
-
-    def third(x: int) -> int:
-        calls["third"] += 1
-        return x + 1
-
-    @durable(name)
-    def body(ctx: Any, n: int) -> dict[str, int]:
-        a = ctx.step(first, n, name="first")
-        ctx.now()
-        b = ctx.step(second, a, name="second")
-        return {"a": a, "b": b, "c": ctx.step(third, b, name="third")}
-
-    return body
-
-
-def dag(name: str, calls: Counter[str], gate: threading.Event | None = None) -> Workflow:
-    """`code_first` as a chain of three steps."""
+def counted(calls: Counter[str], gate: threading.Event | None = None) -> tuple[Any, Any, Any]:
+    """The three steps both workflows run, counting their calls; the first
+    waits for `gate`, if given. Parameter names are the DAG's dependencies."""
     def a(n: int) -> int:
         if gate is not None:
             gate.wait(WAIT)
@@ -176,6 +149,27 @@ def dag(name: str, calls: Counter[str], gate: threading.Event | None = None) -> 
         calls["third"] += 1
         return b + 1
 
+    return a, b, c
+
+
+def code_first(name: str, calls: Counter[str],
+               gate: threading.Event | None = None) -> Workflow:
+    """Three steps; the second commits in a batch (a recorded `now` rides with it)."""
+    first, second, third = counted(calls, gate)
+
+    @durable(name)
+    def body(ctx: Any, n: int) -> dict[str, int]:
+        a = ctx.step(first, n, name="first")
+        ctx.now()
+        b = ctx.step(second, a, name="second")
+        return {"a": a, "b": b, "c": ctx.step(third, b, name="third")}
+
+    return body
+
+
+def dag(name: str, calls: Counter[str], gate: threading.Event | None = None) -> Workflow:
+    """`code_first` as a chain of three steps."""
+    a, b, c = counted(calls, gate)
     return Workflow(name, [Step("a", a), Step("b", b, ("a",)), Step("c", c, ("b",))])
 
 
