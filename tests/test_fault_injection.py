@@ -639,17 +639,7 @@ def test_a_supervised_run_hit_by_one_engine_failure_ends_and_loses_no_step(
 
 def async_code_first(name: str, calls: Counter[str]) -> Workflow:
     """`code_first` as an ``async def`` body."""
-    def first(x: int) -> int:
-        calls["first"] += 1
-        return x + 1
-
-    def second(x: int) -> int:
-        calls["second"] += 1
-        return x * 2
-
-    def third(x: int) -> int:
-        calls["third"] += 1
-        return x + 1
+    first, second, third = counted(calls)
 
     @durable(name)
     async def body(ctx: Any, n: int) -> dict[str, int]:
@@ -787,17 +777,10 @@ def test_a_run_whose_thread_cannot_start_ends_and_resume_finishes_it(
     the first starts for two ready steps), cannot start: no thread to be had."""
     calls = Counter[str]()
     if engine == "dag":  # a fan-out, so that a worker starts another
-        def a(n: int) -> int:
-            calls["first"] += 1
-            return n + 1
-
-        def b(a: int) -> int:
-            calls["second"] += 1
-            return a * 2
+        a, b, third = counted(calls)
 
         def c(a: int) -> int:
-            calls["third"] += 1
-            return a + 3
+            return int(third(a + 2))  # the chain's third step, fed by a: a + 3
 
         wf = Workflow(f"fi-thread-{skip}", [Step("a", a), Step("b", b, ("a",)),
                                              Step("c", c, ("a",))])
