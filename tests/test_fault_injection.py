@@ -579,10 +579,7 @@ def test_a_step_whose_value_cannot_be_stored_fails_the_run_with_a_dead_letter(
 def test_a_store_failure_that_the_body_swallows_with_a_bare_except_still_ends_the_run(
         store: CheckpointClient, monkeypatch: pytest.MonkeyPatch) -> None:
     calls = Counter[str]()
-
-    def first(x: int) -> int:
-        calls["first"] += 1
-        return x + 1
+    first = counted(calls)[0]
 
     @durable("fi-swallow-store")
     def body(ctx: Any) -> dict[str, int]:
@@ -741,10 +738,7 @@ def _call_thread(thread: threading.Thread) -> bool:
 def test_a_spawn_whose_thread_cannot_start_leaves_nothing_in_flight(
         store: CheckpointClient, monkeypatch: pytest.MonkeyPatch) -> None:
     calls = Counter[str]()
-
-    def first(x: int) -> int:
-        calls["first"] += 1
-        return x + 1
+    first = counted(calls)[0]
 
     @durable("fi-spawn-thread")
     def body(ctx: Any) -> dict[str, Any]:
