@@ -173,6 +173,19 @@ def dag(name: str, calls: Counter[str], gate: threading.Event | None = None) -> 
     return Workflow(name, [Step("a", a), Step("b", b, ("a",)), Step("c", c, ("b",))])
 
 
+def first_then(engine: str, name: str, step: str, fn: Any, calls: Counter[str]) -> Workflow:
+    """The first counting step, then `fn` (a parameter named ``first``) on its output."""
+    first = counted(calls)[0]
+    if engine == "dag":
+        return Workflow(name, [Step("first", first), Step(step, fn, ("first",))])
+
+    @durable(name)
+    def body(ctx: Any, n: int) -> int:
+        return int(ctx.step(fn, ctx.step(first, n, name="first"), name=step))
+
+    return body
+
+
 def outputs(result: RunResult) -> dict[str, Any]:
     return dict(result.output) if result.output is not None and not isinstance(
         result.output, dict) else dict(result.outputs)
@@ -683,21 +696,11 @@ def test_a_failed_step_whose_dead_letter_path_fails_still_ends_the_run(
         monkeypatch: pytest.MonkeyPatch) -> None:
     calls = Counter[str]()
 
-    def first(n: int) -> int:
-        calls["first"] += 1
-        return n + 1
-
     def boom(first: int) -> int:
         calls["boom"] += 1
         raise ValueError("the step's own failure")
 
-    if engine == "dag":
-        wf = Workflow(f"fi-letter-{engine}-{attr}", [Step("first", first),
-                                                     Step("boom", boom, ("first",))])
-    else:
-        @durable(f"fi-letter-{engine}-{attr}")
-        def wf(ctx: Any, n: int) -> int:
-            return int(ctx.step(boom, ctx.step(first, n, name="first"), name="boom"))
+    wf = first_then(engine, f"fi-letter-{engine}-{attr}", "boom", boom, calls)
     run_id = f"r-letter-{engine}-{attr}"
     with monkeypatch.context() as patch:
         fault = inject(patch, owner, attr)
@@ -844,10 +847,6 @@ def test_a_step_raising_a_base_exception_ends_the_run_and_resume_finishes_it(
     calls = Counter[str]()
     raised = threading.Event()
 
-    def first(n: int) -> int:
-        calls["first"] += 1
-        return n + 1
-
     def exits(first: int) -> int:
         calls["second"] += 1
         if not raised.is_set():
@@ -855,13 +854,7 @@ def test_a_step_raising_a_base_exception_ends_the_run_and_resume_finishes_it(
             raise exc("a step that ends its thread")
         return first
 
-    if engine == "dag":
-        wf = Workflow(f"fi-base-{exc.__name__}", [Step("first", first),
-                                                  Step("exits", exits, ("first",))])
-    else:
-        @durable(f"fi-base-cf-{exc.__name__}")
-        def wf(ctx: Any, n: int) -> int:
-            return int(ctx.step(exits, ctx.step(first, n, name="first"), name="exits"))
+    wf = first_then(engine, f"fi-base-{engine}-{exc.__name__}", "exits", exits, calls)
     run_id = f"r-base-{engine}-{exc.__name__}"
     ended = outcome(wf.start({"n": 1}, run_id=run_id, store=store))
     assert raised.is_set()
