@@ -87,6 +87,7 @@ from zixir_actors.workflow._run import (
     active_children,
     active_run,
     await_restart,
+    launch_failed,
     parent_supervisor,
     register_run,
     release_run,
@@ -1666,6 +1667,7 @@ def launch(wf: Workflow, client: CheckpointClient, run_id: str, inputs: dict[str
         records = _retry_failed_call(client, run_id, records)
     control = register_run(run_id)
     body: _Body | None = None
+    run_span: Span | None = None
     try:
         now = wf.clock.time()
         created = existing.created_at if existing is not None else now
@@ -1692,10 +1694,7 @@ def launch(wf: Workflow, client: CheckpointClient, run_id: str, inputs: dict[str
         with _BODIES_LOCK:
             _BODIES.pop(run_id, None)
         timers_for(SYSTEM_CLOCK).cancel(("deadline", run_id))
-        # Marked running above, if it got that far: nothing runs it now (resume can).
-        record_interrupted(client, run_id, control.owner,
-                           f"cannot start: {type(exc).__name__}: {exc}")
-        release_run(control)
+        launch_failed(client, control, run_span, exc)
         raise
     return RunHandle(run_id, control.future, lambda rid: wf.cancel(rid, store=client),
                      store=client)

@@ -38,7 +38,7 @@ from zixir_actors.workflow._scheduler import Crash, Finished, Job, Scheduler
 from zixir_actors.workflow._telemetry import log, report_end
 
 __all__ = ["MAX_CRASHES", "WorkflowRun", "active_children", "active_run", "await_restart",
-           "parent_supervisor", "register_run", "release_run", "restarted"]
+           "launch_failed", "parent_supervisor", "register_run", "release_run", "restarted"]
 
 MAX_CRASHES = 3
 """Crashes of one run's actor after which its future fails with
@@ -126,6 +126,18 @@ def release_run(control: _Control) -> None:
     with _ACTIVE_LOCK:
         if _ACTIVE.get(control.run_id) is control:
             del _ACTIVE[control.run_id]
+
+
+def launch_failed(store: Any, control: _Control, run_span: Any, exc: BaseException) -> None:
+    """A run could not start after it was marked running (its actor, its deadline
+    timer): record it as interrupted, so that resume continues it, end its span
+    and let it go. The caller re-raises `exc`."""
+    if run_span is not None:
+        with contextlib.suppress(Exception):
+            run_span.end(status="error")
+    record_interrupted(store, control.run_id, control.owner,
+                       f"cannot start: {type(exc).__name__}: {exc}")
+    release_run(control)
 
 
 def active_run(run_id: str) -> _Control | None:

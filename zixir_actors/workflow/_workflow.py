@@ -2,7 +2,6 @@
 
 from __future__ import annotations
 
-import contextlib
 import contextvars
 import dataclasses
 import inspect
@@ -30,10 +29,14 @@ from zixir_actors.errors import (
 )
 from zixir_actors.observability import Span, span
 from zixir_actors.workflow._hashing import code_hash
-from zixir_actors.workflow._history import record_interrupted
 from zixir_actors.workflow._plan import compute_plan
 from zixir_actors.workflow._results import Plan, RunHandle, RunResult
-from zixir_actors.workflow._run import WorkflowRun, active_run, register_run, release_run
+from zixir_actors.workflow._run import (
+    WorkflowRun,
+    active_run,
+    launch_failed,
+    register_run,
+)
 from zixir_actors.workflow._scheduler import Job
 from zixir_actors.workflow._spec import (
     DEFAULT_MAX_CONCURRENCY,
@@ -553,13 +556,7 @@ class Workflow:
             else:
                 WorkflowRun.start(job=job, control=control, supervised=False)
         except BaseException as exc:
-            if run_span is not None:
-                with contextlib.suppress(Exception):
-                    run_span.end(status="error")
-            # Marked running above, if it got that far: nothing runs it now (resume can).
-            record_interrupted(client, run_id, control.owner,
-                               f"cannot start: {type(exc).__name__}: {exc}")
-            release_run(control)
+            launch_failed(client, control, run_span, exc)
             raise
         return RunHandle(run_id, control.future,
                          lambda rid: self.cancel(rid, store=client))
