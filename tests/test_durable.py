@@ -31,7 +31,7 @@ from zixir_actors.errors import (
     StepFailedError,
     ZixirTimeoutError,
 )
-from zixir_actors.observability import metrics
+from zixir_actors.observability import metrics, open_spans
 from zixir_actors.testing import FakeClock, capture_spans, wait_for
 from zixir_actors.workflow import DeadLetters, RetryPolicy, Step, Workflow
 
@@ -376,6 +376,7 @@ def test_a_failure_reporting_a_recorded_end_leaves_the_result_as_stored(
 
     assert result.status == "succeeded" and result.output == 42
     assert stored_status(store, "r-broken-report") == "succeeded"
+    assert not [s for s in open_spans() if s.attributes.get("run_id") == result.run_id]
 
 
 class BrokenMapping(Mapping[str, int]):

@@ -35,7 +35,7 @@ from zixir_actors.errors import (
     WorkflowError,
     WorkflowNotFoundError,
 )
-from zixir_actors.observability import metrics
+from zixir_actors.observability import metrics, open_spans
 from zixir_actors.testing import FakeClock, capture_logs, capture_spans, wait_for
 from zixir_actors.workflow import (
     DeadLetters,
@@ -731,6 +731,7 @@ def test_a_failure_reporting_a_recorded_end_leaves_the_result_as_stored(
     assert result.status == "succeeded" and result.outputs == {"x": 1}
     record = store.find_run(result.run_id)
     assert record is not None and record.status == "succeeded"
+    assert not [s for s in open_spans() if s.attributes.get("run_id") == result.run_id]
 
 
 def test_runs_are_children_of_the_workflows_supervisor(tmp_path: Path) -> None:

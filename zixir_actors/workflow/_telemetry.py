@@ -144,10 +144,17 @@ def report_end(telemetry: Telemetry, span: Any, workflow: str, run_id: str, stat
     span exporter must not turn the run into another outcome (it is logged).
     """
     bound = log.bind(workflow=workflow, run_id=run_id)
-    try:
+
+    def count() -> None:
         telemetry.run_ended(status)
+
+    def close_span() -> None:
         span.set_attribute("status", status)
         span.end(status="ok" if ok else "error")
-    except Exception as exc:
-        bound.error("cannot report the run's end", error=f"{type(exc).__name__}: {exc}")
+
+    for report in (count, close_span):  # one failing, the other still runs
+        try:
+            report()
+        except Exception as exc:
+            bound.error("cannot report the run's end", error=f"{type(exc).__name__}: {exc}")
     bound.info("run ended", status=status, duration=duration)
