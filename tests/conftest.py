@@ -11,6 +11,8 @@ import psutil
 import pykka
 import pytest
 
+from zixir_actors.observability import open_spans
+
 LEAK_GRACE = 5.0
 """How long a test's threads and processes get to finish after it returns."""
 
@@ -64,16 +66,24 @@ def _settle(check: callable, grace: float) -> object:  # type: ignore[valid-type
 
 @pytest.fixture(autouse=True)
 def no_leaks() -> Iterator[None]:
-    """Fail a test that leaves actors, threads or child processes running."""
+    """Fail a test that leaves actors, threads or child processes running, or spans open."""
     threads_before = _live_threads()
     children_before = _children()
+    spans_before = {id(opened) for opened in open_spans()}
     yield
     actors = _settle(pykka.ActorRegistry.get_all, LEAK_GRACE)
     threads = _settle(lambda: {t for t in _live_threads() - threads_before
                                if not t.name.startswith(PROCESS_WIDE_THREADS)},
                       LEAK_GRACE)
     children = _settle(lambda: _children() - children_before, LEAK_GRACE)
+    # A span left open stays in the process's open spans: a later test's
+    # `close_open_spans` would find it there.
+    spans = _settle(lambda: [s for s in open_spans() if id(s) not in spans_before], LEAK_GRACE)
     problems = []
+    if spans:
+        problems.append(f"spans left open: {sorted(s.name for s in spans)}")  # type: ignore[union-attr]
+        for opened in spans:  # type: ignore[union-attr]
+            opened.end(status="error")
     if actors:
         problems.append(f"actors left running: {actors}")
         pykka.ActorRegistry.stop_all(block=True, timeout=5)

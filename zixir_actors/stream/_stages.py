@@ -149,6 +149,16 @@ class Stage(SupervisedActor):
             mine = failed is not None and (failed == self.name or failed in self.name.split("+"))
             span.end(error=self.control.failure if mine else None)
 
+    def _zx_on_kill(self) -> None:
+        # Killed: `on_stop` never runs, so the stage's span ends here (it would
+        # stay among the process's open spans for good).
+        span = self.span
+        if span is not None:
+            with contextlib.suppress(Exception):  # tracing never stops a pipeline
+                span.set_attributes(items_in=self.items_in, items_out=self.items_out,
+                                    reason="killed")
+                span.end(status="error")
+
     def on_receive(self, message: Any) -> Any:
         if self.control.stopping.is_set():
             return None
