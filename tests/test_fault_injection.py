@@ -285,18 +285,25 @@ POINTS = [
 ]
 
 
+def run_hit(point: Point, name: str, run_id: str, calls: Counter[str], store: CheckpointClient,
+            monkeypatch: pytest.MonkeyPatch) -> tuple[Workflow, Any, RunResult | ZixirError]:
+    """Start the `point.engine` workflow with the fault injected; it must end: checked."""
+    wf = (code_first if point.engine == "code-first" else dag)(name, calls)
+    with monkeypatch.context() as patch:
+        fault = inject(patch, point.owner, point.attr, skip=point.skip, times=point.times,
+                       when=point.when)
+        ended = outcome(wf.start({"n": 1}, run_id=run_id, store=store))
+    check_ended(store, run_id, ended)
+    return wf, fault, ended
+
+
 @pytest.mark.parametrize("point", POINTS, ids=[p.id for p in POINTS])
 def test_an_engine_failure_on_the_run_path_ends_the_run_and_resume_finishes_it(
         point: Point, store: CheckpointClient, monkeypatch: pytest.MonkeyPatch) -> None:
     calls = Counter[str]()
-    wf = (code_first if point.engine == "code-first" else dag)(f"fi-{point.id}", calls)
     RUN = f"r-{point.id}"
-    with monkeypatch.context() as patch:
-        fault = inject(patch, point.owner, point.attr, skip=point.skip, times=point.times,
-                       when=point.when)
-        ended = outcome(wf.start({"n": 1}, run_id=RUN, store=store))
+    wf, fault, ended = run_hit(point, f"fi-{point.id}", RUN, calls, store, monkeypatch)
     assert fault.raised >= 1, f"{fault.name} was not on the run's path"
-    check_ended(store, RUN, ended)
     if isinstance(ended, RunResult) and ended.status == "succeeded":
         assert outputs(ended) == EXPECTED
         assert stored_status(store, RUN) == "succeeded"
@@ -642,13 +649,10 @@ SUPERVISED = [p for p in POINTS if p.times == 1 and p.id in {
 def test_a_supervised_run_hit_by_one_engine_failure_ends_and_loses_no_step(
         point: Point, supervised: CheckpointClient, monkeypatch: pytest.MonkeyPatch) -> None:
     calls = Counter[str]()
-    wf = (code_first if point.engine == "code-first" else dag)(f"fi-sup-{point.id}", calls)
     run_id = f"r-sup-{point.id}"
-    with monkeypatch.context() as patch:
-        fault = inject(patch, point.owner, point.attr, skip=point.skip, when=point.when)
-        ended = outcome(wf.start({"n": 1}, run_id=run_id, store=supervised))
+    wf, fault, ended = run_hit(point, f"fi-sup-{point.id}", run_id, calls, supervised,
+                               monkeypatch)
     assert fault.raised == 1
-    check_ended(supervised, run_id, ended)
     if isinstance(ended, RunResult) and ended.status == "succeeded":
         # A crash restarted the run's actor, which went on from the checkpoints.
         assert outputs(ended) == EXPECTED
