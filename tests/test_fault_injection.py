@@ -358,9 +358,7 @@ def test_a_run_stopped_while_a_step_runs_ends_even_if_its_remote_calls_cannot_be
 
 def parked_on(name: str, calls: Counter[str], *, wait_timeout: float | None = None) -> Workflow:
     """A step, then a wait for the event ``go``; returns both."""
-    def first(x: int) -> int:
-        calls["first"] += 1
-        return x + 1
+    first = counted(calls)[0]
 
     @durable(name)
     def body(ctx: Any) -> dict[str, Any]:
@@ -424,9 +422,7 @@ def _timer(kind: str) -> Callable[..., bool]:
 
 def emitting(name: str, calls: Counter[str]) -> Workflow:
     """A step, a progress item, then a wait (with a durable deadline) for ``go``."""
-    def first(x: int) -> int:
-        calls["first"] += 1
-        return x + 1
+    first = counted(calls)[0]
 
     @durable(name)
     def body(ctx: Any) -> dict[str, Any]:
