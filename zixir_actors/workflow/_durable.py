@@ -83,6 +83,7 @@ from zixir_actors.workflow._results import (
 )
 from zixir_actors.workflow._run import (
     MAX_CRASHES,
+    WORKFLOWS_NAME,
     _Control,
     active_children,
     active_run,
@@ -119,7 +120,6 @@ _STEP, _STEP_FAILED = "step", "step!"
 _SLEEP, _WAIT, _WAITING = "sleep", "wait", "wait?"
 _CHILD, _CHILD_FAILED = "child", "child!"
 _VALUE_KINDS = ("now", "uuid", "random")
-_WORKFLOWS_NAME = "zixir.workflows"
 _SANDBOX_POOL = "zixir.sandboxes"
 
 
@@ -409,7 +409,7 @@ class _Body:
             with self.cond:
                 self.incarnation += 1
                 incarnation = self.incarnation
-        supervisor = whereis(_WORKFLOWS_NAME)
+        supervisor = whereis(WORKFLOWS_NAME)
         kwargs = {"body": self, "supervised": supervisor is not None, "incarnation": incarnation}
         if supervisor is not None:
             SupervisorRef(supervisor).start_child(ChildSpec(

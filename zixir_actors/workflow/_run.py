@@ -37,8 +37,9 @@ from zixir_actors.workflow._results import RunResult
 from zixir_actors.workflow._scheduler import Crash, Finished, Job, Scheduler
 from zixir_actors.workflow._telemetry import log, report_end
 
-__all__ = ["MAX_CRASHES", "WorkflowRun", "active_children", "active_run", "await_restart",
-           "launch_failed", "parent_supervisor", "register_run", "release_run", "restarted"]
+__all__ = ["MAX_CRASHES", "WORKFLOWS_NAME", "WorkflowRun", "active_children", "active_run",
+           "await_restart", "launch_failed", "parent_supervisor", "register_run", "release_run",
+           "restarted"]
 
 MAX_CRASHES = 3
 """Crashes of one run's actor after which its future fails with
@@ -46,7 +47,8 @@ MAX_CRASHES = 3
 
 _ACTIVE: dict[str, _Control] = {}
 _ACTIVE_LOCK = threading.Lock()
-_WORKFLOWS_NAME = "zixir.workflows"
+WORKFLOWS_NAME = "zixir.workflows"
+"""The registered name of the DynamicSupervisor of the run actors (`WorkflowRun`, `BodyRun`)."""
 
 
 class _Control:
@@ -106,7 +108,7 @@ def restarted(control: _Control) -> None:
 
 def parent_supervisor(supervised: bool) -> pykka.ActorRef[Any] | None:
     """The supervisor starting a run actor (``zixir.workflows``), if supervised."""
-    return whereis(_WORKFLOWS_NAME) if supervised else None
+    return whereis(WORKFLOWS_NAME) if supervised else None
 
 
 def register_run(run_id: str) -> _Control:

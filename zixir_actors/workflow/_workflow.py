@@ -32,6 +32,7 @@ from zixir_actors.workflow._hashing import code_hash
 from zixir_actors.workflow._plan import compute_plan
 from zixir_actors.workflow._results import Plan, RunHandle, RunResult
 from zixir_actors.workflow._run import (
+    WORKFLOWS_NAME,
     WorkflowRun,
     active_run,
     launch_failed,
@@ -53,8 +54,6 @@ F = TypeVar("F", bound=Callable[..., Any])
 __all__ = ["RESULT_GRACE", "RUN_SHUTDOWN", "WORKFLOWS_NAME", "Workflow", "child_spec",
            "defined_workflows", "find_workflow"]
 
-WORKFLOWS_NAME = "zixir.workflows"
-"""The registered name of the DynamicSupervisor of `WorkflowRun` actors."""
 RUN_SHUTDOWN = 5.0
 """Seconds a run actor gets to stop when its supervisor shuts down."""
 RESULT_GRACE = 30.0
