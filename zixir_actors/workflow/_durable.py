@@ -96,7 +96,7 @@ from zixir_actors.workflow._run import (
 )
 from zixir_actors.workflow._scheduler import cancel_remote
 from zixir_actors.workflow._spec import NO_RETRY, RetryPolicy
-from zixir_actors.workflow._telemetry import Telemetry, log, report_end
+from zixir_actors.workflow._telemetry import Telemetry, end_failed, log, report_end
 from zixir_actors.workflow._timers import on_rearm, timers_for
 
 if TYPE_CHECKING:
@@ -469,8 +469,7 @@ class _Body:
                                                                        reason=why)
                 record_interrupted(self.store, self.run_id, self.control.owner, why)
         finally:  # the run is marked ended: nothing else will resolve its future
-            with contextlib.suppress(Exception):  # a failing span backend is not the end
-                self.span.end(status="error")
+            end_failed(self.span)
             self._release(None, RunInterruptedError(self.run_id, reason))
 
     def signal(self, event: str | None) -> None:
@@ -741,8 +740,7 @@ class _Body:
             "cannot record the run's end", error=why,
             traceback="".join(traceback.format_exception(exc)))
         record_interrupted(self.store, self.run_id, self.control.owner, why)
-        with contextlib.suppress(Exception):
-            self.span.end(status="error")
+        end_failed(self.span)
         self._release(None, RunInterruptedError(self.run_id, why))
 
     def _release(self, result: RunResult | None, error: BaseException | None) -> None:

@@ -35,7 +35,7 @@ from zixir_actors.workflow._history import open_run_log, record_interrupted
 from zixir_actors.workflow._plan import compute_plan
 from zixir_actors.workflow._results import RunResult
 from zixir_actors.workflow._scheduler import Crash, Finished, Job, Scheduler
-from zixir_actors.workflow._telemetry import log, report_end
+from zixir_actors.workflow._telemetry import end_failed, log, report_end
 
 __all__ = ["MAX_CRASHES", "WORKFLOWS_NAME", "WorkflowRun", "active_children", "active_run",
            "await_restart", "launch_failed", "parent_supervisor", "register_run", "release_run",
@@ -135,8 +135,7 @@ def launch_failed(store: Any, control: _Control, run_span: Any, exc: BaseExcepti
     timer): record it as interrupted, so that resume continues it, end its span
     and let it go. The caller re-raises `exc`."""
     if run_span is not None:
-        with contextlib.suppress(Exception):
-            run_span.end(status="error")
+        end_failed(run_span)
     record_interrupted(store, control.run_id, control.owner,
                        f"cannot start: {type(exc).__name__}: {exc}")
     release_run(control)
@@ -303,18 +302,13 @@ class WorkflowRun(SupervisedActor):
             future = self.control.future
             if not future.done():
                 if self.result is None:
-                    self._end_span()
+                    end_failed(self.job.span)
                 if self.error is not None:
                     future.set_exception(self.error)
                 elif self.result is not None:
                     future.set_result(self.result)
                 else:
                     future.set_exception(RunInterruptedError(self.job.run_id, "shutdown"))
-
-    def _end_span(self) -> None:
-        """End the run's span as an error (a failing span backend is not the run's end)."""
-        with contextlib.suppress(Exception):
-            self.job.span.end(status="error")
 
     def on_failure(self, exc_type: Any = None, exc: Any = None, tb: Any = None) -> None:
         control = self.control
@@ -340,5 +334,5 @@ class WorkflowRun(SupervisedActor):
         finally:  # whoever waits on the run must hear of it
             release_run(control)
             if not control.future.done():
-                self._end_span()
+                end_failed(self.job.span)
                 control.future.set_exception(RunInterruptedError(self.job.run_id, exc))

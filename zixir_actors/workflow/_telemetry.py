@@ -8,6 +8,7 @@ an ``inc``.
 from __future__ import annotations
 
 import bisect
+import contextlib
 import math
 import threading
 from collections.abc import Callable
@@ -16,7 +17,7 @@ from typing import Any
 from zixir_actors.observability import DEFAULT_BUCKETS, logger, metrics
 from zixir_actors.workflow._history import EngineLog
 
-__all__ = ["Telemetry", "log", "report_end"]
+__all__ = ["Telemetry", "end_failed", "log", "report_end"]
 
 log = EngineLog(logger.bind(service="workflow"))
 """The engine's logger: its lines about a run are also kept with the run (`_history`)."""
@@ -134,6 +135,14 @@ class Telemetry:
     def event(self, outcome: str) -> None:
         """An event was ``sent`` to, or ``consumed`` by, a run of this workflow."""
         self._m.child(self._m.events, self.workflow, outcome).inc()
+
+
+def end_failed(span: Any) -> None:
+    """End a run's span as an error, where the run ends without a result
+    (interrupted, not started). A failing span backend is not the run's end:
+    its error is dropped, as the end that called this must still go on."""
+    with contextlib.suppress(Exception):
+        span.end(status="error")
 
 
 def report_end(telemetry: Telemetry, span: Any, workflow: str, run_id: str, status: str,
